@@ -1,0 +1,736 @@
+//! Wire frames of the claudemesh WebSocket protocol, and the small value types they carry.
+//!
+//! This module is the only place that knows field names. It has no I/O and no async:
+//! frames are plain serde types. Core frames keep the reference protocol's shapes
+//! (camelCase, `type` discriminator); our additions are optional fields and frames that a
+//! peer only sees after announcing the matching capability in `hello`.
+
+mod time;
+
+use serde::{Deserialize, Serialize};
+
+pub use time::{iso8601_ms, now_ms};
+
+/// Highest protocol version this implementation speaks. The reference protocol is version 1.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Capabilities a client may announce in `hello.capabilities`; the broker echoes those it supports.
+pub mod capability {
+    /// The client proves its session key with `sessionSig` (member key's signature over the binding).
+    pub const SESSION_SIG: &str = "session_sig";
+    /// The client acknowledges each push with a `delivered` frame; unacknowledged pushes are
+    /// re-sent after a reconnect. Without it, a push counts as delivered once written.
+    pub const DELIVERY_ACK: &str = "delivery_ack";
+    /// Pushes carry an explicit `enc` envelope kind.
+    pub const ENC: &str = "enc";
+    /// End-to-end sealed group and broadcast messages: `send.keys`, `push.key` and `resolve`.
+    pub const SEALED_MULTICAST: &str = "sealed_multicast";
+
+    /// Every capability this broker supports, in the order `hello_ack` lists them.
+    pub const ALL: [&str; 4] = [SESSION_SIG, DELIVERY_ACK, ENC, SEALED_MULTICAST];
+}
+
+/// Message priority; gates delivery by the recipient's status (see [`Priority::deliverable_to`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Now,
+    #[default]
+    Next,
+    Low,
+}
+
+impl Priority {
+    /// The priority gating table: `now` always goes out; `next` and `low` wait until the
+    /// recipient is idle.
+    pub fn deliverable_to(self, status: Status) -> bool {
+        match status {
+            Status::Idle => true,
+            Status::Working | Status::Dnd => self == Priority::Now,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Now => "now",
+            Priority::Next => "next",
+            Priority::Low => "low",
+        }
+    }
+
+    pub fn from_db(value: i64) -> Priority {
+        match value {
+            0 => Priority::Now,
+            2 => Priority::Low,
+            _ => Priority::Next,
+        }
+    }
+
+    pub fn to_db(self) -> i64 {
+        match self {
+            Priority::Now => 0,
+            Priority::Next => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+/// A peer session's availability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Idle,
+    Working,
+    Dnd,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Idle => "idle",
+            Status::Working => "working",
+            Status::Dnd => "dnd",
+        }
+    }
+}
+
+/// Who reported a status. Higher ranks win (see `router::status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusSource {
+    /// Inferred by the broker (the working-status TTL). The reference calls this `jsonl`.
+    #[serde(alias = "jsonl")]
+    Inferred,
+    /// Set by the peer through `set_status`.
+    #[default]
+    Manual,
+    /// Reported by a Claude Code hook through the session's bridge.
+    Hook,
+}
+
+/// How a pushed payload is encrypted, so a receiver never guesses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Enc {
+    /// `crypto_box` from the sender's key to the recipient's key (the reference DM format).
+    #[default]
+    Box,
+    /// `crypto_secretbox` under a random content key, the key `crypto_box`ed to each recipient
+    /// member separately (`send.keys` / `push.key`).
+    Multi,
+    /// A broker event: no payload (`nonce` and `ciphertext` are empty).
+    System,
+}
+
+impl Enc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enc::Box => "box",
+            Enc::Multi => "multi",
+            Enc::System => "system",
+        }
+    }
+
+    pub fn from_db(value: &str) -> Enc {
+        match value {
+            "multi" => Enc::Multi,
+            "system" => Enc::System,
+            _ => Enc::Box,
+        }
+    }
+}
+
+/// Peer kind shown to others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerType {
+    Ai,
+    Human,
+    Connector,
+}
+
+/// A member's role in a mesh. Admins may invite, kick and ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    #[default]
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+}
+
+/// A group a session belongs to, with an optional free-form role (`lead`, `member`, `observer`…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembership {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// Self-reported counters (`set_stats`), accumulated per member across sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Stats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub tool_calls: u64,
+    /// Seconds the session has been up.
+    pub uptime: u64,
+    pub errors: u64,
+}
+
+impl Stats {
+    pub fn add(self, other: Stats) -> Stats {
+        Stats {
+            messages_in: self.messages_in.saturating_add(other.messages_in),
+            messages_out: self.messages_out.saturating_add(other.messages_out),
+            tool_calls: self.tool_calls.saturating_add(other.tool_calls),
+            uptime: self.uptime.saturating_add(other.uptime),
+            errors: self.errors.saturating_add(other.errors),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client → broker
+// ---------------------------------------------------------------------------------------------
+
+/// Every frame a client may send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Hello(Hello),
+    Send(Send),
+    /// Ours (`delivery_ack`): the client has safely stored these pushes.
+    Delivered(Delivered),
+    SetStatus(SetStatus),
+    SetSummary(SetSummary),
+    SetStats(SetStats),
+    JoinGroup(JoinGroup),
+    LeaveGroup(LeaveGroup),
+    ListPeers(ListPeers),
+    /// Ours (`sealed_multicast`): which members a target reaches, so the sender can seal to each.
+    Resolve(Resolve),
+}
+
+impl ClientFrame {
+    /// The frame's `type` string, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Hello(_) => "hello",
+            ClientFrame::Send(_) => "send",
+            ClientFrame::Delivered(_) => "delivered",
+            ClientFrame::SetStatus(_) => "set_status",
+            ClientFrame::SetSummary(_) => "set_summary",
+            ClientFrame::SetStats(_) => "set_stats",
+            ClientFrame::JoinGroup(_) => "join_group",
+            ClientFrame::LeaveGroup(_) => "leave_group",
+            ClientFrame::ListPeers(_) => "list_peers",
+            ClientFrame::Resolve(_) => "resolve",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub mesh_id: String,
+    pub member_id: String,
+    pub pubkey: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_pubkey: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_sig: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<PeerType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupMembership>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    pub timestamp: u64,
+    pub signature: String,
+}
+
+/// One recipient's copy of the content key of an `enc: "multi"` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyWrap {
+    /// The recipient member's public key (64 hex).
+    pub to: String,
+    /// base64 24-byte nonce of the `crypto_box` around the content key.
+    pub nonce: String,
+    /// base64 `crypto_box` of the 32-byte content key.
+    pub ciphertext: String,
+}
+
+/// The part of a [`KeyWrap`] a recipient receives in its push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedKey {
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Send {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub target_spec: String,
+    #[serde(default)]
+    pub priority: Priority,
+    pub nonce: String,
+    pub ciphertext: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enc: Option<Enc>,
+    /// `enc: "multi"` only: the content key wrapped for each recipient member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyWrap>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivered {
+    pub message_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetStatus {
+    pub status: Status,
+    /// Ours: `hook` when a Claude Code hook reported it through the bridge; default `manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<StatusSource>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetSummary {
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetStats {
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinGroup {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaveGroup {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListPeers {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolve {
+    pub target_spec: String,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker → client
+// ---------------------------------------------------------------------------------------------
+
+/// Every frame the broker may send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    HelloAck(HelloAck),
+    Ack(Ack),
+    Push(Push),
+    PeersList(PeersList),
+    Resolved(Resolved),
+    Error(ErrorFrame),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelloAck {
+    pub presence_id: String,
+    pub member_display_name: String,
+    /// Ours: the mesh's slug, so a client can label the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_slug: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_groups: Option<Vec<GroupMembership>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_stats: Option<Stats>,
+    pub protocol_version: u32,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub message_id: String,
+    pub queued: bool,
+    /// Present when `queued` is false; starts with a stable code and a colon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Ours: the number of recipient members the message was queued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<u32>,
+    /// Ours (`sealed_multicast`): members the target reaches that `keys` did not cover; they
+    /// did not get the message. The sender may `resolve` again and send them a copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncovered: Vec<String>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Push {
+    pub message_id: String,
+    pub mesh_id: String,
+    /// The sender's session key, else its member key, or `"system"` for broker events.
+    pub sender_pubkey: String,
+    /// Ours: the sender's member key, so a receiver can check the session binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_member_pubkey: Option<String>,
+    pub priority: Priority,
+    pub nonce: String,
+    pub ciphertext: String,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_data: Option<serde_json::Value>,
+    /// Ours (`enc`): the envelope kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enc: Option<Enc>,
+    /// Ours (`sealed_multicast`): this recipient's copy of the content key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<WrappedKey>,
+    /// Ours: the target the sender addressed (`@group`, `*`, or a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_spec: Option<String>,
+}
+
+/// One connected session, as `peers_list` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    /// Session key when the session has one, else the member key.
+    pub pubkey: String,
+    pub member_pubkey: String,
+    /// Ours: the member's signature binding `pubkey` to `memberPubkey`, when the session proved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_sig: Option<String>,
+    pub display_name: String,
+    pub status: Status,
+    pub summary: Option<String>,
+    pub groups: Vec<GroupMembership>,
+    #[serde(default)]
+    pub session_id: String,
+    pub connected_at: String,
+    #[serde(default)]
+    pub cwd: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<PeerType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeersList {
+    pub peers: Vec<PeerInfo>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// A member a target reaches, as `resolved` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recipient {
+    pub member_pubkey: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolved {
+    pub target_spec: String,
+    pub recipients: Vec<Recipient>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// Codes of `error` frames. Handshake refusals are followed by close code 1008.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Malformed,
+    TimestampSkew,
+    BadSignature,
+    Unauthorized,
+    BadSessionPubkey,
+    Capacity,
+    Replay,
+    NoHello,
+    /// Ours: a second `hello` on an established connection.
+    AlreadyHello,
+    /// Ours: the broker could not complete a request (for example a storage failure).
+    Internal,
+    /// Ours: the session is being closed because it does not read its socket fast enough.
+    SlowConsumer,
+    /// Ours: the member was kicked, banned or revoked while connected.
+    Revoked,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::TimestampSkew => "timestamp_skew",
+            ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::BadSessionPubkey => "bad_session_pubkey",
+            ErrorCode::Capacity => "capacity",
+            ErrorCode::Replay => "replay",
+            ErrorCode::NoHello => "no_hello",
+            ErrorCode::AlreadyHello => "already_hello",
+            ErrorCode::Internal => "internal",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::Revoked => "revoked",
+        }
+    }
+}
+
+/// Stable codes that start the `error` text of a refused `send` ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SendRejection {
+    RateLimit,
+    TooLarge,
+    UnknownRecipient,
+    NoRecipient,
+    Blocked,
+    Malformed,
+    Unavailable,
+}
+
+impl SendRejection {
+    pub fn code(self) -> &'static str {
+        match self {
+            SendRejection::RateLimit => "rate_limit",
+            SendRejection::TooLarge => "too_large",
+            SendRejection::UnknownRecipient => "unknown_recipient",
+            SendRejection::NoRecipient => "no_recipient",
+            SendRejection::Blocked => "blocked",
+            SendRejection::Malformed => "malformed",
+            SendRejection::Unavailable => "unavailable",
+        }
+    }
+
+    /// Parses the code back from an ack's `error` text.
+    pub fn from_error_text(text: &str) -> Option<SendRejection> {
+        let code = text.split(':').next()?.trim();
+        [
+            SendRejection::RateLimit,
+            SendRejection::TooLarge,
+            SendRejection::UnknownRecipient,
+            SendRejection::NoRecipient,
+            SendRejection::Blocked,
+            SendRejection::Malformed,
+            SendRejection::Unavailable,
+        ]
+        .into_iter()
+        .find(|r| r.code() == code)
+    }
+}
+
+/// What a `targetSpec` names, by its form alone (the broker then resolves keys to members or
+/// sessions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `*` or `@all`: every other member of the mesh.
+    Broadcast,
+    /// `@name`: members whose sessions joined that group.
+    Group(&'a str),
+    /// 64 lowercase hex: a member key or a session key.
+    Key(&'a str),
+}
+
+impl<'a> Target<'a> {
+    pub fn parse(spec: &'a str) -> Option<Target<'a>> {
+        if spec == "*" || spec == "@all" {
+            return Some(Target::Broadcast);
+        }
+        if let Some(name) = spec.strip_prefix('@') {
+            return (!name.is_empty()).then_some(Target::Group(name));
+        }
+        is_key_hex(spec).then_some(Target::Key(spec))
+    }
+}
+
+/// True for a 64-char lowercase hex string, the encoding of ed25519 public keys.
+pub fn is_key_hex(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// True for a 128-char lowercase or uppercase hex string, the encoding of signatures.
+pub fn is_signature_hex(value: &str) -> bool {
+    value.len() == 128 && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gating_table_matches_the_protocol() {
+        let cases = [
+            (Status::Idle, [true, true, true]),
+            (Status::Working, [true, false, false]),
+            (Status::Dnd, [true, false, false]),
+        ];
+        for (status, expected) in cases {
+            let got = [Priority::Now, Priority::Next, Priority::Low].map(|p| p.deliverable_to(status));
+            assert_eq!(got, expected, "status {status:?}");
+        }
+    }
+
+    #[test]
+    fn hello_parses_reference_shape() {
+        let text = r#"{"type":"hello","meshId":"m","memberId":"u","pubkey":"ab","sessionId":"s","pid":7,"cwd":"/x","timestamp":1764230400000,"signature":"cd","groups":[{"name":"backend","role":"lead"}]}"#;
+        let ClientFrame::Hello(hello) = serde_json::from_str(text).expect("parses") else {
+            panic!("not a hello");
+        };
+        assert_eq!(hello.pid, Some(7));
+        assert_eq!(hello.groups.expect("groups")[0].role.as_deref(), Some("lead"));
+        assert!(hello.capabilities.is_empty());
+    }
+
+    #[test]
+    fn send_defaults_priority_to_next() {
+        let text = r#"{"type":"send","id":"1","targetSpec":"*","nonce":"","ciphertext":"aGk="}"#;
+        let ClientFrame::Send(send) = serde_json::from_str(text).expect("parses") else {
+            panic!("not a send");
+        };
+        assert_eq!(send.priority, Priority::Next);
+        assert!(send.keys.is_empty());
+    }
+
+    #[test]
+    fn push_serializes_camel_case_and_omits_absent_fields() {
+        let frame = ServerFrame::Push(Push {
+            message_id: "m1".into(),
+            mesh_id: "mesh".into(),
+            sender_pubkey: "system".into(),
+            priority: Priority::Low,
+            created_at: "2026-11-27T09:00:00.000Z".into(),
+            subtype: Some("system".into()),
+            event: Some("peer_joined".into()),
+            ..Push::default()
+        });
+        let text = serde_json::to_string(&frame).expect("serializes");
+        assert_eq!(
+            text,
+            r#"{"type":"push","messageId":"m1","meshId":"mesh","senderPubkey":"system","priority":"low","nonce":"","ciphertext":"","createdAt":"2026-11-27T09:00:00.000Z","subtype":"system","event":"peer_joined"}"#
+        );
+    }
+
+    #[test]
+    fn status_source_accepts_reference_jsonl() {
+        let source: StatusSource = serde_json::from_str("\"jsonl\"").expect("parses");
+        assert_eq!(source, StatusSource::Inferred);
+        assert!(StatusSource::Hook > StatusSource::Manual && StatusSource::Manual > StatusSource::Inferred);
+    }
+
+    #[test]
+    fn target_forms() {
+        let key = "a".repeat(64);
+        assert_eq!(Target::parse("*"), Some(Target::Broadcast));
+        assert_eq!(Target::parse("@all"), Some(Target::Broadcast));
+        assert_eq!(Target::parse("@backend"), Some(Target::Group("backend")));
+        assert_eq!(Target::parse(&key), Some(Target::Key(&key)));
+        assert_eq!(Target::parse("@"), None);
+        assert_eq!(Target::parse(&"A".repeat(64)), None);
+        assert_eq!(Target::parse("alice"), None);
+    }
+
+    #[test]
+    fn rejection_codes_round_trip_through_error_text() {
+        assert_eq!(
+            SendRejection::from_error_text("rate_limit: max 60 msg/min (burst 10)"),
+            Some(SendRejection::RateLimit)
+        );
+        assert_eq!(SendRejection::from_error_text("nonsense"), None);
+    }
+}
