@@ -6,7 +6,26 @@
 //! - `crypto` — ed25519 identities, hello and session signatures, libsodium-compatible boxes,
 //!   the multi-recipient envelope, the audit-chain hash (no I/O).
 //! - `invite` — the signed invite token (no I/O).
+//! - `ids` — random readable identifiers.
+//! - `store` (feature `server`) — the `Store` trait and its SQLite implementation.
+//! - `router` (feature `server`) — presence, target resolution, durable per-recipient delivery.
+//! - `config`, `metrics` (feature `server`) — the broker's limits and its Prometheus series.
+//! - `operator` (feature `server`) — operator commands on a data directory (meshes, members, invites).
+//! - `server` (feature `server`) — HTTP + WebSocket endpoint: `serve(listener, broker, shutdown)`.
 
+#[cfg(feature = "server")]
+pub mod config;
 pub mod crypto;
+pub mod ids;
 pub mod invite;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod operator;
 pub mod protocol;
+#[cfg(feature = "server")]
+pub mod router;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;

@@ -1,1 +1,336 @@
-fn main() {}
+//! `claudemesh-broker`: serve the routing broker, and operator commands on its data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use broker_core::config::BrokerConfig;
+use broker_core::operator::{self, Operator, OperatorError};
+use broker_core::protocol::{self, Role};
+use broker_core::router::RateLimit;
+use broker_core::server::{self, Broker};
+use broker_core::store::{Durability, SqliteStore, Store};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "claudemesh-broker",
+    version,
+    about = "The claudemesh routing broker: carries sealed messages between peer sessions of a mesh.",
+    long_about = "The claudemesh routing broker carries end-to-end sealed messages between the peer sessions of a \
+                  mesh. It never holds a key that could open them.\n\n\
+                  Start it with `serve`. The operator commands (`mesh`, `member`, `invite`) work on the same data \
+                  directory, whether or not a broker is serving it; a running broker sees their effect within a second."
+)]
+struct Cli {
+    /// Directory holding the database and the operator's keys.
+    #[arg(long, global = true, env = "CLAUDEMESH_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve WebSocket peers and the HTTP API on one port.
+    Serve(ServeArgs),
+    /// Create and list meshes.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Add and list members of a mesh.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Issue signed invite links.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CLAUDEMESH_LISTEN", default_value = "127.0.0.1:7900")]
+    listen: SocketAddr,
+    /// Base URL peers use to reach this broker (goes into invites). Default: http://LISTEN.
+    #[arg(long, env = "CLAUDEMESH_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// What a commit guarantees: `full` survives power loss, `normal` survives a process crash.
+    #[arg(long, env = "CLAUDEMESH_DURABILITY", default_value = "full")]
+    durability: Durability,
+    /// Largest nonce + ciphertext + targetSpec of one message, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = BrokerConfig::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Sessions per mesh on this broker.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_MESH", default_value_t = BrokerConfig::default().max_connections_per_mesh)]
+    max_connections_per_mesh: usize,
+    /// Sends a member may make at once.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = BrokerConfig::default().rate_limit.burst)]
+    rate_limit_burst: u32,
+    /// Sustained sends per member per minute.
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = BrokerConfig::default().rate_limit.per_minute)]
+    rate_limit_per_minute: u32,
+    /// Seconds after which a `working` status without news decays to `idle`.
+    #[arg(long, env = "STATUS_TTL_SECONDS", default_value_t = BrokerConfig::default().status_ttl.as_secs())]
+    status_ttl_seconds: u64,
+    /// Seconds an undelivered message waits for its recipient before it is dropped.
+    #[arg(long, env = "MESSAGE_TTL_SECONDS", default_value_t = BrokerConfig::default().message_ttl.as_secs())]
+    message_ttl_seconds: u64,
+    /// `/health/ready` answers 503 until this migration is applied.
+    #[arg(long, env = "EXPECTED_MIGRATION")]
+    expected_migration: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, env = "CLAUDEMESH_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum MeshCommand {
+    /// Create a mesh, with an admin member for the operator (its key stays in the data directory).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Preferred slug (default: from the name); a suffix is added if it is taken.
+        #[arg(long)]
+        slug: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List meshes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Add a member by public key.
+    Add {
+        /// Mesh id or slug.
+        #[arg(long)]
+        mesh: String,
+        /// The member's ed25519 public key, 64 lowercase hex characters.
+        #[arg(long)]
+        pubkey: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "member", value_parser = parse_role)]
+        role: Role,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a mesh's members.
+    List {
+        #[arg(long)]
+        mesh: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InviteCommand {
+    /// Sign an invite link with the operator's admin key.
+    Create {
+        #[arg(long)]
+        mesh: String,
+        /// Role the invite grants (taken only from what is signed).
+        #[arg(long, default_value = "member", value_parser = parse_role)]
+        role: Role,
+        /// How many devices may redeem it.
+        #[arg(long, default_value_t = 1)]
+        max_uses: u32,
+        /// Lifetime, like 90s, 30m, 12h or 7d.
+        #[arg(long, default_value = "7d", value_parser = operator::parse_duration)]
+        expires_in: Duration,
+        /// Broker URL to put in the link (default: the one `serve` recorded).
+        #[arg(long, env = "CLAUDEMESH_PUBLIC_URL")]
+        public_url: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| format!("unknown role {text:?}: expected admin or member"))
+}
+
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("claudemesh-broker")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(cli.data_dir, args),
+        Command::Mesh(command) => mesh_command(&cli.data_dir, command),
+        Command::Member(command) => member_command(&cli.data_dir, command),
+        Command::Invite(command) => invite_command(&cli.data_dir, command),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        let code = match error.downcast_ref::<OperatorError>() {
+            Some(OperatorError::Invalid(_)) => 2,
+            Some(OperatorError::NotFound(_)) => 3,
+            _ => 1,
+        };
+        std::process::exit(code);
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
+    init_logging(&args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let database = data_dir.join(operator::DATABASE_FILE);
+        let store = SqliteStore::open(&database, args.durability)
+            .with_context(|| format!("opening {}", database.display()))?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        let public_url = args.public_url.unwrap_or_else(|| format!("http://{local}"));
+        store.set_setting(operator::PUBLIC_URL_SETTING, &public_url)?;
+        let config = BrokerConfig {
+            max_message_bytes: args.max_message_bytes,
+            max_frame_bytes: BrokerConfig::default().max_frame_bytes.max(args.max_message_bytes * 4),
+            max_connections_per_mesh: args.max_connections_per_mesh,
+            rate_limit: RateLimit { burst: args.rate_limit_burst, per_minute: args.rate_limit_per_minute },
+            status_ttl: Duration::from_secs(args.status_ttl_seconds),
+            message_ttl: Duration::from_secs(args.message_ttl_seconds),
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::new(config, store.clone(), public_url.clone(), args.expected_migration);
+        tracing::info!(listen = %local, public_url = %public_url, data_dir = %data_dir.display(), "broker listening");
+        let ws_url = format!("{}/ws", public_url.replacen("http", "ws", 1));
+        println!("claudemesh broker listening on {local}");
+        println!("  peers connect to   {ws_url}");
+        println!("  data directory     {}", data_dir.display());
+        println!("  create a mesh      claudemesh-broker --data-dir {} mesh create --name demo", data_dir.display());
+        println!("  invite someone     claudemesh-broker --data-dir {} invite create --mesh demo", data_dir.display());
+        server::serve(listener, broker, shutdown_signal()).await.context("serving")?;
+        tracing::info!("broker stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn print(json_output: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
+    if json_output {
+        println!("{value}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+fn mesh_command(data_dir: &std::path::Path, command: MeshCommand) -> Result<()> {
+    let operator = Operator::open(data_dir)?;
+    match command {
+        MeshCommand::Create { name, slug, json } => {
+            let created = operator.create_mesh(&name, slug.as_deref())?;
+            let mesh = &created.mesh;
+            print(
+                json,
+                json!({"id": mesh.id, "slug": mesh.slug, "name": mesh.name, "operatorMemberId": created.operator.id}),
+                || format!("created mesh {} ({}); invite people with: invite create --mesh {}", mesh.slug, mesh.id, mesh.slug),
+            );
+        }
+        MeshCommand::List { json } => {
+            let meshes = operator.store().meshes()?;
+            let rows: Vec<_> = meshes
+                .iter()
+                .map(|m| {
+                    json!({"id": m.id, "slug": m.slug, "name": m.name, "createdAt": protocol::iso8601_ms(m.created_at),
+                           "archived": m.archived_at.is_some()})
+                })
+                .collect();
+            print(json, json!({"meshes": rows}), || {
+                meshes.iter().map(|m| format!("{}\t{}\t{}", m.slug, m.id, m.name)).collect::<Vec<_>>().join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn member_command(data_dir: &std::path::Path, command: MemberCommand) -> Result<()> {
+    let operator = Operator::open(data_dir)?;
+    match command {
+        MemberCommand::Add { mesh, pubkey, name, role, json } => {
+            let (mesh, member) = operator.add_member(&mesh, &pubkey, &name, role)?;
+            print(json, json!({"meshId": mesh.id, "memberId": member.id}), || {
+                format!("added {} to {} as {} ({})", member.display_name, mesh.slug, member.role.as_str(), member.id)
+            });
+        }
+        MemberCommand::List { mesh, json } => {
+            let (mesh, members) = operator.members(&mesh)?;
+            let rows: Vec<_> = members
+                .iter()
+                .map(|m| {
+                    json!({"id": m.id, "pubkey": m.pubkey, "displayName": m.display_name, "role": m.role,
+                           "createdAt": protocol::iso8601_ms(m.created_at), "active": m.is_active()})
+                })
+                .collect();
+            print(json, json!({"meshId": mesh.id, "members": rows}), || {
+                members
+                    .iter()
+                    .map(|m| format!("{}\t{}\t{}\t{}", m.display_name, m.role.as_str(), m.id, m.pubkey))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn invite_command(data_dir: &std::path::Path, command: InviteCommand) -> Result<()> {
+    let operator = Operator::open(data_dir)?;
+    match command {
+        InviteCommand::Create { mesh, role, max_uses, expires_in, public_url, json } => {
+            let issued = operator.create_invite(&mesh, role, max_uses, expires_in, public_url.as_deref())?;
+            let link = issued.invite.link();
+            let expires_at = protocol::iso8601_ms(issued.invite.expires_at * 1000);
+            print(
+                json,
+                json!({"link": link, "code": issued.invite.invite_id, "expiresAt": expires_at, "token": issued.invite.to_token(),
+                       "role": role, "maxUses": max_uses}),
+                || format!("{link}\n(valid until {expires_at}, {max_uses} use(s), role {}; join with: claudemesh join '<link>')", role.as_str()),
+            );
+        }
+    }
+    Ok(())
+}

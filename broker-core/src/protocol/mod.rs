@@ -443,6 +443,9 @@ pub struct Push {
     /// Ours: the sender's member key, so a receiver can check the session binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_member_pubkey: Option<String>,
+    /// Ours: the member's signature delegating `senderPubkey` (see `crypto::session_binding_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_session_sig: Option<String>,
     pub priority: Priority,
     pub nonce: String,
     pub ciphertext: String,
@@ -462,6 +465,42 @@ pub struct Push {
     /// Ours: the target the sender addressed (`@group`, `*`, or a key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_spec: Option<String>,
+}
+
+/// Borrowing twin of [`Push`] for the broker's hot path: serializes to exactly the same JSON
+/// (including the `type` tag) without copying the envelope.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushRef<'a> {
+    #[serde(rename = "type")]
+    pub frame_type: &'static str,
+    pub message_id: &'a str,
+    pub mesh_id: &'a str,
+    pub sender_pubkey: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_member_pubkey: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_session_sig: Option<&'a str>,
+    pub priority: Priority,
+    pub nonce: &'a str,
+    pub ciphertext: &'a str,
+    pub created_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_data: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enc: Option<Enc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a WrappedKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_spec: Option<&'a str>,
+}
+
+impl PushRef<'_> {
+    pub const TYPE: &'static str = "push";
 }
 
 /// One connected session, as `peers_list` shows it.
@@ -703,6 +742,51 @@ mod tests {
         assert_eq!(
             text,
             r#"{"type":"push","messageId":"m1","meshId":"mesh","senderPubkey":"system","priority":"low","nonce":"","ciphertext":"","createdAt":"2026-11-27T09:00:00.000Z","subtype":"system","event":"peer_joined"}"#
+        );
+    }
+
+    #[test]
+    fn push_ref_serializes_like_push() {
+        let key = WrappedKey { nonce: "bg==".into(), ciphertext: "Yw==".into() };
+        let data = serde_json::json!({"name": "x"});
+        let borrowed = PushRef {
+            frame_type: PushRef::TYPE,
+            message_id: "m",
+            mesh_id: "h",
+            sender_pubkey: "s",
+            sender_member_pubkey: Some("p"),
+            sender_session_sig: Some("g"),
+            priority: Priority::Now,
+            nonce: "n",
+            ciphertext: "c",
+            created_at: "t",
+            subtype: Some("system"),
+            event: Some("e"),
+            event_data: Some(&data),
+            enc: Some(Enc::Multi),
+            key: Some(&key),
+            target_spec: Some("*"),
+        };
+        let owned = ServerFrame::Push(Push {
+            message_id: "m".into(),
+            mesh_id: "h".into(),
+            sender_pubkey: "s".into(),
+            sender_member_pubkey: Some("p".into()),
+            sender_session_sig: Some("g".into()),
+            priority: Priority::Now,
+            nonce: "n".into(),
+            ciphertext: "c".into(),
+            created_at: "t".into(),
+            subtype: Some("system".into()),
+            event: Some("e".into()),
+            event_data: Some(data.clone()),
+            enc: Some(Enc::Multi),
+            key: Some(key.clone()),
+            target_spec: Some("*".into()),
+        });
+        assert_eq!(
+            serde_json::to_string(&borrowed).expect("serializes"),
+            serde_json::to_string(&owned).expect("serializes")
         );
     }
 

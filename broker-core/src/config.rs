@@ -1,0 +1,71 @@
+//! Every limit and interval of the broker, with the protocol's defaults. The binary fills it
+//! from flags and environment variables (see `docs/configuration.md`); tests build it directly.
+
+use std::time::Duration;
+
+use crate::router::RateLimit;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Cap on `nonce + ciphertext + targetSpec` of one send (`too_large` beyond it).
+    pub max_message_bytes: usize,
+    /// Cap on one WebSocket frame; larger frames end the connection. Leaves room for the key
+    /// wraps of a sealed multicast on top of the message itself.
+    pub max_frame_bytes: usize,
+    pub max_connections_per_mesh: usize,
+    pub rate_limit: RateLimit,
+    /// A `hello` timestamp further than this from broker time is refused.
+    pub hello_skew: Duration,
+    /// A connection that has not sent `hello` by then is closed.
+    pub hello_timeout: Duration,
+    pub ping_interval: Duration,
+    /// A session silent (no frame, no pong) for this long is dropped.
+    pub idle_timeout: Duration,
+    /// `working` decays to `idle` after this long without a new report.
+    pub status_ttl: Duration,
+    /// A status report stays "fresh" this long against lower-ranked sources.
+    pub status_fresh_window: Duration,
+    /// Undelivered entries older than this are dropped by the sweep.
+    pub message_ttl: Duration,
+    pub expiry_sweep_interval: Duration,
+    /// Pushes a session may have unacknowledged at once.
+    pub delivery_window: usize,
+    /// Queue entries held in memory per connected member before the rest stays in the store.
+    pub member_window: usize,
+    /// How long a session that vanished without saying goodbye keeps its session-only mail
+    /// before it goes to the member's other sessions.
+    pub session_rebind_grace: Duration,
+    /// Frames buffered per connection; a session that lets it fill is dropped (it reconnects
+    /// and gets its unacknowledged messages again).
+    pub outbox_frames: usize,
+    /// Messages accepted but not yet committed, broker-wide; senders wait beyond it.
+    pub max_uncommitted: usize,
+    /// How often the directory (meshes, members) is checked for changes made by operator
+    /// commands or other processes.
+    pub directory_poll_interval: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 1024 * 1024,
+            max_connections_per_mesh: 100,
+            rate_limit: RateLimit { burst: 10, per_minute: 60 },
+            hello_skew: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            status_ttl: Duration::from_secs(60),
+            status_fresh_window: Duration::from_secs(30),
+            message_ttl: Duration::from_secs(7 * 24 * 3600),
+            expiry_sweep_interval: Duration::from_secs(3600),
+            delivery_window: 256,
+            member_window: 1024,
+            session_rebind_grace: Duration::from_secs(120),
+            outbox_frames: 1024,
+            max_uncommitted: 16 * 1024,
+            directory_poll_interval: Duration::from_secs(1),
+        }
+    }
+}

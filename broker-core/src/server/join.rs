@@ -1,0 +1,147 @@
+//! `POST /join`: redeem a signed invite with a freshly generated member key.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Html;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Broker};
+use crate::invite::{Invite, InviteError};
+use crate::protocol::{self, Role};
+use crate::store::StoreError;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequest {
+    /// The invite token, or a link containing it.
+    #[serde(alias = "invite_token")]
+    pub invite: String,
+    /// The joining member's new ed25519 public key (64 hex).
+    #[serde(alias = "peer_pubkey")]
+    pub pubkey: String,
+    #[serde(default, alias = "display_name")]
+    pub display_name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinResponse {
+    pub ok: bool,
+    pub mesh_id: String,
+    pub mesh_slug: String,
+    pub mesh_name: String,
+    pub member_id: String,
+    pub role: Role,
+    pub already_member: bool,
+}
+
+fn refused(status: StatusCode, code: &'static str, message: &str) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+pub(super) async fn redeem(
+    State(broker): State<Broker>,
+    body: Result<Json<JoinRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<JoinResponse>, ApiError> {
+    let Json(request) =
+        body.map_err(|e| refused(StatusCode::BAD_REQUEST, "malformed", &format!("expected {{invite, pubkey, displayName}}: {e}")))?;
+    if !protocol::is_key_hex(&request.pubkey) {
+        return Err(refused(StatusCode::BAD_REQUEST, "pubkey_malformed", "pubkey must be 64 lowercase hex characters"));
+    }
+    let invite = Invite::parse(&request.invite)
+        .map_err(|_| refused(StatusCode::BAD_REQUEST, "invite_malformed", "that is not a claudemesh invite"))?;
+    invite.verify(protocol::now_ms() / 1000).map_err(|error| match error {
+        InviteError::Expired => refused(StatusCode::GONE, "invite_expired", "this invite has expired; ask for a new one"),
+        InviteError::BadSignature => refused(StatusCode::FORBIDDEN, "invite_bad_signature", "the invite's signature does not verify"),
+        InviteError::Malformed | InviteError::UnsupportedVersion(_) => {
+            refused(StatusCode::BAD_REQUEST, "invite_malformed", "that is not a claudemesh invite this broker understands")
+        }
+    })?;
+
+    let display_name = match request.display_name.trim() {
+        "" => format!("peer-{}", &request.pubkey[..8]),
+        name => name.chars().take(64).collect(),
+    };
+    let pubkey = request.pubkey.clone();
+    let result = broker
+        .blocking(move |store| {
+            let record = store.invite(&invite.invite_id)?.ok_or_else(|| StoreError::NotFound("invite_not_found".into()))?;
+            // The stored invite must be exactly the one that was signed: nothing in the token
+            // (role, uses, expiry, mesh) can be swapped.
+            if record.mesh_id != invite.mesh_id {
+                return Err(StoreError::Conflict("invite_mesh_mismatch".into()));
+            }
+            if record.role != invite.role || record.max_uses != invite.max_uses || record.expires_at != invite.expires_at {
+                return Err(StoreError::Conflict("invite_tampered".into()));
+            }
+            let issuer = store
+                .members(&record.mesh_id)?
+                .into_iter()
+                .find(|m| m.id == record.issuer_member_id)
+                .ok_or_else(|| StoreError::Conflict("invite_issuer_unknown".into()))?;
+            if issuer.pubkey != invite.issuer_pubkey || issuer.role != Role::Admin || !issuer.is_active() {
+                return Err(StoreError::Conflict("invite_issuer_not_admin".into()));
+            }
+            let mesh = store.mesh(&record.mesh_id)?.ok_or_else(|| StoreError::NotFound("mesh_not_found".into()))?;
+            if mesh.archived_at.is_some() {
+                return Err(StoreError::Conflict("mesh_archived".into()));
+            }
+            let redemption = store.redeem_invite(&record.id, &pubkey, &display_name, protocol::now_ms())?;
+            Ok((mesh, redemption))
+        })
+        .await;
+    let (mesh, redemption) = result.map_err(join_error)?;
+    tracing::info!(mesh = %mesh.id, member = %redemption.member.id, already = redemption.already_member, "invite redeemed");
+    Ok(Json(JoinResponse {
+        ok: true,
+        mesh_id: mesh.id,
+        mesh_slug: mesh.slug,
+        mesh_name: mesh.name,
+        member_id: redemption.member.id,
+        role: redemption.member.role,
+        already_member: redemption.already_member,
+    }))
+}
+
+/// Maps the store's refusal codes to the join API's.
+fn join_error(error: StoreError) -> ApiError {
+    let (status, code, message) = match &error {
+        StoreError::NotFound(what) if what == "invite_not_found" => {
+            (StatusCode::NOT_FOUND, "invite_not_found", "this broker does not know that invite")
+        }
+        StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "mesh_not_found", "the invite's mesh no longer exists"),
+        StoreError::Conflict(what) => match what.as_str() {
+            "invite_revoked" => (StatusCode::GONE, "invite_revoked", "this invite was revoked"),
+            "invite_expired" => (StatusCode::GONE, "invite_expired", "this invite has expired; ask for a new one"),
+            "invite_exhausted" => (StatusCode::GONE, "invite_exhausted", "this invite has been used up; ask for a new one"),
+            "invite_mesh_mismatch" => (StatusCode::FORBIDDEN, "invite_mesh_mismatch", "the invite does not belong to that mesh"),
+            "invite_tampered" => (StatusCode::FORBIDDEN, "invite_bad_signature", "the invite does not match what was issued"),
+            "invite_issuer_unknown" | "invite_issuer_not_admin" => {
+                (StatusCode::FORBIDDEN, "invite_issuer_not_admin", "the invite was not signed by an admin of the mesh")
+            }
+            "mesh_archived" => (StatusCode::GONE, "mesh_archived", "the mesh was archived"),
+            "member_revoked" => (StatusCode::FORBIDDEN, "member_revoked", "this key was removed from the mesh; generate a new one"),
+            _ => return ApiError::from(error),
+        },
+        _ => return ApiError::from(error),
+    };
+    ApiError::new(status, code, message)
+}
+
+/// What a person who opens an invite link in a browser sees.
+pub(super) async fn landing_page(Path(token): Path<String>) -> Html<String> {
+    let mesh = Invite::parse(&token).map(|i| i.mesh_name).unwrap_or_else(|_| "a mesh".to_owned());
+    let mesh = html_escape(&mesh);
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><title>Join {mesh} on claudemesh</title>\
+         <body style=\"font-family:system-ui;max-width:40em;margin:3em auto\">\
+         <h1>You are invited to {mesh}</h1>\
+         <p>Open this link with the claudemesh app, or run:</p>\
+         <pre>claudemesh join '&lt;this page's address&gt;'</pre></body>"
+    ))
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
