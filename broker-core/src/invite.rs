@@ -136,9 +136,8 @@ impl Invite {
             None => text,
         };
         let token = token.split(['?', '#']).next().unwrap_or_default().trim_end_matches('/');
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| InviteError::Malformed)?;
+        let json =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| InviteError::Malformed)?;
         serde_json::from_slice(&json).map_err(|_| InviteError::Malformed)
     }
 }

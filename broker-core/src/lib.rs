@@ -7,12 +7,15 @@
 //!   the multi-recipient envelope, the audit-chain hash (no I/O).
 //! - `invite` — the signed invite token (no I/O).
 //! - `ids` — random readable identifiers.
+//! - `client` (feature `client`) — the mesh client: connect, hello, reconnect, seal/open, dedup.
 //! - `store` (feature `server`) — the `Store` trait and its SQLite implementation.
 //! - `router` (feature `server`) — presence, target resolution, durable per-recipient delivery.
 //! - `config`, `metrics` (feature `server`) — the broker's limits and its Prometheus series.
 //! - `operator` (feature `server`) — operator commands on a data directory (meshes, members, invites).
 //! - `server` (feature `server`) — HTTP + WebSocket endpoint: `serve(listener, broker, shutdown)`.
 
+#[cfg(feature = "client")]
+pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
 pub mod crypto;

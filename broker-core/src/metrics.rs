@@ -153,7 +153,12 @@ impl Metrics {
         );
         family("broker_queue_depth", "gauge", "Undelivered queue entries.", &plain(&self.queue_depth));
         family("broker_db_healthy", "gauge", "1 when the last database check succeeded.", &plain(&self.db_healthy));
-        family("broker_store_batches_total", "counter", "Store transactions committed.", &plain(&self.store_batches_total));
+        family(
+            "broker_store_batches_total",
+            "counter",
+            "Store transactions committed.",
+            &plain(&self.store_batches_total),
+        );
         family(
             "broker_slow_consumers_total",
             "counter",
@@ -176,11 +181,7 @@ impl Metrics {
         for (suffix, value) in hello {
             let _ = writeln!(out, "broker_hello_latency_seconds{suffix} {value}");
         }
-        let _ = writeln!(
-            out,
-            "broker_hello_latency_seconds_sum {}",
-            load(&self.hello_sum_micros) as f64 / 1_000_000.0
-        );
+        let _ = writeln!(out, "broker_hello_latency_seconds_sum {}", load(&self.hello_sum_micros) as f64 / 1_000_000.0);
         let _ = writeln!(out, "broker_hello_latency_seconds_count {}", load(&self.hello_count));
         out
     }

@@ -87,7 +87,13 @@ impl Operator {
         Ok(CreatedMesh { mesh, operator })
     }
 
-    pub fn add_member(&self, mesh: &str, pubkey: &str, name: &str, role: Role) -> OperatorResult<(MeshRecord, MemberRecord)> {
+    pub fn add_member(
+        &self,
+        mesh: &str,
+        pubkey: &str,
+        name: &str,
+        role: Role,
+    ) -> OperatorResult<(MeshRecord, MemberRecord)> {
         if !protocol::is_key_hex(pubkey) {
             return Err(OperatorError::Invalid(format!(
                 "--pubkey {pubkey:?} is not an ed25519 public key: expected 64 lowercase hex characters"
@@ -124,7 +130,8 @@ impl Operator {
             Some(url) => url.to_owned(),
             None => self.store.setting(PUBLIC_URL_SETTING)?.ok_or_else(|| {
                 OperatorError::Invalid(
-                    "no public URL known for this broker: pass --public-url, or start `serve` once so it records one".into(),
+                    "no public URL known for this broker: pass --public-url, or start `serve` once so it records one"
+                        .into(),
                 )
             })?,
         };
@@ -289,7 +296,10 @@ mod tests {
         operator.create_mesh("demo", None).expect("creates");
         let before = operator.members("demo").expect("members").1.len();
         assert!(matches!(operator.add_member("demo", "ABC", "x", Role::Member), Err(OperatorError::Invalid(_))));
-        assert!(matches!(operator.add_member("demo", &"A".repeat(64), "x", Role::Member), Err(OperatorError::Invalid(_))));
+        assert!(matches!(
+            operator.add_member("demo", &"A".repeat(64), "x", Role::Member),
+            Err(OperatorError::Invalid(_))
+        ));
         assert_eq!(operator.members("demo").expect("members").1.len(), before);
     }
 

@@ -1,8 +1,8 @@
 //! Every known-answer vector of `vectors/crypto.json` (made with libsodium) reproduced bit for bit.
 
 use broker_core::crypto::{
-    audit_hash, b64_decode, b64_encode, canonical_json, hello_signed_bytes, open_multi, seal_multi, sealed_box_open,
-    sealed_box_seal, secretbox_open, secretbox_seal, sign_hello, BoxKey, Keypair, PublicKey,
+    BoxKey, Keypair, PublicKey, audit_hash, b64_decode, b64_encode, canonical_json, hello_signed_bytes, open_multi,
+    seal_multi, sealed_box_open, sealed_box_seal, secretbox_open, secretbox_seal, sign_hello,
 };
 use serde_json::Value;
 
@@ -19,10 +19,8 @@ fn text<'a>(value: &'a Value, path: &[&str]) -> &'a str {
 }
 
 fn identity(vectors: &Value, name: &str) -> Keypair {
-    let seed: [u8; 32] = hex::decode(text(vectors, &["identities", name, "ed25519_seed"]))
-        .expect("hex")
-        .try_into()
-        .expect("32 bytes");
+    let seed: [u8; 32] =
+        hex::decode(text(vectors, &["identities", name, "ed25519_seed"])).expect("hex").try_into().expect("32 bytes");
     Keypair::from_seed(&seed)
 }
 
@@ -63,10 +61,7 @@ fn hello_signature_matches() {
     assert_eq!(bytes, text(h, &["signed_bytes_utf8"]));
     let signature = sign_hello(&alice, text(h, &["mesh_id"]), text(h, &["member_id"]), ts);
     assert_eq!(signature, text(h, &["expected_signature_hex"]));
-    PublicKey::from_hex(text(h, &["pubkey"]))
-        .expect("key")
-        .verify_hex(bytes.as_bytes(), &signature)
-        .expect("verifies");
+    PublicKey::from_hex(text(h, &["pubkey"])).expect("key").verify_hex(bytes.as_bytes(), &signature).expect("verifies");
 }
 
 #[test]

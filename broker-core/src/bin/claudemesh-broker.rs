@@ -199,8 +199,8 @@ fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let database = data_dir.join(operator::DATABASE_FILE);
-        let store = SqliteStore::open(&database, args.durability)
-            .with_context(|| format!("opening {}", database.display()))?;
+        let store =
+            SqliteStore::open(&database, args.durability).with_context(|| format!("opening {}", database.display()))?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -267,7 +267,12 @@ fn mesh_command(data_dir: &std::path::Path, command: MeshCommand) -> Result<()> 
             print(
                 json,
                 json!({"id": mesh.id, "slug": mesh.slug, "name": mesh.name, "operatorMemberId": created.operator.id}),
-                || format!("created mesh {} ({}); invite people with: invite create --mesh {}", mesh.slug, mesh.id, mesh.slug),
+                || {
+                    format!(
+                        "created mesh {} ({}); invite people with: invite create --mesh {}",
+                        mesh.slug, mesh.id, mesh.slug
+                    )
+                },
             );
         }
         MeshCommand::List { json } => {
@@ -328,7 +333,12 @@ fn invite_command(data_dir: &std::path::Path, command: InviteCommand) -> Result<
                 json,
                 json!({"link": link, "code": issued.invite.invite_id, "expiresAt": expires_at, "token": issued.invite.to_token(),
                        "role": role, "maxUses": max_uses}),
-                || format!("{link}\n(valid until {expires_at}, {max_uses} use(s), role {}; join with: claudemesh join '<link>')", role.as_str()),
+                || {
+                    format!(
+                        "{link}\n(valid until {expires_at}, {max_uses} use(s), role {}; join with: claudemesh join '<link>')",
+                        role.as_str()
+                    )
+                },
             );
         }
     }

@@ -12,10 +12,10 @@ use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use rand::RngCore as _;
 use zeroize::Zeroizing;
 
-pub use audit::{audit_hash, canonical_json, AUDIT_GENESIS};
+pub use audit::{AUDIT_GENESIS, audit_hash, canonical_json};
 pub use sealing::{
-    open_multi, seal_multi, secretbox_open, secretbox_seal, sealed_box_open, sealed_box_seal, BoxKey, MultiSealed,
-    NONCE_LEN,
+    BoxKey, MultiSealed, NONCE_LEN, open_multi, seal_multi, sealed_box_open, sealed_box_seal, secretbox_open,
+    secretbox_seal,
 };
 
 /// Errors of parsing keys and checking signatures or ciphertexts.

@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use crypto_box::aead::{Aead, KeyInit};
 use crypto_box::SalsaBox;
+use crypto_box::aead::{Aead, KeyInit};
 use xsalsa20poly1305::XSalsa20Poly1305;
 use zeroize::Zeroizing;
 
-use super::{b64_decode, b64_encode, random_bytes, CryptoError, Keypair, PublicKey};
+use super::{CryptoError, Keypair, PublicKey, b64_decode, b64_encode, random_bytes};
 
 /// Length of every nonce here (XSalsa20).
 pub const NONCE_LEN: usize = 24;
@@ -26,6 +26,12 @@ fn nonce_from_b64(nonce_b64: &str) -> Result<[u8; NONCE_LEN], CryptoError> {
 /// opening with it are cheap, so callers cache one per peer.
 #[derive(Clone)]
 pub struct BoxKey(Arc<SalsaBox>);
+
+impl std::fmt::Debug for BoxKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoxKey(..)")
+    }
+}
 
 impl BoxKey {
     pub fn new(ours: &Keypair, theirs: &PublicKey) -> BoxKey {
@@ -52,9 +58,7 @@ impl BoxKey {
 
 /// `crypto_secretbox_easy`: MAC followed by ciphertext.
 pub fn secretbox_seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], plaintext: &[u8]) -> Vec<u8> {
-    XSalsa20Poly1305::new(key.into())
-        .encrypt(nonce.into(), plaintext)
-        .expect("xsalsa20poly1305 encryption cannot fail")
+    XSalsa20Poly1305::new(key.into()).encrypt(nonce.into(), plaintext).expect("xsalsa20poly1305 encryption cannot fail")
 }
 
 pub fn secretbox_open(key: &[u8; 32], nonce: &[u8; NONCE_LEN], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -63,10 +67,7 @@ pub fn secretbox_open(key: &[u8; 32], nonce: &[u8; NONCE_LEN], ciphertext: &[u8]
 
 /// `crypto_box_seal`: an anonymous box to `recipient` (ephemeral sender key, random).
 pub fn sealed_box_seal(recipient: &PublicKey, plaintext: &[u8]) -> Vec<u8> {
-    recipient
-        .to_x25519()
-        .seal(&mut rand::rngs::OsRng, plaintext)
-        .expect("sealed box encryption cannot fail")
+    recipient.to_x25519().seal(&mut rand::rngs::OsRng, plaintext).expect("sealed box encryption cannot fail")
 }
 
 pub fn sealed_box_open(recipient: &Keypair, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -86,10 +87,7 @@ pub struct MultiSealed {
 
 /// Seals `plaintext` once and wraps the content key for each recipient, given as its member key
 /// hex and the (usually cached) [`BoxKey`] between the sender's key and that member's key.
-pub fn seal_multi<'a>(
-    plaintext: &[u8],
-    recipients: impl IntoIterator<Item = (&'a str, BoxKey)>,
-) -> MultiSealed {
+pub fn seal_multi<'a>(plaintext: &[u8], recipients: impl IntoIterator<Item = (&'a str, BoxKey)>) -> MultiSealed {
     let content_key = Zeroizing::new(random_bytes::<32>());
     let nonce = random_bytes::<NONCE_LEN>();
     let body = secretbox_seal(&content_key, &nonce, plaintext);

@@ -197,7 +197,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn add(self, other: Stats) -> Stats {
+    pub fn plus(self, other: Stats) -> Stats {
         Stats {
             messages_in: self.messages_in.saturating_add(other.messages_in),
             messages_out: self.messages_out.saturating_add(other.messages_out),
@@ -556,6 +556,9 @@ pub struct Recipient {
 pub struct Resolved {
     pub target_spec: String,
     pub recipients: Vec<Recipient>,
+    /// Why `recipients` is empty, with the same stable code prefix as a refused send's ack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

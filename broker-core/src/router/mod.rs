@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-pub use outbox::{close_code, Outbox, OutboxError};
+pub use outbox::{Outbox, OutboxError, close_code};
 pub use queue::{Entry, Lane, LoadRequest, MemberQueue};
 pub use rate_limit::{RateLimit, TokenBucket};
 pub use status::StatusState;
@@ -30,8 +30,8 @@ use crate::config::BrokerConfig;
 use crate::crypto::{self, PublicKey};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, capability, Ack, ClientFrame, Enc, ErrorCode, GroupMembership, Hello, HelloAck, KeyWrap, PeerInfo, PeerType,
-    PeersList, Priority, PushRef, Recipient, Resolved, SendRejection, ServerFrame, Stats, StatusSource, Target,
+    self, Ack, ClientFrame, Enc, ErrorCode, GroupMembership, Hello, HelloAck, KeyWrap, PeerInfo, PeerType, PeersList,
+    Priority, PushRef, Recipient, Resolved, SendRejection, ServerFrame, Stats, StatusSource, Target, capability,
 };
 use crate::store::{
     Delivery, Envelope, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueuedEntry, Store, StoreError, WriteOp,
@@ -138,8 +138,7 @@ impl Session {
 
 /// `@parent` reaches members of `parent` and of its subgroups `parent/…`.
 fn group_matches(member_group: &str, target: &str) -> bool {
-    member_group == target
-        || member_group.strip_prefix(target).is_some_and(|rest| rest.starts_with('/'))
+    member_group == target || member_group.strip_prefix(target).is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[derive(Debug)]
@@ -152,12 +151,18 @@ struct MemberEntry {
     sessions: Vec<u64>,
 }
 
-/// A session that went away without saying goodbye; its session-only mail waits for it.
+/// A session that went away. Until its mail is released, mail for its key waits for it (it may
+/// come back with the same key); afterwards its key still resolves, to its member, so a peer
+/// that saw the key recently can still reach the member.
 #[derive(Debug)]
 struct Departed {
     member_id: String,
     at: Instant,
+    released: bool,
 }
+
+/// How long a departed session's key keeps resolving to its member.
+const RETIRED_KEY_MEMORY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 #[derive(Debug)]
 struct MeshState {
@@ -363,10 +368,10 @@ impl Router {
 
     async fn accept_hello(self: &Arc<Self>, hello: Hello, outbox: Outbox) -> Result<SessionHandle, Refusal> {
         let session_key = hello.session_pubkey.clone().filter(|k| !k.is_empty());
-        if let Some(key) = &session_key {
-            if !protocol::is_key_hex(key) {
-                return Err(Refusal::new(ErrorCode::BadSessionPubkey, "sessionPubkey must be 64 lowercase hex characters"));
-            }
+        if let Some(key) = &session_key
+            && !protocol::is_key_hex(key)
+        {
+            return Err(Refusal::new(ErrorCode::BadSessionPubkey, "sessionPubkey must be 64 lowercase hex characters"));
         }
         let shard = match self.shard(&hello.mesh_id).await {
             Ok(Some(shard)) => shard,
@@ -383,7 +388,10 @@ impl Router {
         if now_ms.abs_diff(hello.timestamp) > self.config.hello_skew.as_millis() as u64 {
             return Err(Refusal::new(
                 ErrorCode::TimestampSkew,
-                format!("timestamp is more than {} s from broker time; check the clock", self.config.hello_skew.as_secs()),
+                format!(
+                    "timestamp is more than {} s from broker time; check the clock",
+                    self.config.hello_skew.as_secs()
+                ),
             ));
         }
         let member_key = PublicKey::from_hex(&hello.pubkey)
@@ -396,13 +404,16 @@ impl Router {
             .verify_hex(signed.as_bytes(), &hello.signature)
             .map_err(|_| Refusal::new(ErrorCode::BadSignature, "signature does not verify"))?;
         let caps = Caps::negotiate(&hello.capabilities);
-        if let Some(key) = &session_key {
-            if caps.session_sig {
-                let sig = hello.session_sig.as_deref().unwrap_or_default();
-                crypto::verify_session_binding(&hello.mesh_id, &member_key, key, sig).map_err(|_| {
-                    Refusal::new(ErrorCode::BadSessionPubkey, "sessionSig is not the member's signature over this session key")
-                })?;
-            }
+        if let Some(key) = &session_key
+            && caps.session_sig
+        {
+            let sig = hello.session_sig.as_deref().unwrap_or_default();
+            crypto::verify_session_binding(&hello.mesh_id, &member_key, key, sig).map_err(|_| {
+                Refusal::new(
+                    ErrorCode::BadSessionPubkey,
+                    "sessionSig is not the member's signature over this session key",
+                )
+            })?;
         }
         let first_sighting = self.replay.lock().expect("replay lock").first_sighting(
             &hello.signature,
@@ -456,10 +467,10 @@ impl Router {
         let routing_key = session_key.clone().unwrap_or_else(|| hello.pubkey.clone());
         // The same session key again means the same process reconnected before its old
         // connection timed out: the old one is stale.
-        if let Some(old) = session_key.as_ref().and_then(|k| state.by_routing_key.get(k)) {
-            if let Some(old) = state.sessions.get(old) {
-                old.outbox.close(close_code::NORMAL, "replaced by a newer connection of this session");
-            }
+        if let Some(old) = session_key.as_ref().and_then(|k| state.by_routing_key.get(k))
+            && let Some(old) = state.sessions.get(old)
+        {
+            old.outbox.close(close_code::NORMAL, "replaced by a newer connection of this session");
         }
         state.departed.remove(&routing_key);
 
@@ -469,10 +480,8 @@ impl Router {
             Some(groups) if !groups.is_empty() => groups,
             _ => saved.as_ref().map(|s| s.groups.clone()).unwrap_or_default(),
         };
-        let display_name = hello
-            .display_name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| member.record.display_name.clone());
+        let display_name =
+            hello.display_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| member.record.display_name.clone());
         let now = Instant::now();
         let session = Session {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
@@ -528,7 +537,10 @@ impl Router {
                     "lastSeenAt": protocol::iso8601_ms(saved.last_seen_at), "summary": saved.summary,
                 }),
             ),
-            _ => ("peer_joined", json!({"name": display_name, "pubkey": routing_key, "memberPubkey": hello.pubkey, "groups": groups})),
+            _ => (
+                "peer_joined",
+                json!({"name": display_name, "pubkey": routing_key, "memberPubkey": hello.pubkey, "groups": groups}),
+            ),
         };
         let handle = SessionHandle { shard: shard.clone(), session_id: session.id, member_id: member_id.clone(), caps };
         state.by_routing_key.insert(routing_key, session.id);
@@ -582,14 +594,19 @@ impl Router {
     /// Handles one frame of an established session.
     pub async fn handle(self: &Arc<Self>, session: &SessionHandle, frame: ClientFrame) {
         match frame {
-            ClientFrame::Hello(_) => self.reply_error(session, ErrorCode::AlreadyHello, "this connection already said hello", None),
+            ClientFrame::Hello(_) => {
+                self.reply_error(session, ErrorCode::AlreadyHello, "this connection already said hello", None)
+            }
             ClientFrame::Send(send) => self.send(session, send).await,
             ClientFrame::Delivered(delivered) => self.acknowledge(session, &delivered.message_ids),
             ClientFrame::SetStatus(set) => {
                 let source = set.source.unwrap_or(StatusSource::Manual);
                 self.with_session(session, |router, state, id| {
                     let fresh = router.config.status_fresh_window;
-                    let changed = state.sessions.get_mut(&id).is_some_and(|s| s.status.report(set.status, source, Instant::now(), fresh));
+                    let changed = state
+                        .sessions
+                        .get_mut(&id)
+                        .is_some_and(|s| s.status.report(set.status, source, Instant::now(), fresh));
                     if changed {
                         router.pump_member(state, &session.member_id);
                     }
@@ -654,8 +671,17 @@ impl Router {
     }
 
     async fn resolve_for_client(self: &Arc<Self>, session: &SessionHandle, resolve: protocol::Resolve) {
+        let answer = |recipients: Vec<Recipient>, error: Option<String>| {
+            ServerFrame::Resolved(Resolved {
+                target_spec: resolve.target_spec.clone(),
+                recipients,
+                error,
+                req_id: resolve.req_id.clone(),
+            })
+        };
         let Some(target) = Target::parse(&resolve.target_spec) else {
-            self.reply_error(session, ErrorCode::Malformed, "targetSpec must be a 64-hex key, @group or *", resolve.req_id);
+            let detail = "targetSpec must be a 64-hex member or session key, @group or *";
+            self.reply(session, answer(vec![], Some(rejection_text(SendRejection::UnknownRecipient, detail))));
             return;
         };
         let mut looked_up = false;
@@ -664,34 +690,27 @@ impl Router {
                 let state = session.shard.state.lock().expect("mesh lock");
                 let Some(sender) = state.sessions.get(&session.session_id) else { return };
                 match resolve_target(&state, sender, &target) {
-                    Resolution::Deliveries(deliveries) => Ok(deliveries
-                        .iter()
-                        .filter_map(|d| state.members.get(&d.member_id))
-                        .map(|m| Recipient {
-                            member_pubkey: m.record.pubkey.clone(),
-                            display_name: display_name_of(&state, m),
-                        })
-                        .collect::<Vec<_>>()),
-                    Resolution::Rejected(_, _) => Ok(Vec::new()),
+                    Resolution::Deliveries(deliveries) => Ok(answer(
+                        deliveries
+                            .iter()
+                            .filter_map(|d| state.members.get(&d.member_id))
+                            .map(|m| Recipient {
+                                member_pubkey: m.record.pubkey.clone(),
+                                display_name: display_name_of(&state, m),
+                            })
+                            .collect(),
+                        None,
+                    )),
+                    Resolution::Rejected(reason, detail) => Ok(answer(vec![], Some(rejection_text(reason, &detail)))),
                     Resolution::UnknownKey(key) => Err(key),
                 }
             };
             match outcome {
-                Ok(recipients) => {
-                    let frame = ServerFrame::Resolved(Resolved {
-                        target_spec: resolve.target_spec.clone(),
-                        recipients,
-                        req_id: resolve.req_id.clone(),
-                    });
-                    self.reply(session, frame);
-                    return;
-                }
+                Ok(frame) => return self.reply(session, frame),
                 Err(_) if looked_up => {
-                    self.reply(
-                        session,
-                        ServerFrame::Resolved(Resolved { target_spec: resolve.target_spec, recipients: vec![], req_id: resolve.req_id }),
-                    );
-                    return;
+                    let detail = "no member or connected session of this mesh has that key";
+                    return self
+                        .reply(session, answer(vec![], Some(rejection_text(SendRejection::UnknownRecipient, detail))));
                 }
                 Err(key) => {
                     looked_up = true;
@@ -747,20 +766,20 @@ impl Router {
                 if !charged {
                     charged = true;
                     let limit = self.config.rate_limit;
-                    if let Some(member) = state.members.get_mut(&session.member_id) {
-                        if !member.bucket.try_take(limit, Instant::now()) {
-                            let wait = member.bucket.retry_after(limit);
-                            drop(guard);
-                            return reject(
-                                SendRejection::RateLimit,
-                                format!(
-                                    "max {} msg/min (burst {}) — slow down; next send possible in {} ms",
-                                    limit.per_minute,
-                                    limit.burst,
-                                    wait.as_millis()
-                                ),
-                            );
-                        }
+                    if let Some(member) = state.members.get_mut(&session.member_id)
+                        && !member.bucket.try_take(limit, Instant::now())
+                    {
+                        let wait = member.bucket.retry_after(limit);
+                        drop(guard);
+                        return reject(
+                            SendRejection::RateLimit,
+                            format!(
+                                "max {} msg/min (burst {}) — slow down; next send possible in {} ms",
+                                limit.per_minute,
+                                limit.burst,
+                                wait.as_millis()
+                            ),
+                        );
                     }
                 }
                 let Some(sender) = state.sessions.get(&session.session_id) else { return };
@@ -788,7 +807,10 @@ impl Router {
                         Ok(_) => continue,
                         Err(error) => {
                             tracing::error!(%error, "member lookup failed");
-                            return reject(SendRejection::Unavailable, "the broker could not look up the recipient; retry".to_owned());
+                            return reject(
+                                SendRejection::Unavailable,
+                                "the broker could not look up the recipient; retry".to_owned(),
+                            );
                         }
                     }
                 }
@@ -860,7 +882,12 @@ impl Router {
 
     /// Puts committed entries into their recipients' queues and pushes what may go out now.
     /// Runs on the store's writer thread, in commit order.
-    fn route(self: &Arc<Self>, shard: &Arc<MeshShard>, envelope: &Arc<Envelope>, deliveries: impl Iterator<Item = (Delivery, u64)>) {
+    fn route(
+        self: &Arc<Self>,
+        shard: &Arc<MeshShard>,
+        envelope: &Arc<Envelope>,
+        deliveries: impl Iterator<Item = (Delivery, u64)>,
+    ) {
         let mut loads = Vec::new();
         let mut state = shard.state.lock().expect("mesh lock");
         for (delivery, seq) in deliveries {
@@ -900,9 +927,8 @@ impl Router {
         let router = self.clone();
         self.runtime.spawn(async move {
             let id = member_id.clone();
-            let rows = router
-                .blocking(move |store| store.pending_for_member(&id, request.after_seq, request.limit))
-                .await;
+            let rows =
+                router.blocking(move |store| store.pending_for_member(&id, request.after_seq, request.limit)).await;
             let rows: Option<Vec<QueuedEntry>> = match rows {
                 Ok(rows) => Some(rows),
                 Err(error) => {
@@ -932,8 +958,11 @@ impl Router {
         let mut delivered_on_write = Vec::new();
         for session_id in &member.sessions {
             let Some(session) = sessions.get_mut(session_id) else { continue };
-            let lanes: &[Lane] =
-                if Priority::Next.deliverable_to(session.status.status) { &[Lane::Urgent, Lane::Normal] } else { &[Lane::Urgent] };
+            let lanes: &[Lane] = if Priority::Next.deliverable_to(session.status.status) {
+                &[Lane::Urgent, Lane::Normal]
+            } else {
+                &[Lane::Urgent]
+            };
             for lane in lanes {
                 let index = Session::lane_index(*lane);
                 let start = session.scan_from[index];
@@ -992,7 +1021,9 @@ impl Router {
             Some(Box::new(move |result| {
                 if let Ok(WriteOutcome::Changed(n)) = result {
                     metrics.messages_delivered_total.fetch_add(n, Ordering::Relaxed);
-                    let _ = metrics.queue_depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(n)));
+                    let _ = metrics
+                        .queue_depth
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(n)));
                 }
             })),
         );
@@ -1021,7 +1052,7 @@ impl Router {
                 groups: gone.groups.clone(),
                 summary: gone.summary.clone(),
                 display_name: Some(gone.display_name.clone()),
-                stats: previous.add(gone.stats),
+                stats: previous.plus(gone.stats),
                 last_seen_at: now_ms,
             };
             member.saved = Some(saved.clone());
@@ -1034,9 +1065,9 @@ impl Router {
         if has_session_key {
             if clean {
                 self.release_session(state, &gone.member_id, &gone.routing_key);
-            } else {
-                state.departed.insert(gone.routing_key.clone(), Departed { member_id: gone.member_id.clone(), at: Instant::now() });
             }
+            let departed = Departed { member_id: gone.member_id.clone(), at: Instant::now(), released: clean };
+            state.departed.insert(gone.routing_key.clone(), departed);
         }
         let data = json!({"name": gone.display_name, "pubkey": gone.routing_key, "memberPubkey": gone.member_pubkey});
         self.broadcast_event(state, &gone.member_id, "peer_left", &data);
@@ -1087,20 +1118,25 @@ impl Router {
         }
     }
 
-    /// Releases the session-only mail of sessions gone longer than the rebind grace.
+    /// Releases the session-only mail of sessions gone longer than the rebind grace, and
+    /// forgets keys retired for long.
     pub fn sweep_departed(&self, now: Instant) {
         for shard in self.shards() {
             let mut state = shard.state.lock().expect("mesh lock");
-            let expired: Vec<(String, String)> = state
+            let grace = self.config.session_rebind_grace;
+            let due: Vec<(String, String)> = state
                 .departed
                 .iter()
-                .filter(|(_, d)| now.saturating_duration_since(d.at) >= self.config.session_rebind_grace)
+                .filter(|(_, d)| !d.released && now.saturating_duration_since(d.at) >= grace)
                 .map(|(key, d)| (key.clone(), d.member_id.clone()))
                 .collect();
-            for (key, member_id) in expired {
-                state.departed.remove(&key);
+            for (key, member_id) in due {
+                if let Some(departed) = state.departed.get_mut(&key) {
+                    departed.released = true;
+                }
                 self.release_session(&mut state, &member_id, &key);
             }
+            state.departed.retain(|_, d| now.saturating_duration_since(d.at) < RETIRED_KEY_MEMORY);
         }
     }
 
@@ -1113,9 +1149,8 @@ impl Router {
         }
         for shard in self.shards() {
             let id = shard.mesh_id.clone();
-            let loaded = self
-                .blocking(move |store| Ok(store.mesh(&id)?.map(|mesh| (mesh, store.members(&id)))))
-                .await?;
+            let loaded =
+                self.blocking(move |store| Ok(store.mesh(&id)?.map(|mesh| (mesh, store.members(&id))))).await?;
             let Some((mesh, members)) = loaded else { continue };
             let members = members?;
             let mut state = shard.state.lock().expect("mesh lock");
@@ -1133,7 +1168,8 @@ impl Router {
                 if archived || !active {
                     let error = protocol::ErrorFrame {
                         code: ErrorCode::Revoked,
-                        message: if archived { "the mesh was archived" } else { "your membership was revoked" }.to_owned(),
+                        message: if archived { "the mesh was archived" } else { "your membership was revoked" }
+                            .to_owned(),
                         id: None,
                         req_id: None,
                     };
@@ -1157,7 +1193,9 @@ impl Router {
                         tracing::info!(expired = n, "dropped undelivered messages past their TTL");
                     }
                     metrics.expired_total.fetch_add(n, Ordering::Relaxed);
-                    let _ = metrics.queue_depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(n)));
+                    let _ = metrics
+                        .queue_depth
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(n)));
                 }
             })),
         );
@@ -1166,8 +1204,11 @@ impl Router {
     /// Runs the periodic sweeps until `shutdown` resolves.
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let config = self.config.clone();
-        let mut status = tokio::time::interval((config.status_ttl / 4).clamp(std::time::Duration::from_millis(250), std::time::Duration::from_secs(5)));
-        let mut departed = tokio::time::interval((config.session_rebind_grace / 4).max(std::time::Duration::from_millis(250)));
+        let mut status = tokio::time::interval(
+            (config.status_ttl / 4).clamp(std::time::Duration::from_millis(250), std::time::Duration::from_secs(5)),
+        );
+        let mut departed =
+            tokio::time::interval((config.session_rebind_grace / 4).max(std::time::Duration::from_millis(250)));
         let mut directory = tokio::time::interval(config.directory_poll_interval);
         let mut expiry = tokio::time::interval(config.expiry_sweep_interval);
         for interval in [&mut status, &mut departed, &mut directory, &mut expiry] {
@@ -1217,7 +1258,9 @@ fn check_envelope(enc: Enc, keys: &[KeyWrap]) -> Result<(), &'static str> {
         Enc::System => Err("clients cannot send system envelopes"),
         Enc::Box if !keys.is_empty() => Err("keys are only allowed with enc \"multi\""),
         Enc::Multi if keys.is_empty() => Err("enc \"multi\" needs one key per recipient in keys"),
-        Enc::Multi if keys.iter().any(|k| !protocol::is_key_hex(&k.to) || k.nonce.len() > 64 || k.ciphertext.len() > 128) => {
+        Enc::Multi
+            if keys.iter().any(|k| !protocol::is_key_hex(&k.to) || k.nonce.len() > 64 || k.ciphertext.len() > 128) =>
+        {
             Err("each key needs a 64-hex `to`, a base64 nonce and a base64 wrapped key")
         }
         _ => Ok(()),
@@ -1242,7 +1285,8 @@ fn cover_with_keys(
         let Some(pubkey) = state.members.get(&delivery.member_id).map(|m| m.record.pubkey.clone()) else { continue };
         match wraps.get(pubkey.as_str()) {
             Some(wrap) => {
-                delivery.key = Some(protocol::WrappedKey { nonce: wrap.nonce.clone(), ciphertext: wrap.ciphertext.clone() });
+                delivery.key =
+                    Some(protocol::WrappedKey { nonce: wrap.nonce.clone(), ciphertext: wrap.ciphertext.clone() });
                 covered.push(delivery);
             }
             None => uncovered.push(pubkey),
@@ -1251,7 +1295,10 @@ fn cover_with_keys(
     if covered.is_empty() {
         return Err((
             SendRejection::NoRecipient,
-            format!("no recipient of the target is covered by keys; resolve the target again (uncovered: {})", uncovered.join(",")),
+            format!(
+                "no recipient of the target is covered by keys; resolve the target again (uncovered: {})",
+                uncovered.join(",")
+            ),
         ));
     }
     Ok((covered, uncovered))
@@ -1259,9 +1306,8 @@ fn cover_with_keys(
 
 /// Which members (and sessions) `target` reaches from `sender`. Pure over the mesh state.
 fn resolve_target(state: &MeshState, sender: &Session, target: &Target<'_>) -> Resolution {
-    let own_siblings = || {
-        state.members.get(&sender.member_id).is_some_and(|m| m.sessions.iter().any(|id| *id != sender.id))
-    };
+    let own_siblings =
+        || state.members.get(&sender.member_id).is_some_and(|m| m.sessions.iter().any(|id| *id != sender.id));
     let own_copy = || Delivery {
         member_id: sender.member_id.clone(),
         session_pubkey: None,
@@ -1291,20 +1337,25 @@ fn resolve_target(state: &MeshState, sender: &Session, target: &Target<'_>) -> R
             if let Some(member_id) = state.by_pubkey.get(*key) {
                 let active = state.members.get(member_id).is_some_and(|m| m.record.is_active());
                 if !active {
-                    return Resolution::Rejected(SendRejection::UnknownRecipient, "that member is no longer in the mesh".to_owned());
+                    return Resolution::Rejected(
+                        SendRejection::UnknownRecipient,
+                        "that member is no longer in the mesh".to_owned(),
+                    );
                 }
                 return Resolution::Deliveries(vec![member_copy(member_id)]);
             }
-            let session_member = state
+            // A live session, or one that left: its mail waits for it until released, then goes
+            // to its member.
+            let live = state
                 .by_routing_key
                 .get(*key)
                 .and_then(|id| state.sessions.get(id))
-                .map(|s| s.member_id.clone())
-                .or_else(|| state.departed.get(*key).map(|d| d.member_id.clone()));
+                .map(|s| (s.member_id.clone(), false));
+            let session_member = live.or_else(|| state.departed.get(*key).map(|d| (d.member_id.clone(), d.released)));
             match session_member {
-                Some(member_id) => Resolution::Deliveries(vec![Delivery {
+                Some((member_id, released)) => Resolution::Deliveries(vec![Delivery {
                     member_id,
-                    session_pubkey: Some((*key).to_owned()),
+                    session_pubkey: (!released).then(|| (*key).to_owned()),
                     exclude_session: None,
                     key: None,
                 }]),

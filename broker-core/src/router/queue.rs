@@ -162,7 +162,11 @@ impl MemberQueue {
         }
         self.loading = true;
         self.arrivals_overflowed = false;
-        Some(LoadRequest { after_seq: self.loaded_upto, limit: self.capacity - self.len(), generation: self.generation })
+        Some(LoadRequest {
+            after_seq: self.loaded_upto,
+            limit: self.capacity - self.len(),
+            generation: self.generation,
+        })
     }
 
     /// Merges a finished load (`None` when it failed; it will be retried).

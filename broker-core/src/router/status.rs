@@ -1,9 +1,10 @@
 //! A session's status and who reported it.
 //!
 //! Rules: sources rank hook > manual > inferred. A report from a lower-ranked source does not
-//! override a fresh report from a higher-ranked one. DND is cleared only by the peer itself
-//! (`set_status` from its own session, source manual). `working` decays to `idle` after a TTL, so
-//! a session whose "turn ended" hook was lost does not hold its messages forever.
+//! override a fresh report from a higher-ranked one (a model saying "idle" mid-turn does not beat
+//! the hook that saw the turn start). DND is the peer's own explicit choice: a manual DND always
+//! applies, and only the peer itself (source manual) clears it. `working` decays to `idle` after a
+//! TTL, so a session whose "turn ended" hook was lost does not hold its messages forever.
 
 use std::time::Duration;
 
@@ -29,7 +30,8 @@ impl StatusState {
             return false;
         }
         let fresh = now.saturating_duration_since(self.updated_at) < fresh_window;
-        if source < self.source && fresh && status != self.status {
+        let explicit_dnd = status == Status::Dnd && source == StatusSource::Manual;
+        if source < self.source && fresh && status != self.status && !explicit_dnd {
             return false;
         }
         let changed = self.status != status;
@@ -92,6 +94,8 @@ mod tests {
         check(&[(Dnd, Manual, 0), (Working, Hook, 100)], Dnd);
         check(&[(Dnd, Manual, 0), (Idle, Inferred, 100)], Dnd);
         check(&[(Dnd, Manual, 0), (Idle, Manual, 1)], Idle);
+        // The peer's own DND applies even right after a hook report.
+        check(&[(Idle, Hook, 0), (Dnd, Manual, 1)], Dnd);
     }
 
     #[tokio::test(start_paused = true)]

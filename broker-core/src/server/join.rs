@@ -1,9 +1,9 @@
 //! `POST /join`: redeem a signed invite with a freshly generated member key.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Html;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Broker};
@@ -44,19 +44,26 @@ pub(super) async fn redeem(
     State(broker): State<Broker>,
     body: Result<Json<JoinRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<JoinResponse>, ApiError> {
-    let Json(request) =
-        body.map_err(|e| refused(StatusCode::BAD_REQUEST, "malformed", &format!("expected {{invite, pubkey, displayName}}: {e}")))?;
+    let Json(request) = body.map_err(|e| {
+        refused(StatusCode::BAD_REQUEST, "malformed", &format!("expected {{invite, pubkey, displayName}}: {e}"))
+    })?;
     if !protocol::is_key_hex(&request.pubkey) {
         return Err(refused(StatusCode::BAD_REQUEST, "pubkey_malformed", "pubkey must be 64 lowercase hex characters"));
     }
     let invite = Invite::parse(&request.invite)
         .map_err(|_| refused(StatusCode::BAD_REQUEST, "invite_malformed", "that is not a claudemesh invite"))?;
     invite.verify(protocol::now_ms() / 1000).map_err(|error| match error {
-        InviteError::Expired => refused(StatusCode::GONE, "invite_expired", "this invite has expired; ask for a new one"),
-        InviteError::BadSignature => refused(StatusCode::FORBIDDEN, "invite_bad_signature", "the invite's signature does not verify"),
-        InviteError::Malformed | InviteError::UnsupportedVersion(_) => {
-            refused(StatusCode::BAD_REQUEST, "invite_malformed", "that is not a claudemesh invite this broker understands")
+        InviteError::Expired => {
+            refused(StatusCode::GONE, "invite_expired", "this invite has expired; ask for a new one")
         }
+        InviteError::BadSignature => {
+            refused(StatusCode::FORBIDDEN, "invite_bad_signature", "the invite's signature does not verify")
+        }
+        InviteError::Malformed | InviteError::UnsupportedVersion(_) => refused(
+            StatusCode::BAD_REQUEST,
+            "invite_malformed",
+            "that is not a claudemesh invite this broker understands",
+        ),
     })?;
 
     let display_name = match request.display_name.trim() {
@@ -66,13 +73,17 @@ pub(super) async fn redeem(
     let pubkey = request.pubkey.clone();
     let result = broker
         .blocking(move |store| {
-            let record = store.invite(&invite.invite_id)?.ok_or_else(|| StoreError::NotFound("invite_not_found".into()))?;
+            let record =
+                store.invite(&invite.invite_id)?.ok_or_else(|| StoreError::NotFound("invite_not_found".into()))?;
             // The stored invite must be exactly the one that was signed: nothing in the token
             // (role, uses, expiry, mesh) can be swapped.
             if record.mesh_id != invite.mesh_id {
                 return Err(StoreError::Conflict("invite_mesh_mismatch".into()));
             }
-            if record.role != invite.role || record.max_uses != invite.max_uses || record.expires_at != invite.expires_at {
+            if record.role != invite.role
+                || record.max_uses != invite.max_uses
+                || record.expires_at != invite.expires_at
+            {
                 return Err(StoreError::Conflict("invite_tampered".into()));
             }
             let issuer = store
@@ -114,14 +125,22 @@ fn join_error(error: StoreError) -> ApiError {
         StoreError::Conflict(what) => match what.as_str() {
             "invite_revoked" => (StatusCode::GONE, "invite_revoked", "this invite was revoked"),
             "invite_expired" => (StatusCode::GONE, "invite_expired", "this invite has expired; ask for a new one"),
-            "invite_exhausted" => (StatusCode::GONE, "invite_exhausted", "this invite has been used up; ask for a new one"),
-            "invite_mesh_mismatch" => (StatusCode::FORBIDDEN, "invite_mesh_mismatch", "the invite does not belong to that mesh"),
-            "invite_tampered" => (StatusCode::FORBIDDEN, "invite_bad_signature", "the invite does not match what was issued"),
+            "invite_exhausted" => {
+                (StatusCode::GONE, "invite_exhausted", "this invite has been used up; ask for a new one")
+            }
+            "invite_mesh_mismatch" => {
+                (StatusCode::FORBIDDEN, "invite_mesh_mismatch", "the invite does not belong to that mesh")
+            }
+            "invite_tampered" => {
+                (StatusCode::FORBIDDEN, "invite_bad_signature", "the invite does not match what was issued")
+            }
             "invite_issuer_unknown" | "invite_issuer_not_admin" => {
                 (StatusCode::FORBIDDEN, "invite_issuer_not_admin", "the invite was not signed by an admin of the mesh")
             }
             "mesh_archived" => (StatusCode::GONE, "mesh_archived", "the mesh was archived"),
-            "member_revoked" => (StatusCode::FORBIDDEN, "member_revoked", "this key was removed from the mesh; generate a new one"),
+            "member_revoked" => {
+                (StatusCode::FORBIDDEN, "member_revoked", "this key was removed from the mesh; generate a new one")
+            }
             _ => return ApiError::from(error),
         },
         _ => return ApiError::from(error),

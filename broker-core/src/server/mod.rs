@@ -8,22 +8,22 @@ mod join;
 mod ws;
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::router::{close_code, Router};
+use crate::router::{Router, close_code};
 use crate::store::Store;
 
 /// The crate version, reported by `/health`.
@@ -120,7 +120,11 @@ pub fn app(broker: Broker) -> axum::Router {
 
 /// Serves `listener` until `shutdown` resolves, then closes every session with 1001, waits
 /// (up to a few seconds) for them to save their state, and commits everything queued.
-pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let stopping = CancellationToken::new();
     let background = tokio::spawn(broker.router().clone().run_background(stopping.clone().cancelled_owned()));
     let router = broker.router().clone();
@@ -166,9 +170,15 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::Invalid(what) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", what),
             StoreError::Database(what) => {
                 tracing::error!(error = %what, "database error");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the broker's database is unavailable; retry")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the broker's database is unavailable; retry",
+                )
             }
-            StoreError::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the broker is shutting down"),
+            StoreError::Closed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the broker is shutting down")
+            }
         }
     }
 }
@@ -199,37 +209,38 @@ async fn health(State(broker): State<Broker>) -> Json<serde_json::Value> {
 
 /// Readiness: 503 unless the database answers and the expected migration is applied.
 async fn ready(State(broker): State<Broker>) -> Response {
-    let checked = tokio::time::timeout(Duration::from_secs(2), broker.blocking(|store| {
-        store.ping()?;
-        store.applied_migrations()
-    }))
+    let checked = tokio::time::timeout(
+        Duration::from_secs(2),
+        broker.blocking(|store| {
+            store.ping()?;
+            store.applied_migrations()
+        }),
+    )
     .await;
     let migrations = match checked {
         Ok(Ok(migrations)) => migrations,
         Ok(Err(error)) => {
             tracing::warn!(%error, "readiness check failed");
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": "db_down"}))).into_response();
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": "db_down"})))
+                .into_response();
         }
         Err(_) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": "db_timeout"}))).into_response();
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": "db_timeout"})))
+                .into_response();
         }
     };
-    if let Some(expected) = &broker.inner.expected_migration {
-        if !migrations.iter().any(|m| m == expected) {
-            return (
+    if let Some(expected) = &broker.inner.expected_migration
+        && !migrations.iter().any(|m| m == expected)
+    {
+        return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({"status": "not_ready", "reason": "migration_missing", "expected": expected, "applied": migrations})),
             )
                 .into_response();
-        }
     }
     Json(json!({"status": "ready", "migration": migrations.last()})).into_response()
 }
 
 async fn metrics(State(broker): State<Broker>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        broker.metrics().render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], broker.metrics().render()).into_response()
 }

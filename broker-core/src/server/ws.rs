@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Broker;
 use crate::protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame};
-use crate::router::{close_code, Outbox, SessionHandle};
+use crate::router::{Outbox, SessionHandle, close_code};
 
 /// Initial read buffer per connection. tungstenite allocates it up front (128 KiB by default),
 /// which would dominate the memory of thousands of idle sessions; it grows when a frame needs it.

@@ -146,7 +146,10 @@ pub enum WriteOp {
     /// Recipients acknowledged these entries: `(member_id, seq)`.
     Acknowledge(Vec<(String, u64)>),
     /// A session left for good: its session-only entries now go to any session of the member.
-    ReleaseSession { member_id: String, session_pubkey: String },
+    ReleaseSession {
+        member_id: String,
+        session_pubkey: String,
+    },
     SavePeerState(PeerStateRecord),
     /// Drop undelivered entries created before this time (ms).
     ExpireBefore(u64),
@@ -217,13 +220,7 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically: refuses a revoked, expired or used-up invite; returns the existing member for
     /// a pubkey that already joined (without using the invite up); else adds the member with
     /// the invite's role and counts one use.
-    fn redeem_invite(
-        &self,
-        invite_id: &str,
-        pubkey: &str,
-        display_name: &str,
-        now_ms: u64,
-    ) -> StoreResult<Redemption>;
+    fn redeem_invite(&self, invite_id: &str, pubkey: &str, display_name: &str, now_ms: u64) -> StoreResult<Redemption>;
 
     /// A broker-wide setting (for example the public URL the last `serve` announced).
     fn setting(&self, key: &str) -> StoreResult<Option<String>>;

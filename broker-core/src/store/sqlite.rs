@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Completion, Delivery, Envelope, InviteRecord, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueuedEntry,
-    Redemption, Store, StoreError, StoreResult, WriteOp, WriteOutcome, MIGRATIONS,
+    Completion, Delivery, Envelope, InviteRecord, MIGRATIONS, MemberRecord, MeshRecord, NewMessage, PeerStateRecord,
+    QueuedEntry, Redemption, Store, StoreError, StoreResult, WriteOp, WriteOutcome,
 };
 use crate::protocol::{Enc, Priority, Role, WrappedKey};
 
@@ -220,8 +220,10 @@ fn open_connection(path: &Path, durability: Durability) -> StoreResult<Connectio
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_error)?;
-    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)")
-        .map_err(db_error)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(db_error)?;
     for (name, sql) in MIGRATIONS {
         let applied: bool = tx
             .query_row("SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE name = ?1)", [name], |row| row.get(0))
@@ -315,7 +317,9 @@ fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> Store
         let body_seq = *next_seq;
         *next_seq += 1;
         conn.prepare_cached("INSERT INTO bodies (seq, nonce, ciphertext, created_at) VALUES (?1, ?2, ?3, ?4)")
-            .and_then(|mut stmt| stmt.execute(params![body_seq as i64, env.nonce, env.ciphertext, env.created_at as i64]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![body_seq as i64, env.nonce, env.ciphertext, env.created_at as i64])
+            })
             .map_err(db_error)?;
         Some(body_seq)
     } else {
@@ -475,7 +479,8 @@ fn invite_from_row(row: &Row<'_>) -> rusqlite::Result<InviteRecord> {
     })
 }
 
-const INVITE_COLUMNS: &str = "id, mesh_id, role, max_uses, used_count, expires_at, issuer_member_id, created_at, revoked_at";
+const INVITE_COLUMNS: &str =
+    "id, mesh_id, role, max_uses, used_count, expires_at, issuer_member_id, created_at, revoked_at";
 
 /// Lowercase ASCII letters, digits and single dashes; never empty.
 pub(crate) fn slugify(text: &str) -> String {
@@ -537,18 +542,19 @@ impl Store for SqliteStore {
 
     fn meshes(&self) -> StoreResult<Vec<MeshRecord>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare("SELECT id, slug, name, created_at, archived_at FROM meshes ORDER BY created_at")?;
-            let rows = stmt.query_map([], mesh_from_row)?.collect();
-            rows
+            let mut stmt =
+                conn.prepare("SELECT id, slug, name, created_at, archived_at FROM meshes ORDER BY created_at")?;
+
+            stmt.query_map([], mesh_from_row)?.collect()
         })
     }
 
     fn members(&self, mesh_id: &str) -> StoreResult<Vec<MemberRecord>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = ?1 ORDER BY created_at, id"))?;
-            let rows = stmt.query_map([mesh_id], member_from_row)?.collect();
-            rows
+            let mut stmt = conn
+                .prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = ?1 ORDER BY created_at, id"))?;
+
+            stmt.query_map([mesh_id], member_from_row)?.collect()
         })
     }
 
@@ -568,7 +574,8 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare(
                 "SELECT member_id, groups, summary, display_name, stats, last_seen_at FROM peer_state WHERE mesh_id = ?1",
             )?;
-            let rows = stmt
+
+            stmt
                 .query_map([mesh_id], |row| {
                     let groups: String = row.get(1)?;
                     let stats: String = row.get(4)?;
@@ -581,8 +588,7 @@ impl Store for SqliteStore {
                         last_seen_at: row.get::<_, i64>(5)? as u64,
                     })
                 })?
-                .collect();
-            rows
+                .collect()
         })
     }
 
@@ -596,43 +602,41 @@ impl Store for SqliteStore {
                  FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
                  WHERE q.member_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
             )?;
-            let rows = stmt
-                .query_map(params![member_id, after_seq as i64, limit as i64], |row| {
-                    let enc: String = row.get(9)?;
-                    let key_nonce: Option<String> = row.get(12)?;
-                    let key_ciphertext: Option<String> = row.get(13)?;
-                    Ok(QueuedEntry {
-                        seq: row.get::<_, i64>(0)? as u64,
-                        envelope: Arc::new(Envelope {
-                            message_id: row.get(1)?,
-                            mesh_id: row.get(2)?,
-                            sender_member_id: row.get(5)?,
-                            sender_member_pubkey: row.get(15)?,
-                            sender_pubkey: row.get(6)?,
-                            sender_session_sig: row.get(16)?,
-                            target_spec: row.get(7)?,
-                            priority: Priority::from_db(row.get(8)?),
-                            enc: Enc::from_db(&enc),
-                            nonce: row.get(10)?,
-                            ciphertext: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
-                            created_at: row.get::<_, i64>(14)? as u64,
-                        }),
-                        delivery: Delivery {
-                            member_id: member_id.to_owned(),
-                            session_pubkey: row.get(3)?,
-                            exclude_session: row.get(4)?,
-                            key: key_nonce.zip(key_ciphertext).map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
-                        },
-                    })
-                })?
-                .collect();
-            rows
+
+            stmt.query_map(params![member_id, after_seq as i64, limit as i64], |row| {
+                let enc: String = row.get(9)?;
+                let key_nonce: Option<String> = row.get(12)?;
+                let key_ciphertext: Option<String> = row.get(13)?;
+                Ok(QueuedEntry {
+                    seq: row.get::<_, i64>(0)? as u64,
+                    envelope: Arc::new(Envelope {
+                        message_id: row.get(1)?,
+                        mesh_id: row.get(2)?,
+                        sender_member_id: row.get(5)?,
+                        sender_member_pubkey: row.get(15)?,
+                        sender_pubkey: row.get(6)?,
+                        sender_session_sig: row.get(16)?,
+                        target_spec: row.get(7)?,
+                        priority: Priority::from_db(row.get(8)?),
+                        enc: Enc::from_db(&enc),
+                        nonce: row.get(10)?,
+                        ciphertext: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
+                        created_at: row.get::<_, i64>(14)? as u64,
+                    }),
+                    delivery: Delivery {
+                        member_id: member_id.to_owned(),
+                        session_pubkey: row.get(3)?,
+                        exclude_session: row.get(4)?,
+                        key: key_nonce.zip(key_ciphertext).map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
+                    },
+                })
+            })?
+            .collect()
         })
     }
 
     fn queue_depth(&self) -> StoreResult<u64> {
-        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |row| row.get::<_, i64>(0)))
-            .map(|n| n as u64)
+        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |row| row.get::<_, i64>(0))).map(|n| n as u64)
     }
 
     fn create_mesh(
@@ -751,18 +755,17 @@ impl Store for SqliteStore {
         })
     }
 
-    fn redeem_invite(
-        &self,
-        invite_id: &str,
-        pubkey: &str,
-        display_name: &str,
-        now_ms: u64,
-    ) -> StoreResult<Redemption> {
+    fn redeem_invite(&self, invite_id: &str, pubkey: &str, display_name: &str, now_ms: u64) -> StoreResult<Redemption> {
         check_pubkey(pubkey)?;
-        let (invite_id, pubkey, display_name) = (invite_id.to_owned(), pubkey.to_owned(), display_name.trim().to_owned());
+        let (invite_id, pubkey, display_name) =
+            (invite_id.to_owned(), pubkey.to_owned(), display_name.trim().to_owned());
         self.call(move |conn| {
             let invite = conn
-                .query_row(&format!("SELECT {INVITE_COLUMNS} FROM invites WHERE id = ?1"), [&invite_id], invite_from_row)
+                .query_row(
+                    &format!("SELECT {INVITE_COLUMNS} FROM invites WHERE id = ?1"),
+                    [&invite_id],
+                    invite_from_row,
+                )
                 .optional()
                 .map_err(db_error)?
                 .ok_or_else(|| StoreError::NotFound("invite_not_found".into()))?;
@@ -816,7 +819,9 @@ impl Store for SqliteStore {
     }
 
     fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        self.read(|conn| conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| row.get(0)).optional())
+        self.read(|conn| {
+            conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| row.get(0)).optional()
+        })
     }
 
     fn set_setting(&self, key: &str, value: &str) -> StoreResult<()> {
@@ -836,7 +841,9 @@ fn check_pubkey(pubkey: &str) -> StoreResult<()> {
     if crate::protocol::is_key_hex(pubkey) {
         return Ok(());
     }
-    Err(StoreError::Invalid(format!("public key {pubkey:?} is not 64 lowercase hex characters (an ed25519 public key)")))
+    Err(StoreError::Invalid(format!(
+        "public key {pubkey:?} is not 64 lowercase hex characters (an ed25519 public key)"
+    )))
 }
 
 fn insert_member(conn: &Connection, member: &MemberRecord) -> StoreResult<()> {

@@ -1,0 +1,275 @@
+//! A real broker on 127.0.0.1:0 with a temporary data directory, and helpers to drive it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_core::client::{ClientConfig, ClientEvent, InboundMessage, MeshClient, SessionProfile};
+use broker_core::config::BrokerConfig;
+use broker_core::crypto::{self, Keypair};
+use broker_core::protocol::{self, ClientFrame, Hello, Role, ServerFrame};
+use broker_core::server::{self, Broker};
+use broker_core::store::{Durability, MemberRecord, SqliteStore, Store};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestBroker {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<SqliteStore>,
+    pub broker: Broker,
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub struct TestMember {
+    pub key: Keypair,
+    pub record: MemberRecord,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        TestBroker::start_with(BrokerConfig::default()).await
+    }
+
+    pub async fn start_with(config: BrokerConfig) -> TestBroker {
+        TestBroker::start_expecting(config, None).await
+    }
+
+    /// With `EXPECTED_MIGRATION` set to `expected_migration`.
+    pub async fn start_expecting(config: BrokerConfig, expected_migration: Option<&str>) -> TestBroker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Normal).expect("store opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("local addr");
+        let broker =
+            Broker::new(config, store.clone(), format!("http://{addr}"), expected_migration.map(str::to_owned));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(server::serve(listener, broker.clone(), async {
+            let _ = stopped.await;
+        }));
+        TestBroker { dir, store, broker, addr, stop: Some(stop), served: Some(served) }
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Stops serving (sessions closed with 1001, state saved).
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.expect("serve task").expect("serve ok");
+        }
+    }
+
+    /// A mesh with `names.len()` members, each with a fresh key.
+    pub fn mesh(&self, name: &str, names: &[&str]) -> (String, Vec<TestMember>) {
+        let creator = Keypair::generate();
+        let (mesh, admin) =
+            self.store.create_mesh(name, "", &creator.public_hex(), names[0], protocol::now_ms()).expect("mesh");
+        let mut members = vec![TestMember { key: creator, record: admin }];
+        for member_name in &names[1..] {
+            members.push(self.add_member(&mesh.id, member_name, Role::Member));
+        }
+        (mesh.id, members)
+    }
+
+    pub fn add_member(&self, mesh_id: &str, name: &str, role: Role) -> TestMember {
+        let key = Keypair::generate();
+        let record = self.store.add_member(mesh_id, &key.public_hex(), name, role, protocol::now_ms()).expect("member");
+        TestMember { key, record }
+    }
+
+    pub fn client_config(&self, mesh_id: &str, member: &TestMember, display_name: &str) -> ClientConfig {
+        let mut config = ClientConfig::new(&self.http_url(), mesh_id, &member.record.id, member.key.clone());
+        config.profile = SessionProfile {
+            display_name: Some(display_name.to_owned()),
+            session_id: Some(format!("session-{display_name}")),
+            pid: Some(std::process::id()),
+            cwd: Some("/work/project".to_owned()),
+            hostname: Some("testhost".to_owned()),
+            peer_type: Some(protocol::PeerType::Ai),
+            channel: Some("claude-code".to_owned()),
+            model: Some("test-model".to_owned()),
+            groups: vec![],
+        };
+        config.backoff.initial = Duration::from_millis(50);
+        config.backoff.max = Duration::from_millis(200);
+        config
+    }
+
+    /// A connected client; waits for its hello_ack.
+    pub async fn connect(&self, mesh_id: &str, member: &TestMember, display_name: &str) -> Peer {
+        Peer::connect(self.client_config(mesh_id, member, display_name)).await
+    }
+}
+
+/// A client with its event stream, and helpers to wait for what tests expect.
+pub struct Peer {
+    pub client: MeshClient,
+    pub events: mpsc::Receiver<ClientEvent>,
+    pub hello_ack: protocol::HelloAck,
+}
+
+impl Peer {
+    pub async fn connect(config: ClientConfig) -> Peer {
+        let (client, mut events) = MeshClient::start(config);
+        let hello_ack = loop {
+            match tokio::time::timeout(WAIT, events.recv()).await.expect("connects in time").expect("event stream") {
+                ClientEvent::Connected(ack) => break ack,
+                ClientEvent::Refused { code, message, .. } => panic!("refused: {code:?} {message}"),
+                _ => continue,
+            }
+        };
+        Peer { client, events, hello_ack }
+    }
+
+    /// The next inbound message (skipping other events), acknowledged.
+    pub async fn message(&mut self) -> InboundMessage {
+        let message = self.message_unacknowledged().await;
+        self.client.acknowledge(vec![message.message_id.clone()]).await.expect("ack");
+        message
+    }
+
+    pub async fn message_unacknowledged(&mut self) -> InboundMessage {
+        loop {
+            match tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("a message in time")
+                .expect("event stream")
+            {
+                ClientEvent::Message(message) => return message,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Asserts no message arrives within `window`.
+    pub async fn no_message_within(&mut self, window: Duration) {
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return,
+                Ok(Some(ClientEvent::Message(message))) => panic!("unexpected message {:?}", message.text()),
+                Ok(Some(_)) => continue,
+                Ok(None) => return,
+            }
+        }
+    }
+
+    /// The next system event named `event`.
+    pub async fn system_event(&mut self, event: &str) -> serde_json::Value {
+        loop {
+            match tokio::time::timeout(WAIT, self.events.recv()).await.expect("an event in time").expect("event stream")
+            {
+                ClientEvent::System { event: name, data, .. } if name == event => return data,
+                _ => continue,
+            }
+        }
+    }
+
+    /// All system event names seen within `window`.
+    pub async fn system_events_within(&mut self, window: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut names = Vec::new();
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            if let ClientEvent::System { event, .. } = event {
+                names.push(event);
+            }
+        }
+        names
+    }
+}
+
+/// A raw WebSocket, for handshake tests that need exact frames.
+pub struct RawSocket {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl RawSocket {
+    pub async fn connect(url: &str) -> RawSocket {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws connects");
+        RawSocket { socket }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text.to_owned())).await.expect("sends");
+    }
+
+    pub async fn send_frame(&mut self, frame: &ClientFrame) {
+        self.send_text(&serde_json::to_string(frame).expect("serializes")).await;
+    }
+
+    /// The next server frame, or None once closed; also returns the close code when closed.
+    pub async fn next(&mut self) -> Result<ServerFrame, Option<u16>> {
+        loop {
+            match tokio::time::timeout(WAIT, self.socket.next()).await.expect("a frame in time") {
+                Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).expect("valid server frame")),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+}
+
+/// A correctly signed hello for `member`, with a proven session key.
+pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello {
+    let session = Keypair::generate();
+    Hello {
+        mesh_id: mesh_id.to_owned(),
+        member_id: member.record.id.clone(),
+        pubkey: member.key.public_hex(),
+        session_pubkey: Some(session.public_hex()),
+        session_sig: Some(crypto::sign_session_binding(&member.key, mesh_id, &session.public_hex())),
+        display_name: Some("raw".into()),
+        capabilities: vec![protocol::capability::SESSION_SIG.into()],
+        timestamp,
+        signature: crypto::sign_hello(&member.key, mesh_id, &member.record.id, timestamp),
+        ..Hello::default()
+    }
+}
+
+/// Fetches `path` over plain HTTP/1.1 (no client library needed for these few checks).
+pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("reads");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    // Chunked bodies: keep the JSON/text payload lines only.
+    let body = if response.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    (status, body)
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 {
+            break;
+        }
+        out.push_str(&tail[..size.min(tail.len())]);
+        rest = tail.get(size + 2..).unwrap_or("");
+    }
+    out
+}

@@ -1,0 +1,164 @@
+//! Hello refusals, each with its code and close 1008, against a real broker.
+
+mod common;
+
+use broker_core::crypto::{self, Keypair};
+use broker_core::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
+use common::{RawSocket, TestBroker, signed_hello};
+
+/// Sends `hello` on a fresh socket and expects refusal `code` followed by close 1008.
+async fn check_refused(broker: &TestBroker, hello: protocol::Hello, code: ErrorCode) {
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(hello)).await;
+    match socket.next().await {
+        Ok(ServerFrame::Error(error)) => assert_eq!(error.code, code, "{}", error.message),
+        other => panic!("expected error {code:?}, got {other:?}"),
+    }
+    assert_eq!(socket.next().await.err(), Some(Some(1008)), "closed with 1008 after {code:?}");
+}
+
+async fn check_accepted(broker: &TestBroker, hello: protocol::Hello) -> RawSocket {
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(hello)).await;
+    match socket.next().await {
+        Ok(ServerFrame::HelloAck(ack)) => {
+            assert_eq!(ack.capabilities, vec![protocol::capability::SESSION_SIG.to_owned()]);
+            socket
+        }
+        other => panic!("expected hello_ack, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_valid_hello_is_accepted() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    check_accepted(&broker, signed_hello(&mesh, &members[0], protocol::now_ms())).await;
+}
+
+#[tokio::test]
+async fn signature_and_timestamp_refusals() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = &members[0];
+    let now = protocol::now_ms();
+
+    let mut wrong_key = signed_hello(&mesh, alice, now);
+    wrong_key.signature = crypto::sign_hello(&members[1].key, &mesh, &alice.record.id, now);
+    check_refused(&broker, wrong_key, ErrorCode::BadSignature).await;
+
+    check_refused(&broker, signed_hello(&mesh, alice, now - 61_000), ErrorCode::TimestampSkew).await;
+    check_refused(&broker, signed_hello(&mesh, alice, now + 61_000), ErrorCode::TimestampSkew).await;
+
+    // Tampering with any signed field breaks the signature.
+    let mut tampered_time = signed_hello(&mesh, alice, now);
+    tampered_time.timestamp += 1;
+    check_refused(&broker, tampered_time, ErrorCode::BadSignature).await;
+    let mut tampered_member = signed_hello(&mesh, alice, now);
+    tampered_member.member_id = members[1].record.id.clone();
+    check_refused(&broker, tampered_member, ErrorCode::BadSignature).await;
+
+    let mut bad_hex = signed_hello(&mesh, alice, now);
+    bad_hex.pubkey = "zz".repeat(32);
+    check_refused(&broker, bad_hex, ErrorCode::Malformed).await;
+    let mut short_signature = signed_hello(&mesh, alice, now);
+    short_signature.signature.truncate(100);
+    check_refused(&broker, short_signature, ErrorCode::Malformed).await;
+    let mut bad_session = signed_hello(&mesh, alice, now);
+    bad_session.session_pubkey = Some("ABC".into());
+    check_refused(&broker, bad_session, ErrorCode::BadSessionPubkey).await;
+}
+
+#[tokio::test]
+async fn a_replayed_hello_is_refused() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    let hello = signed_hello(&mesh, &members[0], protocol::now_ms());
+    let _first = check_accepted(&broker, hello.clone()).await;
+    check_refused(&broker, hello, ErrorCode::Replay).await;
+}
+
+#[tokio::test]
+async fn membership_refusals() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let now = protocol::now_ms();
+
+    // A key that is not a member.
+    let stranger = common::TestMember { key: Keypair::generate(), record: members[0].record.clone() };
+    let mut hello = signed_hello(&mesh, &stranger, now);
+    hello.signature = crypto::sign_hello(&stranger.key, &mesh, &stranger.record.id, now);
+    check_refused(&broker, hello, ErrorCode::Unauthorized).await;
+
+    // memberId must be the id of the member found by pubkey.
+    let alice = &members[0];
+    let mut mismatched = signed_hello(&mesh, alice, now);
+    mismatched.member_id = members[1].record.id.clone();
+    mismatched.signature = crypto::sign_hello(&alice.key, &mesh, &members[1].record.id, now);
+    check_refused(&broker, mismatched, ErrorCode::Unauthorized).await;
+
+    // An unknown mesh.
+    let mut elsewhere = signed_hello("mesh_nope", alice, now);
+    elsewhere.signature = crypto::sign_hello(&alice.key, "mesh_nope", &alice.record.id, now);
+    check_refused(&broker, elsewhere, ErrorCode::Unauthorized).await;
+}
+
+#[tokio::test]
+async fn an_announced_session_key_must_be_proven() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = &members[0];
+
+    let mut unproven = signed_hello(&mesh, alice, protocol::now_ms());
+    unproven.session_sig = None;
+    check_refused(&broker, unproven, ErrorCode::BadSessionPubkey).await;
+
+    // Signed by another member: not a delegation from alice.
+    let mut forged = signed_hello(&mesh, alice, protocol::now_ms());
+    let session = forged.session_pubkey.clone().expect("session key");
+    forged.session_sig = Some(crypto::sign_session_binding(&members[1].key, &mesh, &session));
+    check_refused(&broker, forged, ErrorCode::BadSessionPubkey).await;
+
+    // A reference client that does not announce the capability keeps the reference behaviour.
+    let mut reference = signed_hello(&mesh, alice, protocol::now_ms());
+    reference.session_sig = None;
+    reference.capabilities.clear();
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(reference)).await;
+    assert!(matches!(socket.next().await, Ok(ServerFrame::HelloAck(_))));
+}
+
+#[tokio::test]
+async fn frames_before_hello_get_no_hello_and_garbage_is_malformed() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::ListPeers(protocol::ListPeers::default())).await;
+    match socket.next().await {
+        Ok(ServerFrame::Error(error)) => assert_eq!(error.code, ErrorCode::NoHello),
+        other => panic!("expected no_hello, got {other:?}"),
+    }
+    // The connection stays usable for a proper hello.
+    socket.send_frame(&ClientFrame::Hello(signed_hello(&mesh, &members[0], protocol::now_ms()))).await;
+    assert!(matches!(socket.next().await, Ok(ServerFrame::HelloAck(_))));
+
+    let mut garbage = RawSocket::connect(&broker.ws_url()).await;
+    garbage.send_text("{not json").await;
+    match garbage.next().await {
+        Ok(ServerFrame::Error(error)) => assert_eq!(error.code, ErrorCode::Malformed),
+        other => panic!("expected malformed, got {other:?}"),
+    }
+    assert_eq!(garbage.next().await.err(), Some(Some(1008)));
+}
+
+#[tokio::test]
+async fn the_per_mesh_connection_cap_refuses_with_capacity() {
+    let config = broker_core::config::BrokerConfig { max_connections_per_mesh: 2, ..Default::default() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    let _one = check_accepted(&broker, signed_hello(&mesh, &members[0], protocol::now_ms())).await;
+    let _two = check_accepted(&broker, signed_hello(&mesh, &members[0], protocol::now_ms())).await;
+    check_refused(&broker, signed_hello(&mesh, &members[0], protocol::now_ms()), ErrorCode::Capacity).await;
+    let metrics = broker.broker.metrics().render();
+    assert!(metrics.contains("broker_connections_rejected_total{reason=\"capacity\"} 1"), "{metrics}");
+}

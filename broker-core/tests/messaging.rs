@@ -1,0 +1,301 @@
+//! Sending and durable delivery through a real broker: direct, group, broadcast, offline
+//! recipients, re-delivery, priorities, and every refusal.
+
+mod common;
+
+use std::time::Duration;
+
+use broker_core::client::ClientError;
+use broker_core::config::BrokerConfig;
+use broker_core::protocol::{self, ClientFrame, Priority, Role, SendRejection, ServerFrame, Status, StatusSource};
+use broker_core::router::RateLimit;
+use common::{RawSocket, TestBroker, signed_hello};
+
+fn generous() -> BrokerConfig {
+    BrokerConfig { rate_limit: RateLimit { burst: 10_000, per_minute: 600_000 }, ..BrokerConfig::default() }
+}
+
+#[tokio::test]
+async fn direct_message_by_member_key_and_by_session_key() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+
+    let receipt = alice.client.send(&members[1].key.public_hex(), b"hello bob", Priority::Next).await.expect("queued");
+    assert_eq!(receipt.recipients, 1);
+    let message = bob.message().await;
+    assert_eq!(message.text().as_deref(), Some("hello bob"));
+    assert_eq!(message.message_id, receipt.message_id);
+    assert_eq!(message.sender_pubkey, alice.client.session_pubkey());
+    assert_eq!(message.sender_member_pubkey.as_deref(), Some(members[0].key.public_hex().as_str()));
+    assert!(message.verified, "the session binding verifies end to end");
+
+    alice.client.send(&bob.client.session_pubkey(), b"to your session", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.text().as_deref(), Some("to your session"));
+}
+
+#[tokio::test]
+async fn group_and_broadcast_reach_the_right_members_sealed() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol", "dave"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    let mut carol = broker.connect(&mesh, &members[2], "carol").await;
+    let mut dave = broker.connect(&mesh, &members[3], "dave").await;
+    bob.client.join_group("backend", Some("lead")).await.expect("join");
+    carol.client.join_group("backend/db", None).await.expect("join");
+    // Make sure the joins landed before resolving the group.
+    bob.client.list_peers().await.expect("round trip");
+    carol.client.list_peers().await.expect("round trip");
+
+    let receipt = alice.client.send("@backend", b"deploy at 5", Priority::Next).await.expect("queued");
+    assert_eq!(receipt.recipients, 2);
+    assert_eq!(bob.message().await.text().as_deref(), Some("deploy at 5"));
+    assert_eq!(carol.message().await.text().as_deref(), Some("deploy at 5"));
+    dave.no_message_within(Duration::from_millis(300)).await;
+
+    let receipt = alice.client.send("*", b"lunch?", Priority::Low).await.expect("queued");
+    assert_eq!(receipt.recipients, 3);
+    for peer in [&mut bob, &mut carol, &mut dave] {
+        let message = peer.message().await;
+        assert_eq!(message.text().as_deref(), Some("lunch?"));
+        assert_eq!(message.target_spec.as_deref(), Some("*"));
+    }
+}
+
+#[tokio::test]
+async fn an_offline_member_gets_its_messages_when_it_connects() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    // Bob has never connected; carol joined @ops in an earlier session.
+    let carol = broker.connect(&mesh, &members[2], "carol").await;
+    carol.client.join_group("ops", None).await.expect("join");
+    carol.client.list_peers().await.expect("round trip");
+    carol.client.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    for n in 0..5 {
+        alice
+            .client
+            .send(&members[1].key.public_hex(), format!("dm {n}").as_bytes(), Priority::Next)
+            .await
+            .expect("queued");
+    }
+    alice.client.send("@ops", b"ops page", Priority::Now).await.expect("queued for offline group member");
+    alice.client.send("*", b"everyone", Priority::Next).await.expect("queued");
+
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    let mut texts = Vec::new();
+    for _ in 0..6 {
+        texts.push(bob.message().await.text().expect("opens"));
+    }
+    assert_eq!(texts, ["dm 0", "dm 1", "dm 2", "dm 3", "dm 4", "everyone"]);
+
+    let mut carol = broker.connect(&mesh, &members[2], "carol").await;
+    let mut carol_texts =
+        vec![carol.message().await.text().expect("opens"), carol.message().await.text().expect("opens")];
+    carol_texts.sort();
+    assert_eq!(carol_texts, ["everyone", "ops page"]);
+}
+
+#[tokio::test]
+async fn an_unacknowledged_push_comes_again_after_a_reconnect_and_is_deduplicated() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let bob_config = broker.client_config(&mesh, &members[1], "bob");
+
+    let mut bob = common::Peer::connect(bob_config.clone()).await;
+    let receipt =
+        alice.client.send(&members[1].key.public_hex(), "важно".as_bytes(), Priority::Next).await.expect("queued");
+    let first = bob.message_unacknowledged().await;
+    assert_eq!(first.message_id, receipt.message_id);
+    // Bob's process dies before it stores the message (no acknowledgement, no clean close).
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut bob = common::Peer::connect(bob_config).await;
+    let again = bob.message().await;
+    assert_eq!(again.message_id, first.message_id, "same id: a client de-duplicates it");
+    assert_eq!(again.text().as_deref(), Some("важно"));
+    bob.no_message_within(Duration::from_millis(300)).await;
+
+    // Once acknowledged, it is gone from the broker's queue.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker_core::store::Store::flush(broker.store.as_ref()).expect("flush");
+    assert_eq!(broker_core::store::Store::queue_depth(broker.store.as_ref()).expect("depth"), 0);
+}
+
+#[tokio::test]
+async fn send_refusals_are_honest() {
+    let config = BrokerConfig { max_message_bytes: 1024, ..BrokerConfig::default() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+
+    let refused = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Rejected { reason, message }) => (reason, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    // Unknown key.
+    let (reason, _) = refused(alice.client.send(&"ab".repeat(32), b"x", Priority::Next).await);
+    assert_eq!(reason, Some(SendRejection::UnknownRecipient));
+    // Yourself, with no other session.
+    let (reason, message) = refused(alice.client.send(&members[0].key.public_hex(), b"x", Priority::Next).await);
+    assert_eq!(reason, Some(SendRejection::NoRecipient), "{message}");
+    // Too large: refused before anything is queued.
+    let (reason, message) =
+        refused(alice.client.send(&members[1].key.public_hex(), &[b'x'; 2000], Priority::Next).await);
+    assert_eq!(reason, Some(SendRejection::TooLarge));
+    assert!(message.starts_with("too_large:"), "{message}");
+    // An empty group.
+    let (reason, message) = refused(alice.client.send("@nobody", b"x", Priority::Next).await);
+    assert_eq!(reason, Some(SendRejection::NoRecipient), "{message}");
+    assert_eq!(broker_core::store::Store::queue_depth(broker.store.as_ref()).expect("depth"), 0);
+
+    // Rate limit: the burst is 10. Of the refusals above only the send to yourself reached the
+    // rate limiter: the unknown key and the empty group were refused when the client resolved
+    // them, and the size check comes first.
+    let bob = members[1].key.public_hex();
+    let mut limited = None;
+    for n in 0..10 {
+        if let Err(error) = alice.client.send(&bob, b"spam", Priority::Next).await {
+            limited = Some((n, error));
+            break;
+        }
+    }
+    let (n, error) = limited.expect("rate limited within the burst");
+    assert_eq!(n, 9, "1 token was spent on a refused send");
+    let (reason, message) = refused(Err(error));
+    assert_eq!(reason, Some(SendRejection::RateLimit));
+    assert!(message.contains("60 msg/min"), "{message}");
+
+    // Reconnecting does not reset the bucket (it is per member).
+    alice.client.shutdown().await;
+    let alice = broker.connect(&mesh, &members[0], "alice-again").await;
+    let (reason, _) = refused(alice.client.send(&bob, b"again", Priority::Next).await);
+    assert_eq!(reason, Some(SendRejection::RateLimit));
+}
+
+#[tokio::test]
+async fn malformed_sends_get_a_malformed_ack() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(signed_hello(&mesh, &members[0], protocol::now_ms()))).await;
+    assert!(matches!(socket.next().await, Ok(ServerFrame::HelloAck(_))));
+    let send = protocol::Send {
+        id: Some("1".into()),
+        target_spec: "*".into(),
+        enc: Some(protocol::Enc::Multi),
+        ..protocol::Send::default()
+    };
+    socket.send_frame(&ClientFrame::Send(send)).await;
+    loop {
+        match socket.next().await {
+            Ok(ServerFrame::Ack(ack)) => {
+                assert!(!ack.queued);
+                assert!(ack.error.expect("error").starts_with("malformed:"));
+                break;
+            }
+            Ok(_) => continue,
+            Err(code) => panic!("closed {code:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn priorities_wait_for_idle_and_now_does_not() {
+    let config = BrokerConfig { status_ttl: Duration::from_millis(600), ..generous() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    let bob_key = members[1].key.public_hex();
+
+    bob.client.set_status(Status::Working, StatusSource::Hook).await.expect("status");
+    bob.client.list_peers().await.expect("round trip");
+    alice.client.send(&bob_key, b"next", Priority::Next).await.expect("queued");
+    alice.client.send(&bob_key, b"low", Priority::Low).await.expect("queued");
+    alice.client.send(&bob_key, b"now", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.text().as_deref(), Some("now"), "now bypasses working");
+    bob.no_message_within(Duration::from_millis(200)).await;
+
+    // The hook says the turn ended: held messages are released in order.
+    bob.client.set_status(Status::Idle, StatusSource::Hook).await.expect("status");
+    assert_eq!(bob.message().await.text().as_deref(), Some("next"));
+    assert_eq!(bob.message().await.text().as_deref(), Some("low"));
+
+    // DND holds next too, and a hook cannot clear it.
+    bob.client.set_status(Status::Dnd, StatusSource::Manual).await.expect("status");
+    bob.client.list_peers().await.expect("round trip");
+    alice.client.send(&bob_key, b"later", Priority::Next).await.expect("queued");
+    bob.client.set_status(Status::Idle, StatusSource::Hook).await.expect("status");
+    bob.no_message_within(Duration::from_millis(300)).await;
+    bob.client.set_status(Status::Idle, StatusSource::Manual).await.expect("status");
+    assert_eq!(bob.message().await.text().as_deref(), Some("later"));
+
+    // Working decays to idle after the TTL, releasing what it held.
+    bob.client.set_status(Status::Working, StatusSource::Hook).await.expect("status");
+    bob.client.list_peers().await.expect("round trip");
+    alice.client.send(&bob_key, b"after the ttl", Priority::Next).await.expect("queued");
+    let started = tokio::time::Instant::now();
+    assert_eq!(bob.message().await.text().as_deref(), Some("after the ttl"));
+    assert!(started.elapsed() >= Duration::from_millis(300), "held until the TTL decayed");
+}
+
+#[tokio::test]
+async fn a_members_other_sessions_reach_each_other_and_get_its_broadcasts() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    // Two Claude Code sessions of the same member on one machine.
+    let mut front = broker.connect(&mesh, &members[0], "alice-frontend").await;
+    let mut back = broker.connect(&mesh, &members[0], "alice-backend").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+
+    front.client.send(&back.client.session_pubkey(), b"sibling dm", Priority::Next).await.expect("queued");
+    assert_eq!(back.message().await.text().as_deref(), Some("sibling dm"));
+
+    front.client.send("*", b"to all", Priority::Next).await.expect("queued");
+    assert_eq!(back.message().await.text().as_deref(), Some("to all"));
+    assert_eq!(bob.message().await.text().as_deref(), Some("to all"));
+    front.no_message_within(Duration::from_millis(300)).await;
+
+    // Your own session key is refused, not delivered to yourself.
+    match front.client.send(&front.client.session_pubkey(), b"me", Priority::Next).await {
+        Err(ClientError::Rejected { reason, .. }) => assert_eq!(reason, Some(SendRejection::NoRecipient)),
+        other => panic!("expected no_recipient, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_that_says_goodbye_hands_its_mail_to_the_members_next_session() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let bob = broker.connect(&mesh, &members[1], "bob").await;
+    let bob_session = bob.client.session_pubkey();
+    // Bob's bridge restarts: the old process closes cleanly…
+    bob.client.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // …while alice still addresses the session key she saw.
+    alice.client.send(&bob_session, b"for the old session", Priority::Next).await.expect("queued");
+
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    assert_eq!(bob.message().await.text().as_deref(), Some("for the old session"));
+}
+
+#[tokio::test]
+async fn a_new_member_added_by_another_process_is_reachable_at_once() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    // Added after the mesh was loaded (as an operator command would).
+    let carol = broker.add_member(&mesh, "carol", Role::Member);
+    alice.client.send(&carol.key.public_hex(), b"welcome", Priority::Next).await.expect("queued");
+    let mut carol = broker.connect(&mesh, &carol, "carol").await;
+    assert_eq!(carol.message().await.text().as_deref(), Some("welcome"));
+}

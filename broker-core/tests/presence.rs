@@ -1,0 +1,157 @@
+//! Presence through a real broker: events, saved state, peer lists.
+
+mod common;
+
+use std::time::Duration;
+
+use broker_core::config::BrokerConfig;
+use broker_core::protocol::{ClientFrame, PeerType, Priority, ServerFrame, Stats, Status, StatusSource};
+use common::TestBroker;
+
+#[tokio::test]
+async fn join_and_leave_events_skip_the_members_own_sessions() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let mut alice = broker.connect(&mesh, &members[0], "alice").await;
+    // Alice's second session is not announced to her first one…
+    let mut alice_second = broker.connect(&mesh, &members[0], "alice-2").await;
+    // …but bob's is, to both.
+    let bob = broker.connect(&mesh, &members[1], "bob").await;
+    let joined = alice.system_event("peer_joined").await;
+    assert_eq!(joined["name"], "bob", "the first join alice hears of is bob's");
+    assert_eq!(joined["pubkey"], bob.client.session_pubkey());
+    assert_eq!(joined["memberPubkey"], members[1].key.public_hex());
+    assert_eq!(alice_second.system_event("peer_joined").await["name"], "bob");
+
+    bob.client.shutdown().await;
+    assert_eq!(alice.system_event("peer_left").await["name"], "bob");
+    assert_eq!(alice_second.system_event("peer_left").await["name"], "bob");
+
+    // Alice's second session leaving is not announced to her first one.
+    alice_second.client.shutdown().await;
+    let events = alice.system_events_within(Duration::from_millis(300)).await;
+    assert!(events.is_empty(), "own session events leaked: {events:?}");
+}
+
+#[tokio::test]
+async fn a_returning_member_gets_its_state_back_and_others_see_peer_returned() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let mut alice = broker.connect(&mesh, &members[0], "alice").await;
+
+    let bob = broker.connect(&mesh, &members[1], "bob").await;
+    assert_eq!(bob.hello_ack.restored, None, "first session: nothing to restore");
+    bob.client.set_summary("refactoring the parser").await.expect("summary");
+    bob.client.join_group("backend", Some("lead")).await.expect("join");
+    bob.client.list_peers().await.expect("round trip");
+    bob.client.shutdown().await;
+    alice.system_event("peer_left").await;
+
+    let mut config = broker.client_config(&mesh, &members[1], "bob");
+    config.profile.groups.clear();
+    let bob = common::Peer::connect(config).await;
+    let ack = &bob.hello_ack;
+    assert_eq!(ack.restored, Some(true));
+    assert_eq!(ack.last_summary.as_deref(), Some("refactoring the parser"));
+    assert!(ack.last_seen_at.is_some());
+    let groups = ack.restored_groups.clone().expect("groups");
+    assert_eq!(groups[0].name, "backend");
+    assert_eq!(groups[0].role.as_deref(), Some("lead"));
+
+    let returned = alice.system_event("peer_returned").await;
+    assert_eq!(returned["name"], "bob");
+    assert_eq!(returned["summary"], "refactoring the parser");
+    assert!(returned["lastSeenAt"].is_string());
+
+    // Restored groups are live: a group message reaches bob.
+    let mut bob = bob;
+    alice.client.send("@backend", b"ping", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.text().as_deref(), Some("ping"));
+}
+
+#[tokio::test]
+async fn peers_list_shows_every_session_with_its_metadata() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let bob = broker.connect(&mesh, &members[1], "bob").await;
+    bob.client.set_summary("writing tests").await.expect("summary");
+    bob.client.set_status(Status::Working, StatusSource::Manual).await.expect("status");
+    bob.client.join_group("qa", None).await.expect("join");
+    bob.client.list_peers().await.expect("round trip");
+
+    let peers = alice.client.list_peers().await.expect("peers");
+    assert_eq!(peers.len(), 2);
+    assert_eq!(peers[0].display_name, "alice", "ordered by connection time");
+    let bob_info = peers.iter().find(|p| p.display_name == "bob").expect("bob listed");
+    assert_eq!(bob_info.pubkey, bob.client.session_pubkey());
+    assert_eq!(bob_info.member_pubkey, members[1].key.public_hex());
+    assert!(bob_info.session_sig.is_some(), "session binding shown for peers to verify");
+    assert_eq!(bob_info.status, Status::Working);
+    assert_eq!(bob_info.summary.as_deref(), Some("writing tests"));
+    assert_eq!(bob_info.groups[0].name, "qa");
+    assert_eq!(bob_info.cwd, "/work/project");
+    assert_eq!(bob_info.hostname.as_deref(), Some("testhost"));
+    assert_eq!(bob_info.pid, Some(std::process::id()));
+    assert_eq!(bob_info.peer_type, Some(PeerType::Ai));
+    assert_eq!(bob_info.channel.as_deref(), Some("claude-code"));
+    assert_eq!(bob_info.model.as_deref(), Some("test-model"));
+    assert_eq!(bob_info.session_id, "session-bob");
+    assert!(bob_info.connected_at.ends_with('Z'));
+}
+
+#[tokio::test]
+async fn reported_stats_show_in_peers_list_and_accumulate_across_sessions() {
+    let config = BrokerConfig::default();
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+
+    // A raw set_stats, as the client sends every minute.
+    for expected_total in [7, 14] {
+        let mut config = broker.client_config(&mesh, &members[1], "bob");
+        config.stats_interval = Duration::from_millis(100);
+        let bob = common::Peer::connect(config).await;
+        if expected_total == 14 {
+            assert_eq!(bob.hello_ack.restored_stats.map(|s| s.tool_calls), Some(7));
+        }
+        bob.client.stats().tool_calls.store(7, std::sync::atomic::Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        loop {
+            let peers = alice.client.list_peers().await.expect("peers");
+            let stats: Option<Stats> = peers.iter().find(|p| p.display_name == "bob").and_then(|p| p.stats);
+            if stats.map(|s| s.tool_calls) == Some(7) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "stats never showed up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bob.client.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bob = broker.connect(&mesh, &members[1], "bob").await;
+    assert_eq!(bob.hello_ack.restored_stats.map(|s| s.tool_calls), Some(14));
+}
+
+#[tokio::test]
+async fn mail_for_a_vanished_session_goes_to_its_member_after_the_grace() {
+    let config = BrokerConfig { session_rebind_grace: Duration::from_millis(600), ..BrokerConfig::default() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    // Bob's first process: its socket simply vanishes (killed: no close frame).
+    let hello = common::signed_hello(&mesh, &members[1], broker_core::protocol::now_ms());
+    let old_session = hello.session_pubkey.clone().expect("session key");
+    let mut socket = common::RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(hello)).await;
+    assert!(matches!(socket.next().await, Ok(ServerFrame::HelloAck(_))));
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    alice.client.send(&old_session, b"are you there?", Priority::Next).await.expect("queued for the session");
+
+    // A new process of bob's gets it once the old session's grace is over.
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(bob.message().await.text().as_deref(), Some("are you there?"));
+    assert!(started.elapsed() >= Duration::from_millis(200), "waited for the old session first");
+}
