@@ -1229,6 +1229,7 @@ impl Router {
                         }
                     };
                     self.metrics.db_healthy.store(healthy, Ordering::Relaxed);
+                    self.metrics.store_batches_total.store(self.store.commits(), Ordering::Relaxed);
                 }
                 _ = expiry.tick() => self.expire_old_messages(),
             }

@@ -180,6 +180,8 @@ pub trait Store: Send + Sync + 'static {
     fn submit(&self, op: WriteOp, done: Option<Completion>);
     /// Blocks until every write submitted before this call is committed.
     fn flush(&self) -> StoreResult<()>;
+    /// Transactions committed since the store was opened.
+    fn commits(&self) -> u64;
 
     /// Cheap round trip for readiness checks.
     fn ping(&self) -> StoreResult<()>;

@@ -8,6 +8,7 @@
 //! the writer writes).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -78,6 +79,8 @@ pub struct SqliteStore {
     jobs: mpsc::UnboundedSender<Job>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Transactions the writer thread committed (shared with it).
+    commits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -105,15 +108,18 @@ impl SqliteStore {
             .map_err(db_error)? as u64
             + 1;
         let (jobs, receiver) = mpsc::unbounded_channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_commits = commits.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run_writer(writer, receiver, next_seq))
+            .spawn(move || run_writer(writer, receiver, next_seq, &writer_commits))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(SqliteStore {
             path: path.to_owned(),
             jobs,
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(Some(thread)),
+            commits,
         }))
     }
 
@@ -248,7 +254,7 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult
     result
 }
 
-fn run_writer(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, mut next_seq: u64) {
+fn run_writer(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, mut next_seq: u64, commits: &AtomicU64) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
@@ -290,6 +296,8 @@ fn run_writer(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, mut next
         let commit = conn.execute_batch("COMMIT").map_err(db_error);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            commits.fetch_add(1, Ordering::Relaxed);
         }
         for finish in finishers {
             finish(&commit);
@@ -505,6 +513,10 @@ impl Store for SqliteStore {
 
     fn flush(&self) -> StoreResult<()> {
         self.call(|_| Ok(()))
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     fn ping(&self) -> StoreResult<()> {
