@@ -43,6 +43,20 @@ pub struct BrokerConfig {
     /// How often the directory (meshes, members) is checked for changes made by operator
     /// commands or other processes.
     pub directory_poll_interval: Duration,
+    /// A device's bearer token lives this long, renewed while in use.
+    pub token_ttl: Duration,
+    /// A device login code lives this long.
+    pub device_code_ttl: Duration,
+    /// The polling interval a device login starts with.
+    pub device_poll_interval: Duration,
+    /// Lookups and decisions one user code allows before it is dead.
+    pub device_code_attempts: u32,
+    /// Wrong user codes allowed per client address and per account in a window.
+    pub wrong_code_limit: RateLimit,
+    /// Anyone may create an account (`POST /v1/signup`).
+    pub open_signup: bool,
+    /// Take the client address from `X-Forwarded-For` (behind a reverse proxy).
+    pub trust_proxy: bool,
 }
 
 impl Default for BrokerConfig {
@@ -66,6 +80,13 @@ impl Default for BrokerConfig {
             outbox_frames: 1024,
             max_uncommitted: 16 * 1024,
             directory_poll_interval: Duration::from_secs(1),
+            token_ttl: Duration::from_secs(30 * 24 * 3600),
+            device_code_ttl: Duration::from_secs(600),
+            device_poll_interval: Duration::from_secs(5),
+            device_code_attempts: 5,
+            wrong_code_limit: RateLimit { burst: 10, per_minute: 1 },
+            open_signup: false,
+            trust_proxy: false,
         }
     }
 }

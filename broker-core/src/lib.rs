@@ -11,6 +11,7 @@
 //! - `store` (feature `server`) — the `Store` trait and its SQLite implementation.
 //! - `router` (feature `server`) — presence, target resolution, durable per-recipient delivery.
 //! - `config`, `metrics` (feature `server`) — the broker's limits and its Prometheus series.
+//! - `email` (feature `server`) — invite emails over SMTP.
 //! - `operator` (feature `server`) — operator commands on a data directory (meshes, members, invites).
 //! - `server` (feature `server`) — HTTP + WebSocket endpoint: `serve(listener, broker, shutdown)`.
 
@@ -19,6 +20,8 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
 pub mod crypto;
+#[cfg(feature = "server")]
+pub mod email;
 pub mod ids;
 pub mod invite;
 #[cfg(feature = "server")]

@@ -11,8 +11,12 @@ use std::time::Duration;
 
 use crate::crypto::Keypair;
 use crate::invite::{Invite, InviteTerms};
+use crate::protocol::account::normalize_user_code;
 use crate::protocol::{self, Role};
-use crate::store::{Durability, InviteRecord, MemberRecord, MeshRecord, SqliteStore, Store, StoreError};
+use crate::store::{
+    AccountRecord, DeviceCodeRecord, Durability, InviteRecord, MemberRecord, MeshRecord, NewMember, SqliteStore, Store,
+    StoreError,
+};
 
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "broker.db";
@@ -77,13 +81,14 @@ impl Operator {
         // The key is on disk before the member that holds it exists, so no mesh is ever left
         // with an operator member whose key was lost.
         self.write_operator_key(&operator_key)?;
-        let (mesh, operator) = self.store.create_mesh(
-            name,
-            slug.unwrap_or_default(),
-            &operator_key.public_hex(),
-            OPERATOR_NAME,
-            protocol::now_ms(),
-        )?;
+        let creator = NewMember {
+            pubkey: operator_key.public_hex(),
+            display_name: OPERATOR_NAME.to_owned(),
+            account_id: None,
+            device_id: None,
+        };
+        let (mesh, operator) =
+            self.store.create_mesh(name, slug.unwrap_or_default(), None, &creator, protocol::now_ms())?;
         Ok(CreatedMesh { mesh, operator })
     }
 
@@ -103,7 +108,8 @@ impl Operator {
             return Err(OperatorError::Invalid("--name is empty".into()));
         }
         let mesh = self.mesh(mesh)?;
-        let member = self.store.add_member(&mesh.id, pubkey, name, role, protocol::now_ms())?;
+        let member = NewMember { pubkey: pubkey.to_owned(), display_name: name.to_owned(), ..NewMember::default() };
+        let member = self.store.add_member(&mesh.id, &member, role, None, protocol::now_ms())?;
         Ok((mesh, member))
     }
 
@@ -158,9 +164,33 @@ impl Operator {
             issuer_member_id: issuer.id,
             created_at: now_ms,
             revoked_at: None,
+            email: None,
         };
         self.store.create_invite(&record)?;
         Ok(IssuedInvite { invite, record })
+    }
+
+    /// Creates an account, the owner of the devices that sign in to it.
+    pub fn create_account(&self, name: &str, email: Option<&str>) -> OperatorResult<AccountRecord> {
+        Ok(self.store.create_account(name, email, protocol::now_ms())?)
+    }
+
+    /// Approves a waiting device login for `account` (a name or id), from the broker host.
+    pub fn approve_device(&self, user_code: &str, account: &str) -> OperatorResult<DeviceCodeRecord> {
+        let code = normalize_user_code(user_code).ok_or_else(|| {
+            OperatorError::Invalid(format!("{user_code:?} is not a user code: 8 letters like BCDF-GHJK"))
+        })?;
+        let account = self.store.account(account)?.ok_or_else(|| {
+            OperatorError::NotFound(format!("no account {account:?} (create it with `account create`)"))
+        })?;
+        let pending = self
+            .store
+            .device_code(&code)?
+            .ok_or_else(|| OperatorError::NotFound("no device is waiting with that code".into()))?;
+        if protocol::now_ms() >= pending.expires_at {
+            return Err(OperatorError::Invalid("that code expired; start the sign-in again on the device".into()));
+        }
+        Ok(self.store.decide_device_code(&code, true, &account.id, None, protocol::now_ms())?)
     }
 
     /// The mesh's admin member whose secret key this data directory holds.

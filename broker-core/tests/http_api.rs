@@ -84,6 +84,7 @@ fn issue(
             issuer_member_id: issuer.record.id.clone(),
             created_at: protocol::now_ms(),
             revoked_at: None,
+            email: None,
         })
         .expect("stored");
     invite

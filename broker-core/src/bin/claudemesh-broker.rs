@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use broker_core::config::BrokerConfig;
+use broker_core::email::Mailer;
 use broker_core::operator::{self, Operator, OperatorError};
+use broker_core::protocol::account::format_user_code;
 use broker_core::protocol::{self, Role};
 use broker_core::router::RateLimit;
 use broker_core::server::{self, Broker};
@@ -45,6 +47,40 @@ enum Command {
     /// Issue signed invite links.
     #[command(subcommand)]
     Invite(InviteCommand),
+    /// Create accounts (the first device of an account is approved with `device approve`).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Approve a device's sign-in from the broker host.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Approve the device login showing USER_CODE (as `XXXX-XXXX`) for an account. Check the
+    /// device with the person first: this gives it full access to the account.
+    Approve {
+        /// The code the device shows (any case, dash optional).
+        user_code: String,
+        /// Account name or id.
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -82,6 +118,21 @@ struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "CLAUDEMESH_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
+    /// Seconds a device's sign-in lasts without use (each use renews it).
+    #[arg(long, env = "TOKEN_TTL_SECONDS", default_value_t = BrokerConfig::default().token_ttl.as_secs())]
+    token_ttl_seconds: u64,
+    /// Let anyone create an account with `POST /v1/signup`.
+    #[arg(long, env = "CLAUDEMESH_OPEN_SIGNUP")]
+    open_signup: bool,
+    /// Take client addresses from `X-Forwarded-For` (only behind a reverse proxy you control).
+    #[arg(long, env = "CLAUDEMESH_TRUST_PROXY")]
+    trust_proxy: bool,
+    /// SMTP server for invite emails, like `smtp://user:pass@mail.example.com:587?tls=required`.
+    #[arg(long, env = "SMTP_URL", requires = "smtp_from")]
+    smtp_url: Option<String>,
+    /// Sender of invite emails, like `claudemesh <noreply@example.com>`.
+    #[arg(long, env = "SMTP_FROM")]
+    smtp_from: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +222,8 @@ fn main() {
         Command::Mesh(command) => mesh_command(&cli.data_dir, command),
         Command::Member(command) => member_command(&cli.data_dir, command),
         Command::Invite(command) => invite_command(&cli.data_dir, command),
+        Command::Account(command) => account_command(&cli.data_dir, command),
+        Command::Device(command) => device_command(&cli.data_dir, command),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
@@ -214,9 +267,16 @@ fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
             rate_limit: RateLimit { burst: args.rate_limit_burst, per_minute: args.rate_limit_per_minute },
             status_ttl: Duration::from_secs(args.status_ttl_seconds),
             message_ttl: Duration::from_secs(args.message_ttl_seconds),
+            token_ttl: Duration::from_secs(args.token_ttl_seconds),
+            open_signup: args.open_signup,
+            trust_proxy: args.trust_proxy,
             ..BrokerConfig::default()
         };
-        let broker = Broker::new(config, store.clone(), public_url.clone(), args.expected_migration);
+        let mailer = match (&args.smtp_url, &args.smtp_from) {
+            (Some(url), Some(from)) => Some(Mailer::new(url, from).map_err(anyhow::Error::msg)?),
+            _ => None,
+        };
+        let broker = Broker::new(config, store.clone(), public_url.clone(), args.expected_migration, mailer);
         tracing::info!(listen = %local, public_url = %public_url, data_dir = %data_dir.display(), "broker listening");
         let ws_url = format!("{}/ws", public_url.replacen("http", "ws", 1));
         println!("claudemesh broker listening on {local}");
@@ -337,6 +397,44 @@ fn invite_command(data_dir: &std::path::Path, command: InviteCommand) -> Result<
                     format!(
                         "{link}\n(valid until {expires_at}, {max_uses} use(s), role {}; join with: claudemesh join '<link>')",
                         role.as_str()
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn account_command(data_dir: &std::path::Path, command: AccountCommand) -> Result<()> {
+    let operator = Operator::open(data_dir)?;
+    match command {
+        AccountCommand::Create { name, email, json } => {
+            let account = operator.create_account(&name, email.as_deref())?;
+            print(json, json!({"id": account.id, "name": account.name, "email": account.email}), || {
+                format!(
+                    "created account {} ({}); sign a device in with `claudemesh login` and approve it with: device approve CODE --account {}",
+                    account.name, account.id, account.name
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn device_command(data_dir: &std::path::Path, command: DeviceCommand) -> Result<()> {
+    let operator = Operator::open(data_dir)?;
+    match command {
+        DeviceCommand::Approve { user_code, account, json } => {
+            let code = operator.approve_device(&user_code, &account)?;
+            let shown = format_user_code(&code.user_code);
+            print(
+                json,
+                json!({"userCode": shown, "status": code.status.as_str(), "hostname": code.info.hostname,
+                       "platform": code.info.platform, "ip": code.info.ip}),
+                || {
+                    format!(
+                        "approved {} ({} {}, from {}) for account {account}",
+                        shown, code.info.hostname, code.info.platform, code.info.ip
                     )
                 },
             );

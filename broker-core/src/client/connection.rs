@@ -412,6 +412,18 @@ impl Task {
                 let key = resolved.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
                 self.answer(key, frame);
             }
+            ServerFrame::Grants(ref grants) => {
+                let key = grants.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
+                self.answer(key, frame);
+            }
+            ServerFrame::AuditResult(ref result) => {
+                let key = result.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
+                self.answer(key, frame);
+            }
+            ServerFrame::AuditVerifyResult(ref result) => {
+                let key = result.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
+                self.answer(key, frame);
+            }
             ServerFrame::Error(error) => {
                 if error.code == ErrorCode::Revoked {
                     return Some(Ended::Refused(error.code, error.message));

@@ -16,7 +16,7 @@ mod connection;
 mod dedup;
 mod keys;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -419,6 +419,61 @@ impl MeshClient {
                 }
                 Ok(list.peers)
             }
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// Changes this member's grants (`None` resets a peer to the mesh defaults, `Some([])`
+    /// blocks it); returns the member's explicit grants afterwards.
+    pub async fn set_grants(&self, grants: protocol::GrantMap) -> Result<BTreeMap<String, Vec<String>>, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::SetGrants(protocol::SetGrants { grants, req_id: Some(req_id.clone()) });
+        self.grants_reply(self.exchange(frame, Correlation::Request(req_id)).await?)
+    }
+
+    /// This member's explicit grants (peers absent here get the mesh defaults).
+    pub async fn grants(&self) -> Result<BTreeMap<String, Vec<String>>, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::GetGrants(protocol::GetGrants { req_id: Some(req_id.clone()) });
+        self.grants_reply(self.exchange(frame, Correlation::Request(req_id)).await?)
+    }
+
+    fn grants_reply(&self, frame: ServerFrame) -> Result<BTreeMap<String, Vec<String>>, ClientError> {
+        match frame {
+            ServerFrame::Grants(grants) => Ok(grants.grants),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// A page of the mesh's audit log, newest first (admins only).
+    pub async fn audit_query(
+        &self,
+        event_type: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<protocol::AuditResult, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::AuditQuery(protocol::AuditQuery {
+            limit: Some(limit),
+            offset: Some(offset),
+            event_type: event_type.map(str::to_owned),
+            req_id: Some(req_id.clone()),
+        });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::AuditResult(result) => Ok(result),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// Walks the mesh's audit chain (admins only).
+    pub async fn audit_verify(&self) -> Result<protocol::AuditVerifyResult, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::AuditVerify(protocol::AuditVerify { req_id: Some(req_id.clone()) });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::AuditVerifyResult(result) => Ok(result),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
             _ => Err(ClientError::UnexpectedReply),
         }
     }

@@ -5,6 +5,7 @@
 //! (camelCase, `type` discriminator); our additions are optional fields and frames that a
 //! peer only sees after announcing the matching capability in `hello`.
 
+pub mod account;
 mod time;
 
 use serde::{Deserialize, Serialize};
@@ -228,6 +229,14 @@ pub enum ClientFrame {
     ListPeers(ListPeers),
     /// Ours (`sealed_multicast`): which members a target reaches, so the sender can seal to each.
     Resolve(Resolve),
+    /// Ours: change this member's grants for other members.
+    SetGrants(SetGrants),
+    /// Ours: this member's grants.
+    GetGrants(GetGrants),
+    /// Ours (admins): a page of the mesh's audit log.
+    AuditQuery(AuditQuery),
+    /// Ours (admins): walk the mesh's audit chain.
+    AuditVerify(AuditVerify),
 }
 
 impl ClientFrame {
@@ -244,6 +253,10 @@ impl ClientFrame {
             ClientFrame::LeaveGroup(_) => "leave_group",
             ClientFrame::ListPeers(_) => "list_peers",
             ClientFrame::Resolve(_) => "resolve",
+            ClientFrame::SetGrants(_) => "set_grants",
+            ClientFrame::GetGrants(_) => "get_grants",
+            ClientFrame::AuditQuery(_) => "audit_query",
+            ClientFrame::AuditVerify(_) => "audit_verify",
         }
     }
 }
@@ -372,6 +385,56 @@ pub struct Resolve {
     pub req_id: Option<String>,
 }
 
+/// Capabilities a grant can give; a member grants them per peer (see `router::grants`).
+pub mod grant_cap {
+    pub const DM: &str = "dm";
+    pub const BROADCAST: &str = "broadcast";
+    pub const STATE: &str = "state";
+    pub const TOOLS: &str = "tools";
+    pub const FILES: &str = "files";
+    /// Every capability.
+    pub const ALL: &str = "all";
+
+    /// Every capability name a grant may list.
+    pub const KNOWN: [&str; 6] = [DM, BROADCAST, STATE, TOOLS, FILES, ALL];
+}
+
+/// Grant changes keyed by the other member's key: a list of capabilities, `[]` to block, or
+/// `null` to go back to the mesh defaults.
+pub type GrantMap = std::collections::BTreeMap<String, Option<Vec<String>>>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetGrants {
+    pub grants: GrantMap,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GetGrants {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditVerify {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Broker → client
 // ---------------------------------------------------------------------------------------------
@@ -385,6 +448,10 @@ pub enum ServerFrame {
     Push(Push),
     PeersList(PeersList),
     Resolved(Resolved),
+    /// Ours: a member's grants, after `set_grants` or `get_grants`.
+    Grants(GrantsFrame),
+    AuditResult(AuditResult),
+    AuditVerifyResult(AuditVerifyResult),
     Error(ErrorFrame),
 }
 
@@ -563,6 +630,46 @@ pub struct Resolved {
     pub req_id: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GrantsFrame {
+    /// Explicit grants only; a key absent here gets the mesh defaults.
+    pub grants: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// One audit entry as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub id: i64,
+    pub event_type: String,
+    pub actor: Option<String>,
+    pub payload: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditResult {
+    pub entries: Vec<AuditRecord>,
+    pub total: u64,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditVerifyResult {
+    pub valid: bool,
+    pub entries: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<i64>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorFrame {
@@ -594,6 +701,8 @@ pub enum ErrorCode {
     SlowConsumer,
     /// Ours: the member was kicked, banned or revoked while connected.
     Revoked,
+    /// Ours: the request needs a role this member does not have (for example admin).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -611,6 +720,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::Revoked => "revoked",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! session receives at most `delivery_window` unacknowledged pushes; its acknowledgements
 //! remove entries from memory and, batched, from the store.
 
+mod grants;
 mod outbox;
 mod queue;
 mod rate_limit;
@@ -21,6 +22,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+pub use grants::{Grants, validate_caps};
 pub use outbox::{Outbox, OutboxError, close_code};
 pub use queue::{Entry, Lane, LoadRequest, MemberQueue};
 pub use rate_limit::{RateLimit, TokenBucket};
@@ -34,8 +36,8 @@ use crate::protocol::{
     Priority, PushRef, Recipient, Resolved, SendRejection, ServerFrame, Stats, StatusSource, Target, capability,
 };
 use crate::store::{
-    Delivery, Envelope, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueuedEntry, Store, StoreError, WriteOp,
-    WriteOutcome,
+    AuditEvent, Delivery, Envelope, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueuedEntry, Store,
+    StoreError, WriteOp, WriteOutcome,
 };
 
 /// Capabilities this session negotiated.
@@ -174,6 +176,7 @@ struct MeshState {
     /// Routing key → session id.
     by_routing_key: HashMap<String, u64>,
     departed: HashMap<String, Departed>,
+    grants: Grants,
 }
 
 /// Everything the router keeps for one mesh.
@@ -295,10 +298,10 @@ impl Router {
         let loaded = self
             .blocking(move |store| {
                 let Some(mesh) = store.mesh(&id)?.filter(|m| m.id == id) else { return Ok(None) };
-                Ok(Some((mesh, store.members(&id)?, store.peer_states(&id)?)))
+                Ok(Some((mesh, store.members(&id)?, store.peer_states(&id)?, store.grants(&id)?)))
             })
             .await?;
-        let Some((mesh, members, saved)) = loaded else { return Ok(None) };
+        let Some((mesh, members, saved, grants)) = loaded else { return Ok(None) };
         let mut state = MeshState {
             mesh,
             members: HashMap::new(),
@@ -306,6 +309,7 @@ impl Router {
             sessions: HashMap::new(),
             by_routing_key: HashMap::new(),
             departed: HashMap::new(),
+            grants: Grants::from_records(grants),
         };
         let mut saved: HashMap<String, PeerStateRecord> = saved.into_iter().map(|s| (s.member_id.clone(), s)).collect();
         let now = Instant::now();
@@ -648,6 +652,124 @@ impl Router {
                 self.reply(session, frame);
             }
             ClientFrame::Resolve(resolve) => self.resolve_for_client(session, resolve).await,
+            ClientFrame::SetGrants(set) => self.set_grants(session, set).await,
+            ClientFrame::GetGrants(get) => {
+                let grants = session.shard.state.lock().expect("mesh lock").grants.of(&session.member_id);
+                self.reply(session, ServerFrame::Grants(protocol::GrantsFrame { grants, req_id: get.req_id }));
+            }
+            ClientFrame::AuditQuery(query) => self.audit_query(session, query).await,
+            ClientFrame::AuditVerify(verify) => self.audit_verify(session, verify).await,
+        }
+    }
+
+    async fn set_grants(self: &Arc<Self>, session: &SessionHandle, set: protocol::SetGrants) {
+        let mut changes = Vec::with_capacity(set.grants.len());
+        for (peer, caps) in set.grants {
+            if !protocol::is_key_hex(&peer) {
+                return self.reply_error(
+                    session,
+                    ErrorCode::Malformed,
+                    "grant keys must be 64-hex member keys",
+                    set.req_id,
+                );
+            }
+            if let Some(Err(problem)) = caps.as_deref().map(validate_caps) {
+                return self.reply_error(session, ErrorCode::Malformed, &problem, set.req_id);
+            }
+            changes.push((peer, caps));
+        }
+        let member_id = session.member_id.clone();
+        let stored = self.blocking(move |store| store.set_grants(&member_id, &changes, protocol::now_ms())).await;
+        match stored {
+            Ok(records) => {
+                let grants = {
+                    let mut state = session.shard.state.lock().expect("mesh lock");
+                    state.grants.replace(&session.member_id, &records);
+                    state.grants.of(&session.member_id)
+                };
+                self.reply(session, ServerFrame::Grants(protocol::GrantsFrame { grants, req_id: set.req_id }));
+            }
+            Err(error) => {
+                tracing::error!(%error, "storing grants failed");
+                self.reply_error(
+                    session,
+                    ErrorCode::Internal,
+                    "the broker could not store the grants; retry",
+                    set.req_id,
+                );
+            }
+        }
+    }
+
+    fn is_admin(&self, session: &SessionHandle) -> bool {
+        let state = session.shard.state.lock().expect("mesh lock");
+        state
+            .members
+            .get(&session.member_id)
+            .is_some_and(|m| m.record.role == protocol::Role::Admin && m.record.is_active())
+    }
+
+    async fn audit_query(self: &Arc<Self>, session: &SessionHandle, query: protocol::AuditQuery) {
+        if !self.is_admin(session) {
+            return self.reply_error(
+                session,
+                ErrorCode::Forbidden,
+                "only admins of the mesh may read its audit log",
+                query.req_id,
+            );
+        }
+        let scope = session.mesh_id().to_owned();
+        let (limit, offset, event_type) =
+            (query.limit.unwrap_or(50).clamp(1, 500), query.offset.unwrap_or(0), query.event_type);
+        match self.blocking(move |store| store.audit_entries(&scope, event_type.as_deref(), limit, offset)).await {
+            Ok((entries, total)) => {
+                let entries = entries.into_iter().map(audit_record).collect();
+                self.reply(
+                    session,
+                    ServerFrame::AuditResult(protocol::AuditResult { entries, total, req_id: query.req_id }),
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "reading the audit log failed");
+                self.reply_error(
+                    session,
+                    ErrorCode::Internal,
+                    "the broker could not read the audit log; retry",
+                    query.req_id,
+                );
+            }
+        }
+    }
+
+    async fn audit_verify(self: &Arc<Self>, session: &SessionHandle, verify: protocol::AuditVerify) {
+        if !self.is_admin(session) {
+            return self.reply_error(
+                session,
+                ErrorCode::Forbidden,
+                "only admins of the mesh may verify its audit log",
+                verify.req_id,
+            );
+        }
+        let scope = session.mesh_id().to_owned();
+        match self.blocking(move |store| store.verify_audit(&scope)).await {
+            Ok(report) => self.reply(
+                session,
+                ServerFrame::AuditVerifyResult(protocol::AuditVerifyResult {
+                    valid: report.valid,
+                    entries: report.entries,
+                    broken_at: report.broken_at,
+                    req_id: verify.req_id,
+                }),
+            ),
+            Err(error) => {
+                tracing::error!(%error, "verifying the audit log failed");
+                self.reply_error(
+                    session,
+                    ErrorCode::Internal,
+                    "the broker could not verify the audit log; retry",
+                    verify.req_id,
+                );
+            }
         }
     }
 
@@ -759,7 +881,7 @@ impl Router {
         };
         let mut charged = false;
         let mut looked_up = false;
-        let (deliveries, uncovered, (sender_member_pubkey, sender_pubkey, sender_session_sig)) = loop {
+        let (deliveries, uncovered, (sender_member_pubkey, sender_pubkey, sender_session_sig), dropped) = loop {
             let outcome = {
                 let mut guard = session.shard.state.lock().expect("mesh lock");
                 let state = &mut *guard;
@@ -788,11 +910,19 @@ impl Router {
             };
             match outcome {
                 (Resolution::Deliveries(deliveries), sender_keys) => {
+                    let cap = grant_cap_for(&target);
+                    let (deliveries, dropped) = self.apply_grants(&session.shard, deliveries, &sender_keys.0, cap);
+                    if deliveries.is_empty() && matches!(target, Target::Key(_)) {
+                        return reject(
+                            SendRejection::Blocked,
+                            "the recipient does not accept direct messages from you".into(),
+                        );
+                    }
                     let (deliveries, uncovered) = match cover_with_keys(deliveries, enc, &send.keys, &session.shard) {
                         Ok(covered) => covered,
                         Err((reason, detail)) => return reject(reason, detail),
                     };
-                    break (deliveries, uncovered, sender_keys);
+                    break (deliveries, uncovered, sender_keys, dropped);
                 }
                 (Resolution::Rejected(reason, detail), _) => return reject(reason, detail),
                 (Resolution::UnknownKey(key), _) => {
@@ -817,9 +947,24 @@ impl Router {
             }
         };
 
+        let message_id = crate::ids::new_id("msg");
+        let audit = message_audit(session, &message_id, &send, deliveries.len(), grant_cap_for(&target), &dropped);
+        if deliveries.is_empty() {
+            // Every recipient's grants refused it: dropped silently, like each copy of a multicast.
+            self.store.submit(WriteOp::Audit(audit), None);
+            let ack = Ack {
+                id: send.id,
+                message_id,
+                queued: true,
+                recipients: Some(0),
+                req_id: send.req_id,
+                ..Ack::default()
+            };
+            return self.reply(session, ServerFrame::Ack(ack));
+        }
         let Ok(permit) = self.uncommitted.clone().acquire_owned().await else { return };
         let envelope = Arc::new(Envelope {
-            message_id: crate::ids::new_id("msg"),
+            message_id,
             mesh_id: session.shard.mesh_id.clone(),
             sender_member_id: session.member_id.clone(),
             sender_member_pubkey,
@@ -838,7 +983,7 @@ impl Router {
         let routed = deliveries.clone();
         let routed_envelope = envelope.clone();
         self.store.submit(
-            WriteOp::Enqueue(NewMessage { envelope, deliveries }),
+            WriteOp::Enqueue(NewMessage { envelope, deliveries, audit }),
             Some(Box::new(move |result| {
                 drop(permit);
                 let error = match result {
@@ -878,6 +1023,26 @@ impl Router {
                 );
             })),
         );
+    }
+
+    /// Drops the deliveries whose recipient's grants deny the sender `cap`; returns the kept ones
+    /// and the member ids dropped (counted in metrics).
+    fn apply_grants(
+        &self,
+        shard: &MeshShard,
+        deliveries: Vec<Delivery>,
+        sender_member_pubkey: &str,
+        cap: &'static str,
+    ) -> (Vec<Delivery>, Vec<String>) {
+        let state = shard.state.lock().expect("mesh lock");
+        let sender_member = state.by_pubkey.get(sender_member_pubkey);
+        let (kept, dropped): (Vec<Delivery>, Vec<Delivery>) = deliveries.into_iter().partition(|d| {
+            Some(&d.member_id) == sender_member || state.grants.allows(&d.member_id, sender_member_pubkey, cap)
+        });
+        for _ in &dropped {
+            self.metrics.dropped_by_grant(cap);
+        }
+        (kept, dropped.into_iter().map(|d| d.member_id).collect())
     }
 
     /// Puts committed entries into their recipients' queues and pushes what may go out now.
@@ -1147,13 +1312,21 @@ impl Router {
         if version == self.directory_version.swap(version, Ordering::Relaxed) {
             return Ok(());
         }
+        self.reload_directory().await
+    }
+
+    /// Reloads every loaded mesh's directory and grants now (after a control-plane change made
+    /// through this broker), closing the sessions of members that are no longer active.
+    pub async fn reload_directory(&self) -> Result<(), StoreError> {
         for shard in self.shards() {
             let id = shard.mesh_id.clone();
-            let loaded =
-                self.blocking(move |store| Ok(store.mesh(&id)?.map(|mesh| (mesh, store.members(&id))))).await?;
-            let Some((mesh, members)) = loaded else { continue };
-            let members = members?;
+            let loaded = self
+                .blocking(move |store| Ok(store.mesh(&id)?.map(|mesh| (mesh, store.members(&id), store.grants(&id)))))
+                .await?;
+            let Some((mesh, members, grants)) = loaded else { continue };
+            let (members, grants) = (members?, grants?);
             let mut state = shard.state.lock().expect("mesh lock");
+            state.grants = Grants::from_records(grants);
             let now = Instant::now();
             for record in members {
                 match state.members.get_mut(&record.id) {
@@ -1247,10 +1420,70 @@ impl Router {
         }
     }
 
+    /// Members of `mesh_id` with at least one connected session.
+    pub fn online_members(&self, mesh_id: &str) -> HashSet<String> {
+        let shard = self.meshes.lock().expect("meshes lock").get(mesh_id).cloned();
+        shard
+            .map(|shard| {
+                shard.state.lock().expect("mesh lock").sessions.values().map(|s| s.member_id.clone()).collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Sessions connected now, broker-wide.
     pub fn session_count(&self) -> usize {
         self.shards().iter().map(|s| s.state.lock().expect("mesh lock").sessions.len()).sum()
     }
+}
+
+/// An audit entry as the wire shows it.
+pub fn audit_record(entry: crate::store::AuditEntry) -> protocol::AuditRecord {
+    protocol::AuditRecord {
+        id: entry.id,
+        event_type: entry.event_type,
+        actor: entry.actor,
+        payload: entry.payload,
+        prev_hash: entry.prev_hash,
+        hash: entry.hash,
+        created_at: entry.created_at,
+    }
+}
+
+/// The grant capability a send to `target` needs from each recipient.
+fn grant_cap_for(target: &Target<'_>) -> &'static str {
+    match target {
+        Target::Key(_) => protocol::grant_cap::DM,
+        Target::Group(_) | Target::Broadcast => protocol::grant_cap::BROADCAST,
+    }
+}
+
+/// The metadata-only audit entries of one send: who sent what kind of message to whom, how big,
+/// and which recipients' grants dropped it. Never content.
+fn message_audit(
+    session: &SessionHandle,
+    message_id: &str,
+    send: &protocol::Send,
+    recipients: usize,
+    cap: &str,
+    dropped: &[String],
+) -> Vec<AuditEvent> {
+    let event = |event_type: &str, payload: serde_json::Value| AuditEvent {
+        scope: session.mesh_id().to_owned(),
+        event_type: event_type.to_owned(),
+        actor: Some(session.member_id.clone()),
+        payload,
+    };
+    let mut events = vec![event(
+        "message_sent",
+        json!({"messageId": message_id, "target": send.target_spec, "priority": send.priority,
+               "bytes": send.ciphertext.len(), "recipients": recipients}),
+    )];
+    events.extend(
+        dropped
+            .iter()
+            .map(|member| event("message_dropped", json!({"messageId": message_id, "recipient": member, "cap": cap}))),
+    );
+    events
 }
 
 /// Shape checks on `enc` and `keys` that need no state.

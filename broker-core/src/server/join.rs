@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, Broker};
 use crate::invite::{Invite, InviteError};
 use crate::protocol::{self, Role};
-use crate::store::StoreError;
+use crate::store::{NewMember, StoreError};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,10 +40,17 @@ fn refused(status: StatusCode, code: &'static str, message: &str) -> ApiError {
     ApiError::new(status, code, message)
 }
 
+/// Redeems an invite. With a device token, the new member is also linked to that device and
+/// its account (so the account's other devices can enrol, and revoking the device removes it).
 pub(super) async fn redeem(
     State(broker): State<Broker>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<JoinRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<JoinResponse>, ApiError> {
+    let signed_in = match super::auth::authorization(&headers) {
+        Some(header) => Some(super::auth::authenticate(&broker, header).await?),
+        None => None,
+    };
     let Json(request) = body.map_err(|e| {
         refused(StatusCode::BAD_REQUEST, "malformed", &format!("expected {{invite, pubkey, displayName}}: {e}"))
     })?;
@@ -70,7 +77,12 @@ pub(super) async fn redeem(
         "" => format!("peer-{}", &request.pubkey[..8]),
         name => name.chars().take(64).collect(),
     };
-    let pubkey = request.pubkey.clone();
+    let member = NewMember {
+        pubkey: request.pubkey.clone(),
+        display_name,
+        account_id: signed_in.as_ref().map(|a| a.account.id.clone()),
+        device_id: signed_in.as_ref().map(|a| a.device.id.clone()),
+    };
     let result = broker
         .blocking(move |store| {
             let record =
@@ -98,7 +110,7 @@ pub(super) async fn redeem(
             if mesh.archived_at.is_some() {
                 return Err(StoreError::Conflict("mesh_archived".into()));
             }
-            let redemption = store.redeem_invite(&record.id, &pubkey, &display_name, protocol::now_ms())?;
+            let redemption = store.redeem_invite(&record.id, &member, protocol::now_ms())?;
             Ok((mesh, redemption))
         })
         .await;

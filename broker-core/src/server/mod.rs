@@ -4,7 +4,10 @@
 //! The listener is bound by the caller and handed in with a shutdown future
 //! ([`serve`]), so tests bind port 0 and the binary binds its configured address.
 
+pub mod auth;
+mod device_login;
 mod join;
+mod meshes;
 mod ws;
 
 use std::future::Future;
@@ -22,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
+use crate::email::Mailer;
 use crate::metrics::Metrics;
 use crate::router::{Router, close_code};
 use crate::store::Store;
@@ -46,6 +50,10 @@ struct BrokerInner {
     public_url: String,
     /// `/health/ready` reports 503 until this migration is applied (when set).
     expected_migration: Option<String>,
+    /// Sends invite emails when SMTP is configured.
+    mailer: Option<Mailer>,
+    /// Wrong device-login user codes, per client address and per account.
+    wrong_codes: device_login::WrongCodeLimiter,
 }
 
 impl Broker {
@@ -55,6 +63,7 @@ impl Broker {
         store: Arc<dyn Store>,
         public_url: String,
         expected_migration: Option<String>,
+        mailer: Option<Mailer>,
     ) -> Broker {
         let metrics = Arc::new(Metrics::default());
         metrics.db_healthy.store(1, Ordering::Relaxed);
@@ -65,6 +74,8 @@ impl Broker {
                 started_at: std::time::Instant::now(),
                 public_url: public_url.trim_end_matches('/').to_owned(),
                 expected_migration,
+                mailer,
+                wrong_codes: device_login::WrongCodeLimiter::default(),
             }),
         }
     }
@@ -87,6 +98,10 @@ impl Broker {
 
     pub fn public_url(&self) -> &str {
         &self.inner.public_url
+    }
+
+    pub fn mailer(&self) -> Option<&Mailer> {
+        self.inner.mailer.as_ref()
     }
 
     /// Runs `f` against the store on a blocking thread.
@@ -113,6 +128,29 @@ pub fn app(broker: Broker) -> axum::Router {
         .route("/join", post(join::redeem))
         .route("/v1/join", post(join::redeem))
         .route("/join/{token}", get(join::landing_page))
+        .route("/device", get(device_login::verification_page))
+        .route("/v1/device/code", post(device_login::request_code))
+        .route("/v1/device/token", post(device_login::poll_token))
+        .route("/v1/device/requests/{user_code}", get(device_login::show_pending))
+        .route("/v1/device/approve", post(device_login::approve))
+        .route("/v1/device/deny", post(device_login::deny))
+        .route("/v1/signup", post(device_login::signup))
+        .route("/v1/account", get(device_login::whoami))
+        .route("/v1/logout", post(device_login::logout))
+        .route("/v1/devices", get(device_login::list_devices))
+        .route("/v1/devices/{device_id}/revoke", post(device_login::revoke_device))
+        .route("/v1/meshes", get(meshes::list).post(meshes::create))
+        .route("/v1/meshes/{mesh}", axum::routing::patch(meshes::rename))
+        .route("/v1/meshes/{mesh}/archive", post(meshes::archive))
+        .route("/v1/meshes/{mesh}/members", get(meshes::members))
+        .route("/v1/meshes/{mesh}/members/{member}/{action}", post(meshes::moderate))
+        .route("/v1/meshes/{mesh}/leave", post(meshes::leave))
+        .route("/v1/meshes/{mesh}/enrol", post(meshes::enrol))
+        .route("/v1/meshes/{mesh}/invites", get(meshes::list_invites).post(meshes::create_invite))
+        .route("/v1/meshes/{mesh}/invites/{invite}/revoke", post(meshes::revoke_invite))
+        .route("/v1/meshes/{mesh}/grants", get(meshes::get_grants).put(meshes::set_grants))
+        .route("/v1/meshes/{mesh}/audit", get(meshes::audit))
+        .route("/v1/meshes/{mesh}/audit/verify", get(meshes::audit_verify))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(broker)
@@ -134,7 +172,8 @@ pub async fn serve(
         stop.cancel();
         router.close_all(close_code::GOING_AWAY, "shutting down");
     };
-    let served = axum::serve(listener, app(broker.clone())).with_graceful_shutdown(graceful).await;
+    let service = app(broker.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, service).with_graceful_shutdown(graceful).await;
     stopping.cancel();
     let _ = background.await;
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

@@ -1,11 +1,12 @@
-//! Durable state behind one trait: meshes, members, invites, per-member saved presence, and the
-//! per-recipient message queue.
+//! Durable state behind one trait: accounts and devices, meshes, members, invites, grants, the
+//! audit chain, per-member saved presence, and the per-recipient message queue.
 //!
 //! The queue only ever holds sealed envelopes ([`Envelope`]): the store has no way to see
 //! message content. Writes on the hot path ([`Store::submit`]) are batched by the implementation
 //! and report back through a completion once durably committed; nothing is acknowledged to a
-//! sender before that. `SqliteStore` is the embedded default; a Postgres implementation can sit
-//! behind the same trait.
+//! sender before that. Control-plane changes append their audit entry in the same transaction,
+//! so an event is recorded exactly when it happens. `SqliteStore` is the embedded default; a
+//! Postgres implementation can sit behind the same trait.
 
 mod sqlite;
 
@@ -17,7 +18,10 @@ pub use sqlite::{Durability, SqliteStore};
 
 /// Names of the embedded migrations, in order. `/health/ready` compares `EXPECTED_MIGRATION`
 /// against these.
-pub const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("migrations/0001_init.sql")),
+    ("0002_accounts", include_str!("migrations/0002_accounts.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +46,8 @@ pub struct MeshRecord {
     pub name: String,
     pub created_at: u64,
     pub archived_at: Option<u64>,
+    /// The account that created it (may archive it).
+    pub owner_account_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,16 +58,28 @@ pub struct MemberRecord {
     pub display_name: String,
     pub role: Role,
     pub created_at: u64,
-    /// Set when the member left, was kicked or was revoked: hello is refused.
+    /// Set when the member left, was kicked, or its device was revoked: hello is refused.
     pub revoked_at: Option<u64>,
     /// Set while banned: hello is refused until unbanned.
     pub banned_at: Option<u64>,
+    pub account_id: Option<String>,
+    /// The signed-in device holding this member's key.
+    pub device_id: Option<String>,
 }
 
 impl MemberRecord {
     pub fn is_active(&self) -> bool {
         self.revoked_at.is_none() && self.banned_at.is_none()
     }
+}
+
+/// A member to add: its key and where it lives.
+#[derive(Debug, Clone, Default)]
+pub struct NewMember {
+    pub pubkey: String,
+    pub display_name: String,
+    pub account_id: Option<String>,
+    pub device_id: Option<String>,
 }
 
 /// What a member's last session left behind, restored on its next hello.
@@ -87,6 +105,165 @@ pub struct InviteRecord {
     pub issuer_member_id: String,
     pub created_at: u64,
     pub revoked_at: Option<u64>,
+    /// Where it was emailed, if it was.
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub created_at: u64,
+}
+
+/// What a device says about itself when it asks to sign in, plus the address it asked from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceInfo {
+    pub hostname: String,
+    pub platform: String,
+    pub arch: String,
+    pub app_version: String,
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub account_id: String,
+    pub info: DeviceInfo,
+    pub created_at: u64,
+    pub last_seen_at: u64,
+    /// The bearer token stops working at this time unless renewed by use.
+    pub expires_at: u64,
+    pub revoked_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceCodeStatus {
+    Pending,
+    Approved,
+    Denied,
+    /// The token was handed out.
+    Consumed,
+}
+
+impl DeviceCodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceCodeStatus::Pending => "pending",
+            DeviceCodeStatus::Approved => "approved",
+            DeviceCodeStatus::Denied => "denied",
+            DeviceCodeStatus::Consumed => "consumed",
+        }
+    }
+}
+
+/// A device login waiting for (or past) its approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCodeRecord {
+    pub user_code: String,
+    pub info: DeviceInfo,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub interval_ms: u64,
+    pub status: DeviceCodeStatus,
+    pub account_id: Option<String>,
+    pub attempts: u32,
+}
+
+/// A new device login.
+#[derive(Debug, Clone)]
+pub struct NewDeviceCode {
+    pub device_code_hash: String,
+    pub user_code: String,
+    pub info: DeviceInfo,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub interval_ms: u64,
+}
+
+/// What polling a device code finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollOutcome {
+    Pending,
+    /// Polled faster than the interval; the interval grew by 5 s.
+    SlowDown,
+    Denied,
+    Expired,
+    /// Approved: the device now exists with the token whose hash was passed in.
+    Issued {
+        account: AccountRecord,
+        device: DeviceRecord,
+    },
+    /// Unknown code, or its token was already handed out.
+    Invalid,
+}
+
+/// A new audit entry; the store chains it (prev hash, hash, time) when it writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// A mesh id, or `account:<id>` for account events.
+    pub scope: String,
+    pub event_type: String,
+    /// The acting member id (or device id for account events); `None` for the broker/operator.
+    pub actor: Option<String>,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub scope: String,
+    pub event_type: String,
+    pub actor: Option<String>,
+    pub payload: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+    pub created_at: String,
+}
+
+/// The result of walking a scope's audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerification {
+    pub valid: bool,
+    pub entries: u64,
+    /// The id of the first entry whose hash or link does not check out.
+    pub broken_at: Option<i64>,
+}
+
+/// What an admin or the member itself does to a membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipAction {
+    /// Removed by an admin (can come back only with a new invite).
+    Kick,
+    /// Suspended by an admin; hello refused until unbanned.
+    Ban,
+    Unban,
+    /// Removed by the member itself.
+    Leave,
+}
+
+impl MembershipAction {
+    pub fn event(self) -> &'static str {
+        match self {
+            MembershipAction::Kick => "member_kicked",
+            MembershipAction::Ban => "member_banned",
+            MembershipAction::Unban => "member_unbanned",
+            MembershipAction::Leave => "member_left",
+        }
+    }
+}
+
+/// A member's grant for one peer: `None` resets to the mesh defaults, `Some([])` blocks.
+pub type GrantChange = (String, Option<Vec<String>>);
+
+/// One stored grant: `member_id` lets `peer_pubkey` do `caps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub member_id: String,
+    pub peer_pubkey: String,
+    pub caps: Vec<String>,
 }
 
 /// A sealed message as the broker holds it: routing metadata plus opaque `nonce`/`ciphertext`.
@@ -123,11 +300,13 @@ pub struct Delivery {
     pub key: Option<WrappedKey>,
 }
 
-/// A message to enqueue: one envelope, one queue entry per recipient member.
+/// A message to enqueue: one envelope, one queue entry per recipient member, and the
+/// metadata-only audit entries to append with it.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub envelope: Arc<Envelope>,
     pub deliveries: Vec<Delivery>,
+    pub audit: Vec<AuditEvent>,
 }
 
 /// A queue entry as loaded back from storage.
@@ -153,6 +332,7 @@ pub enum WriteOp {
     SavePeerState(PeerStateRecord),
     /// Drop undelivered entries created before this time (ms).
     ExpireBefore(u64),
+    Audit(Vec<AuditEvent>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +354,15 @@ pub struct Redemption {
     pub already_member: bool,
 }
 
+/// A mesh as one account sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountMesh {
+    pub mesh: MeshRecord,
+    /// The highest role the account holds there.
+    pub role: Role,
+    pub member_count: u64,
+}
+
 /// Durable state. Methods other than [`Store::submit`] block: call them from a blocking thread.
 pub trait Store: Send + Sync + 'static {
     /// Queues a hot-path write; `done` runs after the batch holding it commits.
@@ -186,45 +375,129 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for readiness checks.
     fn ping(&self) -> StoreResult<()>;
     fn applied_migrations(&self) -> StoreResult<Vec<String>>;
-    /// Changes whenever meshes or members change, from this process or another.
+    /// Changes whenever meshes, members or grants change, from this process or another.
     fn directory_version(&self) -> StoreResult<i64>;
+    /// A broker-wide setting (for example the public URL the last `serve` announced).
+    fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+    fn set_setting(&self, key: &str, value: &str) -> StoreResult<()>;
 
-    fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>>;
-    fn meshes(&self) -> StoreResult<Vec<MeshRecord>>;
-    fn members(&self, mesh_id: &str) -> StoreResult<Vec<MemberRecord>>;
-    fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<MemberRecord>>;
-    fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>>;
+    // --- the message queue -------------------------------------------------------------------
+
     /// Entries for `member_id` with `seq > after_seq`, in order, at most `limit`.
     fn pending_for_member(&self, member_id: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<QueuedEntry>>;
     /// Undelivered queue entries in total.
     fn queue_depth(&self) -> StoreResult<u64>;
+    fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>>;
 
-    /// Creates a mesh and its first member, an admin holding `creator_pubkey`, atomically. The
-    /// slug is unique per broker: `slug_hint` (or the name) slugified, with `-2`, `-3`… on clashes.
+    // --- meshes and members ------------------------------------------------------------------
+
+    fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>>;
+    fn meshes(&self) -> StoreResult<Vec<MeshRecord>>;
+    /// Creates a mesh and its first member, an admin, atomically. The slug is unique per broker:
+    /// `slug_hint` (or the name) slugified, with `-2`, `-3`… on clashes.
     fn create_mesh(
         &self,
         name: &str,
         slug_hint: &str,
-        creator_pubkey: &str,
-        creator_name: &str,
+        owner_account_id: Option<&str>,
+        creator: &NewMember,
         now_ms: u64,
     ) -> StoreResult<(MeshRecord, MemberRecord)>;
+    fn rename_mesh(&self, mesh_id: &str, name: &str, actor: Option<&str>) -> StoreResult<MeshRecord>;
+    fn archive_mesh(&self, mesh_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<MeshRecord>;
+    fn members(&self, mesh_id: &str) -> StoreResult<Vec<MemberRecord>>;
+    fn member(&self, member_id: &str) -> StoreResult<Option<MemberRecord>>;
+    fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<MemberRecord>>;
     fn add_member(
         &self,
         mesh_id: &str,
-        pubkey: &str,
-        display_name: &str,
+        member: &NewMember,
         role: Role,
+        actor: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<MemberRecord>;
+    /// Kick, ban, unban or leave; returns the member as it is now.
+    fn change_membership(
+        &self,
+        member_id: &str,
+        action: MembershipAction,
+        actor: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<MemberRecord>;
+    /// Meshes where `account_id` has an active member.
+    fn account_meshes(&self, account_id: &str) -> StoreResult<Vec<AccountMesh>>;
+
+    // --- invites -----------------------------------------------------------------------------
+
     fn create_invite(&self, invite: &InviteRecord) -> StoreResult<()>;
     fn invite(&self, invite_id: &str) -> StoreResult<Option<InviteRecord>>;
+    fn invites(&self, mesh_id: &str) -> StoreResult<Vec<InviteRecord>>;
+    fn revoke_invite(&self, invite_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<InviteRecord>;
     /// Atomically: refuses a revoked, expired or used-up invite; returns the existing member for
     /// a pubkey that already joined (without using the invite up); else adds the member with
     /// the invite's role and counts one use.
-    fn redeem_invite(&self, invite_id: &str, pubkey: &str, display_name: &str, now_ms: u64) -> StoreResult<Redemption>;
+    fn redeem_invite(&self, invite_id: &str, member: &NewMember, now_ms: u64) -> StoreResult<Redemption>;
 
-    /// A broker-wide setting (for example the public URL the last `serve` announced).
-    fn setting(&self, key: &str) -> StoreResult<Option<String>>;
-    fn set_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+    // --- grants ------------------------------------------------------------------------------
+
+    fn grants(&self, mesh_id: &str) -> StoreResult<Vec<GrantRecord>>;
+    /// Applies changes to `member_id`'s grants; returns its grants afterwards.
+    fn set_grants(&self, member_id: &str, changes: &[GrantChange], now_ms: u64) -> StoreResult<Vec<GrantRecord>>;
+
+    // --- accounts and devices ----------------------------------------------------------------
+
+    fn create_account(&self, name: &str, email: Option<&str>, now_ms: u64) -> StoreResult<AccountRecord>;
+    fn account(&self, id_or_name: &str) -> StoreResult<Option<AccountRecord>>;
+    /// A device signed in without a device code (the local owner, open sign-up).
+    fn create_device(
+        &self,
+        account_id: &str,
+        info: &DeviceInfo,
+        token_hash: &str,
+        expires_at: u64,
+        now_ms: u64,
+    ) -> StoreResult<DeviceRecord>;
+    /// The device and account a bearer token (by hash) belongs to, if not revoked.
+    fn device_by_token(&self, token_hash: &str) -> StoreResult<Option<(DeviceRecord, AccountRecord)>>;
+    /// Records use: last seen now, expiry pushed to `expires_at`.
+    fn touch_device(&self, device_id: &str, now_ms: u64, expires_at: u64) -> StoreResult<()>;
+    fn devices(&self, account_id: &str) -> StoreResult<Vec<DeviceRecord>>;
+    /// Revokes the device and every member key it holds; returns those members.
+    fn revoke_device(&self, device_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<Vec<MemberRecord>>;
+
+    // --- device login (RFC 8628) ---------------------------------------------------------------
+
+    fn create_device_code(&self, code: &NewDeviceCode) -> StoreResult<()>;
+    fn device_code(&self, user_code: &str) -> StoreResult<Option<DeviceCodeRecord>>;
+    /// Counts one lookup or decision on a code; past `max`, the code is denied for good.
+    fn count_device_code_attempt(&self, user_code: &str, max: u32) -> StoreResult<DeviceCodeRecord>;
+    /// Approves (for `account_id`) or denies a pending code, by the signed-in device `decided_by`.
+    fn decide_device_code(
+        &self,
+        user_code: &str,
+        approve: bool,
+        account_id: &str,
+        decided_by: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<DeviceCodeRecord>;
+    /// One poll by the device; when approved, creates the device holding `token_hash`.
+    fn poll_device_code(
+        &self,
+        device_code_hash: &str,
+        token_hash: &str,
+        token_expires_at: u64,
+        now_ms: u64,
+    ) -> StoreResult<PollOutcome>;
+
+    // --- audit -------------------------------------------------------------------------------
+
+    /// Newest first; `event_type` filters; returns the page and the total matching.
+    fn audit_entries(
+        &self,
+        scope: &str,
+        event_type: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<(Vec<AuditEntry>, u64)>;
+    fn verify_audit(&self, scope: &str) -> StoreResult<AuditVerification>;
 }

@@ -9,7 +9,7 @@ use broker_core::config::BrokerConfig;
 use broker_core::crypto::{self, Keypair};
 use broker_core::protocol::{self, ClientFrame, Hello, Role, ServerFrame};
 use broker_core::server::{self, Broker};
-use broker_core::store::{Durability, MemberRecord, SqliteStore, Store};
+use broker_core::store::{Durability, MemberRecord, NewMember, SqliteStore, Store};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -41,12 +41,21 @@ impl TestBroker {
 
     /// With `EXPECTED_MIGRATION` set to `expected_migration`.
     pub async fn start_expecting(config: BrokerConfig, expected_migration: Option<&str>) -> TestBroker {
+        TestBroker::start_full(config, expected_migration, None).await
+    }
+
+    /// With every option: `EXPECTED_MIGRATION` and an SMTP mailer.
+    pub async fn start_full(
+        config: BrokerConfig,
+        expected_migration: Option<&str>,
+        mailer: Option<broker_core::email::Mailer>,
+    ) -> TestBroker {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Normal).expect("store opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("local addr");
         let broker =
-            Broker::new(config, store.clone(), format!("http://{addr}"), expected_migration.map(str::to_owned));
+            Broker::new(config, store.clone(), format!("http://{addr}"), expected_migration.map(str::to_owned), mailer);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(server::serve(listener, broker.clone(), async {
             let _ = stopped.await;
@@ -76,7 +85,7 @@ impl TestBroker {
     pub fn mesh(&self, name: &str, names: &[&str]) -> (String, Vec<TestMember>) {
         let creator = Keypair::generate();
         let (mesh, admin) =
-            self.store.create_mesh(name, "", &creator.public_hex(), names[0], protocol::now_ms()).expect("mesh");
+            self.store.create_mesh(name, "", None, &new_member(&creator, names[0]), protocol::now_ms()).expect("mesh");
         let mut members = vec![TestMember { key: creator, record: admin }];
         for member_name in &names[1..] {
             members.push(self.add_member(&mesh.id, member_name, Role::Member));
@@ -86,7 +95,8 @@ impl TestBroker {
 
     pub fn add_member(&self, mesh_id: &str, name: &str, role: Role) -> TestMember {
         let key = Keypair::generate();
-        let record = self.store.add_member(mesh_id, &key.public_hex(), name, role, protocol::now_ms()).expect("member");
+        let record =
+            self.store.add_member(mesh_id, &new_member(&key, name), role, None, protocol::now_ms()).expect("member");
         TestMember { key, record }
     }
 
@@ -112,6 +122,10 @@ impl TestBroker {
     pub async fn connect(&self, mesh_id: &str, member: &TestMember, display_name: &str) -> Peer {
         Peer::connect(self.client_config(mesh_id, member, display_name)).await
     }
+}
+
+pub fn new_member(key: &Keypair, name: &str) -> NewMember {
+    NewMember { pubkey: key.public_hex(), display_name: name.to_owned(), ..NewMember::default() }
 }
 
 /// A client with its event stream, and helpers to wait for what tests expect.

@@ -12,12 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
+mod accounts;
+mod audit;
+mod directory;
+
+use directory::MESH_COLUMNS;
+
 use super::{
-    Completion, Delivery, Envelope, InviteRecord, MIGRATIONS, MemberRecord, MeshRecord, NewMessage, PeerStateRecord,
-    QueuedEntry, Redemption, Store, StoreError, StoreResult, WriteOp, WriteOutcome,
+    AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,
+    DeviceRecord, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS, MemberRecord, MembershipAction,
+    MeshRecord, NewDeviceCode, NewMember, NewMessage, PeerStateRecord, PollOutcome, QueuedEntry, Redemption, Store,
+    StoreError, StoreResult, WriteOp, WriteOutcome,
 };
 use crate::protocol::{Enc, Priority, Role, WrappedKey};
 
@@ -316,6 +324,8 @@ fn apply_write(conn: &Connection, op: WriteOp, next_seq: &mut u64) -> StoreResul
             .map_err(db_error),
         WriteOp::SavePeerState(state) => save_peer_state(conn, &state).map(|()| WriteOutcome::Changed(1)),
         WriteOp::ExpireBefore(cutoff_ms) => expire(conn, cutoff_ms).map(WriteOutcome::Changed),
+        WriteOp::Audit(events) => audit::append_all(conn, &events, crate::protocol::now_ms())
+            .map(|()| WriteOutcome::Changed(events.len() as u64)),
     }
 }
 
@@ -374,6 +384,7 @@ fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> Store
             .map_err(db_error)?;
         seqs.push(seq);
     }
+    audit::append_all(conn, &message.audit, env.created_at)?;
     Ok(seqs)
 }
 
@@ -435,75 +446,6 @@ fn save_peer_state(conn: &Connection, state: &PeerStateRecord) -> StoreResult<()
     Ok(())
 }
 
-/// Records that meshes or members changed, so running brokers reload their directory.
-fn bump_directory_version(conn: &Connection) -> StoreResult<()> {
-    conn.execute(
-        "INSERT INTO settings (key, value) VALUES ('directory_version', '1')
-         ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
-        [],
-    )
-    .map_err(db_error)?;
-    Ok(())
-}
-
-fn mesh_from_row(row: &Row<'_>) -> rusqlite::Result<MeshRecord> {
-    Ok(MeshRecord {
-        id: row.get(0)?,
-        slug: row.get(1)?,
-        name: row.get(2)?,
-        created_at: row.get::<_, i64>(3)? as u64,
-        archived_at: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-    })
-}
-
-const MEMBER_COLUMNS: &str = "id, mesh_id, pubkey, display_name, role, created_at, revoked_at, banned_at";
-
-fn member_from_row(row: &Row<'_>) -> rusqlite::Result<MemberRecord> {
-    let role: String = row.get(4)?;
-    Ok(MemberRecord {
-        id: row.get(0)?,
-        mesh_id: row.get(1)?,
-        pubkey: row.get(2)?,
-        display_name: row.get(3)?,
-        role: Role::parse(&role).unwrap_or_default(),
-        created_at: row.get::<_, i64>(5)? as u64,
-        revoked_at: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-        banned_at: row.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-    })
-}
-
-fn invite_from_row(row: &Row<'_>) -> rusqlite::Result<InviteRecord> {
-    let role: String = row.get(2)?;
-    Ok(InviteRecord {
-        id: row.get(0)?,
-        mesh_id: row.get(1)?,
-        role: Role::parse(&role).unwrap_or_default(),
-        max_uses: row.get::<_, i64>(3)? as u32,
-        used_count: row.get::<_, i64>(4)? as u32,
-        expires_at: row.get::<_, i64>(5)? as u64,
-        issuer_member_id: row.get(6)?,
-        created_at: row.get::<_, i64>(7)? as u64,
-        revoked_at: row.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-    })
-}
-
-const INVITE_COLUMNS: &str =
-    "id, mesh_id, role, max_uses, used_count, expires_at, issuer_member_id, created_at, revoked_at";
-
-/// Lowercase ASCII letters, digits and single dashes; never empty.
-pub(crate) fn slugify(text: &str) -> String {
-    let mut slug = String::new();
-    for c in text.chars() {
-        if c.is_ascii_alphanumeric() {
-            slug.push(c.to_ascii_lowercase());
-        } else if !slug.ends_with('-') && !slug.is_empty() {
-            slug.push('-');
-        }
-    }
-    let slug = slug.trim_end_matches('-').chars().take(40).collect::<String>();
-    if slug.is_empty() { "mesh".to_owned() } else { slug }
-}
-
 impl Store for SqliteStore {
     fn submit(&self, op: WriteOp, done: Option<Completion>) {
         if let Err(mpsc::error::SendError(Job::Write(_, Some(done)))) = self.jobs.send(Job::Write(op, done)) {
@@ -541,295 +483,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>> {
-        self.read(|conn| {
-            conn.query_row(
-                "SELECT id, slug, name, created_at, archived_at FROM meshes WHERE id = ?1 OR slug = ?1",
-                [id_or_slug],
-                mesh_from_row,
-            )
-            .optional()
-        })
-    }
-
-    fn meshes(&self) -> StoreResult<Vec<MeshRecord>> {
-        self.read(|conn| {
-            let mut stmt =
-                conn.prepare("SELECT id, slug, name, created_at, archived_at FROM meshes ORDER BY created_at")?;
-
-            stmt.query_map([], mesh_from_row)?.collect()
-        })
-    }
-
-    fn members(&self, mesh_id: &str) -> StoreResult<Vec<MemberRecord>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = ?1 ORDER BY created_at, id"))?;
-
-            stmt.query_map([mesh_id], member_from_row)?.collect()
-        })
-    }
-
-    fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<MemberRecord>> {
-        self.read(|conn| {
-            conn.query_row(
-                &format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = ?1 AND pubkey = ?2"),
-                [mesh_id, pubkey],
-                member_from_row,
-            )
-            .optional()
-        })
-    }
-
-    fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT member_id, groups, summary, display_name, stats, last_seen_at FROM peer_state WHERE mesh_id = ?1",
-            )?;
-
-            stmt
-                .query_map([mesh_id], |row| {
-                    let groups: String = row.get(1)?;
-                    let stats: String = row.get(4)?;
-                    Ok(PeerStateRecord {
-                        member_id: row.get(0)?,
-                        groups: serde_json::from_str(&groups).unwrap_or_default(),
-                        summary: row.get(2)?,
-                        display_name: row.get(3)?,
-                        stats: serde_json::from_str(&stats).unwrap_or_default(),
-                        last_seen_at: row.get::<_, i64>(5)? as u64,
-                    })
-                })?
-                .collect()
-        })
-    }
-
-    fn pending_for_member(&self, member_id: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<QueuedEntry>> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT q.seq, q.message_id, q.mesh_id, q.session_pubkey, q.exclude_session, q.sender_member_id,
-                        q.sender_pubkey, q.target_spec, q.priority, q.enc,
-                        COALESCE(b.nonce, q.nonce), COALESCE(b.ciphertext, q.ciphertext),
-                        q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig
-                 FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
-                 WHERE q.member_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
-            )?;
-
-            stmt.query_map(params![member_id, after_seq as i64, limit as i64], |row| {
-                let enc: String = row.get(9)?;
-                let key_nonce: Option<String> = row.get(12)?;
-                let key_ciphertext: Option<String> = row.get(13)?;
-                Ok(QueuedEntry {
-                    seq: row.get::<_, i64>(0)? as u64,
-                    envelope: Arc::new(Envelope {
-                        message_id: row.get(1)?,
-                        mesh_id: row.get(2)?,
-                        sender_member_id: row.get(5)?,
-                        sender_member_pubkey: row.get(15)?,
-                        sender_pubkey: row.get(6)?,
-                        sender_session_sig: row.get(16)?,
-                        target_spec: row.get(7)?,
-                        priority: Priority::from_db(row.get(8)?),
-                        enc: Enc::from_db(&enc),
-                        nonce: row.get(10)?,
-                        ciphertext: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
-                        created_at: row.get::<_, i64>(14)? as u64,
-                    }),
-                    delivery: Delivery {
-                        member_id: member_id.to_owned(),
-                        session_pubkey: row.get(3)?,
-                        exclude_session: row.get(4)?,
-                        key: key_nonce.zip(key_ciphertext).map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
-                    },
-                })
-            })?
-            .collect()
-        })
-    }
-
-    fn queue_depth(&self) -> StoreResult<u64> {
-        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |row| row.get::<_, i64>(0))).map(|n| n as u64)
-    }
-
-    fn create_mesh(
-        &self,
-        name: &str,
-        slug_hint: &str,
-        creator_pubkey: &str,
-        creator_name: &str,
-        now_ms: u64,
-    ) -> StoreResult<(MeshRecord, MemberRecord)> {
-        let name = name.trim().to_owned();
-        if name.is_empty() {
-            return Err(StoreError::Invalid("the mesh name is empty".into()));
-        }
-        check_pubkey(creator_pubkey)?;
-        let base = slugify(if slug_hint.trim().is_empty() { &name } else { slug_hint });
-        let mesh_id = crate::ids::new_id("mesh");
-        let creator = MemberRecord {
-            id: crate::ids::new_id("mem"),
-            mesh_id: mesh_id.clone(),
-            pubkey: creator_pubkey.to_owned(),
-            display_name: creator_name.trim().to_owned(),
-            role: Role::Admin,
-            created_at: now_ms,
-            revoked_at: None,
-            banned_at: None,
-        };
-        self.call(move |conn| {
-            let mut slug = base.clone();
-            let mut suffix = 2;
-            while conn
-                .query_row("SELECT EXISTS (SELECT 1 FROM meshes WHERE slug = ?1)", [&slug], |row| row.get::<_, bool>(0))
-                .map_err(db_error)?
-            {
-                slug = format!("{base}-{suffix}");
-                suffix += 1;
-            }
-            let mesh = MeshRecord { id: mesh_id, slug, name, created_at: now_ms, archived_at: None };
-            conn.execute(
-                "INSERT INTO meshes (id, slug, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![mesh.id, mesh.slug, mesh.name, now_ms as i64],
-            )
-            .map_err(db_error)?;
-            insert_member(conn, &creator)?;
-            Ok((mesh, creator))
-        })
-    }
-
-    fn add_member(
-        &self,
-        mesh_id: &str,
-        pubkey: &str,
-        display_name: &str,
-        role: Role,
-        now_ms: u64,
-    ) -> StoreResult<MemberRecord> {
-        check_pubkey(pubkey)?;
-        let member = MemberRecord {
-            id: crate::ids::new_id("mem"),
-            mesh_id: mesh_id.to_owned(),
-            pubkey: pubkey.to_owned(),
-            display_name: display_name.trim().to_owned(),
-            role,
-            created_at: now_ms,
-            revoked_at: None,
-            banned_at: None,
-        };
-        self.call(move |conn| {
-            let exists: bool = conn
-                .query_row("SELECT EXISTS (SELECT 1 FROM meshes WHERE id = ?1)", [&member.mesh_id], |row| row.get(0))
-                .map_err(db_error)?;
-            if !exists {
-                return Err(StoreError::NotFound(format!("mesh {}", member.mesh_id)));
-            }
-            let taken: bool = conn
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM members WHERE mesh_id = ?1 AND pubkey = ?2)",
-                    [&member.mesh_id, &member.pubkey],
-                    |row| row.get(0),
-                )
-                .map_err(db_error)?;
-            if taken {
-                return Err(StoreError::Conflict("a member with this public key is already in the mesh".into()));
-            }
-            insert_member(conn, &member)?;
-            Ok(member)
-        })
-    }
-
-    fn create_invite(&self, invite: &InviteRecord) -> StoreResult<()> {
-        let invite = invite.clone();
-        self.call(move |conn| {
-            conn.execute(
-                &format!("INSERT INTO invites ({INVITE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-                params![
-                    invite.id,
-                    invite.mesh_id,
-                    invite.role.as_str(),
-                    invite.max_uses as i64,
-                    invite.used_count as i64,
-                    invite.expires_at as i64,
-                    invite.issuer_member_id,
-                    invite.created_at as i64,
-                    invite.revoked_at.map(|v| v as i64),
-                ],
-            )
-            .map_err(db_error)?;
-            Ok(())
-        })
-    }
-
-    fn invite(&self, invite_id: &str) -> StoreResult<Option<InviteRecord>> {
-        self.read(|conn| {
-            conn.query_row(&format!("SELECT {INVITE_COLUMNS} FROM invites WHERE id = ?1"), [invite_id], invite_from_row)
-                .optional()
-        })
-    }
-
-    fn redeem_invite(&self, invite_id: &str, pubkey: &str, display_name: &str, now_ms: u64) -> StoreResult<Redemption> {
-        check_pubkey(pubkey)?;
-        let (invite_id, pubkey, display_name) =
-            (invite_id.to_owned(), pubkey.to_owned(), display_name.trim().to_owned());
-        self.call(move |conn| {
-            let invite = conn
-                .query_row(
-                    &format!("SELECT {INVITE_COLUMNS} FROM invites WHERE id = ?1"),
-                    [&invite_id],
-                    invite_from_row,
-                )
-                .optional()
-                .map_err(db_error)?
-                .ok_or_else(|| StoreError::NotFound("invite_not_found".into()))?;
-            let existing = conn
-                .query_row(
-                    &format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = ?1 AND pubkey = ?2"),
-                    [&invite.mesh_id, &pubkey],
-                    member_from_row,
-                )
-                .optional()
-                .map_err(db_error)?;
-            if let Some(member) = existing {
-                if member.is_active() {
-                    return Ok(Redemption { member, already_member: true });
-                }
-                return Err(StoreError::Conflict("member_revoked".into()));
-            }
-            if invite.revoked_at.is_some() {
-                return Err(StoreError::Conflict("invite_revoked".into()));
-            }
-            if now_ms / 1000 >= invite.expires_at {
-                return Err(StoreError::Conflict("invite_expired".into()));
-            }
-            let used = conn
-                .execute(
-                    "UPDATE invites SET used_count = used_count + 1 WHERE id = ?1 AND used_count < max_uses",
-                    [&invite_id],
-                )
-                .map_err(db_error)?;
-            if used == 0 {
-                return Err(StoreError::Conflict("invite_exhausted".into()));
-            }
-            let member = MemberRecord {
-                id: crate::ids::new_id("mem"),
-                mesh_id: invite.mesh_id.clone(),
-                pubkey,
-                display_name,
-                role: invite.role,
-                created_at: now_ms,
-                revoked_at: None,
-                banned_at: None,
-            };
-            insert_member(conn, &member)?;
-            conn.execute(
-                "INSERT INTO invite_redemptions (invite_id, member_id, redeemed_at) VALUES (?1, ?2, ?3)",
-                params![invite_id, member.id, now_ms as i64],
-            )
-            .map_err(db_error)?;
-            Ok(Redemption { member, already_member: false })
-        })
-    }
-
     fn setting(&self, key: &str) -> StoreResult<Option<String>> {
         self.read(|conn| {
             conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| row.get(0)).optional()
@@ -847,29 +500,296 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
-}
 
-fn check_pubkey(pubkey: &str) -> StoreResult<()> {
-    if crate::protocol::is_key_hex(pubkey) {
-        return Ok(());
+    fn pending_for_member(&self, member_id: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<QueuedEntry>> {
+        self.read(|conn| pending_for_member(conn, member_id, after_seq, limit))
     }
-    Err(StoreError::Invalid(format!(
-        "public key {pubkey:?} is not 64 lowercase hex characters (an ed25519 public key)"
-    )))
+
+    fn queue_depth(&self) -> StoreResult<u64> {
+        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |row| row.get::<_, i64>(0))).map(|n| n as u64)
+    }
+
+    fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>> {
+        self.read(|conn| peer_states(conn, mesh_id))
+    }
+
+    fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>> {
+        self.read(|conn| directory::mesh(conn, id_or_slug))
+    }
+
+    fn meshes(&self) -> StoreResult<Vec<MeshRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&format!("SELECT {MESH_COLUMNS} FROM meshes ORDER BY created_at"))?;
+            let rows = stmt.query_map([], directory::mesh_from_row)?.collect();
+            rows
+        })
+    }
+
+    fn create_mesh(
+        &self,
+        name: &str,
+        slug_hint: &str,
+        owner_account_id: Option<&str>,
+        creator: &NewMember,
+        now_ms: u64,
+    ) -> StoreResult<(MeshRecord, MemberRecord)> {
+        let name = name.trim().to_owned();
+        if name.is_empty() {
+            return Err(StoreError::Invalid("the mesh name is empty".into()));
+        }
+        directory::check_pubkey(&creator.pubkey)?;
+        let base = directory::slugify(if slug_hint.trim().is_empty() { &name } else { slug_hint });
+        let (owner, creator) = (owner_account_id.map(str::to_owned), creator.clone());
+        self.call(move |conn| directory::create_mesh(conn, &name, &base, owner.as_deref(), &creator, now_ms))
+    }
+
+    fn rename_mesh(&self, mesh_id: &str, name: &str, actor: Option<&str>) -> StoreResult<MeshRecord> {
+        let name = name.trim().to_owned();
+        if name.is_empty() {
+            return Err(StoreError::Invalid("the mesh name is empty".into()));
+        }
+        let (mesh_id, actor) = (mesh_id.to_owned(), actor.map(str::to_owned));
+        self.call(move |conn| {
+            directory::rename_mesh(conn, &mesh_id, &name, actor.as_deref(), crate::protocol::now_ms())
+        })
+    }
+
+    fn archive_mesh(&self, mesh_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<MeshRecord> {
+        let (mesh_id, actor) = (mesh_id.to_owned(), actor.map(str::to_owned));
+        self.call(move |conn| directory::archive_mesh(conn, &mesh_id, actor.as_deref(), now_ms))
+    }
+
+    fn members(&self, mesh_id: &str) -> StoreResult<Vec<MemberRecord>> {
+        self.read(|conn| directory::members(conn, mesh_id))
+    }
+
+    fn member(&self, member_id: &str) -> StoreResult<Option<MemberRecord>> {
+        self.read(|conn| directory::member(conn, member_id))
+    }
+
+    fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<MemberRecord>> {
+        self.read(|conn| directory::member_by_pubkey(conn, mesh_id, pubkey))
+    }
+
+    fn add_member(
+        &self,
+        mesh_id: &str,
+        member: &NewMember,
+        role: Role,
+        actor: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<MemberRecord> {
+        directory::check_pubkey(&member.pubkey)?;
+        let (mesh_id, member, actor) = (mesh_id.to_owned(), member.clone(), actor.map(str::to_owned));
+        self.call(move |conn| directory::add_member(conn, &mesh_id, &member, role, actor.as_deref(), now_ms))
+    }
+
+    fn change_membership(
+        &self,
+        member_id: &str,
+        action: MembershipAction,
+        actor: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<MemberRecord> {
+        let (member_id, actor) = (member_id.to_owned(), actor.map(str::to_owned));
+        self.call(move |conn| directory::change_membership(conn, &member_id, action, actor.as_deref(), now_ms))
+    }
+
+    fn account_meshes(&self, account_id: &str) -> StoreResult<Vec<AccountMesh>> {
+        self.read(|conn| directory::account_meshes(conn, account_id))
+    }
+
+    fn create_invite(&self, invite: &InviteRecord) -> StoreResult<()> {
+        let invite = invite.clone();
+        self.call(move |conn| directory::create_invite(conn, &invite, crate::protocol::now_ms()))
+    }
+
+    fn invite(&self, invite_id: &str) -> StoreResult<Option<InviteRecord>> {
+        self.read(|conn| directory::invite(conn, invite_id))
+    }
+
+    fn invites(&self, mesh_id: &str) -> StoreResult<Vec<InviteRecord>> {
+        self.read(|conn| directory::invites(conn, mesh_id))
+    }
+
+    fn revoke_invite(&self, invite_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<InviteRecord> {
+        let (invite_id, actor) = (invite_id.to_owned(), actor.map(str::to_owned));
+        self.call(move |conn| directory::revoke_invite(conn, &invite_id, actor.as_deref(), now_ms))
+    }
+
+    fn redeem_invite(&self, invite_id: &str, member: &NewMember, now_ms: u64) -> StoreResult<Redemption> {
+        directory::check_pubkey(&member.pubkey)?;
+        let (invite_id, member) = (invite_id.to_owned(), member.clone());
+        self.call(move |conn| directory::redeem_invite(conn, &invite_id, &member, now_ms))
+    }
+
+    fn grants(&self, mesh_id: &str) -> StoreResult<Vec<GrantRecord>> {
+        self.read(|conn| directory::grants(conn, mesh_id))
+    }
+
+    fn set_grants(&self, member_id: &str, changes: &[GrantChange], now_ms: u64) -> StoreResult<Vec<GrantRecord>> {
+        let (member_id, changes) = (member_id.to_owned(), changes.to_vec());
+        self.call(move |conn| directory::set_grants(conn, &member_id, &changes, now_ms))
+    }
+
+    fn create_account(&self, name: &str, email: Option<&str>, now_ms: u64) -> StoreResult<AccountRecord> {
+        let (name, email) = (name.to_owned(), email.map(str::to_owned));
+        self.call(move |conn| accounts::create_account(conn, &name, email.as_deref(), now_ms))
+    }
+
+    fn account(&self, id_or_name: &str) -> StoreResult<Option<AccountRecord>> {
+        self.read(|conn| accounts::account(conn, id_or_name))
+    }
+
+    fn create_device(
+        &self,
+        account_id: &str,
+        info: &DeviceInfo,
+        token_hash: &str,
+        expires_at: u64,
+        now_ms: u64,
+    ) -> StoreResult<DeviceRecord> {
+        let (account_id, info, token_hash) = (account_id.to_owned(), info.clone(), token_hash.to_owned());
+        self.call(move |conn| accounts::create_device(conn, &account_id, &info, &token_hash, expires_at, now_ms))
+    }
+
+    fn device_by_token(&self, token_hash: &str) -> StoreResult<Option<(DeviceRecord, AccountRecord)>> {
+        self.read(|conn| accounts::device_by_token(conn, token_hash))
+    }
+
+    fn touch_device(&self, device_id: &str, now_ms: u64, expires_at: u64) -> StoreResult<()> {
+        let device_id = device_id.to_owned();
+        self.call(move |conn| accounts::touch_device(conn, &device_id, now_ms, expires_at))
+    }
+
+    fn devices(&self, account_id: &str) -> StoreResult<Vec<DeviceRecord>> {
+        self.read(|conn| accounts::devices(conn, account_id))
+    }
+
+    fn revoke_device(&self, device_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<Vec<MemberRecord>> {
+        let (device_id, actor) = (device_id.to_owned(), actor.map(str::to_owned));
+        self.call(move |conn| accounts::revoke_device(conn, &device_id, actor.as_deref(), now_ms))
+    }
+
+    fn create_device_code(&self, code: &NewDeviceCode) -> StoreResult<()> {
+        let code = code.clone();
+        self.call(move |conn| accounts::create_device_code(conn, &code))
+    }
+
+    fn device_code(&self, user_code: &str) -> StoreResult<Option<DeviceCodeRecord>> {
+        self.read(|conn| accounts::device_code(conn, user_code))
+    }
+
+    fn count_device_code_attempt(&self, user_code: &str, max: u32) -> StoreResult<DeviceCodeRecord> {
+        let user_code = user_code.to_owned();
+        self.call(move |conn| accounts::count_device_code_attempt(conn, &user_code, max))
+    }
+
+    fn decide_device_code(
+        &self,
+        user_code: &str,
+        approve: bool,
+        account_id: &str,
+        decided_by: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<DeviceCodeRecord> {
+        let (user_code, account_id, decided_by) =
+            (user_code.to_owned(), account_id.to_owned(), decided_by.map(str::to_owned));
+        self.call(move |conn| {
+            accounts::decide_device_code(conn, &user_code, approve, &account_id, decided_by.as_deref(), now_ms)
+        })
+    }
+
+    fn poll_device_code(
+        &self,
+        device_code_hash: &str,
+        token_hash: &str,
+        token_expires_at: u64,
+        now_ms: u64,
+    ) -> StoreResult<PollOutcome> {
+        let (code_hash, token_hash) = (device_code_hash.to_owned(), token_hash.to_owned());
+        self.call(move |conn| accounts::poll_device_code(conn, &code_hash, &token_hash, token_expires_at, now_ms))
+    }
+
+    fn audit_entries(
+        &self,
+        scope: &str,
+        event_type: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<(Vec<AuditEntry>, u64)> {
+        self.read(|conn| audit::entries(conn, scope, event_type, limit, offset))
+    }
+
+    fn verify_audit(&self, scope: &str) -> StoreResult<AuditVerification> {
+        self.read(|conn| audit::verify(conn, scope))
+    }
 }
 
-fn insert_member(conn: &Connection, member: &MemberRecord) -> StoreResult<()> {
-    conn.execute(
-        &format!("INSERT INTO members ({MEMBER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL)"),
-        params![
-            member.id,
-            member.mesh_id,
-            member.pubkey,
-            member.display_name,
-            member.role.as_str(),
-            member.created_at as i64
-        ],
-    )
-    .map_err(db_error)?;
-    bump_directory_version(conn)
+fn pending_for_member(
+    conn: &Connection,
+    member_id: &str,
+    after_seq: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<QueuedEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT q.seq, q.message_id, q.mesh_id, q.session_pubkey, q.exclude_session, q.sender_member_id,
+                q.sender_pubkey, q.target_spec, q.priority, q.enc,
+                COALESCE(b.nonce, q.nonce), COALESCE(b.ciphertext, q.ciphertext),
+                q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig
+         FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
+         WHERE q.member_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
+    )?;
+    let rows = stmt
+        .query_map(params![member_id, after_seq as i64, limit as i64], |row| {
+            let enc: String = row.get(9)?;
+            let key_nonce: Option<String> = row.get(12)?;
+            let key_ciphertext: Option<String> = row.get(13)?;
+            Ok(QueuedEntry {
+                seq: row.get::<_, i64>(0)? as u64,
+                envelope: Arc::new(Envelope {
+                    message_id: row.get(1)?,
+                    mesh_id: row.get(2)?,
+                    sender_member_id: row.get(5)?,
+                    sender_member_pubkey: row.get(15)?,
+                    sender_pubkey: row.get(6)?,
+                    sender_session_sig: row.get(16)?,
+                    target_spec: row.get(7)?,
+                    priority: Priority::from_db(row.get(8)?),
+                    enc: Enc::from_db(&enc),
+                    nonce: row.get(10)?,
+                    ciphertext: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
+                    created_at: row.get::<_, i64>(14)? as u64,
+                }),
+                delivery: Delivery {
+                    member_id: member_id.to_owned(),
+                    session_pubkey: row.get(3)?,
+                    exclude_session: row.get(4)?,
+                    key: key_nonce.zip(key_ciphertext).map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
+                },
+            })
+        })?
+        .collect();
+    rows
+}
+
+fn peer_states(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<PeerStateRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT member_id, groups, summary, display_name, stats, last_seen_at FROM peer_state WHERE mesh_id = ?1",
+    )?;
+    let rows = stmt
+        .query_map([mesh_id], |row| {
+            let groups: String = row.get(1)?;
+            let stats: String = row.get(4)?;
+            Ok(PeerStateRecord {
+                member_id: row.get(0)?,
+                groups: serde_json::from_str(&groups).unwrap_or_default(),
+                summary: row.get(2)?,
+                display_name: row.get(3)?,
+                stats: serde_json::from_str(&stats).unwrap_or_default(),
+                last_seen_at: row.get::<_, i64>(5)? as u64,
+            })
+        })?
+        .collect();
+    rows
 }

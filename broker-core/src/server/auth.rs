@@ -1,0 +1,106 @@
+//! Bearer tokens: minting, hashing, and the extractor every account route uses.
+//!
+//! A token is 32 random bytes (`cmt_` + base64url). The broker stores only its SHA-256; a token
+//! works while its device is not revoked and it has not expired, and each use (at most hourly)
+//! pushes the expiry out again.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, Broker};
+use crate::protocol;
+use crate::store::{AccountRecord, DeviceRecord};
+
+/// Uses closer together than this do not rewrite the device's expiry.
+const RENEW_EVERY: Duration = Duration::from_secs(3600);
+
+pub fn new_token() -> String {
+    let bytes = crate::crypto::random_bytes::<32>();
+    format!("cmt_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A request made with a valid device token.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub device: DeviceRecord,
+    pub account: AccountRecord,
+}
+
+fn unauthorized(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+impl FromRequestParts<Broker> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, broker: &Broker) -> Result<Self, Self::Rejection> {
+        let header = authorization(&parts.headers).ok_or_else(|| {
+            unauthorized("token_missing", "send `Authorization: Bearer <token>`; sign in with `claudemesh login`")
+        })?;
+        authenticate(broker, header).await
+    }
+}
+
+/// The `Authorization` header, if the request has one.
+pub fn authorization(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
+/// Checks an `Authorization: Bearer …` header value.
+pub async fn authenticate(broker: &Broker, header: &str) -> Result<Authenticated, ApiError> {
+    {
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("token_missing", "the Authorization header must be `Bearer <token>`"))?;
+        let hash = token_hash(token);
+        let found = broker.blocking(move |store| store.device_by_token(&hash)).await?;
+        let (device, account) =
+            found.ok_or_else(|| unauthorized("token_invalid", "this token is unknown or revoked; sign in again"))?;
+        let now = protocol::now_ms();
+        if now >= device.expires_at {
+            return Err(unauthorized("token_expired", "this device's sign-in expired; run `claudemesh login` again"));
+        }
+        if now.saturating_sub(device.last_seen_at) >= RENEW_EVERY.as_millis() as u64 {
+            let expires_at = now + broker.config().token_ttl.as_millis() as u64;
+            let id = device.id.clone();
+            broker.blocking(move |store| store.touch_device(&id, now, expires_at)).await?;
+        }
+        Ok(Authenticated { device, account })
+    }
+}
+
+/// The client's address: the socket's, or the first `X-Forwarded-For` hop behind a trusted proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub IpAddr);
+
+impl FromRequestParts<Broker> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, broker: &Broker) -> Result<Self, Self::Rejection> {
+        if broker.config().trust_proxy {
+            let forwarded = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok());
+            if let Some(ip) = forwarded {
+                return Ok(ClientAddress(ip));
+            }
+        }
+        let socket = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        Ok(ClientAddress(socket.unwrap_or(IpAddr::from([0, 0, 0, 0]))))
+    }
+}

@@ -1,0 +1,407 @@
+//! Accounts, signed-in devices and device logins in SQLite.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::json;
+
+use super::directory::{MEMBER_COLUMNS, bump_directory_version, member_from_row};
+use super::{audit, db_error};
+use crate::store::{
+    AccountRecord, AuditEvent, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, MemberRecord,
+    NewDeviceCode, PollOutcome, StoreError, StoreResult,
+};
+
+/// RFC 8628: a `slow_down` adds this to the polling interval for all later polls.
+const SLOW_DOWN_STEP_MS: u64 = 5_000;
+
+const ACCOUNT_COLUMNS: &str = "id, name, email, created_at";
+const DEVICE_COLUMNS: &str =
+    "id, account_id, hostname, platform, arch, app_version, ip, created_at, last_seen_at, expires_at, revoked_at";
+const CODE_COLUMNS: &str = "user_code, hostname, platform, arch, app_version, ip, created_at, expires_at, interval_ms, \
+                            status, account_id, attempts";
+
+pub(super) fn account_scope(account_id: &str) -> String {
+    format!("account:{account_id}")
+}
+
+fn account_event(account_id: &str, event_type: &str, actor: Option<&str>, payload: serde_json::Value) -> AuditEvent {
+    AuditEvent {
+        scope: account_scope(account_id),
+        event_type: event_type.to_owned(),
+        actor: actor.map(str::to_owned),
+        payload,
+    }
+}
+
+fn account_from_row(row: &Row<'_>) -> rusqlite::Result<AccountRecord> {
+    Ok(AccountRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        email: row.get(2)?,
+        created_at: row.get::<_, i64>(3)? as u64,
+    })
+}
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        id: row.get(0)?,
+        account_id: row.get(1)?,
+        info: DeviceInfo {
+            hostname: row.get(2)?,
+            platform: row.get(3)?,
+            arch: row.get(4)?,
+            app_version: row.get(5)?,
+            ip: row.get(6)?,
+        },
+        created_at: row.get::<_, i64>(7)? as u64,
+        last_seen_at: row.get::<_, i64>(8)? as u64,
+        expires_at: row.get::<_, i64>(9)? as u64,
+        revoked_at: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+    })
+}
+
+fn code_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceCodeRecord> {
+    let status: String = row.get(9)?;
+    Ok(DeviceCodeRecord {
+        user_code: row.get(0)?,
+        info: DeviceInfo {
+            hostname: row.get(1)?,
+            platform: row.get(2)?,
+            arch: row.get(3)?,
+            app_version: row.get(4)?,
+            ip: row.get(5)?,
+        },
+        created_at: row.get::<_, i64>(6)? as u64,
+        expires_at: row.get::<_, i64>(7)? as u64,
+        interval_ms: row.get::<_, i64>(8)? as u64,
+        status: match status.as_str() {
+            "approved" => DeviceCodeStatus::Approved,
+            "denied" => DeviceCodeStatus::Denied,
+            "consumed" => DeviceCodeStatus::Consumed,
+            _ => DeviceCodeStatus::Pending,
+        },
+        account_id: row.get(10)?,
+        attempts: row.get::<_, i64>(11)? as u32,
+    })
+}
+
+pub(super) fn create_account(
+    conn: &Connection,
+    name: &str,
+    email: Option<&str>,
+    now_ms: u64,
+) -> StoreResult<AccountRecord> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(StoreError::Invalid("the account name is empty".into()));
+    }
+    if account(conn, name).map_err(db_error)?.is_some() {
+        return Err(StoreError::Conflict(format!("an account named {name:?} already exists")));
+    }
+    let record = AccountRecord {
+        id: crate::ids::new_id("acct"),
+        name: name.to_owned(),
+        email: email.map(str::to_owned).filter(|e| !e.trim().is_empty()),
+        created_at: now_ms,
+    };
+    conn.execute(
+        &format!("INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4)"),
+        params![record.id, record.name, record.email, now_ms as i64],
+    )
+    .map_err(db_error)?;
+    audit::append(conn, &account_event(&record.id, "account_created", None, json!({"name": record.name})), now_ms)?;
+    Ok(record)
+}
+
+pub(super) fn account(conn: &Connection, id_or_name: &str) -> rusqlite::Result<Option<AccountRecord>> {
+    conn.query_row(
+        &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1 OR name = ?1"),
+        [id_or_name],
+        account_from_row,
+    )
+    .optional()
+}
+
+fn insert_device(
+    conn: &Connection,
+    account_id: &str,
+    info: &DeviceInfo,
+    token_hash: &str,
+    expires_at: u64,
+    now_ms: u64,
+) -> StoreResult<DeviceRecord> {
+    let device = DeviceRecord {
+        id: crate::ids::new_id("dev"),
+        account_id: account_id.to_owned(),
+        info: info.clone(),
+        created_at: now_ms,
+        last_seen_at: now_ms,
+        expires_at,
+        revoked_at: None,
+    };
+    conn.execute(
+        &format!(
+            "INSERT INTO devices (id, account_id, token_hash, hostname, platform, arch, app_version, ip, created_at,
+                                  last_seen_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)"
+        ),
+        params![
+            device.id,
+            account_id,
+            token_hash,
+            info.hostname,
+            info.platform,
+            info.arch,
+            info.app_version,
+            info.ip,
+            now_ms as i64,
+            expires_at as i64
+        ],
+    )
+    .map_err(db_error)?;
+    Ok(device)
+}
+
+pub(super) fn create_device(
+    conn: &Connection,
+    account_id: &str,
+    info: &DeviceInfo,
+    token_hash: &str,
+    expires_at: u64,
+    now_ms: u64,
+) -> StoreResult<DeviceRecord> {
+    account(conn, account_id)
+        .map_err(db_error)?
+        .filter(|a| a.id == account_id)
+        .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
+    let device = insert_device(conn, account_id, info, token_hash, expires_at, now_ms)?;
+    audit::append(
+        conn,
+        &account_event(
+            account_id,
+            "device_added",
+            None,
+            json!({"deviceId": device.id, "hostname": info.hostname, "platform": info.platform, "ip": info.ip}),
+        ),
+        now_ms,
+    )?;
+    Ok(device)
+}
+
+pub(super) fn device_by_token(
+    conn: &Connection,
+    token_hash: &str,
+) -> rusqlite::Result<Option<(DeviceRecord, AccountRecord)>> {
+    let device = conn
+        .prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?1 AND revoked_at IS NULL"))?
+        .query_row([token_hash], device_from_row)
+        .optional()?;
+    let Some(device) = device else { return Ok(None) };
+    Ok(account(conn, &device.account_id)?.map(|account| (device, account)))
+}
+
+pub(super) fn touch_device(conn: &Connection, device_id: &str, now_ms: u64, expires_at: u64) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE devices SET last_seen_at = ?2, expires_at = MAX(expires_at, ?3) WHERE id = ?1 AND revoked_at IS NULL",
+        params![device_id, now_ms as i64, expires_at as i64],
+    )
+    .map_err(db_error)?;
+    Ok(())
+}
+
+pub(super) fn devices(conn: &Connection, account_id: &str) -> rusqlite::Result<Vec<DeviceRecord>> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE account_id = ?1 ORDER BY created_at"))?;
+    let rows = stmt.query_map([account_id], device_from_row)?.collect();
+    rows
+}
+
+pub(super) fn revoke_device(
+    conn: &Connection,
+    device_id: &str,
+    actor: Option<&str>,
+    now_ms: u64,
+) -> StoreResult<Vec<MemberRecord>> {
+    let device = conn
+        .query_row(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"), [device_id], device_from_row)
+        .optional()
+        .map_err(db_error)?
+        .ok_or_else(|| StoreError::NotFound(format!("device {device_id}")))?;
+    conn.execute(
+        "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+        params![device_id, now_ms as i64],
+    )
+    .map_err(db_error)?;
+    let mut stmt = conn
+        .prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE device_id = ?1 AND revoked_at IS NULL"))
+        .map_err(db_error)?;
+    let members: Vec<MemberRecord> =
+        stmt.query_map([device_id], member_from_row).map_err(db_error)?.collect::<Result<_, _>>().map_err(db_error)?;
+    conn.execute(
+        "UPDATE members SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+        params![device_id, now_ms as i64],
+    )
+    .map_err(db_error)?;
+    audit::append(
+        conn,
+        &account_event(
+            &device.account_id,
+            "device_revoked",
+            actor,
+            json!({"deviceId": device_id, "hostname": device.info.hostname}),
+        ),
+        now_ms,
+    )?;
+    for member in &members {
+        audit::append(
+            conn,
+            &AuditEvent {
+                scope: member.mesh_id.clone(),
+                event_type: "member_device_revoked".to_owned(),
+                actor: None,
+                payload: json!({"memberId": member.id, "name": member.display_name}),
+            },
+            now_ms,
+        )?;
+    }
+    if !members.is_empty() {
+        bump_directory_version(conn)?;
+    }
+    Ok(members)
+}
+
+pub(super) fn create_device_code(conn: &Connection, code: &NewDeviceCode) -> StoreResult<()> {
+    // Expired codes are only kept until the next login starts.
+    conn.execute("DELETE FROM device_codes WHERE expires_at < ?1", [code.created_at as i64]).map_err(db_error)?;
+    conn.execute(
+        "INSERT INTO device_codes (device_code_hash, user_code, hostname, platform, arch, app_version, ip, created_at,
+                                   expires_at, interval_ms, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending')",
+        params![
+            code.device_code_hash,
+            code.user_code,
+            code.info.hostname,
+            code.info.platform,
+            code.info.arch,
+            code.info.app_version,
+            code.info.ip,
+            code.created_at as i64,
+            code.expires_at as i64,
+            code.interval_ms as i64
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::Conflict("user code collision".into())
+        }
+        other => db_error(other),
+    })?;
+    Ok(())
+}
+
+pub(super) fn device_code(conn: &Connection, user_code: &str) -> rusqlite::Result<Option<DeviceCodeRecord>> {
+    conn.query_row(&format!("SELECT {CODE_COLUMNS} FROM device_codes WHERE user_code = ?1"), [user_code], code_from_row)
+        .optional()
+}
+
+fn require_code(conn: &Connection, user_code: &str) -> StoreResult<DeviceCodeRecord> {
+    device_code(conn, user_code).map_err(db_error)?.ok_or_else(|| StoreError::NotFound("unknown user code".into()))
+}
+
+pub(super) fn count_device_code_attempt(conn: &Connection, user_code: &str, max: u32) -> StoreResult<DeviceCodeRecord> {
+    conn.execute("UPDATE device_codes SET attempts = attempts + 1 WHERE user_code = ?1", [user_code])
+        .map_err(db_error)?;
+    let code = require_code(conn, user_code)?;
+    if code.attempts > max && code.status == DeviceCodeStatus::Pending {
+        conn.execute("UPDATE device_codes SET status = 'denied' WHERE user_code = ?1", [user_code])
+            .map_err(db_error)?;
+        return require_code(conn, user_code);
+    }
+    Ok(code)
+}
+
+pub(super) fn decide_device_code(
+    conn: &Connection,
+    user_code: &str,
+    approve: bool,
+    account_id: &str,
+    decided_by: Option<&str>,
+    now_ms: u64,
+) -> StoreResult<DeviceCodeRecord> {
+    let code = require_code(conn, user_code)?;
+    if now_ms >= code.expires_at {
+        return Err(StoreError::Conflict("expired".into()));
+    }
+    if code.status != DeviceCodeStatus::Pending {
+        return Err(StoreError::Conflict(format!("already {}", code.status.as_str())));
+    }
+    let status = if approve { "approved" } else { "denied" };
+    conn.execute(
+        "UPDATE device_codes SET status = ?2, account_id = ?3, decided_by = ?4, decided_at = ?5 WHERE user_code = ?1",
+        params![user_code, status, account_id, decided_by, now_ms as i64],
+    )
+    .map_err(db_error)?;
+    audit::append(
+        conn,
+        &account_event(
+            account_id,
+            if approve { "device_approved" } else { "device_denied" },
+            decided_by,
+            json!({"hostname": code.info.hostname, "platform": code.info.platform, "ip": code.info.ip}),
+        ),
+        now_ms,
+    )?;
+    require_code(conn, user_code)
+}
+
+pub(super) fn poll_device_code(
+    conn: &Connection,
+    device_code_hash: &str,
+    token_hash: &str,
+    token_expires_at: u64,
+    now_ms: u64,
+) -> StoreResult<PollOutcome> {
+    let found = conn
+        .query_row(
+            &format!("SELECT {CODE_COLUMNS}, last_poll_at FROM device_codes WHERE device_code_hash = ?1"),
+            [device_code_hash],
+            |row| Ok((code_from_row(row)?, row.get::<_, Option<i64>>(12)?)),
+        )
+        .optional()
+        .map_err(db_error)?;
+    let Some((code, last_poll)) = found else { return Ok(PollOutcome::Invalid) };
+    if code.status == DeviceCodeStatus::Consumed {
+        return Ok(PollOutcome::Invalid);
+    }
+    if now_ms >= code.expires_at {
+        return Ok(PollOutcome::Expired);
+    }
+    let too_soon = last_poll.is_some_and(|at| now_ms < at as u64 + code.interval_ms);
+    if too_soon {
+        conn.execute(
+            "UPDATE device_codes SET interval_ms = interval_ms + ?2, last_poll_at = ?3 WHERE device_code_hash = ?1",
+            params![device_code_hash, SLOW_DOWN_STEP_MS as i64, now_ms as i64],
+        )
+        .map_err(db_error)?;
+        return Ok(PollOutcome::SlowDown);
+    }
+    conn.execute(
+        "UPDATE device_codes SET last_poll_at = ?2 WHERE device_code_hash = ?1",
+        params![device_code_hash, now_ms as i64],
+    )
+    .map_err(db_error)?;
+    match code.status {
+        DeviceCodeStatus::Pending => Ok(PollOutcome::Pending),
+        DeviceCodeStatus::Denied => Ok(PollOutcome::Denied),
+        DeviceCodeStatus::Consumed => Ok(PollOutcome::Invalid),
+        DeviceCodeStatus::Approved => {
+            let account_id =
+                code.account_id.clone().ok_or_else(|| StoreError::Database("approved code without account".into()))?;
+            let device = insert_device(conn, &account_id, &code.info, token_hash, token_expires_at, now_ms)?;
+            conn.execute("UPDATE device_codes SET status = 'consumed' WHERE device_code_hash = ?1", [device_code_hash])
+                .map_err(db_error)?;
+            let account =
+                account(conn, &account_id).map_err(db_error)?.ok_or_else(|| StoreError::NotFound("account".into()))?;
+            Ok(PollOutcome::Issued { account, device })
+        }
+    }
+}
