@@ -913,6 +913,8 @@ impl Router {
                     let cap = grant_cap_for(&target);
                     let (deliveries, dropped) = self.apply_grants(&session.shard, deliveries, &sender_keys.0, cap);
                     if deliveries.is_empty() && matches!(target, Target::Key(_)) {
+                        let drops = message_audit(session, "", &send, 0, cap, &dropped).split_off(1);
+                        self.store.submit(WriteOp::Audit(drops), None);
                         return reject(
                             SendRejection::Blocked,
                             "the recipient does not accept direct messages from you".into(),

@@ -256,11 +256,40 @@ pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello
 
 /// Fetches `path` over plain HTTP/1.1 (no client library needed for these few checks).
 pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    http_with(addr, method, path, &[("Content-Type", "application/json")], body).await
+}
+
+/// A JSON API call with an optional bearer token; the body parsed as JSON (Null when empty).
+pub async fn api(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer.as_str()));
+    }
+    let body = body.map(|b| b.to_string());
+    let (status, text) = http_with(addr, method, path, &headers, body.as_deref()).await;
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+pub async fn http_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
     let body = body.unwrap_or("");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("writes");

@@ -139,11 +139,9 @@ fn insert_device(
         revoked_at: None,
     };
     conn.execute(
-        &format!(
-            "INSERT INTO devices (id, account_id, token_hash, hostname, platform, arch, app_version, ip, created_at,
+        "INSERT INTO devices (id, account_id, token_hash, hostname, platform, arch, app_version, ip, created_at,
                                   last_seen_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)"
-        ),
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
         params![
             device.id,
             account_id,
@@ -211,8 +209,8 @@ pub(super) fn touch_device(conn: &Connection, device_id: &str, now_ms: u64, expi
 pub(super) fn devices(conn: &Connection, account_id: &str) -> rusqlite::Result<Vec<DeviceRecord>> {
     let mut stmt =
         conn.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE account_id = ?1 ORDER BY created_at"))?;
-    let rows = stmt.query_map([account_id], device_from_row)?.collect();
-    rows
+
+    stmt.query_map([account_id], device_from_row)?.collect()
 }
 
 pub(super) fn revoke_device(

@@ -135,8 +135,8 @@ pub(super) fn member_by_pubkey(
 pub(super) fn members(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<MemberRecord>> {
     let mut stmt =
         conn.prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = ?1 ORDER BY created_at, id"))?;
-    let rows = stmt.query_map([mesh_id], member_from_row)?.collect();
-    rows
+
+    stmt.query_map([mesh_id], member_from_row)?.collect()
 }
 
 fn new_member_record(mesh_id: &str, member: &NewMember, role: Role, now_ms: u64) -> MemberRecord {
@@ -313,16 +313,15 @@ pub(super) fn account_meshes(conn: &Connection, account_id: &str) -> rusqlite::R
          GROUP BY s.id ORDER BY s.created_at",
         MESH_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
     ))?;
-    let rows = stmt
-        .query_map([account_id], |row| {
-            Ok(AccountMesh {
-                mesh: mesh_from_row(row)?,
-                role: if row.get::<_, i64>(6)? == 0 { Role::Admin } else { Role::Member },
-                member_count: row.get::<_, i64>(7)? as u64,
-            })
-        })?
-        .collect();
-    rows
+
+    stmt.query_map([account_id], |row| {
+        Ok(AccountMesh {
+            mesh: mesh_from_row(row)?,
+            role: if row.get::<_, i64>(6)? == 0 { Role::Admin } else { Role::Member },
+            member_count: row.get::<_, i64>(7)? as u64,
+        })
+    })?
+    .collect()
 }
 
 pub(super) fn create_invite(conn: &Connection, invite: &InviteRecord, now_ms: u64) -> StoreResult<()> {
@@ -363,8 +362,8 @@ pub(super) fn invite(conn: &Connection, invite_id: &str) -> rusqlite::Result<Opt
 pub(super) fn invites(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<InviteRecord>> {
     let mut stmt =
         conn.prepare(&format!("SELECT {INVITE_COLUMNS} FROM invites WHERE mesh_id = ?1 ORDER BY created_at DESC"))?;
-    let rows = stmt.query_map([mesh_id], invite_from_row)?.collect();
-    rows
+
+    stmt.query_map([mesh_id], invite_from_row)?.collect()
 }
 
 pub(super) fn revoke_invite(
@@ -435,17 +434,16 @@ pub(super) fn grants(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<G
     let mut stmt = conn.prepare(
         "SELECT g.member_id, g.peer_pubkey, g.caps FROM grants g JOIN members m ON m.id = g.member_id WHERE m.mesh_id = ?1",
     )?;
-    let rows = stmt
-        .query_map([mesh_id], |row| {
-            let caps: String = row.get(2)?;
-            Ok(GrantRecord {
-                member_id: row.get(0)?,
-                peer_pubkey: row.get(1)?,
-                caps: serde_json::from_str(&caps).unwrap_or_default(),
-            })
-        })?
-        .collect();
-    rows
+
+    stmt.query_map([mesh_id], |row| {
+        let caps: String = row.get(2)?;
+        Ok(GrantRecord {
+            member_id: row.get(0)?,
+            peer_pubkey: row.get(1)?,
+            caps: serde_json::from_str(&caps).unwrap_or_default(),
+        })
+    })?
+    .collect()
 }
 
 pub(super) fn set_grants(

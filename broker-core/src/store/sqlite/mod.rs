@@ -178,7 +178,11 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         let _ = self.jobs.send(Job::Stop);
         if let Some(handle) = self.writer.lock().map(|mut h| h.take()).unwrap_or_default() {
-            let _ = handle.join();
+            // The last reference may go away inside a completion, on the writer thread itself:
+            // it then ends on its own after this job.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
         }
     }
 }
@@ -520,8 +524,8 @@ impl Store for SqliteStore {
     fn meshes(&self) -> StoreResult<Vec<MeshRecord>> {
         self.read(|conn| {
             let mut stmt = conn.prepare(&format!("SELECT {MESH_COLUMNS} FROM meshes ORDER BY created_at"))?;
-            let rows = stmt.query_map([], directory::mesh_from_row)?.collect();
-            rows
+
+            stmt.query_map([], directory::mesh_from_row)?.collect()
         })
     }
 
@@ -740,56 +744,54 @@ fn pending_for_member(
          FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
          WHERE q.member_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
     )?;
-    let rows = stmt
-        .query_map(params![member_id, after_seq as i64, limit as i64], |row| {
-            let enc: String = row.get(9)?;
-            let key_nonce: Option<String> = row.get(12)?;
-            let key_ciphertext: Option<String> = row.get(13)?;
-            Ok(QueuedEntry {
-                seq: row.get::<_, i64>(0)? as u64,
-                envelope: Arc::new(Envelope {
-                    message_id: row.get(1)?,
-                    mesh_id: row.get(2)?,
-                    sender_member_id: row.get(5)?,
-                    sender_member_pubkey: row.get(15)?,
-                    sender_pubkey: row.get(6)?,
-                    sender_session_sig: row.get(16)?,
-                    target_spec: row.get(7)?,
-                    priority: Priority::from_db(row.get(8)?),
-                    enc: Enc::from_db(&enc),
-                    nonce: row.get(10)?,
-                    ciphertext: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
-                    created_at: row.get::<_, i64>(14)? as u64,
-                }),
-                delivery: Delivery {
-                    member_id: member_id.to_owned(),
-                    session_pubkey: row.get(3)?,
-                    exclude_session: row.get(4)?,
-                    key: key_nonce.zip(key_ciphertext).map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
-                },
-            })
-        })?
-        .collect();
-    rows
+
+    stmt.query_map(params![member_id, after_seq as i64, limit as i64], |row| {
+        let enc: String = row.get(9)?;
+        let key_nonce: Option<String> = row.get(12)?;
+        let key_ciphertext: Option<String> = row.get(13)?;
+        Ok(QueuedEntry {
+            seq: row.get::<_, i64>(0)? as u64,
+            envelope: Arc::new(Envelope {
+                message_id: row.get(1)?,
+                mesh_id: row.get(2)?,
+                sender_member_id: row.get(5)?,
+                sender_member_pubkey: row.get(15)?,
+                sender_pubkey: row.get(6)?,
+                sender_session_sig: row.get(16)?,
+                target_spec: row.get(7)?,
+                priority: Priority::from_db(row.get(8)?),
+                enc: Enc::from_db(&enc),
+                nonce: row.get(10)?,
+                ciphertext: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
+                created_at: row.get::<_, i64>(14)? as u64,
+            }),
+            delivery: Delivery {
+                member_id: member_id.to_owned(),
+                session_pubkey: row.get(3)?,
+                exclude_session: row.get(4)?,
+                key: key_nonce.zip(key_ciphertext).map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
+            },
+        })
+    })?
+    .collect()
 }
 
 fn peer_states(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<PeerStateRecord>> {
     let mut stmt = conn.prepare(
         "SELECT member_id, groups, summary, display_name, stats, last_seen_at FROM peer_state WHERE mesh_id = ?1",
     )?;
-    let rows = stmt
-        .query_map([mesh_id], |row| {
-            let groups: String = row.get(1)?;
-            let stats: String = row.get(4)?;
-            Ok(PeerStateRecord {
-                member_id: row.get(0)?,
-                groups: serde_json::from_str(&groups).unwrap_or_default(),
-                summary: row.get(2)?,
-                display_name: row.get(3)?,
-                stats: serde_json::from_str(&stats).unwrap_or_default(),
-                last_seen_at: row.get::<_, i64>(5)? as u64,
-            })
-        })?
-        .collect();
-    rows
+
+    stmt.query_map([mesh_id], |row| {
+        let groups: String = row.get(1)?;
+        let stats: String = row.get(4)?;
+        Ok(PeerStateRecord {
+            member_id: row.get(0)?,
+            groups: serde_json::from_str(&groups).unwrap_or_default(),
+            summary: row.get(2)?,
+            display_name: row.get(3)?,
+            stats: serde_json::from_str(&stats).unwrap_or_default(),
+            last_seen_at: row.get::<_, i64>(5)? as u64,
+        })
+    })?
+    .collect()
 }
