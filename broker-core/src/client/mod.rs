@@ -14,6 +14,7 @@
 mod backoff;
 mod connection;
 mod dedup;
+pub mod device_login;
 mod keys;
 
 use std::collections::{BTreeMap, HashMap};
