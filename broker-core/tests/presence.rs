@@ -155,3 +155,31 @@ async fn mail_for_a_vanished_session_goes_to_its_member_after_the_grace() {
     assert_eq!(bob.message().await.text().as_deref(), Some("are you there?"));
     assert!(started.elapsed() >= Duration::from_millis(200), "waited for the old session first");
 }
+
+#[tokio::test]
+async fn shutdown_closes_sessions_with_1001_and_their_state_is_restored_after_restart() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    let mut alice = broker.connect(&mesh, &members[0], "alice").await;
+    alice.client.set_summary("halfway through the migration").await.expect("summary");
+    alice.client.list_peers().await.expect("round trip");
+
+    let broker = broker.restart(BrokerConfig::default()).await;
+    let reason = loop {
+        match tokio::time::timeout(common::WAIT, alice.events.recv()).await.expect("in time").expect("events") {
+            broker_core::client::ClientEvent::Disconnected { reason } => break reason,
+            _ => continue,
+        }
+    };
+    assert!(reason.contains("1001"), "closed as going away: {reason}");
+    // The client reconnects on its own and finds its state again.
+    let ack = loop {
+        match tokio::time::timeout(common::WAIT, alice.events.recv()).await.expect("in time").expect("events") {
+            broker_core::client::ClientEvent::Connected(ack) => break ack,
+            _ => continue,
+        }
+    };
+    assert_eq!(ack.restored, Some(true));
+    assert_eq!(ack.last_summary.as_deref(), Some("halfway through the migration"));
+    drop(broker);
+}

@@ -51,8 +51,18 @@ impl TestBroker {
         mailer: Option<broker_core::email::Mailer>,
     ) -> TestBroker {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Normal).expect("store opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        TestBroker::serve(dir, listener, config, expected_migration, mailer)
+    }
+
+    fn serve(
+        dir: tempfile::TempDir,
+        listener: tokio::net::TcpListener,
+        config: BrokerConfig,
+        expected_migration: Option<&str>,
+        mailer: Option<broker_core::email::Mailer>,
+    ) -> TestBroker {
+        let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Normal).expect("store opens");
         let addr = listener.local_addr().expect("local addr");
         let broker =
             Broker::new(config, store.clone(), format!("http://{addr}"), expected_migration.map(str::to_owned), mailer);
@@ -61,6 +71,15 @@ impl TestBroker {
             let _ = stopped.await;
         }));
         TestBroker { dir, store, broker, addr, stop: Some(stop), served: Some(served) }
+    }
+
+    /// Stops this broker and serves the same data directory on the same address again.
+    pub async fn restart(self, config: BrokerConfig) -> TestBroker {
+        let mut old = self;
+        old.stop().await;
+        let listener = tokio::net::TcpListener::bind(old.addr).await.expect("rebinds the same port");
+        let dir = std::mem::replace(&mut old.dir, tempfile::tempdir().expect("tempdir"));
+        TestBroker::serve(dir, listener, config, None, None)
     }
 
     pub fn http_url(&self) -> String {
