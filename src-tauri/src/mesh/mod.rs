@@ -119,7 +119,7 @@ impl MeshLink {
     }
 
     /// The display name behind a sender key: from the cache, else after one (throttled)
-    /// refresh, else `peer-<first 8 hex>`.
+    /// refresh of the peer list or a lookup of its member, else `peer-<first 8 hex>`.
     async fn name_of(&self, sender: &str, sender_member: Option<&str>) -> String {
         let lookup =
             |link: &MeshLink| link.cached_name(sender).or_else(|| sender_member.and_then(|m| link.cached_name(m)));
@@ -134,11 +134,20 @@ impl MeshLink {
             }
             due
         };
-        if refresh
-            && self.peers(Duration::ZERO).await.is_ok()
-            && let Some(name) = lookup(self)
-        {
-            return name;
+        if refresh {
+            if self.peers(Duration::ZERO).await.is_ok()
+                && let Some(name) = lookup(self)
+            {
+                return name;
+            }
+            // A sender that already went offline (a one-shot CLI send): the broker still knows
+            // its member's name.
+            if let Some(member) = sender_member
+                && let Ok(recipients) = self.client.resolve(member).await
+                && let [one] = recipients.as_slice()
+            {
+                return one.display_name.clone();
+            }
         }
         format!("peer-{}", sender.get(..8).unwrap_or(sender))
     }
@@ -347,12 +356,19 @@ impl Supervisor {
         Ok(found)
     }
 
-    /// Waits until every link is connected or has failed, at most `timeout`.
+    /// Waits until every link has made its first connection attempt (connected, failed, or
+    /// reconnecting after a failure), at most `timeout`: an unreachable broker is reported at
+    /// once rather than after the timeout.
     pub async fn wait_connected(&self, timeout: Duration) {
         let waits = self.links.iter().map(|link| {
             let mut state = link.state.subscribe();
             async move {
-                let _ = state.wait_for(|s| matches!(s, LinkState::Connected | LinkState::Failed(_))).await;
+                let _ = state
+                    .wait_for(|s| match s {
+                        LinkState::Connected | LinkState::Failed(_) | LinkState::Reconnecting(_) => true,
+                        LinkState::Connecting => false,
+                    })
+                    .await;
             }
         });
         let _ = tokio::time::timeout(timeout, futures_util::future::join_all(waits)).await;
