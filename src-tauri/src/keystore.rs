@@ -101,9 +101,13 @@ pub fn open(config_dir: &ConfigDir) -> Result<Box<dyn KeyStore>, KeyStoreError> 
         Choice::Auto => match OsKeychain::probe() {
             Ok(keychain) => Ok(Box::new(KeychainWithFileFallback { keychain, files })),
             Err(error) => {
+                let reason = match &error {
+                    KeyStoreError::KeychainUnavailable(reason) => reason.clone(),
+                    other => other.to_string(),
+                };
                 if !WARNED_NO_KEYCHAIN.swap(true, Ordering::Relaxed) {
                     eprintln!(
-                        "claudemesh: warning: no OS keychain is available ({error}); member keys are kept in owner-only files in {}. Set {KEYSTORE_ENV}=file to choose this explicitly.",
+                        "claudemesh: warning: no OS keychain is available ({reason}); member keys are kept in owner-only files in {}. Set {KEYSTORE_ENV}=file to choose this explicitly.",
                         config_dir.keys_dir().display()
                     );
                 }
