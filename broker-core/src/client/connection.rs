@@ -149,8 +149,14 @@ impl Task {
                 }
                 Ok(())
             }
-            // Unacknowledged pushes come again after the reconnect; they are acknowledged then.
-            Command::Acknowledge(_) => Ok(()),
+            // Unacknowledged pushes come again after the reconnect; remembering the ids lets
+            // the de-duplication re-acknowledge them then instead of swallowing them.
+            Command::Acknowledge(ids) => {
+                for id in &ids {
+                    self.acknowledged.insert(id);
+                }
+                Ok(())
+            }
             Command::Shutdown(done) => {
                 self.fail_outbound(ClientError::Stopped("shut down".into()));
                 let _ = done.send(());

@@ -1,0 +1,338 @@
+//! `claudemesh install` / `uninstall`: register the MCP bridge and the status hooks with
+//! Claude Code, and take them out again.
+//!
+//! The MCP server goes in with `claude mcp add --scope user` when the `claude` command exists,
+//! otherwise straight into the user-scope `mcpServers` of `~/.claude.json` (what that command
+//! writes). The hooks go into the `hooks` of `~/.claude/settings.json`. `CLAUDE_CONFIG_DIR`
+//! relocates both, as it does for Claude Code. Other content of those files is kept; our
+//! entries are recognised by their command and replaced, never duplicated.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::write_private_atomic;
+
+/// The MCP server name (what `server:claudemesh` and the channel `source` refer to).
+pub const MCP_NAME: &str = "claudemesh";
+
+/// Hook events and the status each reports.
+pub const HOOKS: [(&str, &str); 3] = [("UserPromptSubmit", "working"), ("PreToolUse", "working"), ("Stop", "idle")];
+
+/// Where Claude Code keeps its user files.
+#[derive(Debug, Clone)]
+pub struct ClaudeFiles {
+    /// User-scope MCP servers (`~/.claude.json`).
+    pub mcp_config: PathBuf,
+    /// User settings with hooks (`~/.claude/settings.json`).
+    pub settings: PathBuf,
+}
+
+impl ClaudeFiles {
+    pub fn from_env() -> anyhow::Result<ClaudeFiles> {
+        if let Some(dir) = std::env::var_os("CLAUDE_CONFIG_DIR").filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            return Ok(ClaudeFiles { mcp_config: dir.join(".claude.json"), settings: dir.join("settings.json") });
+        }
+        let home = std::env::home_dir().ok_or_else(|| anyhow::anyhow!("cannot find the home directory"))?;
+        Ok(ClaudeFiles { mcp_config: home.join(".claude.json"), settings: home.join(".claude/settings.json") })
+    }
+}
+
+/// What install or uninstall did, for people and for `--json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// `claude mcp` (ran the command) or `file` (edited the file).
+    pub mcp_method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_file: Option<String>,
+    pub hooks_file: String,
+    /// Hook events touched.
+    pub hook_events: Vec<String>,
+    pub actions: Vec<String>,
+}
+
+/// `'text'` for a POSIX shell (hooks run through one).
+pub fn shell_quote(text: &str) -> String {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:@".contains(c)) {
+        return text.to_owned();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The hook command for `status`, carrying `CLAUDEMESH_CONFIG_DIR` when one is set.
+pub fn hook_command(exe: &Path, config_dir_override: Option<&Path>, status: &str) -> String {
+    let mut command = String::new();
+    if let Some(dir) = config_dir_override {
+        command.push_str(&format!("{}={} ", crate::config::CONFIG_DIR_ENV, shell_quote(&dir.display().to_string())));
+    }
+    command.push_str(&format!("{} hook {status}", shell_quote(&exe.display().to_string())));
+    command
+}
+
+fn is_our_hook(entry: &Value) -> bool {
+    entry.get("command").and_then(Value::as_str).is_some_and(|c| c.contains("claudemesh") && c.contains(" hook "))
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(json!({})),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is not valid JSON ({e}); fix it and run this again", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(json!({})),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
+    }
+    let mut text = serde_json::to_vec_pretty(value).expect("json serializes");
+    text.push(b'\n');
+    write_private_atomic(path, &text)?;
+    Ok(())
+}
+
+/// Removes our hooks from a settings document; returns the events it touched.
+pub fn remove_hooks(settings: &mut Value) -> Vec<String> {
+    let mut touched = Vec::new();
+    let Some(hooks) = settings.get_mut("hooks").and_then(Value::as_object_mut) else { return touched };
+    for (event, groups) in hooks.iter_mut() {
+        let Some(groups) = groups.as_array_mut() else { continue };
+        let before: usize = groups.iter().map(|g| g["hooks"].as_array().map_or(0, Vec::len)).sum();
+        for group in groups.iter_mut() {
+            if let Some(entries) = group.get_mut("hooks").and_then(Value::as_array_mut) {
+                entries.retain(|e| !is_our_hook(e));
+            }
+        }
+        groups.retain(|g| g.get("hooks").and_then(Value::as_array).is_none_or(|h| !h.is_empty()));
+        let after: usize = groups.iter().map(|g| g["hooks"].as_array().map_or(0, Vec::len)).sum();
+        if after != before {
+            touched.push(event.clone());
+        }
+    }
+    hooks.retain(|_, groups| groups.as_array().is_none_or(|g| !g.is_empty()));
+    if hooks.is_empty()
+        && let Some(object) = settings.as_object_mut()
+    {
+        object.remove("hooks");
+    }
+    touched
+}
+
+/// Adds our hooks (replacing earlier ones of ours).
+pub fn add_hooks(settings: &mut Value, exe: &Path, config_dir_override: Option<&Path>) -> anyhow::Result<()> {
+    remove_hooks(settings);
+    let object = settings.as_object_mut().ok_or_else(|| anyhow::anyhow!("the settings file is not a JSON object"))?;
+    let hooks = object.entry("hooks").or_insert_with(|| json!({}));
+    let hooks =
+        hooks.as_object_mut().ok_or_else(|| anyhow::anyhow!("`hooks` in the settings file is not an object"))?;
+    for (event, status) in HOOKS {
+        let mut group = json!({
+            "hooks": [{ "type": "command", "command": hook_command(exe, config_dir_override, status), "timeout": 5 }]
+        });
+        if event == "PreToolUse" {
+            group["matcher"] = json!("*");
+        }
+        let groups = hooks.entry(event).or_insert_with(|| json!([]));
+        groups
+            .as_array_mut()
+            .ok_or_else(|| anyhow::anyhow!("`hooks.{event}` in the settings file is not a list"))?
+            .push(group);
+    }
+    Ok(())
+}
+
+/// The `claude` command on `PATH`, if any.
+pub fn find_claude() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("claude")).find(|candidate| {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        }
+        #[cfg(not(unix))]
+        candidate.is_file()
+    })
+}
+
+fn run_claude(claude: &Path, args: &[String]) -> anyhow::Result<std::process::Output> {
+    std::process::Command::new(claude)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", claude.display()))
+}
+
+pub fn install(files: &ClaudeFiles, exe: &Path, config_dir_override: Option<&Path>) -> anyhow::Result<Report> {
+    let mut actions = Vec::new();
+    let env_args: Vec<String> = config_dir_override
+        .map(|dir| vec!["-e".to_owned(), format!("{}={}", crate::config::CONFIG_DIR_ENV, dir.display())])
+        .unwrap_or_default();
+    let (mcp_method, mcp_command, mcp_file) = match find_claude() {
+        Some(claude) => {
+            // `add` refuses an existing name: remove ours first (absent is fine).
+            let remove: Vec<String> = ["mcp", "remove", "--scope", "user", MCP_NAME].map(str::to_owned).to_vec();
+            let _ = run_claude(&claude, &remove);
+            let mut add: Vec<String> = ["mcp", "add", "--scope", "user"].map(str::to_owned).to_vec();
+            add.extend(env_args);
+            add.extend([MCP_NAME.to_owned(), "--".to_owned(), exe.display().to_string(), "mcp".to_owned()]);
+            let output = run_claude(&claude, &add)?;
+            let shown =
+                format!("{} {}", claude.display(), add.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+            if !output.status.success() {
+                anyhow::bail!("`{shown}` failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+            }
+            actions.push(format!("registered the MCP server: ran {shown}"));
+            ("claude mcp", Some(shown), None)
+        }
+        None => {
+            let mut config = read_json(&files.mcp_config)?;
+            let object = config
+                .as_object_mut()
+                .ok_or_else(|| anyhow::anyhow!("{} is not a JSON object", files.mcp_config.display()))?;
+            let servers = object.entry("mcpServers").or_insert_with(|| json!({}));
+            let env: serde_json::Map<String, Value> = config_dir_override
+                .map(|d| {
+                    [(crate::config::CONFIG_DIR_ENV.to_owned(), json!(d.display().to_string()))].into_iter().collect()
+                })
+                .unwrap_or_default();
+            servers
+                .as_object_mut()
+                .ok_or_else(|| anyhow::anyhow!("`mcpServers` in {} is not an object", files.mcp_config.display()))?
+                .insert(
+                    MCP_NAME.to_owned(),
+                    json!({ "type": "stdio", "command": exe.display().to_string(), "args": ["mcp"], "env": env }),
+                );
+            write_json(&files.mcp_config, &config)?;
+            actions.push(format!(
+                "registered the MCP server: wrote mcpServers.{MCP_NAME} = {{command: {}, args: [mcp]}} to {} (no `claude` command on PATH)",
+                exe.display(),
+                files.mcp_config.display()
+            ));
+            ("file", None, Some(files.mcp_config.display().to_string()))
+        }
+    };
+
+    let mut settings = read_json(&files.settings)?;
+    add_hooks(&mut settings, exe, config_dir_override)?;
+    write_json(&files.settings, &settings)?;
+    for (event, status) in HOOKS {
+        actions.push(format!(
+            "added hook {event} → `{}` to {}",
+            hook_command(exe, config_dir_override, status),
+            files.settings.display()
+        ));
+    }
+    Ok(Report {
+        mcp_method,
+        mcp_command,
+        mcp_file,
+        hooks_file: files.settings.display().to_string(),
+        hook_events: HOOKS.iter().map(|(e, _)| (*e).to_owned()).collect(),
+        actions,
+    })
+}
+
+pub fn uninstall(files: &ClaudeFiles) -> anyhow::Result<Report> {
+    let mut actions = Vec::new();
+    let (mcp_method, mcp_command, mcp_file) = match find_claude() {
+        Some(claude) => {
+            let remove: Vec<String> = ["mcp", "remove", "--scope", "user", MCP_NAME].map(str::to_owned).to_vec();
+            let output = run_claude(&claude, &remove)?;
+            let shown = format!("{} {}", claude.display(), remove.join(" "));
+            actions.push(if output.status.success() {
+                format!("removed the MCP server: ran {shown}")
+            } else {
+                format!(
+                    "the MCP server was not registered ({shown}: {})",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )
+            });
+            ("claude mcp", Some(shown), None)
+        }
+        None => {
+            let mut config = read_json(&files.mcp_config)?;
+            let removed = config
+                .get_mut("mcpServers")
+                .and_then(Value::as_object_mut)
+                .and_then(|servers| servers.remove(MCP_NAME))
+                .is_some();
+            if removed {
+                write_json(&files.mcp_config, &config)?;
+                actions.push(format!("removed mcpServers.{MCP_NAME} from {}", files.mcp_config.display()));
+            } else {
+                actions.push(format!("no mcpServers.{MCP_NAME} in {}", files.mcp_config.display()));
+            }
+            ("file", None, Some(files.mcp_config.display().to_string()))
+        }
+    };
+    let mut settings = read_json(&files.settings)?;
+    let touched = remove_hooks(&mut settings);
+    if touched.is_empty() {
+        actions.push(format!("no claudemesh hooks in {}", files.settings.display()));
+    } else {
+        write_json(&files.settings, &settings)?;
+        actions.push(format!("removed claudemesh hooks ({}) from {}", touched.join(", "), files.settings.display()));
+    }
+    Ok(Report {
+        mcp_method,
+        mcp_command,
+        mcp_file,
+        hooks_file: files.settings.display().to_string(),
+        hook_events: touched,
+        actions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_are_added_once_next_to_foreign_ones_and_removed_cleanly() {
+        let exe = Path::new("/opt/claude mesh/claudemesh");
+        let mut settings = json!({
+            "model": "opus",
+            "hooks": { "Stop": [{ "hooks": [{ "type": "command", "command": "notify-send done" }] }] }
+        });
+        add_hooks(&mut settings, exe, None).expect("adds");
+        add_hooks(&mut settings, exe, None).expect("adds again");
+        let stop = settings["hooks"]["Stop"].as_array().expect("list");
+        assert_eq!(stop.len(), 2, "foreign hook kept, ours once: {stop:?}");
+        assert_eq!(stop[1]["hooks"][0]["command"], "'/opt/claude mesh/claudemesh' hook idle");
+        assert_eq!(settings["hooks"]["PreToolUse"][0]["matcher"], "*");
+        assert_eq!(
+            settings["hooks"]["UserPromptSubmit"][0]["hooks"][0]["command"],
+            "'/opt/claude mesh/claudemesh' hook working"
+        );
+
+        let touched = remove_hooks(&mut settings);
+        assert_eq!(touched.len(), 3);
+        assert_eq!(
+            settings,
+            json!({
+                "model": "opus",
+                "hooks": { "Stop": [{ "hooks": [{ "type": "command", "command": "notify-send done" }] }] }
+            })
+        );
+    }
+
+    #[test]
+    fn a_config_dir_override_travels_with_the_hook_command() {
+        let command = hook_command(Path::new("/usr/bin/claudemesh"), Some(Path::new("/tmp/cm dir")), "working");
+        assert_eq!(command, "CLAUDEMESH_CONFIG_DIR='/tmp/cm dir' /usr/bin/claudemesh hook working");
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("/plain/path"), "/plain/path");
+    }
+}

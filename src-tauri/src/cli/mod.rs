@@ -1,0 +1,539 @@
+//! The `claudemesh` commands. Thin: parse, call the library modules, print.
+//!
+//! Every command that takes `--json` prints exactly one JSON object on stdout (`watch --json`:
+//! one per line) with `schemaVersion: 1`; the fields are documented in `docs/cli.md`. Errors go
+//! to stderr and say what to do next; the exit code tells the kind of failure ([`Exit`]).
+
+pub mod install;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_core::protocol::{PeerType, Priority, Status};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::config::ConfigDir;
+use crate::inbox::{Inbox, StoredMessage};
+use crate::keystore::KeyStore;
+use crate::mesh::{LinkState, SessionOptions, Supervisor};
+
+/// The `--json` schema version.
+pub const SCHEMA_VERSION: u32 = 1;
+/// How long one-shot commands wait for their connections.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Exit codes (documented in `docs/cli.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    // 0 is success.
+    Failure = 1,
+    Usage = 2,
+    NotFound = 3,
+    Unreachable = 4,
+    Refused = 5,
+    AlreadyExists = 6,
+}
+
+/// A command failure: what to print and how to exit.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Failure {
+        Failure { exit, message: message.into() }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure::new(Exit::Failure, format!("{:#}", error.into()))
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+fn print_json(value: serde_json::Value) {
+    let mut value = value;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("schemaVersion".into(), json!(SCHEMA_VERSION));
+    }
+    println!("{value}");
+}
+
+fn open_keystore(config_dir: &ConfigDir) -> Result<Arc<dyn KeyStore>, Failure> {
+    Ok(Arc::from(crate::keystore::open(config_dir)?))
+}
+
+fn no_meshes() -> Failure {
+    Failure::new(Exit::NotFound, "no meshes joined yet; join one with `claudemesh join <invite link>`")
+}
+
+/// Connects this command's sessions (a person at a terminal) to the selected meshes.
+async fn connect(
+    config_dir: &ConfigDir,
+    mesh: Option<&str>,
+) -> Result<(Supervisor, mpsc::Receiver<StoredMessage>), Failure> {
+    let config = config_dir.load()?;
+    if config.meshes.is_empty() {
+        return Err(no_meshes());
+    }
+    let meshes = match mesh {
+        Some(name) => vec![config.find(name).cloned().ok_or_else(|| {
+            let known: Vec<_> = config.meshes.iter().map(|m| m.slug.clone()).collect();
+            Failure::new(
+                Exit::NotFound,
+                format!("no joined mesh is called {name:?}; joined meshes: {}", known.join(", ")),
+            )
+        })?],
+        None => config.meshes,
+    };
+    let (keystore, inbox) = {
+        let config_dir = config_dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, Failure> {
+            config_dir.ensure()?;
+            Ok((open_keystore(&config_dir)?, Arc::new(Inbox::open(&config_dir.inbox_file())?)))
+        })
+        .await
+        .map_err(|e| Failure::new(Exit::Failure, e.to_string()))??
+    };
+    let (incoming_tx, incoming_rx) = mpsc::channel(1024);
+    let options = SessionOptions {
+        display_name: None,
+        peer_type: PeerType::Human,
+        channel: "cli".into(),
+        model: None,
+        session_id: None,
+    };
+    let supervisor = Supervisor::start(config_dir, meshes, keystore, inbox, options, incoming_tx).await;
+    supervisor.wait_connected(CONNECT_TIMEOUT).await;
+    Ok((supervisor, incoming_rx))
+}
+
+/// Fails when no selected mesh connected, with the reasons.
+fn require_connected(supervisor: &Supervisor) -> CliResult {
+    if supervisor.links().iter().any(|l| l.state() == LinkState::Connected) {
+        return Ok(());
+    }
+    let mut reasons: Vec<String> = supervisor.failed().iter().map(|(m, r)| format!("{}: {r}", m.slug)).collect();
+    let mut refused = !reasons.is_empty();
+    for link in supervisor.links() {
+        match link.state() {
+            LinkState::Failed(reason) => {
+                refused = true;
+                reasons.push(format!("{}: refused by the broker ({reason})", link.entry.slug));
+            }
+            state => reasons.push(format!(
+                "{}: cannot reach the broker at {} ({}); check that it is running and reachable",
+                link.entry.slug,
+                link.entry.broker_url,
+                match state {
+                    LinkState::Reconnecting(r) => r,
+                    _ => "no answer".into(),
+                }
+            )),
+        }
+    }
+    Err(Failure::new(if refused { Exit::Refused } else { Exit::Unreachable }, reasons.join("\n")))
+}
+
+pub async fn join(link: &str, name: Option<String>, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let keystore = {
+        let config_dir = config_dir.clone();
+        tokio::task::spawn_blocking(move || open_keystore(&config_dir))
+            .await
+            .map_err(|e| Failure::new(Exit::Failure, e.to_string()))??
+    };
+    let display_name = name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_display_name);
+    let joined = crate::join::join(&config_dir, keystore.clone(), link, display_name.trim()).await.map_err(|e| {
+        use crate::join::JoinError::*;
+        let exit = match &e {
+            BadInvite(_) | Expired | Refused { .. } => Exit::Refused,
+            AlreadyJoined { .. } => Exit::AlreadyExists,
+            Unreachable { .. } => Exit::Unreachable,
+            UnsupportedUrl(_) => Exit::Usage,
+            KeyStore(_) | Config(_) => Exit::Failure,
+        };
+        Failure::new(exit, e.to_string())
+    })?;
+    let entry = &joined.entry;
+    if json_output {
+        print_json(json!({
+            "mesh": entry.slug, "meshId": entry.mesh_id, "meshName": entry.name, "brokerUrl": entry.broker_url,
+            "memberId": entry.member_id, "memberPubkey": entry.member_pubkey, "displayName": entry.display_name,
+            "role": entry.role, "alreadyMember": joined.already_member, "keystore": keystore.kind().as_str(),
+        }));
+    } else {
+        println!(
+            "joined {} ({}) as {} ({}); member key kept in the {} keystore",
+            entry.name,
+            entry.slug,
+            entry.display_name,
+            entry.role,
+            keystore.kind().as_str()
+        );
+        println!(
+            "next: `claudemesh install` to make your Claude Code sessions peers, `claudemesh peers` to see who is online"
+        );
+    }
+    Ok(())
+}
+
+fn default_display_name() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_default();
+    let host = gethostname::gethostname().to_string_lossy().split('.').next().unwrap_or_default().to_owned();
+    match (user.is_empty(), host.is_empty()) {
+        (false, false) => format!("{user}@{host}"),
+        (false, true) => user,
+        (true, false) => host,
+        (true, true) => "peer".into(),
+    }
+}
+
+pub fn meshes(json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let config = config_dir.load()?;
+    if json_output {
+        let rows: Vec<_> = config
+            .meshes
+            .iter()
+            .map(|m| {
+                json!({"mesh": m.slug, "meshId": m.mesh_id, "name": m.name, "brokerUrl": m.broker_url,
+                       "displayName": m.display_name, "role": m.role, "memberPubkey": m.member_pubkey,
+                       "joinedAt": broker_core::protocol::iso8601_ms(m.joined_at)})
+            })
+            .collect();
+        print_json(json!({ "meshes": rows }));
+    } else if config.meshes.is_empty() {
+        println!("no meshes joined yet; join one with `claudemesh join <invite link>`");
+    } else {
+        for m in &config.meshes {
+            println!("{}\t{}\tas {} ({})\t{}", m.slug, m.name, m.display_name, m.role, m.broker_url);
+        }
+    }
+    Ok(())
+}
+
+pub async fn peers(mesh: Option<String>, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, mesh.as_deref()).await?;
+    let result = async {
+        require_connected(&supervisor)?;
+        supervisor.list_peers(mesh.as_deref()).await.map_err(|e| Failure::new(Exit::Unreachable, e))
+    }
+    .await;
+    supervisor.shutdown().await;
+    let rows = result?;
+    if json_output {
+        print_json(json!({ "peers": rows }));
+    } else if rows.is_empty() {
+        println!("nobody else is online");
+    } else {
+        for p in &rows {
+            let groups: Vec<_> = p.groups.iter().map(|g| format!("@{}", g.name)).collect();
+            println!(
+                "{}:{}\t{}\t{}\t{}:{}\t{}\t{}",
+                p.mesh,
+                p.name,
+                p.status.as_str(),
+                p.location,
+                p.host.as_deref().unwrap_or("?"),
+                p.cwd,
+                groups.join(","),
+                p.summary.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn send(target: String, message: String, priority: Priority, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, None).await?;
+    if let Err(failure) = require_connected(&supervisor) {
+        supervisor.shutdown().await;
+        return Err(failure);
+    }
+    let outcomes = supervisor.send(std::slice::from_ref(&target), &message, priority).await;
+    supervisor.shutdown().await;
+    if json_output {
+        print_json(json!({ "results": outcomes }));
+    }
+    match outcomes.iter().find(|o| !o.ok) {
+        None => {
+            if !json_output {
+                for o in &outcomes {
+                    println!(
+                        "sent to {} in {} (message {}, {} recipient(s))",
+                        o.recipient.as_deref().unwrap_or(&o.to),
+                        o.mesh.as_deref().unwrap_or("?"),
+                        o.message_id.as_deref().unwrap_or("?"),
+                        o.recipients.unwrap_or(0)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some(failed) => {
+            let error = failed.error.clone().unwrap_or_else(|| "not sent".into());
+            let exit = if failed.target_spec.is_none() {
+                Exit::NotFound
+            } else if error.contains("unreachable") || error.contains("connection") {
+                Exit::Unreachable
+            } else {
+                Exit::Refused
+            };
+            Err(Failure::new(exit, format!("not sent to {}: {error}", failed.to)))
+        }
+    }
+}
+
+fn print_message(m: &StoredMessage) {
+    let group = match m.kind {
+        crate::inbox::MessageKind::Direct => String::new(),
+        _ => format!(" to {}", m.target.as_deref().unwrap_or("?")),
+    };
+    let body = m.text.clone().unwrap_or_else(|| format!("[could not open: {}]", m.error.as_deref().unwrap_or("?")));
+    println!("[{}] {} {}{} ({}): {}", m.sent_at, m.mesh_slug, m.from, group, m.priority, body);
+}
+
+pub async fn inbox(all: bool, limit: usize, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let config = config_dir.load()?;
+    if config.meshes.is_empty() {
+        return Err(no_meshes());
+    }
+    // Pick up what waits at the broker first (when it is reachable), then read the inbox.
+    let (supervisor, mut incoming) = connect(&config_dir, None).await?;
+    // Stored as they arrive; stop after 300 ms of quiet, 2 s at most.
+    let fetch_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let quiet = || fetch_deadline.min(tokio::time::Instant::now() + Duration::from_millis(300));
+    while let Ok(Some(_)) = tokio::time::timeout_at(quiet(), incoming.recv()).await {}
+    let messages = if all {
+        let inbox = supervisor.inbox().clone();
+        tokio::task::spawn_blocking(move || inbox.history(limit))
+            .await
+            .map_err(|e| Failure::new(Exit::Failure, e.to_string()))??
+    } else {
+        supervisor.take_unread().await?
+    };
+    supervisor.shutdown().await;
+    if json_output {
+        print_json(json!({ "messages": messages }));
+    } else if messages.is_empty() {
+        println!(
+            "{}",
+            if all { "the inbox is empty" } else { "no unread messages (`claudemesh inbox --all` shows history)" }
+        );
+    } else {
+        messages.iter().for_each(print_message);
+    }
+    Ok(())
+}
+
+pub async fn watch(json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, mut incoming) = connect(&config_dir, None).await?;
+    if let Err(failure) = require_connected(&supervisor) {
+        supervisor.shutdown().await;
+        return Err(failure);
+    }
+    if !json_output {
+        eprintln!("watching {} mesh(es); Ctrl-C to stop", supervisor.links().len());
+    }
+    loop {
+        tokio::select! {
+            message = incoming.recv() => match message {
+                Some(m) => {
+                    if json_output {
+                        let mut value = serde_json::to_value(&m).expect("messages serialize");
+                        value["schemaVersion"] = json!(SCHEMA_VERSION);
+                        println!("{value}");
+                    } else {
+                        print_message(&m);
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    supervisor.shutdown().await;
+    Ok(())
+}
+
+pub async fn status(json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let config = config_dir.load()?;
+    let keystore_kind = {
+        let config_dir = config_dir.clone();
+        tokio::task::spawn_blocking(move || open_keystore(&config_dir).map(|k| k.kind().as_str()))
+            .await
+            .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?
+    };
+    let bridges = running_bridges(&config_dir);
+    let (mut meshes, mut unread) = (Vec::new(), None);
+    if !config.meshes.is_empty() {
+        let (supervisor, _incoming) = connect(&config_dir, None).await?;
+        unread = supervisor.inbox().unread_count().ok();
+        for link in supervisor.links() {
+            let online = if link.state() == LinkState::Connected {
+                link.peers(Duration::ZERO).await.ok().map(|p| p.len().saturating_sub(1))
+            } else {
+                None
+            };
+            meshes.push(json!({"mesh": link.entry.slug, "meshId": link.entry.mesh_id, "brokerUrl": link.entry.broker_url,
+                "displayName": link.entry.display_name, "connection": describe_state(&link.state()), "peersOnline": online}));
+        }
+        for (entry, reason) in supervisor.failed() {
+            meshes.push(json!({"mesh": entry.slug, "meshId": entry.mesh_id, "brokerUrl": entry.broker_url,
+                "displayName": entry.display_name, "connection": format!("not started: {reason}"), "peersOnline": null}));
+        }
+        supervisor.shutdown().await;
+    }
+    let files = install::ClaudeFiles::from_env().ok();
+    let hooks_installed = files
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(&f.settings).ok())
+        .is_some_and(|text| text.contains("claudemesh") && text.contains(" hook "));
+    let report = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "configDir": config_dir.root().display().to_string(),
+        "keystore": keystore_kind.as_ref().map(|k| json!(k)).unwrap_or_else(|e| json!(format!("unavailable: {}", e.message))),
+        "meshes": meshes,
+        "unread": unread,
+        "bridges": bridges,
+        "hooksInstalled": hooks_installed,
+    });
+    if json_output {
+        print_json(report);
+    } else {
+        println!("claudemesh {}", env!("CARGO_PKG_VERSION"));
+        println!("config      {}", config_dir.root().display());
+        println!("keystore    {}", report["keystore"].as_str().unwrap_or("?"));
+        println!("hooks       {}", if hooks_installed { "installed" } else { "not installed (`claudemesh install`)" });
+        println!("bridges     {} running (Claude Code sessions with claudemesh)", bridges.len());
+        if let Some(unread) = unread {
+            println!("unread      {unread}");
+        }
+        if meshes.is_empty() {
+            println!("meshes      none; join one with `claudemesh join <invite link>`");
+        }
+        for m in &meshes {
+            println!(
+                "mesh        {} as {}: {}{}",
+                m["mesh"].as_str().unwrap_or("?"),
+                m["displayName"].as_str().unwrap_or("?"),
+                m["connection"].as_str().unwrap_or("?"),
+                m["peersOnline"].as_u64().map(|n| format!(", {n} other peer(s) online")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn describe_state(state: &LinkState) -> String {
+    match state {
+        LinkState::Connecting => "unreachable (no answer within 5 s)".into(),
+        LinkState::Connected => "connected".into(),
+        LinkState::Reconnecting(reason) => format!("unreachable ({reason})"),
+        LinkState::Failed(reason) => format!("refused ({reason})"),
+    }
+}
+
+/// Claude Code pids whose bridge answers on its hook socket.
+fn running_bridges(config_dir: &ConfigDir) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(config_dir.run_dir()) else { return Vec::new() };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix("claude-")?.strip_suffix(".sock")?.parse().ok()?;
+            #[cfg(unix)]
+            let alive = std::os::unix::net::UnixStream::connect(e.path()).is_ok();
+            #[cfg(not(unix))]
+            let alive = false;
+            alive.then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+pub async fn leave(mesh: String, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let mut config = config_dir.load()?;
+    let entry = config.find(&mesh).cloned().ok_or_else(|| {
+        let known: Vec<_> = config.meshes.iter().map(|m| m.slug.clone()).collect();
+        Failure::new(Exit::NotFound, format!("no joined mesh is called {mesh:?}; joined meshes: {}", known.join(", ")))
+    })?;
+    config.meshes.retain(|m| m.mesh_id != entry.mesh_id);
+    config_dir.save(&config)?;
+    let account = entry.key_account();
+    let removed_key = {
+        let config_dir = config_dir.clone();
+        tokio::task::spawn_blocking(move || open_keystore(&config_dir).and_then(|k| Ok(k.delete(&account)?)))
+            .await
+            .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?
+    };
+    if json_output {
+        print_json(json!({"left": entry.slug, "meshId": entry.mesh_id, "keyRemoved": removed_key.is_ok()}));
+    } else {
+        println!(
+            "left {} ({}) on this device; its member key was {}",
+            entry.name,
+            entry.slug,
+            match &removed_key {
+                Ok(()) => "deleted".to_owned(),
+                Err(e) => format!("not deleted ({})", e.message),
+            }
+        );
+        println!(
+            "the membership stays on the broker until an admin removes it; running bridges keep it until they restart"
+        );
+    }
+    Ok(())
+}
+
+pub fn install(json_output: bool) -> CliResult {
+    let files = install::ClaudeFiles::from_env()?;
+    let exe = std::env::current_exe()?.canonicalize()?;
+    let override_dir =
+        std::env::var_os(crate::config::CONFIG_DIR_ENV).filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
+    let report = install::install(&files, &exe, override_dir.as_deref())?;
+    if json_output {
+        print_json(serde_json::to_value(&report).expect("report serializes"));
+    } else {
+        report.actions.iter().for_each(|a| println!("{a}"));
+        println!(
+            "restart Claude Code to load it. For peers' messages to appear in the conversation as they arrive, start it with:"
+        );
+        println!("  claude --dangerously-load-development-channels server:{}", install::MCP_NAME);
+        println!("(without that flag the model reads them with the check_messages tool)");
+    }
+    Ok(())
+}
+
+pub fn uninstall(json_output: bool) -> CliResult {
+    let files = install::ClaudeFiles::from_env()?;
+    let report = install::uninstall(&files)?;
+    if json_output {
+        print_json(serde_json::to_value(&report).expect("report serializes"));
+    } else {
+        report.actions.iter().for_each(|a| println!("{a}"));
+    }
+    Ok(())
+}
+
+/// `claudemesh hook <status>`: always succeeds (see [`crate::hook`]).
+pub fn hook(status: Status, verbose: bool) {
+    let Ok(config_dir) = ConfigDir::from_env() else { return };
+    let outcome = crate::hook::report(&config_dir.run_dir(), status);
+    if verbose {
+        eprintln!("claudemesh hook {}: {outcome:?}", status.as_str());
+    }
+}

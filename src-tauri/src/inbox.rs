@@ -1,0 +1,331 @@
+//! The local inbox: every message this device received, in SQLite (`<config>/inbox.db`).
+//!
+//! A message is committed here before it is acknowledged to the broker, so nothing the broker
+//! let go of is lost when the bridge restarts. The message id is the primary key: a message the
+//! broker pushes again (after a reconnect or a restart) is recognised and not stored twice.
+//! Rows stay after they are read, so history can be read later (`claudemesh inbox --all`).
+//!
+//! Bodies are stored opened (this file is the device owner's own copy, owner-only); the broker
+//! only ever held them sealed.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    #[error("inbox database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("inbox {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+/// Migrations by `user_version`; each runs once, in a transaction, at open.
+const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        mesh_id TEXT NOT NULL,
+        mesh_slug TEXT NOT NULL,
+        sender_pubkey TEXT NOT NULL,
+        sender_member_pubkey TEXT,
+        sender_name TEXT NOT NULL,
+        verified INTEGER NOT NULL,
+        priority TEXT NOT NULL,
+        target_spec TEXT,
+        kind TEXT NOT NULL,
+        body TEXT,
+        open_error TEXT,
+        created_at TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        receiving_session TEXT NOT NULL,
+        read_at INTEGER
+    );
+    CREATE INDEX messages_unread ON messages (read_at, received_at);
+    CREATE INDEX messages_received ON messages (received_at);"];
+
+/// How a message was addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    Direct,
+    Group,
+    Broadcast,
+}
+
+impl MessageKind {
+    pub fn of_target(target_spec: Option<&str>) -> MessageKind {
+        match target_spec {
+            Some("*") | Some("@all") => MessageKind::Broadcast,
+            Some(t) if t.starts_with('@') => MessageKind::Group,
+            _ => MessageKind::Direct,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Direct => "direct",
+            MessageKind::Group => "group",
+            MessageKind::Broadcast => "broadcast",
+        }
+    }
+
+    fn parse(text: &str) -> MessageKind {
+        match text {
+            "group" => MessageKind::Group,
+            "broadcast" => MessageKind::Broadcast,
+            _ => MessageKind::Direct,
+        }
+    }
+}
+
+/// One received message, as stored and as shown (`--json`, `check_messages`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    pub id: String,
+    pub mesh_id: String,
+    pub mesh_slug: String,
+    /// The sender's display name when it was received.
+    pub from: String,
+    /// The sender's session key (or member key): what to reply to.
+    pub from_pubkey: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_member_pubkey: Option<String>,
+    /// The sender's member identity was verified end to end.
+    pub verified: bool,
+    pub priority: String,
+    /// What the sender addressed: a key, `@group` or `*`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub kind: MessageKind,
+    /// The text; absent when the message could not be opened (see `error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the sender's broker accepted it (ISO 8601).
+    pub sent_at: String,
+    /// Unix milliseconds.
+    pub received_at: u64,
+    /// The session key of the bridge or command that received it.
+    #[serde(skip)]
+    pub receiving_session: String,
+    pub read: bool,
+}
+
+pub struct Inbox {
+    /// One connection; every statement is short, and callers run them off the async runtime.
+    conn: Mutex<Connection>,
+}
+
+impl Inbox {
+    pub fn open(path: &Path) -> Result<Inbox, InboxError> {
+        let existed = path.exists();
+        let conn = Connection::open(path)
+            .map_err(|e| InboxError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        if !existed {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+        // WAL + NORMAL: a commit survives a process crash (what "the bridge restarted" means)
+        // without an fsync per message. Several bridges of one device share the file.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let inbox = Inbox { conn: Mutex::new(conn) };
+        inbox.migrate()?;
+        Ok(inbox)
+    }
+
+    fn migrate(&self) -> Result<(), InboxError> {
+        let mut conn = self.conn.lock().expect("inbox lock");
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores `message` unless a message with its id is already there. Returns whether it was
+    /// new. When this returns, the row is committed.
+    pub fn insert(&self, message: &StoredMessage) -> Result<bool, InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        let inserted = conn.execute(
+            "INSERT OR IGNORE INTO messages (id, mesh_id, mesh_slug, sender_pubkey, sender_member_pubkey,
+                sender_name, verified, priority, target_spec, kind, body, open_error, created_at, received_at,
+                receiving_session, read_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            params![
+                message.id,
+                message.mesh_id,
+                message.mesh_slug,
+                message.from_pubkey,
+                message.from_member_pubkey,
+                message.from,
+                message.verified,
+                message.priority,
+                message.target,
+                message.kind.as_str(),
+                message.text,
+                message.error,
+                message.sent_at,
+                message.received_at as i64,
+                message.receiving_session,
+                message.read.then_some(message.received_at as i64),
+            ],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<StoredMessage>, InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        let sql = format!("SELECT {COLUMNS} FROM messages WHERE id = ?1");
+        Ok(conn.query_row(&sql, [id], row_to_message).optional()?)
+    }
+
+    /// Unread messages `visible` accepts, oldest first, marked read in the same transaction (so
+    /// two bridges sharing the inbox never both hand out one message).
+    pub fn take_unread(
+        &self,
+        mut visible: impl FnMut(&StoredMessage) -> bool,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMessage>, InboxError> {
+        let mut conn = self.conn.lock().expect("inbox lock");
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut taken = Vec::new();
+        {
+            let sql = format!("SELECT {COLUMNS} FROM messages WHERE read_at IS NULL ORDER BY received_at, rowid");
+            let mut select = tx.prepare(&sql)?;
+            let mut mark = tx.prepare("UPDATE messages SET read_at = ?2 WHERE id = ?1")?;
+            for message in select.query_map([], row_to_message)? {
+                let mut message = message?;
+                if visible(&message) {
+                    mark.execute(params![message.id, now_ms as i64])?;
+                    message.read = true;
+                    taken.push(message);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(taken)
+    }
+
+    /// The last `limit` messages, oldest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<StoredMessage>, InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        let sql = format!(
+            "SELECT * FROM (SELECT {COLUMNS}, rowid AS r FROM messages ORDER BY received_at DESC, rowid DESC LIMIT ?1)
+             ORDER BY received_at, r"
+        );
+        let mut select = conn.prepare(&sql)?;
+        let rows = select.query_map([limit as i64], row_to_message)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn unread_count(&self) -> Result<u64, InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        Ok(conn.query_row("SELECT COUNT(*) FROM messages WHERE read_at IS NULL", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+const COLUMNS: &str = "id, mesh_id, mesh_slug, sender_name, sender_pubkey, sender_member_pubkey, verified, priority,
+    target_spec, kind, body, open_error, created_at, received_at, receiving_session, read_at";
+
+fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        mesh_id: row.get(1)?,
+        mesh_slug: row.get(2)?,
+        from: row.get(3)?,
+        from_pubkey: row.get(4)?,
+        from_member_pubkey: row.get(5)?,
+        verified: row.get(6)?,
+        priority: row.get(7)?,
+        target: row.get(8)?,
+        kind: MessageKind::parse(&row.get::<_, String>(9)?),
+        text: row.get(10)?,
+        error: row.get(11)?,
+        sent_at: row.get(12)?,
+        received_at: row.get::<_, i64>(13)? as u64,
+        receiving_session: row.get(14)?,
+        read: row.get::<_, Option<i64>>(15)?.is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str, received_at: u64, session: &str) -> StoredMessage {
+        StoredMessage {
+            id: id.into(),
+            mesh_id: "mesh_1".into(),
+            mesh_slug: "acme".into(),
+            from: "alice".into(),
+            from_pubkey: "aa".repeat(32),
+            from_member_pubkey: Some("bb".repeat(32)),
+            verified: true,
+            priority: "next".into(),
+            target: Some("@dev".into()),
+            kind: MessageKind::Group,
+            text: Some(format!("text of {id}")),
+            error: None,
+            sent_at: "2026-01-01T00:00:00.000Z".into(),
+            received_at,
+            receiving_session: session.into(),
+            read: false,
+        }
+    }
+
+    #[test]
+    fn a_message_is_stored_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("inbox.db");
+        {
+            let inbox = Inbox::open(&path).expect("opens");
+            assert!(inbox.insert(&message("m1", 1, "s")).expect("insert"));
+            assert!(!inbox.insert(&message("m1", 2, "s")).expect("insert again"), "duplicate id is ignored");
+        }
+        let inbox = Inbox::open(&path).expect("reopens");
+        assert_eq!(inbox.get("m1").expect("get"), Some(message("m1", 1, "s")));
+        assert_eq!(inbox.unread_count().expect("count"), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn take_unread_marks_read_respects_the_filter_and_keeps_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = Inbox::open(&dir.path().join("inbox.db")).expect("opens");
+        for (id, at, session) in [("m1", 1, "mine"), ("m2", 2, "other"), ("m3", 3, "mine")] {
+            inbox.insert(&message(id, at, session)).expect("insert");
+        }
+        let taken = inbox.take_unread(|m| m.receiving_session == "mine", 10).expect("take");
+        assert_eq!(taken.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m1", "m3"]);
+        assert!(taken.iter().all(|m| m.read));
+        assert!(inbox.take_unread(|m| m.receiving_session == "mine", 11).expect("take").is_empty(), "read once");
+        assert_eq!(inbox.unread_count().expect("count"), 1, "m2 is still unread");
+
+        let history = inbox.history(2).expect("history");
+        assert_eq!(history.iter().map(|m| (m.id.as_str(), m.read)).collect::<Vec<_>>(), [("m2", false), ("m3", true)]);
+    }
+
+    #[test]
+    fn kinds_follow_the_target() {
+        assert_eq!(MessageKind::of_target(Some("*")), MessageKind::Broadcast);
+        assert_eq!(MessageKind::of_target(Some("@all")), MessageKind::Broadcast);
+        assert_eq!(MessageKind::of_target(Some("@dev")), MessageKind::Group);
+        assert_eq!(MessageKind::of_target(Some(&"ab".repeat(32))), MessageKind::Direct);
+        assert_eq!(MessageKind::of_target(None), MessageKind::Direct);
+    }
+}

@@ -1,0 +1,237 @@
+//! Joining a mesh: check the invite here, make a member key here, redeem it with `POST /join`.
+//!
+//! The invite's signature and expiry are verified before any key is generated or any request
+//! is made, so a forged or stale link never reaches the network. The member's secret key is
+//! generated on this machine and goes straight into the keystore; only its public half leaves.
+
+use std::time::Duration;
+
+use broker_core::crypto::Keypair;
+use broker_core::invite::{Invite, InviteError};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use serde::Deserialize;
+
+use crate::config::{ConfigDir, MeshEntry};
+use crate::keystore::KeyStore;
+
+/// How long the broker gets to answer `POST /join`.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("this is not a claudemesh invite link: {0}")]
+    BadInvite(InviteError),
+    #[error("this invite has expired; ask the mesh admin for a new one")]
+    Expired,
+    #[error("already joined mesh {slug} as {name}; run `claudemesh leave {slug}` first to join again")]
+    AlreadyJoined { slug: String, name: String },
+    #[error("cannot reach the broker at {url}: {message}; check the address and that the broker is running")]
+    Unreachable { url: String, message: String },
+    #[error("the broker refused the invite ({code}): {message}")]
+    Refused { code: String, message: String },
+    #[error(
+        "unsupported broker URL {0:?}: this build speaks plain http:// (put TLS in front on the broker side, or use an http:// URL on a trusted network)"
+    )]
+    UnsupportedUrl(String),
+    #[error("keystore: {0}")]
+    KeyStore(#[from] crate::keystore::KeyStoreError),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinResponse {
+    mesh_id: String,
+    mesh_slug: String,
+    mesh_name: String,
+    member_id: String,
+    role: String,
+    #[serde(default)]
+    already_member: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorResponse {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// What `join` did.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub entry: MeshEntry,
+    pub already_member: bool,
+}
+
+/// Parses and verifies an invite link locally.
+pub fn check_invite(link: &str, now_s: u64) -> Result<Invite, JoinError> {
+    let invite = Invite::parse(link).map_err(JoinError::BadInvite)?;
+    match invite.verify(now_s) {
+        Ok(()) => Ok(invite),
+        Err(InviteError::Expired) => Err(JoinError::Expired),
+        Err(other) => Err(JoinError::BadInvite(other)),
+    }
+}
+
+/// Joins the mesh `link` invites to. Blocking keystore calls run on the blocking pool.
+pub async fn join(
+    config_dir: &ConfigDir,
+    keystore: std::sync::Arc<dyn KeyStore>,
+    link: &str,
+    display_name: &str,
+) -> Result<Joined, JoinError> {
+    let invite = check_invite(link, broker_core::protocol::now_ms() / 1000)?;
+    let mut config = config_dir.load()?;
+    if let Some(existing) = config.meshes.iter().find(|m| m.mesh_id == invite.mesh_id) {
+        return Err(JoinError::AlreadyJoined { slug: existing.slug.clone(), name: existing.display_name.clone() });
+    }
+
+    let key = Keypair::generate();
+    let pubkey = key.public_hex();
+    let account = crate::config::key_account(&invite.mesh_id, &pubkey);
+    // The secret is stored before the broker hears of the public key: a member whose secret
+    // was lost could never connect.
+    {
+        let (store, account, seed) = (keystore.clone(), account.clone(), key.seed_hex());
+        blocking(move || store.set(&account, &seed)).await?;
+    }
+    let body = serde_json::json!({"invite": invite.to_token(), "pubkey": pubkey, "displayName": display_name});
+    let response = match post_json(&invite.broker_url, "/join", &body).await {
+        Ok(response) => response,
+        Err(error) => {
+            let (store, account) = (keystore.clone(), account.clone());
+            let _ = blocking(move || store.delete(&account)).await;
+            return Err(error);
+        }
+    };
+    let joined: JoinResponse = match response {
+        (200, body) => serde_json::from_slice(&body).map_err(|e| JoinError::Refused {
+            code: "bad_response".into(),
+            message: format!("unexpected answer from the broker: {e}"),
+        })?,
+        (status, body) => {
+            let (store, account) = (keystore.clone(), account.clone());
+            let _ = blocking(move || store.delete(&account)).await;
+            let error = serde_json::from_slice::<ErrorResponse>(&body).unwrap_or(ErrorResponse {
+                error: format!("http_{status}"),
+                message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            });
+            return Err(JoinError::Refused { code: error.error, message: error.message });
+        }
+    };
+    let entry = MeshEntry {
+        mesh_id: joined.mesh_id,
+        slug: joined.mesh_slug,
+        name: joined.mesh_name,
+        broker_url: invite.broker_url.clone(),
+        member_id: joined.member_id,
+        member_pubkey: pubkey,
+        display_name: display_name.to_owned(),
+        role: joined.role,
+        joined_at: broker_core::protocol::now_ms(),
+    };
+    config.meshes.push(entry.clone());
+    config_dir.save(&config)?;
+    Ok(Joined { entry, already_member: joined.already_member })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::keystore::KeyStoreError> + Send + 'static,
+) -> Result<T, crate::keystore::KeyStoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(crate::keystore::KeyStoreError::Keychain(format!("keystore task failed: {e}"))))
+}
+
+/// `POST <base><path>` with a JSON body over HTTP/1.1; returns the status and body.
+pub async fn post_json(base_url: &str, path: &str, body: &serde_json::Value) -> Result<(u16, Bytes), JoinError> {
+    let base = base_url.trim().trim_end_matches('/');
+    let authority = base.strip_prefix("http://").ok_or_else(|| JoinError::UnsupportedUrl(base.to_owned()))?;
+    let (authority, prefix) = match authority.split_once('/') {
+        Some((authority, prefix)) => (authority, format!("/{prefix}")),
+        None => (authority, String::new()),
+    };
+    let address = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let unreachable = |message: String| JoinError::Unreachable { url: base.to_owned(), message };
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(&address).await.map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::post(format!("{prefix}{path}"))
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("json serializes"))))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        Ok((status, bytes))
+    };
+    tokio::time::timeout(JOIN_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(unreachable(format!("no answer within {JOIN_TIMEOUT:?}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker_core::invite::InviteTerms;
+    use broker_core::protocol::Role;
+
+    fn invite(expires_at: u64) -> Invite {
+        Invite::sign(
+            InviteTerms {
+                mesh_id: "mesh_1".into(),
+                mesh_slug: "acme".into(),
+                mesh_name: "Acme".into(),
+                broker_url: "http://127.0.0.1:9".into(),
+                invite_id: "inv_1".into(),
+                role: Role::Member,
+                max_uses: 1,
+                expires_at,
+            },
+            &Keypair::generate(),
+        )
+    }
+
+    #[test]
+    fn invites_are_checked_locally_before_anything_else() {
+        let good = invite(2_000_000_000);
+        assert_eq!(check_invite(&good.link(), 1_000).expect("valid").mesh_id, "mesh_1");
+        assert!(matches!(check_invite(&good.link(), 2_000_000_000), Err(JoinError::Expired)));
+        let mut forged = good.clone();
+        forged.role = Role::Admin;
+        assert!(matches!(check_invite(&forged.link(), 1_000), Err(JoinError::BadInvite(InviteError::BadSignature))));
+        assert!(matches!(check_invite("https://example.com/nope", 1_000), Err(JoinError::BadInvite(_))));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_leaves_no_key_and_no_mesh_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_dir = ConfigDir::at(dir.path().to_owned());
+        let store = std::sync::Arc::new(crate::keystore::MemoryKeyStore::default());
+        // Port 9 (discard) on loopback: nothing listens there in a test environment.
+        let link = invite(2_000_000_000).link();
+        let error = join(&config_dir, store.clone(), &link, "alice").await.expect_err("unreachable");
+        assert!(matches!(error, JoinError::Unreachable { .. }), "{error}");
+        assert!(config_dir.load().expect("loads").meshes.is_empty());
+        assert!(store.is_empty(), "the key made for this join was removed again");
+        assert!(error.to_string().contains("check the address"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn https_brokers_are_refused_with_an_explanation() {
+        let error = post_json("https://mesh.example.com", "/join", &serde_json::json!({})).await.expect_err("refused");
+        assert!(matches!(error, JoinError::UnsupportedUrl(_)));
+    }
+}

@@ -1,0 +1,454 @@
+//! `claudemesh mcp`: the stdio MCP server that makes one Claude Code session a mesh peer.
+//!
+//! rmcp lives only in this module. stdout carries the MCP protocol and nothing else; logs go to
+//! stderr. The server answers `initialize` and `tools/list` before any broker connection exists
+//! (the supervisor starts in the background), so tool discovery never waits for the network.
+//! Each received message is stored and acknowledged by the supervisor, then pushed to the host
+//! as a `notifications/claude/channel` notification; it stays unread for `check_messages` until
+//! a tool call reads it, so a host that ignores the notification loses nothing.
+
+mod channel;
+mod instructions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_core::protocol::{PeerType, Priority, Status, StatusSource};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, CustomNotification, Implementation, ServerCapabilities, ServerConfig,
+    ServerNotification,
+};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, ServiceExt as _, schemars, tool, tool_handler, tool_router};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::ConfigDir;
+use crate::inbox::{Inbox, StoredMessage};
+use crate::mesh::{SessionOptions, Supervisor};
+
+/// The name this server gives itself in `initialize` (and the `source` of channel events).
+pub const SERVER_NAME: &str = "claudemesh";
+/// How long a tool call waits for the mesh connections to come up.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// Options of `claudemesh mcp`.
+#[derive(Debug, Clone, Default)]
+pub struct McpOptions {
+    /// Display name for this session (default: the name chosen at join).
+    pub display_name: Option<String>,
+}
+
+/// The supervisor once it is up, or why it is not.
+type Ready = Option<Result<Arc<Supervisor>, String>>;
+
+#[derive(Clone)]
+pub struct Bridge {
+    ready: watch::Receiver<Ready>,
+    tool_router: ToolRouter<Bridge>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct ListPeersArgs {
+    /// Only this mesh (slug); all joined meshes when omitted.
+    #[serde(default)]
+    mesh: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+enum Recipients {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum PriorityArg {
+    /// Deliver at once, even while the recipient is busy or in do-not-disturb.
+    Now,
+    /// Deliver when the recipient's current turn ends (default).
+    Next,
+    /// Deliver when the recipient is idle; for FYIs.
+    Low,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct SendMessageArgs {
+    /// Recipient, or a list of recipients: a display name (exact, else a unique partial match),
+    /// a 64-hex member or session key, `@group`, or `*` for everyone; prefix with `mesh:` when
+    /// several meshes are joined.
+    to: Recipients,
+    /// The message text.
+    message: String,
+    /// `now`, `next` (default) or `low`.
+    #[serde(default)]
+    priority: Option<PriorityArg>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct SetSummaryArgs {
+    /// One line on what this session is doing; empty clears it.
+    summary: String,
+    /// Only this mesh; all joined meshes when omitted.
+    #[serde(default)]
+    mesh: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum StatusArg {
+    Idle,
+    Working,
+    Dnd,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct SetStatusArgs {
+    /// `idle`, `working` or `dnd` (do not disturb: only `now` messages get through).
+    status: StatusArg,
+    #[serde(default)]
+    mesh: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct JoinGroupArgs {
+    /// Group name (without `@`); `a/b` is a subgroup of `a`.
+    name: String,
+    /// Free-form role in the group, for example `lead`, `member` or `observer`.
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    mesh: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct LeaveGroupArgs {
+    name: String,
+    #[serde(default)]
+    mesh: Option<String>,
+}
+
+fn json_result(value: &impl serde::Serialize) -> CallToolResult {
+    CallToolResult::success(vec![ContentBlock::text(
+        serde_json::to_string_pretty(value).expect("tool results serialize"),
+    )])
+}
+
+fn error_result(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+impl Bridge {
+    fn new(ready: watch::Receiver<Ready>) -> Bridge {
+        Bridge { ready, tool_router: Bridge::tool_router() }
+    }
+
+    /// The supervisor, once started and connected (or after [`CONNECT_WAIT`]).
+    async fn supervisor(&self) -> Result<Arc<Supervisor>, CallToolResult> {
+        let mut ready = self.ready.clone();
+        let supervisor = tokio::time::timeout(CONNECT_WAIT, async {
+            // Clone out of the guard: it must not live across an await.
+            ready.wait_for(|r| r.is_some()).await.ok().and_then(|state| state.clone())
+        })
+        .await
+        .ok()
+        .flatten();
+        match supervisor {
+            Some(Ok(supervisor)) => {
+                supervisor.wait_connected(CONNECT_WAIT).await;
+                Ok(supervisor)
+            }
+            Some(Err(reason)) => Err(error_result(reason)),
+            None => Err(error_result("claudemesh is still starting; try again in a moment")),
+        }
+    }
+}
+
+#[tool_router]
+impl Bridge {
+    #[tool(
+        description = "List the peers of your claudemesh meshes (other AI sessions and people): name, status (idle/working/dnd), summary, groups, working directory, host, and whether each runs on this machine (location local) or elsewhere (remote)."
+    )]
+    async fn list_peers(&self, Parameters(args): Parameters<ListPeersArgs>) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        Ok(match supervisor.list_peers(args.mesh.as_deref()).await {
+            Ok(peers) => json_result(&serde_json::json!({ "peers": peers })),
+            Err(error) => error_result(error),
+        })
+    }
+
+    #[tool(
+        description = "Send a message to claudemesh peers, end-to-end encrypted. `to` is a display name (exact, else a unique partial match), a member or session key, `@group`, `*` (everyone), or a list of these; prefix `mesh:` when several meshes are joined. Returns one result per recipient with the message id, or an error that says what to do (for an ambiguous name it lists the candidates)."
+    )]
+    async fn send_message(&self, Parameters(args): Parameters<SendMessageArgs>) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        let targets = match args.to {
+            Recipients::One(one) => vec![one],
+            Recipients::Many(many) => many,
+        };
+        if targets.is_empty() {
+            return Ok(error_result("`to` is empty: name at least one recipient"));
+        }
+        let priority = match args.priority.unwrap_or(PriorityArg::Next) {
+            PriorityArg::Now => Priority::Now,
+            PriorityArg::Next => Priority::Next,
+            PriorityArg::Low => Priority::Low,
+        };
+        let outcomes = supervisor.send(&targets, &args.message, priority).await;
+        let all_failed = outcomes.iter().all(|o| !o.ok);
+        let mut result = json_result(&serde_json::json!({ "results": outcomes }));
+        if all_failed {
+            result.is_error = Some(true);
+        }
+        Ok(result)
+    }
+
+    #[tool(
+        description = "Return the claudemesh messages that arrived and were not read yet (including ones already shown to you as channel events), oldest first, and mark them read. Each has the sender (from, fromPubkey), mesh, priority, kind (direct/group/broadcast), time and text."
+    )]
+    async fn check_messages(&self) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        Ok(match supervisor.take_unread().await {
+            Ok(messages) => json_result(&serde_json::json!({ "messages": messages })),
+            Err(error) => error_result(format!("cannot read the inbox: {error}")),
+        })
+    }
+
+    #[tool(description = "Set the one-line summary other peers see for this session (what you are working on).")]
+    async fn set_summary(&self, Parameters(args): Parameters<SetSummaryArgs>) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        Ok(match supervisor.set_summary(args.mesh.as_deref(), &args.summary).await {
+            Ok(n) => json_result(&serde_json::json!({ "ok": true, "meshes": n })),
+            Err(error) => error_result(error),
+        })
+    }
+
+    #[tool(
+        description = "Set this session's status: idle, working, or dnd (do not disturb). While working or dnd, peers' next/low messages wait; now messages always arrive. The Claude Code hooks set working/idle automatically; use dnd to hold messages, idle to release them."
+    )]
+    async fn set_status(&self, Parameters(args): Parameters<SetStatusArgs>) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        let status = match args.status {
+            StatusArg::Idle => Status::Idle,
+            StatusArg::Working => Status::Working,
+            StatusArg::Dnd => Status::Dnd,
+        };
+        Ok(match supervisor.set_status(args.mesh.as_deref(), status, StatusSource::Manual).await {
+            Ok(n) => json_result(&serde_json::json!({ "ok": true, "status": status, "meshes": n })),
+            Err(error) => error_result(error),
+        })
+    }
+
+    #[tool(
+        description = "Join a group so that messages to @name reach this session. Optional role (lead, member, observer…)."
+    )]
+    async fn join_group(&self, Parameters(args): Parameters<JoinGroupArgs>) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        let name = args.name.trim().trim_start_matches('@').to_owned();
+        if name.is_empty() {
+            return Ok(error_result("give a group name"));
+        }
+        Ok(match supervisor.join_group(args.mesh.as_deref(), &name, args.role.as_deref()).await {
+            Ok(n) => json_result(&serde_json::json!({ "ok": true, "group": name, "meshes": n })),
+            Err(error) => error_result(error),
+        })
+    }
+
+    #[tool(description = "Leave a group: messages to @name stop reaching this session.")]
+    async fn leave_group(&self, Parameters(args): Parameters<LeaveGroupArgs>) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        let name = args.name.trim().trim_start_matches('@').to_owned();
+        Ok(match supervisor.leave_group(args.mesh.as_deref(), &name).await {
+            Ok(n) => json_result(&serde_json::json!({ "ok": true, "group": name, "meshes": n })),
+            Err(error) => error_result(error),
+        })
+    }
+
+    #[tool(
+        description = "Who this session is on claudemesh: for each joined mesh, the display name peers see, member and session keys, connection state, status, summary and groups."
+    )]
+    async fn whoami(&self) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        let failed: Vec<_> = supervisor
+            .failed()
+            .iter()
+            .map(|(m, reason)| serde_json::json!({ "mesh": m.slug, "error": reason }))
+            .collect();
+        Ok(json_result(&serde_json::json!({ "sessions": supervisor.identities(), "unavailable": failed })))
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Bridge {
+    fn get_info(&self) -> ServerConfig {
+        let mut experimental = rmcp::model::ExperimentalCapabilities::new();
+        experimental.insert("claude/channel".to_owned(), serde_json::Map::new());
+        let capabilities = ServerCapabilities::builder().enable_experimental_with(experimental).enable_tools().build();
+        let mut config = ServerConfig::new(capabilities).with_instructions(instructions::INSTRUCTIONS);
+        config.server_info = Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION"));
+        config
+    }
+}
+
+/// Runs the bridge until the host closes stdin or the process is told to stop.
+pub async fn run(options: McpOptions) -> anyhow::Result<()> {
+    let config_dir = ConfigDir::from_env()?;
+    let config = config_dir.load()?;
+    let (ready_tx, ready_rx) = watch::channel::<Ready>(None);
+    let (incoming_tx, incoming_rx) = mpsc::channel::<StoredMessage>(1024);
+
+    // Broker connections come up in the background; the stdio server starts right away.
+    let starting = {
+        let config_dir = config_dir.clone();
+        tokio::spawn(async move {
+            if config.meshes.is_empty() {
+                let _ = ready_tx.send(Some(Err(
+                    "no meshes joined yet: run `claudemesh join <invite link>` in a terminal, then restart this MCP server (/mcp in Claude Code)".into(),
+                )));
+                return None;
+            }
+            match start_supervisor(&config_dir, config.meshes, options, incoming_tx).await {
+                Ok(supervisor) => {
+                    let _ = ready_tx.send(Some(Ok(supervisor.clone())));
+                    Some(supervisor)
+                }
+                Err(error) => {
+                    let _ = ready_tx.send(Some(Err(format!("{error:#}"))));
+                    None
+                }
+            }
+        })
+    };
+
+    let service = Bridge::new(ready_rx.clone()).serve(rmcp::transport::stdio()).await?;
+    let notifier = tokio::spawn(notify(service.peer().clone(), incoming_rx));
+    let hooks = tokio::spawn(serve_hooks(config_dir.clone(), ready_rx));
+
+    tokio::select! {
+        quit = service.waiting() => tracing::info!(?quit, "the MCP host closed the session"),
+        _ = terminated() => tracing::info!("asked to stop"),
+    }
+    hooks.abort();
+    notifier.abort();
+    let _ = hooks.await;
+    if let Ok(Some(supervisor)) = starting.await {
+        supervisor.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn start_supervisor(
+    config_dir: &ConfigDir,
+    meshes: Vec<crate::config::MeshEntry>,
+    options: McpOptions,
+    incoming: mpsc::Sender<StoredMessage>,
+) -> anyhow::Result<Arc<Supervisor>> {
+    let (keystore, inbox) = {
+        let config_dir = config_dir.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            config_dir.ensure()?;
+            let keystore: Arc<dyn crate::keystore::KeyStore> = Arc::from(crate::keystore::open(&config_dir)?);
+            let inbox = Arc::new(Inbox::open(&config_dir.inbox_file())?);
+            Ok((keystore, inbox))
+        })
+        .await??
+    };
+    let session = SessionOptions {
+        display_name: options.display_name.or_else(|| std::env::var("CLAUDEMESH_DISPLAY_NAME").ok()),
+        peer_type: PeerType::Ai,
+        channel: "claude-code".into(),
+        model: ["CLAUDEMESH_MODEL", "ANTHROPIC_MODEL", "CLAUDE_MODEL"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|m| !m.trim().is_empty())),
+        session_id: std::env::var("CLAUDE_SESSION_ID").ok().filter(|s| !s.is_empty()),
+    };
+    let supervisor = Supervisor::start(config_dir, meshes, keystore, inbox, session, incoming).await;
+    for (mesh, reason) in supervisor.failed() {
+        tracing::warn!(mesh = %mesh.slug, %reason, "mesh not started");
+    }
+    Ok(Arc::new(supervisor))
+}
+
+/// Pushes each received message to the host as a channel notification.
+async fn notify(peer: Peer<RoleServer>, mut incoming: mpsc::Receiver<StoredMessage>) {
+    while let Some(message) = incoming.recv().await {
+        let notification = CustomNotification::new(channel::METHOD, Some(channel::params(&message)));
+        if let Err(error) = peer.send_notification(ServerNotification::CustomNotification(notification)).await {
+            // The message is still unread in the inbox for check_messages.
+            tracing::warn!(%error, "could not push a channel notification");
+        }
+    }
+}
+
+/// Listens for this session's hooks once the supervisor is up, and relays their status.
+async fn serve_hooks(config_dir: ConfigDir, mut ready: watch::Receiver<Ready>) {
+    let state = ready.wait_for(|r| r.is_some()).await.ok().and_then(|state| state.clone());
+    let Some(Ok(supervisor)) = state else { return };
+    let Some(claude_pid) = crate::proctree::bridge_key(std::process::id()) else {
+        tracing::warn!("cannot find the Claude Code process; status hooks will not reach this bridge");
+        return;
+    };
+    #[cfg(unix)]
+    {
+        let listener = match crate::hook::HookListener::bind(&config_dir.run_dir(), claude_pid) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for status hooks");
+                return;
+            }
+        };
+        tracing::info!(socket = %listener.path().display(), claude_pid, "listening for status hooks");
+        listener
+            .serve(move |status| {
+                let supervisor = supervisor.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = supervisor.set_status(None, status, StatusSource::Hook).await {
+                        tracing::warn!(%error, "could not relay a hook status");
+                    }
+                });
+            })
+            .await;
+    }
+    #[cfg(not(unix))]
+    let _ = (config_dir, supervisor, claude_pid);
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

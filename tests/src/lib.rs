@@ -1,0 +1,440 @@
+//! Harness for the end-to-end tests and the latency measurement: real processes only.
+//!
+//! - [`Broker`] — a `claudemesh-broker serve` process on a free loopback port with a temporary
+//!   data directory, bootstrapped with its operator commands (`mesh create`, `invite create`).
+//! - [`Device`] — a temporary `CLAUDEMESH_CONFIG_DIR` with the file keystore, joined with
+//!   `claudemesh join`.
+//! - [`Bridge`] — a `claudemesh mcp` process driven over stdio by a JSON-RPC client that matches
+//!   replies by id and collects notifications with the instant each line was read.
+//!
+//! Binaries are found next to the running executable (`target/<profile>/`); [`ensure_built`]
+//! builds them first with the same profile, so the tests also run from `cargo nextest run -p
+//! claudemesh-e2e` alone.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// `target/<profile>/` of the running executable.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>, or target/<profile>/examples/<example>
+    exe.parent().and_then(Path::parent).expect("exe lives in target/<profile>/<kind>/").to_owned()
+}
+
+/// Builds `claudemesh` and `claudemesh-broker` with the profile of the running executable (a
+/// no-op when they are fresh). Once per process.
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let profile_dir = profile_dir();
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+        let target_dir = profile_dir.parent().expect("target dir").to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        command.args(["build", "--quiet", "-p", "claudemesh", "-p", "broker-core", "--bins"]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                command.arg("--release");
+            }
+            other => {
+                command.args(["--profile", other]);
+            }
+        }
+        command.env("CARGO_TARGET_DIR", &target_dir).current_dir(workspace_root());
+        let status = command.status().expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+    });
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+pub fn claudemesh_bin() -> PathBuf {
+    ensure_built();
+    profile_dir().join("claudemesh")
+}
+
+pub fn broker_bin() -> PathBuf {
+    ensure_built();
+    profile_dir().join("claudemesh-broker")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("addr").port()
+}
+
+/// A real broker process.
+pub struct Broker {
+    pub data: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub async fn start() -> Result<Broker> {
+        let data = tempfile::tempdir()?;
+        let mut broker = Broker { data, port: free_port(), child: None };
+        broker.spawn().await?;
+        Ok(broker)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let child = Command::new(broker_bin())
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--public-url", &self.url()])
+            // The latency run sends 1,000 messages back to back; the default limit is 60/min.
+            .env("RATE_LIMIT_BURST", "100000")
+            .env("RATE_LIMIT_PER_MINUTE", "6000000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting claudemesh-broker")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the broker never listened");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// `claudemesh-broker --data-dir … <args> --json`.
+    pub fn operator(&self, args: &[&str]) -> Result<Value> {
+        let output = std::process::Command::new(broker_bin())
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(args)
+            .arg("--json")
+            .output()?;
+        if !output.status.success() {
+            bail!("{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// A mesh and an invite link good for `uses` devices.
+    pub fn mesh_with_invite(&self, name: &str, uses: u32) -> Result<(Value, String)> {
+        let mesh = self.operator(&["mesh", "create", "--name", name])?;
+        let slug = mesh["slug"].as_str().ok_or_else(|| anyhow!("no slug"))?.to_owned();
+        let invite = self.operator(&[
+            "invite",
+            "create",
+            "--mesh",
+            &slug,
+            "--max-uses",
+            &uses.to_string(),
+            "--public-url",
+            &self.url(),
+        ])?;
+        let link = invite["link"].as_str().ok_or_else(|| anyhow!("no link"))?.to_owned();
+        Ok((mesh, link))
+    }
+
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Everything the broker wrote to disk, for plaintext checks.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut dirs = vec![self.data.path().to_owned()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(content) = std::fs::read(&path) {
+                    bytes.extend(content);
+                }
+            }
+        }
+        bytes
+    }
+}
+
+/// A device: its own config directory with the file keystore.
+pub struct Device {
+    pub config: tempfile::TempDir,
+}
+
+impl Device {
+    pub fn new() -> Result<Device> {
+        Ok(Device { config: tempfile::tempdir()? })
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CLAUDEMESH_CONFIG_DIR".into(), self.config.path().display().to_string()),
+            ("CLAUDEMESH_KEYSTORE".into(), "file".into()),
+        ]
+    }
+
+    /// A `claudemesh` command for this device.
+    pub fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(claudemesh_bin());
+        command.envs(self.env()).env("HOME", self.config.path()).env_remove("CLAUDE_CONFIG_DIR");
+        command
+    }
+
+    /// `claudemesh join <link> --name <name> --json`.
+    pub fn join(&self, link: &str, name: &str) -> Result<Value> {
+        let output = self.command().args(["join", link, "--name", name, "--json"]).output()?;
+        if !output.status.success() {
+            bail!("join failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Starts this device's MCP bridge and initializes it.
+    pub async fn bridge(&self) -> Result<Bridge> {
+        let mut command = Command::new(claudemesh_bin());
+        command.arg("mcp").envs(self.env());
+        let mut bridge = Bridge::spawn(command)?;
+        bridge.initialize().await?;
+        Ok(bridge)
+    }
+}
+
+/// A notification as read from a bridge's stdout.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub at: Instant,
+    pub method: String,
+    pub params: Value,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// A JSON-RPC client over a child's stdio (the MCP stdio transport: one JSON object per line).
+pub struct Bridge {
+    pub child: Child,
+    stdin: ChildStdin,
+    pending: Pending,
+    notifications: mpsc::UnboundedReceiver<Notification>,
+    /// Notifications read but not yet claimed by a `notification` call.
+    backlog: Vec<Notification>,
+    next_id: AtomicU64,
+    pub initialize_result: Value,
+}
+
+impl Bridge {
+    /// Spawns `command` with piped stdin/stdout (stderr inherited) and starts reading replies.
+    pub fn spawn(mut command: Command) -> Result<Bridge> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting claudemesh mcp")?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let pending: Pending = Arc::default();
+        let (notify, notifications) = mpsc::unbounded_channel();
+        tokio::spawn(read_replies(stdout, pending.clone(), notify));
+        Ok(Bridge {
+            child,
+            stdin,
+            pending,
+            notifications,
+            backlog: Vec::new(),
+            next_id: AtomicU64::new(1),
+            initialize_result: Value::Null,
+        })
+    }
+
+    async fn write(&mut self, message: &Value) -> Result<()> {
+        let mut line = serde_json::to_vec(message)?;
+        line.push(b'\n');
+        self.stdin.write_all(&line).await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Sends a request and waits for the reply with its id; returns `result` (or fails with
+    /// the `error`).
+    pub async fn request(&mut self, method: &str, params: Value) -> Result<Value> {
+        let (_, reply) = self.request_started(method, params).await?;
+        let reply = tokio::time::timeout(WAIT, reply).await.context("no reply in time")?.context("bridge ended")?;
+        if let Some(error) = reply.get("error") {
+            bail!("{method} failed: {error}");
+        }
+        Ok(reply["result"].clone())
+    }
+
+    /// Writes a request and returns the instant just before it was written, and the reply.
+    pub async fn request_started(
+        &mut self,
+        method: &str,
+        params: Value,
+    ) -> Result<(Instant, oneshot::Receiver<Value>)> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        let started = Instant::now();
+        self.write(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await?;
+        Ok((started, rx))
+    }
+
+    /// `initialize` (announcing no special capabilities) and `notifications/initialized`.
+    pub async fn initialize(&mut self) -> Result<()> {
+        self.initialize_result = self
+            .request(
+                "initialize",
+                json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "0"}}),
+            )
+            .await?;
+        self.write(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await?;
+        Ok(())
+    }
+
+    /// `tools/call`; returns the tool's text parsed as JSON, or fails when the tool reported an
+    /// error (with its text).
+    pub async fn call(&mut self, tool: &str, arguments: Value) -> Result<Value> {
+        let result = self.request("tools/call", json!({"name": tool, "arguments": arguments})).await?;
+        let text = result["content"][0]["text"].as_str().unwrap_or_default().to_owned();
+        if result["isError"] == json!(true) {
+            bail!("{tool} reported an error: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("{tool} returned non-JSON text: {text}"))
+    }
+
+    /// Calls `tool` every 50 ms until `accept` likes the result, for at most [`WAIT`].
+    pub async fn call_until(&mut self, tool: &str, arguments: Value, accept: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let result = self.call(tool, arguments.clone()).await?;
+            if accept(&result) {
+                return Ok(result);
+            }
+            if Instant::now() > deadline {
+                bail!("{tool} never returned what was expected; last: {result}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `tools/call` that is expected to fail; returns the error text.
+    pub async fn call_error(&mut self, tool: &str, arguments: Value) -> Result<String> {
+        let result = self.request("tools/call", json!({"name": tool, "arguments": arguments})).await?;
+        if result["isError"] != json!(true) {
+            bail!("{tool} succeeded unexpectedly: {result}");
+        }
+        Ok(result["content"][0]["text"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The next notification `matches` accepts (earlier ones are kept for later calls).
+    pub async fn notification(
+        &mut self,
+        timeout: Duration,
+        matches: impl Fn(&Notification) -> bool,
+    ) -> Option<Notification> {
+        if let Some(index) = self.backlog.iter().position(&matches) {
+            return Some(self.backlog.remove(index));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.notifications.recv()).await {
+                Ok(Some(notification)) if matches(&notification) => return Some(notification),
+                Ok(Some(notification)) => self.backlog.push(notification),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The channel notification whose content is `text`.
+    pub async fn channel_message(&mut self, text: &str, timeout: Duration) -> Option<Notification> {
+        self.notification(timeout, |n| n.method == "notifications/claude/channel" && n.params["content"] == text).await
+    }
+
+    /// Closes stdin (what the host does when the session ends) and waits for the exit.
+    pub async fn close(mut self) -> Result<std::process::ExitStatus> {
+        drop(self.stdin);
+        Ok(tokio::time::timeout(WAIT, self.child.wait()).await.context("bridge did not exit")??)
+    }
+
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+async fn read_replies(stdout: ChildStdout, pending: Pending, notify: mpsc::UnboundedSender<Notification>) {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let at = Instant::now();
+        let Ok(message) = serde_json::from_str::<Value>(&line) else {
+            panic!("the bridge wrote a non-JSON line to stdout: {line:?}");
+        };
+        let id = message.get("id").and_then(Value::as_u64);
+        match (message.get("method").and_then(Value::as_str), id) {
+            (Some(method), None) => {
+                let _ = notify.send(Notification { at, method: method.to_owned(), params: message["params"].clone() });
+            }
+            (Some(_), Some(_)) => {
+                // A request from the server; these tests never expect one.
+            }
+            (None, Some(id)) => {
+                if let Some(reply) = pending.lock().expect("pending lock").remove(&id) {
+                    let _ = reply.send(message);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// Waits until `check` holds, for at most [`WAIT`].
+pub async fn wait_until(what: &str, check: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Names in a `list_peers` result.
+pub fn peer_names(list: &Value) -> Vec<String> {
+    list["peers"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Texts in a `check_messages` result.
+pub fn message_texts(result: &Value) -> Vec<String> {
+    result["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["text"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}

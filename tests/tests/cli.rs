@@ -1,0 +1,141 @@
+//! The `claudemesh` commands as a person (or a script) uses them: `--json` shapes, exit codes,
+//! and `install`/`uninstall` against a temporary home without a `claude` command.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Result, bail};
+use claudemesh_e2e::{Broker, Device};
+use serde_json::Value;
+
+fn run(mut command: Command, args: &[&str]) -> Output {
+    command.args(args).output().expect("claudemesh runs")
+}
+
+fn json_of(output: &Output) -> Value {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    let value: Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    assert_eq!(value["schemaVersion"], 1, "{value}");
+    value
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("exit code")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_print_documented_json_and_exit_codes() -> Result<()> {
+    let mut broker = Broker::start().await?;
+    let (mesh, link) = broker.mesh_with_invite("cli", 2)?;
+    let (alice, bob) = (Device::new()?, Device::new()?);
+
+    // Nothing joined yet.
+    assert_eq!(json_of(&run(alice.command(), &["meshes", "--json"]))["meshes"], Value::Array(vec![]));
+    let none = run(alice.command(), &["peers"]);
+    assert_eq!(code(&none), 3);
+    assert!(String::from_utf8_lossy(&none.stderr).contains("claudemesh join"), "says what to do next");
+
+    // Joining: a forged link is refused before any request; joining twice is "already exists".
+    let forged = run(alice.command(), &["join", "http://127.0.0.1:1/join/not-a-token", "--name", "alice"]);
+    assert_eq!(code(&forged), 5);
+    let joined = json_of(&run(alice.command(), &["join", &link, "--name", "alice", "--json"]));
+    assert_eq!(joined["mesh"], mesh["slug"]);
+    assert_eq!(joined["keystore"], "file");
+    assert_eq!(joined["role"], "member");
+    assert_eq!(code(&run(alice.command(), &["join", &link, "--name", "alice"])), 6);
+    bob.join(&link, "bob")?;
+    let config = std::fs::read_to_string(alice.config.path().join("config.json"))?;
+    let key_files: Vec<_> = std::fs::read_dir(alice.config.path().join("keys"))?.collect();
+    assert_eq!(key_files.len(), 1, "the member key is in the file keystore");
+    let seed = std::fs::read_to_string(key_files[0].as_ref().expect("entry").path())?;
+    assert!(!config.contains(seed.trim()), "no secret in config.json");
+
+    // bob watches; alice finds him and sends.
+    let mut watch = bob.command().args(["watch", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let mut peers = Value::Null;
+    for _ in 0..100 {
+        peers = json_of(&run(alice.command(), &["peers", "--json"]));
+        if peers["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "bob")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let bob_row = peers["peers"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "bob").cloned());
+    let Some(bob_row) = bob_row else { bail!("bob never showed up: {peers}") };
+    assert_eq!(bob_row["peerType"], "human");
+    assert_eq!(bob_row["location"], "local");
+    let sent = json_of(&run(alice.command(), &["send", "bob", "hello from the cli", "--priority", "now", "--json"]));
+    assert_eq!(sent["results"][0]["ok"], true, "{sent}");
+    let line = tokio::task::spawn_blocking(move || lines.next()).await?.expect("a line")?;
+    let received: Value = serde_json::from_str(&line)?;
+    assert_eq!(received["text"], "hello from the cli");
+    assert_eq!(received["from"], "alice");
+    assert_eq!(received["priority"], "now");
+    assert_eq!(received["schemaVersion"], 1);
+    watch.kill()?;
+    watch.wait()?;
+    let history = json_of(&run(bob.command(), &["inbox", "--all", "--json"]));
+    assert_eq!(history["messages"][0]["text"], "hello from the cli");
+
+    // An unknown name lists who is online.
+    let unknown = run(alice.command(), &["send", "nobody", "x"]);
+    assert_eq!(code(&unknown), 3);
+
+    // status.
+    let status = json_of(&run(alice.command(), &["status", "--json"]));
+    assert_eq!(status["keystore"], "file");
+    assert_eq!(status["meshes"][0]["connection"], "connected");
+
+    // The broker down: exit 4 with advice.
+    broker.kill().await?;
+    let down = run(alice.command(), &["peers"]);
+    assert_eq!(code(&down), 4, "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the broker"));
+
+    // leave removes the mesh and its key.
+    let left = json_of(&run(alice.command(), &["leave", mesh["slug"].as_str().expect("slug"), "--json"]));
+    assert_eq!(left["keyRemoved"], true);
+    assert_eq!(std::fs::read_dir(alice.config.path().join("keys"))?.count(), 0);
+    Ok(())
+}
+
+#[test]
+fn install_writes_claude_code_files_and_uninstall_reverses_it() -> Result<()> {
+    let device = Device::new()?;
+    let home = device.config.path();
+    std::fs::create_dir_all(home.join(".claude"))?;
+    std::fs::write(home.join(".claude.json"), r#"{"numStartups": 3, "mcpServers": {"other": {"command": "x"}}}"#)?;
+    let no_claude_path = "/usr/bin:/bin";
+
+    let mut command = device.command();
+    command.env("PATH", no_claude_path);
+    let report = json_of(&run(command, &["install", "--json"]));
+    assert_eq!(report["mcpMethod"], "file");
+    let claude_json: Value = serde_json::from_str(&std::fs::read_to_string(home.join(".claude.json"))?)?;
+    assert_eq!(claude_json["numStartups"], 3, "other content kept");
+    assert_eq!(claude_json["mcpServers"]["other"]["command"], "x");
+    assert_eq!(claude_json["mcpServers"]["claudemesh"]["args"][0], "mcp");
+    assert_eq!(
+        claude_json["mcpServers"]["claudemesh"]["env"]["CLAUDEMESH_CONFIG_DIR"],
+        home.display().to_string(),
+        "the bridge uses the same config directory"
+    );
+    let settings: Value = serde_json::from_str(&std::fs::read_to_string(home.join(".claude/settings.json"))?)?;
+    for (event, status) in [("UserPromptSubmit", "working"), ("PreToolUse", "working"), ("Stop", "idle")] {
+        let command = settings["hooks"][event][0]["hooks"][0]["command"].as_str().unwrap_or_default();
+        assert!(command.ends_with(&format!("hook {status}")), "{event}: {command}");
+        assert!(command.starts_with("CLAUDEMESH_CONFIG_DIR="), "{command}");
+    }
+
+    let mut command = device.command();
+    command.env("PATH", no_claude_path);
+    let report = json_of(&run(command, &["uninstall", "--json"]));
+    assert_eq!(report["hookEvents"].as_array().map(Vec::len), Some(3));
+    let claude_json: Value = serde_json::from_str(&std::fs::read_to_string(home.join(".claude.json"))?)?;
+    assert!(claude_json["mcpServers"].get("claudemesh").is_none());
+    assert_eq!(claude_json["mcpServers"]["other"]["command"], "x");
+    let settings: Value = serde_json::from_str(&std::fs::read_to_string(home.join(".claude/settings.json"))?)?;
+    assert!(settings.get("hooks").is_none(), "{settings}");
+    Ok(())
+}
