@@ -712,3 +712,25 @@ async fn the_audit_chain_verifies_and_reports_an_edited_row() {
     assert!(!report.valid);
     assert_eq!(report.broken_at, Some(victim));
 }
+
+#[tokio::test]
+async fn a_pasted_login_token_signs_in_another_device_once() {
+    let broker = TestBroker::start_with(quick_polls()).await;
+    let laptop = first_device(&broker, "alice").await;
+    let (status, made) = api(broker.addr, "POST", "/v1/device/login-token", Some(&laptop), None).await;
+    assert_eq!(status, 200, "{made}");
+    let login_token = made["loginToken"].as_str().expect("token");
+    assert!(login_token.starts_with("cml_"));
+    assert_eq!(api(broker.addr, "POST", "/v1/device/login-token", None, None).await.0, 401, "needs a signed-in device");
+
+    let redeem = json!({"device_code": login_token, "hostname": "ssh-box", "platform": "linux", "arch": "aarch64"});
+    let (status, token) = api(broker.addr, "POST", "/v1/device/token", None, Some(redeem.clone())).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["account"]["name"], "alice");
+    let (_, me) =
+        api(broker.addr, "GET", "/v1/account", Some(token["access_token"].as_str().expect("token")), None).await;
+    assert_eq!(me["device"]["hostname"], "ssh-box", "the device that pasted it, not a placeholder");
+    tokio::time::sleep(POLL).await;
+    let (status, again) = api(broker.addr, "POST", "/v1/device/token", None, Some(redeem)).await;
+    assert_eq!((status, again["error"].as_str()), (400, Some("invalid_grant")), "one time only");
+}

@@ -67,7 +67,12 @@ pub struct DeviceCodeResponse {
 pub struct TokenRequest {
     #[serde(default)]
     pub grant_type: Option<String>,
+    /// The device code, or a pasted one-time login token.
     pub device_code: String,
+    /// Ours: who is redeeming, recorded for a login token (a device code keeps what the device
+    /// said when it asked).
+    #[serde(flatten)]
+    pub device: DeviceCodeRequest,
 }
 
 /// The grant type RFC 8628 defines; requests may omit it.
@@ -106,6 +111,15 @@ pub mod token_error {
     pub const INVALID_GRANT: &str = "invalid_grant";
     pub const UNSUPPORTED_GRANT_TYPE: &str = "unsupported_grant_type";
     pub const INVALID_REQUEST: &str = "invalid_request";
+}
+
+/// `POST /v1/device/login-token`: a one-time token another device can paste to sign in to the
+/// caller's account (for SSH sessions where nobody can approve a code).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginTokenResponse {
+    pub login_token: String,
+    pub expires_in: u64,
 }
 
 /// A device login waiting for approval, as an approver sees it before deciding.

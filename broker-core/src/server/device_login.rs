@@ -21,9 +21,9 @@ use tokio::time::Instant;
 use super::auth::{Authenticated, ClientAddress, new_token, token_hash};
 use super::{ApiError, Broker};
 use crate::protocol::account::{
-    AccountInfo, DEVICE_CODE_GRANT, DeviceCodeRequest, DeviceCodeResponse, DeviceDecision, DeviceView, PendingDevice,
-    SignupRequest, TokenError, TokenRequest, TokenResponse, format_user_code, new_user_code, normalize_user_code,
-    token_error,
+    AccountInfo, DEVICE_CODE_GRANT, DeviceCodeRequest, DeviceCodeResponse, DeviceDecision, DeviceView,
+    LoginTokenResponse, PendingDevice, SignupRequest, TokenError, TokenRequest, TokenResponse, format_user_code,
+    new_user_code, normalize_user_code, token_error,
 };
 use crate::protocol::{self, iso8601_ms};
 use crate::router::{RateLimit, TokenBucket};
@@ -162,7 +162,12 @@ fn token_error_response(status: StatusCode, error: &str, description: &str) -> R
     (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
-pub(super) async fn poll_token(State(broker): State<Broker>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn poll_token(
+    State(broker): State<Broker>,
+    ClientAddress(ip): ClientAddress,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request: TokenRequest = match form_or_json(&headers, &body) {
         Ok(request) => request,
         Err(problem) => {
@@ -182,8 +187,10 @@ pub(super) async fn poll_token(State(broker): State<Broker>, headers: HeaderMap,
     let ttl = broker.config().token_ttl;
     let now = protocol::now_ms();
     let expires_at = now + ttl.as_millis() as u64;
-    let outcome =
-        broker.blocking(move |store| store.poll_device_code(&code_hash, &token_hash_value, expires_at, now)).await;
+    let claimant = device_info(&request.device, ip);
+    let outcome = broker
+        .blocking(move |store| store.poll_device_code(&code_hash, &token_hash_value, expires_at, &claimant, now))
+        .await;
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) => return ApiError::from(error).into_response(),
@@ -211,6 +218,23 @@ pub(super) async fn poll_token(State(broker): State<Broker>, headers: HeaderMap,
             (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
         }
     }
+}
+
+/// A one-time token the caller's account can be signed in with on another device; it is
+/// redeemed at the token endpoint like a device code (`device_code=<login token>`).
+pub(super) async fn login_token(
+    State(broker): State<Broker>,
+    auth: Authenticated,
+) -> Result<Json<LoginTokenResponse>, ApiError> {
+    let login_token = new_token().replacen("cmt_", "cml_", 1);
+    let hash = token_hash(&login_token);
+    let ttl = broker.config().device_code_ttl;
+    let now = protocol::now_ms();
+    let (account, device) = (auth.account.id.clone(), auth.device.id.clone());
+    broker
+        .blocking(move |store| store.create_login_token(&hash, &account, &device, now, now + ttl.as_millis() as u64))
+        .await?;
+    Ok(Json(LoginTokenResponse { login_token, expires_in: ttl.as_secs() }))
 }
 
 fn token_response(token: String, expires_in: u64, account: &AccountRecord, device: &DeviceRecord) -> TokenResponse {

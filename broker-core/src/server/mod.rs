@@ -134,6 +134,7 @@ pub fn app(broker: Broker) -> axum::Router {
         .route("/v1/device/requests/{user_code}", get(device_login::show_pending))
         .route("/v1/device/approve", post(device_login::approve))
         .route("/v1/device/deny", post(device_login::deny))
+        .route("/v1/device/login-token", post(device_login::login_token))
         .route("/v1/signup", post(device_login::signup))
         .route("/v1/account", get(device_login::whoami))
         .route("/v1/logout", post(device_login::logout))

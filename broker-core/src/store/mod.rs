@@ -480,14 +480,26 @@ pub trait Store: Send + Sync + 'static {
         decided_by: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<DeviceCodeRecord>;
-    /// One poll by the device; when approved, creates the device holding `token_hash`.
+    /// One poll by the device; when approved, creates the device holding `token_hash`. A login
+    /// token's device is described by `claimant` (who pasted it), a device code's by its request.
     fn poll_device_code(
         &self,
         device_code_hash: &str,
         token_hash: &str,
         token_expires_at: u64,
+        claimant: &DeviceInfo,
         now_ms: u64,
     ) -> StoreResult<PollOutcome>;
+    /// A one-time login token for `account_id`, made by the signed-in device `made_by`: approved
+    /// from the start, redeemed like a device code.
+    fn create_login_token(
+        &self,
+        token_hash: &str,
+        account_id: &str,
+        made_by: &str,
+        now_ms: u64,
+        expires_at: u64,
+    ) -> StoreResult<()>;
 
     // --- audit -------------------------------------------------------------------------------
 

@@ -37,6 +37,9 @@ CREATE TABLE device_codes (
     interval_ms      INTEGER NOT NULL,
     last_poll_at     INTEGER,
     status           TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'consumed')),
+    -- `device_code`: a device asked and someone approved it; `login_token`: a signed-in device
+    -- made a one-time token for another device to paste (approved from the start).
+    kind             TEXT NOT NULL DEFAULT 'device_code' CHECK (kind IN ('device_code', 'login_token')),
     account_id       TEXT REFERENCES accounts (id),
     decided_by       TEXT,
     decided_at       INTEGER,

@@ -351,22 +351,53 @@ pub(super) fn decide_device_code(
     require_code(conn, user_code)
 }
 
+pub(super) fn create_login_token(
+    conn: &Connection,
+    token_hash: &str,
+    account_id: &str,
+    made_by: &str,
+    now_ms: u64,
+    expires_at: u64,
+) -> StoreResult<()> {
+    let placeholder = DeviceInfo {
+        hostname: "(pasted login token)".into(),
+        platform: String::new(),
+        arch: String::new(),
+        app_version: String::new(),
+        ip: String::new(),
+    };
+    // Never shown: the login token itself is the secret. Unique like every user code.
+    let user_code = format!("LT{}", crate::ids::new_id("t"));
+    conn.execute(
+        "INSERT INTO device_codes (device_code_hash, user_code, hostname, platform, arch, app_version, ip, created_at,
+                                   expires_at, interval_ms, status, kind, account_id, decided_by, decided_at)
+         VALUES (?1, ?2, ?3, '', '', '', '', ?4, ?5, 0, 'approved', 'login_token', ?6, ?7, ?4)",
+        params![token_hash, user_code, placeholder.hostname, now_ms as i64, expires_at as i64, account_id, made_by],
+    )
+    .map_err(db_error)?;
+    audit::append(conn, &account_event(account_id, "login_token_created", Some(made_by), json!({})), now_ms)
+}
+
 pub(super) fn poll_device_code(
     conn: &Connection,
     device_code_hash: &str,
     token_hash: &str,
     token_expires_at: u64,
+    claimant: &DeviceInfo,
     now_ms: u64,
 ) -> StoreResult<PollOutcome> {
     let found = conn
         .query_row(
-            &format!("SELECT {CODE_COLUMNS}, last_poll_at FROM device_codes WHERE device_code_hash = ?1"),
+            &format!("SELECT {CODE_COLUMNS}, last_poll_at, kind FROM device_codes WHERE device_code_hash = ?1"),
             [device_code_hash],
-            |row| Ok((code_from_row(row)?, row.get::<_, Option<i64>>(12)?)),
+            |row| Ok((code_from_row(row)?, row.get::<_, Option<i64>>(12)?, row.get::<_, String>(13)?)),
         )
         .optional()
         .map_err(db_error)?;
-    let Some((code, last_poll)) = found else { return Ok(PollOutcome::Invalid) };
+    let Some((mut code, last_poll, kind)) = found else { return Ok(PollOutcome::Invalid) };
+    if kind == "login_token" {
+        code.info = claimant.clone();
+    }
     if code.status == DeviceCodeStatus::Consumed {
         return Ok(PollOutcome::Invalid);
     }
@@ -397,6 +428,16 @@ pub(super) fn poll_device_code(
             let device = insert_device(conn, &account_id, &code.info, token_hash, token_expires_at, now_ms)?;
             conn.execute("UPDATE device_codes SET status = 'consumed' WHERE device_code_hash = ?1", [device_code_hash])
                 .map_err(db_error)?;
+            audit::append(
+                conn,
+                &account_event(
+                    &account_id,
+                    "device_added",
+                    None,
+                    json!({"deviceId": device.id, "hostname": code.info.hostname, "platform": code.info.platform, "ip": code.info.ip, "via": kind}),
+                ),
+                now_ms,
+            )?;
             let account =
                 account(conn, &account_id).map_err(db_error)?.ok_or_else(|| StoreError::NotFound("account".into()))?;
             Ok(PollOutcome::Issued { account, device })

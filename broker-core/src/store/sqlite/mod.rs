@@ -709,10 +709,27 @@ impl Store for SqliteStore {
         device_code_hash: &str,
         token_hash: &str,
         token_expires_at: u64,
+        claimant: &DeviceInfo,
         now_ms: u64,
     ) -> StoreResult<PollOutcome> {
-        let (code_hash, token_hash) = (device_code_hash.to_owned(), token_hash.to_owned());
-        self.call(move |conn| accounts::poll_device_code(conn, &code_hash, &token_hash, token_expires_at, now_ms))
+        let (code_hash, token_hash, claimant) = (device_code_hash.to_owned(), token_hash.to_owned(), claimant.clone());
+        self.call(move |conn| {
+            accounts::poll_device_code(conn, &code_hash, &token_hash, token_expires_at, &claimant, now_ms)
+        })
+    }
+
+    fn create_login_token(
+        &self,
+        token_hash: &str,
+        account_id: &str,
+        made_by: &str,
+        now_ms: u64,
+        expires_at: u64,
+    ) -> StoreResult<()> {
+        let (token_hash, account_id, made_by) = (token_hash.to_owned(), account_id.to_owned(), made_by.to_owned());
+        self.call(move |conn| {
+            accounts::create_login_token(conn, &token_hash, &account_id, &made_by, now_ms, expires_at)
+        })
     }
 
     fn audit_entries(
