@@ -147,12 +147,30 @@ pub struct Config {
     pub version: u32,
     #[serde(default)]
     pub meshes: Vec<MeshEntry>,
+    /// The account this device is signed in to (`claudemesh login`); its token is in the keystore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountEntry>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { version: CONFIG_VERSION, meshes: Vec::new() }
+        Config { version: CONFIG_VERSION, meshes: Vec::new(), account: None }
     }
+}
+
+/// The signed-in account (no secrets: the device token is in the keystore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountEntry {
+    /// The broker's base URL (`http(s)://host:port`).
+    pub broker_url: String,
+    pub account_id: String,
+    pub account_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub device_id: String,
+    /// Unix milliseconds.
+    pub signed_in_at: u64,
 }
 
 /// One joined mesh. The member's secret key is in the keystore under [`MeshEntry::key_account`].
@@ -171,6 +189,10 @@ pub struct MeshEntry {
     pub role: String,
     /// Unix milliseconds.
     pub joined_at: u64,
+    /// The broker links this member to this device's sign-in (enrolled, or joined while signed
+    /// in): signing out or revoking the device removes it.
+    #[serde(default)]
+    pub device_linked: bool,
 }
 
 impl MeshEntry {
@@ -209,6 +231,7 @@ mod tests {
             display_name: "alice".into(),
             role: "member".into(),
             joined_at: 1,
+            device_linked: false,
         }
     }
 
@@ -218,7 +241,7 @@ mod tests {
         let config_dir = ConfigDir::at(dir.path().join("nested/claudemesh"));
         assert_eq!(config_dir.load().expect("loads"), Config::default());
 
-        let config = Config { version: CONFIG_VERSION, meshes: vec![entry("acme"), entry("beta")] };
+        let config = Config { version: CONFIG_VERSION, meshes: vec![entry("acme"), entry("beta")], account: None };
         config_dir.save(&config).expect("saves");
         assert_eq!(config_dir.load().expect("loads"), config);
 
@@ -251,7 +274,7 @@ mod tests {
 
     #[test]
     fn meshes_are_found_by_slug_id_or_name() {
-        let config = Config { version: CONFIG_VERSION, meshes: vec![entry("acme"), entry("beta")] };
+        let config = Config { version: CONFIG_VERSION, meshes: vec![entry("acme"), entry("beta")], account: None };
         assert_eq!(config.find("beta").map(|m| m.slug.as_str()), Some("beta"));
         assert_eq!(config.find("mesh_acme").map(|m| m.slug.as_str()), Some("acme"));
         assert_eq!(config.find("ACME").map(|m| m.slug.as_str()), Some("acme"));

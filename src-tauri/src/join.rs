@@ -4,19 +4,12 @@
 //! is made, so a forged or stale link never reaches the network. The member's secret key is
 //! generated on this machine and goes straight into the keystore; only its public half leaves.
 
-use std::time::Duration;
-
 use broker_core::crypto::Keypair;
 use broker_core::invite::{Invite, InviteError};
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
 use serde::Deserialize;
 
 use crate::config::{ConfigDir, MeshEntry};
 use crate::keystore::KeyStore;
-
-/// How long the broker gets to answer `POST /join`.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -26,14 +19,10 @@ pub enum JoinError {
     Expired,
     #[error("already joined mesh {slug} as {name}; run `claudemesh leave {slug}` first to join again")]
     AlreadyJoined { slug: String, name: String },
-    #[error("cannot reach the broker at {url}: {message}; check the address and that the broker is running")]
-    Unreachable { url: String, message: String },
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("the broker refused the invite ({code}): {message}")]
     Refused { code: String, message: String },
-    #[error(
-        "unsupported broker URL {0:?}: this build speaks plain http:// (put TLS in front on the broker side, or use an http:// URL on a trusted network)"
-    )]
-    UnsupportedUrl(String),
     #[error("keystore: {0}")]
     KeyStore(#[from] crate::keystore::KeyStoreError),
     #[error("config: {0}")]
@@ -50,14 +39,6 @@ struct JoinResponse {
     role: String,
     #[serde(default)]
     already_member: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorResponse {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    message: String,
 }
 
 /// What `join` did.
@@ -77,7 +58,9 @@ pub fn check_invite(link: &str, now_s: u64) -> Result<Invite, JoinError> {
     }
 }
 
-/// Joins the mesh `link` invites to. Blocking keystore calls run on the blocking pool.
+/// Joins the mesh `link` invites to. Blocking keystore calls run on the blocking pool. When
+/// this device is signed in to the invite's broker, the member is linked to the device (and so
+/// revoked with it).
 pub async fn join(
     config_dir: &ConfigDir,
     keystore: std::sync::Arc<dyn KeyStore>,
@@ -100,7 +83,21 @@ pub async fn join(
         blocking(move || store.set(&account, &seed)).await?;
     }
     let body = serde_json::json!({"invite": invite.to_token(), "pubkey": pubkey, "displayName": display_name});
-    let response = match post_json(&invite.broker_url, "/join", &body).await {
+    let bearer = match &config.account {
+        Some(account) if same_broker(&account.broker_url, &invite.broker_url) => {
+            crate::account::device_token(&keystore).await.ok().flatten()
+        }
+        _ => None,
+    };
+    let sent = crate::http::request(
+        hyper::Method::POST,
+        &invite.broker_url,
+        "/join",
+        bearer.as_ref().map(|t| t.as_str()),
+        Some(&body),
+    )
+    .await;
+    let response = match sent.map_err(JoinError::from) {
         Ok(response) => response,
         Err(error) => {
             let (store, account) = (keystore.clone(), account.clone());
@@ -116,11 +113,8 @@ pub async fn join(
         (status, body) => {
             let (store, account) = (keystore.clone(), account.clone());
             let _ = blocking(move || store.delete(&account)).await;
-            let error = serde_json::from_slice::<ErrorResponse>(&body).unwrap_or(ErrorResponse {
-                error: format!("http_{status}"),
-                message: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            });
-            return Err(JoinError::Refused { code: error.error, message: error.message });
+            let (code, message) = crate::http::error_of(status, &body);
+            return Err(JoinError::Refused { code, message });
         }
     };
     let entry = MeshEntry {
@@ -133,10 +127,16 @@ pub async fn join(
         display_name: display_name.to_owned(),
         role: joined.role,
         joined_at: broker_core::protocol::now_ms(),
+        device_linked: bearer.is_some(),
     };
     config.meshes.push(entry.clone());
     config_dir.save(&config)?;
     Ok(Joined { entry, already_member: joined.already_member })
+}
+
+/// Two spellings of one broker base URL (`http://h:1/` and `http://h:1`) are the same broker.
+pub fn same_broker(a: &str, b: &str) -> bool {
+    a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/')
 }
 
 async fn blocking<T: Send + 'static>(
@@ -145,41 +145,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(crate::keystore::KeyStoreError::Keychain(format!("keystore task failed: {e}"))))
-}
-
-/// `POST <base><path>` with a JSON body over HTTP/1.1; returns the status and body.
-pub async fn post_json(base_url: &str, path: &str, body: &serde_json::Value) -> Result<(u16, Bytes), JoinError> {
-    let base = base_url.trim().trim_end_matches('/');
-    let authority = base.strip_prefix("http://").ok_or_else(|| JoinError::UnsupportedUrl(base.to_owned()))?;
-    let (authority, prefix) = match authority.split_once('/') {
-        Some((authority, prefix)) => (authority, format!("/{prefix}")),
-        None => (authority, String::new()),
-    };
-    let address = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let unreachable = |message: String| JoinError::Unreachable { url: base.to_owned(), message };
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(&address).await.map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(connection);
-        let request = hyper::Request::post(format!("{prefix}{path}"))
-            .header(hyper::header::HOST, authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("json serializes"))))
-            .map_err(|e| unreachable(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-        Ok((status, bytes))
-    };
-    tokio::time::timeout(JOIN_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| Err(unreachable(format!("no answer within {JOIN_TIMEOUT:?}"))))
 }
 
 #[cfg(test)]
@@ -223,15 +188,9 @@ mod tests {
         // Port 9 (discard) on loopback: nothing listens there in a test environment.
         let link = invite(2_000_000_000).link();
         let error = join(&config_dir, store.clone(), &link, "alice").await.expect_err("unreachable");
-        assert!(matches!(error, JoinError::Unreachable { .. }), "{error}");
+        assert!(matches!(error, JoinError::Http(crate::http::HttpError::Unreachable { .. })), "{error}");
         assert!(config_dir.load().expect("loads").meshes.is_empty());
         assert!(store.is_empty(), "the key made for this join was removed again");
         assert!(error.to_string().contains("check the address"), "{error}");
-    }
-
-    #[tokio::test]
-    async fn https_brokers_are_refused_with_an_explanation() {
-        let error = post_json("https://mesh.example.com", "/join", &serde_json::json!({})).await.expect_err("refused");
-        assert!(matches!(error, JoinError::UnsupportedUrl(_)));
     }
 }

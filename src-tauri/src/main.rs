@@ -15,11 +15,16 @@
 //! - `proctree` — finding the Claude Code process a bridge or hook belongs to.
 //! - `hook` — the status hook and the bridge's socket it talks to.
 //! - `mcp` — the stdio MCP server (rmcp lives only here).
-//! - `cli` — the commands; `cli::install` registers the bridge and hooks with Claude Code.
+//! - `http` — the HTTP/1.1 JSON client for the broker's API.
+//! - `account` — signing in (device login), devices, approvals, creating meshes, signing invites.
+//! - `cli` — the commands; `cli::install` registers the bridge and hooks with Claude Code,
+//!   `cli::account` holds the account commands.
 
+mod account;
 mod cli;
 mod config;
 mod hook;
+mod http;
 mod inbox;
 mod join;
 mod keystore;
@@ -128,6 +133,152 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Sign this device in to an account on a broker (device login: approve the code it shows
+    /// from a signed-in device, or paste a one-time login token).
+    Login {
+        /// The broker's URL (default: the last one, $CLAUDEMESH_BROKER_URL, or http://127.0.0.1:7900).
+        #[arg(long)]
+        broker: Option<String>,
+        /// The name peers see for the meshes this device enrols into (default: user@host).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign this device out: revokes its token and the member keys it holds.
+    Logout {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the account's signed-in devices, or revoke one.
+    Devices {
+        /// Revoke this device (its token and member keys; its live sessions are closed at once).
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve or deny another device's sign-in, or make a one-time login token.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Create a mesh on the account's broker (you become its admin).
+    Create {
+        name: String,
+        /// The name peers see for you in it (default: user@host).
+        #[arg(long = "as", value_name = "NAME")]
+        display_name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign an invite link to a mesh you administer (and email it when the broker can).
+    Invite {
+        /// The mesh (slug); optional when only one is joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long, default_value = "member", value_parser = parse_role)]
+        role: broker_core::protocol::Role,
+        #[arg(long, default_value_t = 1)]
+        max_uses: u32,
+        /// Lifetime: 90s, 30m, 12h, 7d.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        expires_in: std::time::Duration,
+        /// Email the link to this address.
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let PEER (a name online now, or a member key) do exactly CAPS to you: dm, broadcast, state, tools, files, all.
+    Grant {
+        peer: String,
+        #[arg(required = true)]
+        caps: Vec<String>,
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take CAPS away from PEER (`all` takes everything, like block).
+    Revoke {
+        peer: String,
+        #[arg(required = true)]
+        caps: Vec<String>,
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse everything from PEER: its direct messages are refused, its broadcasts dropped.
+    Block {
+        peer: String,
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give PEER the mesh defaults again.
+    Unblock {
+        peer: String,
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List your explicit grants.
+    Grants {
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Approve the device showing CODE, after checking which device it is.
+    Approve {
+        code: String,
+        /// Approve without asking (you checked the device some other way).
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny the device showing CODE.
+    Deny {
+        code: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a one-time login token to paste into `claudemesh login` on another device.
+    Token {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_role(text: &str) -> Result<broker_core::protocol::Role, String> {
+    broker_core::protocol::Role::parse(text).ok_or_else(|| format!("unknown role {text:?}: expected admin or member"))
+}
+
+/// `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?} has an unknown unit: use s, m, h or d")),
+    };
+    value
+        .checked_mul(seconds)
+        .filter(|s| *s > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -203,6 +354,32 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Uninstall { json } => cli::uninstall(json),
         Command::Mcp { name } => Ok(mcp::run(mcp::McpOptions { display_name: name }).await?),
         Command::Hook { .. } => Ok(()),
+        Command::Login { broker, name, json } => cli::account::login(broker, name, json).await,
+        Command::Logout { json } => cli::account::logout(json).await,
+        Command::Devices { revoke, json } => cli::account::devices(revoke, json).await,
+        Command::Device(DeviceCommand::Approve { code, yes, json }) => {
+            cli::account::decide(code, true, yes, json).await
+        }
+        Command::Device(DeviceCommand::Deny { code, json }) => cli::account::decide(code, false, true, json).await,
+        Command::Device(DeviceCommand::Token { json }) => cli::account::login_token(json).await,
+        Command::Create { name, display_name, json } => cli::account::create(name, display_name, json).await,
+        Command::Invite { mesh, role, max_uses, expires_in, email, json } => {
+            let args = cli::account::InviteArgs { mesh, role, max_uses, expires_in, email };
+            cli::account::invite(args, json).await
+        }
+        Command::Grant { peer, caps, mesh, json } => {
+            cli::account::grant(peer, cli::account::GrantChange::Grant(caps), mesh, json).await
+        }
+        Command::Revoke { peer, caps, mesh, json } => {
+            cli::account::grant(peer, cli::account::GrantChange::Revoke(caps), mesh, json).await
+        }
+        Command::Block { peer, mesh, json } => {
+            cli::account::grant(peer, cli::account::GrantChange::Block, mesh, json).await
+        }
+        Command::Unblock { peer, mesh, json } => {
+            cli::account::grant(peer, cli::account::GrantChange::Unblock, mesh, json).await
+        }
+        Command::Grants { mesh, json } => cli::account::list_grants(mesh, json).await,
     }
 }
 

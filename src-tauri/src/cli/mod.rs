@@ -4,6 +4,7 @@
 //! one per line) with `schemaVersion: 1`; the fields are documented in `docs/cli.md`. Errors go
 //! to stderr and say what to do next; the exit code tells the kind of failure ([`Exit`]).
 
+pub mod account;
 pub mod install;
 
 use std::sync::Arc;
@@ -62,6 +63,13 @@ fn print_json(value: serde_json::Value) {
         object.insert("schemaVersion".into(), json!(SCHEMA_VERSION));
     }
     println!("{value}");
+}
+
+fn http_exit(error: &crate::http::HttpError) -> Exit {
+    match error {
+        crate::http::HttpError::Unreachable { .. } => Exit::Unreachable,
+        crate::http::HttpError::UnsupportedUrl(_) => Exit::Usage,
+    }
 }
 
 fn open_keystore(config_dir: &ConfigDir) -> Result<Arc<dyn KeyStore>, Failure> {
@@ -154,8 +162,7 @@ pub async fn join(link: &str, name: Option<String>, json_output: bool) -> CliRes
         let exit = match &e {
             BadInvite(_) | Expired | Refused { .. } => Exit::Refused,
             AlreadyJoined { .. } => Exit::AlreadyExists,
-            Unreachable { .. } => Exit::Unreachable,
-            UnsupportedUrl(_) => Exit::Usage,
+            Http(error) => http_exit(error),
             KeyStore(_) | Config(_) => Exit::Failure,
         };
         Failure::new(exit, e.to_string())

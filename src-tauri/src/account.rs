@@ -1,0 +1,476 @@
+//! Signing this device in to an account on a broker, and what a signed-in device can do: list
+//! and revoke devices, approve other devices' logins, create meshes, sign invites, enrol into
+//! the account's meshes. Shared by the CLI and the desktop app.
+//!
+//! The device token lives in the keystore (account [`TOKEN_KEY`]); `config.json` keeps only who
+//! is signed in where. Member keys for meshes created or enrolled here are made on this device
+//! and stored in the keystore before the broker hears their public half.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_core::client::device_login::{PollResponse, TokenPoller};
+use broker_core::crypto::Keypair;
+use broker_core::invite::{Invite, InviteTerms};
+use broker_core::protocol::account::{
+    CreateInviteResponse, CreateMeshResponse, DeviceCodeRequest, DeviceCodeResponse, DeviceView, EnrolResponse,
+    LoginTokenResponse, MeshView, PendingDevice, TokenError, TokenResponse,
+};
+use broker_core::protocol::{self, Role};
+use hyper::Method;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::config::{AccountEntry, ConfigDir, MeshEntry, key_account};
+use crate::http::{self, HttpError};
+use crate::keystore::{KeyStore, KeyStoreError};
+
+/// The keystore account holding this device's bearer token.
+pub const TOKEN_KEY: &str = "device-token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("the broker refused ({code}): {message}")]
+    Refused { status: u16, code: String, message: String },
+    #[error("not signed in; run `claudemesh login --broker <url>` first")]
+    NotSignedIn,
+    #[error("this device's sign-in is no longer valid ({0}); run `claudemesh login` again")]
+    SignInInvalid(String),
+    #[error("unexpected answer from the broker: {0}")]
+    BadAnswer(String),
+    #[error("keystore: {0}")]
+    KeyStore(#[from] KeyStoreError),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What this device says about itself when it signs in.
+pub fn this_device() -> DeviceCodeRequest {
+    DeviceCodeRequest {
+        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        platform: std::env::consts::OS.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+        app_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+fn decode<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, AccountError> {
+    if !(200..300).contains(&status) {
+        let (code, message) = http::error_of(status, body);
+        if status == 401 {
+            return Err(AccountError::SignInInvalid(message));
+        }
+        return Err(AccountError::Refused { status, code, message });
+    }
+    serde_json::from_slice(body).map_err(|e| AccountError::BadAnswer(e.to_string()))
+}
+
+/// Calls the broker as a signed-in device.
+#[derive(Clone)]
+pub struct Api {
+    pub broker_url: String,
+    token: Arc<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("broker_url", &self.broker_url).finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    pub fn new(broker_url: &str, token: Zeroizing<String>) -> Api {
+        Api { broker_url: broker_url.trim_end_matches('/').to_owned(), token: Arc::new(token) }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, AccountError> {
+        let (status, bytes) = http::request(method, &self.broker_url, path, Some(&self.token), body.as_ref()).await?;
+        decode(status, &bytes)
+    }
+
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, AccountError> {
+        #[derive(serde::Deserialize)]
+        struct Devices {
+            devices: Vec<DeviceView>,
+        }
+        Ok(self.call::<Devices>(Method::GET, "/v1/devices", None).await?.devices)
+    }
+
+    pub async fn revoke_device(&self, device_id: &str) -> Result<(), AccountError> {
+        self.call::<serde_json::Value>(Method::POST, &format!("/v1/devices/{device_id}/revoke"), None).await.map(|_| ())
+    }
+
+    /// Which device asks with `user_code`, to show before deciding.
+    pub async fn pending_device(&self, user_code: &str) -> Result<PendingDevice, AccountError> {
+        let code = protocol::account::normalize_user_code(user_code).ok_or_else(|| {
+            AccountError::Invalid(format!(
+                "{user_code:?} is not a code like BCDF-GHJK (8 letters, as the device shows it)"
+            ))
+        })?;
+        self.call(Method::GET, &format!("/v1/device/requests/{code}"), None).await
+    }
+
+    pub async fn decide_device(&self, user_code: &str, approve: bool) -> Result<PendingDevice, AccountError> {
+        let path = if approve { "/v1/device/approve" } else { "/v1/device/deny" };
+        self.call(Method::POST, path, Some(json!({"userCode": user_code}))).await
+    }
+
+    /// A one-time token another device can paste into `claudemesh login` to join this account.
+    pub async fn login_token(&self) -> Result<LoginTokenResponse, AccountError> {
+        self.call(Method::POST, "/v1/device/login-token", None).await
+    }
+
+    pub async fn meshes(&self) -> Result<Vec<MeshView>, AccountError> {
+        #[derive(serde::Deserialize)]
+        struct Meshes {
+            meshes: Vec<MeshView>,
+        }
+        Ok(self.call::<Meshes>(Method::GET, "/v1/meshes", None).await?.meshes)
+    }
+
+    async fn logout(&self) -> Result<(), AccountError> {
+        self.call::<serde_json::Value>(Method::POST, "/v1/logout", None).await.map(|_| ())
+    }
+}
+
+/// Starts a device login on `broker_url`.
+pub async fn request_device_code(broker_url: &str) -> Result<DeviceCodeResponse, AccountError> {
+    let body = serde_json::to_value(this_device()).expect("device info serializes");
+    let (status, bytes) = http::request(Method::POST, broker_url, "/v1/device/code", None, Some(&body)).await?;
+    decode(status, &bytes)
+}
+
+/// Asks the token endpoint once: with a device code while waiting for approval, or with a
+/// pasted one-time login token.
+pub async fn poll_token(broker_url: &str, code: &str) -> Result<PollResponse, AccountError> {
+    let mut body = serde_json::to_value(this_device()).expect("device info serializes");
+    body["grant_type"] = json!(protocol::account::DEVICE_CODE_GRANT);
+    body["device_code"] = json!(code);
+    let (status, bytes) = http::request(Method::POST, broker_url, "/v1/device/token", None, Some(&body)).await?;
+    if status == 200 {
+        return serde_json::from_slice(&bytes)
+            .map(PollResponse::Token)
+            .map_err(|e| AccountError::BadAnswer(e.to_string()));
+    }
+    match serde_json::from_slice::<TokenError>(&bytes) {
+        Ok(error) => Ok(PollResponse::Error(error)),
+        Err(_) => {
+            let (code, message) = http::error_of(status, &bytes);
+            Err(AccountError::Refused { status, code, message })
+        }
+    }
+}
+
+/// The token endpoint of one broker, for [`broker_core::client::device_login::run_device_login`].
+pub struct HttpPoller {
+    pub broker_url: String,
+}
+
+impl TokenPoller for HttpPoller {
+    async fn poll(&self, device_code: &str) -> Result<PollResponse, String> {
+        poll_token(&self.broker_url, device_code).await.map_err(|e| e.to_string())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KeyStoreError> + Send + 'static,
+) -> Result<T, KeyStoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(KeyStoreError::Keychain(format!("keystore task failed: {e}"))))
+}
+
+/// This device's token, if it is signed in.
+pub async fn device_token(keystore: &Arc<dyn KeyStore>) -> Result<Option<Zeroizing<String>>, KeyStoreError> {
+    let store = keystore.clone();
+    blocking(move || store.get(TOKEN_KEY)).await
+}
+
+/// The API of the account this device is signed in to.
+pub async fn api(config_dir: &ConfigDir, keystore: &Arc<dyn KeyStore>) -> Result<(Api, AccountEntry), AccountError> {
+    let account = config_dir.load()?.account.ok_or(AccountError::NotSignedIn)?;
+    let token = device_token(keystore).await?.ok_or(AccountError::NotSignedIn)?;
+    Ok((Api::new(&account.broker_url, token), account))
+}
+
+/// What signing in did.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub account: AccountEntry,
+    /// Meshes of the account this device enrolled into with new member keys.
+    pub enrolled: Vec<MeshEntry>,
+    /// Meshes it could not enrol into, with the reason.
+    pub enrol_failures: Vec<(String, String)>,
+}
+
+/// Keeps a freshly issued token and enrols this device into the account's meshes.
+pub async fn finish_sign_in(
+    config_dir: &ConfigDir,
+    keystore: &Arc<dyn KeyStore>,
+    broker_url: &str,
+    token: TokenResponse,
+    display_name: &str,
+) -> Result<SignedIn, AccountError> {
+    let secret = Zeroizing::new(token.access_token.clone());
+    {
+        let (store, secret) = (keystore.clone(), secret.clone());
+        blocking(move || store.set(TOKEN_KEY, &secret)).await?;
+    }
+    let account = AccountEntry {
+        broker_url: broker_url.trim_end_matches('/').to_owned(),
+        account_id: token.account.id.clone(),
+        account_name: token.account.name.clone(),
+        email: token.account.email.clone(),
+        device_id: token.device_id.clone(),
+        signed_in_at: protocol::now_ms(),
+    };
+    let mut config = config_dir.load()?;
+    config.account = Some(account.clone());
+    config_dir.save(&config)?;
+    let api = Api::new(broker_url, secret);
+    let (enrolled, enrol_failures) = enrol_all(config_dir, keystore, &api, display_name).await?;
+    Ok(SignedIn { account, enrolled, enrol_failures })
+}
+
+/// Registers a member key of this device in every mesh of the account it has none in yet.
+pub async fn enrol_all(
+    config_dir: &ConfigDir,
+    keystore: &Arc<dyn KeyStore>,
+    api: &Api,
+    display_name: &str,
+) -> Result<(Vec<MeshEntry>, Vec<(String, String)>), AccountError> {
+    let meshes = api.meshes().await?;
+    let joined: Vec<String> = config_dir.load()?.meshes.into_iter().map(|m| m.mesh_id).collect();
+    let mut enrolled = Vec::new();
+    let mut failures = Vec::new();
+    for mesh in meshes.into_iter().filter(|m| !m.archived && !joined.contains(&m.id)) {
+        match enrol(config_dir, keystore, api, &mesh, display_name).await {
+            Ok(entry) => enrolled.push(entry),
+            Err(error) => failures.push((mesh.slug.clone(), error.to_string())),
+        }
+    }
+    Ok((enrolled, failures))
+}
+
+async fn enrol(
+    config_dir: &ConfigDir,
+    keystore: &Arc<dyn KeyStore>,
+    api: &Api,
+    mesh: &MeshView,
+    display_name: &str,
+) -> Result<MeshEntry, AccountError> {
+    let key = Keypair::generate();
+    let pubkey = key.public_hex();
+    let key_name = key_account(&mesh.id, &pubkey);
+    store_key(keystore, &key_name, &key).await?;
+    let answer: Result<EnrolResponse, _> = api
+        .call(
+            Method::POST,
+            &format!("/v1/meshes/{}/enrol", mesh.id),
+            Some(json!({"pubkey": pubkey, "displayName": display_name})),
+        )
+        .await;
+    let enrolled = match answer {
+        Ok(enrolled) => enrolled,
+        Err(error) => {
+            forget_key(keystore, &key_name).await;
+            return Err(error);
+        }
+    };
+    let entry = MeshEntry {
+        mesh_id: mesh.id.clone(),
+        slug: mesh.slug.clone(),
+        name: mesh.name.clone(),
+        broker_url: api.broker_url.clone(),
+        member_id: enrolled.member_id,
+        member_pubkey: pubkey,
+        display_name: display_name.to_owned(),
+        role: enrolled.role.as_str().to_owned(),
+        joined_at: protocol::now_ms(),
+        device_linked: true,
+    };
+    save_mesh(config_dir, &entry)?;
+    Ok(entry)
+}
+
+async fn store_key(keystore: &Arc<dyn KeyStore>, name: &str, key: &Keypair) -> Result<(), KeyStoreError> {
+    let (store, name, seed) = (keystore.clone(), name.to_owned(), key.seed_hex());
+    blocking(move || store.set(&name, &seed)).await
+}
+
+async fn forget_key(keystore: &Arc<dyn KeyStore>, name: &str) {
+    let (store, name) = (keystore.clone(), name.to_owned());
+    if let Err(error) = blocking(move || store.delete(&name)).await {
+        tracing::warn!(%error, "could not delete an unused member key");
+    }
+}
+
+fn save_mesh(config_dir: &ConfigDir, entry: &MeshEntry) -> Result<(), AccountError> {
+    let mut config = config_dir.load()?;
+    config.meshes.retain(|m| m.mesh_id != entry.mesh_id);
+    config.meshes.push(entry.clone());
+    config_dir.save(&config)?;
+    Ok(())
+}
+
+/// What signing out did.
+#[derive(Debug, Clone)]
+pub struct SignedOut {
+    pub account: AccountEntry,
+    /// Meshes forgotten because their member key was this device's sign-in's.
+    pub forgotten: Vec<String>,
+}
+
+/// Revokes this device's token at the broker (and with it the member keys it holds), then
+/// forgets the token and those meshes here.
+pub async fn sign_out(config_dir: &ConfigDir, keystore: &Arc<dyn KeyStore>) -> Result<SignedOut, AccountError> {
+    let (api, account) = api(config_dir, keystore).await?;
+    match api.logout().await {
+        // Already revoked elsewhere: signing out locally is all that is left.
+        Ok(()) | Err(AccountError::SignInInvalid(_)) => {}
+        Err(error) => return Err(error),
+    }
+    let mut config = config_dir.load()?;
+    let (gone, kept): (Vec<MeshEntry>, Vec<MeshEntry>) = config
+        .meshes
+        .into_iter()
+        .partition(|m| m.device_linked && crate::join::same_broker(&m.broker_url, &account.broker_url));
+    config.meshes = kept;
+    config.account = None;
+    config_dir.save(&config)?;
+    for entry in &gone {
+        forget_key(keystore, &entry.key_account()).await;
+    }
+    let store = keystore.clone();
+    blocking(move || store.delete(TOKEN_KEY)).await?;
+    Ok(SignedOut { account, forgotten: gone.into_iter().map(|m| m.slug).collect() })
+}
+
+/// Creates a mesh on the account's broker with a new admin member key of this device.
+pub async fn create_mesh(
+    config_dir: &ConfigDir,
+    keystore: &Arc<dyn KeyStore>,
+    api: &Api,
+    name: &str,
+    display_name: &str,
+) -> Result<MeshEntry, AccountError> {
+    if name.trim().is_empty() {
+        return Err(AccountError::Invalid("the mesh needs a name".into()));
+    }
+    let key = Keypair::generate();
+    let pubkey = key.public_hex();
+    // Stored under a name that does not know the mesh id yet, then moved once it exists.
+    let pending = format!("pending:{pubkey}");
+    store_key(keystore, &pending, &key).await?;
+    let created: Result<CreateMeshResponse, _> = api
+        .call(Method::POST, "/v1/meshes", Some(json!({"name": name, "pubkey": pubkey, "displayName": display_name})))
+        .await;
+    let created = match created {
+        Ok(created) => created,
+        Err(error) => {
+            forget_key(keystore, &pending).await;
+            return Err(error);
+        }
+    };
+    store_key(keystore, &key_account(&created.id, &pubkey), &key).await?;
+    forget_key(keystore, &pending).await;
+    let entry = MeshEntry {
+        mesh_id: created.id,
+        slug: created.slug,
+        name: created.name,
+        broker_url: api.broker_url.clone(),
+        member_id: created.member_id,
+        member_pubkey: pubkey,
+        display_name: display_name.to_owned(),
+        role: Role::Admin.as_str().to_owned(),
+        joined_at: protocol::now_ms(),
+        device_linked: true,
+    };
+    save_mesh(config_dir, &entry)?;
+    Ok(entry)
+}
+
+/// What to put in an invite.
+#[derive(Debug, Clone)]
+pub struct InviteOptions {
+    pub role: Role,
+    pub max_uses: u32,
+    pub expires_in: Duration,
+    /// Email the link there (when the broker can send email).
+    pub email: Option<String>,
+}
+
+/// Signs an invite with this device's admin member key for `mesh` and registers it.
+pub async fn create_invite(
+    keystore: &Arc<dyn KeyStore>,
+    api: &Api,
+    mesh: &MeshEntry,
+    options: &InviteOptions,
+) -> Result<CreateInviteResponse, AccountError> {
+    if mesh.role != Role::Admin.as_str() {
+        return Err(AccountError::Invalid(format!(
+            "only admins can invite to {}; this device is a {}",
+            mesh.slug, mesh.role
+        )));
+    }
+    if options.max_uses == 0 {
+        return Err(AccountError::Invalid("an invite needs at least one use".into()));
+    }
+    let store = keystore.clone();
+    let name = mesh.key_account();
+    let seed = blocking(move || store.get(&name)).await?.ok_or_else(|| {
+        AccountError::Invalid(format!("this device has no member key for {} in its keystore", mesh.slug))
+    })?;
+    let key = Keypair::from_secret_hex(&seed).map_err(|e| AccountError::Invalid(format!("stored member key: {e}")))?;
+    let invite = Invite::sign(
+        InviteTerms {
+            mesh_id: mesh.mesh_id.clone(),
+            mesh_slug: mesh.slug.clone(),
+            mesh_name: mesh.name.clone(),
+            broker_url: mesh.broker_url.clone(),
+            invite_id: broker_core::ids::new_id("inv"),
+            role: options.role,
+            max_uses: options.max_uses,
+            expires_at: protocol::now_ms() / 1000 + options.expires_in.as_secs().max(1),
+        },
+        &key,
+    );
+    api.call(
+        Method::POST,
+        &format!("/v1/meshes/{}/invites", mesh.mesh_id),
+        Some(json!({"invite": invite.to_token(), "email": options.email})),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_device_describes_itself() {
+        let device = this_device();
+        assert!(!device.hostname.is_empty());
+        assert_eq!(device.platform, std::env::consts::OS);
+        assert_eq!(device.app_version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn broker_refusals_keep_their_code_and_401_means_sign_in_again() {
+        let refused = decode::<serde_json::Value>(403, br#"{"ok":false,"error":"forbidden","message":"only admins"}"#);
+        assert!(matches!(&refused, Err(AccountError::Refused { code, .. }) if code == "forbidden"));
+        let expired = decode::<serde_json::Value>(401, br#"{"ok":false,"error":"token_expired","message":"sign in"}"#);
+        assert!(matches!(expired, Err(AccountError::SignInInvalid(_))));
+        assert!(decode::<serde_json::Value>(200, b"{}").is_ok());
+    }
+}

@@ -1,0 +1,177 @@
+//! The account commands across real processes: device login approved by the operator (first
+//! device) and by a signed-in CLI (second), a pasted one-time login token, enrolment into the
+//! account's meshes, invites, grants, device revocation and logout.
+
+use anyhow::{Context as _, Result, bail};
+use claudemesh_e2e::{Broker, Device};
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, Output, Stdio};
+
+fn json_of(output: &Output) -> Value {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("one JSON object on stdout")
+}
+
+fn run(device: &Device, args: &[&str]) -> Output {
+    device.command().args(args).output().expect("claudemesh runs")
+}
+
+/// A `claudemesh login` in progress, and the user code it shows.
+struct Login {
+    child: Child,
+    code: String,
+}
+
+fn is_user_code(text: &str) -> bool {
+    let consonants = |part: &str| part.len() == 4 && part.bytes().all(|b| b"BCDFGHJKLMNPQRSTVWXZ".contains(&b));
+    text.split_once('-').is_some_and(|(a, b)| consonants(a) && consonants(b))
+}
+
+fn start_login(device: &Device, broker: &Broker, name: &str) -> Result<Login> {
+    let mut child = device
+        .command()
+        .args(["login", "--broker", &broker.url(), "--name", name, "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let code = loop {
+        let line = lines.next().context("login ended before showing a code")??;
+        if is_user_code(line.trim()) {
+            break line.trim().to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(Login { child, code })
+}
+
+fn finish(login: Login) -> Result<Value> {
+    let output = login.child.wait_with_output()?;
+    if !output.status.success() {
+        bail!("login failed with {:?}", output.status.code());
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_sign_in_with_approval_enrol_and_are_revoked() -> Result<()> {
+    let broker = Broker::start().await?;
+    broker.operator(&["account", "create", "--name", "alice"])?;
+    let (laptop, server, ssh_box, carol) = (Device::new()?, Device::new()?, Device::new()?, Device::new()?);
+
+    // The account's first device: approved by the operator on the broker host.
+    let login = start_login(&laptop, &broker, "alice-laptop")?;
+    let approved = broker.operator(&["device", "approve", &login.code, "--account", "alice"])?;
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(approved["platform"], std::env::consts::OS);
+    let signed_in = finish(login)?;
+    assert_eq!(signed_in["account"], "alice");
+    assert_eq!(signed_in["enrolled"], Value::Array(vec![]));
+
+    // A mesh of the account, and an invite signed on this device.
+    let created = json_of(&run(&laptop, &["create", "team", "--as", "alice", "--json"]));
+    assert_eq!(created["role"], "admin");
+    let invite = json_of(&run(&laptop, &["invite", "--mesh", "team", "--max-uses", "1", "--json"]));
+    let link = invite["link"].as_str().context("link")?;
+    assert_eq!(invite["emailed"], false);
+
+    // A second device, approved from the laptop's CLI after it showed which device asks; it
+    // enrols into the account's mesh with its own member key.
+    let login = start_login(&server, &broker, "alice-server")?;
+    let shown = run(&laptop, &["device", "approve", &login.code, "--yes", "--json"]);
+    let shown = json_of(&shown);
+    assert_eq!(shown["status"], "approved");
+    assert!(shown["hostname"].as_str().is_some_and(|h| !h.is_empty()));
+    let server_in = finish(login)?;
+    assert_eq!(server_in["enrolled"], serde_json::json!(["team"]));
+    let server_meshes = json_of(&run(&server, &["meshes", "--json"]));
+    assert_eq!(server_meshes["meshes"][0]["mesh"], "team", "{server_meshes}");
+
+    // A third device over SSH: nobody approves a code, a pasted one-time token signs it in.
+    let mut login = start_login(&ssh_box, &broker, "alice-ssh")?;
+    let token = json_of(&run(&laptop, &["device", "token", "--json"]));
+    let token = token["loginToken"].as_str().context("login token")?;
+    writeln!(login.child.stdin.as_mut().context("stdin")?, "{token}")?;
+    let ssh_in = finish(login)?;
+    assert_eq!(ssh_in["account"], "alice");
+
+    let devices = json_of(&run(&laptop, &["devices", "--json"]));
+    let devices = devices["devices"].as_array().context("devices")?;
+    assert_eq!(devices.len(), 3);
+    let server_id = devices
+        .iter()
+        .find(|d| d["id"] == server_in["deviceId"])
+        .and_then(|d| d["id"].as_str())
+        .context("server listed")?
+        .to_owned();
+
+    // Someone else joins with the invite; alice blocks and unblocks her.
+    let carol_joined = carol.join(link, "carol")?;
+    let carol_key = carol_joined["memberPubkey"].as_str().context("key")?.to_owned();
+    let alice_member = json_of(&run(&laptop, &["meshes", "--json"]));
+    let alice_pubkey = alice_member["meshes"][0]["memberPubkey"].as_str().context("alice key")?.to_owned();
+    let blocked = json_of(&run(&laptop, &["block", &carol_key, "--mesh", "team", "--json"]));
+    assert_eq!(blocked["caps"], serde_json::json!([]));
+    let refused = run(&carol, &["send", &alice_pubkey, "hello?"]);
+    assert_eq!(refused.status.code(), Some(5), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("blocked"));
+    let unblocked = json_of(&run(&laptop, &["unblock", &carol_key, "--mesh", "team", "--json"]));
+    assert_eq!(unblocked["default"], true);
+    let sent = run(&carol, &["send", &alice_pubkey, "hello again"]);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+
+    // Revoking the server device: its member key stops working at once.
+    json_of(&run(&laptop, &["devices", "--revoke", &server_id, "--json"]));
+    let cut = run(&server, &["peers", "--mesh", "team"]);
+    assert_eq!(cut.status.code(), Some(5), "{}", String::from_utf8_lossy(&cut.stderr));
+    assert_eq!(run(&server, &["devices"]).status.code(), Some(5), "its token is refused too");
+
+    // Logging out revokes the SSH box's own token.
+    let out = json_of(&run(&ssh_box, &["logout", "--json"]));
+    assert_eq!(out["account"], "alice");
+    assert_eq!(run(&ssh_box, &["devices"]).status.code(), Some(5), "not signed in any more");
+    let left = json_of(&run(&laptop, &["devices", "--json"]));
+    let revoked = left["devices"].as_array().context("devices")?.iter().filter(|d| d["revoked"] == true).count();
+    assert_eq!(revoked, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_login_fails_and_wrong_codes_are_refused() -> Result<()> {
+    let broker = Broker::start().await?;
+    broker.operator(&["account", "create", "--name", "bob"])?;
+    let (laptop, stranger) = (Device::new()?, Device::new()?);
+    let login = start_login(&laptop, &broker, "bob")?;
+    broker.operator(&["device", "approve", &login.code, "--account", "bob"])?;
+    finish(login)?;
+
+    let login = start_login(&stranger, &broker, "intruder")?;
+    let denied = json_of(&run(&laptop, &["device", "deny", &login.code, "--json"]));
+    assert_eq!(denied["status"], "denied");
+    let output = login.child.wait_with_output()?;
+    assert_eq!(output.status.code(), Some(5), "a denied sign-in fails");
+
+    let wrong = run(&laptop, &["device", "approve", "BBBB-BBBB", "--yes"]);
+    assert_eq!(wrong.status.code(), Some(3));
+    let malformed = run(&laptop, &["device", "approve", "hello", "--yes"]);
+    assert_eq!(malformed.status.code(), Some(2));
+    // Without --yes, approving needs a "y" on stdin.
+    let login = start_login(&stranger, &broker, "again")?;
+    let mut approve = laptop
+        .command()
+        .args(["device", "approve", &login.code])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    writeln!(approve.stdin.as_mut().context("stdin")?, "n")?;
+    let answered = approve.wait_with_output()?;
+    assert_eq!(answered.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&answered.stderr).contains("Approve this device?"));
+    let mut login = login;
+    login.child.kill()?;
+    Ok(())
+}
