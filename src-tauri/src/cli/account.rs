@@ -84,16 +84,16 @@ pub async fn login(broker: Option<String>, name: Option<String>, json_output: bo
         .or_else(|| std::env::var(BROKER_URL_ENV).ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| DEFAULT_BROKER_URL.to_owned());
     let broker_url = broker_url.trim_end_matches('/').to_owned();
-    if let Some(existing) = &config.account {
-        if account::device_token(&keystore).await?.is_some() {
-            return Err(Failure::new(
-                Exit::AlreadyExists,
-                format!(
-                    "already signed in as {} on {}; run `claudemesh logout` first to sign in again",
-                    existing.account_name, existing.broker_url
-                ),
-            ));
-        }
+    if let Some(existing) = &config.account
+        && account::device_token(&keystore).await?.is_some()
+    {
+        return Err(Failure::new(
+            Exit::AlreadyExists,
+            format!(
+                "already signed in as {} on {}; run `claudemesh logout` first to sign in again",
+                existing.account_name, existing.broker_url
+            ),
+        ));
     }
     let code = account::request_device_code(&broker_url).await.map_err(account_failure)?;
     let device = account::this_device();
