@@ -14,8 +14,8 @@ use crate::invite::{Invite, InviteTerms};
 use crate::protocol::account::normalize_user_code;
 use crate::protocol::{self, Role};
 use crate::store::{
-    AccountRecord, DeviceCodeRecord, Durability, InviteRecord, MemberRecord, MeshRecord, NewMember, SqliteStore, Store,
-    StoreError,
+    AccountRecord, DeviceCodeRecord, DeviceInfo, DeviceRecord, Durability, InviteRecord, MemberRecord, MeshRecord,
+    NewMember, SqliteStore, Store, StoreError,
 };
 
 /// The database file inside a data directory.
@@ -236,6 +236,26 @@ impl Operator {
     }
 }
 
+/// Signs a device in to `account_name` directly, without a device code: how the desktop app's
+/// embedded local broker makes the person at the machine its owner. Creates the account when it
+/// does not exist. Returns the bearer token (the store keeps only its hash).
+pub fn sign_in_locally(
+    store: &dyn Store,
+    account_name: &str,
+    device: &DeviceInfo,
+    token_ttl: Duration,
+) -> OperatorResult<(AccountRecord, DeviceRecord, String)> {
+    let now = protocol::now_ms();
+    let account = match store.account(account_name)? {
+        Some(account) => account,
+        None => store.create_account(account_name, None, now)?,
+    };
+    let token = crate::server::auth::new_token();
+    let hash = crate::server::auth::token_hash(&token);
+    let device = store.create_device(&account.id, device, &hash, now + token_ttl.as_millis() as u64, now)?;
+    Ok((account, device, token))
+}
+
 /// Writes `contents` to a new file only its owner can read (directories created 0700).
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -331,6 +351,20 @@ mod tests {
             Err(OperatorError::Invalid(_))
         ));
         assert_eq!(operator.members("demo").expect("members").1.len(), before);
+    }
+
+    #[test]
+    fn a_local_sign_in_makes_a_working_token_for_a_new_or_existing_account() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let operator = Operator::open(dir.path()).expect("opens");
+        let store = operator.store().as_ref();
+        let info = DeviceInfo { hostname: "laptop".into(), ..DeviceInfo::default() };
+        let (account, device, token) = sign_in_locally(store, "me", &info, Duration::from_secs(60)).expect("signs in");
+        let (found, owner) =
+            store.device_by_token(&crate::server::auth::token_hash(&token)).expect("reads").expect("device");
+        assert_eq!((found.id, owner.id), (device.id, account.id.clone()));
+        let (again, _, _) = sign_in_locally(store, "me", &info, Duration::from_secs(60)).expect("signs in again");
+        assert_eq!(again.id, account.id, "the same account");
     }
 
     #[test]

@@ -734,3 +734,31 @@ async fn a_pasted_login_token_signs_in_another_device_once() {
     let (status, again) = api(broker.addr, "POST", "/v1/device/token", None, Some(redeem)).await;
     assert_eq!((status, again["error"].as_str()), (400, Some("invalid_grant")), "one time only");
 }
+
+#[tokio::test]
+async fn devices_of_an_account_see_logins_that_named_it() {
+    let broker = TestBroker::start_with(quick_polls()).await;
+    let laptop = first_device(&broker, "alice").await;
+    let bob = first_device(&broker, "bob").await;
+    let (status, body) =
+        api(broker.addr, "POST", "/v1/device/code", None, Some(json!({"hostname": "new-box", "account": "alice"})))
+            .await;
+    assert_eq!(status, 200);
+    let code = body["user_code"].as_str().expect("code").to_owned();
+    let _unnamed = start_login(&broker, "anonymous").await;
+
+    let (status, pending) = api(broker.addr, "GET", "/v1/device/pending", Some(&laptop), None).await;
+    assert_eq!(status, 200);
+    let pending = pending["pending"].as_array().expect("pending").clone();
+    assert_eq!(pending.len(), 1, "only the login that named alice: {pending:?}");
+    assert_eq!(pending[0]["userCode"], code);
+    assert_eq!(pending[0]["hostname"], "new-box");
+    let (_, others) = api(broker.addr, "GET", "/v1/device/pending", Some(&bob), None).await;
+    assert_eq!(others["pending"], json!([]), "bob sees nothing of alice's");
+    assert_eq!(api(broker.addr, "GET", "/v1/device/pending", None, None).await.0, 401);
+
+    // Once decided it is no longer pending.
+    api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": code}))).await;
+    let (_, after) = api(broker.addr, "GET", "/v1/device/pending", Some(&laptop), None).await;
+    assert_eq!(after["pending"], json!([]));
+}

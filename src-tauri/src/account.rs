@@ -56,6 +56,7 @@ pub fn this_device() -> DeviceCodeRequest {
         platform: std::env::consts::OS.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
         app_version: env!("CARGO_PKG_VERSION").to_owned(),
+        account: None,
     }
 }
 
@@ -125,6 +126,15 @@ impl Api {
         self.call(Method::POST, path, Some(json!({"userCode": user_code}))).await
     }
 
+    /// Device logins waiting for approval that named this account.
+    pub async fn pending_devices(&self) -> Result<Vec<PendingDevice>, AccountError> {
+        #[derive(serde::Deserialize)]
+        struct Pending {
+            pending: Vec<PendingDevice>,
+        }
+        Ok(self.call::<Pending>(Method::GET, "/v1/device/pending", None).await?.pending)
+    }
+
     /// A one-time token another device can paste into `claudemesh login` to join this account.
     pub async fn login_token(&self) -> Result<LoginTokenResponse, AccountError> {
         self.call(Method::POST, "/v1/device/login-token", None).await
@@ -143,9 +153,11 @@ impl Api {
     }
 }
 
-/// Starts a device login on `broker_url`.
-pub async fn request_device_code(broker_url: &str) -> Result<DeviceCodeResponse, AccountError> {
-    let body = serde_json::to_value(this_device()).expect("device info serializes");
+/// Starts a device login on `broker_url`; naming the `account` lets its signed-in devices see
+/// (and be notified of) the request.
+pub async fn request_device_code(broker_url: &str, account: Option<&str>) -> Result<DeviceCodeResponse, AccountError> {
+    let request = DeviceCodeRequest { account: account.map(str::to_owned), ..this_device() };
+    let body = serde_json::to_value(request).expect("device info serializes");
     let (status, bytes) = http::request(Method::POST, broker_url, "/v1/device/code", None, Some(&body)).await?;
     decode(status, &bytes)
 }

@@ -139,6 +139,9 @@ enum Command {
         /// The broker's URL (default: the last one, $CLAUDEMESH_BROKER_URL, or http://127.0.0.1:7900).
         #[arg(long)]
         broker: Option<String>,
+        /// The account to join: its signed-in devices then show (and notify about) this request.
+        #[arg(long)]
+        account: Option<String>,
         /// The name peers see for the meshes this device enrols into (default: user@host).
         #[arg(long)]
         name: Option<String>,
@@ -250,6 +253,11 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List device logins waiting for approval that named this account (`login --account`).
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a one-time login token to paste into `claudemesh login` on another device.
     Token {
         #[arg(long)]
@@ -354,7 +362,7 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Uninstall { json } => cli::uninstall(json),
         Command::Mcp { name } => Ok(mcp::run(mcp::McpOptions { display_name: name }).await?),
         Command::Hook { .. } => Ok(()),
-        Command::Login { broker, name, json } => cli::account::login(broker, name, json).await,
+        Command::Login { broker, account, name, json } => cli::account::login(broker, account, name, json).await,
         Command::Logout { json } => cli::account::logout(json).await,
         Command::Devices { revoke, json } => cli::account::devices(revoke, json).await,
         Command::Device(DeviceCommand::Approve { code, yes, json }) => {
@@ -362,6 +370,7 @@ async fn run(command: Command) -> cli::CliResult {
         }
         Command::Device(DeviceCommand::Deny { code, json }) => cli::account::decide(code, false, true, json).await,
         Command::Device(DeviceCommand::Token { json }) => cli::account::login_token(json).await,
+        Command::Device(DeviceCommand::Pending { json }) => cli::account::pending(json).await,
         Command::Create { name, display_name, json } => cli::account::create(name, display_name, json).await,
         Command::Invite { mesh, role, max_uses, expires_in, email, json } => {
             let args = cli::account::InviteArgs { mesh, role, max_uses, expires_in, email };

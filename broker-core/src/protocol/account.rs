@@ -47,6 +47,10 @@ pub struct DeviceCodeRequest {
     pub arch: String,
     #[serde(default, alias = "appVersion")]
     pub app_version: String,
+    /// Ours: the account (name) the device wants to join; its signed-in devices then see the
+    /// request in `GET /v1/device/pending` (and can notify). Approving still takes a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

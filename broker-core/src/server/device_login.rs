@@ -133,6 +133,7 @@ pub(super) async fn request_code(
             device_code_hash: token_hash(&device_code),
             user_code: new_user_code(),
             info: info.clone(),
+            account_hint: request.account.as_ref().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()),
             created_at: now,
             expires_at: now + ttl.as_millis() as u64,
             interval_ms: interval.as_millis() as u64,
@@ -312,6 +313,17 @@ async fn find_code_for_approver(
         ));
     }
     Ok(record)
+}
+
+/// Device logins waiting for approval that named this account, for signed-in devices to show
+/// (and notify about). Listing them does not count as an attempt on any code.
+pub(super) async fn list_pending(
+    State(broker): State<Broker>,
+    auth: Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let account = auth.account.clone();
+    let pending = broker.blocking(move |store| store.pending_device_codes(&account, protocol::now_ms())).await?;
+    Ok(Json(json!({"pending": pending.iter().map(pending_view).collect::<Vec<_>>()})))
 }
 
 pub(super) async fn show_pending(

@@ -131,6 +131,7 @@ pub fn app(broker: Broker) -> axum::Router {
         .route("/device", get(device_login::verification_page))
         .route("/v1/device/code", post(device_login::request_code))
         .route("/v1/device/token", post(device_login::poll_token))
+        .route("/v1/device/pending", get(device_login::list_pending))
         .route("/v1/device/requests/{user_code}", get(device_login::show_pending))
         .route("/v1/device/approve", post(device_login::approve))
         .route("/v1/device/deny", post(device_login::deny))

@@ -178,6 +178,8 @@ pub struct NewDeviceCode {
     pub device_code_hash: String,
     pub user_code: String,
     pub info: DeviceInfo,
+    /// The account (name or id) the device says it wants to join.
+    pub account_hint: Option<String>,
     pub created_at: u64,
     pub expires_at: u64,
     pub interval_ms: u64,
@@ -469,6 +471,8 @@ pub trait Store: Send + Sync + 'static {
 
     fn create_device_code(&self, code: &NewDeviceCode) -> StoreResult<()>;
     fn device_code(&self, user_code: &str) -> StoreResult<Option<DeviceCodeRecord>>;
+    /// Pending, unexpired device logins that named `account` (its id or name) as the one they want.
+    fn pending_device_codes(&self, account: &AccountRecord, now_ms: u64) -> StoreResult<Vec<DeviceCodeRecord>>;
     /// Counts one lookup or decision on a code; past `max`, the code is denied for good.
     fn count_device_code_attempt(&self, user_code: &str, max: u32) -> StoreResult<DeviceCodeRecord>;
     /// Approves (for `account_id`) or denies a pending code, by the signed-in device `decided_by`.

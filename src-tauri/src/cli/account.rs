@@ -75,7 +75,12 @@ fn pasted_lines() -> tokio::sync::mpsc::Receiver<String> {
     receiver
 }
 
-pub async fn login(broker: Option<String>, name: Option<String>, json_output: bool) -> CliResult {
+pub async fn login(
+    broker: Option<String>,
+    account_name: Option<String>,
+    name: Option<String>,
+    json_output: bool,
+) -> CliResult {
     let config_dir = ConfigDir::from_env()?;
     let keystore = keystore(&config_dir).await?;
     let config = config_dir.load()?;
@@ -95,7 +100,7 @@ pub async fn login(broker: Option<String>, name: Option<String>, json_output: bo
             ),
         ));
     }
-    let code = account::request_device_code(&broker_url).await.map_err(account_failure)?;
+    let code = account::request_device_code(&broker_url, account_name.as_deref()).await.map_err(account_failure)?;
     let device = account::this_device();
     let mut err = std::io::stderr();
     let _ = writeln!(
@@ -298,6 +303,22 @@ pub async fn decide(code: String, approve: bool, yes: bool, json_output: bool) -
         print_json(serde_json::to_value(&decided).expect("serializes"));
     } else {
         println!("{} {}", if approve { "approved" } else { "denied" }, describe(&decided));
+    }
+    Ok(())
+}
+
+pub async fn pending(json_output: bool) -> CliResult {
+    let (_, _, api) = signed_in().await?;
+    let pending = api.pending_devices().await.map_err(account_failure)?;
+    if json_output {
+        print_json(json!({"pending": pending}));
+    } else if pending.is_empty() {
+        println!("no device is waiting for approval (devices that name the account with `login --account` show here)");
+    } else {
+        for request in &pending {
+            println!("{}", describe(request));
+        }
+        println!("approve one with `claudemesh device approve CODE`");
     }
     Ok(())
 }

@@ -43,8 +43,12 @@ CREATE TABLE device_codes (
     account_id       TEXT REFERENCES accounts (id),
     decided_by       TEXT,
     decided_at       INTEGER,
-    attempts         INTEGER NOT NULL DEFAULT 0
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    -- The account the device says it wants to join (name or id), so that account's signed-in
+    -- devices can list the request; approval still needs an explicit decision.
+    account_hint     TEXT
 );
+CREATE INDEX device_codes_hint ON device_codes (account_hint) WHERE account_hint IS NOT NULL;
 
 ALTER TABLE meshes ADD COLUMN owner_account_id TEXT REFERENCES accounts (id);
 ALTER TABLE members ADD COLUMN account_id TEXT REFERENCES accounts (id);

@@ -272,8 +272,8 @@ pub(super) fn create_device_code(conn: &Connection, code: &NewDeviceCode) -> Sto
     conn.execute("DELETE FROM device_codes WHERE expires_at < ?1", [code.created_at as i64]).map_err(db_error)?;
     conn.execute(
         "INSERT INTO device_codes (device_code_hash, user_code, hostname, platform, arch, app_version, ip, created_at,
-                                   expires_at, interval_ms, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending')",
+                                   expires_at, interval_ms, status, account_hint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11)",
         params![
             code.device_code_hash,
             code.user_code,
@@ -284,7 +284,8 @@ pub(super) fn create_device_code(conn: &Connection, code: &NewDeviceCode) -> Sto
             code.info.ip,
             code.created_at as i64,
             code.expires_at as i64,
-            code.interval_ms as i64
+            code.interval_ms as i64,
+            code.account_hint
         ],
     )
     .map_err(|e| match e {
@@ -299,6 +300,20 @@ pub(super) fn create_device_code(conn: &Connection, code: &NewDeviceCode) -> Sto
 pub(super) fn device_code(conn: &Connection, user_code: &str) -> rusqlite::Result<Option<DeviceCodeRecord>> {
     conn.query_row(&format!("SELECT {CODE_COLUMNS} FROM device_codes WHERE user_code = ?1"), [user_code], code_from_row)
         .optional()
+}
+
+pub(super) fn pending_device_codes(
+    conn: &Connection,
+    account: &AccountRecord,
+    now_ms: u64,
+) -> rusqlite::Result<Vec<DeviceCodeRecord>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {CODE_COLUMNS} FROM device_codes
+         WHERE account_hint IN (?1, ?2) AND status = 'pending' AND kind = 'device_code' AND expires_at > ?3
+         ORDER BY created_at"
+    ))?;
+    let rows = stmt.query_map(params![account.id, account.name, now_ms as i64], code_from_row)?.collect();
+    rows
 }
 
 fn require_code(conn: &Connection, user_code: &str) -> StoreResult<DeviceCodeRecord> {

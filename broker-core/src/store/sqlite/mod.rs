@@ -684,6 +684,10 @@ impl Store for SqliteStore {
         self.read(|conn| accounts::device_code(conn, user_code))
     }
 
+    fn pending_device_codes(&self, account: &AccountRecord, now_ms: u64) -> StoreResult<Vec<DeviceCodeRecord>> {
+        self.read(|conn| accounts::pending_device_codes(conn, account, now_ms))
+    }
+
     fn count_device_code_attempt(&self, user_code: &str, max: u32) -> StoreResult<DeviceCodeRecord> {
         let user_code = user_code.to_owned();
         self.call(move |conn| accounts::count_device_code_attempt(conn, &user_code, max))
