@@ -299,3 +299,24 @@ async fn a_new_member_added_by_another_process_is_reachable_at_once() {
     let mut carol = broker.connect(&mesh, &carol, "carol").await;
     assert_eq!(carol.message().await.text().as_deref(), Some("welcome"));
 }
+
+#[tokio::test]
+async fn a_member_that_leaves_is_refused_afterwards() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let bob = broker.connect(&mesh, &members[1], "bob").await;
+    let member_id = bob.client.leave_mesh().await.expect("leaves");
+    assert_eq!(member_id, members[1].record.id);
+    match alice.client.send(&members[1].key.public_hex(), b"still there?", Priority::Next).await {
+        Err(ClientError::Rejected { reason, .. }) => assert_eq!(reason, Some(SendRejection::UnknownRecipient)),
+        other => panic!("expected unknown_recipient, got {other:?}"),
+    }
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(signed_hello(&mesh, &members[1], protocol::now_ms()))).await;
+    assert!(matches!(socket.next().await, Ok(ServerFrame::Error(e)) if e.code == protocol::ErrorCode::Unauthorized));
+    let (entries, _) =
+        broker_core::store::Store::audit_entries(broker.store.as_ref(), &mesh, Some("member_left"), 10, 0)
+            .expect("audit");
+    assert_eq!(entries.len(), 1);
+}

@@ -124,6 +124,12 @@ async fn devices_sign_in_with_approval_enrol_and_are_revoked() -> Result<()> {
     let sent = run(&carol, &["send", &alice_pubkey, "hello again"]);
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
 
+    // Carol leaves at the broker: her key is unknown there afterwards.
+    let left = json_of(&run(&carol, &["leave", "team", "--json"]));
+    assert_eq!(left["leftAtBroker"], true);
+    let gone = run(&laptop, &["send", &carol_key, "are you there?"]);
+    assert_eq!(gone.status.code(), Some(5), "{}", String::from_utf8_lossy(&gone.stderr));
+
     // Revoking the server device: its member key stops working at once.
     json_of(&run(&laptop, &["devices", "--revoke", &server_id, "--json"]));
     let cut = run(&server, &["peers", "--mesh", "team"]);

@@ -93,9 +93,10 @@ async fn commands_print_documented_json_and_exit_codes() -> Result<()> {
     assert_eq!(code(&down), 4, "{}", String::from_utf8_lossy(&down.stderr));
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the broker"));
 
-    // leave removes the mesh and its key.
+    // leave removes the mesh and its key, and says the broker could not be told.
     let left = json_of(&run(alice.command(), &["leave", mesh["slug"].as_str().expect("slug"), "--json"]));
     assert_eq!(left["keyRemoved"], true);
+    assert_eq!(left["leftAtBroker"], false);
     assert_eq!(std::fs::read_dir(alice.config.path().join("keys"))?.count(), 0);
     Ok(())
 }

@@ -430,6 +430,10 @@ impl Task {
                 let key = result.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
                 self.answer(key, frame);
             }
+            ServerFrame::Left(ref left) => {
+                let key = left.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
+                self.answer(key, frame);
+            }
             ServerFrame::Error(error) => {
                 if error.code == ErrorCode::Revoked {
                     return Some(Ended::Refused(error.code, error.message));

@@ -479,6 +479,18 @@ impl MeshClient {
         }
     }
 
+    /// Leaves the mesh for good at the broker: this member key is refused from then on and the
+    /// client stops.
+    pub async fn leave_mesh(&self) -> Result<String, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::LeaveMesh(protocol::LeaveMesh { req_id: Some(req_id.clone()) });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::Left(left) => Ok(left.member_id),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
     /// Tells the broker these messages are safely stored; it stops re-sending them.
     pub async fn acknowledge(&self, message_ids: Vec<String>) -> Result<(), ClientError> {
         if message_ids.is_empty() {

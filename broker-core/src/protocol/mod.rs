@@ -237,6 +237,8 @@ pub enum ClientFrame {
     AuditQuery(AuditQuery),
     /// Ours (admins): walk the mesh's audit chain.
     AuditVerify(AuditVerify),
+    /// Ours: this member leaves the mesh for good (its key is refused afterwards).
+    LeaveMesh(LeaveMesh),
 }
 
 impl ClientFrame {
@@ -257,6 +259,7 @@ impl ClientFrame {
             ClientFrame::GetGrants(_) => "get_grants",
             ClientFrame::AuditQuery(_) => "audit_query",
             ClientFrame::AuditVerify(_) => "audit_verify",
+            ClientFrame::LeaveMesh(_) => "leave_mesh",
         }
     }
 }
@@ -435,6 +438,12 @@ pub struct AuditVerify {
     pub req_id: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LeaveMesh {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Broker → client
 // ---------------------------------------------------------------------------------------------
@@ -452,6 +461,8 @@ pub enum ServerFrame {
     Grants(GrantsFrame),
     AuditResult(AuditResult),
     AuditVerifyResult(AuditVerifyResult),
+    /// Ours: the answer to `leave_mesh`; the member's sessions close after it.
+    Left(Left),
     Error(ErrorFrame),
 }
 
@@ -666,6 +677,14 @@ pub struct AuditVerifyResult {
     pub entries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken_at: Option<i64>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Left {
+    pub member_id: String,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

@@ -659,6 +659,40 @@ impl Router {
             }
             ClientFrame::AuditQuery(query) => self.audit_query(session, query).await,
             ClientFrame::AuditVerify(verify) => self.audit_verify(session, verify).await,
+            ClientFrame::LeaveMesh(leave) => self.leave_mesh(session, leave).await,
+        }
+    }
+
+    /// The member leaves for good: its key is refused from now on, and all its sessions end.
+    async fn leave_mesh(self: &Arc<Self>, session: &SessionHandle, leave: protocol::LeaveMesh) {
+        let member_id = session.member_id.clone();
+        let stored = self
+            .blocking(move |store| {
+                store.change_membership(
+                    &member_id,
+                    crate::store::MembershipAction::Leave,
+                    Some(&member_id),
+                    protocol::now_ms(),
+                )
+            })
+            .await;
+        match stored {
+            Ok(member) => {
+                let left = protocol::Left { member_id: member.id, req_id: leave.req_id };
+                self.reply(session, ServerFrame::Left(left));
+                if let Err(error) = self.reload_directory().await {
+                    tracing::error!(%error, "reloading the directory after a leave failed");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "storing a leave failed");
+                self.reply_error(
+                    session,
+                    ErrorCode::Internal,
+                    "the broker could not record the leave; retry",
+                    leave.req_id,
+                );
+            }
         }
     }
 

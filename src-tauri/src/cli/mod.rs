@@ -473,11 +473,14 @@ fn running_bridges(config_dir: &ConfigDir) -> Vec<u32> {
 
 pub async fn leave(mesh: String, json_output: bool) -> CliResult {
     let config_dir = ConfigDir::from_env()?;
-    let mut config = config_dir.load()?;
+    let config = config_dir.load()?;
     let entry = config.find(&mesh).cloned().ok_or_else(|| {
         let known: Vec<_> = config.meshes.iter().map(|m| m.slug.clone()).collect();
         Failure::new(Exit::NotFound, format!("no joined mesh is called {mesh:?}; joined meshes: {}", known.join(", ")))
     })?;
+    // Tell the broker first, so the member key is refused from now on.
+    let at_broker = leave_at_broker(&config_dir, &entry.slug).await;
+    let mut config = config_dir.load()?;
     config.meshes.retain(|m| m.mesh_id != entry.mesh_id);
     config_dir.save(&config)?;
     let account = entry.key_account();
@@ -488,10 +491,11 @@ pub async fn leave(mesh: String, json_output: bool) -> CliResult {
             .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?
     };
     if json_output {
-        print_json(json!({"left": entry.slug, "meshId": entry.mesh_id, "keyRemoved": removed_key.is_ok()}));
+        print_json(json!({"left": entry.slug, "meshId": entry.mesh_id, "keyRemoved": removed_key.is_ok(),
+                          "leftAtBroker": at_broker.is_ok()}));
     } else {
         println!(
-            "left {} ({}) on this device; its member key was {}",
+            "left {} ({}); its member key was {}",
             entry.name,
             entry.slug,
             match &removed_key {
@@ -499,11 +503,28 @@ pub async fn leave(mesh: String, json_output: bool) -> CliResult {
                 Err(e) => format!("not deleted ({})", e.message),
             }
         );
-        println!(
-            "the membership stays on the broker until an admin removes it; running bridges keep it until they restart"
-        );
+        match at_broker {
+            Ok(()) => println!("the broker removed the membership; running bridges lose it now"),
+            Err(reason) => println!(
+                "the broker could not be told ({reason}): the membership stays there until an admin removes it, but this device no longer has its key"
+            ),
+        }
     }
     Ok(())
+}
+
+/// Asks the broker to end this device's membership of `slug`.
+async fn leave_at_broker(config_dir: &ConfigDir, slug: &str) -> Result<(), String> {
+    let (supervisor, _incoming) = connect(config_dir, Some(slug)).await.map_err(|f| f.message)?;
+    let result = match supervisor.select(Some(slug)).map_err(|e| e.to_string())?.first() {
+        Some(link) if link.state() == LinkState::Connected => {
+            link.client.leave_mesh().await.map(|_| ()).map_err(|e| e.to_string())
+        }
+        Some(link) => Err(format!("not connected: {:?}", link.state())),
+        None => Err("no connection".to_owned()),
+    };
+    supervisor.shutdown().await;
+    result
 }
 
 pub fn install(json_output: bool) -> CliResult {
