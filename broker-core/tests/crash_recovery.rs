@@ -44,16 +44,18 @@ impl Drop for BrokerProcess {
     }
 }
 
-fn start_broker(data_dir: &Path, port: u16) -> BrokerProcess {
+/// Starts the broker with debug logs appended to `log` (checked for secrets afterwards).
+fn start_broker(data_dir: &Path, port: u16, log: &Path) -> BrokerProcess {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
     let child = Command::new(BROKER)
         .arg("--data-dir")
         .arg(data_dir)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("RATE_LIMIT_BURST", "100000")
         .env("RATE_LIMIT_PER_MINUTE", "6000000")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("broker starts");
     BrokerProcess(child)
@@ -78,6 +80,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
     let mesh = operator(data.path(), &["mesh", "create", "--name", "crash"]);
     let mesh_id = mesh["id"].as_str().expect("id").to_owned();
     let (alice_key, bob_key) = (Keypair::generate(), Keypair::generate());
+    let bob_seed = bob_key.seed_hex();
     let alice = operator(
         data.path(),
         &["member", "add", "--mesh", "crash", "--pubkey", &alice_key.public_hex(), "--name", "alice"],
@@ -90,7 +93,9 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut broker = start_broker(data.path(), port);
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("broker.log");
+    let mut broker = start_broker(data.path(), port, &log);
     wait_ready(port).await;
 
     let mut alice_config = ClientConfig::new(&url, &mesh_id, alice["memberId"].as_str().expect("id"), alice_key);
@@ -125,7 +130,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
         .collect();
     assert!(acknowledged.len() >= 10, "the broker acknowledged messages before the kill ({})", acknowledged.len());
 
-    let mut broker = start_broker(data.path(), port);
+    let mut broker = start_broker(data.path(), port, &log);
     wait_ready(port).await;
     let mut bob_config = ClientConfig::new(&url, &mesh_id, bob["memberId"].as_str().expect("id"), bob_key);
     bob_config.backoff.initial = Duration::from_millis(50);
@@ -175,4 +180,16 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
         assert!(!stored.contains(text.as_str()), "plaintext {text} found in the broker's files");
     }
     assert!(!stored.contains("secret-payload"), "no plaintext fragment in the broker's files");
+
+    // The broker's logs, at debug level, are JSON lines without any message content or secret.
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(log.lines().count() > 2, "the broker logged");
+    for line in log.lines() {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+        assert!(entry["level"].is_string() && entry["timestamp"].is_string(), "{line}");
+    }
+    assert!(!log.contains("secret-payload"), "no plaintext in the logs");
+    let seed = bob_seed.as_str();
+    assert!(!log.contains(seed), "no secret key in the logs");
 }

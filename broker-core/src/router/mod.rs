@@ -365,7 +365,10 @@ impl Router {
                 self.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
                 self.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
             }
-            Err(refusal) => self.metrics.connection_rejected(refusal.code),
+            Err(refusal) => {
+                tracing::info!(code = refusal.code.as_str(), "hello refused");
+                self.metrics.connection_rejected(refusal.code);
+            }
         }
         result
     }
@@ -547,6 +550,7 @@ impl Router {
             ),
         };
         let handle = SessionHandle { shard: shard.clone(), session_id: session.id, member_id: member_id.clone(), caps };
+        tracing::debug!(mesh = %state.mesh.id, member = %member_id, session = session.id, "session connected");
         state.by_routing_key.insert(routing_key, session.id);
         state.sessions.insert(session.id, session);
         self.broadcast_event(state, &member_id, event, &data);
@@ -1024,6 +1028,13 @@ impl Router {
                 drop(permit);
                 let error = match result {
                     Ok(WriteOutcome::Enqueued(seqs)) => {
+                        tracing::debug!(
+                            message = %routed_envelope.message_id,
+                            mesh = %routed_envelope.mesh_id,
+                            recipients = seqs.len(),
+                            bytes = routed_envelope.ciphertext.len(),
+                            "message queued"
+                        );
                         router.metrics.message_routed(routed_envelope.priority);
                         router.metrics.queue_depth.fetch_add(seqs.len() as u64, Ordering::Relaxed);
                         let ack = Ack {
@@ -1241,6 +1252,7 @@ impl Router {
         let state = &mut *guard;
         let Some(gone) = state.sessions.remove(&session.session_id) else { return };
         self.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(mesh = %state.mesh.id, member = %gone.member_id, session = gone.id, clean, "session closed");
         if state.by_routing_key.get(&gone.routing_key) == Some(&gone.id) {
             state.by_routing_key.remove(&gone.routing_key);
         }
