@@ -1,0 +1,235 @@
+//! The result of a run: one JSON object for scripts, a table for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::broker::ProcSummary;
+use crate::measure::{LedgerTotals, Percentiles, round3};
+
+/// Everything a run reports. Field names are the stable interface for scripts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    /// The run's parameters (peers, messages, rates…), as used.
+    pub params: serde_json::Value,
+    /// `started` (this tool started the broker) or `url`.
+    pub broker: &'static str,
+    pub durability: Option<String>,
+    #[serde(flatten)]
+    pub totals: LedgerTotals,
+    /// delivered / sent (1 when nothing was sent).
+    pub delivered_fraction: f64,
+    /// Delivered copies per second over the measured phase.
+    pub throughput_msgs_per_s: f64,
+    /// Send call → the recipient's application holds the decrypted message (per copy).
+    pub e2e_ms: Percentiles,
+    /// Send call → the broker's `queued: true` ack.
+    pub ack_ms: Percentiles,
+    pub broker_rss_max_mb: Option<f64>,
+    pub broker_rss_end_mb: Option<f64>,
+    pub broker_fds_max: Option<u64>,
+    /// Broker CPU time (user + system) during the run, summed over restarts.
+    pub broker_cpu_s: Option<f64>,
+    /// This load generator's own CPU time over the same span (it shares the machine).
+    pub bench_cpu_s: f64,
+    /// The measured phase: first send → last delivery (connections: the storm and the idle time).
+    pub wall_s: f64,
+    /// Creating meshes and members, starting the broker, connecting the peers.
+    pub setup_s: f64,
+    /// Connections lost and reconnect attempts that failed, over all peers.
+    pub disconnects: u64,
+    /// Errors seen, by text, with counts.
+    pub errors: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<FanoutDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartDetails>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutDetails {
+    pub broadcasts: u64,
+    pub recipients_per_broadcast: u64,
+    /// Send call → the last recipient holds the message.
+    pub complete_ms: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionDetails {
+    pub sessions: u64,
+    pub meshes: u64,
+    /// Sessions that connected (each at least once).
+    pub connected: u64,
+    /// First session started → last `hello_ack`.
+    pub connect_all_s: f64,
+    /// Session start → `hello_ack`, per session (includes waiting for a connection slot of
+    /// the load generator's own concurrency limit: see `params.connect_concurrency`).
+    pub hello_ms: Percentiles,
+    pub broker_rss_before_mb: Option<f64>,
+    pub broker_rss_idle_mb: Option<f64>,
+    /// (idle RSS − RSS before the storm) / sessions.
+    pub rss_per_session_kb: Option<f64>,
+    pub broker_fds_idle: Option<u64>,
+    /// Sessions the broker reports open (`/metrics`) while idle.
+    pub broker_sessions_active: Option<u64>,
+    /// `peer_joined`/`peer_left` events the sessions received.
+    pub system_events: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartDetails {
+    /// Messages acknowledged when the broker was killed.
+    pub acknowledged_before_kill: u64,
+    /// `kill -9` → the new process answers `/health/ready`.
+    pub downtime_ms: f64,
+    /// The new process is ready → the first message reaches an application.
+    pub resume_after_ready_ms: Option<f64>,
+}
+
+pub fn mb(bytes: u64) -> f64 {
+    round3(bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `Some` values of the broker's `/proc` readings, when the broker's pid is known.
+pub fn broker_fields(summary: Option<ProcSummary>) -> (Option<f64>, Option<f64>, Option<u64>, Option<f64>) {
+    match summary {
+        Some(s) => {
+            (Some(mb(s.rss_max_bytes)), Some(mb(s.rss_last_bytes)), Some(s.fds_max), Some(round3(s.cpu.as_secs_f64())))
+        }
+        None => (None, None, None, None),
+    }
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".to_owned())
+}
+
+fn percentiles_row(p: &Percentiles) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})",
+        ms(p.p50),
+        ms(p.p90),
+        ms(p.p99),
+        ms(p.p99_9),
+        ms(p.max),
+        p.count
+    )
+}
+
+impl Report {
+    /// A two-column summary for people.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            ("scenario".into(), format!("{} ({} broker)", self.scenario, self.broker)),
+            ("params".into(), self.params.to_string()),
+        ];
+        let t = &self.totals;
+        rows.push(("sent (copies)".into(), format!("{} ({} messages acknowledged)", t.sent, t.messages_acknowledged)));
+        rows.push((
+            "delivered".into(),
+            format!(
+                "{} ({:.4}%), lost {}, duplicates {}",
+                t.delivered,
+                self.delivered_fraction * 100.0,
+                t.lost,
+                t.duplicates
+            ),
+        ));
+        if t.send_errors + t.unconfirmed + t.strays + t.unreadable > 0 {
+            rows.push((
+                "not acknowledged".into(),
+                format!(
+                    "errors {}, unconfirmed {} (of which delivered {}), strays {}, unreadable {}",
+                    t.send_errors, t.unconfirmed, t.unconfirmed_delivered, t.strays, t.unreadable
+                ),
+            ));
+        }
+        rows.push(("throughput".into(), format!("{:.0} msg/s end to end", self.throughput_msgs_per_s)));
+        rows.push(("e2e ms".into(), percentiles_row(&self.e2e_ms)));
+        rows.push(("ack ms".into(), percentiles_row(&self.ack_ms)));
+        if let Some(fanout) = &self.fanout {
+            rows.push((
+                "broadcast complete ms".into(),
+                format!(
+                    "{} — {} recipients each",
+                    percentiles_row(&fanout.complete_ms),
+                    fanout.recipients_per_broadcast
+                ),
+            ));
+        }
+        if let Some(c) = &self.connections {
+            rows.push((
+                "sessions".into(),
+                format!("{} of {} connected across {} meshes", c.connected, c.sessions, c.meshes),
+            ));
+            rows.push(("connect all".into(), format!("{:.3} s", c.connect_all_s)));
+            rows.push(("hello ms".into(), percentiles_row(&c.hello_ms)));
+            rows.push((
+                "memory".into(),
+                format!(
+                    "before {} MB, idle {} MB, {} KB per session",
+                    ms(c.broker_rss_before_mb),
+                    ms(c.broker_rss_idle_mb),
+                    ms(c.rss_per_session_kb)
+                ),
+            ));
+        }
+        if let Some(r) = &self.restart {
+            rows.push((
+                "restart".into(),
+                format!(
+                    "killed after {} acks; down {:.1} ms; delivery resumed {} ms after ready",
+                    r.acknowledged_before_kill,
+                    r.downtime_ms,
+                    ms(r.resume_after_ready_ms)
+                ),
+            ));
+        }
+        rows.push((
+            "broker".into(),
+            format!(
+                "RSS max {} MB (end {} MB), fds max {}, CPU {} s",
+                ms(self.broker_rss_max_mb),
+                ms(self.broker_rss_end_mb),
+                self.broker_fds_max.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+                ms(self.broker_cpu_s)
+            ),
+        ));
+        rows.push(("load generator CPU".into(), format!("{:.3} s", self.bench_cpu_s)));
+        rows.push(("wall".into(), format!("{:.3} s measured, {:.3} s setup", self.wall_s, self.setup_s)));
+        rows.push(("disconnects".into(), self.disconnects.to_string()));
+        for (text, count) in &self.errors {
+            rows.push(("error".into(), format!("{count} × {text}")));
+        }
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (key, value) in rows {
+            let _ = writeln!(out, "{key:>width$}  {value}");
+        }
+        out
+    }
+
+    /// Whether the run kept the delivery guarantees: every acknowledged copy arrived, none
+    /// twice, and unconfirmed sends arrived at most once.
+    pub fn delivery_violations(&self) -> Vec<String> {
+        let t = &self.totals;
+        let mut problems = Vec::new();
+        if t.lost > 0 {
+            problems.push(format!("{} acknowledged copies never reached their recipient", t.lost));
+        }
+        if t.duplicates > 0 {
+            problems.push(format!("{} copies reached an application twice", t.duplicates));
+        }
+        if t.strays > 0 {
+            problems.push(format!("{} messages arrived that this run never sent", t.strays));
+        }
+        if t.unreadable > 0 {
+            problems.push(format!("{} messages could not be opened or read", t.unreadable));
+        }
+        problems
+    }
+}
