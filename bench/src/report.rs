@@ -21,7 +21,7 @@ pub struct Report {
     pub totals: LedgerTotals,
     /// delivered / sent (1 when nothing was sent).
     pub delivered_fraction: f64,
-    /// Delivered copies per second over the measured phase.
+    /// First-time deliveries per second over the measured phase (`e2e_ms.count / wall_s`).
     pub throughput_msgs_per_s: f64,
     /// Send call → the recipient's application holds the decrypted message (per copy).
     pub e2e_ms: Percentiles,
@@ -76,8 +76,9 @@ pub struct ConnectionDetails {
     pub broker_fds_idle: Option<u64>,
     /// Sessions the broker reports open (`/metrics`) while idle.
     pub broker_sessions_active: Option<u64>,
-    /// `peer_joined`/`peer_left` events the sessions received.
-    pub system_events: u64,
+    /// Presence events (`peer_joined`) the sessions received by the end of the idle time: one
+    /// per pair of sessions in a mesh when every session is connected.
+    pub join_events: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -33,6 +33,7 @@ pub async fn connections(args: &Args, harness: Harness) -> Result<Report> {
     let broker_sessions_active = active_sessions(&harness).await;
     let measured = phase.finish(&harness, observations.clone(), Arc::new(LatencyHistogram::new()), None);
     let disconnects = observations.disconnects.load(Ordering::Relaxed);
+    let join_events = observations.system_events.load(Ordering::Relaxed);
     shutdown_peers(peers).await;
 
     let rss_per_session_kb = match (before, idle) {
@@ -56,7 +57,7 @@ pub async fn connections(args: &Args, harness: Harness) -> Result<Report> {
         rss_per_session_kb,
         broker_fds_idle: idle.map(|r| r.fds),
         broker_sessions_active,
-        system_events: observations.system_events.load(Ordering::Relaxed),
+        join_events,
     });
     Ok(report)
 }
