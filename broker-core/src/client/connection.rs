@@ -205,7 +205,8 @@ impl Task {
         let url = websocket_url(&self.config.broker_url);
         let hello_timeout = self.config.hello_timeout;
         let connecting = async {
-            let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            // Frames are small and latency matters: no Nagle delay on the socket.
+            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
                 .await
                 .map_err(|e| Ended::Lost(format!("cannot connect to {url}: {e}")))?;
             let hello = serde_json::to_string(&ClientFrame::Hello(self.hello())).expect("hello serializes");
