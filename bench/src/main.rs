@@ -108,7 +108,8 @@ pub struct Args {
     /// Plaintext size of each message in bytes (the stamp, padded).
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
-    /// connections: sessions per mesh (the broker's MAX_CONNECTIONS_PER_MESH defaults to 100).
+    /// connections: sessions per mesh. A started broker allows at least this many (and at least
+    /// every peer of the other scenarios, which use one mesh); its default is 100.
     #[arg(long, default_value_t = 100)]
     pub per_mesh: u32,
     /// connections: seconds to stay connected and idle after the storm.
