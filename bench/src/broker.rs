@@ -200,6 +200,9 @@ pub struct ProcReading {
     pub fds: u64,
     /// User + system CPU time.
     pub cpu: Duration,
+    /// CPU time of the broker's store writer thread: the one part of the hot path that cannot
+    /// spread over cores (every commit and its completions run there).
+    pub writer_cpu: Duration,
 }
 
 /// Reads `/proc/<pid>`; `None` once the process is gone.
@@ -211,12 +214,35 @@ pub fn read_proc(pid: u32) -> Option<ProcReading> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|entries| entries.count() as u64).unwrap_or(0);
-    Some(ProcReading { rss_bytes: rss_kb * 1024, fds, cpu: cpu_time(pid).unwrap_or_default() })
+    Some(ProcReading {
+        rss_bytes: rss_kb * 1024,
+        fds,
+        cpu: cpu_time(pid).unwrap_or_default(),
+        writer_cpu: thread_cpu_time(pid, WRITER_THREAD).unwrap_or_default(),
+    })
+}
+
+/// The name `SqliteStore` gives its writer thread.
+const WRITER_THREAD: &str = "store-writer";
+
+/// CPU time of the first thread of `pid` named `name`.
+fn thread_cpu_time(pid: u32, name: &str) -> Option<Duration> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() != name {
+            return None;
+        }
+        stat_cpu_time(&std::fs::read_to_string(task.path().join("stat")).ok()?)
+    })
 }
 
 /// User + system CPU time of a process, from `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system CPU time from the text of a `/proc/…/stat` file.
+fn stat_cpu_time(stat: &str) -> Option<Duration> {
     // The command name (field 2) may hold spaces; the fields after its closing parenthesis
     // start at field 3, so utime and stime (fields 14 and 15) are the 12th and 13th there.
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -239,6 +265,9 @@ pub struct ProcSampler {
     cpu_done_us: AtomicU64,
     /// CPU microseconds of the current process at its last reading.
     cpu_current_us: AtomicU64,
+    /// The same two for the store writer thread.
+    writer_done_us: AtomicU64,
+    writer_current_us: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -249,6 +278,7 @@ pub struct ProcSummary {
     pub rss_last_bytes: u64,
     pub fds_max: u64,
     pub cpu: Duration,
+    pub writer_cpu: Duration,
 }
 
 impl ProcSampler {
@@ -280,6 +310,7 @@ impl ProcSampler {
         self.rss_last.store(reading.rss_bytes, Ordering::Relaxed);
         self.fds_max.fetch_max(reading.fds, Ordering::Relaxed);
         self.cpu_current_us.store(reading.cpu.as_micros() as u64, Ordering::Relaxed);
+        self.writer_current_us.store(reading.writer_cpu.as_micros() as u64, Ordering::Relaxed);
         Some(reading)
     }
 
@@ -288,6 +319,8 @@ impl ProcSampler {
         self.sample();
         let done = self.cpu_current_us.swap(0, Ordering::Relaxed);
         self.cpu_done_us.fetch_add(done, Ordering::Relaxed);
+        let done = self.writer_current_us.swap(0, Ordering::Relaxed);
+        self.writer_done_us.fetch_add(done, Ordering::Relaxed);
         self.pid.store(new_pid.unwrap_or(0), Ordering::Relaxed);
     }
 
@@ -305,6 +338,9 @@ impl ProcSampler {
             fds_max: self.fds_max.load(Ordering::Relaxed),
             cpu: Duration::from_micros(
                 self.cpu_done_us.load(Ordering::Relaxed) + self.cpu_current_us.load(Ordering::Relaxed),
+            ),
+            writer_cpu: Duration::from_micros(
+                self.writer_done_us.load(Ordering::Relaxed) + self.writer_current_us.load(Ordering::Relaxed),
             ),
         }
     }

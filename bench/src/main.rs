@@ -102,8 +102,9 @@ pub struct Args {
     /// interactive: messages per second per peer.
     #[arg(long, default_value_t = 5.0)]
     pub rate: f64,
-    /// burst, restart: sends each peer keeps in flight (waiting for their ack) at once.
-    #[arg(long, default_value_t = 32)]
+    /// burst, restart: sends each peer keeps in flight (waiting for their ack) at once. Past a
+    /// few per peer throughput no longer grows, only the queueing part of latency does.
+    #[arg(long, default_value_t = 8)]
     pub inflight: u32,
     /// Plaintext size of each message in bytes (the stamp, padded).
     #[arg(long, default_value_t = 64)]

@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::broker::ProcSummary;
 use crate::measure::{LedgerTotals, Percentiles, round3};
 
 /// Everything a run reports. Field names are the stable interface for scripts.
@@ -30,10 +29,15 @@ pub struct Report {
     pub broker_rss_max_mb: Option<f64>,
     pub broker_rss_end_mb: Option<f64>,
     pub broker_fds_max: Option<u64>,
-    /// Broker CPU time (user + system) during the run, summed over restarts.
+    /// Broker CPU time (user + system) during the measured phase, summed over restarts.
     pub broker_cpu_s: Option<f64>,
+    /// The part of it spent on the broker's store writer thread (commits and their
+    /// completions), which cannot spread over cores.
+    pub broker_writer_cpu_s: Option<f64>,
     /// This load generator's own CPU time over the same span (it shares the machine).
     pub bench_cpu_s: f64,
+    /// CPU time per delivered copy, in µs: what each side costs (`None` without deliveries).
+    pub cpu_us_per_delivery: CpuPerDelivery,
     /// The measured phase: first send → last delivery (connections: the storm and the idle time).
     pub wall_s: f64,
     /// Creating meshes and members, starting the broker, connecting the peers.
@@ -48,6 +52,13 @@ pub struct Report {
     pub connections: Option<ConnectionDetails>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuPerDelivery {
+    pub broker: Option<f64>,
+    pub broker_writer: Option<f64>,
+    pub bench: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,16 +104,6 @@ pub struct RestartDetails {
 
 pub fn mb(bytes: u64) -> f64 {
     round3(bytes as f64 / (1024.0 * 1024.0))
-}
-
-/// `Some` values of the broker's `/proc` readings, when the broker's pid is known.
-pub fn broker_fields(summary: Option<ProcSummary>) -> (Option<f64>, Option<f64>, Option<u64>, Option<f64>) {
-    match summary {
-        Some(s) => {
-            (Some(mb(s.rss_max_bytes)), Some(mb(s.rss_last_bytes)), Some(s.fds_max), Some(round3(s.cpu.as_secs_f64())))
-        }
-        None => (None, None, None, None),
-    }
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -200,6 +201,18 @@ impl Report {
                 ms(self.broker_cpu_s)
             ),
         ));
+        let per = &self.cpu_us_per_delivery;
+        if per.bench.is_some() {
+            rows.push((
+                "CPU per delivery".into(),
+                format!(
+                    "broker {} µs (writer thread {} µs), load generator {} µs",
+                    ms(per.broker),
+                    ms(per.broker_writer),
+                    ms(per.bench)
+                ),
+            ));
+        }
         rows.push(("load generator CPU".into(), format!("{:.3} s", self.bench_cpu_s)));
         rows.push(("wall".into(), format!("{:.3} s measured, {:.3} s setup", self.wall_s, self.setup_s)));
         rows.push(("disconnects".into(), self.disconnects.to_string()));

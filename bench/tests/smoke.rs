@@ -82,6 +82,9 @@ fn burst_delivers_every_message_exactly_once() {
     assert_eq!(report["e2e_ms"]["count"], 600);
     assert_eq!(report["ack_ms"]["count"], 600);
     assert!(report["broker_fds_max"].as_u64().expect("fds") >= 6, "one socket per session at least");
+    for side in ["broker", "broker_writer", "bench"] {
+        assert!(report["cpu_us_per_delivery"][side].is_number(), "CPU per delivery of the {side}: {report}");
+    }
 }
 
 #[test]

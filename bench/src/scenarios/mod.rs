@@ -16,10 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use broker_core::client::Backoff;
 use indicatif::ProgressBar;
 
-use crate::broker::{self, BrokerProcess, LaunchOptions, ProcSampler, ProcSummary};
+use crate::broker::{self, BrokerProcess, LaunchOptions, ProcReading, ProcSampler, ProcSummary};
 use crate::measure::{LatencyHistogram, Ledger, now_us, round3};
 use crate::peer::{BenchPeer, Observations, PeerOptions};
-use crate::report::{self, Report};
+use crate::report::{self, CpuPerDelivery, Report};
 use crate::setup::{self, Identity};
 use crate::{Args, Scenario, progress};
 
@@ -229,7 +229,9 @@ impl Harness {
     /// Builds the report from what the run observed.
     pub fn report(&self, scenario: Scenario, params: serde_json::Value, run: Measured) -> Report {
         let summary: Option<ProcSummary> = self.sampler.known().then(|| self.sampler.finish());
-        let (rss_max, rss_end, fds_max, cpu) = report::broker_fields(summary);
+        let since_start = |total: Duration, at_start: Duration| round3(total.saturating_sub(at_start).as_secs_f64());
+        let broker_cpu = summary.map(|s| since_start(s.cpu, run.broker_at_start.cpu));
+        let writer_cpu = summary.map(|s| since_start(s.writer_cpu, run.broker_at_start.writer_cpu));
         let totals = run.observations.ledger.totals();
         // Measured first-time deliveries (fanout's warm-up broadcasts are not among them).
         let e2e = run.observations.e2e.percentiles();
@@ -248,10 +250,16 @@ impl Harness {
             },
             e2e_ms: e2e,
             ack_ms: run.ack.percentiles(),
-            broker_rss_max_mb: rss_max,
-            broker_rss_end_mb: rss_end,
-            broker_fds_max: fds_max,
-            broker_cpu_s: cpu.map(|c| round3(c - run.broker_cpu_at_start.unwrap_or(0.0))),
+            broker_rss_max_mb: summary.map(|s| report::mb(s.rss_max_bytes)),
+            broker_rss_end_mb: summary.map(|s| report::mb(s.rss_last_bytes)),
+            broker_fds_max: summary.map(|s| s.fds_max),
+            broker_cpu_s: broker_cpu,
+            broker_writer_cpu_s: writer_cpu,
+            cpu_us_per_delivery: CpuPerDelivery {
+                broker: broker_cpu.and_then(|cpu| per_delivery(cpu, e2e.count)),
+                broker_writer: writer_cpu.and_then(|cpu| per_delivery(cpu, e2e.count)),
+                bench: per_delivery(run.bench_cpu.as_secs_f64(), e2e.count),
+            },
             bench_cpu_s: round3(run.bench_cpu.as_secs_f64()),
             wall_s: round3(run.wall.as_secs_f64()),
             setup_s: round3(run.setup.as_secs_f64()),
@@ -271,8 +279,13 @@ pub struct Measured {
     pub wall: Duration,
     pub setup: Duration,
     pub bench_cpu: Duration,
-    /// The broker's CPU seconds when the phase began (set-up and connecting are not counted).
-    pub broker_cpu_at_start: Option<f64>,
+    /// The broker's reading when the phase began (set-up and connecting are not counted).
+    pub broker_at_start: ProcReading,
+}
+
+/// `cpu_s` per delivery, in µs.
+fn per_delivery(cpu_s: f64, deliveries: u64) -> Option<f64> {
+    (deliveries > 0).then(|| round3(cpu_s * 1e6 / deliveries as f64))
 }
 
 /// Marks the start of a measured phase.
@@ -280,17 +293,17 @@ pub struct Phase {
     pub started_us: u64,
     started: Instant,
     bench_cpu: Duration,
-    broker_cpu: Option<f64>,
+    broker: ProcReading,
 }
 
 impl Phase {
     pub fn start(harness: &Harness) -> Phase {
-        let broker_cpu = harness.sampler.sample().map(|r| r.cpu.as_secs_f64());
+        let broker = harness.sampler.sample().unwrap_or_default();
         Phase {
             started_us: now_us(),
             started: Instant::now(),
             bench_cpu: broker::cpu_time(std::process::id()).unwrap_or_default(),
-            broker_cpu,
+            broker,
         }
     }
 
@@ -313,7 +326,7 @@ impl Phase {
             wall,
             setup: self.started.duration_since(harness.setup_started),
             bench_cpu: broker::cpu_time(std::process::id()).unwrap_or_default().saturating_sub(self.bench_cpu),
-            broker_cpu_at_start: self.broker_cpu,
+            broker_at_start: self.broker,
         }
     }
 }
