@@ -77,8 +77,8 @@ pub struct ConnectionDetails {
     pub connected: u64,
     /// First session started → last `hello_ack`.
     pub connect_all_s: f64,
-    /// Session start → `hello_ack`, per session (includes waiting for a connection slot of
-    /// the load generator's own concurrency limit: see `params.connect_concurrency`).
+    /// Session start → `hello_ack`, per session. Up to `params.connect_concurrency` sessions
+    /// handshake at once, so this includes queueing behind the others at the broker.
     pub hello_ms: Percentiles,
     pub broker_rss_before_mb: Option<f64>,
     pub broker_rss_idle_mb: Option<f64>,
