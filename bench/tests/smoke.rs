@@ -156,6 +156,79 @@ fn restart_loses_no_acknowledged_message_and_duplicates_none() {
     assert!(restart["resume_after_ready_ms"].is_number(), "delivery resumed: {restart}");
 }
 
+/// A broker this test starts itself, the way an operator would run one.
+struct RunningBroker {
+    child: std::process::Child,
+    port: u16,
+    data_dir: tempfile::TempDir,
+}
+
+impl RunningBroker {
+    fn start() -> RunningBroker {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("addr").port();
+        let child = Command::new(broker_bin())
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("RATE_LIMIT_BURST", "100000")
+            .env("RATE_LIMIT_PER_MINUTE", "6000000")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the broker starts");
+        let broker = RunningBroker { child, port, data_dir };
+        for _ in 0..400 {
+            if broker.ready() {
+                return broker;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("the broker never became ready");
+    }
+
+    fn ready(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let request = "GET /health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        let mut response = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut response).is_ok()
+            && response.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn burst_against_a_running_broker_given_by_url() {
+    let broker = RunningBroker::start();
+    let url = format!("http://127.0.0.1:{}", broker.port);
+    let pid = broker.child.id().to_string();
+    let data_dir = broker.data_dir.path().to_str().expect("utf-8 path").to_owned();
+    let report = report(&[
+        "burst",
+        "--peers",
+        "4",
+        "--messages",
+        "50",
+        "--url",
+        &url,
+        "--data-dir",
+        &data_dir,
+        "--broker-pid",
+        &pid,
+    ]);
+    assert_eq!(report["broker"], "url");
+    assert_eq!(report["durability"], Value::Null, "unknown for a broker this tool did not start");
+    assert_all_delivered(&report, 200);
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
     let output = bench(&["burst", "--peers", "1"]);
