@@ -116,7 +116,8 @@ pub struct Args {
     /// connections: seconds to stay connected and idle after the storm.
     #[arg(long, default_value_t = 5.0)]
     pub idle: f64,
-    /// connections: sessions handshaking at once at most.
+    /// Sessions handshaking at once at most while peers connect (it shapes the connections
+    /// scenario's hello storm).
     #[arg(long, default_value_t = 512)]
     pub connect_concurrency: u32,
     /// restart: the broker is killed once this fraction of all messages was acknowledged.
