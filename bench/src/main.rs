@@ -126,11 +126,14 @@ pub struct Args {
     /// fanout: peers that take turns broadcasting (each first sends one unmeasured warm-up).
     #[arg(long, default_value_t = 10)]
     pub senders: u32,
-    /// Target a running broker at this URL (http://HOST:PORT) instead of starting one.
-    #[arg(long, requires = "data_dir")]
+    /// Target a running broker at this URL (http://HOST:PORT) instead of starting one. Meshes
+    /// and members are created in its data directory (--data-dir), which must be on this machine.
+    #[arg(long)]
     pub url: Option<String>,
-    /// The broker's data directory: where meshes and members are created. Required with --url;
-    /// otherwise where the started broker keeps its data (default: a temporary directory).
+    /// The broker's data directory: where meshes and members are created. With --url: the
+    /// running broker's (default: CLAUDEMESH_DATA_DIR, else claudemesh-broker's default
+    /// ~/.local/share/claudemesh-broker); otherwise where the started broker keeps its data
+    /// (default: a temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// With --url: the broker's pid, to sample its memory, descriptors and CPU time.

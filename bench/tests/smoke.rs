@@ -31,15 +31,29 @@ fn broker_bin() -> &'static Path {
 }
 
 fn bench(args: &[&str]) -> Output {
-    Command::new(BENCH).args(args).arg("--broker-bin").arg(broker_bin()).output().expect("the bench runs")
+    bench_with_env(args, &[])
+}
+
+fn bench_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BENCH)
+        .args(args)
+        .arg("--broker-bin")
+        .arg(broker_bin())
+        .envs(env.iter().copied())
+        .output()
+        .expect("the bench runs")
 }
 
 /// Runs a scenario with `--json` and returns its report, after checking what every report
 /// must hold.
 fn report(args: &[&str]) -> Value {
+    report_with_env(args, &[])
+}
+
+fn report_with_env(args: &[&str], env: &[(&str, &str)]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
-    let output = bench(&all);
+    let output = bench_with_env(&all, env);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{args:?} failed ({}):\n{stderr}", output.status);
     let stdout = String::from_utf8(output.stdout).expect("utf-8 output");
@@ -211,19 +225,11 @@ fn burst_against_a_running_broker_given_by_url() {
     let url = format!("http://127.0.0.1:{}", broker.port);
     let pid = broker.child.id().to_string();
     let data_dir = broker.data_dir.path().to_str().expect("utf-8 path").to_owned();
-    let report = report(&[
-        "burst",
-        "--peers",
-        "4",
-        "--messages",
-        "50",
-        "--url",
-        &url,
-        "--data-dir",
-        &data_dir,
-        "--broker-pid",
-        &pid,
-    ]);
+    // The data directory comes the way claudemesh-broker itself takes it: CLAUDEMESH_DATA_DIR.
+    let report = report_with_env(
+        &["burst", "--peers", "4", "--messages", "50", "--url", &url, "--broker-pid", &pid],
+        &[("CLAUDEMESH_DATA_DIR", &data_dir)],
+    );
     assert_eq!(report["broker"], "url");
     assert_eq!(report["durability"], Value::Null, "unknown for a broker this tool did not start");
     assert_all_delivered(&report, 200);
@@ -245,8 +251,13 @@ fn bad_input_gets_a_clear_error() {
 
     let output = bench(&["stampede"]);
     assert_eq!(output.status.code(), Some(2), "clap's usage error");
-    let output = bench(&["burst", "--url", "http://127.0.0.1:9"]);
-    assert_eq!(output.status.code(), Some(2), "--url requires --data-dir");
+    let output = Command::new(BENCH)
+        .args(["burst", "--url", "http://127.0.0.1:9"])
+        .env("CLAUDEMESH_DATA_DIR", "/nonexistent/claudemesh-broker")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no broker database in /nonexistent"));
 }
 
 #[test]

@@ -146,6 +146,7 @@ impl Harness {
         let setup_started = Instant::now();
         let (data_dir, temp_dir) = match &args.data_dir {
             Some(dir) => (dir.clone(), None),
+            None if args.url.is_some() => (running_broker_data_dir()?, None),
             None => {
                 let temp = tempfile::Builder::new()
                     .prefix("claudemesh-bench-")
@@ -360,6 +361,27 @@ pub async fn shutdown_peers(peers: Vec<BenchPeer>) {
     for close in closing {
         let _ = close.await;
     }
+}
+
+/// The data directory of a broker given by `--url` without `--data-dir`: where
+/// `claudemesh-broker` keeps it by default. It must exist: creating a fresh database there would
+/// put the run's members where the running broker never looks.
+fn running_broker_data_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("CLAUDEMESH_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("claudemesh-broker")
+    });
+    if !dir.join(broker_core::operator::DATABASE_FILE).is_file() {
+        bail!(
+            "no broker database in {}: pass --data-dir with the running broker's data directory \
+             (the load generator creates its meshes and members there)",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// `claudemesh-broker`: `--broker-bin`, or the one next to this executable.
