@@ -71,8 +71,9 @@ impl Scenario {
         the send time and a sequence number, and reports end-to-end and ack latency percentiles, \
         throughput, delivered fraction, duplicates, losses, and the broker's memory, descriptors and \
         CPU time sampled from /proc.\n\n\
-        With --url and --data-dir it targets a broker that is already running (start it with raised \
-        RATE_LIMIT_BURST and RATE_LIMIT_PER_MINUTE, or sends are refused with rate_limit).",
+        With --url it targets a broker that is already running on this machine; meshes and members go \
+        into that broker's data directory (--data-dir). Start it with raised RATE_LIMIT_BURST and \
+        RATE_LIMIT_PER_MINUTE, or sends are refused with rate_limit.",
     after_help = "Examples:\n  \
         claudemesh-bench burst --json\n  \
         claudemesh-bench burst --peers 10 --messages 100\n  \
@@ -80,7 +81,7 @@ impl Scenario {
         claudemesh-bench fanout --peers 200 --messages 100\n  \
         claudemesh-bench connections --peers 10000\n  \
         claudemesh-bench restart --peers 10 --messages 2000 --kill-after 0.3\n  \
-        claudemesh-bench burst --url http://127.0.0.1:7900 --data-dir ~/.local/share/claudemesh-broker\n\n\
+        claudemesh-bench burst --url http://127.0.0.1:7900 --data-dir /var/lib/claudemesh-broker\n\n\
         Exit codes: 0 the run kept every delivery guarantee; 1 the run could not be made; 2 bad usage; \
         3 acknowledged messages were lost or arrived twice (the report is still printed)."
 )]
