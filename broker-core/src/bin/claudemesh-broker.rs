@@ -254,9 +254,7 @@ fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
         let database = data_dir.join(operator::DATABASE_FILE);
         let store =
             SqliteStore::open(&database, args.durability).with_context(|| format!("opening {}", database.display()))?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
         let public_url = args.public_url.unwrap_or_else(|| format!("http://{local}"));
         store.set_setting(operator::PUBLIC_URL_SETTING, &public_url)?;
@@ -288,6 +286,19 @@ fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
         tracing::info!("broker stopped");
         Ok(())
     })
+}
+
+/// Connections the kernel holds for `accept`. tokio's `TcpListener::bind` asks for 128: a hello
+/// storm (thousands of sessions reconnecting after a restart) overflows that, and every dropped
+/// SYN costs its client a 1 s retransmit. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As `TcpListener::bind` does: a restarted broker can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn shutdown_signal() {

@@ -11,8 +11,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{
@@ -27,6 +27,11 @@ type Reply = oneshot::Sender<Result<ServerFrame, ClientError>>;
 
 /// Message ids remembered for de-duplication.
 const RECENT_IDS: usize = 16 * 1024;
+
+/// Initial read buffer of the connection. tungstenite zero-fills the free part of it before
+/// every socket read: with its 128 KiB default that is a 128 KiB memset per read, for frames of
+/// a few hundred bytes. It grows when a frame needs more.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Refusals that will not go away by retrying: stop instead of hammering the broker.
 fn is_fatal(code: ErrorCode) -> bool {
@@ -211,7 +216,9 @@ impl Task {
         let url = websocket_url(&self.config.broker_url);
         let hello_timeout = self.config.hello_timeout;
         let connecting = async {
-            let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            // Frames are small and latency matters: no Nagle delay on the socket.
+            let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
                 .await
                 .map_err(|e| Ended::Lost(format!("cannot connect to {url}: {e}")))?;
             let hello = serde_json::to_string(&ClientFrame::Hello(self.hello())).expect("hello serializes");

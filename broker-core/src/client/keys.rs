@@ -29,6 +29,10 @@ pub struct KeyRing {
     sealing: Mutex<HashMap<String, BoxKey>>,
     /// Our member key boxed with a sender's key (opening from peers).
     opening: Mutex<HashMap<String, BoxKey>>,
+    /// Session bindings already verified: (member key, session key) → the signature that
+    /// verified. A binding is a signature over fixed data, so checking it once per sender is
+    /// enough; an ed25519 verification per message was most of the cost of opening one.
+    bindings: Mutex<HashMap<(String, String), String>>,
 }
 
 fn cached(cache: &Mutex<HashMap<String, BoxKey>>, ours: &Keypair, theirs_hex: &str) -> Result<BoxKey, CryptoError> {
@@ -46,7 +50,14 @@ fn cached(cache: &Mutex<HashMap<String, BoxKey>>, ours: &Keypair, theirs_hex: &s
 
 impl KeyRing {
     pub fn new(mesh_id: String, member: Keypair, session: Keypair) -> KeyRing {
-        KeyRing { mesh_id, member, session, sealing: Mutex::new(HashMap::new()), opening: Mutex::new(HashMap::new()) }
+        KeyRing {
+            mesh_id,
+            member,
+            session,
+            sealing: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashMap::new()),
+            bindings: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `crypto_box` from our session key to `recipient_hex` (normally the recipient's member
@@ -68,15 +79,30 @@ impl KeyRing {
         Ok(crypto::seal_multi(plaintext, keys))
     }
 
+    /// Checks that `member` signed `session` into this mesh, remembering bindings that verified.
+    fn verify_binding(&self, member: &str, session: &str, sig: &str) -> Result<(), OpenError> {
+        let key = (member.to_owned(), session.to_owned());
+        if self.bindings.lock().expect("binding cache lock").get(&key).is_some_and(|known| known == sig) {
+            return Ok(());
+        }
+        let member_key = PublicKey::from_hex(member).map_err(|_| OpenError::BadSenderKey)?;
+        crypto::verify_session_binding(&self.mesh_id, &member_key, session, sig)
+            .map_err(|_| OpenError::BadSessionBinding)?;
+        let mut bindings = self.bindings.lock().expect("binding cache lock");
+        if bindings.len() > 4096 {
+            bindings.clear();
+        }
+        bindings.insert(key, sig.to_owned());
+        Ok(())
+    }
+
     /// Checks the sender's session binding (when it has one) and opens the payload. Returns
     /// the plaintext and whether the sender's member identity was verified end to end.
     pub fn open(&self, push: &Push) -> Result<(Vec<u8>, bool), OpenError> {
         let verified = match (&push.sender_member_pubkey, &push.sender_session_sig) {
             (Some(member), _) if *member == push.sender_pubkey => true,
             (Some(member), Some(sig)) => {
-                let member = PublicKey::from_hex(member).map_err(|_| OpenError::BadSenderKey)?;
-                crypto::verify_session_binding(&self.mesh_id, &member, &push.sender_pubkey, sig)
-                    .map_err(|_| OpenError::BadSessionBinding)?;
+                self.verify_binding(member, &push.sender_pubkey, sig)?;
                 true
             }
             _ => false,
@@ -106,5 +132,28 @@ impl KeyRing {
             }
         };
         Ok((plaintext, verified))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_binding_is_remembered_and_a_different_signature_is_checked_again() {
+        let (member, session, other) = (Keypair::generate(), Keypair::generate(), Keypair::generate());
+        let ring = KeyRing::new("mesh_1".into(), Keypair::generate(), Keypair::generate());
+        let (member_hex, session_hex) = (member.public_hex(), session.public_hex());
+        let sig = crypto::sign_session_binding(&member, "mesh_1", &session_hex);
+        assert_eq!(ring.verify_binding(&member_hex, &session_hex, &sig), Ok(()));
+        assert_eq!(ring.verify_binding(&member_hex, &session_hex, &sig), Ok(()), "from the cache");
+
+        // Another member's signature over the same session key does not bind it to `member`.
+        let forged = crypto::sign_session_binding(&other, "mesh_1", &session_hex);
+        assert_eq!(ring.verify_binding(&member_hex, &session_hex, &forged), Err(OpenError::BadSessionBinding));
+        // A binding signed for another mesh does not hold here.
+        let elsewhere = crypto::sign_session_binding(&member, "mesh_2", &session_hex);
+        assert_eq!(ring.verify_binding(&member_hex, &session_hex, &elsewhere), Err(OpenError::BadSessionBinding));
+        assert_eq!(ring.verify_binding(&member_hex, &session_hex, &sig), Ok(()), "the good one still holds");
     }
 }

@@ -174,6 +174,13 @@ pub async fn serve(
         stop.cancel();
         router.close_all(close_code::GOING_AWAY, "shutting down");
     };
+    // Frames are small and latency matters: no Nagle delay (it holds a push back until the
+    // peer's delayed ACK, up to 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let service = app(broker.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, service).with_graceful_shutdown(graceful).await;
     stopping.cancel();

@@ -20,7 +20,9 @@ use crate::router::{Outbox, SessionHandle, close_code};
 /// which would dominate the memory of thousands of idle sessions; it grows when a frame needs it.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes gathered before a write reaches the socket (we flush explicitly after each batch).
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// tungstenite keeps the buffer's largest size for the life of the connection, so this bounds
+/// what every idle session holds after its busiest moment (a join storm fills it).
+const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 64;
 /// How long a closing connection may take to flush what it still has to say.
