@@ -682,6 +682,10 @@ impl Router {
             .await;
         match stored {
             Ok(member) => {
+                // Gone for every sender before the member hears so; then its sessions close.
+                if let Some(entry) = session.shard.state.lock().expect("mesh lock").members.get_mut(&member.id) {
+                    entry.record = member.clone();
+                }
                 let left = protocol::Left { member_id: member.id, req_id: leave.req_id };
                 self.reply(session, ServerFrame::Left(left));
                 if let Err(error) = self.reload_directory().await {
