@@ -78,6 +78,14 @@ async fn a_replayed_hello_is_refused() {
     check_refused(&broker, hello, ErrorCode::Replay).await;
 }
 
+/// The hello without a session key, for cases about the member itself.
+fn without_session(mut hello: protocol::Hello) -> protocol::Hello {
+    hello.session_pubkey = None;
+    hello.session_sig = None;
+    hello.session_proof = None;
+    hello
+}
+
 #[tokio::test]
 async fn membership_refusals() {
     let broker = TestBroker::start().await;
@@ -86,19 +94,19 @@ async fn membership_refusals() {
 
     // A key that is not a member.
     let stranger = common::TestMember { key: Keypair::generate(), record: members[0].record.clone() };
-    let mut hello = signed_hello(&mesh, &stranger, now);
+    let mut hello = without_session(signed_hello(&mesh, &stranger, now));
     hello.signature = crypto::sign_hello(&stranger.key, &mesh, &stranger.record.id, now);
     check_refused(&broker, hello, ErrorCode::Unauthorized).await;
 
     // memberId must be the id of the member found by pubkey.
     let alice = &members[0];
-    let mut mismatched = signed_hello(&mesh, alice, now);
+    let mut mismatched = without_session(signed_hello(&mesh, alice, now));
     mismatched.member_id = members[1].record.id.clone();
     mismatched.signature = crypto::sign_hello(&alice.key, &mesh, &members[1].record.id, now);
     check_refused(&broker, mismatched, ErrorCode::Unauthorized).await;
 
     // An unknown mesh.
-    let mut elsewhere = signed_hello("mesh_nope", alice, now);
+    let mut elsewhere = without_session(signed_hello("mesh_nope", alice, now));
     elsewhere.signature = crypto::sign_hello(&alice.key, "mesh_nope", &alice.record.id, now);
     check_refused(&broker, elsewhere, ErrorCode::Unauthorized).await;
 }
@@ -161,4 +169,61 @@ async fn the_per_mesh_connection_cap_refuses_with_capacity() {
     check_refused(&broker, signed_hello(&mesh, &members[0], protocol::now_ms()), ErrorCode::Capacity).await;
     let metrics = broker.broker.metrics().render();
     assert!(metrics.contains("broker_connections_rejected_total{reason=\"capacity\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_session_key_belongs_to_one_member_and_must_be_held() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "mallory"]);
+    let (alice, mallory) = (&members[0], &members[1]);
+
+    // Without the session key's own signature the hello is refused.
+    let mut unproven = signed_hello(&mesh, alice, protocol::now_ms());
+    unproven.session_proof = None;
+    check_refused(&broker, unproven, ErrorCode::BadSessionPubkey).await;
+
+    // Alice is connected with her session key.
+    let alice_hello = signed_hello(&mesh, alice, protocol::now_ms());
+    let alice_session = alice_hello.session_pubkey.clone().expect("session key");
+    let _alice = check_accepted(&broker, alice_hello).await;
+
+    // Mallory claims it with her own member signature (and no proof, as a reference client
+    // would): refused, and Alice stays connected.
+    let now = protocol::now_ms();
+    let mut stolen = signed_hello(&mesh, mallory, now);
+    stolen.session_pubkey = Some(alice_session.clone());
+    stolen.session_sig = None;
+    stolen.session_proof = None;
+    stolen.capabilities.clear();
+    check_refused(&broker, stolen, ErrorCode::BadSessionPubkey).await;
+
+    // Nor may a session key be another member's key.
+    let mut borrowed = signed_hello(&mesh, mallory, protocol::now_ms());
+    borrowed.session_pubkey = Some(alice.key.public_hex());
+    borrowed.session_sig = None;
+    borrowed.session_proof = None;
+    borrowed.capabilities.clear();
+    check_refused(&broker, borrowed, ErrorCode::BadSessionPubkey).await;
+
+    let peers = broker.broker.router().online_members(&mesh);
+    assert!(peers.contains(&alice.record.id), "alice was not kicked off");
+}
+
+#[tokio::test]
+async fn signatures_have_one_spelling_so_a_replay_cannot_change_case() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    let hello = signed_hello(&mesh, &members[0], protocol::now_ms());
+    let _first = check_accepted(&broker, hello.clone()).await;
+    let mut shouted = hello;
+    shouted.signature = shouted.signature.to_uppercase();
+    check_refused(&broker, shouted, ErrorCode::Malformed).await;
+}
+
+#[test]
+fn weak_keys_are_refused() {
+    // The identity point: every signature would verify against it.
+    let mut identity = "00".repeat(32);
+    identity.replace_range(0..2, "01");
+    assert!(broker_core::crypto::PublicKey::from_hex(&identity).is_err());
 }

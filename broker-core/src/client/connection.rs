@@ -195,6 +195,18 @@ impl Task {
             member_id: config.member_id.clone(),
             pubkey: self.keys.member.public_hex(),
             session_sig: Some(crypto::sign_session_binding(&self.keys.member, &config.mesh_id, &session)),
+            session_proof: Some(
+                self.keys.session.sign_hex(
+                    crypto::session_proof_bytes(
+                        &config.mesh_id,
+                        &config.member_id,
+                        &self.keys.member.public_hex(),
+                        &session,
+                        timestamp,
+                    )
+                    .as_bytes(),
+                ),
+            ),
             session_pubkey: Some(session),
             display_name: profile.display_name.clone(),
             session_id: profile.session_id.clone(),

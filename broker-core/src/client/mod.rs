@@ -401,12 +401,21 @@ impl MeshClient {
         }
     }
 
+    /// Pins `key` to `member` the first time it is learnt: a later, different claim (another
+    /// member taking over a session key) does not move where messages to `key` are sealed.
     fn remember_member(&self, key: &str, member: &str) {
         let mut cache = self.shared.member_of.lock().expect("member cache lock");
         if cache.len() > 4096 {
             cache.clear();
         }
-        cache.insert(key.to_owned(), member.to_owned());
+        match cache.get(key) {
+            Some(pinned) if pinned != member => {
+                tracing::warn!(key, "a peer key was claimed by another member; keeping the first binding");
+            }
+            _ => {
+                cache.insert(key.to_owned(), member.to_owned());
+            }
+        }
     }
 
     /// Every connected session of the mesh, this one included.
@@ -416,7 +425,17 @@ impl MeshClient {
         match self.exchange(frame, Correlation::Request(req_id)).await? {
             ServerFrame::PeersList(list) => {
                 for peer in &list.peers {
-                    self.remember_member(&peer.pubkey, &peer.member_pubkey);
+                    // Only bindings the member signed: a session key is sealed to for its member.
+                    let bound = peer.pubkey == peer.member_pubkey
+                        || peer.session_sig.as_deref().is_some_and(|sig| {
+                            crate::crypto::PublicKey::from_hex(&peer.member_pubkey).is_ok_and(|member| {
+                                crate::crypto::verify_session_binding(self.mesh_id(), &member, &peer.pubkey, sig)
+                                    .is_ok()
+                            })
+                        });
+                    if bound {
+                        self.remember_member(&peer.pubkey, &peer.member_pubkey);
+                    }
                 }
                 Ok(list.peers)
             }

@@ -8,7 +8,7 @@ mod audit;
 mod sealing;
 
 use base64::Engine as _;
-use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use rand::RngCore as _;
 use zeroize::Zeroizing;
 
@@ -56,23 +56,29 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
+    /// Parses a key; small-order ("weak") points are refused: anyone could sign for them.
     pub fn from_hex(hex_text: &str) -> Result<PublicKey, CryptoError> {
         if !crate::protocol::is_key_hex(hex_text) {
             return Err(CryptoError::MalformedKey);
         }
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(hex_text, &mut bytes).map_err(|_| CryptoError::MalformedKey)?;
-        VerifyingKey::from_bytes(&bytes).map(PublicKey).map_err(|_| CryptoError::MalformedKey)
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| CryptoError::MalformedKey)?;
+        if key.is_weak() {
+            return Err(CryptoError::MalformedKey);
+        }
+        Ok(PublicKey(key))
     }
 
     pub fn to_hex(&self) -> String {
         hex::encode(self.0.as_bytes())
     }
 
-    /// Verifies a detached signature given as hex.
+    /// Verifies a detached signature given as hex, strictly (RFC 8032 canonical encodings only,
+    /// so one message has exactly one valid signature string).
     pub fn verify_hex(&self, message: &[u8], signature_hex: &str) -> Result<(), CryptoError> {
         let signature = parse_signature(signature_hex)?;
-        self.0.verify(message, &signature).map_err(|_| CryptoError::BadSignature)
+        self.0.verify_strict(message, &signature).map_err(|_| CryptoError::BadSignature)
     }
 
     /// The X25519 public key libsodium's `crypto_sign_ed25519_pk_to_curve25519` derives.
@@ -166,6 +172,18 @@ pub fn session_binding_bytes(mesh_id: &str, member_pubkey_hex: &str, session_pub
 
 pub fn sign_session_binding(member: &Keypair, mesh_id: &str, session_pubkey_hex: &str) -> String {
     member.sign_hex(session_binding_bytes(mesh_id, &member.public_hex(), session_pubkey_hex).as_bytes())
+}
+
+/// The bytes a session key signs in `hello.sessionProof`, proving the connecting process holds
+/// it (the delegation alone says nothing about who holds the secret).
+pub fn session_proof_bytes(
+    mesh_id: &str,
+    member_id: &str,
+    member_pubkey_hex: &str,
+    session_pubkey_hex: &str,
+    timestamp_ms: u64,
+) -> String {
+    format!("claudemesh-session-proof/v1|{mesh_id}|{member_id}|{member_pubkey_hex}|{session_pubkey_hex}|{timestamp_ms}")
 }
 
 /// Checks that `session_sig` is `member`'s signature delegating `session_pubkey` in `mesh_id`.

@@ -17,7 +17,8 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Capabilities a client may announce in `hello.capabilities`; the broker echoes those it supports.
 pub mod capability {
-    /// The client proves its session key with `sessionSig` (member key's signature over the binding).
+    /// The client proves its session key: `sessionSig` (the member key's signature delegating it)
+    /// and `sessionProof` (the session key's own signature over the hello).
     pub const SESSION_SIG: &str = "session_sig";
     /// The client acknowledges each push with a `delivered` frame; unacknowledged pushes are
     /// re-sent after a reconnect. Without it, a push counts as delivered once written.
@@ -274,6 +275,9 @@ pub struct Hello {
     pub session_pubkey: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_sig: Option<String>,
+    /// Ours: the session key's signature over `crypto::session_proof_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_proof: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -815,9 +819,10 @@ pub fn is_key_hex(value: &str) -> bool {
     value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// True for a 128-char lowercase or uppercase hex string, the encoding of signatures.
+/// True for a 128-char lowercase hex string, the encoding of signatures. One spelling only, so
+/// a signature seen once is recognised again (the hello replay guard compares strings).
 pub fn is_signature_hex(value: &str) -> bool {
-    value.len() == 128 && value.bytes().all(|b| b.is_ascii_hexdigit())
+    value.len() == 128 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

@@ -374,7 +374,8 @@ impl Router {
     }
 
     async fn accept_hello(self: &Arc<Self>, hello: Hello, outbox: Outbox) -> Result<SessionHandle, Refusal> {
-        let session_key = hello.session_pubkey.clone().filter(|k| !k.is_empty());
+        // A session key equal to the member key is no session key.
+        let session_key = hello.session_pubkey.clone().filter(|k| !k.is_empty() && *k != hello.pubkey);
         if let Some(key) = &session_key
             && !protocol::is_key_hex(key)
         {
@@ -421,6 +422,18 @@ impl Router {
                     "sessionSig is not the member's signature over this session key",
                 )
             })?;
+            let proof =
+                crypto::session_proof_bytes(&hello.mesh_id, &hello.member_id, &hello.pubkey, key, hello.timestamp);
+            PublicKey::from_hex(key)
+                .and_then(|session| {
+                    session.verify_hex(proof.as_bytes(), hello.session_proof.as_deref().unwrap_or_default())
+                })
+                .map_err(|_| {
+                    Refusal::new(
+                        ErrorCode::BadSessionPubkey,
+                        "sessionProof is not the session key's signature over this hello",
+                    )
+                })?;
         }
         let first_sighting = self.replay.lock().expect("replay lock").first_sighting(
             &hello.signature,
@@ -470,6 +483,18 @@ impl Router {
         }
         if state.sessions.len() >= self.config.max_connections_per_mesh {
             return Err(Refusal::new(ErrorCode::Capacity, "this mesh has reached its connection limit on this broker"));
+        }
+        if let Some(key) = &session_key {
+            // A session key belongs to one member: another member may not take it over (and
+            // with it the mail addressed to it).
+            let live_owner = state.by_routing_key.get(key).and_then(|id| state.sessions.get(id)).map(|s| &s.member_id);
+            let departed_owner = state.departed.get(key).map(|d| &d.member_id);
+            let taken = state.by_pubkey.contains_key(key)
+                || live_owner.is_some_and(|owner| *owner != member_id)
+                || departed_owner.is_some_and(|owner| *owner != member_id);
+            if taken {
+                return Err(Refusal::new(ErrorCode::BadSessionPubkey, "that session key belongs to another member"));
+            }
         }
         let routing_key = session_key.clone().unwrap_or_else(|| hello.pubkey.clone());
         // The same session key again means the same process reconnected before its old

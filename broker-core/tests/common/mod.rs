@@ -265,6 +265,18 @@ pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello
         pubkey: member.key.public_hex(),
         session_pubkey: Some(session.public_hex()),
         session_sig: Some(crypto::sign_session_binding(&member.key, mesh_id, &session.public_hex())),
+        session_proof: Some(
+            session.sign_hex(
+                crypto::session_proof_bytes(
+                    mesh_id,
+                    &member.record.id,
+                    &member.key.public_hex(),
+                    &session.public_hex(),
+                    timestamp,
+                )
+                .as_bytes(),
+            ),
+        ),
         display_name: Some("raw".into()),
         capabilities: vec![protocol::capability::SESSION_SIG.into()],
         timestamp,
