@@ -158,3 +158,29 @@ fn multi_recipient_envelope_opens_only_for_its_recipients() {
     let outsider = BoxKey::new(&eve, &sender.public());
     assert!(open_multi(&outsider, &wrap.nonce, &wrap.ciphertext, &sealed.nonce, &sealed.ciphertext).is_err());
 }
+
+#[test]
+fn a_recipient_cannot_pair_the_senders_wraps_with_a_body_of_its_own() {
+    let sender = Keypair::generate();
+    let (carol, dave) = (Keypair::generate(), Keypair::generate());
+    let recipients = [(carol.public_hex(), &carol), (dave.public_hex(), &dave)];
+    let sealed = seal_multi(
+        b"the real message",
+        recipients.iter().map(|(hex, kp)| (hex.as_str(), BoxKey::new(&sender, &kp.public()))),
+    );
+    // Carol learns the content key from her wrap…
+    let carol_box = BoxKey::new(&carol, &sender.public());
+    let unwrapped = carol_box.open(&sealed.keys[0].nonce, &sealed.keys[0].ciphertext).expect("carol's wrap");
+    let content_key: [u8; 32] = unwrapped[..32].try_into().expect("32 bytes");
+    // …and forges a body under it, paired with the sender's genuine wrap for dave.
+    let nonce = [9u8; 24];
+    let forged = secretbox_seal(&content_key, &nonce, b"a forged message");
+    let dave_box = BoxKey::new(&dave, &sender.public());
+    let wrap = &sealed.keys[1];
+    let result = open_multi(&dave_box, &wrap.nonce, &wrap.ciphertext, &b64_encode(&nonce), &b64_encode(&forged));
+    assert!(result.is_err(), "the wrap is bound to the original body");
+    assert_eq!(
+        open_multi(&dave_box, &wrap.nonce, &wrap.ciphertext, &sealed.nonce, &sealed.ciphertext).expect("genuine"),
+        b"the real message"
+    );
+}

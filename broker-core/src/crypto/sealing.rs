@@ -1,9 +1,10 @@
 //! `crypto_box`, `crypto_secretbox`, sealed boxes, and our multi-recipient envelope.
 //!
 //! Multi-recipient (`enc: "multi"`, used for `@group` and `*`): the plaintext is sealed once with
-//! `crypto_secretbox` under a random 32-byte content key; the content key is `crypto_box`ed from
-//! the sender's key to each recipient member's key. The broker stores one body and one 48-byte
-//! wrap per recipient and can open neither.
+//! `crypto_secretbox` under a random 32-byte content key K; `K ‖ SHA-256(nonce ‖ body)` is
+//! `crypto_box`ed from the sender's key to each recipient member's key. The digest binds each wrap
+//! to its body: a recipient who learnt K cannot pair the sender's genuine wraps with a body of its
+//! own. The broker stores one body and one 80-byte wrap per recipient and can open neither.
 
 use std::sync::Arc;
 
@@ -91,18 +92,30 @@ pub fn seal_multi<'a>(plaintext: &[u8], recipients: impl IntoIterator<Item = (&'
     let content_key = Zeroizing::new(random_bytes::<32>());
     let nonce = random_bytes::<NONCE_LEN>();
     let body = secretbox_seal(&content_key, &nonce, plaintext);
+    let mut wrapped_key = Zeroizing::new([0u8; 64]);
+    wrapped_key[..32].copy_from_slice(content_key.as_slice());
+    wrapped_key[32..].copy_from_slice(&body_digest(&nonce, &body));
     let keys = recipients
         .into_iter()
         .map(|(to, box_key)| {
-            let (wrap_nonce, wrapped) = box_key.seal(content_key.as_slice());
+            let (wrap_nonce, wrapped) = box_key.seal(wrapped_key.as_slice());
             crate::protocol::KeyWrap { to: to.to_owned(), nonce: wrap_nonce, ciphertext: wrapped }
         })
         .collect();
     MultiSealed { nonce: b64_encode(&nonce), ciphertext: b64_encode(&body), keys }
 }
 
+/// SHA-256 of a body's nonce and ciphertext, sealed next to its content key.
+fn body_digest(nonce: &[u8; NONCE_LEN], body: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(nonce);
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
 /// Opens a multi-recipient envelope: unwraps the content key with `box_key` (between our key and
-/// the sender's), then opens the body.
+/// the sender's), checks that the wrap was made for this very body, then opens the body.
 pub fn open_multi(
     box_key: &BoxKey,
     key_nonce_b64: &str,
@@ -110,9 +123,16 @@ pub fn open_multi(
     nonce_b64: &str,
     ciphertext_b64: &str,
 ) -> Result<Vec<u8>, CryptoError> {
-    let content_key: Zeroizing<[u8; 32]> = Zeroizing::new(
-        box_key.open(key_nonce_b64, wrapped_key_b64)?.try_into().map_err(|_| CryptoError::DecryptionFailed)?,
-    );
+    let unwrapped = Zeroizing::new(box_key.open(key_nonce_b64, wrapped_key_b64)?);
+    if unwrapped.len() != 64 {
+        return Err(CryptoError::DecryptionFailed);
+    }
+    let content_key: Zeroizing<[u8; 32]> =
+        Zeroizing::new(unwrapped[..32].try_into().map_err(|_| CryptoError::DecryptionFailed)?);
     let nonce = nonce_from_b64(nonce_b64)?;
-    secretbox_open(&content_key, &nonce, &b64_decode(ciphertext_b64)?)
+    let body = b64_decode(ciphertext_b64)?;
+    if unwrapped[32..] != body_digest(&nonce, &body) {
+        return Err(CryptoError::DecryptionFailed);
+    }
+    secretbox_open(&content_key, &nonce, &body)
 }
