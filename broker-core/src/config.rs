@@ -53,6 +53,8 @@ pub struct BrokerConfig {
     pub device_code_attempts: u32,
     /// Wrong user codes allowed per client address and per account in a window.
     pub wrong_code_limit: RateLimit,
+    /// Device logins a client address may start.
+    pub device_code_request_limit: RateLimit,
     /// Anyone may create an account (`POST /v1/signup`).
     pub open_signup: bool,
     /// Take the client address from `X-Forwarded-For` (behind a reverse proxy).
@@ -85,6 +87,7 @@ impl Default for BrokerConfig {
             device_poll_interval: Duration::from_secs(5),
             device_code_attempts: 5,
             wrong_code_limit: RateLimit { burst: 10, per_minute: 1 },
+            device_code_request_limit: RateLimit { burst: 20, per_minute: 10 },
             open_signup: false,
             trust_proxy: false,
         }

@@ -751,14 +751,29 @@ async fn devices_of_an_account_see_logins_that_named_it() {
     assert_eq!(status, 200);
     let pending = pending["pending"].as_array().expect("pending").clone();
     assert_eq!(pending.len(), 1, "only the login that named alice: {pending:?}");
-    assert_eq!(pending[0]["userCode"], code);
+    assert!(pending[0].get("userCode").is_none(), "the approver types the code the device shows");
     assert_eq!(pending[0]["hostname"], "new-box");
     let (_, others) = api(broker.addr, "GET", "/v1/device/pending", Some(&bob), None).await;
     assert_eq!(others["pending"], json!([]), "bob sees nothing of alice's");
+    // A login that named alice cannot be approved into bob's account.
+    let (status, refused) =
+        api(broker.addr, "POST", "/v1/device/approve", Some(&bob), Some(json!({"userCode": code}))).await;
+    assert_eq!((status, refused["error"].as_str()), (403, Some("account_mismatch")));
     assert_eq!(api(broker.addr, "GET", "/v1/device/pending", None, None).await.0, 401);
 
     // Once decided it is no longer pending.
     api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": code}))).await;
     let (_, after) = api(broker.addr, "GET", "/v1/device/pending", Some(&laptop), None).await;
     assert_eq!(after["pending"], json!([]));
+}
+
+#[tokio::test]
+async fn starting_logins_is_rate_limited_per_address() {
+    let broker = TestBroker::start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..22 {
+        statuses.push(api(broker.addr, "POST", "/v1/device/code", None, None).await.0);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(&statuses[20..], [429, 429]);
 }

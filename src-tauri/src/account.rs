@@ -225,15 +225,27 @@ pub struct SignedIn {
     pub enrol_failures: Vec<(String, String)>,
 }
 
-/// Keeps a freshly issued token and enrols this device into the account's meshes.
+/// Keeps a freshly issued token and enrols this device into the account's meshes. When the
+/// login named an account and the token is for another, the token is revoked and nothing kept.
 pub async fn finish_sign_in(
     config_dir: &ConfigDir,
     keystore: &Arc<dyn KeyStore>,
     broker_url: &str,
     token: TokenResponse,
+    expected_account: Option<&str>,
     display_name: &str,
 ) -> Result<SignedIn, AccountError> {
     let secret = Zeroizing::new(token.access_token.clone());
+    if let Some(expected) = expected_account
+        && expected != token.account.name
+        && expected != token.account.id
+    {
+        let _ = Api::new(broker_url, secret).logout().await;
+        return Err(AccountError::Invalid(format!(
+            "this device was signed in to the account {:?}, not {expected:?}; the sign-in was revoked and nothing was kept",
+            token.account.name
+        )));
+    }
     {
         let (store, secret) = (keystore.clone(), secret.clone());
         blocking(move || store.set(TOKEN_KEY, &secret)).await?;

@@ -130,6 +130,9 @@ pub struct LoginTokenResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingDevice {
+    /// Empty in `GET /v1/device/pending`: the approver types the code the new device shows, so a
+    /// request made in someone else's name cannot be approved with one click.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user_code: String,
     pub hostname: String,
     pub platform: String,

@@ -35,6 +35,14 @@ impl TokenBucket {
         }
     }
 
+    /// How long until the bucket is full again (zero when it is).
+    pub fn retry_after_full(&self, limit: RateLimit, now: Instant) -> Duration {
+        let refilled = self.tokens
+            + now.saturating_duration_since(self.updated_at).as_secs_f64() * f64::from(limit.per_minute) / 60.0;
+        let missing = (f64::from(limit.burst) - refilled).max(0.0);
+        Duration::from_secs_f64(missing * 60.0 / f64::from(limit.per_minute.max(1)))
+    }
+
     /// How long until the next token.
     pub fn retry_after(&self, limit: RateLimit) -> Duration {
         let missing = (1.0 - self.tokens).max(0.0);

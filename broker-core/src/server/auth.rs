@@ -81,7 +81,7 @@ pub async fn authenticate(broker: &Broker, header: &str) -> Result<Authenticated
     }
 }
 
-/// The client's address: the socket's, or the first `X-Forwarded-For` hop behind a trusted proxy.
+/// The client's address: the socket's, or the last `X-Forwarded-For` hop behind a trusted proxy.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub IpAddr);
 
@@ -90,11 +90,13 @@ impl FromRequestParts<Broker> for ClientAddress {
 
     async fn from_request_parts(parts: &mut Parts, broker: &Broker) -> Result<Self, Self::Rejection> {
         if broker.config().trust_proxy {
+            // The rightmost hop is the one the trusted proxy appended; the ones before it are
+            // whatever the client sent.
             let forwarded = parts
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse().ok());
             if let Some(ip) = forwarded {
                 return Ok(ClientAddress(ip));

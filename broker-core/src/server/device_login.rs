@@ -31,14 +31,15 @@ use crate::store::{
     AccountRecord, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, NewDeviceCode, PollOutcome, StoreError,
 };
 
-/// Token buckets of wrong user codes, per client address and per account: brute force on the
+/// Token buckets of device-login attempts (wrong user codes per client address and per account,
+/// logins started per address): brute force on the
 /// 25-billion code space costs the attacker time, not the user.
 #[derive(Debug, Default)]
-pub struct WrongCodeLimiter {
+pub struct AttemptLimiter {
     buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
-impl WrongCodeLimiter {
+impl AttemptLimiter {
     /// Whether `key` may try another code now (a wrong code spends a token).
     fn allows(&self, key: &str, limit: RateLimit) -> bool {
         let buckets = self.buckets.lock().expect("limiter lock");
@@ -51,7 +52,9 @@ impl WrongCodeLimiter {
     fn spend(&self, key: &str, limit: RateLimit) {
         let mut buckets = self.buckets.lock().expect("limiter lock");
         if buckets.len() > 100_000 {
-            buckets.clear();
+            // Forget only buckets that have refilled: they no longer limit anyone.
+            let now = Instant::now();
+            buckets.retain(|_, bucket| bucket.retry_after_full(limit, now) > std::time::Duration::ZERO);
         }
         let now = Instant::now();
         buckets.entry(key.to_owned()).or_insert_with(|| TokenBucket::full(limit, now)).try_take(limit, now);
@@ -117,6 +120,16 @@ pub(super) async fn request_code(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<DeviceCodeResponse>, ApiError> {
+    let limit = broker.config().device_code_request_limit;
+    let key = format!("code-request:{ip}");
+    if !broker.inner.attempts.allows(&key, limit) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many sign-ins started from this address; wait a minute",
+        ));
+    }
+    broker.inner.attempts.spend(&key, limit);
     let request: DeviceCodeRequest = if body.is_empty() {
         DeviceCodeRequest::default()
     } else {
@@ -272,7 +285,7 @@ async fn find_code_for_approver(
 ) -> Result<DeviceCodeRecord, ApiError> {
     let limit = broker.config().wrong_code_limit;
     let keys = [format!("ip:{ip}"), format!("account:{}", auth.account.id)];
-    let limiter = &broker.inner.wrong_codes;
+    let limiter = &broker.inner.attempts;
     if keys.iter().any(|key| !limiter.allows(key, limit)) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -323,7 +336,9 @@ pub(super) async fn list_pending(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let account = auth.account.clone();
     let pending = broker.blocking(move |store| store.pending_device_codes(&account, protocol::now_ms())).await?;
-    Ok(Json(json!({"pending": pending.iter().map(pending_view).collect::<Vec<_>>()})))
+    let views: Vec<PendingDevice> =
+        pending.iter().map(|code| PendingDevice { user_code: String::new(), ..pending_view(code) }).collect();
+    Ok(Json(json!({"pending": views})))
 }
 
 pub(super) async fn show_pending(
@@ -354,7 +369,15 @@ async fn decide(
     let (code, account, device) = (record.user_code.clone(), auth.account.id.clone(), auth.device.id.clone());
     let decided = broker
         .blocking(move |store| store.decide_device_code(&code, approve, &account, Some(&device), protocol::now_ms()))
-        .await?;
+        .await
+        .map_err(|error| match error {
+            StoreError::Conflict(what) if what == "account_mismatch" => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "account_mismatch",
+                "that device asked to join another account; it cannot be approved for yours",
+            ),
+            other => other.into(),
+        })?;
     tracing::info!(account = %auth.account.id, approved = approve, hostname = %decided.info.hostname, "device login decided");
     Ok(Json(pending_view(&decided)))
 }

@@ -52,8 +52,8 @@ struct BrokerInner {
     expected_migration: Option<String>,
     /// Sends invite emails when SMTP is configured.
     mailer: Option<Mailer>,
-    /// Wrong device-login user codes, per client address and per account.
-    wrong_codes: device_login::WrongCodeLimiter,
+    /// Device-login attempts (wrong user codes, started logins), per client address and account.
+    attempts: device_login::AttemptLimiter,
 }
 
 impl Broker {
@@ -75,7 +75,7 @@ impl Broker {
                 public_url: public_url.trim_end_matches('/').to_owned(),
                 expected_migration,
                 mailer,
-                wrong_codes: device_login::WrongCodeLimiter::default(),
+                attempts: device_login::AttemptLimiter::default(),
             }),
         }
     }

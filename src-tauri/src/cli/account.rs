@@ -182,9 +182,10 @@ pub async fn login(
         }
     };
     let display_name = name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_display_name);
-    let signed_in = account::finish_sign_in(&config_dir, &keystore, &broker_url, token, &display_name)
-        .await
-        .map_err(account_failure)?;
+    let signed_in =
+        account::finish_sign_in(&config_dir, &keystore, &broker_url, token, account_name.as_deref(), &display_name)
+            .await
+            .map_err(account_failure)?;
     let enrolled: Vec<&str> = signed_in.enrolled.iter().map(|m| m.slug.as_str()).collect();
     if json_output {
         print_json(json!({

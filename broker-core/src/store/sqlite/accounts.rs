@@ -344,6 +344,17 @@ pub(super) fn decide_device_code(
     if now_ms >= code.expires_at {
         return Err(StoreError::Conflict("expired".into()));
     }
+    let hint: Option<String> = conn
+        .query_row("SELECT account_hint FROM device_codes WHERE user_code = ?1", [user_code], |row| row.get(0))
+        .map_err(db_error)?;
+    if let Some(hint) = hint
+        && approve
+    {
+        let named = account(conn, &hint).map_err(db_error)?;
+        if named.is_none_or(|named| named.id != account_id) {
+            return Err(StoreError::Conflict("account_mismatch".into()));
+        }
+    }
     if code.status != DeviceCodeStatus::Pending {
         return Err(StoreError::Conflict(format!("already {}", code.status.as_str())));
     }
