@@ -30,8 +30,11 @@ pub struct BrokerConfig {
     pub expiry_sweep_interval: Duration,
     /// Pushes a session may have unacknowledged at once.
     pub delivery_window: usize,
-    /// Queue entries held in memory per connected member before the rest stays in the store.
+    /// Queue entries held in memory per connected member and priority lane before the rest
+    /// stays in the store…
     pub member_window: usize,
+    /// …and bytes of payload.
+    pub member_window_bytes: usize,
     /// How long a session that vanished without saying goodbye keeps its session-only mail
     /// before it goes to the member's other sessions.
     pub session_rebind_grace: Duration,
@@ -78,6 +81,7 @@ impl Default for BrokerConfig {
             expiry_sweep_interval: Duration::from_secs(3600),
             delivery_window: 256,
             member_window: 1024,
+            member_window_bytes: 4 * 1024 * 1024,
             session_rebind_grace: Duration::from_secs(120),
             outbox_frames: 1024,
             max_uncommitted: 16 * 1024,

@@ -320,3 +320,56 @@ async fn a_member_that_leaves_is_refused_afterwards() {
             .expect("audit");
     assert_eq!(entries.len(), 1);
 }
+
+#[tokio::test]
+async fn a_full_window_of_held_messages_never_holds_back_now() {
+    let config = BrokerConfig { member_window: 4, ..generous() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    let bob_key = members[1].key.public_hex();
+    bob.client.set_status(Status::Working, StatusSource::Hook).await.expect("status");
+    bob.client.list_peers().await.expect("round trip");
+    for n in 0..10 {
+        alice.client.send(&bob_key, format!("held {n}").as_bytes(), Priority::Next).await.expect("queued");
+    }
+    alice.client.send(&bob_key, b"urgent", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.text().as_deref(), Some("urgent"), "now goes out while next waits");
+    bob.client.set_status(Status::Idle, StatusSource::Hook).await.expect("status");
+    for n in 0..10 {
+        assert_eq!(bob.message().await.text(), Some(format!("held {n}")), "in order, paged from the store");
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_delivery_acks_gets_a_backlog_larger_than_the_window() {
+    let config = BrokerConfig { member_window: 4, ..generous() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    for n in 0..10 {
+        alice
+            .client
+            .send(&members[1].key.public_hex(), format!("backlog {n}").as_bytes(), Priority::Next)
+            .await
+            .expect("queued");
+    }
+    // A reference client: no capabilities, so no `delivered` frames.
+    let mut hello = signed_hello(&mesh, &members[1], protocol::now_ms());
+    hello.capabilities.clear();
+    hello.session_sig = None;
+    hello.session_proof = None;
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(hello)).await;
+    let mut pushes = 0;
+    while pushes < 10 {
+        match socket.next().await {
+            Ok(ServerFrame::Push(push)) if push.subtype.is_none() => pushes += 1,
+            Ok(_) => {}
+            Err(code) => panic!("closed {code:?} after {pushes} pushes"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(broker_core::store::Store::queue_depth(broker.store.as_ref()).expect("depth"), 0, "delivered on write");
+}

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 pub use grants::{Grants, validate_caps};
 pub use outbox::{Outbox, OutboxError, close_code};
-pub use queue::{Entry, Lane, LoadRequest, MemberQueue};
+pub use queue::{Entry, Lane, LoadRequest, MemberQueue, WindowLimits};
 pub use rate_limit::{RateLimit, TokenBucket};
 pub use status::StatusState;
 
@@ -126,13 +126,6 @@ struct Session {
 }
 
 impl Session {
-    fn lane_index(lane: Lane) -> usize {
-        match lane {
-            Lane::Urgent => 0,
-            Lane::Normal => 1,
-        }
-    }
-
     fn in_group(&self, name: &str) -> bool {
         self.groups.iter().any(|g| group_matches(&g.name, name))
     }
@@ -221,6 +214,8 @@ enum Resolution {
 }
 
 pub struct Router {
+    /// This router, for work it spawns from synchronous code (store loads started under a lock).
+    me: std::sync::Weak<Router>,
     config: Arc<BrokerConfig>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
@@ -254,7 +249,8 @@ impl Router {
         if let Ok(depth) = store.queue_depth() {
             metrics.queue_depth.store(depth, Ordering::Relaxed);
         }
-        Arc::new(Router {
+        Arc::new_cyclic(|me| Router {
+            me: me.clone(),
             uncommitted: Arc::new(Semaphore::new(config.max_uncommitted)),
             config,
             store,
@@ -451,7 +447,8 @@ impl Router {
             })?;
         }
         let handle = self.register(&shard, hello, session_key, caps, outbox)?;
-        self.load_backlog(&shard, &handle.member_id);
+        // Starts loading the member's backlog when this is its first session.
+        self.pump_member(&mut shard.state.lock().expect("mesh lock"), &handle.member_id);
         Ok(handle)
     }
 
@@ -543,7 +540,8 @@ impl Router {
         member.sessions.push(session.id);
         if member.queue.is_none() {
             let generation = self.next_session_id.fetch_add(1, Ordering::Relaxed);
-            member.queue = Some(MemberQueue::new_spilled(self.config.member_window, generation));
+            let limits = WindowLimits { entries: self.config.member_window, bytes: self.config.member_window_bytes };
+            member.queue = Some(MemberQueue::new_spilled(limits, generation));
         }
 
         let ack = HelloAck {
@@ -1129,7 +1127,6 @@ impl Router {
         envelope: &Arc<Envelope>,
         deliveries: impl Iterator<Item = (Delivery, u64)>,
     ) {
-        let mut loads = Vec::new();
         let mut state = shard.state.lock().expect("mesh lock");
         for (delivery, seq) in deliveries {
             let Some(member) = state.members.get_mut(&delivery.member_id) else { continue };
@@ -1141,35 +1138,20 @@ impl Router {
                 key: delivery.key,
                 pushed_to: Vec::new(),
             };
-            if queue.offer(seq, entry) {
-                self.pump_member(&mut state, &delivery.member_id);
-            } else if let Some(request) = queue.start_load() {
-                loads.push((delivery.member_id, request));
-            }
-        }
-        drop(state);
-        for (member_id, request) in loads {
-            self.spawn_load(shard.clone(), member_id, request);
+            queue.offer(seq, entry);
+            self.pump_member(&mut state, &delivery.member_id);
         }
     }
 
-    /// Starts loading a newly connected member's backlog.
-    fn load_backlog(self: &Arc<Self>, shard: &Arc<MeshShard>, member_id: &str) {
-        let request = {
-            let mut state = shard.state.lock().expect("mesh lock");
-            state.members.get_mut(member_id).and_then(|m| m.queue.as_mut()).and_then(MemberQueue::start_load)
-        };
-        if let Some(request) = request {
-            self.spawn_load(shard.clone(), member_id.to_owned(), request);
-        }
-    }
-
-    fn spawn_load(self: &Arc<Self>, shard: Arc<MeshShard>, member_id: String, request: LoadRequest) {
-        let router = self.clone();
+    /// Loads a page of a member's backlog from the store, then pushes from it.
+    fn spawn_load(&self, mesh_id: String, member_id: String, request: LoadRequest) {
+        let Some(router) = self.me.upgrade() else { return };
         self.runtime.spawn(async move {
             let id = member_id.clone();
-            let rows =
-                router.blocking(move |store| store.pending_for_member(&id, request.after_seq, request.limit)).await;
+            let urgent = request.lane == Lane::Urgent;
+            let rows = router
+                .blocking(move |store| store.pending_for_member(&id, urgent, request.after_seq, request.limit))
+                .await;
             let rows: Option<Vec<QueuedEntry>> = match rows {
                 Ok(rows) => Some(rows),
                 Err(error) => {
@@ -1177,17 +1159,15 @@ impl Router {
                     None
                 }
             };
-            let failed = rows.is_none();
-            {
-                let mut state = shard.state.lock().expect("mesh lock");
-                let Some(queue) = state.members.get_mut(&member_id).and_then(|m| m.queue.as_mut()) else { return };
-                queue.finish_load(request, rows);
-                router.pump_member(&mut state, &member_id);
-            }
-            if failed {
+            if rows.is_none() {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                router.load_backlog(&shard, &member_id);
             }
+            let Some(shard) = router.meshes.lock().expect("meshes lock").get(&mesh_id).cloned() else { return };
+            let mut state = shard.state.lock().expect("mesh lock");
+            let Some(queue) = state.members.get_mut(&member_id).and_then(|m| m.queue.as_mut()) else { return };
+            queue.finish_load(request, rows);
+            // Pushes what arrived, and starts the next page (or the retry of a failed one).
+            router.pump_member(&mut state, &member_id);
         });
     }
 
@@ -1205,7 +1185,7 @@ impl Router {
                 &[Lane::Urgent]
             };
             for lane in lanes {
-                let index = Session::lane_index(*lane);
+                let index = lane.index();
                 let start = session.scan_from[index];
                 for (seq, entry) in queue.lane_mut(*lane).range_mut(start..) {
                     if session.inflight >= self.config.delivery_window || session.outbox.is_closing() {
@@ -1229,27 +1209,24 @@ impl Router {
             let removed = remove_acknowledged(members, sessions, member_id, &delivered_on_write);
             self.persist_acknowledged(member_id, removed);
         }
+        // The window drained (or the member just came online): fetch what waits in the store.
+        if let Some(queue) = members.get_mut(member_id).and_then(|m| m.queue.as_mut()) {
+            for request in queue.start_loads() {
+                self.spawn_load(mesh.id.clone(), member_id.to_owned(), request);
+            }
+        }
     }
 
     /// A client acknowledged pushes: drop them from its member's queue, then push more.
-    fn acknowledge(self: &Arc<Self>, session: &SessionHandle, message_ids: &[String]) {
-        let mut load = None;
-        {
-            let mut guard = session.shard.state.lock().expect("mesh lock");
-            let state = &mut *guard;
-            let removed = remove_acknowledged(&mut state.members, &mut state.sessions, &session.member_id, message_ids);
-            if removed.is_empty() {
-                return;
-            }
-            self.persist_acknowledged(&session.member_id, removed);
-            self.pump_member(state, &session.member_id);
-            if let Some(queue) = state.members.get_mut(&session.member_id).and_then(|m| m.queue.as_mut()) {
-                load = queue.start_load();
-            }
+    fn acknowledge(&self, session: &SessionHandle, message_ids: &[String]) {
+        let mut guard = session.shard.state.lock().expect("mesh lock");
+        let state = &mut *guard;
+        let removed = remove_acknowledged(&mut state.members, &mut state.sessions, &session.member_id, message_ids);
+        if removed.is_empty() {
+            return;
         }
-        if let Some(request) = load {
-            self.spawn_load(session.shard.clone(), session.member_id.clone(), request);
-        }
+        self.persist_acknowledged(&session.member_id, removed);
+        self.pump_member(state, &session.member_id);
     }
 
     fn persist_acknowledged(&self, member_id: &str, seqs: Vec<u64>) {

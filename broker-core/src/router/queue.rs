@@ -1,11 +1,12 @@
 //! A connected member's window onto its durable queue.
 //!
-//! The store holds every undelivered entry; memory holds at most `capacity` of them per member,
-//! so a member that falls behind costs bounded memory. Entries arrive in commit order (the
-//! writer assigns sequence numbers at commit), which gives one invariant: every stored entry
-//! with `seq <= loaded_upto` is in memory or already acknowledged. When the window is full the
-//! queue is *spilled*: newer entries stay in the store only, and are loaded in pages once the
-//! window drains.
+//! The store holds every undelivered entry; memory holds a bounded window of them per member and
+//! per priority lane (`now` apart from `next`/`low`), so a member that falls behind costs bounded
+//! memory, and messages held while it is busy never keep `now` messages out. Entries arrive in
+//! commit order (the writer assigns sequence numbers at commit), which gives each lane one
+//! invariant: every stored entry of the lane with `seq <= loaded_upto` is in memory or already
+//! acknowledged. When a lane's window is full (by count or by bytes) it is *spilled*: newer
+//! entries stay in the store only, and are loaded in pages once the window drains.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -43,6 +44,11 @@ impl Entry {
         self.session.as_deref().is_none_or(|target| target == session_key)
             && self.exclude.as_deref() != Some(session_key)
     }
+
+    /// What it costs in memory, roughly: its payload.
+    fn bytes(&self) -> usize {
+        self.envelope.ciphertext.len() + self.envelope.nonce.len() + 256
+    }
 }
 
 /// Which of the two per-priority lanes an entry sits in: `now` entries bypass the status gate.
@@ -53,19 +59,32 @@ pub enum Lane {
 }
 
 impl Lane {
+    pub const BOTH: [Lane; 2] = [Lane::Urgent, Lane::Normal];
+
     pub fn of(priority: Priority) -> Lane {
         if priority == Priority::Now { Lane::Urgent } else { Lane::Normal }
     }
+
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Urgent => 0,
+            Lane::Normal => 1,
+        }
+    }
+}
+
+/// How much one lane's window may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLimits {
+    pub entries: usize,
+    pub bytes: usize,
 }
 
 #[derive(Debug)]
-pub struct MemberQueue {
-    urgent: BTreeMap<u64, Entry>,
-    normal: BTreeMap<u64, Entry>,
-    /// Message id → sequence number, to find an entry from a client's acknowledgement.
-    by_message: HashMap<String, u64>,
-    capacity: usize,
-    /// Every stored entry with a sequence number up to this one is in memory or acknowledged.
+struct LaneWindow {
+    entries: BTreeMap<u64, Entry>,
+    bytes: usize,
+    /// Every stored entry of this lane up to this sequence number is in memory or acknowledged.
     loaded_upto: u64,
     /// Entries past `loaded_upto` may exist in the store only.
     spilled: bool,
@@ -74,14 +93,53 @@ pub struct MemberQueue {
     arrived_while_loading: Vec<(u64, Entry)>,
     /// More arrived during the load than the window holds: stay spilled.
     arrivals_overflowed: bool,
+}
+
+impl LaneWindow {
+    fn new_spilled() -> LaneWindow {
+        LaneWindow {
+            entries: BTreeMap::new(),
+            bytes: 0,
+            loaded_upto: 0,
+            spilled: true,
+            loading: false,
+            arrived_while_loading: Vec::new(),
+            arrivals_overflowed: false,
+        }
+    }
+
+    fn is_full(&self, limits: WindowLimits) -> bool {
+        self.entries.len() >= limits.entries || self.bytes >= limits.bytes
+    }
+
+    fn insert(&mut self, seq: u64, entry: Entry) {
+        self.bytes += entry.bytes();
+        self.entries.insert(seq, entry);
+        self.loaded_upto = self.loaded_upto.max(seq);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&seq)?;
+        self.bytes = self.bytes.saturating_sub(entry.bytes());
+        Some(entry)
+    }
+}
+
+#[derive(Debug)]
+pub struct MemberQueue {
+    lanes: [LaneWindow; 2],
+    /// Message id → where its entry is, to find it from a client's acknowledgement.
+    by_message: HashMap<String, (Lane, u64)>,
+    limits: WindowLimits,
     /// Distinguishes this queue from an earlier one of the same member (dropped when its last
     /// session left), so a load started for that one is not applied to this one.
     generation: u64,
 }
 
-/// A page to fetch from the store: entries after `after_seq`, at most `limit`.
+/// A page to fetch from the store: a lane's entries after `after_seq`, at most `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadRequest {
+    pub lane: Lane,
     pub after_seq: u64,
     pub limit: usize,
     pub generation: u64,
@@ -89,84 +147,79 @@ pub struct LoadRequest {
 
 impl MemberQueue {
     /// A queue for a member that just came online: everything may be in the store.
-    pub fn new_spilled(capacity: usize, generation: u64) -> MemberQueue {
+    pub fn new_spilled(limits: WindowLimits, generation: u64) -> MemberQueue {
         MemberQueue {
-            urgent: BTreeMap::new(),
-            normal: BTreeMap::new(),
+            lanes: [LaneWindow::new_spilled(), LaneWindow::new_spilled()],
             by_message: HashMap::new(),
-            capacity: capacity.max(2),
-            loaded_upto: 0,
-            spilled: true,
-            loading: false,
-            arrived_while_loading: Vec::new(),
-            arrivals_overflowed: false,
+            limits: WindowLimits { entries: limits.entries.max(2), bytes: limits.bytes.max(1) },
             generation,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.urgent.len() + self.normal.len()
+        self.lanes.iter().map(|l| l.entries.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn lane(&self, lane: Lane) -> &BTreeMap<u64, Entry> {
-        match lane {
-            Lane::Urgent => &self.urgent,
-            Lane::Normal => &self.normal,
-        }
-    }
-
     pub fn lane_mut(&mut self, lane: Lane) -> &mut BTreeMap<u64, Entry> {
-        match lane {
-            Lane::Urgent => &mut self.urgent,
-            Lane::Normal => &mut self.normal,
-        }
+        &mut self.lanes[lane.index()].entries
     }
 
-    fn insert(&mut self, seq: u64, entry: Entry) {
-        self.by_message.insert(entry.envelope.message_id.clone(), seq);
-        let lane = Lane::of(entry.envelope.priority);
-        self.lane_mut(lane).insert(seq, entry);
-        self.loaded_upto = self.loaded_upto.max(seq);
+    fn insert(&mut self, lane: Lane, seq: u64, entry: Entry) {
+        self.by_message.insert(entry.envelope.message_id.clone(), (lane, seq));
+        self.lanes[lane.index()].insert(seq, entry);
     }
 
     /// A newly committed entry. Returns whether it is now in memory (and may be pushed).
     pub fn offer(&mut self, seq: u64, entry: Entry) -> bool {
-        if seq <= self.loaded_upto {
+        let lane = Lane::of(entry.envelope.priority);
+        let limits = self.limits;
+        let window = &mut self.lanes[lane.index()];
+        if seq <= window.loaded_upto {
             // Already loaded from the store by a read that saw this commit.
             return false;
         }
-        if self.loading {
-            if self.arrived_while_loading.len() < self.capacity {
-                self.arrived_while_loading.push((seq, entry));
+        if window.loading {
+            if window.arrived_while_loading.len() < limits.entries {
+                window.arrived_while_loading.push((seq, entry));
             } else {
-                self.arrivals_overflowed = true;
+                window.arrivals_overflowed = true;
             }
             return false;
         }
-        if self.spilled || self.len() >= self.capacity {
-            self.spilled = true;
+        if window.spilled || window.is_full(limits) {
+            window.spilled = true;
             return false;
         }
-        self.insert(seq, entry);
+        self.insert(lane, seq, entry);
         true
     }
 
-    /// A page to load when the window has drained enough and the store holds more.
-    pub fn start_load(&mut self) -> Option<LoadRequest> {
-        if !self.spilled || self.loading || self.len() > self.capacity / 2 {
-            return None;
-        }
-        self.loading = true;
-        self.arrivals_overflowed = false;
-        Some(LoadRequest {
-            after_seq: self.loaded_upto,
-            limit: self.capacity - self.len(),
-            generation: self.generation,
-        })
+    /// Pages to load, for each lane whose window has drained enough while the store holds more.
+    pub fn start_loads(&mut self) -> Vec<LoadRequest> {
+        let limits = self.limits;
+        let generation = self.generation;
+        Lane::BOTH
+            .into_iter()
+            .filter_map(|lane| {
+                let window = &mut self.lanes[lane.index()];
+                let drained = window.entries.len() <= limits.entries / 2 && window.bytes <= limits.bytes / 2;
+                if !window.spilled || window.loading || !drained {
+                    return None;
+                }
+                window.loading = true;
+                window.arrivals_overflowed = false;
+                Some(LoadRequest {
+                    lane,
+                    after_seq: window.loaded_upto,
+                    limit: limits.entries - window.entries.len(),
+                    generation,
+                })
+            })
+            .collect()
     }
 
     /// Merges a finished load (`None` when it failed; it will be retried).
@@ -174,21 +227,29 @@ impl MemberQueue {
         if request.generation != self.generation {
             return;
         }
-        self.loading = false;
-        let arrivals = std::mem::take(&mut self.arrived_while_loading);
+        let limits = self.limits;
+        let window = &mut self.lanes[request.lane.index()];
+        window.loading = false;
+        let arrivals = std::mem::take(&mut window.arrived_while_loading);
         let Some(rows) = rows else { return };
-        let complete = rows.len() < request.limit;
+        let mut complete = rows.len() < request.limit;
         for row in rows {
+            if self.lanes[request.lane.index()].is_full(limits) {
+                // The byte budget ran out before the page did: the rest stays in the store.
+                complete = false;
+                break;
+            }
             let (seq, entry) = Entry::from_queued(row);
-            if seq > self.loaded_upto {
-                self.insert(seq, entry);
+            if seq > self.lanes[request.lane.index()].loaded_upto {
+                self.insert(request.lane, seq, entry);
             }
         }
-        if complete && !self.arrivals_overflowed {
-            self.spilled = false;
+        let window = &mut self.lanes[request.lane.index()];
+        if complete && !window.arrivals_overflowed {
+            window.spilled = false;
             for (seq, entry) in arrivals {
-                if seq > self.loaded_upto {
-                    self.insert(seq, entry);
+                if seq > self.lanes[request.lane.index()].loaded_upto {
+                    self.insert(request.lane, seq, entry);
                 }
             }
         }
@@ -196,17 +257,19 @@ impl MemberQueue {
 
     /// Removes the entry for `message_id`, if this member still has it.
     pub fn remove(&mut self, message_id: &str) -> Option<(u64, Entry)> {
-        let seq = self.by_message.remove(message_id)?;
-        self.urgent.remove(&seq).or_else(|| self.normal.remove(&seq)).map(|entry| (seq, entry))
+        let (lane, seq) = self.by_message.remove(message_id)?;
+        self.lanes[lane.index()].remove(seq).map(|entry| (seq, entry))
     }
 
     /// Session-only entries for `session_key` become member-wide.
     pub fn release_session(&mut self, session_key: &str) -> bool {
         let mut changed = false;
-        for entry in self.urgent.values_mut().chain(self.normal.values_mut()) {
-            if entry.session.as_deref() == Some(session_key) {
-                entry.session = None;
-                changed = true;
+        for window in &mut self.lanes {
+            for entry in window.entries.values_mut() {
+                if entry.session.as_deref() == Some(session_key) {
+                    entry.session = None;
+                    changed = true;
+                }
             }
         }
         changed
@@ -219,7 +282,13 @@ mod tests {
     use crate::protocol::Enc;
     use crate::store::Delivery;
 
-    fn envelope(id: &str, priority: Priority) -> Arc<Envelope> {
+    const ROOMY: usize = 1 << 30;
+
+    fn limits(entries: usize) -> WindowLimits {
+        WindowLimits { entries, bytes: ROOMY }
+    }
+
+    fn envelope(id: &str, priority: Priority, size: usize) -> Arc<Envelope> {
         Arc::new(Envelope {
             message_id: id.into(),
             mesh_id: "mesh".into(),
@@ -231,32 +300,52 @@ mod tests {
             priority,
             enc: Enc::Box,
             nonce: String::new(),
-            ciphertext: String::new(),
+            ciphertext: "x".repeat(size),
             created_at: 0,
         })
     }
 
+    fn entry_with(id: &str, priority: Priority) -> Entry {
+        Entry { envelope: envelope(id, priority, 0), session: None, exclude: None, key: None, pushed_to: vec![] }
+    }
+
     fn entry(id: &str) -> Entry {
-        Entry { envelope: envelope(id, Priority::Next), session: None, exclude: None, key: None, pushed_to: vec![] }
+        entry_with(id, Priority::Next)
     }
 
     fn stored(seq: u64) -> QueuedEntry {
+        stored_with(seq, Priority::Next, 0)
+    }
+
+    fn stored_with(seq: u64, priority: Priority, size: usize) -> QueuedEntry {
         QueuedEntry {
             seq,
-            envelope: envelope(&format!("m{seq}"), Priority::Next),
+            envelope: envelope(&format!("m{seq}"), priority, size),
             delivery: Delivery { member_id: "mem_b".into(), session_pubkey: None, exclude_session: None, key: None },
+        }
+    }
+
+    /// Loads nothing into both lanes: the member is caught up.
+    fn caught_up(queue: &mut MemberQueue) {
+        for request in queue.start_loads() {
+            queue.finish_load(request, Some(vec![]));
         }
     }
 
     #[test]
     fn a_new_member_loads_its_backlog_then_takes_live_entries() {
-        let mut queue = MemberQueue::new_spilled(4, 1);
+        let mut queue = MemberQueue::new_spilled(limits(4), 1);
         assert!(!queue.offer(5, entry("m5")), "spilled until the first load");
-        let request = queue.start_load().expect("loads");
-        assert_eq!(request, LoadRequest { after_seq: 0, limit: 4, generation: 1 });
+        let requests = queue.start_loads();
+        assert_eq!(requests.len(), 2, "one page per lane");
+        let normal = requests.iter().copied().find(|r| r.lane == Lane::Normal).expect("normal lane");
+        assert_eq!(normal, LoadRequest { lane: Lane::Normal, after_seq: 0, limit: 4, generation: 1 });
         // m6 commits while the load reads; the load saw up to m5.
         assert!(!queue.offer(6, entry("m6")));
-        queue.finish_load(request, Some(vec![stored(3), stored(5)]));
+        for request in requests {
+            let rows = if request.lane == Lane::Normal { vec![stored(3), stored(5)] } else { vec![] };
+            queue.finish_load(request, Some(rows));
+        }
         assert_eq!(queue.len(), 3);
         assert!(queue.offer(7, entry("m7")));
         assert!(queue.remove("m6").is_some());
@@ -265,38 +354,67 @@ mod tests {
 
     #[test]
     fn a_full_window_spills_and_refills_from_the_store() {
-        let mut queue = MemberQueue::new_spilled(2, 1);
-        let request = queue.start_load().expect("loads");
-        queue.finish_load(request, Some(vec![]));
+        let mut queue = MemberQueue::new_spilled(limits(2), 1);
+        caught_up(&mut queue);
         assert!(queue.offer(1, entry("m1")));
         assert!(queue.offer(2, entry("m2")));
         assert!(!queue.offer(3, entry("m3")), "window full: stays in the store");
-        assert!(queue.start_load().is_none(), "no load while the window is still full");
+        assert!(queue.start_loads().is_empty(), "no load while the window is still full");
         queue.remove("m1");
         queue.remove("m2");
-        let request = queue.start_load().expect("drained: load the rest");
-        assert_eq!(request.after_seq, 2);
+        let [request] = queue.start_loads()[..] else { panic!("one lane spilled") };
+        assert_eq!((request.lane, request.after_seq), (Lane::Normal, 2));
         queue.finish_load(request, Some(vec![stored(3)]));
         assert_eq!(queue.len(), 1);
         assert!(queue.offer(4, entry("m4")), "caught up: live again");
     }
 
     #[test]
+    fn held_messages_never_keep_urgent_ones_out() {
+        let mut queue = MemberQueue::new_spilled(limits(2), 1);
+        caught_up(&mut queue);
+        // The recipient is busy: its next/low messages pile up and fill their lane…
+        assert!(queue.offer(1, entry("m1")));
+        assert!(queue.offer(2, entry("m2")));
+        assert!(!queue.offer(3, entry("m3")));
+        // …and a `now` message still gets into memory, to be pushed at once.
+        assert!(queue.offer(4, entry_with("m4", Priority::Now)));
+    }
+
+    #[test]
+    fn the_window_is_bounded_by_bytes_too() {
+        let mut queue = MemberQueue::new_spilled(WindowLimits { entries: 100, bytes: 3 * 1024 }, 1);
+        let requests = queue.start_loads();
+        for request in requests {
+            let rows = if request.lane == Lane::Normal {
+                (1..=10).map(|seq| stored_with(seq, Priority::Next, 1024)).collect()
+            } else {
+                vec![]
+            };
+            queue.finish_load(request, Some(rows));
+        }
+        assert!(queue.len() < 10, "a page of large messages stops at the byte budget ({})", queue.len());
+        assert!(!queue.offer(11, entry("m11")), "still spilled: the rest is in the store");
+    }
+
+    #[test]
     fn a_load_that_sees_a_commit_does_not_duplicate_it() {
-        let mut queue = MemberQueue::new_spilled(8, 1);
-        let request = queue.start_load().expect("loads");
-        // The read saw seq 9 committed; its completion is routed after the load finished.
-        queue.finish_load(request, Some(vec![stored(9)]));
+        let mut queue = MemberQueue::new_spilled(limits(8), 1);
+        for request in queue.start_loads() {
+            let rows = if request.lane == Lane::Normal { vec![stored(9)] } else { vec![] };
+            // The read saw seq 9 committed; its completion is routed after the load finished.
+            queue.finish_load(request, Some(rows));
+        }
         assert!(!queue.offer(9, entry("m9")));
         assert_eq!(queue.len(), 1);
     }
 
     #[test]
     fn a_load_for_an_earlier_queue_is_ignored() {
-        let mut old = MemberQueue::new_spilled(8, 1);
-        let stale = old.start_load().expect("loads");
-        let mut queue = MemberQueue::new_spilled(8, 2);
-        let current = queue.start_load().expect("loads");
+        let mut old = MemberQueue::new_spilled(limits(8), 1);
+        let stale = old.start_loads()[1];
+        let mut queue = MemberQueue::new_spilled(limits(8), 2);
+        let current = queue.start_loads()[1];
         queue.finish_load(stale, Some(vec![stored(1)]));
         assert!(queue.is_empty());
         queue.finish_load(current, Some(vec![stored(1)]));
@@ -305,10 +423,11 @@ mod tests {
 
     #[test]
     fn a_failed_load_is_retried() {
-        let mut queue = MemberQueue::new_spilled(8, 1);
-        let request = queue.start_load().expect("loads");
-        queue.finish_load(request, None);
-        assert!(queue.start_load().is_some());
+        let mut queue = MemberQueue::new_spilled(limits(8), 1);
+        for request in queue.start_loads() {
+            queue.finish_load(request, None);
+        }
+        assert_eq!(queue.start_loads().len(), 2);
     }
 
     #[test]

@@ -385,8 +385,15 @@ pub trait Store: Send + Sync + 'static {
 
     // --- the message queue -------------------------------------------------------------------
 
-    /// Entries for `member_id` with `seq > after_seq`, in order, at most `limit`.
-    fn pending_for_member(&self, member_id: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<QueuedEntry>>;
+    /// Entries for `member_id` with `seq > after_seq`, in order, at most `limit`: the `now`
+    /// ones when `urgent`, else the `next` and `low` ones.
+    fn pending_for_member(
+        &self,
+        member_id: &str,
+        urgent: bool,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<QueuedEntry>>;
     /// Undelivered queue entries in total.
     fn queue_depth(&self) -> StoreResult<u64>;
     fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>>;

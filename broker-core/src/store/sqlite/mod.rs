@@ -505,8 +505,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn pending_for_member(&self, member_id: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<QueuedEntry>> {
-        self.read(|conn| pending_for_member(conn, member_id, after_seq, limit))
+    fn pending_for_member(
+        &self,
+        member_id: &str,
+        urgent: bool,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<QueuedEntry>> {
+        self.read(|conn| pending_for_member(conn, member_id, urgent, after_seq, limit))
     }
 
     fn queue_depth(&self) -> StoreResult<u64> {
@@ -754,6 +760,7 @@ impl Store for SqliteStore {
 fn pending_for_member(
     conn: &Connection,
     member_id: &str,
+    urgent: bool,
     after_seq: u64,
     limit: usize,
 ) -> rusqlite::Result<Vec<QueuedEntry>> {
@@ -763,10 +770,10 @@ fn pending_for_member(
                 COALESCE(b.nonce, q.nonce), COALESCE(b.ciphertext, q.ciphertext),
                 q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig
          FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
-         WHERE q.member_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
+         WHERE q.member_id = ?1 AND q.seq > ?2 AND (q.priority = 0) = ?4 ORDER BY q.seq LIMIT ?3",
     )?;
 
-    stmt.query_map(params![member_id, after_seq as i64, limit as i64], |row| {
+    stmt.query_map(params![member_id, after_seq as i64, limit as i64, urgent], |row| {
         let enc: String = row.get(9)?;
         let key_nonce: Option<String> = row.get(12)?;
         let key_ciphertext: Option<String> = row.get(13)?;
