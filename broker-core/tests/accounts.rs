@@ -777,3 +777,48 @@ async fn starting_logins_is_rate_limited_per_address() {
     assert!(statuses[..20].iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(&statuses[20..], [429, 429]);
 }
+
+#[tokio::test]
+async fn only_the_owner_moderates_admins_and_nobody_moderates_the_owner() {
+    let broker = TestBroker::start_with(generous()).await;
+    let owner = first_device(&broker, "owner").await;
+    let admin = first_device(&broker, "admin").await;
+    let owner_key = Keypair::generate();
+    let (_, mesh) = api(
+        broker.addr,
+        "POST",
+        "/v1/meshes",
+        Some(&owner),
+        Some(json!({"name": "acme", "pubkey": owner_key.public_hex()})),
+    )
+    .await;
+    let mesh_id = mesh["id"].as_str().expect("id").to_owned();
+    let owner_member = mesh["memberId"].as_str().expect("member").to_owned();
+    // The owner invites a second admin, who signs in from another account.
+    let invite = signed_invite(&broker, &mesh_id, &owner_key, Role::Admin, 1);
+    api(
+        broker.addr,
+        "POST",
+        &format!("/v1/meshes/{mesh_id}/invites"),
+        Some(&owner),
+        Some(json!({"invite": invite.to_token()})),
+    )
+    .await;
+    let (status, joined) = api(
+        broker.addr,
+        "POST",
+        "/join",
+        Some(&admin),
+        Some(json!({"invite": invite.to_token(), "pubkey": Keypair::generate().public_hex(), "displayName": "admin"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["role"], "admin");
+    let admin_member = joined["memberId"].as_str().expect("member").to_owned();
+
+    let path = |member: &str, action: &str| format!("/v1/meshes/{mesh_id}/members/{member}/{action}");
+    let (status, _) = api(broker.addr, "POST", &path(&owner_member, "ban"), Some(&admin), None).await;
+    assert_eq!(status, 403, "an admin cannot ban the owner");
+    let (status, _) = api(broker.addr, "POST", &path(&admin_member, "kick"), Some(&owner), None).await;
+    assert_eq!(status, 200, "the owner can remove an admin");
+}

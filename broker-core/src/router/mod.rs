@@ -1280,8 +1280,10 @@ impl Router {
                 member.queue = None;
             }
         }
+        // A newer connection with the same session key replaced this one: nothing departed.
+        let replaced = state.by_routing_key.contains_key(&gone.routing_key);
         let has_session_key = gone.routing_key != gone.member_pubkey;
-        if has_session_key {
+        if has_session_key && !replaced {
             if clean {
                 self.release_session(state, &gone.member_id, &gone.routing_key);
             }
@@ -1363,10 +1365,13 @@ impl Router {
     /// members that are no longer active and of archived meshes.
     pub async fn refresh_directory(&self) -> Result<(), StoreError> {
         let version = self.blocking(|store| store.directory_version()).await?;
-        if version == self.directory_version.swap(version, Ordering::Relaxed) {
+        if version == self.directory_version.load(Ordering::Relaxed) {
             return Ok(());
         }
-        self.reload_directory().await
+        self.reload_directory().await?;
+        // Only once applied: a failed reload is tried again at the next poll.
+        self.directory_version.store(version, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reloads every loaded mesh's directory and grants now (after a control-plane change made

@@ -203,11 +203,16 @@ pub(super) async fn moderate(
     if !access.admin {
         return Err(forbidden("admins of the mesh"));
     }
-    if !access.members.iter().any(|m| m.id == member_id) {
+    let Some(target) = access.members.iter().find(|m| m.id == member_id) else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such member in this mesh"));
-    }
+    };
     if access.mine.iter().any(|m| m.id == member_id) && action != MembershipAction::Unban {
         return Err(ApiError::new(StatusCode::CONFLICT, "own_member", "that is your own member; use leave"));
+    }
+    // Admins may moderate members; only the owner moderates admins and the owner is untouchable.
+    let owners = access.mesh.owner_account_id.is_some() && target.account_id == access.mesh.owner_account_id;
+    if !access.owner && (owners || target.role == Role::Admin) {
+        return Err(forbidden("the mesh's owner (for admins and the owner's own members)"));
     }
     let actor = actor(&access);
     let member = broker
