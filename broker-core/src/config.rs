@@ -13,6 +13,8 @@ pub struct BrokerConfig {
     /// wraps of a sealed multicast on top of the message itself.
     pub max_frame_bytes: usize,
     pub max_connections_per_mesh: usize,
+    /// Sessions one member may have open in a mesh (so one member cannot take the whole mesh).
+    pub max_sessions_per_member: usize,
     pub rate_limit: RateLimit,
     /// A `hello` timestamp further than this from broker time is refused.
     pub hello_skew: Duration,
@@ -70,6 +72,7 @@ impl Default for BrokerConfig {
             max_message_bytes: 64 * 1024,
             max_frame_bytes: 1024 * 1024,
             max_connections_per_mesh: 100,
+            max_sessions_per_member: 32,
             rate_limit: RateLimit { burst: 10, per_minute: 60 },
             hello_skew: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),

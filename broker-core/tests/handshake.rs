@@ -227,3 +227,18 @@ fn weak_keys_are_refused() {
     identity.replace_range(0..2, "01");
     assert!(broker_core::crypto::PublicKey::from_hex(&identity).is_err());
 }
+
+#[tokio::test]
+async fn one_member_cannot_take_every_connection_of_a_mesh() {
+    let config = broker_core::config::BrokerConfig { max_sessions_per_member: 2, ..Default::default() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let _one = check_accepted(&broker, signed_hello(&mesh, &members[0], protocol::now_ms())).await;
+    let _two = check_accepted(&broker, signed_hello(&mesh, &members[0], protocol::now_ms())).await;
+    check_refused(&broker, signed_hello(&mesh, &members[0], protocol::now_ms()), ErrorCode::Capacity).await;
+    let _bob = check_accepted(&broker, signed_hello(&mesh, &members[1], protocol::now_ms())).await;
+
+    let mut bloated = signed_hello(&mesh, &members[1], protocol::now_ms());
+    bloated.display_name = Some("b".repeat(500));
+    check_refused(&broker, bloated, ErrorCode::Malformed).await;
+}

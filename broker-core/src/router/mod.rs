@@ -9,6 +9,7 @@
 //! remove entries from memory and, batched, from the store.
 
 mod grants;
+pub mod limits;
 mod outbox;
 mod queue;
 mod rate_limit;
@@ -371,6 +372,7 @@ impl Router {
 
     async fn accept_hello(self: &Arc<Self>, hello: Hello, outbox: Outbox) -> Result<SessionHandle, Refusal> {
         // A session key equal to the member key is no session key.
+        limits::check_hello(&hello).map_err(|problem| Refusal::new(ErrorCode::Malformed, problem))?;
         let session_key = hello.session_pubkey.clone().filter(|k| !k.is_empty() && *k != hello.pubkey);
         if let Some(key) = &session_key
             && !protocol::is_key_hex(key)
@@ -480,6 +482,14 @@ impl Router {
         }
         if state.sessions.len() >= self.config.max_connections_per_mesh {
             return Err(Refusal::new(ErrorCode::Capacity, "this mesh has reached its connection limit on this broker"));
+        }
+        let member_sessions = state.members.get(&member_id).map_or(0, |m| m.sessions.len());
+        let replacing = session_key.as_ref().is_some_and(|k| state.by_routing_key.contains_key(k));
+        if member_sessions >= self.config.max_sessions_per_member && !replacing {
+            return Err(Refusal::new(
+                ErrorCode::Capacity,
+                format!("this member already has {member_sessions} sessions open in the mesh; close one first"),
+            ));
         }
         if let Some(key) = &session_key {
             // A session key belongs to one member: another member may not take it over (and
@@ -643,24 +653,42 @@ impl Router {
                     }
                 });
             }
-            ClientFrame::SetSummary(set) => self.with_session(session, |_, state, id| {
-                if let Some(s) = state.sessions.get_mut(&id) {
-                    s.summary = Some(set.summary).filter(|v| !v.is_empty());
+            ClientFrame::SetSummary(set) => {
+                if let Err(problem) = limits::check_summary(&set.summary) {
+                    return self.reply_error(session, ErrorCode::Malformed, &problem, None);
                 }
-            }),
+                self.with_session(session, |_, state, id| {
+                    if let Some(s) = state.sessions.get_mut(&id) {
+                        s.summary = Some(set.summary).filter(|v| !v.is_empty());
+                    }
+                })
+            }
             ClientFrame::SetStats(set) => self.with_session(session, |_, state, id| {
                 if let Some(s) = state.sessions.get_mut(&id) {
                     s.stats = set.stats;
                 }
             }),
-            ClientFrame::JoinGroup(join) => self.with_session(session, |_, state, id| {
-                if let Some(s) = state.sessions.get_mut(&id) {
-                    match s.groups.iter_mut().find(|g| g.name == join.name) {
-                        Some(existing) => existing.role = join.role,
-                        None => s.groups.push(GroupMembership { name: join.name, role: join.role }),
-                    }
+            ClientFrame::JoinGroup(join) => {
+                let group = GroupMembership { name: join.name, role: join.role };
+                if let Err(problem) = limits::check_group(&group) {
+                    return self.reply_error(session, ErrorCode::Malformed, &problem, None);
                 }
-            }),
+                let mut full = false;
+                self.with_session(session, |_, state, id| {
+                    if let Some(s) = state.sessions.get_mut(&id) {
+                        let count = s.groups.len();
+                        match s.groups.iter_mut().find(|g| g.name == group.name) {
+                            Some(existing) => existing.role = group.role.clone(),
+                            None if count >= limits::MAX_GROUPS => full = true,
+                            None => s.groups.push(group.clone()),
+                        }
+                    }
+                });
+                if full {
+                    let problem = format!("a session may be in at most {} groups", limits::MAX_GROUPS);
+                    self.reply_error(session, ErrorCode::Malformed, &problem, None);
+                }
+            }
             ClientFrame::LeaveGroup(leave) => self.with_session(session, |_, state, id| {
                 if let Some(s) = state.sessions.get_mut(&id) {
                     s.groups.retain(|g| g.name != leave.name);
