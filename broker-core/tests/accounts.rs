@@ -736,6 +736,29 @@ async fn a_pasted_login_token_signs_in_another_device_once() {
 }
 
 #[tokio::test]
+async fn approvals_a_revoked_device_gave_die_with_it() {
+    let broker = TestBroker::start_with(quick_polls()).await;
+    let laptop = first_device(&broker, "alice").await;
+    let stolen = approved_device(&broker, &laptop, "stolen").await;
+    let (_, made) = api(broker.addr, "POST", "/v1/device/login-token", Some(&stolen), None).await;
+    let login_token = made["loginToken"].as_str().expect("token").to_owned();
+    let (device_code, user_code) = start_login(&broker, "thief-box").await;
+    let (status, _) =
+        api(broker.addr, "POST", "/v1/device/approve", Some(&stolen), Some(json!({"userCode": user_code}))).await;
+    assert_eq!(status, 200);
+
+    let (_, me) = api(broker.addr, "GET", "/v1/account", Some(&stolen), None).await;
+    let stolen_id = me["device"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(api(broker.addr, "POST", &format!("/v1/devices/{stolen_id}/revoke"), Some(&laptop), None).await.0, 200);
+
+    let redeem = json!({"device_code": login_token, "hostname": "thief-box-2"});
+    let (status, body) = api(broker.addr, "POST", "/v1/device/token", None, Some(redeem)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("access_denied")), "{body}");
+    let (status, body) = poll(&broker, &device_code).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("access_denied")), "{body}");
+}
+
+#[tokio::test]
 async fn devices_of_an_account_see_logins_that_named_it() {
     let broker = TestBroker::start_with(quick_polls()).await;
     let laptop = first_device(&broker, "alice").await;

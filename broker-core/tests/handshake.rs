@@ -198,7 +198,8 @@ async fn a_session_key_belongs_to_one_member_and_must_be_held() {
     check_refused(&broker, stolen, ErrorCode::BadSessionPubkey).await;
 
     // Nor may a session key be another member's key.
-    let mut borrowed = signed_hello(&mesh, mallory, protocol::now_ms());
+    // (A later timestamp: the refused hello above used up its signature.)
+    let mut borrowed = signed_hello(&mesh, mallory, now + 1);
     borrowed.session_pubkey = Some(alice.key.public_hex());
     borrowed.session_sig = None;
     borrowed.session_proof = None;

@@ -27,6 +27,9 @@ type Reply = oneshot::Sender<Result<ServerFrame, ClientError>>;
 
 /// Message ids remembered for de-duplication.
 const RECENT_IDS: usize = 16 * 1024;
+/// A message handed to the consumer less than this long ago and not yet acknowledged is taken to
+/// be in hand; after that, a re-push hands it over again (its first handling failed).
+const STILL_HANDLING: Duration = Duration::from_secs(30);
 
 /// Initial read buffer of the connection. tungstenite zero-fills the free part of it before
 /// every socket read: with its 128 KiB default that is a 128 KiB memset per read, for frames of
@@ -388,15 +391,21 @@ impl Task {
                 .await;
             }
             ServerFrame::Push(push) => {
-                if !self.seen.insert(&push.message_id) {
-                    // A re-push of something already handed over: only re-acknowledge it if the
-                    // consumer had (the broker's new session does not know yet).
-                    if self.acknowledged.contains(&push.message_id) {
-                        let ack = ClientFrame::Delivered(protocol::Delivered { message_ids: vec![push.message_id] });
-                        return self.write(socket, &ack).await.err();
-                    }
+                // A re-push (after a reconnect) of something already handed over.
+                if self.acknowledged.contains(&push.message_id) {
+                    // The consumer stored it; the broker's new session just does not know yet.
+                    let ack = ClientFrame::Delivered(protocol::Delivered { message_ids: vec![push.message_id] });
+                    return self.write(socket, &ack).await.err();
+                }
+                if let Some(at) = self.seen.seen_at(&push.message_id)
+                    && at.elapsed() < STILL_HANDLING
+                {
+                    // Handed over moments ago: the consumer is still on it.
                     return None;
                 }
+                // New, or handed over long ago and never acknowledged (the consumer could not
+                // store it): hand it over (again).
+                self.seen.insert(&push.message_id);
                 self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 let body = self.keys.open(&push);
                 if body.is_err() {

@@ -261,6 +261,8 @@ async fn ready(State(broker): State<Broker>) -> Response {
         Duration::from_secs(2),
         broker.blocking(|store| {
             store.ping()?;
+            // A round trip through the writer thread: ready means writes are accepted too.
+            store.flush()?;
             store.applied_migrations()
         }),
     )

@@ -229,6 +229,13 @@ pub(super) fn revoke_device(
         params![device_id, now_ms as i64],
     )
     .map_err(db_error)?;
+    // Approvals this device gave that nobody has collected yet (login tokens, approved codes)
+    // die with it: a stolen device must not leave a way back in.
+    conn.execute(
+        "UPDATE device_codes SET status = 'denied' WHERE decided_by = ?1 AND status = 'approved'",
+        [device_id],
+    )
+    .map_err(db_error)?;
     let mut stmt = conn
         .prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE device_id = ?1 AND revoked_at IS NULL"))
         .map_err(db_error)?;
@@ -312,8 +319,7 @@ pub(super) fn pending_device_codes(
          WHERE account_hint IN (?1, ?2) AND status = 'pending' AND kind = 'device_code' AND expires_at > ?3
          ORDER BY created_at"
     ))?;
-    let rows = stmt.query_map(params![account.id, account.name, now_ms as i64], code_from_row)?.collect();
-    rows
+    stmt.query_map(params![account.id, account.name, now_ms as i64], code_from_row)?.collect()
 }
 
 fn require_code(conn: &Connection, user_code: &str) -> StoreResult<DeviceCodeRecord> {

@@ -7,6 +7,7 @@
 //! and the fsync cost is shared. Readers use their own connections (WAL lets them read while
 //! the writer writes).
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -260,7 +261,10 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
     conn.execute_batch("SAVEPOINT job").map_err(db_error)?;
-    let result = f(conn);
+    // A bug in one job must not take the writer thread, and with it every later write, down:
+    // its panic becomes that job's error and its changes are rolled back.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
+        .unwrap_or_else(|_| Err(StoreError::Database("internal error while writing".into())));
     let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
     conn.execute_batch(end).map_err(db_error)?;
     result
@@ -312,7 +316,9 @@ fn run_writer(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, mut next
             commits.fetch_add(1, Ordering::Relaxed);
         }
         for finish in finishers {
-            finish(&commit);
+            if std::panic::catch_unwind(AssertUnwindSafe(|| finish(&commit))).is_err() {
+                tracing::error!("a store completion panicked");
+            }
         }
     }
 }
@@ -822,4 +828,32 @@ fn peer_states(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<PeerSta
         })
     })?
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_job_fails_alone_and_the_writer_keeps_going() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Full).expect("open");
+        let panicked = store.call(|conn| -> StoreResult<()> {
+            conn.execute_batch("CREATE TABLE scratch (x INTEGER); INSERT INTO scratch VALUES (1);")
+                .map_err(db_error)?;
+            panic!("a bug in a job")
+        });
+        assert!(matches!(panicked, Err(StoreError::Database(_))), "{panicked:?}");
+
+        let rows = store
+            .call(|conn| {
+                conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'scratch'", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map_err(db_error)
+            })
+            .expect("the writer still answers");
+        assert_eq!(rows, 0, "the panicking job's changes were rolled back");
+        store.flush().expect("and still commits");
+    }
 }
