@@ -12,6 +12,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum HttpError {
     #[error("cannot reach the broker at {url}: {message}; check the address and that the broker is running")]
     Unreachable { url: String, message: String },
+    /// The request may have reached the broker, but no answer came back.
+    #[error("the connection to the broker at {url} broke before it answered: {message}")]
+    Interrupted { url: String, message: String },
     #[error(
         "unsupported broker URL {0:?}: this build speaks plain http:// (put TLS in front on the broker side, or use an http:// URL on a trusted network)"
     )]
@@ -38,30 +41,38 @@ pub async fn request(
         format!("{authority}:80")
     };
     let unreachable = |message: String| HttpError::Unreachable { url: base.to_owned(), message };
-    let exchange = async {
+    let interrupted = |message: String| HttpError::Interrupted { url: base.to_owned(), message };
+    let connect = async {
         let stream = tokio::net::TcpStream::connect(&address).await.map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(connection);
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{prefix}{path}"))
-            .header(hyper::header::HOST, authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(token) = bearer {
-            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let payload = body.map(|b| serde_json::to_vec(b).expect("json serializes")).unwrap_or_default();
-        let request = builder.body(Full::new(Bytes::from(payload))).map_err(|e| unreachable(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(sender)
+    };
+    let mut sender = tokio::time::timeout(REQUEST_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|_| Err(unreachable(format!("no connection within {REQUEST_TIMEOUT:?}"))))?;
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{prefix}{path}"))
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = bearer {
+        builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let payload = body.map(|b| serde_json::to_vec(b).expect("json serializes")).unwrap_or_default();
+    let request = builder.body(Full::new(Bytes::from(payload))).map_err(|e| unreachable(e.to_string()))?;
+    // From here on the broker may have acted on the request even if no answer arrives.
+    let exchange = async {
+        let response = sender.send_request(request).await.map_err(|e| interrupted(e.to_string()))?;
         let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        let bytes = response.into_body().collect().await.map_err(|e| interrupted(e.to_string()))?.to_bytes();
         Ok((status, bytes))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| Err(unreachable(format!("no answer within {REQUEST_TIMEOUT:?}"))))
+        .unwrap_or_else(|_| Err(interrupted(format!("no answer within {REQUEST_TIMEOUT:?}"))))
 }
 
 /// `{error, message}` of a broker error body, with fallbacks for anything else.

@@ -21,6 +21,10 @@ pub enum JoinError {
     AlreadyJoined { slug: String, name: String },
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error(
+        "{0}. The broker may have taken the join: run the same command again to finish it (it reuses this join's key)"
+    )]
+    Interrupted(crate::http::HttpError),
     #[error("the broker refused the invite ({code}): {message}")]
     Refused { code: String, message: String },
     #[error("keystore: {0}")]
@@ -73,15 +77,31 @@ pub async fn join(
         return Err(JoinError::AlreadyJoined { slug: existing.slug.clone(), name: existing.display_name.clone() });
     }
 
-    let key = Keypair::generate();
-    let pubkey = key.public_hex();
-    let account = crate::config::key_account(&invite.mesh_id, &pubkey);
     // The secret is stored before the broker hears of the public key: a member whose secret
-    // was lost could never connect.
-    {
-        let (store, account, seed) = (keystore.clone(), account.clone(), key.seed_hex());
-        blocking(move || store.set(&account, &seed)).await?;
-    }
+    // was lost could never connect. It is kept under this invite's name until the join is
+    // settled, so a retry after a lost answer presents the same key (the broker then answers
+    // `alreadyMember`) instead of a new one the used-up invite would refuse.
+    let pending = pending_join_account(&invite);
+    let key = {
+        let (store, name) = (keystore.clone(), pending.clone());
+        let kept = blocking(move || store.get(&name)).await?;
+        match kept.map(|seed| Keypair::from_secret_hex(&seed)) {
+            Some(Ok(key)) => key,
+            _ => {
+                let key = Keypair::generate();
+                let (store, name, seed) = (keystore.clone(), pending.clone(), key.seed_hex());
+                blocking(move || store.set(&name, &seed)).await?;
+                key
+            }
+        }
+    };
+    let pubkey = key.public_hex();
+    let forget_pending_key = || {
+        let (store, name) = (keystore.clone(), pending.clone());
+        async move {
+            let _ = blocking(move || store.delete(&name)).await;
+        }
+    };
     let body = serde_json::json!({"invite": invite.to_token(), "pubkey": pubkey, "displayName": display_name});
     let bearer = match &config.account {
         Some(account) if same_broker(&account.broker_url, &invite.broker_url) => {
@@ -97,26 +117,28 @@ pub async fn join(
         Some(&body),
     )
     .await;
-    let response = match sent.map_err(JoinError::from) {
-        Ok(response) => response,
-        Err(error) => {
-            let (store, account) = (keystore.clone(), account.clone());
-            let _ = blocking(move || store.delete(&account)).await;
-            return Err(error);
-        }
-    };
-    let joined: JoinResponse = match response {
-        (200, body) => serde_json::from_slice(&body).map_err(|e| JoinError::Refused {
+    let joined: JoinResponse = match sent {
+        Ok((200, body)) => serde_json::from_slice(&body).map_err(|e| JoinError::Refused {
             code: "bad_response".into(),
             message: format!("unexpected answer from the broker: {e}"),
         })?,
-        (status, body) => {
-            let (store, account) = (keystore.clone(), account.clone());
-            let _ = blocking(move || store.delete(&account)).await;
+        Ok((status, body)) => {
+            forget_pending_key().await;
             let (code, message) = crate::http::error_of(status, &body);
             return Err(JoinError::Refused { code, message });
         }
+        Err(error @ crate::http::HttpError::Interrupted { .. }) => return Err(JoinError::Interrupted(error)),
+        Err(error) => {
+            // The request never left this machine.
+            forget_pending_key().await;
+            return Err(error.into());
+        }
     };
+    {
+        let account = crate::config::key_account(&joined.mesh_id, &pubkey);
+        let (store, seed) = (keystore.clone(), key.seed_hex());
+        blocking(move || store.set(&account, &seed)).await?;
+    }
     let entry = MeshEntry {
         mesh_id: joined.mesh_id,
         slug: joined.mesh_slug,
@@ -131,7 +153,13 @@ pub async fn join(
     };
     config.meshes.push(entry.clone());
     config_dir.save(&config)?;
+    forget_pending_key().await;
     Ok(Joined { entry, already_member: joined.already_member })
+}
+
+/// The keystore name of the member key of a join that is not settled yet.
+fn pending_join_account(invite: &Invite) -> String {
+    format!("pending-join:{}:{}", invite.mesh_id, invite.invite_id)
 }
 
 /// Two spellings of one broker base URL (`http://h:1/` and `http://h:1`) are the same broker.

@@ -140,3 +140,75 @@ fn install_writes_claude_code_files_and_uninstall_reverses_it() -> Result<()> {
     assert!(settings.get("hooks").is_none(), "{settings}");
     Ok(())
 }
+
+/// A relay in front of the broker whose first connection loses the broker's answer: the request
+/// arrives and is acted on, the caller hears nothing. Later connections pass through.
+async fn answer_losing_relay(broker_port: u16) -> Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await else { return };
+            if !std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+                continue;
+            }
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let (mut client_read, _client_write) = client.split();
+                let (mut upstream_read, mut upstream_write) = upstream.split();
+                let forward = tokio::io::copy(&mut client_read, &mut upstream_write);
+                let mut answer = [0u8; 1];
+                // Forward the request until the broker starts answering, then hang up on the client.
+                tokio::select! {
+                    _ = forward => {}
+                    _ = upstream_read.read_exact(&mut answer) => {}
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_answer_was_lost_finishes_on_retry_with_the_same_key() -> Result<()> {
+    let broker = Broker::start().await?;
+    broker.operator(&["mesh", "create", "--name", "relayed"])?;
+    let relay = answer_losing_relay(broker.port).await?;
+    let invite = broker.operator(&[
+        "invite",
+        "create",
+        "--mesh",
+        "relayed",
+        "--max-uses",
+        "1",
+        "--public-url",
+        &format!("http://127.0.0.1:{relay}"),
+    ])?;
+    let link = invite["link"].as_str().expect("link");
+    let device = Device::new()?;
+
+    let lost = run(device.command(), &["join", link, "--name", "alice"]);
+    assert_eq!(code(&lost), 4, "unreachable: {}", String::from_utf8_lossy(&lost.stderr));
+    let stderr = String::from_utf8_lossy(&lost.stderr);
+    assert!(stderr.contains("run the same command again"), "{stderr}");
+
+    // The single-use invite was used by the lost request; the retry presents the same key.
+    let joined = json_of(&run(device.command(), &["join", link, "--name", "alice", "--json"]));
+    assert_eq!(joined["alreadyMember"], true, "{joined}");
+    let members = broker.operator(&["member", "list", "--mesh", "relayed"])?;
+    let alices: Vec<&Value> =
+        members["members"].as_array().expect("members").iter().filter(|m| m["displayName"] == "alice").collect();
+    assert_eq!(alices.len(), 1, "one member, not two: {alices:?}");
+    assert_eq!(alices[0]["pubkey"], joined["memberPubkey"]);
+
+    let keys: Vec<String> = std::fs::read_dir(device.config.path().join("keys"))?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(keys.len(), 1, "only the member key is left, not the join's: {keys:?}");
+    assert!(keys[0].starts_with("member_"), "{keys:?}");
+    Ok(())
+}

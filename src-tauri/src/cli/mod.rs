@@ -67,7 +67,7 @@ fn print_json(value: serde_json::Value) {
 
 fn http_exit(error: &crate::http::HttpError) -> Exit {
     match error {
-        crate::http::HttpError::Unreachable { .. } => Exit::Unreachable,
+        crate::http::HttpError::Unreachable { .. } | crate::http::HttpError::Interrupted { .. } => Exit::Unreachable,
         crate::http::HttpError::UnsupportedUrl(_) => Exit::Usage,
     }
 }
@@ -162,7 +162,7 @@ pub async fn join(link: &str, name: Option<String>, json_output: bool) -> CliRes
         let exit = match &e {
             BadInvite(_) | Expired | Refused { .. } => Exit::Refused,
             AlreadyJoined { .. } => Exit::AlreadyExists,
-            Http(error) => http_exit(error),
+            Http(error) | Interrupted(error) => http_exit(error),
             KeyStore(_) | Config(_) => Exit::Failure,
         };
         Failure::new(exit, e.to_string())
