@@ -233,9 +233,16 @@ impl Task {
         let connecting = async {
             // Frames are small and latency matters: no Nagle delay on the socket.
             let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
-                .await
-                .map_err(|e| Ended::Lost(format!("cannot connect to {url}: {e}")))?;
+            let connector = if url.starts_with("wss://") {
+                let tls = super::tls::client_config().map_err(|e| Ended::Lost(e.to_string()))?;
+                tokio_tungstenite::Connector::Rustls(tls)
+            } else {
+                tokio_tungstenite::Connector::Plain
+            };
+            let (mut socket, _) =
+                tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(config), true, Some(connector))
+                    .await
+                    .map_err(|e| Ended::Lost(format!("cannot connect to {url}: {e}")))?;
             let hello = serde_json::to_string(&ClientFrame::Hello(self.hello())).expect("hello serializes");
             socket.send(Message::text(hello)).await.map_err(|e| Ended::Lost(format!("hello not sent: {e}")))?;
             loop {

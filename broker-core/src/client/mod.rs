@@ -16,6 +16,7 @@ mod connection;
 mod dedup;
 pub mod device_login;
 mod keys;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -68,7 +68,8 @@ fn print_json(value: serde_json::Value) {
 fn http_exit(error: &crate::http::HttpError) -> Exit {
     match error {
         crate::http::HttpError::Unreachable { .. } | crate::http::HttpError::Interrupted { .. } => Exit::Unreachable,
-        crate::http::HttpError::UnsupportedUrl(_) => Exit::Usage,
+        crate::http::HttpError::UnsupportedUrl(_) | crate::http::HttpError::InsecureBearer(_) => Exit::Usage,
+        crate::http::HttpError::Tls(_) => Exit::Failure,
     }
 }
 
