@@ -312,8 +312,7 @@ pub(super) fn pending_device_codes(
          WHERE account_hint IN (?1, ?2) AND status = 'pending' AND kind = 'device_code' AND expires_at > ?3
          ORDER BY created_at"
     ))?;
-    let rows = stmt.query_map(params![account.id, account.name, now_ms as i64], code_from_row)?.collect();
-    rows
+    stmt.query_map(params![account.id, account.name, now_ms as i64], code_from_row)?.collect()
 }
 
 fn require_code(conn: &Connection, user_code: &str) -> StoreResult<DeviceCodeRecord> {
