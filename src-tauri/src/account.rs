@@ -14,7 +14,7 @@ use broker_core::crypto::Keypair;
 use broker_core::invite::{Invite, InviteTerms};
 use broker_core::protocol::account::{
     CreateInviteResponse, CreateMeshResponse, DeviceCodeRequest, DeviceCodeResponse, DeviceView, EnrolResponse,
-    LoginTokenResponse, MemberView, MeshView, PendingDevice, TokenError, TokenResponse,
+    LoginTokenResponse, MeshView, PendingDevice, TokenError, TokenResponse,
 };
 use broker_core::protocol::{self, Role};
 use hyper::Method;
@@ -149,21 +149,27 @@ impl Api {
     }
 
     /// The mesh's members with their roles and whether each is online.
-    pub async fn members(&self, mesh_id: &str) -> Result<Vec<MemberView>, AccountError> {
+    #[cfg(feature = "gui")]
+    pub async fn members(
+        &self,
+        mesh_id: &str,
+    ) -> Result<Vec<broker_core::protocol::account::MemberView>, AccountError> {
         #[derive(serde::Deserialize)]
         struct Members {
-            members: Vec<MemberView>,
+            members: Vec<broker_core::protocol::account::MemberView>,
         }
         Ok(self.call::<Members>(Method::GET, &format!("/v1/meshes/{mesh_id}/members"), None).await?.members)
     }
 
     /// Kicks, bans or unbans another member (admins); kick and ban end its sessions at once.
+    #[cfg(feature = "gui")]
     pub async fn moderate(&self, mesh_id: &str, member_id: &str, action: Moderation) -> Result<(), AccountError> {
         let path = format!("/v1/meshes/{mesh_id}/members/{member_id}/{}", action.as_str());
         self.call::<serde_json::Value>(Method::POST, &path, None).await.map(|_| ())
     }
 
     /// This device's member leaves the mesh at the broker (its sessions end).
+    #[cfg(feature = "gui")]
     pub async fn leave_mesh(&self, mesh_id: &str) -> Result<(), AccountError> {
         self.call::<serde_json::Value>(Method::POST, &format!("/v1/meshes/{mesh_id}/leave"), None).await.map(|_| ())
     }
@@ -173,7 +179,8 @@ impl Api {
     }
 }
 
-/// What an admin can do to another member.
+/// What an admin can do to another member (the desktop app's Members view).
+#[cfg(feature = "gui")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Moderation {
@@ -182,6 +189,7 @@ pub enum Moderation {
     Unban,
 }
 
+#[cfg(feature = "gui")]
 impl Moderation {
     pub fn as_str(self) -> &'static str {
         match self {

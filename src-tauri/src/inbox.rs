@@ -255,6 +255,7 @@ impl Inbox {
 
     /// The last `limit` messages a person at this device may read (see [`for_person`]), oldest
     /// first, with whether the person has seen each.
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
     pub fn person_history(&self, own_member_keys: &[String], limit: usize) -> Result<Vec<PersonMessage>, InboxError> {
         let conn = self.conn.lock().expect("inbox lock");
         let sql = format!(
@@ -276,6 +277,7 @@ impl Inbox {
     }
 
     /// Marks messages as seen by the person (leaves the sessions' read markers alone).
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
     pub fn mark_seen(&self, ids: &[String], now_ms: u64) -> Result<(), InboxError> {
         let mut conn = self.conn.lock().expect("inbox lock");
         let tx = conn.transaction()?;
@@ -290,6 +292,7 @@ impl Inbox {
     }
 
     /// Records a message the person sent (queued, or refused with `error`).
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
     pub fn record_sent(&self, sent: &SentMessage) -> Result<(), InboxError> {
         let conn = self.conn.lock().expect("inbox lock");
         conn.execute(
@@ -314,6 +317,7 @@ impl Inbox {
     }
 
     /// One recipient member stored a sent message; returns it as it stands now.
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
     pub fn mark_delivered(&self, id: &str) -> Result<Option<SentMessage>, InboxError> {
         let conn = self.conn.lock().expect("inbox lock");
         conn.execute("UPDATE sent SET delivered = MIN(delivered + 1, recipients) WHERE id = ?1", [id])?;
@@ -322,6 +326,7 @@ impl Inbox {
     }
 
     /// The last `limit` sent messages, oldest first.
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
     pub fn sent_history(&self, limit: usize) -> Result<Vec<SentMessage>, InboxError> {
         let conn = self.conn.lock().expect("inbox lock");
         let sql = format!(
@@ -341,6 +346,7 @@ impl Inbox {
 
 /// A received message as a person's view shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
 pub struct PersonMessage {
     pub message: StoredMessage,
     /// The person opened its conversation since it arrived.
@@ -349,6 +355,7 @@ pub struct PersonMessage {
 
 /// A message the person sent from this device (its own copy: the broker only held it sealed).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
 pub struct SentMessage {
     /// The broker's message id, or a local `unsent_…` id when it was refused before queueing.
     pub id: String,
@@ -374,6 +381,7 @@ pub struct SentMessage {
 /// Whether a person at this device may read a received message: everything addressed to the
 /// member, a group or the mesh, and direct messages that reached the desktop app's own session.
 /// A message addressed to one Claude Code session's key is that session's.
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
 pub fn for_person(message: &StoredMessage, receiving_channel: Option<&str>, own_member_keys: &[String]) -> bool {
     match message.kind {
         MessageKind::Group | MessageKind::Broadcast => true,
@@ -384,9 +392,11 @@ pub fn for_person(message: &StoredMessage, receiving_channel: Option<&str>, own_
     }
 }
 
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
 const SENT_COLUMNS: &str =
     "id, mesh_id, mesh_slug, target_spec, conversation, recipient_label, body, recipients, delivered, error, sent_at";
 
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
 fn row_to_sent(row: &rusqlite::Row<'_>) -> rusqlite::Result<SentMessage> {
     Ok(SentMessage {
         id: row.get(0)?,

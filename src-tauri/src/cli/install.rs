@@ -172,7 +172,8 @@ fn run_claude(claude: &Path, args: &[String]) -> anyhow::Result<std::process::Ou
 
 /// Whether this machine's Claude Code has our MCP server and hooks: the hooks in the settings
 /// file, and the server in the user MCP config (or, when `claude` manages it, in `claude mcp
-/// list`'s source file, the same `~/.claude.json`).
+/// list`'s source file, the same `~/.claude.json`). Shown by the desktop app's Settings.
+#[cfg(feature = "gui")]
 pub fn is_registered(files: &ClaudeFiles) -> bool {
     let hooks = read_json(&files.settings).is_ok_and(|settings| {
         settings["hooks"].as_object().is_some_and(|events| {
@@ -340,6 +341,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "gui")]
     #[test]
     fn registration_is_seen_in_both_files() {
         let dir = tempfile::tempdir().expect("tempdir");

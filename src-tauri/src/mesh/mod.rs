@@ -58,6 +58,7 @@ pub enum LinkState {
 
 /// What happened on a mesh connection, for a front end that shows it live (the desktop app).
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
 pub enum LinkEvent {
     State {
         mesh_id: String,
