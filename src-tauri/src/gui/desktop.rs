@@ -42,6 +42,9 @@ const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 /// How often this machine's session files are looked at (a Claude Code session of this device
 /// starting or ending sends no broker event to the device's own sessions).
 const LOCAL_SESSIONS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the peer lists are fetched while the window shows (status, summary and group
+/// changes of peers send no broker event).
+const PEER_REFRESH_INTERVAL: Duration = Duration::from_secs(3);
 /// Messages of history a person's view reads.
 const HISTORY_LIMIT: usize = 2000;
 
@@ -196,6 +199,8 @@ pub struct Desktop {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Wakes the join-storm flusher when a storm starts.
     storm_started: Notify,
+    /// The window is on screen (set by the shell): peer lists are then kept fresh by polling.
+    window_visible: std::sync::atomic::AtomicBool,
     /// Outputs go to the shell (which holds the app handle).
     out: mpsc::UnboundedSender<Output>,
     /// Cloned into every supervisor; read by the link-event loop.
@@ -290,6 +295,7 @@ impl Desktop {
             sign_in: Mutex::new((None, None)),
             tasks: Mutex::new(Vec::new()),
             storm_started: Notify::new(),
+            window_visible: std::sync::atomic::AtomicBool::new(true),
             out,
             link_events,
             incoming,
@@ -317,6 +323,7 @@ impl Desktop {
             tokio::spawn(self.clone().token_loop()).abort_handle(),
             tokio::spawn(self.clone().local_sessions_loop()).abort_handle(),
             tokio::spawn(self.clone().storm_loop()).abort_handle(),
+            tokio::spawn(self.clone().peer_refresh_loop()).abort_handle(),
         ];
         lock(&self.tasks).extend(tasks);
         self.emit_status();
@@ -525,6 +532,23 @@ impl Desktop {
         };
         if let Some(toast) = toast {
             self.send(Output::Toast(toast));
+        }
+    }
+
+    pub fn set_window_visible(&self, visible: bool) {
+        self.window_visible.store(visible, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn peer_refresh_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(PEER_REFRESH_INTERVAL).await;
+            if !self.window_visible.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            let meshes: Vec<String> = lock(&self.state).meshes.keys().cloned().collect();
+            for mesh_id in meshes {
+                self.refresh_peers(&mesh_id).await;
+            }
         }
     }
 

@@ -97,11 +97,17 @@ pub fn build_app<R: Runtime>(builder: tauri::Builder<R>, desktop: Arc<Desktop>) 
             if let WindowEvent::CloseRequested { api, .. } = event {
                 api.prevent_close();
                 let _ = window.hide();
+                if let Some(desktop) = window.try_state::<Arc<Desktop>>() {
+                    desktop.set_window_visible(false);
+                }
             }
         })
 }
 
 pub fn show_window<R: Runtime>(app: &AppHandle<R>) {
+    if let Some(desktop) = app.try_state::<Arc<Desktop>>() {
+        desktop.set_window_visible(true);
+    }
     if let Some(window) = app.get_webview_window(MAIN_WINDOW) {
         let _ = window.show();
         let _ = window.unminimize();
@@ -163,7 +169,9 @@ pub fn run(launch: Launch, started: Instant) -> std::process::ExitCode {
                 }
             });
             tauri::async_runtime::spawn(instance::serve(listener, handle.clone(), core.clone()));
-            if !launch.minimized {
+            if launch.minimized {
+                core.set_window_visible(false);
+            } else {
                 show_window(&handle);
             }
             Ok(())

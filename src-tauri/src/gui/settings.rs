@@ -11,7 +11,7 @@ use crate::config::{ConfigDir, ConfigError, write_private_atomic};
 /// The port the local broker asks for first (the one `claudemesh-broker` uses by default).
 pub const DEFAULT_LOCAL_PORT: u16 = 7900;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DesktopSettings {
     pub local_broker: LocalBrokerSettings,
@@ -20,17 +20,6 @@ pub struct DesktopSettings {
     /// The remote broker last signed in to (pre-filled in the sign-in view).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_url: Option<String>,
-}
-
-impl Default for DesktopSettings {
-    fn default() -> Self {
-        DesktopSettings {
-            local_broker: LocalBrokerSettings::default(),
-            notifications: NotificationSettings::default(),
-            start_at_login: false,
-            broker_url: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -229,6 +229,8 @@ export function mount(container, ctx) {
 
   draw();
   loadClaude();
+  // Settings change elsewhere too (first run, the tray's Pause): start from the app's copy.
+  ctx.call("settings").then((settings) => ctx.setState({ ...ctx.state, settings }));
   return {
     update(state, previous) {
       if (state.status.localBroker !== previous.status.localBroker || state.status.account !== previous.status.account || state.settings !== previous.settings) draw();
