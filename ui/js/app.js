@@ -123,10 +123,10 @@ function handle(event) {
   }
   const wasSignedIn = signedIn();
   ctx.setState(reduce(state, event));
-  // Signing in or out changes which views exist.
+  // Signing in or out changes which views exist; a new sign-in lands on Peers.
   if (wasSignedIn !== signedIn()) {
     if (!signedIn()) go("welcome");
-    else if (current.name === "welcome") go("peers");
+    else if (current.name === "welcome" || current.name === "signIn") go("peers");
   }
 }
 

@@ -815,7 +815,6 @@ impl Desktop {
             let entry = account::create_mesh(&self.config_dir, &self.keystore, &api, "Personal", &display_name).await?;
             self.connect(entry).await;
         }
-        self.navigate(View::Peers, None);
         Ok(self.status())
     }
 
@@ -905,9 +904,6 @@ impl Desktop {
             self.send(Output::Ui(UiEvent::SignIn(view)));
         }
         self.emit_status();
-        if phase == SignInPhase::Approved {
-            self.navigate(View::Meshes, None);
-        }
     }
 
     pub fn cancel_sign_in(&self) {
@@ -951,7 +947,6 @@ impl Desktop {
         let signed_in = account::finish_sign_in(&self.config_dir, &self.keystore, &broker_url, token, &name).await?;
         self.save_settings(|s| s.broker_url = Some(broker_url.clone()))?;
         self.after_sign_in(signed_in.account, signed_in.enrolled).await;
-        self.navigate(View::Meshes, None);
         Ok(self.status())
     }
 
@@ -1055,7 +1050,6 @@ impl Desktop {
         let name = display_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| self.display_name_for_new_mesh());
         let joined = crate::join::join(&self.config_dir, self.keystore.clone(), link.trim(), name.trim()).await?;
         self.connect(joined.entry).await;
-        self.navigate(View::Peers, None);
         Ok(self.status())
     }
 

@@ -253,6 +253,10 @@ mod tests {
         .map(|body| body.deserialize::<Value>().expect("json reply"))
     }
 
+    fn snapshot_of(webview: &tauri::WebviewWindow<tauri::test::MockRuntime>) -> Value {
+        invoke(webview, "snapshot", json!({})).expect("snapshot")
+    }
+
     /// The wiring of `build_app` with the mock runtime: commands reach the core, results and
     /// errors come back serialized, and closing the window does not end the app.
     #[test]
@@ -299,8 +303,11 @@ mod tests {
         assert!(invite["appLink"].as_str().is_some_and(|l| l.starts_with("claudemesh://join/")), "{invite}");
         assert!(invite["qrSvg"].as_str().is_some_and(|s| s.contains("<svg")), "a QR code comes along");
 
-        // Nothing the window receives carries the device token.
+        // Nothing the window receives carries the device token: no command result, no event.
         let token = keystore.get(crate::account::TOKEN_KEY).expect("keystore").expect("token");
+        for result in [&status, &invite, &snapshot_of(&webview)] {
+            assert!(!result.to_string().contains(token.as_str()), "the token leaked into a command result");
+        }
         let mut seen = 0;
         while let Ok(output) = outputs.try_recv() {
             if let Output::Ui(event) = output {
