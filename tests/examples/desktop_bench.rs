@@ -112,6 +112,23 @@ fn cpu_ticks(pid: u32) -> u64 {
         + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// Each thread's name and CPU ticks.
+fn thread_ticks(pid: u32) -> HashMap<u32, (String, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let tid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_owned();
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some((tid, (name, ticks)))
+        })
+        .collect()
+}
+
 /// (RSS, PSS) in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -165,6 +182,53 @@ async fn connect_peer(broker: &Broker, mesh: &MeshInfo, name: &str) -> Result<(M
     Ok((client, joined_at))
 }
 
+/// CPU and memory of the app and its WebKit processes over [`IDLE_WINDOW`].
+async fn idle(what: &str, config_dir: &Path) -> Result<()> {
+    let pids = app_processes(config_dir);
+    if pids.is_empty() {
+        bail!("cannot find the app's process");
+    }
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let threads_before = thread_ticks(pids[0]);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let after: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let mut busy: Vec<(String, u64)> = thread_ticks(pids[0])
+        .into_iter()
+        .map(|(tid, (name, t))| {
+            (format!("{name} ({tid})"), t.saturating_sub(threads_before.get(&tid).map_or(0, |b| b.1)))
+        })
+        .filter(|(_, t)| *t > 0)
+        .collect();
+    busy.sort_by_key(|(_, ticks)| std::cmp::Reverse(*ticks));
+    println!("  busiest threads of the app process (ticks of 10 ms): {busy:?}");
+    let ticks: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
+    let seconds = IDLE_WINDOW.as_secs_f64();
+    let percent = |t: u64| t as f64 / ticks_per_second / seconds * 100.0;
+    println!(
+        "idle CPU, {what}, over {seconds:.0} s: app process {:.2}%, app + WebKit processes {:.2}% (of one core)",
+        percent(ticks[0]),
+        percent(ticks.iter().sum())
+    );
+    let mut rss_total = 0;
+    let mut pss_total = 0;
+    for pid in &pids {
+        let (rss, pss) = memory_kib(*pid);
+        rss_total += rss;
+        pss_total += pss;
+        println!("  {pid} {}: RSS {} MiB, PSS {} MiB", process_name(*pid), rss / 1024, pss / 1024);
+    }
+    let (app_rss, app_pss) = memory_kib(pids[0]);
+    println!(
+        "memory, {what}: app process RSS {} MiB, PSS {} MiB; with its WebKit processes RSS {} MiB, PSS {} MiB",
+        app_rss / 1024,
+        app_pss / 1024,
+        rss_total / 1024,
+        pss_total / 1024
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let profile = claudemesh_e2e::profile_dir();
@@ -211,37 +275,7 @@ async fn main() -> Result<()> {
     println!("peers shown: {}", app.count("[data-testid=peer-row]").await?);
     // Settle, then measure a quiet minute.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let pids = app_processes(&app.config_dir());
-    if pids.is_empty() {
-        bail!("cannot find the app's process");
-    }
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
-    let app_before = cpu_ticks(pids[0]);
-    tokio::time::sleep(IDLE_WINDOW).await;
-    let after: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
-    let total_ticks: u64 = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).sum();
-    let app_ticks = cpu_ticks(pids[0]).saturating_sub(app_before);
-    let seconds = IDLE_WINDOW.as_secs_f64();
-    println!(
-        "idle CPU over {seconds:.0} s: app process {:.2}%, app + WebKit processes {:.2}% (of one core)",
-        app_ticks as f64 / ticks_per_second / seconds * 100.0,
-        total_ticks as f64 / ticks_per_second / seconds * 100.0
-    );
-    let mut rss_total = 0;
-    let mut pss_total = 0;
-    for pid in &pids {
-        let (rss, pss) = memory_kib(*pid);
-        rss_total += rss;
-        pss_total += pss;
-        println!("  {pid} {}: RSS {} MiB, PSS {} MiB", process_name(*pid), rss / 1024, pss / 1024);
-    }
-    println!(
-        "memory: app process RSS {} MiB; app + WebKit processes RSS {} MiB, PSS {} MiB",
-        memory_kib(pids[0]).0 / 1024,
-        rss_total / 1024,
-        pss_total / 1024
-    );
+    idle("window open on Peers", &app.config_dir()).await?;
 
     // 3. A peer joining: to the Peers view and to the notification.
     let notifications = NotificationMonitor::start().await?;
@@ -276,6 +310,11 @@ async fn main() -> Result<()> {
     summary("peer joined → row in the Peers view", to_view, "ms");
     summary("peer joined → Notify on the session bus", to_notification, "ms");
     notifications.stop().await;
+
+    // 2b. The usual idle state of a tray app: the window closed (the app in the tray).
+    app.execute("window.__TAURI__.window.getCurrentWindow().close()", json!([])).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    idle("window closed, in the tray", &app.config_dir()).await?;
     for client in &clients {
         client.shutdown().await;
     }

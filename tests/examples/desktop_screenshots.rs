@@ -20,8 +20,8 @@ fn out_dir() -> PathBuf {
 
 async fn save(app: &DesktopApp, name: &str) -> Result<()> {
     // Let fonts and the last events settle; no passing toast in the picture.
+    app.wait_absent("[data-testid=toast]").await?;
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    app.execute("document.querySelectorAll('.toast').forEach((t) => t.remove())", json!([])).await?;
     let png = app.screenshot().await?;
     let path = out_dir().join(format!("{name}.png"));
     std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;

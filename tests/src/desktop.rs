@@ -39,7 +39,11 @@ impl DesktopApp {
     /// Starts `tauri-driver` with this app's environment and opens a WebDriver session, which
     /// launches the app.
     pub async fn launch() -> Result<DesktopApp> {
-        let home = tempfile::tempdir()?;
+        DesktopApp::launch_in(tempfile::tempdir()?).await
+    }
+
+    /// Launches the app again in a `home` an earlier app used (its profile, keys, local broker).
+    pub async fn launch_in(home: tempfile::TempDir) -> Result<DesktopApp> {
         let app = claudemesh_bin();
         let (port, native_port) = (free_port(), free_port());
         let mut command = Command::new(tauri_driver()?);
@@ -245,6 +249,31 @@ impl DesktopApp {
         Ok(base64::engine::general_purpose::STANDARD.decode(data.as_str().unwrap_or_default())?)
     }
 
+    /// The app's process id (found by its config directory).
+    pub fn pid(&self) -> Option<u32> {
+        let marker = format!("CLAUDEMESH_CONFIG_DIR={}", self.config_dir().display());
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            (exe.file_name().is_some_and(|n| n == "claudemesh")
+                && String::from_utf8_lossy(&environ).split('\0').any(|v| v == marker))
+            .then_some(pid)
+        })
+    }
+
+    /// Ends the driver after the app ended by itself (Quit), keeping the profile.
+    pub async fn into_home(mut self) -> tempfile::TempDir {
+        if let Some(pid) = self.driver.id() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.driver.wait()).await.is_err() {
+            let _ = self.driver.kill().await;
+        }
+        let placeholder = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.home, placeholder)
+    }
+
     /// Ends the session (which closes the app) and the driver, letting the driver stop
     /// WebKitWebDriver first (SIGTERM), so no process outlives the test.
     pub async fn close(mut self) -> Result<()> {
@@ -268,10 +297,14 @@ impl DesktopApp {
         Ok(())
     }
 
-    /// Joins a mesh with an invite link from the Meshes view.
+    /// Joins a mesh with an invite link (from the first-run screen, or the Meshes view).
     pub async fn open_join(&self, link: &str) -> Result<()> {
-        self.open("meshes").await?;
-        self.click("[data-testid=join-open]").await?;
+        if self.count("[data-testid=view-welcome]").await? > 0 {
+            self.click("[data-testid=welcome-join]").await?;
+        } else {
+            self.open("meshes").await?;
+            self.click("[data-testid=join-open]").await?;
+        }
         self.fill("[data-testid=join-link]", link).await?;
         self.click("[data-testid=join-submit]").await?;
         self.wait_absent("[data-testid=join-dialog]").await
@@ -464,4 +497,133 @@ async fn read_monitor(stdout: tokio::process::ChildStdout, seen: Arc<Mutex<Vec<S
 
 fn unquote(text: &str) -> String {
     text.trim().trim_matches('"').to_owned()
+}
+
+/// The app's tray menu as exported on the session bus (StatusNotifierItem + dbusmenu), driven
+/// with `gdbus` as a panel would.
+pub struct TrayMenu {
+    bus_name: String,
+    path: String,
+}
+
+const DBUSMENU_PATH_PREFIX: &str = "/org/ayatana/NotificationItem/";
+
+async fn gdbus(args: &[&str]) -> Result<String> {
+    let output = Command::new("gdbus").arg("call").arg("--session").args(args).output().await?;
+    if !output.status.success() {
+        bail!("gdbus {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+impl TrayMenu {
+    /// Finds the menu the process `pid` exports.
+    pub async fn of(pid: u32) -> Result<TrayMenu> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(menu) = TrayMenu::try_find(pid).await? {
+                return Ok(menu);
+            }
+            if Instant::now() > deadline {
+                bail!("process {pid} exports no tray menu");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn try_find(pid: u32) -> Result<Option<TrayMenu>> {
+        let names = gdbus(&[
+            "--dest",
+            "org.freedesktop.DBus",
+            "--object-path",
+            "/org/freedesktop/DBus",
+            "--method",
+            "org.freedesktop.DBus.ListNames",
+        ])
+        .await?;
+        for name in names.split('\'').filter(|n| n.starts_with(":1.")) {
+            let owner = gdbus(&[
+                "--dest",
+                "org.freedesktop.DBus",
+                "--object-path",
+                "/org/freedesktop/DBus",
+                "--method",
+                "org.freedesktop.DBus.GetConnectionUnixProcessID",
+                name,
+            ])
+            .await
+            .unwrap_or_default();
+            if !owner.contains(&format!("uint32 {pid},")) {
+                continue;
+            }
+            let Ok(nodes) = gdbus(&[
+                "--dest",
+                name,
+                "--object-path",
+                "/org/ayatana/NotificationItem",
+                "--method",
+                "org.freedesktop.DBus.Introspectable.Introspect",
+            ])
+            .await
+            else {
+                continue;
+            };
+            if let Some(item) = nodes.split("<node name=\"").nth(1).and_then(|rest| rest.split('"').next()) {
+                return Ok(Some(TrayMenu {
+                    bus_name: name.to_owned(),
+                    path: format!("{DBUSMENU_PATH_PREFIX}{item}/Menu"),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The menu's items: (id, label).
+    pub async fn items(&self) -> Result<Vec<(u32, String)>> {
+        let layout = gdbus(&[
+            "--dest",
+            &self.bus_name,
+            "--object-path",
+            &self.path,
+            "--method",
+            "com.canonical.dbusmenu.GetLayout",
+            // `--`: "-1" is an argument, not an option.
+            "--",
+            "0",
+            "-1",
+            "[]",
+        ])
+        .await?;
+        // `(7, {'label': <'Quit claudemesh'>, …}, [])`, nested in the root's children.
+        let mut items = Vec::new();
+        for chunk in layout.split("<(").skip(1) {
+            let Some((id, rest)) = chunk.split_once(',') else { continue };
+            let Ok(id) = id.trim().parse() else { continue };
+            if let Some(label) = rest.split("'label': <'").nth(1).and_then(|l| l.split("'>").next()) {
+                items.push((id, label.to_owned()));
+            }
+        }
+        Ok(items)
+    }
+
+    /// Clicks the item labelled `label`.
+    pub async fn click(&self, label: &str) -> Result<()> {
+        let items = self.items().await?;
+        let (id, _) =
+            items.iter().find(|(_, l)| l == label).ok_or_else(|| anyhow!("no tray item {label:?} in {items:?}"))?;
+        gdbus(&[
+            "--dest",
+            &self.bus_name,
+            "--object-path",
+            &self.path,
+            "--method",
+            "com.canonical.dbusmenu.Event",
+            &id.to_string(),
+            "clicked",
+            "<''>",
+            "0",
+        ])
+        .await?;
+        Ok(())
+    }
 }

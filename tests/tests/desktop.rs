@@ -3,7 +3,7 @@
 //! and MCP bridges. Run inside `scripts/desktop-session.sh` (as `scripts/test.sh` does).
 
 use anyhow::{Context as _, Result};
-use claudemesh_e2e::desktop::{DesktopApp, NotificationMonitor};
+use claudemesh_e2e::desktop::{DesktopApp, NotificationMonitor, TrayMenu};
 use claudemesh_e2e::{Broker, Device, WAIT, peer_names};
 use serde_json::json;
 
@@ -181,6 +181,50 @@ async fn revoking_a_device_from_the_app_cuts_its_live_connection() -> Result<()>
     assert!(who["sessions"][0]["connection"].as_str().is_some_and(|c| c.starts_with("failed")), "{who}");
     app.open("peers").await?;
     app.wait_absent("[data-testid=peer-row][data-name=alice-laptop]").await?;
+    app.close().await
+}
+
+/// The tray menu, driven over D-Bus as a panel would: it says where things stand, and Quit
+/// ends the app cleanly — its local broker commits what it queued, so a message waiting for an
+/// offline member is there when the app starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quit_from_the_tray_ends_the_app_and_loses_nothing_queued() -> Result<()> {
+    let app = DesktopApp::launch().await?;
+    app.set_up_locally("alice").await?;
+    let link = app.invite_link("personal", 1).await?;
+    let laptop = Device::new()?;
+    laptop.join(&link, "bob")?;
+    let bob = laptop.bridge().await?;
+    app.open("peers").await?;
+    app.click("[data-testid=peer-row][data-name=bob] [data-testid=peer-message]").await?;
+    bob.close().await?;
+    app.fill("[data-testid=composer]", "waiting for you while you are away").await?;
+    app.click("[data-testid=send]").await?;
+    app.wait_present("[data-testid=delivery][data-state=queued]").await?;
+
+    let pid = app.pid().context("the app's process")?;
+    let tray = TrayMenu::of(pid).await?;
+    let labels: Vec<String> = tray.items().await?.into_iter().map(|(_, label)| label).collect();
+    let state_line = format!("Connected as {} · 1 mesh", whoami());
+    assert_eq!(labels.first(), Some(&state_line), "{labels:?}");
+    assert!(labels.iter().any(|l| l.starts_with("Personal — ")), "{labels:?}");
+    for entry in ["Approve a device…", "Open claudemesh", "Pause notifications", "Quit claudemesh"] {
+        assert!(labels.iter().any(|l| l == entry), "{entry} missing from {labels:?}");
+    }
+    // Closing the window leaves the app in the tray: its menu still answers, Open brings a
+    // window back (with the state kept in the app, not in the page).
+    app.execute("window.__TAURI__.window.getCurrentWindow().close()", json!([])).await?;
+    let tray = TrayMenu::of(pid).await?;
+    tray.click("Open claudemesh").await?;
+    assert!(tray.items().await?.iter().any(|(_, l)| l == "Quit claudemesh"));
+    tray.click("Quit claudemesh").await?;
+    claudemesh_e2e::wait_until("the app to exit", || !std::path::Path::new(&format!("/proc/{pid}")).exists()).await?;
+
+    // Started again on the same profile, its broker still holds the message for bob.
+    let app = DesktopApp::launch_in(app.into_home().await).await?;
+    app.wait_text("[data-testid=state-line]", |t| t.starts_with("Connected as")).await?;
+    let mut bob = laptop.bridge().await?;
+    bob.channel_message("waiting for you while you are away", WAIT).await.context("queued message survived")?;
     app.close().await
 }
 

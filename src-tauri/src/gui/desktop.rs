@@ -1320,7 +1320,44 @@ impl Desktop {
         if after.enabled {
             self.start_local_broker(false).await?;
         }
+        if before.port != after.port {
+            self.relocate_local_meshes(
+                &super::local_broker::local_url(before.port),
+                &super::local_broker::local_url(after.port),
+            )
+            .await?;
+        }
         Ok(self.status())
+    }
+
+    /// The local broker moved to another port: the account and the meshes that pointed at the
+    /// old address point at the new one, and their sessions reconnect there.
+    async fn relocate_local_meshes(&self, old_url: &str, new_url: &str) -> CommandResult<()> {
+        let config_dir = self.config_dir.clone();
+        let (old, new) = (old_url.to_owned(), new_url.to_owned());
+        let moved = blocking(move || {
+            let mut config = config_dir.load()?;
+            if let Some(account) = config.account.as_mut()
+                && crate::join::same_broker(&account.broker_url, &old)
+            {
+                account.broker_url = new.clone();
+            }
+            let mut moved = Vec::new();
+            for mesh in config.meshes.iter_mut().filter(|m| crate::join::same_broker(&m.broker_url, &old)) {
+                mesh.broker_url = new.clone();
+                moved.push(mesh.clone());
+            }
+            config_dir.save(&config)?;
+            Ok((config.account, moved))
+        })
+        .await?;
+        let (account, meshes) = moved;
+        lock(&self.state).account = account;
+        for entry in meshes {
+            self.connect(entry).await;
+        }
+        self.emit_status();
+        Ok(())
     }
 
     pub async fn local_broker_running(&self, run: bool) -> CommandResult<StatusView> {

@@ -56,8 +56,8 @@ pub struct Launch {
     pub link: Option<String>,
 }
 
-/// Registers the commands and the window behaviour: closing the window hides it (the app lives
-/// on in the tray).
+/// Registers the commands and the window behaviour: closing the window destroys it (with its
+/// WebKit process and memory) while the app lives on in the tray; Open builds it again.
 pub fn build_app<R: Runtime>(builder: tauri::Builder<R>, desktop: Arc<Desktop>) -> tauri::Builder<R> {
     builder
         .manage(desktop)
@@ -94,12 +94,10 @@ pub fn build_app<R: Runtime>(builder: tauri::Builder<R>, desktop: Arc<Desktop>) 
             commands::quit,
         ])
         .on_window_event(|window, event| {
-            if let WindowEvent::CloseRequested { api, .. } = event {
-                api.prevent_close();
-                let _ = window.hide();
-                if let Some(desktop) = window.try_state::<Arc<Desktop>>() {
-                    desktop.set_window_visible(false);
-                }
+            if let WindowEvent::Destroyed = event
+                && let Some(desktop) = window.try_state::<Arc<Desktop>>()
+            {
+                desktop.set_window_visible(false);
             }
         })
 }
@@ -108,11 +106,25 @@ pub fn show_window<R: Runtime>(app: &AppHandle<R>) {
     if let Some(desktop) = app.try_state::<Arc<Desktop>>() {
         desktop.set_window_visible(true);
     }
-    if let Some(window) = app.get_webview_window(MAIN_WINDOW) {
-        let _ = window.show();
-        let _ = window.unminimize();
-        let _ = window.set_focus();
-    }
+    let window = match app.get_webview_window(MAIN_WINDOW) {
+        Some(window) => window,
+        None => match build_window(app) {
+            Ok(window) => window,
+            Err(error) => {
+                tracing::warn!(%error, "cannot open the window");
+                return;
+            }
+        },
+    };
+    let _ = window.show();
+    let _ = window.unminimize();
+    let _ = window.set_focus();
+}
+
+/// The main window as `tauri.conf.json` describes it (created on demand, not at start).
+fn build_window<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<tauri::WebviewWindow<R>> {
+    let config = app.config().app.windows.iter().find(|w| w.label == MAIN_WINDOW).cloned().unwrap_or_default();
+    tauri::WebviewWindowBuilder::from_config(app, &config)?.build()
 }
 
 /// Quit: close every session and stop the local broker, then end the process.
@@ -318,9 +330,6 @@ mod tests {
         }
         assert!(seen > 0, "status events went out");
 
-        // Closing the window hides it; the app keeps running.
-        webview.close().expect("close request");
-        assert!(app.get_webview_window(MAIN_WINDOW).is_some(), "the window is kept, hidden");
         tauri::async_runtime::block_on(desktop.shutdown());
     }
 }

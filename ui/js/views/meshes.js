@@ -90,7 +90,8 @@ function createDialog(ctx) {
   });
 }
 
-function joinDialog(ctx, link) {
+/** The "Join a mesh" dialog (also offered on the first-run screen). */
+export function joinDialog(ctx, link) {
   const input = h("textarea", { class: "input mono", rows: 3, testid: "join-link", placeholder: "http://…/join/… or claudemesh://join/…" });
   input.value = link;
   const join = h(

@@ -177,8 +177,20 @@ export function mount(container, ctx) {
           h(
             "div",
             { class: "grid-2" },
-            h("div", { class: "field" }, h("label", {}, "Port"), port),
-            h("div", { class: "field" }, h("label", {}, "Data directory"), dataDir),
+            h(
+              "div",
+              { class: "field" },
+              h("label", {}, "Port"),
+              port,
+              h("span", { class: "hint" }, "Your meshes on this broker follow it to a new port."),
+            ),
+            h(
+              "div",
+              { class: "field" },
+              h("label", {}, "Data directory"),
+              dataDir,
+              h("span", { class: "hint" }, "Your account and meshes live here; another directory is another, empty broker."),
+            ),
           ),
           h("div", { class: "row" }, save, runButton, restart),
         ),

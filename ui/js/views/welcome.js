@@ -2,6 +2,7 @@
 
 import { h, busy } from "../dom.js";
 import { icon } from "../icons.js";
+import { joinDialog } from "./meshes.js";
 
 export function mount(container, ctx) {
   let choice = "local";
@@ -76,6 +77,12 @@ export function mount(container, ctx) {
         h("div", { class: "choices" }, cards.local, cards.remote),
         nameField,
         h("div", { class: "go" }, go),
+        h(
+          "p",
+          { class: "welcome-join" },
+          "Got an invite link? ",
+          h("button", { class: "link", testid: "welcome-join", onclick: () => joinDialog(ctx, "") }, "Join a mesh with it"),
+        ),
       ),
     ),
   );
