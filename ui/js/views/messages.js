@@ -180,6 +180,18 @@ function pickRecipient(ctx, start) {
     seen.add(key);
     return true;
   });
+  // Groups that sessions online now belong to, per mesh.
+  const byGroup = new Map();
+  for (const p of allPeers(ctx.state)) {
+    for (const g of p.groups ?? []) {
+      const key = `${p.meshId}:${g.name}`;
+      const entry = byGroup.get(key) ?? { name: g.name, meshId: p.meshId, meshName: p.meshName, meshSlug: "", members: 0 };
+      entry.members += 1;
+      byGroup.set(key, entry);
+    }
+  }
+  const slugs = Object.fromEntries(ctx.state.status.meshes.map((m) => [m.id, m.slug]));
+  const groups = [...byGroup.values()].map((g) => ({ ...g, meshSlug: slugs[g.meshId] ?? "" }));
   const choose = (key, name) => {
     close();
     start(key, name);
@@ -196,6 +208,14 @@ function pickRecipient(ctx, start) {
           { class: "list-item", testid: "recipient", "data-name": p.name, onclick: () => choose(peerConversation(p.meshId, p.memberPubkey), p.name) },
           avatar(p.name, p.status),
           h("div", { class: "main" }, h("div", { class: "title" }, p.name), h("div", { class: "detail" }, `${p.meshName} · ${p.host ?? ""}`)),
+        ),
+      ),
+      groups.map((g) =>
+        h(
+          "li",
+          { class: "list-item", testid: "recipient", "data-name": `${g.meshSlug}:@${g.name}`, onclick: () => choose(`group:${g.meshId}:@${g.name}`, `@${g.name}`) },
+          h("div", { class: "mesh-icon" }, icon("group")),
+          h("div", { class: "main" }, h("div", { class: "title" }, `@${g.name}`), h("div", { class: "detail" }, `${g.meshName} · ${g.members} online`)),
         ),
       ),
       ctx.state.status.meshes.map((m) =>
