@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what is missing first (system packages, tools).
+# The desktop tests need a display, a D-Bus session, a keyring and a notification daemon: the
+# Rust tests run inside scripts/desktop-session.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh test
 
+echo "== UI unit tests (node --test)"
+(cd ui && node --test tests/)
+
+echo "== headless build: the CLI and MCP bridge without GUI libraries"
+cargo build --quiet -p claudemesh --no-default-features
+if ldd target/debug/claudemesh | grep -Eq 'libwebkit|libgtk|libayatana'; then
+  echo "the headless build links a GUI library" >&2
+  exit 1
+fi
+
+echo "== Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  exec cargo nextest run --workspace --no-fail-fast "$@"
+  exec bash scripts/desktop-session.sh cargo nextest run --workspace --no-fail-fast "$@"
 else
-  exec cargo test --workspace --no-fail-fast "$@"
+  exec bash scripts/desktop-session.sh cargo test --workspace --no-fail-fast "$@"
 fi

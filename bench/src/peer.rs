@@ -214,6 +214,8 @@ async fn application_loop(
                     observations.system_events.fetch_add(1, Ordering::Relaxed);
                 }
                 ClientEvent::Error(error) => observations.error(&format!("error frame: {}", error.message)),
+                // The ledger already counts deliveries on the recipients' side.
+                ClientEvent::Delivered { .. } => {}
             }
             if acks.len() < ACK_BATCH {
                 next = events.try_recv().ok();

@@ -36,6 +36,36 @@ async fn direct_message_by_member_key_and_by_session_key() {
 }
 
 #[tokio::test]
+async fn the_sending_session_hears_a_receipt_once_each_recipient_stored_the_message() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol"]);
+    let mut alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    let mut carol = broker.connect(&mesh, &members[2], "carol").await;
+    assert!(alice.hello_ack.capabilities.iter().any(|c| c == protocol::capability::DELIVERY_RECEIPT));
+
+    // Direct: no receipt while bob has the push but has not acknowledged it.
+    let sent = alice.client.send(&members[1].key.public_hex(), b"stored?", Priority::Now).await.expect("queued");
+    let pushed = bob.message_unacknowledged().await;
+    assert_eq!(pushed.message_id, sent.message_id);
+    let early = tokio::time::timeout(Duration::from_millis(200), alice.receipt()).await;
+    assert!(early.is_err(), "a receipt before the recipient acknowledged: {early:?}");
+    bob.client.acknowledge(vec![pushed.message_id.clone()]).await.expect("ack");
+    assert_eq!(alice.receipt().await, (sent.message_id.clone(), members[1].key.public_hex()));
+
+    // Broadcast: one receipt per recipient member.
+    let sent = alice.client.send("*", b"everyone", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.message_id, sent.message_id);
+    assert_eq!(carol.message().await.message_id, sent.message_id);
+    let mut receipts = vec![alice.receipt().await, alice.receipt().await];
+    receipts.sort();
+    let mut expected =
+        vec![(sent.message_id.clone(), members[1].key.public_hex()), (sent.message_id, members[2].key.public_hex())];
+    expected.sort();
+    assert_eq!(receipts, expected);
+}
+
+#[tokio::test]
 async fn group_and_broadcast_reach_the_right_members_sealed() {
     let broker = TestBroker::start_with(generous()).await;
     let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol", "dave"]);

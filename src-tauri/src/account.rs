@@ -148,8 +148,55 @@ impl Api {
         Ok(self.call::<Meshes>(Method::GET, "/v1/meshes", None).await?.meshes)
     }
 
+    /// The mesh's members with their roles and whether each is online.
+    #[cfg(feature = "gui")]
+    pub async fn members(
+        &self,
+        mesh_id: &str,
+    ) -> Result<Vec<broker_core::protocol::account::MemberView>, AccountError> {
+        #[derive(serde::Deserialize)]
+        struct Members {
+            members: Vec<broker_core::protocol::account::MemberView>,
+        }
+        Ok(self.call::<Members>(Method::GET, &format!("/v1/meshes/{mesh_id}/members"), None).await?.members)
+    }
+
+    /// Kicks, bans or unbans another member (admins); kick and ban end its sessions at once.
+    #[cfg(feature = "gui")]
+    pub async fn moderate(&self, mesh_id: &str, member_id: &str, action: Moderation) -> Result<(), AccountError> {
+        let path = format!("/v1/meshes/{mesh_id}/members/{member_id}/{}", action.as_str());
+        self.call::<serde_json::Value>(Method::POST, &path, None).await.map(|_| ())
+    }
+
+    /// This device's member leaves the mesh at the broker (its sessions end).
+    #[cfg(feature = "gui")]
+    pub async fn leave_mesh(&self, mesh_id: &str) -> Result<(), AccountError> {
+        self.call::<serde_json::Value>(Method::POST, &format!("/v1/meshes/{mesh_id}/leave"), None).await.map(|_| ())
+    }
+
     async fn logout(&self) -> Result<(), AccountError> {
         self.call::<serde_json::Value>(Method::POST, "/v1/logout", None).await.map(|_| ())
+    }
+}
+
+/// What an admin can do to another member (the desktop app's Members view).
+#[cfg(feature = "gui")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Moderation {
+    Kick,
+    Ban,
+    Unban,
+}
+
+#[cfg(feature = "gui")]
+impl Moderation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Moderation::Kick => "kick",
+            Moderation::Ban => "ban",
+            Moderation::Unban => "unban",
+        }
     }
 }
 

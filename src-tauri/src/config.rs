@@ -42,8 +42,12 @@ impl ConfigDir {
         if let Some(dir) = std::env::var_os(CONFIG_DIR_ENV).filter(|d| !d.is_empty()) {
             return Ok(ConfigDir::at(PathBuf::from(dir)));
         }
-        let home = std::env::home_dir().filter(|h| !h.as_os_str().is_empty()).ok_or(ConfigError::NoHome)?;
-        Ok(ConfigDir::at(home.join(".claudemesh")))
+        Ok(ConfigDir::at(ConfigDir::default_root().ok_or(ConfigError::NoHome)?))
+    }
+
+    /// `~/.claudemesh`, when there is a home directory.
+    pub fn default_root() -> Option<PathBuf> {
+        std::env::home_dir().filter(|h| !h.as_os_str().is_empty()).map(|home| home.join(".claudemesh"))
     }
 
     pub fn at(root: PathBuf) -> ConfigDir {

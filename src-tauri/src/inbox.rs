@@ -23,7 +23,8 @@ pub enum InboxError {
 }
 
 /// Migrations by `user_version`; each runs once, in a transaction, at open.
-const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE messages (
         id TEXT PRIMARY KEY,
         mesh_id TEXT NOT NULL,
         mesh_slug TEXT NOT NULL,
@@ -42,7 +43,28 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
         read_at INTEGER
     );
     CREATE INDEX messages_unread ON messages (read_at, received_at);
-    CREATE INDEX messages_received ON messages (received_at);"];
+    CREATE INDEX messages_received ON messages (received_at);",
+    // The desktop app: which kind of session received a message (so a person's view can leave
+    // out what was addressed to a Claude Code session), the person's own read marker (separate
+    // from `read_at`, which is the sessions' `check_messages` marker), and the messages the
+    // person sent with their delivery state.
+    "ALTER TABLE messages ADD COLUMN receiving_channel TEXT;
+    ALTER TABLE messages ADD COLUMN seen_at INTEGER;
+    CREATE TABLE sent (
+        id TEXT PRIMARY KEY,
+        mesh_id TEXT NOT NULL,
+        mesh_slug TEXT NOT NULL,
+        target_spec TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        recipient_label TEXT NOT NULL,
+        body TEXT NOT NULL,
+        recipients INTEGER NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        sent_at INTEGER NOT NULL
+    );
+    CREATE INDEX sent_at ON sent (sent_at);",
+];
 
 /// How a message was addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,14 +176,15 @@ impl Inbox {
     }
 
     /// Stores `message` unless a message with its id is already there. Returns whether it was
-    /// new. When this returns, the row is committed.
-    pub fn insert(&self, message: &StoredMessage) -> Result<bool, InboxError> {
+    /// new. When this returns, the row is committed. `receiving_channel` is the channel of the
+    /// session that received it (`claude-code`, `cli`, `desktop`).
+    pub fn insert(&self, message: &StoredMessage, receiving_channel: &str) -> Result<bool, InboxError> {
         let conn = self.conn.lock().expect("inbox lock");
         let inserted = conn.execute(
             "INSERT OR IGNORE INTO messages (id, mesh_id, mesh_slug, sender_pubkey, sender_member_pubkey,
                 sender_name, verified, priority, target_spec, kind, body, open_error, created_at, received_at,
-                receiving_session, read_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                receiving_session, read_at, receiving_channel)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 message.id,
                 message.mesh_id,
@@ -179,6 +202,7 @@ impl Inbox {
                 message.received_at as i64,
                 message.receiving_session,
                 message.read.then_some(message.received_at as i64),
+                receiving_channel,
             ],
         )?;
         Ok(inserted == 1)
@@ -229,10 +253,164 @@ impl Inbox {
         Ok(rows)
     }
 
+    /// The last `limit` messages a person at this device may read (see [`for_person`]), oldest
+    /// first, with whether the person has seen each.
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
+    pub fn person_history(&self, own_member_keys: &[String], limit: usize) -> Result<Vec<PersonMessage>, InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        let sql = format!(
+            "SELECT * FROM (SELECT {COLUMNS}, receiving_channel, seen_at, rowid AS r FROM messages
+                ORDER BY received_at DESC, rowid DESC LIMIT ?1)
+             ORDER BY received_at, r"
+        );
+        let mut select = conn.prepare(&sql)?;
+        let rows = select
+            .query_map([limit as i64], |row| {
+                Ok((row_to_message(row)?, row.get::<_, Option<String>>(16)?, row.get::<_, Option<i64>>(17)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter(|(message, channel, _)| for_person(message, channel.as_deref(), own_member_keys))
+            .map(|(message, _, seen)| PersonMessage { message, seen: seen.is_some() })
+            .collect())
+    }
+
+    /// Marks messages as seen by the person (leaves the sessions' read markers alone).
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
+    pub fn mark_seen(&self, ids: &[String], now_ms: u64) -> Result<(), InboxError> {
+        let mut conn = self.conn.lock().expect("inbox lock");
+        let tx = conn.transaction()?;
+        {
+            let mut mark = tx.prepare("UPDATE messages SET seen_at = ?2 WHERE id = ?1 AND seen_at IS NULL")?;
+            for id in ids {
+                mark.execute(params![id, now_ms as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a message the person sent (queued, or refused with `error`).
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
+    pub fn record_sent(&self, sent: &SentMessage) -> Result<(), InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        conn.execute(
+            "INSERT OR REPLACE INTO sent (id, mesh_id, mesh_slug, target_spec, conversation, recipient_label, body,
+                recipients, delivered, error, sent_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                sent.id,
+                sent.mesh_id,
+                sent.mesh_slug,
+                sent.target_spec,
+                sent.conversation,
+                sent.recipient_label,
+                sent.text,
+                sent.recipients,
+                sent.delivered,
+                sent.error,
+                sent.sent_at as i64,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One recipient member stored a sent message; returns it as it stands now.
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
+    pub fn mark_delivered(&self, id: &str) -> Result<Option<SentMessage>, InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        conn.execute("UPDATE sent SET delivered = MIN(delivered + 1, recipients) WHERE id = ?1", [id])?;
+        let sql = format!("SELECT {SENT_COLUMNS} FROM sent WHERE id = ?1");
+        Ok(conn.query_row(&sql, [id], row_to_sent).optional()?)
+    }
+
+    /// The last `limit` sent messages, oldest first.
+    #[cfg_attr(not(feature = "gui"), allow(dead_code))]
+    pub fn sent_history(&self, limit: usize) -> Result<Vec<SentMessage>, InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        let sql = format!(
+            "SELECT * FROM (SELECT {SENT_COLUMNS}, rowid AS r FROM sent ORDER BY sent_at DESC, rowid DESC LIMIT ?1)
+             ORDER BY sent_at, r"
+        );
+        let mut select = conn.prepare(&sql)?;
+        let rows = select.query_map([limit as i64], row_to_sent)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     pub fn unread_count(&self) -> Result<u64, InboxError> {
         let conn = self.conn.lock().expect("inbox lock");
         Ok(conn.query_row("SELECT COUNT(*) FROM messages WHERE read_at IS NULL", [], |r| r.get::<_, i64>(0))? as u64)
     }
+}
+
+/// A received message as a person's view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
+pub struct PersonMessage {
+    pub message: StoredMessage,
+    /// The person opened its conversation since it arrived.
+    pub seen: bool,
+}
+
+/// A message the person sent from this device (its own copy: the broker only held it sealed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
+pub struct SentMessage {
+    /// The broker's message id, or a local `unsent_…` id when it was refused before queueing.
+    pub id: String,
+    pub mesh_id: String,
+    pub mesh_slug: String,
+    /// A key, `@group` or `*`.
+    pub target_spec: String,
+    /// The conversation it belongs to (chosen by the front end).
+    pub conversation: String,
+    /// Who it went to, as shown (a name, `@group`, `everyone`).
+    pub recipient_label: String,
+    pub text: String,
+    /// Members it was queued for.
+    pub recipients: u32,
+    /// Members whose client stored it (delivery receipts).
+    pub delivered: u32,
+    /// Why it was not queued.
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub sent_at: u64,
+}
+
+/// Whether a person at this device may read a received message: everything addressed to the
+/// member, a group or the mesh, and direct messages that reached the desktop app's own session.
+/// A message addressed to one Claude Code session's key is that session's.
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
+pub fn for_person(message: &StoredMessage, receiving_channel: Option<&str>, own_member_keys: &[String]) -> bool {
+    match message.kind {
+        MessageKind::Group | MessageKind::Broadcast => true,
+        MessageKind::Direct => {
+            receiving_channel == Some("desktop")
+                || message.target.as_ref().is_none_or(|target| own_member_keys.contains(target))
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
+const SENT_COLUMNS: &str =
+    "id, mesh_id, mesh_slug, target_spec, conversation, recipient_label, body, recipients, delivered, error, sent_at";
+
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
+fn row_to_sent(row: &rusqlite::Row<'_>) -> rusqlite::Result<SentMessage> {
+    Ok(SentMessage {
+        id: row.get(0)?,
+        mesh_id: row.get(1)?,
+        mesh_slug: row.get(2)?,
+        target_spec: row.get(3)?,
+        conversation: row.get(4)?,
+        recipient_label: row.get(5)?,
+        text: row.get(6)?,
+        recipients: row.get(7)?,
+        delivered: row.get(8)?,
+        error: row.get(9)?,
+        sent_at: row.get::<_, i64>(10)? as u64,
+    })
 }
 
 const COLUMNS: &str = "id, mesh_id, mesh_slug, sender_name, sender_pubkey, sender_member_pubkey, verified, priority,
@@ -290,8 +468,11 @@ mod tests {
         let path = dir.path().join("inbox.db");
         {
             let inbox = Inbox::open(&path).expect("opens");
-            assert!(inbox.insert(&message("m1", 1, "s")).expect("insert"));
-            assert!(!inbox.insert(&message("m1", 2, "s")).expect("insert again"), "duplicate id is ignored");
+            assert!(inbox.insert(&message("m1", 1, "s"), "claude-code").expect("insert"));
+            assert!(
+                !inbox.insert(&message("m1", 2, "s"), "claude-code").expect("insert again"),
+                "duplicate id is ignored"
+            );
         }
         let inbox = Inbox::open(&path).expect("reopens");
         assert_eq!(inbox.get("m1").expect("get"), Some(message("m1", 1, "s")));
@@ -308,7 +489,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let inbox = Inbox::open(&dir.path().join("inbox.db")).expect("opens");
         for (id, at, session) in [("m1", 1, "mine"), ("m2", 2, "other"), ("m3", 3, "mine")] {
-            inbox.insert(&message(id, at, session)).expect("insert");
+            inbox.insert(&message(id, at, session), "claude-code").expect("insert");
         }
         let taken = inbox.take_unread(|m| m.receiving_session == "mine", 10).expect("take");
         assert_eq!(taken.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m1", "m3"]);
@@ -318,6 +499,64 @@ mod tests {
 
         let history = inbox.history(2).expect("history");
         assert_eq!(history.iter().map(|m| (m.id.as_str(), m.read)).collect::<Vec<_>>(), [("m2", false), ("m3", true)]);
+    }
+
+    #[test]
+    fn a_persons_view_has_its_own_seen_marker_and_leaves_session_mail_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = Inbox::open(&dir.path().join("inbox.db")).expect("opens");
+        let own = "cc".repeat(32);
+        let session = "dd".repeat(32);
+        let direct = |id: &str, at: u64, target: &str| StoredMessage {
+            target: Some(target.to_owned()),
+            kind: MessageKind::Direct,
+            ..message(id, at, "s")
+        };
+        inbox.insert(&message("group", 1, "s"), "claude-code").expect("insert");
+        inbox.insert(&direct("to-member", 2, &own), "claude-code").expect("insert");
+        inbox.insert(&direct("to-a-claude-session", 3, &session), "claude-code").expect("insert");
+        inbox.insert(&direct("to-the-app", 4, &"ee".repeat(32)), "desktop").expect("insert");
+
+        let view = inbox.person_history(std::slice::from_ref(&own), 10).expect("history");
+        let ids: Vec<_> = view.iter().map(|m| m.message.id.as_str()).collect();
+        assert_eq!(ids, ["group", "to-member", "to-the-app"]);
+        assert!(view.iter().all(|m| !m.seen));
+
+        inbox.mark_seen(&["group".into(), "to-the-app".into()], 9).expect("mark");
+        let seen: Vec<_> = inbox
+            .person_history(std::slice::from_ref(&own), 10)
+            .expect("history")
+            .iter()
+            .map(|m| (m.message.id.clone(), m.seen))
+            .collect();
+        assert_eq!(seen, [("group".into(), true), ("to-member".into(), false), ("to-the-app".into(), true)]);
+        // The sessions' own read markers are untouched: check_messages still gets everything.
+        assert_eq!(inbox.unread_count().expect("count"), 4);
+    }
+
+    #[test]
+    fn sent_messages_count_their_receipts_up_to_the_recipients() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = Inbox::open(&dir.path().join("inbox.db")).expect("opens");
+        let sent = SentMessage {
+            id: "msg_1".into(),
+            mesh_id: "mesh_1".into(),
+            mesh_slug: "acme".into(),
+            target_spec: "*".into(),
+            conversation: "mesh:mesh_1".into(),
+            recipient_label: "everyone".into(),
+            text: "hello".into(),
+            recipients: 2,
+            delivered: 0,
+            error: None,
+            sent_at: 5,
+        };
+        inbox.record_sent(&sent).expect("record");
+        assert_eq!(inbox.mark_delivered("msg_1").expect("mark").map(|s| s.delivered), Some(1));
+        assert_eq!(inbox.mark_delivered("msg_1").expect("mark").map(|s| s.delivered), Some(2));
+        assert_eq!(inbox.mark_delivered("msg_1").expect("mark").map(|s| s.delivered), Some(2), "capped");
+        assert_eq!(inbox.mark_delivered("unknown").expect("mark"), None);
+        assert_eq!(inbox.sent_history(10).expect("history"), [SentMessage { delivered: 2, ..sent }]);
     }
 
     #[test]

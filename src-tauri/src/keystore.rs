@@ -21,8 +21,20 @@ use zeroize::Zeroizing;
 use crate::config::{ConfigDir, write_private_atomic};
 
 pub const KEYSTORE_ENV: &str = "CLAUDEMESH_KEYSTORE";
-/// The service name entries are filed under in the OS keychain.
+/// The service name entries of the default config directory are filed under in the OS keychain.
 pub const KEYCHAIN_SERVICE: &str = "claudemesh";
+
+/// The keychain service for a config directory: [`KEYCHAIN_SERVICE`] for `~/.claudemesh`, and
+/// `claudemesh-<hash of the path>` for any other (`CLAUDEMESH_CONFIG_DIR`), so two profiles on
+/// one machine never overwrite each other's device token.
+pub fn keychain_service(config_dir: &ConfigDir) -> String {
+    if ConfigDir::default_root().as_deref() == Some(config_dir.root()) {
+        return KEYCHAIN_SERVICE.to_owned();
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(config_dir.root().as_os_str().as_encoded_bytes());
+    format!("{KEYCHAIN_SERVICE}-{}", hex::encode(&digest[..6]))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
@@ -92,13 +104,14 @@ static WARNED_NO_KEYCHAIN: AtomicBool = AtomicBool::new(false);
 /// Opens the store `CLAUDEMESH_KEYSTORE` asks for (see the module docs). Blocks.
 pub fn open(config_dir: &ConfigDir) -> Result<Box<dyn KeyStore>, KeyStoreError> {
     let files = FileKeyStore::new(config_dir.keys_dir());
+    let service = keychain_service(config_dir);
     match Choice::from_env()? {
         Choice::File => Ok(Box::new(files)),
         Choice::Keychain => {
-            let keychain = OsKeychain::probe()?;
+            let keychain = OsKeychain::probe(&service)?;
             Ok(Box::new(keychain))
         }
-        Choice::Auto => match OsKeychain::probe() {
+        Choice::Auto => match OsKeychain::probe(&service) {
             Ok(keychain) => Ok(Box::new(KeychainWithFileFallback { keychain, files })),
             Err(error) => {
                 let reason = match &error {
@@ -119,25 +132,26 @@ pub fn open(config_dir: &ConfigDir) -> Result<Box<dyn KeyStore>, KeyStoreError> 
 
 /// The platform keychain through `keyring` (v4, backed by `keyring-core` stores).
 pub struct OsKeychain {
-    _private: (),
+    /// Entries are filed under this service name (see [`keychain_service`]).
+    service: String,
 }
 
 impl OsKeychain {
     /// Checks that a keychain service answers (a lookup of an entry that need not exist).
-    pub fn probe() -> Result<OsKeychain, KeyStoreError> {
+    pub fn probe(service: &str) -> Result<OsKeychain, KeyStoreError> {
         if let Err(error) = keyring::Entry::store_status() {
             return Err(KeyStoreError::KeychainUnavailable(error.to_string()));
         }
-        let entry = keyring::Entry::new(KEYCHAIN_SERVICE, "probe")
-            .map_err(|e| KeyStoreError::KeychainUnavailable(e.to_string()))?;
+        let entry =
+            keyring::Entry::new(service, "probe").map_err(|e| KeyStoreError::KeychainUnavailable(e.to_string()))?;
         match entry.get_password() {
-            Ok(_) | Err(keyring::Error::NoEntry) => Ok(OsKeychain { _private: () }),
+            Ok(_) | Err(keyring::Error::NoEntry) => Ok(OsKeychain { service: service.to_owned() }),
             Err(error) => Err(KeyStoreError::KeychainUnavailable(error.to_string())),
         }
     }
 
-    fn entry(account: &str) -> Result<keyring::Entry, KeyStoreError> {
-        keyring::Entry::new(KEYCHAIN_SERVICE, account).map_err(|e| KeyStoreError::Keychain(e.to_string()))
+    fn entry(&self, account: &str) -> Result<keyring::Entry, KeyStoreError> {
+        keyring::Entry::new(&self.service, account).map_err(|e| KeyStoreError::Keychain(e.to_string()))
     }
 }
 
@@ -147,7 +161,7 @@ impl KeyStore for OsKeychain {
     }
 
     fn get(&self, account: &str) -> Result<Option<Zeroizing<String>>, KeyStoreError> {
-        match OsKeychain::entry(account)?.get_password() {
+        match self.entry(account)?.get_password() {
             Ok(secret) => Ok(Some(Zeroizing::new(secret))),
             Err(keyring::Error::NoEntry) => Ok(None),
             Err(error) => Err(KeyStoreError::Keychain(error.to_string())),
@@ -155,11 +169,11 @@ impl KeyStore for OsKeychain {
     }
 
     fn set(&self, account: &str, secret: &str) -> Result<(), KeyStoreError> {
-        OsKeychain::entry(account)?.set_password(secret).map_err(|e| KeyStoreError::Keychain(e.to_string()))
+        self.entry(account)?.set_password(secret).map_err(|e| KeyStoreError::Keychain(e.to_string()))
     }
 
     fn delete(&self, account: &str) -> Result<(), KeyStoreError> {
-        match OsKeychain::entry(account)?.delete_credential() {
+        match self.entry(account)?.delete_credential() {
             Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
             Err(error) => Err(KeyStoreError::Keychain(error.to_string())),
         }
@@ -326,6 +340,18 @@ mod tests {
             let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
             assert_eq!(mode(&dir.path().join("keys")), 0o700);
             assert_eq!(mode(&dir.path().join("keys/member_mesh_1_ff.key")), 0o600);
+        }
+    }
+
+    #[test]
+    fn each_config_directory_but_the_default_has_its_own_keychain_service() {
+        let a = ConfigDir::at(PathBuf::from("/tmp/profile-a"));
+        let b = ConfigDir::at(PathBuf::from("/tmp/profile-b"));
+        assert_ne!(keychain_service(&a), keychain_service(&b));
+        assert_eq!(keychain_service(&a), keychain_service(&ConfigDir::at(PathBuf::from("/tmp/profile-a"))));
+        assert!(keychain_service(&a).starts_with("claudemesh-"));
+        if let Some(default) = ConfigDir::default_root() {
+            assert_eq!(keychain_service(&ConfigDir::at(default)), KEYCHAIN_SERVICE);
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! The binary branches on its subcommand before anything else runs: `hook` (the Claude Code
 //! status hook, which must return within 200 ms) touches neither an async runtime nor the
-//! network; `mcp` and the other commands start a runtime. Nothing here needs a display; the
-//! desktop app that later grows in this crate starts only when no subcommand is given.
+//! network; `mcp` and the other commands start a runtime. None of them needs a display. The
+//! desktop tray app (feature `gui`, on by default) starts only when no subcommand is given, or
+//! when the operating system hands over a `claudemesh://` link.
 //!
 //! Layout:
 //! - `config` — the config directory and `config.json` (joined meshes; no secrets).
@@ -19,10 +20,13 @@
 //! - `account` — signing in (device login), devices, approvals, creating meshes, signing invites.
 //! - `cli` — the commands; `cli::install` registers the bridge and hooks with Claude Code,
 //!   `cli::account` holds the account commands.
+//! - `gui` (feature `gui`) — the desktop tray app.
 
 mod account;
 mod cli;
 mod config;
+#[cfg(feature = "gui")]
+mod gui;
 mod hook;
 mod http;
 mod inbox;
@@ -41,11 +45,15 @@ use cli::{Exit, Failure};
 #[command(
     name = "claudemesh",
     version,
-    about = "Connect Claude Code sessions on any machine into an end-to-end encrypted mesh"
+    about = "Connect Claude Code sessions on any machine into an end-to-end encrypted mesh",
+    after_help = "Without a command, starts the desktop app (in builds that have it)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Start the desktop app in the tray, without its window (what start at login uses).
+    #[arg(long)]
+    minimized: bool,
 }
 
 #[derive(Subcommand)]
@@ -304,12 +312,29 @@ enum StatusArg {
 }
 
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "gui")]
+    let started = std::time::Instant::now();
+    // `claudemesh claudemesh://…`: the operating system opening a link this app registered.
+    #[cfg(feature = "gui")]
+    if let Some(link) = std::env::args().nth(1).filter(|a| a.starts_with(gui::LINK_SCHEME)) {
+        init_logging(false);
+        return gui::run(gui::Launch { minimized: false, link: Some(link) }, started);
+    }
     let cli = Cli::parse();
     let Some(command) = cli.command else {
-        eprintln!(
-            "claudemesh: no command given; `claudemesh --help` lists them (the desktop app is not part of this build)"
-        );
-        return std::process::ExitCode::from(Exit::Usage as u8);
+        #[cfg(feature = "gui")]
+        {
+            init_logging(false);
+            return gui::run(gui::Launch { minimized: cli.minimized, link: None }, started);
+        }
+        #[cfg(not(feature = "gui"))]
+        {
+            let _ = cli.minimized;
+            eprintln!(
+                "claudemesh: no command given; `claudemesh --help` lists them (the desktop app is not part of this build)"
+            );
+            return std::process::ExitCode::from(Exit::Usage as u8);
+        }
     };
     // The hook path: no runtime, no logging set-up, no network; always success.
     if let Command::Hook { status, verbose } = command {

@@ -7,9 +7,14 @@
 //! - [`Bridge`] — a `claudemesh mcp` process driven over stdio by a JSON-RPC client that matches
 //!   replies by id and collects notifications with the instant each line was read.
 //!
+//! - [`desktop::DesktopApp`] — the desktop app driven through WebDriver (`tauri-driver`), and
+//!   [`desktop::NotificationMonitor`], its native notifications seen on D-Bus.
+//!
 //! Binaries are found next to the running executable (`target/<profile>/`); [`ensure_built`]
 //! builds them first with the same profile, so the tests also run from `cargo nextest run -p
 //! claudemesh-e2e` alone.
+
+pub mod desktop;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -86,7 +91,7 @@ pub fn broker_bin() -> PathBuf {
     profile_dir().join("claudemesh-broker")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("addr").port()
 }
 
@@ -232,6 +237,53 @@ impl Device {
         bridge.initialize().await?;
         Ok(bridge)
     }
+}
+
+/// A `claudemesh login` in progress, and the user code it shows.
+pub struct Login {
+    pub child: std::process::Child,
+    pub code: String,
+}
+
+impl Device {
+    /// Starts `claudemesh login --json` (naming `account` when given) and reads the code it shows.
+    pub fn start_login(&self, broker_url: &str, account: Option<&str>, name: &str) -> Result<Login> {
+        use std::io::BufRead as _;
+        let mut command = self.command();
+        command.args(["login", "--broker", broker_url, "--name", name, "--json"]);
+        if let Some(account) = account {
+            command.args(["--account", account]);
+        }
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let code = loop {
+            let line = lines.next().context("login ended before showing a code")??;
+            if is_user_code(line.trim()) {
+                break line.trim().to_owned();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Login { child, code })
+    }
+}
+
+impl Login {
+    /// Waits for the login to end; its `--json` output.
+    pub fn finish(self) -> Result<Value> {
+        let output = self.child.wait_with_output()?;
+        if !output.status.success() {
+            bail!("login failed with {:?}", output.status.code());
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+}
+
+/// `BCDF-GHJK`: 4 + 4 letters of the user-code alphabet.
+pub fn is_user_code(text: &str) -> bool {
+    let consonants = |part: &str| part.len() == 4 && part.bytes().all(|b| b"BCDFGHJKLMNPQRSTVWXZ".contains(&b));
+    text.split_once('-').is_some_and(|(a, b)| consonants(a) && consonants(b))
 }
 
 /// A notification as read from a bridge's stdout.

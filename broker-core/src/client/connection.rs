@@ -481,6 +481,14 @@ impl Task {
                     None => self.emit(ClientEvent::Error(error)).await,
                 }
             }
+            ServerFrame::Receipt(receipt) => {
+                self.emit(ClientEvent::Delivered {
+                    message_id: receipt.message_id,
+                    member_pubkey: receipt.member_pubkey,
+                    delivered_at: receipt.delivered_at,
+                })
+                .await;
+            }
             ServerFrame::HelloAck(_) => {}
         }
         None

@@ -154,6 +154,12 @@ pub enum ClientEvent {
     },
     /// An `error` frame about one of our requests.
     Error(ErrorFrame),
+    /// A recipient member's client stored a message this session sent (`receipt`).
+    Delivered {
+        message_id: String,
+        member_pubkey: String,
+        delivered_at: String,
+    },
 }
 
 /// The broker's answer to a send that it queued.

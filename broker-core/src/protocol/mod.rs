@@ -27,9 +27,12 @@ pub mod capability {
     pub const ENC: &str = "enc";
     /// End-to-end sealed group and broadcast messages: `send.keys`, `push.key` and `resolve`.
     pub const SEALED_MULTICAST: &str = "sealed_multicast";
+    /// The sending session hears a `receipt` when a recipient member's client acknowledged one
+    /// of its messages (stored it), so it can show "delivered" rather than only "queued".
+    pub const DELIVERY_RECEIPT: &str = "delivery_receipt";
 
     /// Every capability this broker supports, in the order `hello_ack` lists them.
-    pub const ALL: [&str; 4] = [SESSION_SIG, DELIVERY_ACK, ENC, SEALED_MULTICAST];
+    pub const ALL: [&str; 5] = [SESSION_SIG, DELIVERY_ACK, ENC, SEALED_MULTICAST, DELIVERY_RECEIPT];
 }
 
 /// Message priority; gates delivery by the recipient's status (see [`Priority::deliverable_to`]).
@@ -467,6 +470,8 @@ pub enum ServerFrame {
     AuditVerifyResult(AuditVerifyResult),
     /// Ours: the answer to `leave_mesh`; the member's sessions close after it.
     Left(Left),
+    /// Ours (`delivery_receipt`): one recipient member acknowledged a message this session sent.
+    Receipt(Receipt),
     Error(ErrorFrame),
 }
 
@@ -583,6 +588,17 @@ pub struct PushRef<'a> {
 
 impl PushRef<'_> {
     pub const TYPE: &'static str = "push";
+}
+
+/// A recipient member's client stored a message: sent to the session that sent it, while that
+/// session is connected (a receipt is not queued; a sender that was away keeps "queued").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    pub message_id: String,
+    /// The recipient member whose client acknowledged it.
+    pub member_pubkey: String,
+    pub delivered_at: String,
 }
 
 /// One connected session, as `peers_list` shows it.

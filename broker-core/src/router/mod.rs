@@ -48,6 +48,7 @@ pub struct Caps {
     pub delivery_ack: bool,
     pub enc: bool,
     pub sealed_multicast: bool,
+    pub delivery_receipt: bool,
 }
 
 impl Caps {
@@ -58,11 +59,12 @@ impl Caps {
             delivery_ack: has(capability::DELIVERY_ACK),
             enc: has(capability::ENC),
             sealed_multicast: has(capability::SEALED_MULTICAST),
+            delivery_receipt: has(capability::DELIVERY_RECEIPT),
         }
     }
 
     fn names(self) -> Vec<String> {
-        let flags = [self.session_sig, self.delivery_ack, self.enc, self.sealed_multicast];
+        let flags = [self.session_sig, self.delivery_ack, self.enc, self.sealed_multicast, self.delivery_receipt];
         capability::ALL.iter().zip(flags).filter(|(_, on)| *on).map(|(name, _)| (*name).to_owned()).collect()
     }
 }
@@ -1201,7 +1203,7 @@ impl Router {
 
     /// Pushes whatever each session of `member_id` may receive now.
     fn pump_member(&self, state: &mut MeshState, member_id: &str) {
-        let MeshState { members, sessions, mesh, .. } = state;
+        let MeshState { members, sessions, mesh, by_routing_key, .. } = state;
         let Some(member) = members.get_mut(member_id) else { return };
         let Some(queue) = member.queue.as_mut() else { return };
         let mut delivered_on_write = Vec::new();
@@ -1235,7 +1237,9 @@ impl Router {
         }
         if !delivered_on_write.is_empty() {
             let removed = remove_acknowledged(members, sessions, member_id, &delivered_on_write);
-            self.persist_acknowledged(member_id, removed);
+            let recipient = members.get(member_id).map(|m| m.record.pubkey.clone()).unwrap_or_default();
+            let seqs = self.send_receipts(sessions, by_routing_key, member_id, &recipient, removed);
+            self.persist_acknowledged(member_id, seqs);
         }
         // The window drained (or the member just came online): fetch what waits in the store.
         if let Some(queue) = members.get_mut(member_id).and_then(|m| m.queue.as_mut()) {
@@ -1253,8 +1257,42 @@ impl Router {
         if removed.is_empty() {
             return;
         }
-        self.persist_acknowledged(&session.member_id, removed);
+        let recipient = state.members.get(&session.member_id).map(|m| m.record.pubkey.clone()).unwrap_or_default();
+        let seqs = self.send_receipts(&state.sessions, &state.by_routing_key, &session.member_id, &recipient, removed);
+        self.persist_acknowledged(&session.member_id, seqs);
         self.pump_member(state, &session.member_id);
+    }
+
+    /// Tells the session that sent each removed message (when it is connected and asked for
+    /// receipts) that `member_id` stored it; a member's copies of its own messages get none.
+    /// Returns the removed entries' sequence numbers.
+    fn send_receipts(
+        &self,
+        sessions: &HashMap<u64, Session>,
+        by_routing_key: &HashMap<String, u64>,
+        member_id: &str,
+        member_pubkey: &str,
+        removed: Vec<(u64, Arc<Envelope>)>,
+    ) -> Vec<u64> {
+        let delivered_at = protocol::iso8601_ms(protocol::now_ms());
+        removed
+            .into_iter()
+            .map(|(seq, envelope)| {
+                let sender = by_routing_key.get(&envelope.sender_pubkey).and_then(|id| sessions.get(id));
+                if let Some(sender) = sender
+                    && sender.caps.delivery_receipt
+                    && envelope.sender_member_id != member_id
+                {
+                    let receipt = ServerFrame::Receipt(protocol::Receipt {
+                        message_id: envelope.message_id.clone(),
+                        member_pubkey: member_pubkey.to_owned(),
+                        delivered_at: delivered_at.clone(),
+                    });
+                    self.send_to(sender, frame_text(&receipt));
+                }
+                seq
+            })
+            .collect()
     }
 
     fn persist_acknowledged(&self, member_id: &str, seqs: Vec<u64>) {
@@ -1733,13 +1771,13 @@ fn resolve_target(state: &MeshState, sender: &Session, target: &Target<'_>) -> R
 }
 
 /// Removes acknowledged entries of `member_id`; frees the window of every session that had
-/// them. Returns their sequence numbers.
+/// them. Returns their sequence numbers and envelopes.
 fn remove_acknowledged(
     members: &mut HashMap<String, MemberEntry>,
     sessions: &mut HashMap<u64, Session>,
     member_id: &str,
     message_ids: &[String],
-) -> Vec<u64> {
+) -> Vec<(u64, Arc<Envelope>)> {
     let Some(queue) = members.get_mut(member_id).and_then(|m| m.queue.as_mut()) else { return Vec::new() };
     let mut removed = Vec::new();
     for message_id in message_ids {
@@ -1749,7 +1787,7 @@ fn remove_acknowledged(
                     session.inflight = session.inflight.saturating_sub(1);
                 }
             }
-            removed.push(seq);
+            removed.push((seq, entry.envelope));
         }
     }
     removed

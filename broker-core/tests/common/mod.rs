@@ -211,6 +211,20 @@ impl Peer {
         }
     }
 
+    /// The next delivery receipt: (message id, recipient member key).
+    pub async fn receipt(&mut self) -> (String, String) {
+        loop {
+            match tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("a receipt in time")
+                .expect("event stream")
+            {
+                ClientEvent::Delivered { message_id, member_pubkey, .. } => return (message_id, member_pubkey),
+                _ => continue,
+            }
+        }
+    }
+
     /// All system event names seen within `window`.
     pub async fn system_events_within(&mut self, window: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + window;

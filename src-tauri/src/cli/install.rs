@@ -170,6 +170,23 @@ fn run_claude(claude: &Path, args: &[String]) -> anyhow::Result<std::process::Ou
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", claude.display()))
 }
 
+/// Whether this machine's Claude Code has our MCP server and hooks: the hooks in the settings
+/// file, and the server in the user MCP config (or, when `claude` manages it, in `claude mcp
+/// list`'s source file, the same `~/.claude.json`). Shown by the desktop app's Settings.
+#[cfg(feature = "gui")]
+pub fn is_registered(files: &ClaudeFiles) -> bool {
+    let hooks = read_json(&files.settings).is_ok_and(|settings| {
+        settings["hooks"].as_object().is_some_and(|events| {
+            events
+                .values()
+                .flat_map(|groups| groups.as_array().into_iter().flatten())
+                .any(|group| group["hooks"].as_array().is_some_and(|entries| entries.iter().any(is_our_hook)))
+        })
+    });
+    let server = read_json(&files.mcp_config).is_ok_and(|config| config["mcpServers"][MCP_NAME].is_object());
+    hooks && server
+}
+
 pub fn install(files: &ClaudeFiles, exe: &Path, config_dir_override: Option<&Path>) -> anyhow::Result<Report> {
     let mut actions = Vec::new();
     let env_args: Vec<String> = config_dir_override
@@ -322,6 +339,22 @@ mod tests {
                 "hooks": { "Stop": [{ "hooks": [{ "type": "command", "command": "notify-send done" }] }] }
             })
         );
+    }
+
+    #[cfg(feature = "gui")]
+    #[test]
+    fn registration_is_seen_in_both_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files =
+            ClaudeFiles { mcp_config: dir.path().join(".claude.json"), settings: dir.path().join("settings.json") };
+        assert!(!is_registered(&files));
+        let mut settings = json!({});
+        add_hooks(&mut settings, Path::new("/usr/bin/claudemesh"), None).expect("adds");
+        write_json(&files.settings, &settings).expect("writes");
+        assert!(!is_registered(&files), "hooks alone are half a registration");
+        write_json(&files.mcp_config, &json!({"mcpServers": {"claudemesh": {"command": "claudemesh"}}}))
+            .expect("writes");
+        assert!(is_registered(&files));
     }
 
     #[test]

@@ -191,7 +191,7 @@ pub async fn join(link: &str, name: Option<String>, json_output: bool) -> CliRes
     Ok(())
 }
 
-fn default_display_name() -> String {
+pub fn default_display_name() -> String {
     let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_default();
     let host = gethostname::gethostname().to_string_lossy().split('.').next().unwrap_or_default().to_owned();
     match (user.is_empty(), host.is_empty()) {

@@ -56,6 +56,26 @@ pub enum LinkState {
     Failed(String),
 }
 
+/// What happened on a mesh connection, for a front end that shows it live (the desktop app).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "gui"), allow(dead_code))]
+pub enum LinkEvent {
+    State {
+        mesh_id: String,
+        state: LinkState,
+    },
+    /// A broker event: `peer_joined`, `peer_left`, `peer_returned`… with its data.
+    Presence {
+        mesh_id: String,
+        event: String,
+        data: serde_json::Value,
+    },
+    /// A recipient member stored a message this session sent.
+    Delivered {
+        message_id: String,
+    },
+}
+
 /// What this session last asked the broker to show, for `whoami`.
 #[derive(Debug, Clone, Default)]
 struct Presence {
@@ -79,6 +99,9 @@ pub struct MeshLink {
     state: watch::Sender<LinkState>,
     presence: Mutex<Presence>,
     peers: Mutex<PeerCache>,
+    /// The channel this session announced (`claude-code`, `cli`, `desktop`), recorded with each
+    /// message it stores.
+    channel: String,
     /// Held for the session's lifetime (see the module docs); released when the link drops.
     _session_lock: Option<std::fs::File>,
 }
@@ -255,6 +278,20 @@ impl Supervisor {
         options: SessionOptions,
         incoming: mpsc::Sender<StoredMessage>,
     ) -> Supervisor {
+        Supervisor::start_observed(config_dir, meshes, keystore, inbox, options, incoming, None).await
+    }
+
+    /// [`Supervisor::start`], and connection states, broker events and delivery receipts go to
+    /// `observer` as they happen.
+    pub async fn start_observed(
+        config_dir: &ConfigDir,
+        meshes: Vec<MeshEntry>,
+        keystore: Arc<dyn KeyStore>,
+        inbox: Arc<Inbox>,
+        options: SessionOptions,
+        incoming: mpsc::Sender<StoredMessage>,
+        observer: Option<mpsc::UnboundedSender<LinkEvent>>,
+    ) -> Supervisor {
         let run_dir = config_dir.run_dir();
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
@@ -316,9 +353,10 @@ impl Supervisor {
                 state,
                 presence: Mutex::new(Presence { display_name, ..Presence::default() }),
                 peers: Mutex::new(PeerCache::default()),
+                channel: options.channel.clone(),
                 _session_lock: session_lock,
             });
-            tokio::spawn(receive(link.clone(), events, inbox.clone(), incoming.clone()));
+            tokio::spawn(receive(link.clone(), events, inbox.clone(), incoming.clone(), observer.clone()));
             links.push(link);
         }
         Supervisor { links, failed, inbox, run_dir, hostname }
@@ -642,29 +680,42 @@ async fn receive(
     mut events: mpsc::Receiver<ClientEvent>,
     inbox: Arc<Inbox>,
     incoming: mpsc::Sender<StoredMessage>,
+    observer: Option<mpsc::UnboundedSender<LinkEvent>>,
 ) {
+    let mesh_id = link.entry.mesh_id.clone();
+    let observe = |event: LinkEvent| {
+        if let Some(observer) = &observer {
+            let _ = observer.send(event);
+        }
+    };
+    let set_state = |state: LinkState| {
+        link.state.send_replace(state.clone());
+        observe(LinkEvent::State { mesh_id: mesh_id.clone(), state });
+    };
     while let Some(event) = events.recv().await {
         match event {
             ClientEvent::Connected(ack) => {
                 tracing::info!(mesh = %link.entry.slug, name = %ack.member_display_name, "connected");
                 link.presence.lock().expect("presence lock").display_name = ack.member_display_name;
                 link.invalidate_peers();
-                link.state.send_replace(LinkState::Connected);
+                set_state(LinkState::Connected);
             }
             ClientEvent::Disconnected { reason } => {
                 tracing::warn!(mesh = %link.entry.slug, %reason, "disconnected; reconnecting");
-                link.state.send_replace(LinkState::Reconnecting(reason));
+                set_state(LinkState::Reconnecting(reason));
             }
             ClientEvent::Refused { code, message, fatal } => {
                 tracing::warn!(mesh = %link.entry.slug, code = code.as_str(), %message, fatal, "refused by the broker");
                 if fatal {
-                    link.state.send_replace(LinkState::Failed(format!("{}: {message}", code.as_str())));
+                    set_state(LinkState::Failed(format!("{}: {message}", code.as_str())));
                 }
             }
-            ClientEvent::System { event, .. } => {
+            ClientEvent::System { event, data, .. } => {
                 tracing::debug!(mesh = %link.entry.slug, %event, "mesh event");
                 link.invalidate_peers();
+                observe(LinkEvent::Presence { mesh_id: mesh_id.clone(), event, data });
             }
+            ClientEvent::Delivered { message_id, .. } => observe(LinkEvent::Delivered { message_id }),
             ClientEvent::Error(error) => {
                 tracing::warn!(mesh = %link.entry.slug, code = error.code.as_str(), message = %error.message, "broker error");
             }
@@ -704,9 +755,9 @@ async fn store(link: &MeshLink, inbox: &Arc<Inbox>, message: InboundMessage) -> 
         read: false,
     };
     let committed = {
-        let (inbox, row) = (inbox.clone(), stored.clone());
+        let (inbox, row, channel) = (inbox.clone(), stored.clone(), link.channel.clone());
         tokio::task::spawn_blocking(move || {
-            let new = inbox.insert(&row)?;
+            let new = inbox.insert(&row, &channel)?;
             let unread = if new { true } else { inbox.get(&row.id)?.is_some_and(|m| !m.read) };
             Ok::<_, crate::inbox::InboxError>(unread)
         })

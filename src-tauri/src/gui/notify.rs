@@ -1,0 +1,371 @@
+//! Which native notifications to show, and showing them.
+//!
+//! [`NotificationPolicy`] is pure: it turns events into [`Toast`]s, respecting per-mesh
+//! settings and quiet mode, coalescing join storms per mesh, and never repeating a token
+//! warning. [`show`] hands a toast to the platform through `notify-rust`; a toast with a `key`
+//! replaces the platform notification shown earlier for that key (one "5 peers joined acme",
+//! not five stacked notifications).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use broker_core::protocol::account::PendingDevice;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::settings::NotificationSettings;
+use super::state::ConnectionState;
+
+/// Joins in one mesh closer together than this are one storm.
+pub const JOIN_QUIET: Duration = Duration::from_millis(1500);
+/// A storm is summed up at the latest this long after its first join.
+pub const JOIN_STORM_MAX: Duration = Duration::from_secs(6);
+
+/// A view of the window, for notifications and tray entries that open it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum View {
+    Welcome,
+    SignIn,
+    Meshes,
+    Peers,
+    Messages,
+    Devices,
+    Approve,
+    Settings,
+}
+
+/// Where clicking a notification leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Navigate {
+    pub view: View,
+    /// A mesh id, a conversation key or a user code, depending on the view.
+    pub param: Option<String>,
+}
+
+/// One notification to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toast {
+    /// Notifications with the same key replace each other.
+    pub key: String,
+    pub summary: String,
+    pub body: String,
+    pub open: Option<Navigate>,
+}
+
+/// A mesh as notifications name it.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshLabel<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+}
+
+#[derive(Debug)]
+struct JoinStorm {
+    started: Instant,
+    until: Instant,
+    mesh_name: String,
+    names: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct NotificationPolicy {
+    /// Open join storms by mesh id.
+    storms: HashMap<String, JoinStorm>,
+    /// The last token state a notification was shown for.
+    token_warned: Option<ConnectionState>,
+    /// Device-login user codes already announced.
+    announced_devices: HashSet<String>,
+}
+
+impl NotificationPolicy {
+    /// A peer joined (or returned). The first join of a quiet mesh shows at once; further joins
+    /// within [`JOIN_QUIET`] are summed up by [`NotificationPolicy::flush`].
+    pub fn peer_joined(
+        &mut self,
+        settings: &NotificationSettings,
+        mesh: MeshLabel<'_>,
+        name: &str,
+        own_member: bool,
+        now: Instant,
+    ) -> Option<Toast> {
+        if own_member || settings.paused || !settings.for_mesh(mesh.id).joins {
+            return None;
+        }
+        if let Some(storm) = self.storms.get_mut(mesh.id)
+            && now < storm.until
+        {
+            storm.names.push(name.to_owned());
+            storm.until = (now + JOIN_QUIET).min(storm.started + JOIN_STORM_MAX);
+            return None;
+        }
+        self.storms.insert(
+            mesh.id.to_owned(),
+            JoinStorm {
+                started: now,
+                until: now + JOIN_QUIET,
+                mesh_name: mesh.name.to_owned(),
+                names: vec![name.to_owned()],
+            },
+        );
+        Some(Toast {
+            key: format!("joins:{}", mesh.id),
+            summary: format!("{name} joined {}", mesh.name),
+            body: "A new peer is online in the mesh.".into(),
+            open: Some(Navigate { view: View::Peers, param: Some(mesh.id.to_owned()) }),
+        })
+    }
+
+    /// Ends the storms whose quiet period is over; a storm with more than its first join is
+    /// summed up in one toast that replaces the first.
+    pub fn flush(&mut self, settings: &NotificationSettings, now: Instant) -> Vec<Toast> {
+        let ended: Vec<String> = self.storms.iter().filter(|(_, s)| s.until <= now).map(|(id, _)| id.clone()).collect();
+        let mut toasts = Vec::new();
+        for mesh_id in ended {
+            let Some(storm) = self.storms.remove(&mesh_id) else { continue };
+            if storm.names.len() < 2 || settings.paused {
+                continue;
+            }
+            let count = storm.names.len();
+            let shown: Vec<&str> = storm.names.iter().take(3).map(String::as_str).collect();
+            let body =
+                if count > 3 { format!("{} and {} more", shown.join(", "), count - 3) } else { shown.join(", ") };
+            toasts.push(Toast {
+                key: format!("joins:{mesh_id}"),
+                summary: format!("{count} peers joined {}", storm.mesh_name),
+                body,
+                open: Some(Navigate { view: View::Peers, param: Some(mesh_id) }),
+            });
+        }
+        toasts
+    }
+
+    /// When [`NotificationPolicy::flush`] has work next.
+    pub fn next_flush(&self) -> Option<Instant> {
+        self.storms.values().map(|s| s.until).min()
+    }
+
+    pub fn peer_left(
+        &mut self,
+        settings: &NotificationSettings,
+        mesh: MeshLabel<'_>,
+        name: &str,
+        own_member: bool,
+    ) -> Option<Toast> {
+        if own_member || settings.paused || !settings.for_mesh(mesh.id).leaves {
+            return None;
+        }
+        Some(Toast {
+            key: format!("leaves:{}", mesh.id),
+            summary: format!("{name} left {}", mesh.name),
+            body: "The peer went offline.".into(),
+            open: Some(Navigate { view: View::Peers, param: Some(mesh.id.to_owned()) }),
+        })
+    }
+
+    pub fn message(
+        &mut self,
+        settings: &NotificationSettings,
+        mesh: MeshLabel<'_>,
+        from: &str,
+        text: &str,
+        conversation: &str,
+    ) -> Option<Toast> {
+        if settings.paused || !settings.for_mesh(mesh.id).messages {
+            return None;
+        }
+        let mut body: String = text.chars().take(140).collect();
+        if text.chars().count() > 140 {
+            body.push('…');
+        }
+        Some(Toast {
+            key: format!("message:{conversation}"),
+            summary: format!("{from} in {}", mesh.name),
+            body,
+            open: Some(Navigate { view: View::Messages, param: Some(conversation.to_owned()) }),
+        })
+    }
+
+    /// Device logins waiting for this account: one toast per request, the first time it is seen.
+    pub fn pending_devices(&mut self, settings: &NotificationSettings, pending: &[PendingDevice]) -> Vec<Toast> {
+        let mut toasts = Vec::new();
+        for request in pending {
+            if !self.announced_devices.insert(request.user_code.clone()) || settings.paused {
+                continue;
+            }
+            toasts.push(Toast {
+                key: format!("device:{}", request.user_code),
+                summary: format!("{} wants to sign in to your account", request.hostname),
+                body: format!(
+                    "{} {} from {} with code {}. Approve or deny it in claudemesh.",
+                    request.platform, request.arch, request.ip, request.user_code
+                ),
+                open: Some(Navigate { view: View::Approve, param: Some(request.user_code.clone()) }),
+            });
+        }
+        toasts
+    }
+
+    /// A toast when the sign-in starts expiring or has expired; once per state, and the
+    /// expired one replaces the expiring one.
+    pub fn token(&mut self, settings: &NotificationSettings, state: ConnectionState, line: &str) -> Option<Toast> {
+        let relevant = matches!(state, ConnectionState::TokenExpiring | ConnectionState::Expired);
+        if !relevant {
+            if state == ConnectionState::Connected {
+                self.token_warned = None;
+            }
+            return None;
+        }
+        if self.token_warned == Some(state) || settings.paused {
+            return None;
+        }
+        self.token_warned = Some(state);
+        Some(Toast {
+            key: "token".into(),
+            summary: line.to_owned(),
+            body: if state == ConnectionState::Expired {
+                "This device's sign-in no longer works. Open claudemesh to sign in again.".into()
+            } else {
+                "Use claudemesh (or sign in again) before it expires.".into()
+            },
+            open: Some(Navigate { view: View::SignIn, param: None }),
+        })
+    }
+}
+
+/// Shows toasts through the platform's notification service. Remembers the platform id shown
+/// for each key so that a later toast with the same key replaces it.
+#[derive(Default)]
+pub struct Notifier {
+    shown: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Notifier {
+    /// Shows `toast` (blocking: a D-Bus round trip on Linux; call it off the async runtime).
+    /// `on_click` runs when the person clicks it, where the platform reports that.
+    pub fn show(&self, toast: &Toast, on_click: impl FnOnce() + Send + 'static) -> Result<(), String> {
+        let mut notification = notify_rust::Notification::new();
+        notification.appname("claudemesh").summary(&toast.summary).body(&toast.body).icon("claudemesh");
+        #[cfg(all(unix, not(target_os = "macos")))]
+        {
+            notification.action("default", "Open");
+            if let Some(previous) = self.shown.lock().expect("notifier lock").get(&toast.key) {
+                notification.id(*previous);
+            }
+        }
+        let handle = notification.show().map_err(|e| e.to_string())?;
+        #[cfg(all(unix, not(target_os = "macos")))]
+        {
+            self.shown.lock().expect("notifier lock").insert(toast.key.clone(), handle.id());
+            if toast.open.is_some() {
+                // Waits for the click or the close on its own thread; ends with the notification.
+                std::thread::spawn(move || {
+                    handle.wait_for_action(|action| {
+                        if action == "default" {
+                            on_click();
+                        }
+                    });
+                });
+            }
+        }
+        #[cfg(not(all(unix, not(target_os = "macos"))))]
+        {
+            let _ = (handle, on_click);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gui::settings::MeshNotifications;
+
+    const ACME: MeshLabel<'static> = MeshLabel { id: "mesh_acme", name: "acme" };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_join_storm_is_one_immediate_toast_then_one_summary() {
+        let settings = NotificationSettings::default();
+        let mut policy = NotificationPolicy::default();
+        let start = Instant::now();
+        let first = policy.peer_joined(&settings, ACME, "alice", false, start).expect("first join shows at once");
+        assert_eq!(first.summary, "alice joined acme");
+        for (i, name) in ["bob", "carol", "dave", "erin"].iter().enumerate() {
+            let at = start + Duration::from_millis(200 * (i as u64 + 1));
+            assert_eq!(policy.peer_joined(&settings, ACME, name, false, at), None, "{name} is part of the storm");
+        }
+        assert!(policy.flush(&settings, start + Duration::from_millis(900)).is_empty(), "still storming");
+        let due = policy.next_flush().expect("a storm is open");
+        let summary = policy.flush(&settings, due);
+        assert_eq!(summary.len(), 1);
+        assert_eq!(summary[0].summary, "5 peers joined acme");
+        assert_eq!(summary[0].body, "alice, bob, carol and 2 more");
+        assert_eq!(summary[0].key, first.key, "the summary replaces the first toast");
+        assert!(policy.next_flush().is_none());
+
+        // After the storm, a lone join shows at once again, and alone it needs no summary.
+        let later = due + Duration::from_secs(10);
+        assert!(policy.peer_joined(&settings, ACME, "frank", false, later).is_some());
+        assert!(policy.flush(&settings, later + JOIN_QUIET).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_that_never_stops_is_summed_up_after_the_maximum() {
+        let settings = NotificationSettings::default();
+        let mut policy = NotificationPolicy::default();
+        let start = Instant::now();
+        policy.peer_joined(&settings, ACME, "p0", false, start);
+        for i in 1..20u64 {
+            policy.peer_joined(&settings, ACME, &format!("p{i}"), false, start + Duration::from_millis(250 * i));
+        }
+        assert_eq!(policy.next_flush(), Some(start + JOIN_STORM_MAX));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn own_sessions_quiet_mode_and_mesh_settings_silence_joins() {
+        let mut settings = NotificationSettings::default();
+        let mut policy = NotificationPolicy::default();
+        let now = Instant::now();
+        assert_eq!(policy.peer_joined(&settings, ACME, "me", true, now), None, "never for my own sessions");
+        settings.meshes.insert(ACME.id.into(), MeshNotifications { joins: false, ..MeshNotifications::default() });
+        assert_eq!(policy.peer_joined(&settings, ACME, "bob", false, now), None, "joins off for this mesh");
+        let other = MeshLabel { id: "mesh_beta", name: "beta" };
+        assert!(policy.peer_joined(&settings, other, "bob", false, now).is_some(), "other meshes keep defaults");
+        settings.paused = true;
+        let third = MeshLabel { id: "mesh_gamma", name: "gamma" };
+        assert_eq!(policy.peer_joined(&settings, third, "bob", false, now), None, "quiet mode");
+
+        let defaults = NotificationSettings::default();
+        assert_eq!(policy.peer_left(&defaults, ACME, "bob", false), None, "leaves are off by default");
+        assert_eq!(policy.message(&defaults, ACME, "bob", "hi", "peer:x"), None, "messages are off by default");
+    }
+
+    #[test]
+    fn token_warnings_show_once_per_state_and_device_requests_once_each() {
+        let settings = NotificationSettings::default();
+        let mut policy = NotificationPolicy::default();
+        let expiring = policy.token(&settings, ConnectionState::TokenExpiring, "Sign-in expires in 2 days");
+        assert!(expiring.is_some());
+        assert_eq!(policy.token(&settings, ConnectionState::TokenExpiring, "Sign-in expires in 1 days"), None);
+        assert_eq!(policy.token(&settings, ConnectionState::Reconnecting, "Reconnecting…"), None);
+        let expired = policy.token(&settings, ConnectionState::Expired, "Sign-in expired").expect("expired shows");
+        assert_eq!(expired.key, expiring.expect("shown").key, "replaces, not stacks");
+
+        let request = PendingDevice {
+            user_code: "BCDF-GHJK".into(),
+            hostname: "build-box".into(),
+            platform: "linux".into(),
+            arch: "x86_64".into(),
+            app_version: "0.1.0".into(),
+            ip: "10.0.0.7".into(),
+            requested_at: String::new(),
+            expires_at: String::new(),
+            status: "pending".into(),
+        };
+        let toasts = policy.pending_devices(&settings, std::slice::from_ref(&request));
+        assert_eq!(toasts.len(), 1);
+        assert_eq!(toasts[0].open, Some(Navigate { view: View::Approve, param: Some("BCDF-GHJK".into()) }));
+        assert!(policy.pending_devices(&settings, &[request]).is_empty(), "announced once");
+    }
+}

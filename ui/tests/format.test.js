@@ -1,0 +1,34 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ago, initials, deliveryLabel, statusPill, stateDot, shortPath, isoMs } from "../js/format.js";
+
+test("relative times read naturally", () => {
+  const now = 1_000_000_000;
+  assert.equal(ago(now - 10_000, now), "just now");
+  assert.equal(ago(now - 5 * 60_000, now), "5 min ago");
+  assert.equal(ago(now - 3 * 3_600_000, now), "3 h ago");
+  assert.equal(ago(now - 26 * 3_600_000, now), "yesterday");
+  assert.equal(ago(now - 72 * 3_600_000, now), "3 days ago");
+  assert.equal(isoMs("not a date"), 0);
+});
+
+test("initials come from the first two words of a name", () => {
+  assert.equal(initials("alice@laptop"), "AL");
+  assert.equal(initials("Bob Smith"), "BS");
+  assert.equal(initials("carol"), "CA");
+});
+
+test("delivery labels tell queued, delivered and the error", () => {
+  assert.equal(deliveryLabel({ state: "queued", delivered: 0, recipients: 1 }), "Queued");
+  assert.equal(deliveryLabel({ state: "queued", delivered: 1, recipients: 3 }), "Delivered to 1 of 3");
+  assert.equal(deliveryLabel({ state: "delivered", delivered: 1, recipients: 1 }), "Delivered");
+  assert.equal(deliveryLabel({ state: "error", error: "blocked: no" }), "Not sent: blocked: no");
+});
+
+test("status and state map to their colours", () => {
+  assert.deepEqual(statusPill("working"), { cls: "warn", label: "working" });
+  assert.equal(statusPill("idle").cls, "ok");
+  assert.equal(stateDot("connected"), "ok");
+  assert.equal(stateDot("expired"), "bad");
+  assert.equal(shortPath("/home/alice/src/app"), "~/src/app");
+});
