@@ -363,6 +363,8 @@ pub fn app_env(home: &Path) -> Result<Vec<(String, String)>> {
         ("XDG_RUNTIME_DIR".into(), dir("runtime")?),
         ("CLAUDEMESH_CONFIG_DIR".into(), home.join("claudemesh").display().to_string()),
         ("CLAUDEMESH_LOG".into(), "claudemesh=info,broker_core=warn".into()),
+        // The temporary HOME goes away under a WebKit process still writing its shader cache.
+        ("MESA_SHADER_CACHE_DISABLE".into(), "true".into()),
     ])
 }
 

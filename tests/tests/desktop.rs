@@ -72,9 +72,13 @@ async fn device_login_approved_from_a_cli_then_the_app_approves_a_cli() -> Resul
     // The QR code of the complete verification URI is drawn.
     assert!(app.count(".qr svg").await? == 1);
 
-    // The laptop sees the request (it named the account) and approves it.
+    // The laptop sees the request (it named the account), without its code, and approves it
+    // with the code the app shows.
     let pending = laptop.command().args(["device", "pending", "--json"]).output()?;
-    assert!(String::from_utf8_lossy(&pending.stdout).contains(&code), "the request is listed for the account");
+    let pending: serde_json::Value = serde_json::from_slice(&pending.stdout)?;
+    let listed = pending["pending"].as_array().map(Vec::len).unwrap_or_default();
+    assert_eq!(listed, 1, "the request is listed for the account: {pending}");
+    assert!(!pending.to_string().contains(&code), "the listing never shows the code: {pending}");
     let approved = laptop.command().args(["device", "approve", &code, "--yes", "--json"]).output()?;
     assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
     app.wait_text("[data-testid=state-line]", |t| t.starts_with("Connected as alice")).await?;

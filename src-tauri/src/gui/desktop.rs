@@ -1274,7 +1274,8 @@ impl Desktop {
         }
         let decided = api.decide_device(&pending.user_code, approve).await.map_err(CommandError::from);
         let decided = self.checked(decided).await?;
-        lock(&self.state).pending.retain(|p| p.user_code != decided.user_code);
+        let decided_id = crate::gui::notify::request_id(&decided);
+        lock(&self.state).pending.retain(|p| crate::gui::notify::request_id(p) != decided_id);
         self.emit_status();
         Ok(decided)
     }

@@ -188,20 +188,23 @@ impl NotificationPolicy {
     }
 
     /// Device logins waiting for this account: one toast per request, the first time it is seen.
+    /// The listing carries no user code (the approver types the one the device shows), so a
+    /// request is known by its device and time, and the toast opens an empty Approve view.
     pub fn pending_devices(&mut self, settings: &NotificationSettings, pending: &[PendingDevice]) -> Vec<Toast> {
         let mut toasts = Vec::new();
         for request in pending {
-            if !self.announced_devices.insert(request.user_code.clone()) || settings.paused {
+            let id = request_id(request);
+            if !self.announced_devices.insert(id.clone()) || settings.paused {
                 continue;
             }
             toasts.push(Toast {
-                key: format!("device:{}", request.user_code),
+                key: format!("device:{id}"),
                 summary: format!("{} wants to sign in to your account", request.hostname),
                 body: format!(
-                    "{} {} from {} with code {}. Approve or deny it in claudemesh.",
-                    request.platform, request.arch, request.ip, request.user_code
+                    "{} {} from {}. If this is you, approve it in claudemesh with the code that device shows.",
+                    request.platform, request.arch, request.ip
                 ),
-                open: Some(Navigate { view: View::Approve, param: Some(request.user_code.clone()) }),
+                open: Some(Navigate { view: View::Approve, param: None }),
             });
         }
         toasts
@@ -275,6 +278,11 @@ impl Notifier {
         }
         Ok(())
     }
+}
+
+/// What tells two device-login requests apart in the account's pending list.
+pub fn request_id(request: &PendingDevice) -> String {
+    format!("{}|{}|{}", request.hostname, request.ip, request.requested_at)
 }
 
 #[cfg(test)]
@@ -353,19 +361,25 @@ mod tests {
         assert_eq!(expired.key, expiring.expect("shown").key, "replaces, not stacks");
 
         let request = PendingDevice {
-            user_code: "BCDF-GHJK".into(),
+            user_code: String::new(),
             hostname: "build-box".into(),
             platform: "linux".into(),
             arch: "x86_64".into(),
             app_version: "0.1.0".into(),
             ip: "10.0.0.7".into(),
-            requested_at: String::new(),
+            requested_at: "2026-11-28T10:00:00.000Z".into(),
             expires_at: String::new(),
             status: "pending".into(),
         };
         let toasts = policy.pending_devices(&settings, std::slice::from_ref(&request));
         assert_eq!(toasts.len(), 1);
-        assert_eq!(toasts[0].open, Some(Navigate { view: View::Approve, param: Some("BCDF-GHJK".into()) }));
-        assert!(policy.pending_devices(&settings, &[request]).is_empty(), "announced once");
+        assert_eq!(
+            toasts[0].open,
+            Some(Navigate { view: View::Approve, param: None }),
+            "the code is typed, not carried"
+        );
+        assert!(policy.pending_devices(&settings, std::slice::from_ref(&request)).is_empty(), "announced once");
+        let later = PendingDevice { requested_at: "2026-11-28T10:01:00.000Z".into(), ..request };
+        assert_eq!(policy.pending_devices(&settings, &[later]).len(), 1, "a second request from the same host is new");
     }
 }

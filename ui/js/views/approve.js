@@ -92,16 +92,16 @@ export function mount(container, ctx, param) {
         ? h(
             "div",
             { class: "card" },
-            h("div", { class: "card-head" }, h("h2", {}, "Waiting for you"), h("span", { class: "meta" }, "Devices that named your account")),
+            h("div", { class: "card-head" }, h("h2", {}, "Waiting for you"), h("span", { class: "meta" }, "Devices that named your account: type the code each one shows")),
             h(
               "ul",
               { class: "list" },
               pending.map((p) =>
                 h(
                   "li",
-                  { class: "list-item", testid: "pending-row", "data-code": p.userCode },
-                  h("div", { class: "main" }, h("div", { class: "title" }, p.hostname, h("span", { class: "pill mono" }, p.userCode)), h("div", { class: "detail" }, `${p.platform} ${p.arch} · ${p.ip} · ${ago(isoMs(p.requestedAt))}`)),
-                  h("button", { class: "btn small", onclick: () => { code.value = p.userCode; lookup.click(); } }, "Review"),
+                  { class: "list-item", testid: "pending-row" },
+                  h("div", { class: "main" }, h("div", { class: "title" }, p.hostname), h("div", { class: "detail" }, `${p.platform} ${p.arch} · ${p.ip} · ${ago(isoMs(p.requestedAt))}`)),
+                  h("button", { class: "btn small", onclick: () => code.focus() }, "Enter its code"),
                 ),
               ),
             ),
