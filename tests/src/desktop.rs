@@ -558,7 +558,11 @@ impl TrayMenu {
             if !owner.contains(&format!("uint32 {pid},")) {
                 continue;
             }
+            // The app holds other bus connections (keychain, notifications) that may not be
+            // dispatching: without a short timeout each costs D-Bus's default 25 s.
             let Ok(nodes) = gdbus(&[
+                "--timeout",
+                "1",
                 "--dest",
                 name,
                 "--object-path",
