@@ -9,7 +9,7 @@ use broker_core::client::ClientError;
 use broker_core::config::BrokerConfig;
 use broker_core::protocol::{self, ClientFrame, Priority, Role, SendRejection, ServerFrame, Status, StatusSource};
 use broker_core::router::RateLimit;
-use common::{RawSocket, TestBroker, signed_hello};
+use common::{Peer, RawSocket, TestBroker, signed_hello};
 
 fn generous() -> BrokerConfig {
     BrokerConfig { rate_limit: RateLimit { burst: 10_000, per_minute: 600_000 }, ..BrokerConfig::default() }
@@ -39,10 +39,13 @@ async fn direct_message_by_member_key_and_by_session_key() {
 async fn the_sending_session_hears_a_receipt_once_each_recipient_stored_the_message() {
     let broker = TestBroker::start_with(generous()).await;
     let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol"]);
-    let mut alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut config = broker.client_config(&mesh, &members[0], "alice");
+    config.delivery_receipts = true;
+    let mut alice = Peer::connect(config).await;
     let mut bob = broker.connect(&mesh, &members[1], "bob").await;
     let mut carol = broker.connect(&mesh, &members[2], "carol").await;
     assert!(alice.hello_ack.capabilities.iter().any(|c| c == protocol::capability::DELIVERY_RECEIPT));
+    assert!(!carol.hello_ack.capabilities.iter().any(|c| c == protocol::capability::DELIVERY_RECEIPT));
 
     // Direct: no receipt while bob has the push but has not acknowledged it.
     let sent = alice.client.send(&members[1].key.public_hex(), b"stored?", Priority::Now).await.expect("queued");
@@ -63,6 +66,12 @@ async fn the_sending_session_hears_a_receipt_once_each_recipient_stored_the_mess
         vec![(sent.message_id.clone(), members[1].key.public_hex()), (sent.message_id, members[2].key.public_hex())];
     expected.sort();
     assert_eq!(receipts, expected);
+
+    // A session that did not ask for receipts gets none.
+    let sent = carol.client.send(&members[1].key.public_hex(), b"no receipt", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.message_id, sent.message_id);
+    let none = tokio::time::timeout(Duration::from_millis(200), carol.receipt()).await;
+    assert!(none.is_err(), "a receipt nobody asked for: {none:?}");
 }
 
 #[tokio::test]

@@ -221,7 +221,11 @@ impl Task {
             model: profile.model.clone(),
             groups: Some(self.desired.lock().expect("desired lock").groups.clone()),
             protocol_version: Some(protocol::PROTOCOL_VERSION),
-            capabilities: capability::ALL.iter().map(|c| (*c).to_owned()).collect(),
+            capabilities: capability::ALL
+                .iter()
+                .filter(|c| config.delivery_receipts || **c != capability::DELIVERY_RECEIPT)
+                .map(|c| (*c).to_owned())
+                .collect(),
             timestamp,
             signature: crypto::sign_hello(&self.keys.member, &config.mesh_id, &config.member_id, timestamp),
         }

@@ -71,6 +71,10 @@ pub struct ClientConfig {
     pub stats_interval: Duration,
     /// Reconnect when nothing (not even a ping) came from the broker for this long.
     pub silence_timeout: Duration,
+    /// Ask for `receipt` frames (`ClientEvent::Delivered`) for what this session sends. Off by
+    /// default: a receipt is one more frame per recipient, and only a front end that shows
+    /// delivery states reads them.
+    pub delivery_receipts: bool,
 }
 
 impl ClientConfig {
@@ -89,6 +93,7 @@ impl ClientConfig {
             auto_acknowledge: false,
             stats_interval: Duration::from_secs(60),
             silence_timeout: Duration::from_secs(90),
+            delivery_receipts: false,
         }
     }
 }

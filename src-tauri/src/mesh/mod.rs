@@ -344,6 +344,8 @@ impl Supervisor {
                 model: options.model.clone(),
                 groups: vec![],
             };
+            // Only an observer (the desktop app) shows delivery states.
+            config.delivery_receipts = observer.is_some();
             let session_lock = lock_session(&run_dir, &config.session_key.public_hex());
             let (client, events) = MeshClient::start(config);
             let (state, _) = watch::channel(LinkState::Connecting);
