@@ -2,11 +2,11 @@
 //! device) and by a signed-in CLI (second), a pasted one-time login token, enrolment into the
 //! account's meshes, invites, grants, device revocation and logout.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use claudemesh_e2e::{Broker, Device};
 use serde_json::Value;
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Child, Output, Stdio};
+use std::io::Write as _;
+use std::process::{Output, Stdio};
 
 fn json_of(output: &Output) -> Value {
     assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -17,46 +17,6 @@ fn run(device: &Device, args: &[&str]) -> Output {
     device.command().args(args).output().expect("claudemesh runs")
 }
 
-/// A `claudemesh login` in progress, and the user code it shows.
-struct Login {
-    child: Child,
-    code: String,
-}
-
-fn is_user_code(text: &str) -> bool {
-    let consonants = |part: &str| part.len() == 4 && part.bytes().all(|b| b"BCDFGHJKLMNPQRSTVWXZ".contains(&b));
-    text.split_once('-').is_some_and(|(a, b)| consonants(a) && consonants(b))
-}
-
-fn start_login(device: &Device, broker: &Broker, name: &str) -> Result<Login> {
-    let mut child = device
-        .command()
-        .args(["login", "--broker", &broker.url(), "--name", name, "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let code = loop {
-        let line = lines.next().context("login ended before showing a code")??;
-        if is_user_code(line.trim()) {
-            break line.trim().to_owned();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok(Login { child, code })
-}
-
-fn finish(login: Login) -> Result<Value> {
-    let output = login.child.wait_with_output()?;
-    if !output.status.success() {
-        bail!("login failed with {:?}", output.status.code());
-    }
-    Ok(serde_json::from_slice(&output.stdout)?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_sign_in_with_approval_enrol_and_are_revoked() -> Result<()> {
     let broker = Broker::start().await?;
@@ -64,11 +24,11 @@ async fn devices_sign_in_with_approval_enrol_and_are_revoked() -> Result<()> {
     let (laptop, server, ssh_box, carol) = (Device::new()?, Device::new()?, Device::new()?, Device::new()?);
 
     // The account's first device: approved by the operator on the broker host.
-    let login = start_login(&laptop, &broker, "alice-laptop")?;
+    let login = laptop.start_login(&broker.url(), None, "alice-laptop")?;
     let approved = broker.operator(&["device", "approve", &login.code, "--account", "alice"])?;
     assert_eq!(approved["status"], "approved");
     assert_eq!(approved["platform"], std::env::consts::OS);
-    let signed_in = finish(login)?;
+    let signed_in = login.finish()?;
     assert_eq!(signed_in["account"], "alice");
     assert_eq!(signed_in["enrolled"], Value::Array(vec![]));
 
@@ -81,22 +41,22 @@ async fn devices_sign_in_with_approval_enrol_and_are_revoked() -> Result<()> {
 
     // A second device, approved from the laptop's CLI after it showed which device asks; it
     // enrols into the account's mesh with its own member key.
-    let login = start_login(&server, &broker, "alice-server")?;
+    let login = server.start_login(&broker.url(), None, "alice-server")?;
     let shown = run(&laptop, &["device", "approve", &login.code, "--yes", "--json"]);
     let shown = json_of(&shown);
     assert_eq!(shown["status"], "approved");
     assert!(shown["hostname"].as_str().is_some_and(|h| !h.is_empty()));
-    let server_in = finish(login)?;
+    let server_in = login.finish()?;
     assert_eq!(server_in["enrolled"], serde_json::json!(["team"]));
     let server_meshes = json_of(&run(&server, &["meshes", "--json"]));
     assert_eq!(server_meshes["meshes"][0]["mesh"], "team", "{server_meshes}");
 
     // A third device over SSH: nobody approves a code, a pasted one-time token signs it in.
-    let mut login = start_login(&ssh_box, &broker, "alice-ssh")?;
+    let mut login = ssh_box.start_login(&broker.url(), None, "alice-ssh")?;
     let token = json_of(&run(&laptop, &["device", "token", "--json"]));
     let token = token["loginToken"].as_str().context("login token")?;
     writeln!(login.child.stdin.as_mut().context("stdin")?, "{token}")?;
-    let ssh_in = finish(login)?;
+    let ssh_in = login.finish()?;
     assert_eq!(ssh_in["account"], "alice");
 
     let devices = json_of(&run(&laptop, &["devices", "--json"]));
@@ -151,11 +111,11 @@ async fn a_denied_login_fails_and_wrong_codes_are_refused() -> Result<()> {
     let broker = Broker::start().await?;
     broker.operator(&["account", "create", "--name", "bob"])?;
     let (laptop, stranger) = (Device::new()?, Device::new()?);
-    let login = start_login(&laptop, &broker, "bob")?;
+    let login = laptop.start_login(&broker.url(), None, "bob")?;
     broker.operator(&["device", "approve", &login.code, "--account", "bob"])?;
-    finish(login)?;
+    login.finish()?;
 
-    let login = start_login(&stranger, &broker, "intruder")?;
+    let login = stranger.start_login(&broker.url(), None, "intruder")?;
     let denied = json_of(&run(&laptop, &["device", "deny", &login.code, "--json"]));
     assert_eq!(denied["status"], "denied");
     let output = login.child.wait_with_output()?;
@@ -166,7 +126,7 @@ async fn a_denied_login_fails_and_wrong_codes_are_refused() -> Result<()> {
     let malformed = run(&laptop, &["device", "approve", "hello", "--yes"]);
     assert_eq!(malformed.status.code(), Some(2));
     // Without --yes, approving needs a "y" on stdin.
-    let login = start_login(&stranger, &broker, "again")?;
+    let login = stranger.start_login(&broker.url(), None, "again")?;
     let mut approve = laptop
         .command()
         .args(["device", "approve", &login.code])
