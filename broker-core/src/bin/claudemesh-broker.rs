@@ -121,6 +121,15 @@ struct ServeArgs {
     /// Seconds a device's sign-in lasts without use (each use renews it).
     #[arg(long, env = "TOKEN_TTL_SECONDS", default_value_t = BrokerConfig::default().token_ttl.as_secs())]
     token_ttl_seconds: u64,
+    /// Seconds a signing-in device waits between polls of `/v1/device/token` (RFC 8628's
+    /// `interval`; polling faster earns `slow_down`).
+    #[arg(
+        long,
+        env = "DEVICE_POLL_INTERVAL_SECONDS",
+        default_value_t = BrokerConfig::default().device_poll_interval.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=60)
+    )]
+    device_poll_interval_seconds: u64,
     /// Let anyone create an account with `POST /v1/signup`.
     #[arg(long, env = "CLAUDEMESH_OPEN_SIGNUP")]
     open_signup: bool,
@@ -266,6 +275,7 @@ fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
             status_ttl: Duration::from_secs(args.status_ttl_seconds),
             message_ttl: Duration::from_secs(args.message_ttl_seconds),
             token_ttl: Duration::from_secs(args.token_ttl_seconds),
+            device_poll_interval: Duration::from_secs(args.device_poll_interval_seconds),
             open_signup: args.open_signup,
             trust_proxy: args.trust_proxy,
             ..BrokerConfig::default()
