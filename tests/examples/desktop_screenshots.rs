@@ -49,11 +49,7 @@ async fn main() -> Result<()> {
     // The app on its own broker, with a team mesh next to the personal one.
     let app = DesktopApp::launch().await?;
     app.set_up_locally("alice").await?;
-    app.open("meshes").await?;
-    app.click("[data-testid=create-open]").await?;
-    app.fill("[data-testid=create-name]", "acme").await?;
-    app.click("[data-testid=create-submit]").await?;
-    app.wait_present("[data-testid=mesh-row][data-slug=acme]").await?;
+    app.create_mesh("acme").await?;
     let personal = app.invite_link("personal", 3).await?;
     let acme = app.invite_link("acme", 3).await?;
 

@@ -310,6 +310,18 @@ impl DesktopApp {
         self.wait_absent("[data-testid=join-dialog]").await
     }
 
+    /// Creates a mesh in the Meshes view; waits until its row (slug `name`: give a lowercase
+    /// name that is its own slug) shows the name.
+    pub async fn create_mesh(&self, name: &str) -> Result<()> {
+        self.open("meshes").await?;
+        self.click("[data-testid=create-open]").await?;
+        self.fill("[data-testid=create-name]", name).await?;
+        self.click("[data-testid=create-submit]").await?;
+        self.wait_text(&format!("[data-testid=mesh-row][data-slug={name}] [data-testid=mesh-name]"), |t| t == name)
+            .await?;
+        Ok(())
+    }
+
     /// Creates an invite to the mesh named `mesh` in the Meshes view and returns its link.
     pub async fn invite_link(&self, mesh: &str, uses: u32) -> Result<String> {
         self.open("meshes").await?;

@@ -108,11 +108,7 @@ async fn device_login_approved_from_a_cli_then_the_app_approves_a_cli() -> Resul
 async fn a_created_mesh_invites_a_cli_and_messages_flow_both_ways_with_delivery_states() -> Result<()> {
     let app = DesktopApp::launch().await?;
     app.set_up_locally("alice").await?;
-    app.open("meshes").await?;
-    app.click("[data-testid=create-open]").await?;
-    app.fill("[data-testid=create-name]", "acme").await?;
-    app.click("[data-testid=create-submit]").await?;
-    app.wait_text("[data-testid=mesh-row][data-slug=acme] [data-testid=mesh-name]", |t| t == "acme").await?;
+    app.create_mesh("acme").await?;
     let link = app.invite_link("acme", 1).await?;
 
     let laptop = Device::new()?;
