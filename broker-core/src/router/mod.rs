@@ -1237,8 +1237,8 @@ impl Router {
         }
         if !delivered_on_write.is_empty() {
             let removed = remove_acknowledged(members, sessions, member_id, &delivered_on_write);
-            let recipient = members.get(member_id).map(|m| m.record.pubkey.clone()).unwrap_or_default();
-            let seqs = self.send_receipts(sessions, by_routing_key, member_id, &recipient, removed);
+            let recipient = members.get(member_id).map(|m| m.record.pubkey.as_str()).unwrap_or_default();
+            let seqs = self.send_receipts(sessions, by_routing_key, member_id, recipient, removed);
             self.persist_acknowledged(member_id, seqs);
         }
         // The window drained (or the member just came online): fetch what waits in the store.
@@ -1257,8 +1257,8 @@ impl Router {
         if removed.is_empty() {
             return;
         }
-        let recipient = state.members.get(&session.member_id).map(|m| m.record.pubkey.clone()).unwrap_or_default();
-        let seqs = self.send_receipts(&state.sessions, &state.by_routing_key, &session.member_id, &recipient, removed);
+        let recipient = state.members.get(&session.member_id).map(|m| m.record.pubkey.as_str()).unwrap_or_default();
+        let seqs = self.send_receipts(&state.sessions, &state.by_routing_key, &session.member_id, recipient, removed);
         self.persist_acknowledged(&session.member_id, seqs);
         self.pump_member(state, &session.member_id);
     }
@@ -1274,25 +1274,26 @@ impl Router {
         member_pubkey: &str,
         removed: Vec<(u64, Arc<Envelope>)>,
     ) -> Vec<u64> {
-        let delivered_at = protocol::iso8601_ms(protocol::now_ms());
-        removed
-            .into_iter()
-            .map(|(seq, envelope)| {
-                let sender = by_routing_key.get(&envelope.sender_pubkey).and_then(|id| sessions.get(id));
-                if let Some(sender) = sender
-                    && sender.caps.delivery_receipt
-                    && envelope.sender_member_id != member_id
-                {
-                    let receipt = ServerFrame::Receipt(protocol::Receipt {
-                        message_id: envelope.message_id.clone(),
-                        member_pubkey: member_pubkey.to_owned(),
-                        delivered_at: delivered_at.clone(),
-                    });
-                    self.send_to(sender, frame_text(&receipt));
-                }
-                seq
-            })
-            .collect()
+        // Formatted only when some sender asked for receipts (most sessions do not).
+        let mut delivered_at: Option<String> = None;
+        let mut seqs = Vec::with_capacity(removed.len());
+        for (seq, envelope) in removed {
+            seqs.push(seq);
+            let sender = by_routing_key.get(&envelope.sender_pubkey).and_then(|id| sessions.get(id));
+            if let Some(sender) = sender
+                && sender.caps.delivery_receipt
+                && envelope.sender_member_id != member_id
+            {
+                let delivered_at = delivered_at.get_or_insert_with(|| protocol::iso8601_ms(protocol::now_ms()));
+                let receipt = ServerFrame::Receipt(protocol::Receipt {
+                    message_id: envelope.message_id.clone(),
+                    member_pubkey: member_pubkey.to_owned(),
+                    delivered_at: delivered_at.clone(),
+                });
+                self.send_to(sender, frame_text(&receipt));
+            }
+        }
+        seqs
     }
 
     fn persist_acknowledged(&self, member_id: &str, seqs: Vec<u64>) {
