@@ -18,11 +18,13 @@
 //! - `mcp` — the stdio MCP server (rmcp lives only here).
 //! - `http` — the HTTP/1.1 JSON client for the broker's API.
 //! - `account` — signing in (device login), devices, approvals, creating meshes, signing invites.
-//! - `cli` — the commands; `cli::install` registers the bridge and hooks with Claude Code,
-//!   `cli::account` holds the account commands.
+//! - `claude_code` — registering the bridge and the status hooks with Claude Code (the CLI's
+//!   `install`/`uninstall` and the desktop's Settings both use it).
+//! - `cli` — the commands; `cli::account` holds the account commands.
 //! - `gui` (feature `gui`) — the desktop tray app.
 
 mod account;
+mod claude_code;
 mod cli;
 mod config;
 #[cfg(feature = "gui")]

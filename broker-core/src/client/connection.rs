@@ -20,7 +20,9 @@ use super::{
     RecentIds, websocket_url,
 };
 use crate::crypto;
-use crate::protocol::{self, ClientFrame, ErrorCode, Hello, HelloAck, ServerFrame, Stats, Status, capability};
+use crate::protocol::{
+    self, ClientFrame, ErrorCode, Hello, HelloAck, ServerFrame, Stats, Status, SystemEvent, capability,
+};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Reply = oneshot::Sender<Result<ServerFrame, ClientError>>;
@@ -393,13 +395,13 @@ impl Task {
             }
         };
         match frame {
-            ServerFrame::Push(push) if push.subtype.as_deref() == Some("system") => {
-                self.emit(ClientEvent::System {
-                    event: push.event.unwrap_or_default(),
-                    data: push.event_data.unwrap_or(serde_json::Value::Null),
-                    created_at: push.created_at,
-                })
-                .await;
+            ServerFrame::Push(push) if push.subtype.as_deref() == Some(protocol::SYSTEM_SUBTYPE) => {
+                let name = push.event.unwrap_or_default();
+                match SystemEvent::parse(&name, push.event_data.unwrap_or_default()) {
+                    Ok(event) => self.emit(ClientEvent::System { event, created_at: push.created_at }).await,
+                    // A newer broker's event: nothing this client could act on.
+                    Err(error) => tracing::debug!(event = %name, %error, "ignoring a system event"),
+                }
             }
             ServerFrame::Push(push) => {
                 // A re-push (after a reconnect) of something already handed over.

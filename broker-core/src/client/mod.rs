@@ -32,7 +32,7 @@ pub use keys::{KeyRing, OpenError};
 use crate::crypto::{CryptoError, Keypair};
 use crate::protocol::{
     self, ClientFrame, Enc, ErrorCode, ErrorFrame, GroupMembership, HelloAck, PeerInfo, PeerType, Priority, Recipient,
-    SendRejection, ServerFrame, Status, StatusSource, Target,
+    SendRejection, ServerFrame, Status, StatusSource, SystemEvent, Target,
 };
 
 /// What this session tells the mesh about itself.
@@ -151,10 +151,9 @@ pub enum ClientEvent {
         fatal: bool,
     },
     Message(InboundMessage),
-    /// A broker event (`peer_joined`, `peer_left`, `peer_returned`, …).
+    /// A broker event this client understands (`peer_joined`, `peer_left`, `peer_returned`).
     System {
-        event: String,
-        data: serde_json::Value,
+        event: SystemEvent,
         created_at: String,
     },
     /// An `error` frame about one of our requests.

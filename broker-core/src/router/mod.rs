@@ -33,8 +33,9 @@ use crate::config::BrokerConfig;
 use crate::crypto::{self, PublicKey};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, Ack, ClientFrame, Enc, ErrorCode, GroupMembership, Hello, HelloAck, KeyWrap, PeerInfo, PeerType, PeersList,
-    Priority, PushRef, Recipient, Resolved, SendRejection, ServerFrame, Stats, StatusSource, Target, capability,
+    self, Ack, ClientFrame, Enc, ErrorCode, GroupMembership, Hello, HelloAck, KeyWrap, PeerInfo, PeerJoined, PeerLeft,
+    PeerReturned, PeerType, PeersList, Priority, PushRef, Recipient, Resolved, SendRejection, ServerFrame, Stats,
+    StatusSource, SystemEvent, Target, capability,
 };
 use crate::store::{
     AuditEvent, Delivery, Envelope, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueuedEntry, Store,
@@ -571,29 +572,33 @@ impl Router {
         // Cannot fail: the outbox is new and empty.
         let _ = session.outbox.send(frame_text(&ServerFrame::HelloAck(ack)));
 
-        let (event, data) = match (&saved, returning) {
-            (Some(saved), true) => (
-                "peer_returned",
-                json!({
-                    "name": display_name, "pubkey": routing_key, "memberPubkey": hello.pubkey, "groups": groups,
-                    "lastSeenAt": protocol::iso8601_ms(saved.last_seen_at), "summary": saved.summary,
-                }),
-            ),
-            _ => (
-                "peer_joined",
-                json!({"name": display_name, "pubkey": routing_key, "memberPubkey": hello.pubkey, "groups": groups}),
-            ),
+        let event = match (&saved, returning) {
+            (Some(saved), true) => SystemEvent::PeerReturned(PeerReturned {
+                name: display_name,
+                pubkey: routing_key.clone(),
+                member_pubkey: hello.pubkey,
+                groups,
+                last_seen_at: protocol::iso8601_ms(saved.last_seen_at),
+                summary: saved.summary.clone(),
+            }),
+            _ => SystemEvent::PeerJoined(PeerJoined {
+                name: display_name,
+                pubkey: routing_key.clone(),
+                member_pubkey: hello.pubkey,
+                groups,
+            }),
         };
         let handle = SessionHandle { shard: shard.clone(), session_id: session.id, member_id: member_id.clone(), caps };
         tracing::debug!(mesh = %state.mesh.id, member = %member_id, session = session.id, "session connected");
         state.by_routing_key.insert(routing_key, session.id);
         state.sessions.insert(session.id, session);
-        self.broadcast_event(state, &member_id, event, &data);
+        self.broadcast_event(state, &member_id, &event);
         Ok(handle)
     }
 
     /// Sends a broker event to every session of the mesh except those of `except_member`.
-    fn broadcast_event(&self, state: &MeshState, except_member: &str, event: &str, data: &serde_json::Value) {
+    fn broadcast_event(&self, state: &MeshState, except_member: &str, event: &SystemEvent) {
+        let data = event.data();
         let message_id = crate::ids::new_id("sys");
         let created_at = protocol::iso8601_ms(protocol::now_ms());
         let mut frames: [Option<String>; 2] = [None, None];
@@ -610,9 +615,9 @@ impl Router {
                     nonce: "",
                     ciphertext: "",
                     created_at: &created_at,
-                    subtype: Some("system"),
-                    event: Some(event),
-                    event_data: Some(data),
+                    subtype: Some(protocol::SYSTEM_SUBTYPE),
+                    event: Some(event.name()),
+                    event_data: Some(&data),
                     enc: session.caps.enc.then_some(Enc::System),
                     key: None,
                     target_spec: None,
@@ -1357,8 +1362,12 @@ impl Router {
             let departed = Departed { member_id: gone.member_id.clone(), at: Instant::now(), released: clean };
             state.departed.insert(gone.routing_key.clone(), departed);
         }
-        let data = json!({"name": gone.display_name, "pubkey": gone.routing_key, "memberPubkey": gone.member_pubkey});
-        self.broadcast_event(state, &gone.member_id, "peer_left", &data);
+        let event = SystemEvent::PeerLeft(PeerLeft {
+            name: gone.display_name,
+            pubkey: gone.routing_key,
+            member_pubkey: gone.member_pubkey,
+        });
+        self.broadcast_event(state, &gone.member_id, &event);
     }
 
     /// Session-only entries of `session_key` become deliverable to any session of the member.

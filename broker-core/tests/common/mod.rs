@@ -200,12 +200,12 @@ impl Peer {
         }
     }
 
-    /// The next system event named `event`.
+    /// The data of the next system event named `event`, as the wire shows it.
     pub async fn system_event(&mut self, event: &str) -> serde_json::Value {
         loop {
             match tokio::time::timeout(WAIT, self.events.recv()).await.expect("an event in time").expect("event stream")
             {
-                ClientEvent::System { event: name, data, .. } if name == event => return data,
+                ClientEvent::System { event: got, .. } if got.name() == event => return got.data(),
                 _ => continue,
             }
         }
@@ -231,7 +231,7 @@ impl Peer {
         let mut names = Vec::new();
         while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
             if let ClientEvent::System { event, .. } = event {
-                names.push(event);
+                names.push(event.name().to_owned());
             }
         }
         names

@@ -10,9 +10,10 @@ use broker_core::protocol::account::{CreateInviteResponse, DeviceView, PendingDe
 use broker_core::protocol::{Role, grant_cap};
 use serde_json::json;
 
-use super::{CliResult, Exit, Failure, default_display_name, http_exit, open_keystore, print_json};
+use super::{CliResult, Exit, Failure, http_exit, open_keystore, print_json};
 use crate::account::{self, AccountError, InviteOptions};
 use crate::config::ConfigDir;
+use crate::config::display_name_or_default;
 use crate::keystore::KeyStore;
 
 /// Where `login` signs in when no `--broker` is given and this device was never signed in.
@@ -181,7 +182,7 @@ pub async fn login(
             return Err(Failure::new(Exit::Refused, format!("the sign-in failed: {reason}")));
         }
     };
-    let display_name = name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_display_name);
+    let display_name = display_name_or_default(name);
     let signed_in =
         account::finish_sign_in(&config_dir, &keystore, &broker_url, token, account_name.as_deref(), &display_name)
             .await
@@ -341,7 +342,7 @@ pub async fn login_token(json_output: bool) -> CliResult {
 
 pub async fn create(name: String, display_name: Option<String>, json_output: bool) -> CliResult {
     let (config_dir, keystore, api) = signed_in().await?;
-    let display_name = display_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_display_name);
+    let display_name = display_name_or_default(display_name);
     let entry =
         account::create_mesh(&config_dir, &keystore, &api, &name, &display_name).await.map_err(account_failure)?;
     if json_output {

@@ -5,7 +5,6 @@
 //! to stderr and say what to do next; the exit code tells the kind of failure ([`Exit`]).
 
 pub mod account;
-pub mod install;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +13,8 @@ use broker_core::protocol::{PeerType, Priority, Status};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::config::ConfigDir;
+use crate::claude_code;
+use crate::config::{ConfigDir, display_name_or_default};
 use crate::inbox::{Inbox, StoredMessage};
 use crate::keystore::KeyStore;
 use crate::mesh::{LinkState, SessionOptions, Supervisor};
@@ -157,7 +157,7 @@ pub async fn join(link: &str, name: Option<String>, json_output: bool) -> CliRes
             .await
             .map_err(|e| Failure::new(Exit::Failure, e.to_string()))??
     };
-    let display_name = name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_display_name);
+    let display_name = display_name_or_default(name);
     let joined = crate::join::join(&config_dir, keystore.clone(), link, display_name.trim()).await.map_err(|e| {
         use crate::join::JoinError::*;
         let exit = match &e {
@@ -189,17 +189,6 @@ pub async fn join(link: &str, name: Option<String>, json_output: bool) -> CliRes
         );
     }
     Ok(())
-}
-
-pub fn default_display_name() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_default();
-    let host = gethostname::gethostname().to_string_lossy().split('.').next().unwrap_or_default().to_owned();
-    match (user.is_empty(), host.is_empty()) {
-        (false, false) => format!("{user}@{host}"),
-        (false, true) => user,
-        (true, false) => host,
-        (true, true) => "peer".into(),
-    }
 }
 
 pub fn meshes(json_output: bool) -> CliResult {
@@ -403,7 +392,7 @@ pub async fn status(json_output: bool) -> CliResult {
         }
         supervisor.shutdown().await;
     }
-    let files = install::ClaudeFiles::from_env().ok();
+    let files = claude_code::ClaudeFiles::from_env().ok();
     let hooks_installed = files
         .as_ref()
         .and_then(|f| std::fs::read_to_string(&f.settings).ok())
@@ -529,11 +518,11 @@ async fn leave_at_broker(config_dir: &ConfigDir, slug: &str) -> Result<(), Strin
 }
 
 pub fn install(json_output: bool) -> CliResult {
-    let files = install::ClaudeFiles::from_env()?;
+    let files = claude_code::ClaudeFiles::from_env()?;
     let exe = std::env::current_exe()?.canonicalize()?;
     let override_dir =
         std::env::var_os(crate::config::CONFIG_DIR_ENV).filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
-    let report = install::install(&files, &exe, override_dir.as_deref())?;
+    let report = claude_code::install(&files, &exe, override_dir.as_deref())?;
     if json_output {
         print_json(serde_json::to_value(&report).expect("report serializes"));
     } else {
@@ -541,15 +530,15 @@ pub fn install(json_output: bool) -> CliResult {
         println!(
             "restart Claude Code to load it. For peers' messages to appear in the conversation as they arrive, start it with:"
         );
-        println!("  claude --dangerously-load-development-channels server:{}", install::MCP_NAME);
+        println!("  claude --dangerously-load-development-channels server:{}", claude_code::MCP_NAME);
         println!("(without that flag the model reads them with the check_messages tool)");
     }
     Ok(())
 }
 
 pub fn uninstall(json_output: bool) -> CliResult {
-    let files = install::ClaudeFiles::from_env()?;
-    let report = install::uninstall(&files)?;
+    let files = claude_code::ClaudeFiles::from_env()?;
+    let report = claude_code::uninstall(&files)?;
     if json_output {
         print_json(serde_json::to_value(&report).expect("report serializes"));
     } else {

@@ -26,7 +26,7 @@ pub fn set(enabled: bool, exe: &Path) -> Result<(), String> {
     }
     let entry = format!(
         "[Desktop Entry]\nType=Application\nName=claudemesh\nComment=Connect Claude Code sessions into a mesh\nExec={} --minimized\nIcon=claudemesh\nTerminal=false\nX-GNOME-Autostart-enabled=true\n",
-        crate::cli::install::shell_quote(&exe.display().to_string())
+        crate::claude_code::shell_quote(&exe.display().to_string())
     );
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;

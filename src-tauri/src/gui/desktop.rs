@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use broker_core::client::device_login::{LoginOutcome, PollResponse, run_device_login};
 use broker_core::protocol::account::{DeviceView, PendingDevice};
-use broker_core::protocol::{PeerType, Priority, Role, now_ms};
+use broker_core::protocol::{PeerType, Priority, Role, SystemEvent, now_ms};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ use super::notify::{MeshLabel, Navigate, NotificationPolicy, Toast, View};
 use super::settings::{self, DesktopSettings, MeshNotifications};
 use super::state::{DesktopState, LocalBrokerView, MeshStatus, StatusView, TokenHealth};
 use crate::account::{self, Api, InviteOptions, Moderation};
-use crate::cli::install::{self, ClaudeFiles};
+use crate::claude_code::{self, ClaudeFiles};
 use crate::config::{ConfigDir, MeshEntry};
 use crate::inbox::{Inbox, PersonMessage, SentMessage, StoredMessage};
 use crate::keystore::KeyStore;
@@ -376,7 +376,7 @@ impl Desktop {
             peers: state.meshes.iter().map(|(id, m)| (id.clone(), m.peers.clone())).collect(),
             sign_in: lock(&self.sign_in).1.clone(),
             settings: lock(&self.settings).clone(),
-            default_display_name: crate::cli::default_display_name(),
+            default_display_name: crate::config::default_display_name(),
             default_account_name: default_account_name(),
         }
     }
@@ -491,8 +491,8 @@ impl Desktop {
                         self.refresh_peers(&mesh_id).await;
                     }
                 }
-                LinkEvent::Presence { mesh_id, event, data } => {
-                    self.presence(&mesh_id, &event, &data);
+                LinkEvent::Presence { mesh_id, event } => {
+                    self.presence(&mesh_id, &event);
                     self.refresh_peers(&mesh_id).await;
                 }
                 LinkEvent::Delivered { message_id, .. } => {
@@ -511,24 +511,23 @@ impl Desktop {
     }
 
     /// Notifications for presence events.
-    fn presence(&self, mesh_id: &str, event: &str, data: &serde_json::Value) {
+    fn presence(&self, mesh_id: &str, event: &SystemEvent) {
         let Some((mesh_name, own_key)) =
             lock(&self.state).meshes.get(mesh_id).map(|m| (m.entry.name.clone(), m.entry.member_pubkey.clone()))
         else {
             return;
         };
-        let name = data["name"].as_str().unwrap_or("a peer");
-        let own_member = data["memberPubkey"].as_str() == Some(own_key.as_str());
+        let (name, _, member_pubkey) = event.peer();
+        let own_member = member_pubkey == own_key;
         let mesh = MeshLabel { id: mesh_id, name: &mesh_name };
         let settings = lock(&self.settings).notifications.clone();
         let toast = match event {
-            "peer_joined" | "peer_returned" => {
+            SystemEvent::PeerJoined(_) | SystemEvent::PeerReturned(_) => {
                 let toast = lock(&self.policy).peer_joined(&settings, mesh, name, own_member, Instant::now());
                 self.storm_started.notify_one();
                 toast
             }
-            "peer_left" => lock(&self.policy).peer_left(&settings, mesh, name, own_member),
-            _ => None,
+            SystemEvent::PeerLeft(_) => lock(&self.policy).peer_left(&settings, mesh, name, own_member),
         };
         if let Some(toast) = toast {
             self.send(Output::Toast(toast));
@@ -797,8 +796,7 @@ impl Desktop {
         self.save_settings(|s| s.local_broker.enabled = true)?;
         let url = self.start_local_broker(true).await?;
         let account_name = account_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_account_name);
-        let display_name =
-            display_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(crate::cli::default_display_name);
+        let display_name = crate::config::display_name_or_default(display_name);
         let token = {
             let local = self.local.lock().await;
             let broker = local.as_ref().ok_or_else(|| CommandError::new(ErrorKind::LocalBroker, "stopped"))?;
@@ -866,8 +864,7 @@ impl Desktop {
             let outcome = run_device_login(&code, &poller, |_| {}).await;
             let (phase, message) = match outcome {
                 LoginOutcome::SignedIn(token) => {
-                    let name =
-                        display_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(crate::cli::default_display_name);
+                    let name = crate::config::display_name_or_default(display_name);
                     let expected = account_name.as_deref();
                     match account::finish_sign_in(
                         &desktop.config_dir,
@@ -952,7 +949,7 @@ impl Desktop {
                 ));
             }
         };
-        let name = display_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(crate::cli::default_display_name);
+        let name = crate::config::display_name_or_default(display_name);
         let signed_in =
             account::finish_sign_in(&self.config_dir, &self.keystore, &broker_url, token, None, &name).await?;
         self.save_settings(|s| s.broker_url = Some(broker_url.clone()))?;
@@ -1006,7 +1003,7 @@ impl Desktop {
             .values()
             .next()
             .map(|m| m.entry.display_name.clone())
-            .unwrap_or_else(crate::cli::default_display_name)
+            .unwrap_or_else(crate::config::default_display_name)
     }
 
     pub async fn create_invite(
@@ -1382,7 +1379,7 @@ impl Desktop {
 
     pub fn claude_integration(&self, actions: Vec<String>) -> CommandResult<ClaudeIntegration> {
         let files = ClaudeFiles::from_env().map_err(|e| CommandError::new(ErrorKind::Storage, e.to_string()))?;
-        let registered = install::is_registered(&files);
+        let registered = claude_code::is_registered(&files);
         let sessions = lock(&self.state)
             .meshes
             .values()
@@ -1408,9 +1405,9 @@ impl Desktop {
                 .map_err(|e| CommandError::new(ErrorKind::Storage, e.to_string()))?;
             let override_dir =
                 std::env::var_os(crate::config::CONFIG_DIR_ENV).filter(|d| !d.is_empty()).map(PathBuf::from);
-            install::install(&files, &exe, override_dir.as_deref())
+            claude_code::install(&files, &exe, override_dir.as_deref())
         } else {
-            install::uninstall(&files)
+            claude_code::uninstall(&files)
         }
         .map_err(|e| CommandError::new(ErrorKind::Storage, format!("{e:#}")))?;
         self.claude_integration(report.actions)

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use broker_core::client::{ClientConfig, ClientError, ClientEvent, InboundMessage, MeshClient, SessionProfile};
 use broker_core::crypto::Keypair;
-use broker_core::protocol::{GroupMembership, PeerInfo, PeerType, Priority, Status, StatusSource};
+use broker_core::protocol::{GroupMembership, PeerInfo, PeerType, Priority, Status, StatusSource, SystemEvent};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -64,11 +64,10 @@ pub enum LinkEvent {
         mesh_id: String,
         state: LinkState,
     },
-    /// A broker event: `peer_joined`, `peer_left`, `peer_returned`… with its data.
+    /// A broker event about a peer's presence.
     Presence {
         mesh_id: String,
-        event: String,
-        data: serde_json::Value,
+        event: SystemEvent,
     },
     /// A recipient member stored a message this session sent.
     Delivered {
@@ -712,10 +711,10 @@ async fn receive(
                     set_state(LinkState::Failed(format!("{}: {message}", code.as_str())));
                 }
             }
-            ClientEvent::System { event, data, .. } => {
-                tracing::debug!(mesh = %link.entry.slug, %event, "mesh event");
+            ClientEvent::System { event, .. } => {
+                tracing::debug!(mesh = %link.entry.slug, event = event.name(), "mesh event");
                 link.invalidate_peers();
-                observe(LinkEvent::Presence { mesh_id: mesh_id.clone(), event, data });
+                observe(LinkEvent::Presence { mesh_id: mesh_id.clone(), event });
             }
             ClientEvent::Delivered { message_id, .. } => observe(LinkEvent::Delivered { message_id }),
             ClientEvent::Error(error) => {

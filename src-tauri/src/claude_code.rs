@@ -1,5 +1,5 @@
-//! `claudemesh install` / `uninstall`: register the MCP bridge and the status hooks with
-//! Claude Code, and take them out again.
+//! Registration with Claude Code: the MCP bridge and the status hooks, put in and taken out by
+//! `claudemesh install` / `uninstall` and by the desktop app's Settings.
 //!
 //! The MCP server goes in with `claude mcp add --scope user` when the `claude` command exists,
 //! otherwise straight into the user-scope `mcpServers` of `~/.claude.json` (what that command
