@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
-use crate::router::RateLimit;
+/// A token bucket's size: `burst` at once, refilled at `per_minute` (see `router::TokenBucket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub burst: u32,
+    pub per_minute: u32,
+}
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {

@@ -7,6 +7,7 @@
 //!   the multi-recipient envelope, the audit-chain hash (no I/O).
 //! - `invite` — the signed invite token (no I/O).
 //! - `ids` — random readable identifiers.
+//! - `args` — parsing of durations and roles typed on both command lines.
 //! - `client` (feature `client`) — the mesh client: connect, hello, reconnect, seal/open, dedup.
 //! - `store` (feature `server`) — the `Store` trait and its SQLite implementation.
 //! - `router` (feature `server`) — presence, target resolution, durable per-recipient delivery.
@@ -15,6 +16,7 @@
 //! - `operator` (feature `server`) — operator commands on a data directory (meshes, members, invites).
 //! - `server` (feature `server`) — HTTP + WebSocket endpoint: `serve(listener, broker, shutdown)`.
 
+pub mod args;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]

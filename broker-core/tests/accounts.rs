@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use broker_core::client::{ClientConfig, ClientError, ClientEvent};
 use broker_core::config::BrokerConfig;
+use broker_core::config::RateLimit;
 use broker_core::crypto::Keypair;
 use broker_core::invite::{Invite, InviteTerms};
 use broker_core::protocol::{self, ErrorCode, Priority, Role, SendRejection};
-use broker_core::router::RateLimit;
 use broker_core::store::Store;
 use common::{TestBroker, api};
 use serde_json::{Value, json};

@@ -22,7 +22,7 @@ async fn check_accepted(broker: &TestBroker, hello: protocol::Hello) -> RawSocke
     socket.send_frame(&ClientFrame::Hello(hello)).await;
     match socket.next().await {
         Ok(ServerFrame::HelloAck(ack)) => {
-            assert_eq!(ack.capabilities, vec![protocol::capability::SESSION_SIG.to_owned()]);
+            assert_eq!(ack.capabilities, vec![protocol::Capability::SessionSig.as_str().to_owned()]);
             socket
         }
         other => panic!("expected hello_ack, got {other:?}"),
@@ -242,4 +242,45 @@ async fn one_member_cannot_take_every_connection_of_a_mesh() {
     let mut bloated = signed_hello(&mesh, &members[1], protocol::now_ms());
     bloated.display_name = Some("b".repeat(500));
     check_refused(&broker, bloated, ErrorCode::Malformed).await;
+}
+
+#[tokio::test]
+async fn refusal_codes_go_only_to_sessions_that_negotiated_them() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    // A reference client: the text, no code.
+    let mut plain = check_accepted(&broker, signed_hello(&mesh, &members[0], protocol::now_ms())).await;
+    send_to_empty_group(&mut plain).await;
+    let Ok(ServerFrame::Ack(ack)) = plain.next().await else { panic!("an ack") };
+    assert!(ack.error.as_deref().is_some_and(|e| e.starts_with("no_recipient:")), "{ack:?}");
+    assert_eq!(ack.error_code, None);
+
+    // A client that announced `refusal_code`: the same text, and the code.
+    let mut hello = signed_hello(&mesh, &members[0], protocol::now_ms() + 1);
+    hello.capabilities.push(protocol::Capability::RefusalCode.as_str().into());
+    let mut coded = RawSocket::connect(&broker.ws_url()).await;
+    coded.send_frame(&ClientFrame::Hello(hello)).await;
+    let Ok(ServerFrame::HelloAck(ack)) = coded.next().await else { panic!("a hello_ack") };
+    assert!(ack.capabilities.iter().any(|c| c == "refusal_code"), "{:?}", ack.capabilities);
+    send_to_empty_group(&mut coded).await;
+    let ack = loop {
+        match coded.next().await {
+            Ok(ServerFrame::Ack(ack)) => break ack,
+            Ok(_) => continue,
+            Err(close) => panic!("closed: {close:?}"),
+        }
+    };
+    assert!(ack.error.as_deref().is_some_and(|e| e.starts_with("no_recipient:")), "{ack:?}");
+    assert_eq!(ack.error_code, Some(protocol::SendRejection::NoRecipient));
+}
+
+async fn send_to_empty_group(socket: &mut RawSocket) {
+    let send = protocol::Send {
+        id: Some("s1".into()),
+        target_spec: "@nobody".into(),
+        nonce: "bm9uY2U=".into(),
+        ciphertext: "aGk=".into(),
+        ..protocol::Send::default()
+    };
+    socket.send_frame(&ClientFrame::Send(send)).await;
 }

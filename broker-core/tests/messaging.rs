@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use broker_core::client::ClientError;
 use broker_core::config::BrokerConfig;
+use broker_core::config::RateLimit;
 use broker_core::protocol::{self, ClientFrame, Priority, Role, SendRejection, ServerFrame, Status, StatusSource};
-use broker_core::router::RateLimit;
 use common::{Peer, RawSocket, TestBroker, signed_hello};
 
 fn generous() -> BrokerConfig {
@@ -44,8 +44,8 @@ async fn the_sending_session_hears_a_receipt_once_each_recipient_stored_the_mess
     let mut alice = Peer::connect(config).await;
     let mut bob = broker.connect(&mesh, &members[1], "bob").await;
     let mut carol = broker.connect(&mesh, &members[2], "carol").await;
-    assert!(alice.hello_ack.capabilities.iter().any(|c| c == protocol::capability::DELIVERY_RECEIPT));
-    assert!(!carol.hello_ack.capabilities.iter().any(|c| c == protocol::capability::DELIVERY_RECEIPT));
+    assert!(alice.hello_ack.capabilities.iter().any(|c| c == protocol::Capability::DeliveryReceipt.as_str()));
+    assert!(!carol.hello_ack.capabilities.iter().any(|c| c == protocol::Capability::DeliveryReceipt.as_str()));
 
     // Direct: no receipt while bob has the push but has not acknowledged it.
     let sent = alice.client.send(&members[1].key.public_hex(), b"stored?", Priority::Now).await.expect("queued");

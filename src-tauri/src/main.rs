@@ -38,6 +38,7 @@ mod mcp;
 mod mesh;
 mod proctree;
 
+use broker_core::args::{parse_duration, parse_role};
 use broker_core::protocol::{Priority, Status};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -273,30 +274,6 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_role(text: &str) -> Result<broker_core::protocol::Role, String> {
-    broker_core::protocol::Role::parse(text).ok_or_else(|| format!("unknown role {text:?}: expected admin or member"))
-}
-
-/// `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{text:?} has an unknown unit: use s, m, h or d")),
-    };
-    value
-        .checked_mul(seconds)
-        .filter(|s| *s > 0)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use broker_core::config::BrokerConfig;
+use broker_core::args::{parse_duration, parse_role};
+use broker_core::config::{BrokerConfig, RateLimit};
 use broker_core::email::Mailer;
 use broker_core::operator::{self, Operator, OperatorError};
 use broker_core::protocol::account::format_user_code;
 use broker_core::protocol::{self, Role};
-use broker_core::router::RateLimit;
 use broker_core::server::{self, Broker};
 use broker_core::store::{Durability, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand};
@@ -202,7 +202,7 @@ enum InviteCommand {
         #[arg(long, default_value_t = 1)]
         max_uses: u32,
         /// Lifetime, like 90s, 30m, 12h or 7d.
-        #[arg(long, default_value = "7d", value_parser = operator::parse_duration)]
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
         expires_in: Duration,
         /// Broker URL to put in the link (default: the one `serve` recorded).
         #[arg(long, env = "CLAUDEMESH_PUBLIC_URL")]
@@ -210,10 +210,6 @@ enum InviteCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_role(text: &str) -> Result<Role, String> {
-    Role::parse(text).ok_or_else(|| format!("unknown role {text:?}: expected admin or member"))
 }
 
 fn default_data_dir() -> PathBuf {

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::crypto;
 use crate::protocol::{
-    self, ClientFrame, ErrorCode, Hello, HelloAck, ServerFrame, Stats, Status, SystemEvent, capability,
+    self, Capability, ClientFrame, ErrorCode, Hello, HelloAck, ServerFrame, Stats, Status, SystemEvent,
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -223,10 +223,10 @@ impl Task {
             model: profile.model.clone(),
             groups: Some(self.desired.lock().expect("desired lock").groups.clone()),
             protocol_version: Some(protocol::PROTOCOL_VERSION),
-            capabilities: capability::ALL
-                .iter()
-                .filter(|c| config.delivery_receipts || **c != capability::DELIVERY_RECEIPT)
-                .map(|c| (*c).to_owned())
+            capabilities: Capability::ALL
+                .into_iter()
+                .filter(|c| config.delivery_receipts || *c != Capability::DeliveryReceipt)
+                .map(|c| c.as_str().to_owned())
                 .collect(),
             timestamp,
             signature: crypto::sign_hello(&self.keys.member, &config.mesh_id, &config.member_id, timestamp),
@@ -451,30 +451,6 @@ impl Task {
                 let key = ack.id.clone().map(|id| correlation_key(&Correlation::Ack(id)));
                 self.answer(key, frame);
             }
-            ServerFrame::PeersList(ref list) => {
-                let key = list.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
-                self.answer(key, frame);
-            }
-            ServerFrame::Resolved(ref resolved) => {
-                let key = resolved.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
-                self.answer(key, frame);
-            }
-            ServerFrame::Grants(ref grants) => {
-                let key = grants.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
-                self.answer(key, frame);
-            }
-            ServerFrame::AuditResult(ref result) => {
-                let key = result.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
-                self.answer(key, frame);
-            }
-            ServerFrame::AuditVerifyResult(ref result) => {
-                let key = result.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
-                self.answer(key, frame);
-            }
-            ServerFrame::Left(ref left) => {
-                let key = left.req_id.clone().map(|id| correlation_key(&Correlation::Request(id)));
-                self.answer(key, frame);
-            }
             ServerFrame::Error(error) => {
                 if error.code == ErrorCode::Revoked {
                     return Some(Ended::Refused(error.code, error.message));
@@ -496,6 +472,11 @@ impl Task {
                 .await;
             }
             ServerFrame::HelloAck(_) => {}
+            // Every other frame answers a request by its `_reqId`.
+            reply => {
+                let key = reply.req_id().map(|id| correlation_key(&Correlation::Request(id.to_owned())));
+                self.answer(key, reply);
+            }
         }
         None
     }

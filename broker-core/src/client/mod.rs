@@ -363,7 +363,7 @@ impl MeshClient {
             }
             ServerFrame::Ack(ack) => {
                 let message = ack.error.unwrap_or_else(|| "refused without a reason".to_owned());
-                Err(ClientError::Rejected { reason: SendRejection::from_error_text(&message), message })
+                Err(ClientError::Rejected { reason: ack.error_code, message })
             }
             _ => Err(ClientError::UnexpectedReply),
         }
@@ -398,7 +398,7 @@ impl MeshClient {
         match self.exchange(frame, Correlation::Request(req_id)).await? {
             ServerFrame::Resolved(resolved) => {
                 if let Some(message) = resolved.error {
-                    return Err(ClientError::Rejected { reason: SendRejection::from_error_text(&message), message });
+                    return Err(ClientError::Rejected { reason: resolved.error_code, message });
                 }
                 if let Target::Key(key) = Target::parse(target_spec).unwrap_or(Target::Broadcast)
                     && let [one] = resolved.recipients.as_slice()

@@ -15,24 +15,83 @@ pub use time::{iso8601_ms, now_ms};
 /// Highest protocol version this implementation speaks. The reference protocol is version 1.
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Capabilities a client may announce in `hello.capabilities`; the broker echoes those it supports.
-pub mod capability {
+/// Capabilities a client may announce in `hello.capabilities`; the broker echoes those it
+/// supports. On the wire they stay strings, so a capability one side does not know is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
     /// The client proves its session key: `sessionSig` (the member key's signature delegating it)
     /// and `sessionProof` (the session key's own signature over the hello).
-    pub const SESSION_SIG: &str = "session_sig";
+    SessionSig,
     /// The client acknowledges each push with a `delivered` frame; unacknowledged pushes are
     /// re-sent after a reconnect. Without it, a push counts as delivered once written.
-    pub const DELIVERY_ACK: &str = "delivery_ack";
+    DeliveryAck,
     /// Pushes carry an explicit `enc` envelope kind.
-    pub const ENC: &str = "enc";
+    Enc,
     /// End-to-end sealed group and broadcast messages: `send.keys`, `push.key` and `resolve`.
-    pub const SEALED_MULTICAST: &str = "sealed_multicast";
+    SealedMulticast,
     /// The sending session hears a `receipt` when a recipient member's client acknowledged one
     /// of its messages (stored it), so it can show "delivered" rather than only "queued".
-    pub const DELIVERY_RECEIPT: &str = "delivery_receipt";
+    DeliveryReceipt,
+    /// A refused `send` ack and an empty `resolved` carry `errorCode`, the [`SendRejection`],
+    /// next to the human text.
+    RefusalCode,
+}
 
-    /// Every capability this broker supports, in the order `hello_ack` lists them.
-    pub const ALL: [&str; 5] = [SESSION_SIG, DELIVERY_ACK, ENC, SEALED_MULTICAST, DELIVERY_RECEIPT];
+impl Capability {
+    /// Every capability this implementation supports, in the order `hello_ack` lists them.
+    pub const ALL: [Capability; 6] = [
+        Capability::SessionSig,
+        Capability::DeliveryAck,
+        Capability::Enc,
+        Capability::SealedMulticast,
+        Capability::DeliveryReceipt,
+        Capability::RefusalCode,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::SessionSig => "session_sig",
+            Capability::DeliveryAck => "delivery_ack",
+            Capability::Enc => "enc",
+            Capability::SealedMulticast => "sealed_multicast",
+            Capability::DeliveryReceipt => "delivery_receipt",
+            Capability::RefusalCode => "refusal_code",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+/// A set of [`Capability`]s: what a session announced, or what it negotiated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities(u8);
+
+impl Capabilities {
+    /// The known capabilities among `names`; unknown names are ignored.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Capabilities {
+        names.iter().filter_map(|n| Capability::parse(n.as_ref())).collect()
+    }
+
+    pub fn has(self, capability: Capability) -> bool {
+        self.0 & Self::bit(capability) != 0
+    }
+
+    /// The names, in the order of [`Capability::ALL`].
+    pub fn names(self) -> Vec<String> {
+        Capability::ALL.into_iter().filter(|c| self.has(*c)).map(|c| c.as_str().to_owned()).collect()
+    }
+
+    fn bit(capability: Capability) -> u8 {
+        1 << Capability::ALL.iter().position(|c| *c == capability).expect("every capability is in ALL")
+    }
+}
+
+impl FromIterator<Capability> for Capabilities {
+    fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Capabilities {
+        Capabilities(iter.into_iter().fold(0, |bits, c| bits | Capabilities::bit(c)))
+    }
 }
 
 /// Message priority; gates delivery by the recipient's status (see [`Priority::deliverable_to`]).
@@ -475,6 +534,24 @@ pub enum ServerFrame {
     Error(ErrorFrame),
 }
 
+impl ServerFrame {
+    /// The `_reqId` of the request this frame answers. A send's `ack` answers by the send's
+    /// `id` instead; pushes, receipts and `hello_ack` answer nothing.
+    pub fn req_id(&self) -> Option<&str> {
+        match self {
+            ServerFrame::PeersList(f) => f.req_id.as_deref(),
+            ServerFrame::Resolved(f) => f.req_id.as_deref(),
+            ServerFrame::Grants(f) => f.req_id.as_deref(),
+            ServerFrame::AuditResult(f) => f.req_id.as_deref(),
+            ServerFrame::AuditVerifyResult(f) => f.req_id.as_deref(),
+            ServerFrame::Left(f) => f.req_id.as_deref(),
+            ServerFrame::Error(f) => f.req_id.as_deref(),
+            ServerFrame::Ack(f) => f.req_id.as_deref(),
+            ServerFrame::HelloAck(_) | ServerFrame::Push(_) | ServerFrame::Receipt(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HelloAck {
@@ -506,9 +583,12 @@ pub struct Ack {
     #[serde(default)]
     pub message_id: String,
     pub queued: bool,
-    /// Present when `queued` is false; starts with a stable code and a colon.
+    /// Present when `queued` is false: a stable code, a colon, and what to do about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Ours (`refusal_code`): the code of `error`, typed.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "SendRejection::lenient")]
+    pub error_code: Option<SendRejection>,
     /// Ours: the number of recipient members the message was queued for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<u32>,
@@ -746,6 +826,9 @@ pub struct Resolved {
     /// Why `recipients` is empty, with the same stable code prefix as a refused send's ack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Ours (`refusal_code`): the code of `error`, typed.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "SendRejection::lenient")]
+    pub error_code: Option<SendRejection>,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }
@@ -853,8 +936,10 @@ impl ErrorCode {
     }
 }
 
-/// Stable codes that start the `error` text of a refused `send` ack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Why a `send` (or a `resolve`) was refused: the stable code that starts the `error` text, and
+/// the typed `errorCode` for sessions that negotiated `refusal_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SendRejection {
     RateLimit,
     TooLarge,
@@ -878,20 +963,16 @@ impl SendRejection {
         }
     }
 
-    /// Parses the code back from an ack's `error` text.
-    pub fn from_error_text(text: &str) -> Option<SendRejection> {
-        let code = text.split(':').next()?.trim();
-        [
-            SendRejection::RateLimit,
-            SendRejection::TooLarge,
-            SendRejection::UnknownRecipient,
-            SendRejection::NoRecipient,
-            SendRejection::Blocked,
-            SendRejection::Malformed,
-            SendRejection::Unavailable,
-        ]
-        .into_iter()
-        .find(|r| r.code() == code)
+    /// The human text of a refusal: the code, a colon, the detail.
+    pub fn text(self, detail: &str) -> String {
+        format!("{}: {detail}", self.code())
+    }
+
+    /// Reads `errorCode`; a code this build does not know reads as absent (a newer broker's
+    /// refusal is still a refusal, with its text).
+    fn lenient<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<SendRejection>, D::Error> {
+        let code = Option::<String>::deserialize(deserializer)?;
+        Ok(code.and_then(|code| serde_json::from_value(serde_json::Value::String(code)).ok()))
     }
 }
 
@@ -1076,11 +1157,22 @@ mod tests {
     }
 
     #[test]
-    fn rejection_codes_round_trip_through_error_text() {
-        assert_eq!(
-            SendRejection::from_error_text("rate_limit: max 60 msg/min (burst 10)"),
-            Some(SendRejection::RateLimit)
-        );
-        assert_eq!(SendRejection::from_error_text("nonsense"), None);
+    fn refusal_codes_are_typed_and_unknown_ones_read_as_absent() {
+        let text = r#"{"type":"ack","id":"1","messageId":"","queued":false,"error":"rate_limit: slow down","errorCode":"rate_limit"}"#;
+        let ServerFrame::Ack(ack) = serde_json::from_str(text).expect("parses") else { panic!("not an ack") };
+        assert_eq!(ack.error_code, Some(SendRejection::RateLimit));
+        let newer = text.replace(r#""errorCode":"rate_limit""#, r#""errorCode":"quota""#);
+        let ServerFrame::Ack(ack) = serde_json::from_str(&newer).expect("parses") else { panic!("not an ack") };
+        assert_eq!(ack.error_code, None);
+        assert_eq!(SendRejection::Blocked.text("no"), "blocked: no");
+    }
+
+    #[test]
+    fn capabilities_ignore_unknown_names_and_list_in_order() {
+        let caps = Capabilities::from_names(&["delivery_receipt", "teleport", "session_sig"]);
+        assert!(caps.has(Capability::SessionSig) && caps.has(Capability::DeliveryReceipt));
+        assert!(!caps.has(Capability::Enc));
+        assert_eq!(caps.names(), ["session_sig", "delivery_receipt"]);
+        assert_eq!(Capabilities::from_names(&Capabilities::from_iter(Capability::ALL).names()).names().len(), 6);
     }
 }

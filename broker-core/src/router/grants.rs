@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::protocol::grant_cap;
+use crate::protocol::{self, GrantMap, grant_cap};
 use crate::store::GrantRecord;
 
 #[derive(Debug, Default, Clone)]
@@ -46,12 +46,24 @@ impl Grants {
     }
 }
 
-/// Checks a grant list from a client: known capability names only.
-pub fn validate_caps(caps: &[String]) -> Result<(), String> {
-    match caps.iter().find(|c| !grant_cap::KNOWN.contains(&c.as_str())) {
-        Some(unknown) => Err(format!("unknown capability {unknown:?}: use {}", grant_cap::KNOWN.join(", "))),
-        None => Ok(()),
-    }
+/// One grant change: a peer's member key and its capabilities (`None`: back to the defaults).
+pub type GrantChange = (String, Option<Vec<String>>);
+
+/// Checks grant changes from a client (over the WebSocket or the account API): 64-hex keys and
+/// known capability names only.
+pub fn validate_grants(grants: GrantMap) -> Result<Vec<GrantChange>, String> {
+    grants
+        .into_iter()
+        .map(|(peer, caps)| {
+            if !protocol::is_key_hex(&peer) {
+                return Err("grant keys must be 64-hex member keys".to_owned());
+            }
+            if let Some(unknown) = caps.iter().flatten().find(|c| !grant_cap::KNOWN.contains(&c.as_str())) {
+                return Err(format!("unknown capability {unknown:?}: use {}", grant_cap::KNOWN.join(", ")));
+            }
+            Ok((peer, caps))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -89,8 +101,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_capabilities_are_refused() {
-        assert!(validate_caps(&["dm".into(), "broadcast".into()]).is_ok());
-        assert!(validate_caps(&["teleport".into()]).is_err());
+    fn grant_changes_need_member_keys_and_known_capabilities() {
+        let change = |peer: &str, caps: Option<&[&str]>| {
+            GrantMap::from([(peer.to_owned(), caps.map(|c| c.iter().map(|c| (*c).to_owned()).collect()))])
+        };
+        let key = "a".repeat(64);
+        assert_eq!(validate_grants(change(&key, Some(&["dm", "broadcast"]))).expect("valid").len(), 1);
+        assert!(validate_grants(change(&key, None)).is_ok(), "null resets to the defaults");
+        assert!(validate_grants(change(&key, Some(&["teleport"]))).is_err());
+        assert!(validate_grants(change("alice", Some(&["dm"]))).is_err());
     }
 }

@@ -4,16 +4,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::config::RateLimit;
+
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
     tokens: f64,
     updated_at: Instant,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub burst: u32,
-    pub per_minute: u32,
 }
 
 impl TokenBucket {

@@ -20,13 +20,14 @@ use tokio::time::Instant;
 
 use super::auth::{Authenticated, ClientAddress, new_token, token_hash};
 use super::{ApiError, Broker};
+use crate::config::RateLimit;
 use crate::protocol::account::{
     AccountInfo, DEVICE_CODE_GRANT, DeviceCodeRequest, DeviceCodeResponse, DeviceDecision, DeviceView,
     LoginTokenResponse, PendingDevice, SignupRequest, TokenError, TokenRequest, TokenResponse, format_user_code,
     new_user_code, normalize_user_code, token_error,
 };
 use crate::protocol::{self, iso8601_ms};
-use crate::router::{RateLimit, TokenBucket};
+use crate::router::TokenBucket;
 use crate::store::{
     AccountRecord, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, NewDeviceCode, PollOutcome, StoreError,
 };

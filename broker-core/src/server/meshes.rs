@@ -21,7 +21,7 @@ use crate::protocol::account::{
     GrantsRequest, InviteView, MemberView, MeshView, RenameMeshRequest,
 };
 use crate::protocol::{self, Role, iso8601_ms};
-use crate::router::{audit_record, validate_caps};
+use crate::router::{audit_record, validate_grants};
 use crate::store::{InviteRecord, MemberRecord, MembershipAction, MeshRecord, NewMember, StoreError};
 
 /// What the caller's account is in one mesh.
@@ -438,16 +438,8 @@ pub(super) async fn set_grants(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let access = access(&broker, &auth, &mesh).await?;
     let member = device_member(&access)?.clone();
-    let mut changes = Vec::with_capacity(request.grants.len());
-    for (peer, caps) in request.grants {
-        if !protocol::is_key_hex(&peer) {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "grant keys must be 64-hex member keys"));
-        }
-        if let Some(Err(problem)) = caps.as_deref().map(validate_caps) {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", problem));
-        }
-        changes.push((peer, caps));
-    }
+    let changes = validate_grants(request.grants)
+        .map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, "invalid", problem))?;
     let id = member.id.clone();
     let records = broker.blocking(move |store| store.set_grants(&id, &changes, protocol::now_ms())).await?;
     broker.router().reload_directory().await?;

@@ -292,7 +292,7 @@ pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello
             ),
         ),
         display_name: Some("raw".into()),
-        capabilities: vec![protocol::capability::SESSION_SIG.into()],
+        capabilities: vec![protocol::Capability::SessionSig.as_str().into()],
         timestamp,
         signature: crypto::sign_hello(&member.key, mesh_id, &member.record.id, timestamp),
         ..Hello::default()

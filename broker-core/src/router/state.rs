@@ -1,0 +1,143 @@
+//! The registry: what the router keeps per mesh (members, sessions, departed session keys,
+//! grants) and the handle a connection holds. Plain data; the rooms beside this one act on it
+//! under the mesh lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+use super::{Grants, MemberQueue, Outbox, StatusState, TokenBucket};
+use crate::protocol::{self, Capabilities, GroupMembership, PeerInfo, PeerType, Stats};
+use crate::store::{MemberRecord, MeshRecord, PeerStateRecord};
+
+/// One connected peer session.
+#[derive(Debug)]
+pub(super) struct Session {
+    pub(super) id: u64,
+    pub(super) member_id: String,
+    pub(super) member_pubkey: String,
+    /// The session key (the member key when the client has none): how peers address it.
+    pub(super) routing_key: String,
+    pub(super) session_sig: Option<String>,
+    pub(super) display_name: String,
+    pub(super) client_session_id: String,
+    pub(super) pid: Option<u32>,
+    pub(super) cwd: String,
+    pub(super) hostname: Option<String>,
+    pub(super) peer_type: Option<PeerType>,
+    pub(super) channel: Option<String>,
+    pub(super) model: Option<String>,
+    pub(super) groups: Vec<GroupMembership>,
+    pub(super) summary: Option<String>,
+    /// This session's own counters, as last reported.
+    pub(super) stats: Stats,
+    pub(super) status: StatusState,
+    pub(super) connected_at_ms: u64,
+    pub(super) caps: Capabilities,
+    pub(super) outbox: Outbox,
+    /// Pushes sent and not yet acknowledged.
+    pub(super) inflight: usize,
+    /// Per lane: entries below this sequence number were already pushed or are not for us.
+    pub(super) scan_from: [u64; 2],
+}
+
+impl Session {
+    pub(super) fn in_group(&self, name: &str) -> bool {
+        self.groups.iter().any(|g| group_matches(&g.name, name))
+    }
+}
+
+/// `@parent` reaches members of `parent` and of its subgroups `parent/…`.
+pub(super) fn group_matches(member_group: &str, target: &str) -> bool {
+    member_group == target || member_group.strip_prefix(target).is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[derive(Debug)]
+pub(super) struct MemberEntry {
+    pub(super) record: MemberRecord,
+    pub(super) saved: Option<PeerStateRecord>,
+    pub(super) bucket: TokenBucket,
+    /// Present while the member has at least one session.
+    pub(super) queue: Option<MemberQueue>,
+    pub(super) sessions: Vec<u64>,
+}
+
+/// A session that went away. Until its mail is released, mail for its key waits for it (it may
+/// come back with the same key); afterwards its key still resolves, to its member, so a peer
+/// that saw the key recently can still reach the member.
+#[derive(Debug)]
+pub(super) struct Departed {
+    pub(super) member_id: String,
+    pub(super) at: Instant,
+    pub(super) released: bool,
+}
+
+/// How long a departed session's key keeps resolving to its member.
+pub(super) const RETIRED_KEY_MEMORY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+#[derive(Debug)]
+pub(super) struct MeshState {
+    pub(super) mesh: MeshRecord,
+    pub(super) members: HashMap<String, MemberEntry>,
+    /// Member key → member id.
+    pub(super) by_pubkey: HashMap<String, String>,
+    pub(super) sessions: HashMap<u64, Session>,
+    /// Routing key → session id.
+    pub(super) by_routing_key: HashMap<String, u64>,
+    pub(super) departed: HashMap<String, Departed>,
+    pub(super) grants: Grants,
+}
+
+/// Everything the router keeps for one mesh.
+#[derive(Debug)]
+pub struct MeshShard {
+    pub(super) mesh_id: String,
+    pub(super) state: Mutex<MeshState>,
+}
+
+/// What a connection holds once its `hello` succeeded.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub(super) shard: Arc<MeshShard>,
+    pub session_id: u64,
+    pub member_id: String,
+    pub caps: Capabilities,
+}
+
+impl SessionHandle {
+    pub fn mesh_id(&self) -> &str {
+        &self.shard.mesh_id
+    }
+}
+
+pub(super) fn display_name_of(state: &MeshState, member: &MemberEntry) -> String {
+    member
+        .sessions
+        .first()
+        .and_then(|id| state.sessions.get(id))
+        .map(|s| s.display_name.clone())
+        .or_else(|| member.saved.as_ref().and_then(|s| s.display_name.clone()))
+        .unwrap_or_else(|| member.record.display_name.clone())
+}
+
+pub(super) fn peer_info(session: &Session) -> PeerInfo {
+    PeerInfo {
+        pubkey: session.routing_key.clone(),
+        member_pubkey: session.member_pubkey.clone(),
+        session_sig: session.session_sig.clone(),
+        display_name: session.display_name.clone(),
+        status: session.status.status,
+        summary: session.summary.clone(),
+        groups: session.groups.clone(),
+        session_id: session.client_session_id.clone(),
+        connected_at: protocol::iso8601_ms(session.connected_at_ms),
+        cwd: session.cwd.clone(),
+        hostname: session.hostname.clone(),
+        pid: session.pid,
+        peer_type: session.peer_type,
+        channel: session.channel.clone(),
+        model: session.model.clone(),
+        stats: Some(session.stats),
+    }
+}
