@@ -23,9 +23,39 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_accounts", include_str!("migrations/0002_accounts.sql")),
 ];
 
+/// Why a store call failed. Callers branch on the kind (`NotFound` becomes a 404, `Conflict` a
+/// 409…); a database failure keeps the driver's error as its source.
+///
+/// The variants that carry a source also print its text: the broker logs errors with their
+/// `Display` alone, and "database error" without the reason would not help anyone.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLite failed a statement, a transaction or a commit. Shared, because one failed commit
+    /// fails every job of its batch.
     #[error("database error: {0}")]
+    Sqlite(#[source] Arc<rusqlite::Error>),
+    /// An embedded migration did not apply.
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        name: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file system refused something around the database (its directory, its permissions)
+    /// or the writer thread could not start.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database holds a value this broker cannot read back (an unknown code, a missing
+    /// value): a newer broker wrote it, or someone edited the database.
+    #[error("column {column} holds {value}, which this broker cannot read")]
+    Unreadable { column: &'static str, value: String },
+    /// A failure known only by its description: a write that panicked inside the store, or a
+    /// failure a caller met around the store (a blocking task that did not finish).
+    #[error("store failure: {0}")]
     Database(String),
     #[error("not found: {0}")]
     NotFound(String),
