@@ -226,11 +226,14 @@ pub(super) fn revoke_device(
     )?;
     let mut stmt =
         conn.prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE device_id = ?1 AND revoked_at IS NULL"))?;
-    let members: Vec<MemberRecord> = stmt.query_map([device_id], member_from_row)?.collect::<Result<_, _>>()?;
+    let mut members: Vec<MemberRecord> = stmt.query_map([device_id], member_from_row)?.collect::<Result<_, _>>()?;
     conn.execute(
         "UPDATE members SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
         params![device_id, now_ms as i64],
     )?;
+    for member in &mut members {
+        member.revoked_at = Some(now_ms);
+    }
     audit::append(
         conn,
         &account_event(

@@ -69,12 +69,12 @@ impl From<rusqlite::Error> for StoreError {
             rusqlite::Error::FromSqlConversionFailure(index, data_type, source) => {
                 match source.downcast::<codes::UnknownCode>() {
                     Ok(unknown) => (*unknown).into(),
-                    Err(source) => StoreError::Sqlite(Arc::new(rusqlite::Error::FromSqlConversionFailure(
-                        index, data_type, source,
-                    ))),
+                    Err(source) => {
+                        StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(index, data_type, source))
+                    }
                 }
             }
-            other => StoreError::Sqlite(Arc::new(other)),
+            other => StoreError::Sqlite(other),
         }
     }
 }
@@ -225,7 +225,7 @@ fn after_commit<T>(outcome: StoreResult<T>, commit: &BatchResult) -> StoreResult
     match (outcome, commit) {
         (Ok(value), Ok(())) => Ok(value),
         (Err(error), _) => Err(error),
-        (Ok(_), Err(error)) => Err(StoreError::Sqlite(error.clone())),
+        (Ok(_), Err(error)) => Err(StoreError::Batch(error.clone())),
     }
 }
 
@@ -315,8 +315,8 @@ fn run_writer(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, mut next
             let error = Arc::new(error);
             for job in batch.drain(..) {
                 match job {
-                    Job::Write(_, Some(done)) => done(Err(StoreError::Sqlite(error.clone()))),
-                    Job::Call(call) => (call.fail)(StoreError::Sqlite(error.clone())),
+                    Job::Write(_, Some(done)) => done(Err(StoreError::Batch(error.clone()))),
+                    Job::Call(call) => (call.fail)(StoreError::Batch(error.clone())),
                     Job::Write(_, None) => {}
                     Job::Stop => stopping = true,
                 }
@@ -361,7 +361,7 @@ fn apply_write(conn: &Connection, op: WriteOp, next_seq: &mut u64) -> StoreResul
             .and_then(|mut stmt| stmt.execute(params![member_id, session_pubkey]))
             .map(|n| WriteOutcome::Changed(n as u64))
             .map_err(StoreError::from),
-        WriteOp::SavePeerState(state) => save_peer_state(conn, &state).map(|()| WriteOutcome::Changed(1)),
+        WriteOp::SavePeerState(state) => save_peer_state(conn, &state).map(WriteOutcome::Changed),
         WriteOp::ExpireBefore(cutoff_ms) => expire(conn, cutoff_ms).map(WriteOutcome::Changed),
         WriteOp::Audit(events) => audit::append_all(conn, &events, crate::protocol::now_ms())
             .map(|()| WriteOutcome::Changed(events.len() as u64)),
@@ -453,7 +453,8 @@ fn expire(conn: &Connection, cutoff_ms: u64) -> StoreResult<u64> {
     Ok(removed as u64)
 }
 
-fn save_peer_state(conn: &Connection, state: &PeerStateRecord) -> StoreResult<()> {
+/// Saves (or replaces) a member's state; returns 0 for a member that does not exist.
+fn save_peer_state(conn: &Connection, state: &PeerStateRecord) -> StoreResult<u64> {
     let groups = serde_json::to_string(&state.groups).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let stats = serde_json::to_string(&state.stats).map_err(|e| StoreError::Invalid(e.to_string()))?;
     conn.prepare_cached(
@@ -471,8 +472,9 @@ fn save_peer_state(conn: &Connection, state: &PeerStateRecord) -> StoreResult<()
             stats,
             state.last_seen_at as i64
         ])
-    })?;
-    Ok(())
+    })
+    .map(|saved| saved as u64)
+    .map_err(StoreError::from)
 }
 
 impl Store for SqliteStore {
@@ -869,5 +871,50 @@ mod tests {
             .expect("the writer still answers");
         assert_eq!(rows, 0, "the panicking job's changes were rolled back");
         store.flush().expect("and still commits");
+    }
+
+    #[test]
+    fn a_database_error_keeps_the_driver_error_as_its_source() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Full).expect("open");
+        let error = store
+            .call(|conn| conn.execute_batch("INSERT INTO no_such_table VALUES (1)").map_err(StoreError::from))
+            .expect_err("no such table");
+        let source = std::error::Error::source(&error).expect("a source");
+        let driver = source.downcast_ref::<rusqlite::Error>().expect("the rusqlite error");
+        assert!(driver.to_string().contains("no_such_table"), "{driver}");
+        assert!(error.to_string().contains("no_such_table"), "logs show the reason: {error}");
+    }
+
+    #[test]
+    fn stored_values_the_broker_cannot_read_are_errors_naming_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Full).expect("open");
+        let creator = NewMember { pubkey: "a".repeat(64), display_name: "admin".into(), ..NewMember::default() };
+        let (mesh, admin) = store.create_mesh("mesh", "", None, &creator, 1).expect("creates");
+        let member = admin.id.clone();
+        store
+            .call(move |conn| {
+                conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
+                conn.execute("UPDATE members SET role = 'owner' WHERE id = ?1", [&member])?;
+                conn.execute(
+                    "INSERT INTO grants (member_id, peer_pubkey, caps, updated_at) VALUES (?1, ?2, 'not json', 0)",
+                    [&member, &"b".repeat(64)],
+                )?;
+                conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
+                Ok(())
+            })
+            .expect("edits the rows behind the store's back");
+
+        let unknown_role = store.member(&admin.id).expect_err("an unknown role");
+        assert!(
+            matches!(&unknown_role, StoreError::Unreadable { column: "members.role", value } if value == "\"owner\""),
+            "{unknown_role:?}"
+        );
+        let bad_caps = store.grants(&mesh.id).expect_err("malformed caps");
+        let StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(2, _, reason)) = &bad_caps else {
+            panic!("expected a conversion failure of the caps column, got {bad_caps:?}")
+        };
+        assert!(reason.downcast_ref::<serde_json::Error>().is_some(), "serde's reason is kept: {reason}");
     }
 }
