@@ -262,6 +262,21 @@ pub struct AuditEntry {
     pub created_at: String,
 }
 
+impl AuditEntry {
+    /// The hash of this entry's own fields chained to its `prev_hash`: equal to `hash` unless
+    /// the entry was altered after it was written.
+    pub fn recomputed_hash(&self) -> String {
+        crate::crypto::audit_hash(
+            &self.prev_hash,
+            &self.scope,
+            &self.event_type,
+            self.actor.as_deref(),
+            &self.payload,
+            &self.created_at,
+        )
+    }
+}
+
 /// The result of walking a scope's audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditVerification {

@@ -9,26 +9,18 @@ use super::{
     NOW_MS, TestDatabase, add_member, assert_invalid, audit_event, audit_log, mesh_with_admin, new_member, pubkey,
     write,
 };
-use crate::crypto::{AUDIT_GENESIS, audit_hash};
+use crate::crypto::AUDIT_GENESIS;
 use crate::protocol::Role;
 use crate::store::{AuditEntry, AuditVerification, MembershipAction, Store, WriteOp, WriteOutcome};
 
 /// Asserts that `entries` (oldest first) form one chain from the genesis, each hash computed
-/// by [`audit_hash`] over the entry's own fields.
+/// by `crypto::audit_hash` over the entry's own fields.
 #[track_caller]
 fn assert_chained(entries: &[AuditEntry]) {
     let mut prev = AUDIT_GENESIS.to_owned();
     for entry in entries {
         assert_eq!(entry.prev_hash, prev, "entry {} links to the one before it", entry.id);
-        let expected = audit_hash(
-            &entry.prev_hash,
-            &entry.scope,
-            &entry.event_type,
-            entry.actor.as_deref(),
-            &entry.payload,
-            &entry.created_at,
-        );
-        assert_eq!(entry.hash, expected, "entry {} carries the hash of its fields", entry.id);
+        assert_eq!(entry.hash, entry.recomputed_hash(), "entry {} carries the hash of its fields", entry.id);
         prev = entry.hash.clone();
     }
 }

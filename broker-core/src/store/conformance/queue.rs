@@ -37,6 +37,14 @@ fn envelope(n: u32, mesh: &MeshRecord, sender: &MemberRecord, priority: Priority
     }
 }
 
+/// A mesh whose admin `alice` writes to `bob` and `carol`.
+fn mesh_of_three<S: Store>(store: &S, name: &str) -> (MeshRecord, MemberRecord, MemberRecord, MemberRecord) {
+    let (mesh, alice) = mesh_with_admin(store, name, 1, NOW_MS);
+    let bob = add_member(store, &mesh, 2, NOW_MS + 1);
+    let carol = add_member(store, &mesh, 3, NOW_MS + 2);
+    (mesh, alice, bob, carol)
+}
+
 fn to(member: &MemberRecord) -> Delivery {
     Delivery { member_id: member.id.clone(), session_pubkey: None, exclude_session: None, key: None }
 }
@@ -100,9 +108,7 @@ fn assert_entry(entry: &QueuedEntry, seq: u64, envelope: &Envelope, delivery: &D
 /// a key per recipient) and system messages alike.
 pub fn enqueue_keeps_the_sealed_envelope_and_each_delivery<D: TestDatabase>(database: &D) {
     let store = database.open();
-    let (mesh, alice) = mesh_with_admin(&*store, "queue", 1, NOW_MS);
-    let bob = add_member(&*store, &mesh, 2, NOW_MS + 1);
-    let carol = add_member(&*store, &mesh, 3, NOW_MS + 2);
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "queue");
 
     let direct = envelope(1, &mesh, &alice, Priority::Next, Enc::Box);
     let to_session = Delivery { session_pubkey: Some(pubkey(20)), ..to(&bob) };
@@ -158,9 +164,7 @@ pub fn a_shared_body_outlives_each_acknowledgement<D: TestDatabase>(database: &D
 /// through a lane in order, each entry once; other members' entries never show.
 pub fn pending_entries_page_by_lane_and_sequence<D: TestDatabase>(database: &D) {
     let store = database.open();
-    let (mesh, alice) = mesh_with_admin(&*store, "lanes", 1, NOW_MS);
-    let bob = add_member(&*store, &mesh, 2, NOW_MS + 1);
-    let carol = add_member(&*store, &mesh, 3, NOW_MS + 2);
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "lanes");
     let priorities = [Priority::Now, Priority::Next, Priority::Low];
 
     let mut urgent = Vec::new();
@@ -197,9 +201,7 @@ pub fn pending_entries_page_by_lane_and_sequence<D: TestDatabase>(database: &D) 
 /// counts what was removed.
 pub fn acknowledge_removes_exactly_the_named_entries<D: TestDatabase>(database: &D) {
     let store = database.open();
-    let (mesh, alice) = mesh_with_admin(&*store, "acks", 1, NOW_MS);
-    let bob = add_member(&*store, &mesh, 2, NOW_MS + 1);
-    let carol = add_member(&*store, &mesh, 3, NOW_MS + 2);
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "acks");
     let bob_seqs: Vec<u64> = (0..3)
         .map(|n| enqueue(&*store, message(envelope(n, &mesh, &alice, Priority::Next, Enc::Box), vec![to(&bob)]))[0])
         .collect();
@@ -229,9 +231,7 @@ pub fn acknowledge_removes_exactly_the_named_entries<D: TestDatabase>(database: 
 /// only those.
 pub fn releasing_a_session_hands_its_entries_to_every_session<D: TestDatabase>(database: &D) {
     let store = database.open();
-    let (mesh, alice) = mesh_with_admin(&*store, "sessions", 1, NOW_MS);
-    let bob = add_member(&*store, &mesh, 2, NOW_MS + 1);
-    let carol = add_member(&*store, &mesh, 3, NOW_MS + 2);
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "sessions");
     let (leaving, staying) = (pubkey(30), pubkey(31));
     let for_session = |n: u32, member: &MemberRecord, session: &str| -> (Delivery, u64) {
         let delivery = Delivery { session_pubkey: Some(session.to_owned()), ..to(member) };
@@ -263,9 +263,7 @@ pub fn releasing_a_session_hands_its_entries_to_every_session<D: TestDatabase>(d
 /// included, and leaves later ones readable.
 pub fn expiry_drops_only_entries_created_before_the_cutoff<D: TestDatabase>(database: &D) {
     let store = database.open();
-    let (mesh, alice) = mesh_with_admin(&*store, "expiry", 1, NOW_MS);
-    let bob = add_member(&*store, &mesh, 2, NOW_MS + 1);
-    let carol = add_member(&*store, &mesh, 3, NOW_MS + 2);
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "expiry");
     let at =
         |n: u32, enc: Enc, created_at: u64| Envelope { created_at, ..envelope(n, &mesh, &alice, Priority::Next, enc) };
 
@@ -311,9 +309,7 @@ pub fn an_enqueue_appends_its_audit_entries<D: TestDatabase>(database: &D) {
 /// `after_seq` stays in order across a restart.
 pub fn sequence_numbers_stay_above_queued_entries_after_a_reopen<D: TestDatabase>(database: &D) {
     let store = database.open();
-    let (mesh, alice) = mesh_with_admin(&*store, "restart", 1, NOW_MS);
-    let bob = add_member(&*store, &mesh, 2, NOW_MS + 1);
-    let carol = add_member(&*store, &mesh, 3, NOW_MS + 2);
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "restart");
     let mut before: Vec<u64> = (0..3)
         .map(|n| enqueue(&*store, message(envelope(n, &mesh, &alice, Priority::Next, Enc::Box), vec![to(&bob)]))[0])
         .collect();

@@ -87,14 +87,7 @@ pub(super) fn verify(conn: &Connection, scope: &str) -> rusqlite::Result<AuditVe
         let id: i64 = row.get(0)?;
         let stored_payload: String = row.get(4)?;
         let entry = entry_from_row(row)?;
-        let recomputed = audit_hash(
-            &entry.prev_hash,
-            &entry.scope,
-            &entry.event_type,
-            entry.actor.as_deref(),
-            &entry.payload,
-            &entry.created_at,
-        );
+        let recomputed = entry.recomputed_hash();
         let payload_intact = serde_json::from_str::<serde_json::Value>(&stored_payload).is_ok();
         if entry.prev_hash != expected_prev || entry.hash != recomputed || !payload_intact {
             return Ok(AuditVerification { valid: false, entries: count, broken_at: Some(id) });

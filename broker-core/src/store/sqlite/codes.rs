@@ -56,89 +56,38 @@ pub(super) fn read_json<T: serde::de::DeserializeOwned>(row: &Row<'_>, index: us
         .map_err(|error| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error)))
 }
 
-impl DbCode for Priority {
-    type Stored = i64;
+/// Implements [`DbCode`] for an enum from one table of variants and codes, so writing and
+/// reading can never disagree. `$view` turns the stored value into something the codes match.
+macro_rules! db_codes {
+    ($type:ident as $stored:ty, |$value:ident| $view:expr, { $($variant:ident => $code:literal),+ $(,)? }) => {
+        impl DbCode for $type {
+            type Stored = $stored;
 
-    fn to_db(self) -> impl ToSql {
-        match self {
-            Priority::Now => 0i64,
-            Priority::Next => 1,
-            Priority::Low => 2,
-        }
-    }
+            fn to_db(self) -> impl ToSql {
+                match self {
+                    $($type::$variant => $code,)+
+                }
+            }
 
-    fn from_db(stored: &i64) -> Option<Priority> {
-        match stored {
-            0 => Some(Priority::Now),
-            1 => Some(Priority::Next),
-            2 => Some(Priority::Low),
-            _ => None,
+            fn from_db($value: &$stored) -> Option<$type> {
+                match $view {
+                    $($code => Some($type::$variant),)+
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl DbCode for Enc {
-    type Stored = String;
-
-    fn to_db(self) -> impl ToSql {
-        match self {
-            Enc::Box => "box",
-            Enc::Multi => "multi",
-            Enc::System => "system",
-        }
-    }
-
-    fn from_db(stored: &String) -> Option<Enc> {
-        match stored.as_str() {
-            "box" => Some(Enc::Box),
-            "multi" => Some(Enc::Multi),
-            "system" => Some(Enc::System),
-            _ => None,
-        }
-    }
-}
-
-impl DbCode for Role {
-    type Stored = String;
-
-    fn to_db(self) -> impl ToSql {
-        match self {
-            Role::Admin => "admin",
-            Role::Member => "member",
-        }
-    }
-
-    fn from_db(stored: &String) -> Option<Role> {
-        match stored.as_str() {
-            "admin" => Some(Role::Admin),
-            "member" => Some(Role::Member),
-            _ => None,
-        }
-    }
-}
-
-impl DbCode for DeviceCodeStatus {
-    type Stored = String;
-
-    fn to_db(self) -> impl ToSql {
-        match self {
-            DeviceCodeStatus::Pending => "pending",
-            DeviceCodeStatus::Approved => "approved",
-            DeviceCodeStatus::Denied => "denied",
-            DeviceCodeStatus::Consumed => "consumed",
-        }
-    }
-
-    fn from_db(stored: &String) -> Option<DeviceCodeStatus> {
-        match stored.as_str() {
-            "pending" => Some(DeviceCodeStatus::Pending),
-            "approved" => Some(DeviceCodeStatus::Approved),
-            "denied" => Some(DeviceCodeStatus::Denied),
-            "consumed" => Some(DeviceCodeStatus::Consumed),
-            _ => None,
-        }
-    }
-}
+db_codes!(Priority as i64, |stored| *stored, { Now => 0, Next => 1, Low => 2 });
+db_codes!(Enc as String, |stored| stored.as_str(), { Box => "box", Multi => "multi", System => "system" });
+db_codes!(Role as String, |stored| stored.as_str(), { Admin => "admin", Member => "member" });
+db_codes!(DeviceCodeStatus as String, |stored| stored.as_str(), {
+    Pending => "pending",
+    Approved => "approved",
+    Denied => "denied",
+    Consumed => "consumed",
+});
 
 #[cfg(test)]
 mod tests {
