@@ -121,22 +121,6 @@ impl Priority {
             Priority::Low => "low",
         }
     }
-
-    pub fn from_db(value: i64) -> Priority {
-        match value {
-            0 => Priority::Now,
-            2 => Priority::Low,
-            _ => Priority::Next,
-        }
-    }
-
-    pub fn to_db(self) -> i64 {
-        match self {
-            Priority::Now => 0,
-            Priority::Next => 1,
-            Priority::Low => 2,
-        }
-    }
 }
 
 /// A peer session's availability.
@@ -185,24 +169,6 @@ pub enum Enc {
     Multi,
     /// A broker event: no payload (`nonce` and `ciphertext` are empty).
     System,
-}
-
-impl Enc {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Enc::Box => "box",
-            Enc::Multi => "multi",
-            Enc::System => "system",
-        }
-    }
-
-    pub fn from_db(value: &str) -> Enc {
-        match value {
-            "multi" => Enc::Multi,
-            "system" => Enc::System,
-            _ => Enc::Box,
-        }
-    }
 }
 
 /// Peer kind shown to others.

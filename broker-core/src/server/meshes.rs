@@ -335,12 +335,7 @@ pub(super) async fn create_invite(
         email: email.clone(),
     };
     let stored = record.clone();
-    broker.blocking(move |store| store.create_invite(&stored)).await.map_err(|error| match error {
-        StoreError::Database(text) if text.contains("UNIQUE") => {
-            ApiError::new(StatusCode::CONFLICT, "conflict", "an invite with this id already exists")
-        }
-        other => other.into(),
-    })?;
+    broker.blocking(move |store| store.create_invite(&stored)).await?;
     let link = invite.link();
     let (emailed, email_error) = match (&email, broker.mailer()) {
         (None, _) => (false, None),

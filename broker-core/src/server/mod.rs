@@ -216,8 +216,13 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, "not_found", what),
             StoreError::Conflict(what) => ApiError::new(StatusCode::CONFLICT, "conflict", what),
             StoreError::Invalid(what) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", what),
-            StoreError::Database(what) => {
-                tracing::error!(error = %what, "database error");
+            StoreError::Sqlite(_)
+            | StoreError::Batch(_)
+            | StoreError::Migration { .. }
+            | StoreError::Io { .. }
+            | StoreError::Unreadable { .. }
+            | StoreError::Database(_) => {
+                tracing::error!(%error, "database error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",

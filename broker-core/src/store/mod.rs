@@ -6,8 +6,11 @@
 //! and report back through a completion once durably committed; nothing is acknowledged to a
 //! sender before that. Control-plane changes append their audit entry in the same transaction,
 //! so an event is recorded exactly when it happens. `SqliteStore` is the embedded default; a
-//! Postgres implementation can sit behind the same trait.
+//! Postgres implementation can sit behind the same trait, and `store::conformance` (feature
+//! `store-conformance`) holds the checks every implementation passes.
 
+#[cfg(feature = "store-conformance")]
+pub mod conformance;
 mod sqlite;
 
 use std::sync::Arc;
@@ -23,9 +26,42 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_accounts", include_str!("migrations/0002_accounts.sql")),
 ];
 
+/// Why a store call failed. Callers branch on the kind (`NotFound` becomes a 404, `Conflict` a
+/// 409…); a database failure keeps the driver's error as its source.
+///
+/// The variants that carry a source also print its text: the broker logs errors with their
+/// `Display` alone, and "database error" without the reason would not help anyone.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLite failed a statement of this call.
     #[error("database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+    /// The transaction holding this write could not begin or commit. Every job of the batch
+    /// fails with the one error, hence shared.
+    #[error("the write batch failed: {0}")]
+    Batch(#[source] Arc<rusqlite::Error>),
+    /// An embedded migration did not apply.
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        name: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file system refused something around the database (its directory, its permissions)
+    /// or the writer thread could not start.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database holds a value this broker cannot read back (an unknown code, a missing
+    /// value): a newer broker wrote it, or someone edited the database.
+    #[error("column {column} holds {value}, which this broker cannot read")]
+    Unreadable { column: &'static str, value: String },
+    /// A failure known only by its description: a write that panicked inside the store, or a
+    /// failure a caller met around the store (a blocking task that did not finish).
+    #[error("store failure: {0}")]
     Database(String),
     #[error("not found: {0}")]
     NotFound(String),
@@ -101,6 +137,7 @@ pub struct InviteRecord {
     pub role: Role,
     pub max_uses: u32,
     pub used_count: u32,
+    /// Seconds since the epoch, as in the signed token (other times here are milliseconds).
     pub expires_at: u64,
     pub issuer_member_id: String,
     pub created_at: u64,
@@ -225,6 +262,21 @@ pub struct AuditEntry {
     pub created_at: String,
 }
 
+impl AuditEntry {
+    /// The hash of this entry's own fields chained to its `prev_hash`: equal to `hash` unless
+    /// the entry was altered after it was written.
+    pub fn recomputed_hash(&self) -> String {
+        crate::crypto::audit_hash(
+            &self.prev_hash,
+            &self.scope,
+            &self.event_type,
+            self.actor.as_deref(),
+            &self.payload,
+            &self.created_at,
+        )
+    }
+}
+
 /// The result of walking a scope's audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditVerification {
@@ -341,7 +393,8 @@ pub enum WriteOp {
 pub enum WriteOutcome {
     /// Sequence numbers, in the order of `NewMessage::deliveries`.
     Enqueued(Vec<u64>),
-    /// How many queue entries the op removed or changed.
+    /// How many rows the op removed or changed: queue entries (`Acknowledge`, `ReleaseSession`,
+    /// `ExpireBefore`), saved states (`SavePeerState`: 0 for an unknown member) or audit entries.
     Changed(u64),
 }
 
@@ -401,6 +454,7 @@ pub trait Store: Send + Sync + 'static {
     // --- meshes and members ------------------------------------------------------------------
 
     fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>>;
+    /// Every mesh, archived ones too, in creation order.
     fn meshes(&self) -> StoreResult<Vec<MeshRecord>>;
     /// Creates a mesh and its first member, an admin, atomically. The slug is unique per broker:
     /// `slug_hint` (or the name) slugified, with `-2`, `-3`… on clashes.
@@ -414,6 +468,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<(MeshRecord, MemberRecord)>;
     fn rename_mesh(&self, mesh_id: &str, name: &str, actor: Option<&str>) -> StoreResult<MeshRecord>;
     fn archive_mesh(&self, mesh_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<MeshRecord>;
+    /// Every member the mesh ever had (removed ones too), in joining order.
     fn members(&self, mesh_id: &str) -> StoreResult<Vec<MemberRecord>>;
     fn member(&self, member_id: &str) -> StoreResult<Option<MemberRecord>>;
     fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<MemberRecord>>;
@@ -433,18 +488,22 @@ pub trait Store: Send + Sync + 'static {
         actor: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<MemberRecord>;
-    /// Meshes where `account_id` has an active member.
+    /// Meshes where `account_id` has an active member, in creation order.
     fn account_meshes(&self, account_id: &str) -> StoreResult<Vec<AccountMesh>>;
 
     // --- invites -----------------------------------------------------------------------------
 
+    /// `NotFound` for an unknown mesh, `Conflict` for an id already used.
     fn create_invite(&self, invite: &InviteRecord) -> StoreResult<()>;
     fn invite(&self, invite_id: &str) -> StoreResult<Option<InviteRecord>>;
+    /// The mesh's invites, newest first.
     fn invites(&self, mesh_id: &str) -> StoreResult<Vec<InviteRecord>>;
     fn revoke_invite(&self, invite_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<InviteRecord>;
     /// Atomically: refuses a revoked, expired or used-up invite; returns the existing member for
     /// a pubkey that already joined (without using the invite up); else adds the member with
-    /// the invite's role and counts one use.
+    /// the invite's role and counts one use. Refusals are `NotFound("invite_not_found")` and
+    /// `Conflict` with `invite_revoked`, `invite_expired`, `invite_exhausted` or `member_revoked`
+    /// (a removed member's key), the codes the join route maps.
     fn redeem_invite(&self, invite_id: &str, member: &NewMember, now_ms: u64) -> StoreResult<Redemption>;
 
     // --- grants ------------------------------------------------------------------------------
@@ -470,15 +529,18 @@ pub trait Store: Send + Sync + 'static {
     fn device_by_token(&self, token_hash: &str) -> StoreResult<Option<(DeviceRecord, AccountRecord)>>;
     /// Records use: last seen now, expiry pushed to `expires_at`.
     fn touch_device(&self, device_id: &str, now_ms: u64, expires_at: u64) -> StoreResult<()>;
+    /// The account's devices, revoked ones too, in creation order.
     fn devices(&self, account_id: &str) -> StoreResult<Vec<DeviceRecord>>;
-    /// Revokes the device and every member key it holds; returns those members.
+    /// Revokes the device and every member key it holds; returns those members as they are now
+    /// (revoked). Approvals the device gave that nobody redeemed yet die with it.
     fn revoke_device(&self, device_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<Vec<MemberRecord>>;
 
     // --- device login (RFC 8628) ---------------------------------------------------------------
 
     fn create_device_code(&self, code: &NewDeviceCode) -> StoreResult<()>;
     fn device_code(&self, user_code: &str) -> StoreResult<Option<DeviceCodeRecord>>;
-    /// Pending, unexpired device logins that named `account` (its id or name) as the one they want.
+    /// Pending, unexpired device logins that named `account` (its id or name) as the one they
+    /// want, oldest first.
     fn pending_device_codes(&self, account: &AccountRecord, now_ms: u64) -> StoreResult<Vec<DeviceCodeRecord>>;
     /// Counts one lookup or decision on a code; past `max`, the code is denied for good.
     fn count_device_code_attempt(&self, user_code: &str, max: u32) -> StoreResult<DeviceCodeRecord>;

@@ -3,8 +3,9 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
+use super::codes::{self, DbCode as _};
 use super::directory::{MEMBER_COLUMNS, bump_directory_version, member_from_row};
-use super::{audit, db_error};
+use super::{audit, conflict_on_duplicate};
 use crate::store::{
     AccountRecord, AuditEvent, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, MemberRecord,
     NewDeviceCode, PollOutcome, StoreError, StoreResult,
@@ -60,7 +61,6 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
 }
 
 fn code_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceCodeRecord> {
-    let status: String = row.get(9)?;
     Ok(DeviceCodeRecord {
         user_code: row.get(0)?,
         info: DeviceInfo {
@@ -73,12 +73,7 @@ fn code_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceCodeRecord> {
         created_at: row.get::<_, i64>(6)? as u64,
         expires_at: row.get::<_, i64>(7)? as u64,
         interval_ms: row.get::<_, i64>(8)? as u64,
-        status: match status.as_str() {
-            "approved" => DeviceCodeStatus::Approved,
-            "denied" => DeviceCodeStatus::Denied,
-            "consumed" => DeviceCodeStatus::Consumed,
-            _ => DeviceCodeStatus::Pending,
-        },
+        status: codes::read(row, 9, "device_codes.status")?,
         account_id: row.get(10)?,
         attempts: row.get::<_, i64>(11)? as u32,
     })
@@ -94,7 +89,7 @@ pub(super) fn create_account(
     if name.is_empty() {
         return Err(StoreError::Invalid("the account name is empty".into()));
     }
-    if account(conn, name).map_err(db_error)?.is_some() {
+    if account(conn, name)?.is_some() {
         return Err(StoreError::Conflict(format!("an account named {name:?} already exists")));
     }
     let record = AccountRecord {
@@ -106,8 +101,7 @@ pub(super) fn create_account(
     conn.execute(
         &format!("INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4)"),
         params![record.id, record.name, record.email, now_ms as i64],
-    )
-    .map_err(db_error)?;
+    )?;
     audit::append(conn, &account_event(&record.id, "account_created", None, json!({"name": record.name})), now_ms)?;
     Ok(record)
 }
@@ -154,8 +148,7 @@ fn insert_device(
             now_ms as i64,
             expires_at as i64
         ],
-    )
-    .map_err(db_error)?;
+    )?;
     Ok(device)
 }
 
@@ -167,8 +160,7 @@ pub(super) fn create_device(
     expires_at: u64,
     now_ms: u64,
 ) -> StoreResult<DeviceRecord> {
-    account(conn, account_id)
-        .map_err(db_error)?
+    account(conn, account_id)?
         .filter(|a| a.id == account_id)
         .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
     let device = insert_device(conn, account_id, info, token_hash, expires_at, now_ms)?;
@@ -201,8 +193,7 @@ pub(super) fn touch_device(conn: &Connection, device_id: &str, now_ms: u64, expi
     conn.execute(
         "UPDATE devices SET last_seen_at = ?2, expires_at = MAX(expires_at, ?3) WHERE id = ?1 AND revoked_at IS NULL",
         params![device_id, now_ms as i64, expires_at as i64],
-    )
-    .map_err(db_error)?;
+    )?;
     Ok(())
 }
 
@@ -221,31 +212,28 @@ pub(super) fn revoke_device(
 ) -> StoreResult<Vec<MemberRecord>> {
     let device = conn
         .query_row(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"), [device_id], device_from_row)
-        .optional()
-        .map_err(db_error)?
+        .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("device {device_id}")))?;
     conn.execute(
         "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
         params![device_id, now_ms as i64],
-    )
-    .map_err(db_error)?;
+    )?;
     // Approvals this device gave that nobody has collected yet (login tokens, approved codes)
     // die with it: a stolen device must not leave a way back in.
     conn.execute(
         "UPDATE device_codes SET status = 'denied' WHERE decided_by = ?1 AND status = 'approved'",
         [device_id],
-    )
-    .map_err(db_error)?;
-    let mut stmt = conn
-        .prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE device_id = ?1 AND revoked_at IS NULL"))
-        .map_err(db_error)?;
-    let members: Vec<MemberRecord> =
-        stmt.query_map([device_id], member_from_row).map_err(db_error)?.collect::<Result<_, _>>().map_err(db_error)?;
+    )?;
+    let mut stmt =
+        conn.prepare(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE device_id = ?1 AND revoked_at IS NULL"))?;
+    let mut members: Vec<MemberRecord> = stmt.query_map([device_id], member_from_row)?.collect::<Result<_, _>>()?;
     conn.execute(
         "UPDATE members SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
         params![device_id, now_ms as i64],
-    )
-    .map_err(db_error)?;
+    )?;
+    for member in &mut members {
+        member.revoked_at = Some(now_ms);
+    }
     audit::append(
         conn,
         &account_event(
@@ -276,7 +264,7 @@ pub(super) fn revoke_device(
 
 pub(super) fn create_device_code(conn: &Connection, code: &NewDeviceCode) -> StoreResult<()> {
     // Expired codes are only kept until the next login starts.
-    conn.execute("DELETE FROM device_codes WHERE expires_at < ?1", [code.created_at as i64]).map_err(db_error)?;
+    conn.execute("DELETE FROM device_codes WHERE expires_at < ?1", [code.created_at as i64])?;
     conn.execute(
         "INSERT INTO device_codes (device_code_hash, user_code, hostname, platform, arch, app_version, ip, created_at,
                                    expires_at, interval_ms, status, account_hint)
@@ -295,12 +283,7 @@ pub(super) fn create_device_code(conn: &Connection, code: &NewDeviceCode) -> Sto
             code.account_hint
         ],
     )
-    .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            StoreError::Conflict("user code collision".into())
-        }
-        other => db_error(other),
-    })?;
+    .map_err(conflict_on_duplicate("user code collision"))?;
     Ok(())
 }
 
@@ -323,16 +306,14 @@ pub(super) fn pending_device_codes(
 }
 
 fn require_code(conn: &Connection, user_code: &str) -> StoreResult<DeviceCodeRecord> {
-    device_code(conn, user_code).map_err(db_error)?.ok_or_else(|| StoreError::NotFound("unknown user code".into()))
+    device_code(conn, user_code)?.ok_or_else(|| StoreError::NotFound("unknown user code".into()))
 }
 
 pub(super) fn count_device_code_attempt(conn: &Connection, user_code: &str, max: u32) -> StoreResult<DeviceCodeRecord> {
-    conn.execute("UPDATE device_codes SET attempts = attempts + 1 WHERE user_code = ?1", [user_code])
-        .map_err(db_error)?;
+    conn.execute("UPDATE device_codes SET attempts = attempts + 1 WHERE user_code = ?1", [user_code])?;
     let code = require_code(conn, user_code)?;
     if code.attempts > max && code.status == DeviceCodeStatus::Pending {
-        conn.execute("UPDATE device_codes SET status = 'denied' WHERE user_code = ?1", [user_code])
-            .map_err(db_error)?;
+        conn.execute("UPDATE device_codes SET status = 'denied' WHERE user_code = ?1", [user_code])?;
         return require_code(conn, user_code);
     }
     Ok(code)
@@ -350,13 +331,12 @@ pub(super) fn decide_device_code(
     if now_ms >= code.expires_at {
         return Err(StoreError::Conflict("expired".into()));
     }
-    let hint: Option<String> = conn
-        .query_row("SELECT account_hint FROM device_codes WHERE user_code = ?1", [user_code], |row| row.get(0))
-        .map_err(db_error)?;
+    let hint: Option<String> =
+        conn.query_row("SELECT account_hint FROM device_codes WHERE user_code = ?1", [user_code], |row| row.get(0))?;
     if let Some(hint) = hint
         && approve
     {
-        let named = account(conn, &hint).map_err(db_error)?;
+        let named = account(conn, &hint)?;
         if named.is_none_or(|named| named.id != account_id) {
             return Err(StoreError::Conflict("account_mismatch".into()));
         }
@@ -364,12 +344,11 @@ pub(super) fn decide_device_code(
     if code.status != DeviceCodeStatus::Pending {
         return Err(StoreError::Conflict(format!("already {}", code.status.as_str())));
     }
-    let status = if approve { "approved" } else { "denied" };
+    let status = if approve { DeviceCodeStatus::Approved } else { DeviceCodeStatus::Denied };
     conn.execute(
         "UPDATE device_codes SET status = ?2, account_id = ?3, decided_by = ?4, decided_at = ?5 WHERE user_code = ?1",
-        params![user_code, status, account_id, decided_by, now_ms as i64],
-    )
-    .map_err(db_error)?;
+        params![user_code, status.to_db(), account_id, decided_by, now_ms as i64],
+    )?;
     audit::append(
         conn,
         &account_event(
@@ -405,8 +384,7 @@ pub(super) fn create_login_token(
                                    expires_at, interval_ms, status, kind, account_id, decided_by, decided_at)
          VALUES (?1, ?2, ?3, '', '', '', '', ?4, ?5, 0, 'approved', 'login_token', ?6, ?7, ?4)",
         params![token_hash, user_code, placeholder.hostname, now_ms as i64, expires_at as i64, account_id, made_by],
-    )
-    .map_err(db_error)?;
+    )?;
     audit::append(conn, &account_event(account_id, "login_token_created", Some(made_by), json!({})), now_ms)
 }
 
@@ -424,8 +402,7 @@ pub(super) fn poll_device_code(
             [device_code_hash],
             |row| Ok((code_from_row(row)?, row.get::<_, Option<i64>>(12)?, row.get::<_, String>(13)?)),
         )
-        .optional()
-        .map_err(db_error)?;
+        .optional()?;
     let Some((mut code, last_poll, kind)) = found else { return Ok(PollOutcome::Invalid) };
     if kind == "login_token" {
         code.info = claimant.clone();
@@ -441,25 +418,27 @@ pub(super) fn poll_device_code(
         conn.execute(
             "UPDATE device_codes SET interval_ms = interval_ms + ?2, last_poll_at = ?3 WHERE device_code_hash = ?1",
             params![device_code_hash, SLOW_DOWN_STEP_MS as i64, now_ms as i64],
-        )
-        .map_err(db_error)?;
+        )?;
         return Ok(PollOutcome::SlowDown);
     }
     conn.execute(
         "UPDATE device_codes SET last_poll_at = ?2 WHERE device_code_hash = ?1",
         params![device_code_hash, now_ms as i64],
-    )
-    .map_err(db_error)?;
+    )?;
     match code.status {
         DeviceCodeStatus::Pending => Ok(PollOutcome::Pending),
         DeviceCodeStatus::Denied => Ok(PollOutcome::Denied),
         DeviceCodeStatus::Consumed => Ok(PollOutcome::Invalid),
         DeviceCodeStatus::Approved => {
-            let account_id =
-                code.account_id.clone().ok_or_else(|| StoreError::Database("approved code without account".into()))?;
+            let account_id = code.account_id.clone().ok_or_else(|| StoreError::Unreadable {
+                column: "device_codes.account_id",
+                value: "NULL for an approved code".into(),
+            })?;
             let device = insert_device(conn, &account_id, &code.info, token_hash, token_expires_at, now_ms)?;
-            conn.execute("UPDATE device_codes SET status = 'consumed' WHERE device_code_hash = ?1", [device_code_hash])
-                .map_err(db_error)?;
+            conn.execute(
+                "UPDATE device_codes SET status = 'consumed' WHERE device_code_hash = ?1",
+                [device_code_hash],
+            )?;
             audit::append(
                 conn,
                 &account_event(
@@ -470,8 +449,7 @@ pub(super) fn poll_device_code(
                 ),
                 now_ms,
             )?;
-            let account =
-                account(conn, &account_id).map_err(db_error)?.ok_or_else(|| StoreError::NotFound("account".into()))?;
+            let account = account(conn, &account_id)?.ok_or_else(|| StoreError::NotFound("account".into()))?;
             Ok(PollOutcome::Issued { account, device })
         }
     }

@@ -6,7 +6,6 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::db_error;
 use crate::crypto::{AUDIT_GENESIS, audit_hash, canonical_json};
 use crate::protocol::iso8601_ms;
 use crate::store::{AuditEntry, AuditEvent, AuditVerification, StoreResult};
@@ -14,8 +13,7 @@ use crate::store::{AuditEntry, AuditEvent, AuditVerification, StoreResult};
 pub(super) fn append(conn: &Connection, event: &AuditEvent, now_ms: u64) -> StoreResult<()> {
     let prev: Option<String> = conn
         .prepare_cached("SELECT hash FROM audit_log WHERE mesh_id = ?1 ORDER BY id DESC LIMIT 1")
-        .and_then(|mut stmt| stmt.query_row([&event.scope], |row| row.get(0)).optional())
-        .map_err(db_error)?;
+        .and_then(|mut stmt| stmt.query_row([&event.scope], |row| row.get(0)).optional())?;
     let prev = prev.unwrap_or_else(|| AUDIT_GENESIS.to_owned());
     let created_at = iso8601_ms(now_ms);
     let hash = audit_hash(&prev, &event.scope, &event.event_type, event.actor.as_deref(), &event.payload, &created_at);
@@ -33,8 +31,7 @@ pub(super) fn append(conn: &Connection, event: &AuditEvent, now_ms: u64) -> Stor
             hash,
             created_at
         ])
-    })
-    .map_err(db_error)?;
+    })?;
     Ok(())
 }
 
@@ -90,14 +87,7 @@ pub(super) fn verify(conn: &Connection, scope: &str) -> rusqlite::Result<AuditVe
         let id: i64 = row.get(0)?;
         let stored_payload: String = row.get(4)?;
         let entry = entry_from_row(row)?;
-        let recomputed = audit_hash(
-            &entry.prev_hash,
-            &entry.scope,
-            &entry.event_type,
-            entry.actor.as_deref(),
-            &entry.payload,
-            &entry.created_at,
-        );
+        let recomputed = entry.recomputed_hash();
         let payload_intact = serde_json::from_str::<serde_json::Value>(&stored_payload).is_ok();
         if entry.prev_hash != expected_prev || entry.hash != recomputed || !payload_intact {
             return Ok(AuditVerification { valid: false, entries: count, broken_at: Some(id) });

@@ -4,7 +4,8 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
-use super::{audit, db_error};
+use super::codes::{self, DbCode as _};
+use super::{audit, conflict_on_duplicate};
 use crate::protocol::Role;
 use crate::store::{
     AccountMesh, AuditEvent, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
@@ -29,13 +30,12 @@ pub(super) fn mesh_from_row(row: &Row<'_>) -> rusqlite::Result<MeshRecord> {
 }
 
 pub(super) fn member_from_row(row: &Row<'_>) -> rusqlite::Result<MemberRecord> {
-    let role: String = row.get(4)?;
     Ok(MemberRecord {
         id: row.get(0)?,
         mesh_id: row.get(1)?,
         pubkey: row.get(2)?,
         display_name: row.get(3)?,
-        role: Role::parse(&role).unwrap_or_default(),
+        role: codes::read(row, 4, "members.role")?,
         created_at: row.get::<_, i64>(5)? as u64,
         revoked_at: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
         banned_at: row.get::<_, Option<i64>>(7)?.map(|v| v as u64),
@@ -45,11 +45,10 @@ pub(super) fn member_from_row(row: &Row<'_>) -> rusqlite::Result<MemberRecord> {
 }
 
 fn invite_from_row(row: &Row<'_>) -> rusqlite::Result<InviteRecord> {
-    let role: String = row.get(2)?;
     Ok(InviteRecord {
         id: row.get(0)?,
         mesh_id: row.get(1)?,
-        role: Role::parse(&role).unwrap_or_default(),
+        role: codes::read(row, 2, "invites.role")?,
         max_uses: row.get::<_, i64>(3)? as u32,
         used_count: row.get::<_, i64>(4)? as u32,
         expires_at: row.get::<_, i64>(5)? as u64,
@@ -66,8 +65,7 @@ pub(super) fn bump_directory_version(conn: &Connection) -> StoreResult<()> {
         "INSERT INTO settings (key, value) VALUES ('directory_version', '1')
          ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
         [],
-    )
-    .map_err(db_error)?;
+    )?;
     Ok(())
 }
 
@@ -108,10 +106,7 @@ pub(super) fn mesh(conn: &Connection, id_or_slug: &str) -> rusqlite::Result<Opti
 }
 
 fn require_mesh(conn: &Connection, mesh_id: &str) -> StoreResult<MeshRecord> {
-    mesh(conn, mesh_id)
-        .map_err(db_error)?
-        .filter(|m| m.id == mesh_id)
-        .ok_or_else(|| StoreError::NotFound(format!("mesh {mesh_id}")))
+    mesh(conn, mesh_id)?.filter(|m| m.id == mesh_id).ok_or_else(|| StoreError::NotFound(format!("mesh {mesh_id}")))
 }
 
 pub(super) fn member(conn: &Connection, member_id: &str) -> rusqlite::Result<Option<MemberRecord>> {
@@ -168,13 +163,12 @@ fn insert_member(
             member.mesh_id,
             member.pubkey,
             member.display_name,
-            member.role.as_str(),
+            member.role.to_db(),
             member.created_at as i64,
             member.account_id,
             member.device_id
         ],
-    )
-    .map_err(db_error)?;
+    )?;
     audit::append(
         conn,
         &event(
@@ -199,8 +193,7 @@ pub(super) fn create_mesh(
     let mut slug = base_slug.to_owned();
     let mut suffix = 2;
     while conn
-        .query_row("SELECT EXISTS (SELECT 1 FROM meshes WHERE slug = ?1)", [&slug], |row| row.get::<_, bool>(0))
-        .map_err(db_error)?
+        .query_row("SELECT EXISTS (SELECT 1 FROM meshes WHERE slug = ?1)", [&slug], |row| row.get::<_, bool>(0))?
     {
         slug = format!("{base_slug}-{suffix}");
         suffix += 1;
@@ -216,8 +209,7 @@ pub(super) fn create_mesh(
     conn.execute(
         "INSERT INTO meshes (id, slug, name, created_at, owner_account_id) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![mesh.id, mesh.slug, mesh.name, now_ms as i64, mesh.owner_account_id],
-    )
-    .map_err(db_error)?;
+    )?;
     let admin = new_member_record(&mesh.id, creator, Role::Admin, now_ms);
     audit::append(
         conn,
@@ -236,7 +228,7 @@ pub(super) fn rename_mesh(
     now_ms: u64,
 ) -> StoreResult<MeshRecord> {
     let before = require_mesh(conn, mesh_id)?;
-    conn.execute("UPDATE meshes SET name = ?2 WHERE id = ?1", [mesh_id, name]).map_err(db_error)?;
+    conn.execute("UPDATE meshes SET name = ?2 WHERE id = ?1", [mesh_id, name])?;
     audit::append(conn, &event(mesh_id, "mesh_renamed", actor, json!({"from": before.name, "to": name})), now_ms)?;
     bump_directory_version(conn)?;
     require_mesh(conn, mesh_id)
@@ -252,8 +244,7 @@ pub(super) fn archive_mesh(
     if mesh.archived_at.is_some() {
         return Ok(mesh);
     }
-    conn.execute("UPDATE meshes SET archived_at = ?2 WHERE id = ?1", params![mesh_id, now_ms as i64])
-        .map_err(db_error)?;
+    conn.execute("UPDATE meshes SET archived_at = ?2 WHERE id = ?1", params![mesh_id, now_ms as i64])?;
     audit::append(conn, &event(mesh_id, "mesh_archived", actor, json!({})), now_ms)?;
     bump_directory_version(conn)?;
     require_mesh(conn, mesh_id)
@@ -268,7 +259,7 @@ pub(super) fn add_member(
     now_ms: u64,
 ) -> StoreResult<MemberRecord> {
     require_mesh(conn, mesh_id)?;
-    if member_by_pubkey(conn, mesh_id, &member.pubkey).map_err(db_error)?.is_some() {
+    if member_by_pubkey(conn, mesh_id, &member.pubkey)?.is_some() {
         return Err(StoreError::Conflict("a member with this public key is already in the mesh".into()));
     }
     let record = new_member_record(mesh_id, member, role, now_ms);
@@ -283,9 +274,7 @@ pub(super) fn change_membership(
     actor: Option<&str>,
     now_ms: u64,
 ) -> StoreResult<MemberRecord> {
-    let current = member(conn, member_id)
-        .map_err(db_error)?
-        .ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))?;
+    let current = member(conn, member_id)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))?;
     let now = now_ms as i64;
     match action {
         MembershipAction::Kick | MembershipAction::Leave => conn
@@ -293,15 +282,14 @@ pub(super) fn change_membership(
         MembershipAction::Ban => conn
             .execute("UPDATE members SET banned_at = COALESCE(banned_at, ?2) WHERE id = ?1", params![member_id, now]),
         MembershipAction::Unban => conn.execute("UPDATE members SET banned_at = NULL WHERE id = ?1", [member_id]),
-    }
-    .map_err(db_error)?;
+    }?;
     audit::append(
         conn,
         &event(&current.mesh_id, action.event(), actor, json!({"memberId": member_id, "name": current.display_name})),
         now_ms,
     )?;
     bump_directory_version(conn)?;
-    member(conn, member_id).map_err(db_error)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))
+    member(conn, member_id)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))
 }
 
 pub(super) fn account_meshes(conn: &Connection, account_id: &str) -> rusqlite::Result<Vec<AccountMesh>> {
@@ -325,12 +313,13 @@ pub(super) fn account_meshes(conn: &Connection, account_id: &str) -> rusqlite::R
 }
 
 pub(super) fn create_invite(conn: &Connection, invite: &InviteRecord, now_ms: u64) -> StoreResult<()> {
+    require_mesh(conn, &invite.mesh_id)?;
     conn.execute(
         &format!("INSERT INTO invites ({INVITE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
         params![
             invite.id,
             invite.mesh_id,
-            invite.role.as_str(),
+            invite.role.to_db(),
             invite.max_uses as i64,
             invite.used_count as i64,
             invite.expires_at as i64,
@@ -340,7 +329,7 @@ pub(super) fn create_invite(conn: &Connection, invite: &InviteRecord, now_ms: u6
             invite.email,
         ],
     )
-    .map_err(db_error)?;
+    .map_err(conflict_on_duplicate("an invite with this id already exists"))?;
     audit::append(
         conn,
         &event(
@@ -372,16 +361,13 @@ pub(super) fn revoke_invite(
     actor: Option<&str>,
     now_ms: u64,
 ) -> StoreResult<InviteRecord> {
-    let record = invite(conn, invite_id)
-        .map_err(db_error)?
-        .ok_or_else(|| StoreError::NotFound(format!("invite {invite_id}")))?;
+    let record = invite(conn, invite_id)?.ok_or_else(|| StoreError::NotFound(format!("invite {invite_id}")))?;
     conn.execute(
         "UPDATE invites SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
         params![invite_id, now_ms as i64],
-    )
-    .map_err(db_error)?;
+    )?;
     audit::append(conn, &event(&record.mesh_id, "invite_revoked", actor, json!({"inviteId": invite_id})), now_ms)?;
-    invite(conn, invite_id).map_err(db_error)?.ok_or_else(|| StoreError::NotFound(format!("invite {invite_id}")))
+    invite(conn, invite_id)?.ok_or_else(|| StoreError::NotFound(format!("invite {invite_id}")))
 }
 
 pub(super) fn redeem_invite(
@@ -390,9 +376,8 @@ pub(super) fn redeem_invite(
     member: &NewMember,
     now_ms: u64,
 ) -> StoreResult<Redemption> {
-    let invite =
-        invite(conn, invite_id).map_err(db_error)?.ok_or_else(|| StoreError::NotFound("invite_not_found".into()))?;
-    if let Some(existing) = member_by_pubkey(conn, &invite.mesh_id, &member.pubkey).map_err(db_error)? {
+    let invite = invite(conn, invite_id)?.ok_or_else(|| StoreError::NotFound("invite_not_found".into()))?;
+    if let Some(existing) = member_by_pubkey(conn, &invite.mesh_id, &member.pubkey)? {
         if existing.is_active() {
             return Ok(Redemption { member: existing, already_member: true });
         }
@@ -404,9 +389,10 @@ pub(super) fn redeem_invite(
     if now_ms / 1000 >= invite.expires_at {
         return Err(StoreError::Conflict("invite_expired".into()));
     }
-    let used = conn
-        .execute("UPDATE invites SET used_count = used_count + 1 WHERE id = ?1 AND used_count < max_uses", [invite_id])
-        .map_err(db_error)?;
+    let used = conn.execute(
+        "UPDATE invites SET used_count = used_count + 1 WHERE id = ?1 AND used_count < max_uses",
+        [invite_id],
+    )?;
     if used == 0 {
         return Err(StoreError::Conflict("invite_exhausted".into()));
     }
@@ -415,8 +401,7 @@ pub(super) fn redeem_invite(
     conn.execute(
         "INSERT INTO invite_redemptions (invite_id, member_id, redeemed_at) VALUES (?1, ?2, ?3)",
         params![invite_id, record.id, now_ms as i64],
-    )
-    .map_err(db_error)?;
+    )?;
     audit::append(
         conn,
         &event(
@@ -436,12 +421,7 @@ pub(super) fn grants(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<G
     )?;
 
     stmt.query_map([mesh_id], |row| {
-        let caps: String = row.get(2)?;
-        Ok(GrantRecord {
-            member_id: row.get(0)?,
-            peer_pubkey: row.get(1)?,
-            caps: serde_json::from_str(&caps).unwrap_or_default(),
-        })
+        Ok(GrantRecord { member_id: row.get(0)?, peer_pubkey: row.get(1)?, caps: codes::read_json(row, 2)? })
     })?
     .collect()
 }
@@ -452,9 +432,7 @@ pub(super) fn set_grants(
     changes: &[GrantChange],
     now_ms: u64,
 ) -> StoreResult<Vec<GrantRecord>> {
-    let owner = member(conn, member_id)
-        .map_err(db_error)?
-        .ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))?;
+    let owner = member(conn, member_id)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))?;
     for (peer, caps) in changes {
         check_pubkey(peer)?;
         match caps {
@@ -464,12 +442,10 @@ pub(super) fn set_grants(
                     "INSERT INTO grants (member_id, peer_pubkey, caps, updated_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (member_id, peer_pubkey) DO UPDATE SET caps = excluded.caps, updated_at = excluded.updated_at",
                     params![member_id, peer, caps, now_ms as i64],
-                )
-                .map_err(db_error)?;
+                )?;
             }
             None => {
-                conn.execute("DELETE FROM grants WHERE member_id = ?1 AND peer_pubkey = ?2", [member_id, peer])
-                    .map_err(db_error)?;
+                conn.execute("DELETE FROM grants WHERE member_id = ?1 AND peer_pubkey = ?2", [member_id, peer])?;
             }
         }
     }
@@ -481,20 +457,15 @@ pub(super) fn set_grants(
         now_ms,
     )?;
     bump_directory_version(conn)?;
-    let mut stmt = conn
-        .prepare("SELECT peer_pubkey, caps FROM grants WHERE member_id = ?1 ORDER BY peer_pubkey")
-        .map_err(db_error)?;
+    let mut stmt = conn.prepare("SELECT peer_pubkey, caps FROM grants WHERE member_id = ?1 ORDER BY peer_pubkey")?;
     let rows = stmt
         .query_map([member_id], |row| {
-            let caps: String = row.get(1)?;
             Ok(GrantRecord {
                 member_id: member_id.to_owned(),
                 peer_pubkey: row.get(0)?,
-                caps: serde_json::from_str(&caps).unwrap_or_default(),
+                caps: codes::read_json(row, 1)?,
             })
-        })
-        .map_err(db_error)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(db_error)?;
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }

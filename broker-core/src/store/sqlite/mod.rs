@@ -18,8 +18,10 @@ use tokio::sync::mpsc;
 
 mod accounts;
 mod audit;
+mod codes;
 mod directory;
 
+use codes::DbCode as _;
 use directory::MESH_COLUMNS;
 
 use super::{
@@ -28,7 +30,7 @@ use super::{
     MeshRecord, NewDeviceCode, NewMember, NewMessage, PeerStateRecord, PollOutcome, QueuedEntry, Redemption, Store,
     StoreError, StoreResult, WriteOp, WriteOutcome,
 };
-use crate::protocol::{Enc, Priority, Role, WrappedKey};
+use crate::protocol::{Priority, Role, WrappedKey};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -60,12 +62,44 @@ impl std::str::FromStr for Durability {
     }
 }
 
-fn db_error(error: rusqlite::Error) -> StoreError {
-    StoreError::Database(error.to_string())
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error {
+            // A stored code no variant matches, found while reading a row (see `codes`).
+            rusqlite::Error::FromSqlConversionFailure(index, data_type, source) => {
+                match source.downcast::<codes::UnknownCode>() {
+                    Ok(unknown) => (*unknown).into(),
+                    Err(source) => {
+                        StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(index, data_type, source))
+                    }
+                }
+            }
+            other => StoreError::Sqlite(other),
+        }
+    }
 }
 
+/// Turns a clash on a primary key or unique column into `Conflict(what)`; any other failure
+/// (a missing row a foreign key names, a broken database) stays a database error.
+fn conflict_on_duplicate(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |error| match error {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if matches!(
+                failure.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            ) =>
+        {
+            StoreError::Conflict(what.to_owned())
+        }
+        other => other.into(),
+    }
+}
+
+/// How a batch's transaction ended: its jobs share the one error when it failed.
+type BatchResult = Result<(), Arc<rusqlite::Error>>;
+
 /// Runs after the batch's commit with its result.
-type Finisher = Box<dyn FnOnce(&StoreResult<()>) + Send>;
+type Finisher = Box<dyn FnOnce(&BatchResult) + Send>;
 
 /// A control-plane write run on the writer connection inside its own savepoint.
 struct Call {
@@ -108,21 +142,19 @@ impl SqliteStore {
         let mut writer = open_connection(path, durability)?;
         restrict_permissions(path)?;
         migrate(&mut writer)?;
-        let next_seq: u64 = writer
-            .query_row(
-                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM queue), 0), COALESCE((SELECT MAX(seq) FROM bodies), 0))",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map_err(db_error)? as u64
-            + 1;
+        let last_seq: i64 = writer.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM queue), 0), COALESCE((SELECT MAX(seq) FROM bodies), 0))",
+            [],
+            |row| row.get(0),
+        )?;
+        let next_seq = last_seq as u64 + 1;
         let (jobs, receiver) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = commits.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run_writer(writer, receiver, next_seq, &writer_commits))
-            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|source| StoreError::Io { context: "cannot start the writer thread".into(), source })?;
         Ok(Arc::new(SqliteStore {
             path: path.to_owned(),
             jobs,
@@ -142,7 +174,7 @@ impl SqliteStore {
             Some(conn) => conn,
             None => open_connection(&self.path, Durability::Normal)?,
         };
-        let result = f(&conn).map_err(db_error);
+        let result = f(&conn).map_err(StoreError::from);
         let mut pool = self.readers.lock().expect("reader pool lock");
         if pool.len() < READER_POOL {
             pool.push(conn);
@@ -161,7 +193,7 @@ impl SqliteStore {
         let call = Call {
             run: Box::new(move |conn| {
                 let outcome = in_savepoint(conn, f);
-                Box::new(move |commit: &StoreResult<()>| {
+                Box::new(move |commit: &BatchResult| {
                     let _ = reply.send(after_commit(outcome, commit));
                 })
             }),
@@ -189,11 +221,11 @@ impl Drop for SqliteStore {
 }
 
 /// A job's own outcome, unless the batch's commit failed.
-fn after_commit<T>(outcome: StoreResult<T>, commit: &StoreResult<()>) -> StoreResult<T> {
+fn after_commit<T>(outcome: StoreResult<T>, commit: &BatchResult) -> StoreResult<T> {
     match (outcome, commit) {
         (Ok(value), Ok(())) => Ok(value),
         (Err(error), _) => Err(error),
-        (Ok(_), Err(error)) => Err(StoreError::Database(error.to_string())),
+        (Ok(_), Err(error)) => Err(StoreError::Batch(error.clone())),
     }
 }
 
@@ -201,12 +233,13 @@ fn create_private_dir(dir: &Path) -> StoreResult<()> {
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| StoreError::Io { context: format!("cannot create {}", dir.display()), source })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| StoreError::Database(format!("cannot restrict {}: {e}", dir.display())))?;
+            .map_err(|source| StoreError::Io { context: format!("cannot restrict {}", dir.display()), source })?;
     }
     Ok(())
 }
@@ -218,55 +251,51 @@ fn restrict_permissions(path: &Path) -> StoreResult<()> {
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| StoreError::Database(format!("cannot restrict {}: {e}", path.display())))?;
+            .map_err(|source| StoreError::Io { context: format!("cannot restrict {}", path.display()), source })?;
     }
     Ok(())
 }
 
 fn open_connection(path: &Path, durability: Durability) -> StoreResult<Connection> {
-    let conn = Connection::open(path).map_err(db_error)?;
-    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS)).map_err(db_error)?;
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     let synchronous = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
-    ))
-    .map_err(db_error)?;
+    ))?;
     Ok(conn)
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_error)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)",
-    )
-    .map_err(db_error)?;
+    )?;
     for (name, sql) in MIGRATIONS {
-        let applied: bool = tx
-            .query_row("SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE name = ?1)", [name], |row| row.get(0))
-            .map_err(db_error)?;
+        let applied: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE name = ?1)", [name], |row| row.get(0))?;
         if !applied {
-            tx.execute_batch(sql).map_err(|e| StoreError::Database(format!("migration {name}: {e}")))?;
+            tx.execute_batch(sql).map_err(|source| StoreError::Migration { name, source })?;
             tx.execute(
                 "INSERT INTO schema_migrations (name, applied_at) VALUES (?1, ?2)",
                 params![name, crate::protocol::now_ms() as i64],
-            )
-            .map_err(db_error)?;
+            )?;
         }
     }
-    tx.commit().map_err(db_error)
+    tx.commit().map_err(StoreError::from)
 }
 
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
-    conn.execute_batch("SAVEPOINT job").map_err(db_error)?;
+    conn.execute_batch("SAVEPOINT job")?;
     // A bug in one job must not take the writer thread, and with it every later write, down:
     // its panic becomes that job's error and its changes are rolled back.
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
-        .unwrap_or_else(|_| Err(StoreError::Database("internal error while writing".into())));
+        .unwrap_or_else(|_| Err(StoreError::Database("a write panicked inside the store".into())));
     let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-    conn.execute_batch(end).map_err(db_error)?;
+    conn.execute_batch(end)?;
     result
 }
 
@@ -283,11 +312,11 @@ fn run_writer(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, mut next
             }
         }
         if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let error = db_error(error);
+            let error = Arc::new(error);
             for job in batch.drain(..) {
                 match job {
-                    Job::Write(_, Some(done)) => done(Err(StoreError::Database(error.to_string()))),
-                    Job::Call(call) => (call.fail)(StoreError::Database(error.to_string())),
+                    Job::Write(_, Some(done)) => done(Err(StoreError::Batch(error.clone()))),
+                    Job::Call(call) => (call.fail)(StoreError::Batch(error.clone())),
                     Job::Write(_, None) => {}
                     Job::Stop => stopping = true,
                 }
@@ -299,7 +328,7 @@ fn run_writer(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, mut next
             match job {
                 Job::Write(op, done) => {
                     let outcome = in_savepoint(&conn, |conn| apply_write(conn, op, &mut next_seq));
-                    finishers.push(Box::new(move |commit: &StoreResult<()>| {
+                    finishers.push(Box::new(move |commit: &BatchResult| {
                         if let Some(done) = done {
                             done(after_commit(outcome, commit));
                         }
@@ -309,7 +338,7 @@ fn run_writer(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, mut next
                 Job::Stop => stopping = true,
             }
         }
-        let commit = conn.execute_batch("COMMIT").map_err(db_error);
+        let commit: BatchResult = conn.execute_batch("COMMIT").map_err(Arc::new);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         } else {
@@ -331,8 +360,8 @@ fn apply_write(conn: &Connection, op: WriteOp, next_seq: &mut u64) -> StoreResul
             .prepare_cached("UPDATE queue SET session_pubkey = NULL WHERE member_id = ?1 AND session_pubkey = ?2")
             .and_then(|mut stmt| stmt.execute(params![member_id, session_pubkey]))
             .map(|n| WriteOutcome::Changed(n as u64))
-            .map_err(db_error),
-        WriteOp::SavePeerState(state) => save_peer_state(conn, &state).map(|()| WriteOutcome::Changed(1)),
+            .map_err(StoreError::from),
+        WriteOp::SavePeerState(state) => save_peer_state(conn, &state).map(WriteOutcome::Changed),
         WriteOp::ExpireBefore(cutoff_ms) => expire(conn, cutoff_ms).map(WriteOutcome::Changed),
         WriteOp::Audit(events) => audit::append_all(conn, &events, crate::protocol::now_ms())
             .map(|()| WriteOutcome::Changed(events.len() as u64)),
@@ -347,20 +376,17 @@ fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> Store
         conn.prepare_cached("INSERT INTO bodies (seq, nonce, ciphertext, created_at) VALUES (?1, ?2, ?3, ?4)")
             .and_then(|mut stmt| {
                 stmt.execute(params![body_seq as i64, env.nonce, env.ciphertext, env.created_at as i64])
-            })
-            .map_err(db_error)?;
+            })?;
         Some(body_seq)
     } else {
         None
     };
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session, sender_member_id,
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session, sender_member_id,
                 sender_member_pubkey, sender_pubkey, sender_session_sig, target_spec, priority, enc, nonce, ciphertext,
                 body_seq, key_nonce, key_ciphertext, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-        )
-        .map_err(db_error)?;
+    )?;
     let mut seqs = Vec::with_capacity(message.deliveries.len());
     for delivery in &message.deliveries {
         let seq = *next_seq;
@@ -369,29 +395,27 @@ fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> Store
             Some(_) => ("", None),
             None => (env.nonce.as_str(), Some(env.ciphertext.as_str())),
         };
-        insert
-            .execute(params![
-                delivery.member_id,
-                seq as i64,
-                env.message_id,
-                env.mesh_id,
-                delivery.session_pubkey,
-                delivery.exclude_session,
-                env.sender_member_id,
-                env.sender_member_pubkey,
-                env.sender_pubkey,
-                env.sender_session_sig,
-                env.target_spec,
-                env.priority.to_db(),
-                env.enc.as_str(),
-                inline_nonce,
-                inline_ciphertext,
-                shared_body.map(|s| s as i64),
-                delivery.key.as_ref().map(|k| k.nonce.as_str()),
-                delivery.key.as_ref().map(|k| k.ciphertext.as_str()),
-                env.created_at as i64,
-            ])
-            .map_err(db_error)?;
+        insert.execute(params![
+            delivery.member_id,
+            seq as i64,
+            env.message_id,
+            env.mesh_id,
+            delivery.session_pubkey,
+            delivery.exclude_session,
+            env.sender_member_id,
+            env.sender_member_pubkey,
+            env.sender_pubkey,
+            env.sender_session_sig,
+            env.target_spec,
+            env.priority.to_db(),
+            env.enc.to_db(),
+            inline_nonce,
+            inline_ciphertext,
+            shared_body.map(|s| s as i64),
+            delivery.key.as_ref().map(|k| k.nonce.as_str()),
+            delivery.key.as_ref().map(|k| k.ciphertext.as_str()),
+            env.created_at as i64,
+        ])?;
         seqs.push(seq);
     }
     audit::append_all(conn, &message.audit, env.created_at)?;
@@ -399,41 +423,38 @@ fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> Store
 }
 
 fn acknowledge(conn: &Connection, entries: &[(String, u64)]) -> StoreResult<u64> {
-    let mut delete = conn
-        .prepare_cached("DELETE FROM queue WHERE member_id = ?1 AND seq = ?2 RETURNING body_seq")
-        .map_err(db_error)?;
+    let mut delete = conn.prepare_cached("DELETE FROM queue WHERE member_id = ?1 AND seq = ?2 RETURNING body_seq")?;
     let mut bodies = Vec::new();
     let mut removed = 0;
     for (member_id, seq) in entries {
         let body: Option<Option<i64>> =
-            delete.query_row(params![member_id, *seq as i64], |row| row.get(0)).optional().map_err(db_error)?;
+            delete.query_row(params![member_id, *seq as i64], |row| row.get(0)).optional()?;
         if let Some(body) = body {
             removed += 1;
             bodies.extend(body);
         }
     }
     let mut drop_body = conn
-        .prepare_cached("DELETE FROM bodies WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = ?1)")
-        .map_err(db_error)?;
+        .prepare_cached("DELETE FROM bodies WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = ?1)")?;
     bodies.sort_unstable();
     bodies.dedup();
     for body in bodies {
-        drop_body.execute([body]).map_err(db_error)?;
+        drop_body.execute([body])?;
     }
     Ok(removed)
 }
 
 fn expire(conn: &Connection, cutoff_ms: u64) -> StoreResult<u64> {
-    let removed = conn.execute("DELETE FROM queue WHERE created_at < ?1", [cutoff_ms as i64]).map_err(db_error)?;
+    let removed = conn.execute("DELETE FROM queue WHERE created_at < ?1", [cutoff_ms as i64])?;
     conn.execute(
         "DELETE FROM bodies WHERE created_at < ?1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = bodies.seq)",
         [cutoff_ms as i64],
-    )
-    .map_err(db_error)?;
+    )?;
     Ok(removed as u64)
 }
 
-fn save_peer_state(conn: &Connection, state: &PeerStateRecord) -> StoreResult<()> {
+/// Saves (or replaces) a member's state; returns 0 for a member that does not exist.
+fn save_peer_state(conn: &Connection, state: &PeerStateRecord) -> StoreResult<u64> {
     let groups = serde_json::to_string(&state.groups).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let stats = serde_json::to_string(&state.stats).map_err(|e| StoreError::Invalid(e.to_string()))?;
     conn.prepare_cached(
@@ -452,8 +473,8 @@ fn save_peer_state(conn: &Connection, state: &PeerStateRecord) -> StoreResult<()
             state.last_seen_at as i64
         ])
     })
-    .map_err(db_error)?;
-    Ok(())
+    .map(|saved| saved as u64)
+    .map_err(StoreError::from)
 }
 
 impl Store for SqliteStore {
@@ -505,8 +526,7 @@ impl Store for SqliteStore {
             conn.execute(
                 "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [key, value],
-            )
-            .map_err(db_error)?;
+            )?;
             Ok(())
         })
     }
@@ -776,11 +796,10 @@ fn pending_for_member(
                 COALESCE(b.nonce, q.nonce), COALESCE(b.ciphertext, q.ciphertext),
                 q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig
          FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
-         WHERE q.member_id = ?1 AND q.seq > ?2 AND (q.priority = 0) = ?4 ORDER BY q.seq LIMIT ?3",
+         WHERE q.member_id = ?1 AND q.seq > ?2 AND (q.priority = ?5) = ?4 ORDER BY q.seq LIMIT ?3",
     )?;
 
-    stmt.query_map(params![member_id, after_seq as i64, limit as i64, urgent], |row| {
-        let enc: String = row.get(9)?;
+    stmt.query_map(params![member_id, after_seq as i64, limit as i64, urgent, Priority::Now.to_db()], |row| {
         let key_nonce: Option<String> = row.get(12)?;
         let key_ciphertext: Option<String> = row.get(13)?;
         Ok(QueuedEntry {
@@ -793,8 +812,8 @@ fn pending_for_member(
                 sender_pubkey: row.get(6)?,
                 sender_session_sig: row.get(16)?,
                 target_spec: row.get(7)?,
-                priority: Priority::from_db(row.get(8)?),
-                enc: Enc::from_db(&enc),
+                priority: codes::read(row, 8, "queue.priority")?,
+                enc: codes::read(row, 9, "queue.enc")?,
                 nonce: row.get(10)?,
                 ciphertext: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
                 created_at: row.get::<_, i64>(14)? as u64,
@@ -816,14 +835,12 @@ fn peer_states(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<PeerSta
     )?;
 
     stmt.query_map([mesh_id], |row| {
-        let groups: String = row.get(1)?;
-        let stats: String = row.get(4)?;
         Ok(PeerStateRecord {
             member_id: row.get(0)?,
-            groups: serde_json::from_str(&groups).unwrap_or_default(),
+            groups: codes::read_json(row, 1)?,
             summary: row.get(2)?,
             display_name: row.get(3)?,
-            stats: serde_json::from_str(&stats).unwrap_or_default(),
+            stats: codes::read_json(row, 4)?,
             last_seen_at: row.get::<_, i64>(5)? as u64,
         })
     })?
@@ -839,8 +856,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Full).expect("open");
         let panicked = store.call(|conn| -> StoreResult<()> {
-            conn.execute_batch("CREATE TABLE scratch (x INTEGER); INSERT INTO scratch VALUES (1);")
-                .map_err(db_error)?;
+            conn.execute_batch("CREATE TABLE scratch (x INTEGER); INSERT INTO scratch VALUES (1);")?;
             panic!("a bug in a job")
         });
         assert!(matches!(panicked, Err(StoreError::Database(_))), "{panicked:?}");
@@ -850,10 +866,55 @@ mod tests {
                 conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'scratch'", [], |row| {
                     row.get::<_, i64>(0)
                 })
-                .map_err(db_error)
+                .map_err(StoreError::from)
             })
             .expect("the writer still answers");
         assert_eq!(rows, 0, "the panicking job's changes were rolled back");
         store.flush().expect("and still commits");
+    }
+
+    #[test]
+    fn a_database_error_keeps_the_driver_error_as_its_source() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Full).expect("open");
+        let error = store
+            .call(|conn| conn.execute_batch("INSERT INTO no_such_table VALUES (1)").map_err(StoreError::from))
+            .expect_err("no such table");
+        let source = std::error::Error::source(&error).expect("a source");
+        let driver = source.downcast_ref::<rusqlite::Error>().expect("the rusqlite error");
+        assert!(driver.to_string().contains("no_such_table"), "{driver}");
+        assert!(error.to_string().contains("no_such_table"), "logs show the reason: {error}");
+    }
+
+    #[test]
+    fn stored_values_the_broker_cannot_read_are_errors_naming_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("broker.db"), Durability::Full).expect("open");
+        let creator = NewMember { pubkey: "a".repeat(64), display_name: "admin".into(), ..NewMember::default() };
+        let (mesh, admin) = store.create_mesh("mesh", "", None, &creator, 1).expect("creates");
+        let member = admin.id.clone();
+        store
+            .call(move |conn| {
+                conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
+                conn.execute("UPDATE members SET role = 'owner' WHERE id = ?1", [&member])?;
+                conn.execute(
+                    "INSERT INTO grants (member_id, peer_pubkey, caps, updated_at) VALUES (?1, ?2, 'not json', 0)",
+                    [&member, &"b".repeat(64)],
+                )?;
+                conn.execute_batch("PRAGMA ignore_check_constraints = OFF")?;
+                Ok(())
+            })
+            .expect("edits the rows behind the store's back");
+
+        let unknown_role = store.member(&admin.id).expect_err("an unknown role");
+        assert!(
+            matches!(&unknown_role, StoreError::Unreadable { column: "members.role", value } if value == "\"owner\""),
+            "{unknown_role:?}"
+        );
+        let bad_caps = store.grants(&mesh.id).expect_err("malformed caps");
+        let StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(2, _, reason)) = &bad_caps else {
+            panic!("expected a conversion failure of the caps column, got {bad_caps:?}")
+        };
+        assert!(reason.downcast_ref::<serde_json::Error>().is_some(), "serde's reason is kept: {reason}");
     }
 }
