@@ -1,0 +1,265 @@
+//! Frames a client sends to the broker.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Enc, GroupMembership, PeerType, Priority, Stats, Status, StatusSource};
+
+/// Every frame a client may send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Hello(Hello),
+    Send(Send),
+    /// Ours (`delivery_ack`): the client has safely stored these pushes.
+    Delivered(Delivered),
+    SetStatus(SetStatus),
+    SetSummary(SetSummary),
+    SetStats(SetStats),
+    JoinGroup(JoinGroup),
+    LeaveGroup(LeaveGroup),
+    ListPeers(ListPeers),
+    /// Ours (`sealed_multicast`): which members a target reaches, so the sender can seal to each.
+    Resolve(Resolve),
+    /// Ours: change this member's grants for other members.
+    SetGrants(SetGrants),
+    /// Ours: this member's grants.
+    GetGrants(GetGrants),
+    /// Ours (admins): a page of the mesh's audit log.
+    AuditQuery(AuditQuery),
+    /// Ours (admins): walk the mesh's audit chain.
+    AuditVerify(AuditVerify),
+    /// Ours: this member leaves the mesh for good (its key is refused afterwards).
+    LeaveMesh(LeaveMesh),
+}
+
+impl ClientFrame {
+    /// The frame's `type` string, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Hello(_) => "hello",
+            ClientFrame::Send(_) => "send",
+            ClientFrame::Delivered(_) => "delivered",
+            ClientFrame::SetStatus(_) => "set_status",
+            ClientFrame::SetSummary(_) => "set_summary",
+            ClientFrame::SetStats(_) => "set_stats",
+            ClientFrame::JoinGroup(_) => "join_group",
+            ClientFrame::LeaveGroup(_) => "leave_group",
+            ClientFrame::ListPeers(_) => "list_peers",
+            ClientFrame::Resolve(_) => "resolve",
+            ClientFrame::SetGrants(_) => "set_grants",
+            ClientFrame::GetGrants(_) => "get_grants",
+            ClientFrame::AuditQuery(_) => "audit_query",
+            ClientFrame::AuditVerify(_) => "audit_verify",
+            ClientFrame::LeaveMesh(_) => "leave_mesh",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub mesh_id: String,
+    pub member_id: String,
+    pub pubkey: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_pubkey: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_sig: Option<String>,
+    /// Ours: the session key's signature over `crypto::session_proof_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_proof: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<PeerType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupMembership>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    pub timestamp: u64,
+    pub signature: String,
+}
+
+/// One recipient's copy of the content key of an `enc: "multi"` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyWrap {
+    /// The recipient member's public key (64 hex).
+    pub to: String,
+    /// base64 24-byte nonce of the `crypto_box` around the content key.
+    pub nonce: String,
+    /// base64 `crypto_box` of the 32-byte content key.
+    pub ciphertext: String,
+}
+
+/// The part of a [`KeyWrap`] a recipient receives in its push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedKey {
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Send {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub target_spec: String,
+    #[serde(default)]
+    pub priority: Priority,
+    pub nonce: String,
+    pub ciphertext: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enc: Option<Enc>,
+    /// `enc: "multi"` only: the content key wrapped for each recipient member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyWrap>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivered {
+    pub message_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetStatus {
+    pub status: Status,
+    /// Ours: `hook` when a Claude Code hook reported it through the bridge; default `manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<StatusSource>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetSummary {
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetStats {
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinGroup {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaveGroup {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListPeers {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolve {
+    pub target_spec: String,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// Capabilities a grant can give; a member grants them per peer (see `router::grants`).
+pub mod grant_cap {
+    pub const DM: &str = "dm";
+    pub const BROADCAST: &str = "broadcast";
+    pub const STATE: &str = "state";
+    pub const TOOLS: &str = "tools";
+    pub const FILES: &str = "files";
+    /// Every capability.
+    pub const ALL: &str = "all";
+
+    /// Every capability name a grant may list.
+    pub const KNOWN: [&str; 6] = [DM, BROADCAST, STATE, TOOLS, FILES, ALL];
+}
+
+/// Grant changes keyed by the other member's key: a list of capabilities, `[]` to block, or
+/// `null` to go back to the mesh defaults.
+pub type GrantMap = std::collections::BTreeMap<String, Option<Vec<String>>>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetGrants {
+    pub grants: GrantMap,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GetGrants {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditVerify {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LeaveMesh {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_parses_reference_shape() {
+        let text = r#"{"type":"hello","meshId":"m","memberId":"u","pubkey":"ab","sessionId":"s","pid":7,"cwd":"/x","timestamp":1764230400000,"signature":"cd","groups":[{"name":"backend","role":"lead"}]}"#;
+        let ClientFrame::Hello(hello) = serde_json::from_str(text).expect("parses") else {
+            panic!("not a hello");
+        };
+        assert_eq!(hello.pid, Some(7));
+        assert_eq!(hello.groups.expect("groups")[0].role.as_deref(), Some("lead"));
+        assert!(hello.capabilities.is_empty());
+    }
+
+    #[test]
+    fn send_defaults_priority_to_next() {
+        let text = r#"{"type":"send","id":"1","targetSpec":"*","nonce":"","ciphertext":"aGk="}"#;
+        let ClientFrame::Send(send) = serde_json::from_str(text).expect("parses") else {
+            panic!("not a send");
+        };
+        assert_eq!(send.priority, Priority::Next);
+        assert!(send.keys.is_empty());
+    }
+}

@@ -1,0 +1,123 @@
+//! Broker events: a `push` with `subtype: "system"`, typed on both ends.
+
+use serde::{Deserialize, Serialize};
+
+use super::GroupMembership;
+
+/// A broker event: a `push` with `subtype: "system"`, its name in `event` and its data in
+/// `eventData`. The wire keeps the reference protocol's shapes; this type is how both ends
+/// build and read them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "eventData", rename_all = "snake_case")]
+pub enum SystemEvent {
+    /// A member's first session came online (it has no saved peer state).
+    PeerJoined(PeerJoined),
+    /// A member with saved peer state came back online.
+    PeerReturned(PeerReturned),
+    /// A session went away.
+    PeerLeft(PeerLeft),
+}
+
+/// The `push.subtype` of broker events.
+pub const SYSTEM_SUBTYPE: &str = "system";
+
+impl SystemEvent {
+    /// The `event` name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SystemEvent::PeerJoined(_) => "peer_joined",
+            SystemEvent::PeerReturned(_) => "peer_returned",
+            SystemEvent::PeerLeft(_) => "peer_left",
+        }
+    }
+
+    /// The `eventData` object on the wire.
+    pub fn data(&self) -> serde_json::Value {
+        let data = match self {
+            SystemEvent::PeerJoined(data) => serde_json::to_value(data),
+            SystemEvent::PeerReturned(data) => serde_json::to_value(data),
+            SystemEvent::PeerLeft(data) => serde_json::to_value(data),
+        };
+        data.expect("event data serializes")
+    }
+
+    /// Reads a system push's `event` and `eventData`; an error for an event this build does not
+    /// know or data of the wrong shape.
+    pub fn parse(event: &str, data: serde_json::Value) -> Result<SystemEvent, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({ "event": event, "eventData": data }))
+    }
+
+    /// The peer the event is about: its display name, routing key and member key.
+    pub fn peer(&self) -> (&str, &str, &str) {
+        match self {
+            SystemEvent::PeerJoined(p) => (&p.name, &p.pubkey, &p.member_pubkey),
+            SystemEvent::PeerReturned(p) => (&p.name, &p.pubkey, &p.member_pubkey),
+            SystemEvent::PeerLeft(p) => (&p.name, &p.pubkey, &p.member_pubkey),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerJoined {
+    pub name: String,
+    /// The session's routing key (its session key, else its member key).
+    pub pubkey: String,
+    /// Ours: the member key, so a client can tell its own other sessions.
+    #[serde(default)]
+    pub member_pubkey: String,
+    #[serde(default)]
+    pub groups: Vec<GroupMembership>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReturned {
+    pub name: String,
+    pub pubkey: String,
+    #[serde(default)]
+    pub member_pubkey: String,
+    #[serde(default)]
+    pub groups: Vec<GroupMembership>,
+    pub last_seen_at: String,
+    #[serde(default)]
+    pub summary: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerLeft {
+    pub name: String,
+    pub pubkey: String,
+    #[serde(default)]
+    pub member_pubkey: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_events_keep_the_reference_shapes() {
+        let joined = SystemEvent::PeerJoined(PeerJoined {
+            name: "alice".into(),
+            pubkey: "k".into(),
+            member_pubkey: "m".into(),
+            groups: vec![],
+        });
+        assert_eq!(joined.name(), "peer_joined");
+        assert_eq!(
+            joined.data(),
+            serde_json::json!({"name": "alice", "pubkey": "k", "memberPubkey": "m", "groups": []})
+        );
+        let returned = SystemEvent::parse(
+            "peer_returned",
+            serde_json::json!({"name": "bob", "pubkey": "k", "groups": [], "lastSeenAt": "t", "summary": null}),
+        )
+        .expect("a reference client's peer_returned parses");
+        assert_eq!(returned.peer(), ("bob", "k", ""));
+        assert_eq!(SystemEvent::parse(returned.name(), returned.data()).expect("round trip"), returned);
+        assert!(SystemEvent::parse("peer_danced", serde_json::json!({})).is_err());
+        assert!(SystemEvent::parse("peer_left", serde_json::json!({"name": 5})).is_err());
+    }
+}
