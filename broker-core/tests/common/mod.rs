@@ -1,6 +1,8 @@
 //! A real broker on 127.0.0.1:0 with a temporary data directory, and helpers to drive it.
 #![allow(dead_code)]
 
+pub mod accounts;
+
 use std::sync::Arc;
 use std::time::Duration;
 

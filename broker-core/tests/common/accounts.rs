@@ -1,0 +1,75 @@
+//! Sign-in helpers shared by the account and device-login tests.
+
+use std::time::Duration;
+
+use broker_core::config::{BrokerConfig, RateLimit};
+use broker_core::protocol;
+use broker_core::store::Store;
+use serde_json::{Value, json};
+
+use super::{TestBroker, api};
+
+/// Polls may come every 50 ms (the production interval is 5 s).
+pub const POLL: Duration = Duration::from_millis(50);
+
+pub fn quick_polls() -> BrokerConfig {
+    BrokerConfig { device_poll_interval: POLL, ..BrokerConfig::default() }
+}
+
+pub fn generous() -> BrokerConfig {
+    BrokerConfig { rate_limit: RateLimit { burst: 10_000, per_minute: 600_000 }, ..quick_polls() }
+}
+
+/// Starts a device login as `hostname`; returns (device_code, user_code).
+pub async fn start_login(broker: &TestBroker, hostname: &str) -> (String, String) {
+    let (status, body) = api(
+        broker.addr,
+        "POST",
+        "/v1/device/code",
+        None,
+        Some(json!({"hostname": hostname, "platform": "linux", "arch": "x86_64", "app_version": "0.1.0"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let user_code = body["user_code"].as_str().expect("user code").to_owned();
+    assert!(body["verification_uri_complete"].as_str().expect("uri").ends_with(&format!("?code={user_code}")));
+    assert_eq!(body["verification_uri_app"], format!("claudemesh://device?code={user_code}"));
+    (body["device_code"].as_str().expect("device code").to_owned(), user_code)
+}
+
+/// Polls once, as the RFC's form-encoded request.
+pub async fn poll(broker: &TestBroker, device_code: &str) -> (u16, Value) {
+    let form = format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code={device_code}");
+    let (status, text) = super::http_with(
+        broker.addr,
+        "POST",
+        "/v1/device/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&form),
+    )
+    .await;
+    (status, serde_json::from_str(&text).expect("json"))
+}
+
+/// The first device of a new account: approved by the operator path, then its token.
+pub async fn first_device(broker: &TestBroker, account: &str) -> String {
+    let created = broker.store.create_account(account, None, protocol::now_ms()).expect("account");
+    let (device_code, user_code) = start_login(broker, &format!("{account}-laptop")).await;
+    let code = protocol::account::normalize_user_code(&user_code).expect("code");
+    broker.store.decide_device_code(&code, true, &created.id, None, protocol::now_ms()).expect("approve");
+    let (status, body) = poll(broker, &device_code).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+/// A second device signed in by approving it from `approver_token`.
+pub async fn approved_device(broker: &TestBroker, approver_token: &str, hostname: &str) -> String {
+    let (device_code, user_code) = start_login(broker, hostname).await;
+    let (status, body) =
+        api(broker.addr, "POST", "/v1/device/approve", Some(approver_token), Some(json!({"userCode": user_code})))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = poll(broker, &device_code).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("token").to_owned()
+}
