@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::crypto::Keypair;
+use crate::crypto::{Keypair, PublicKey};
 use crate::invite::{Invite, InviteTerms};
 use crate::protocol::account::normalize_user_code;
 use crate::protocol::{self, Role};
@@ -99,9 +99,10 @@ impl Operator {
         name: &str,
         role: Role,
     ) -> OperatorResult<(MeshRecord, MemberRecord)> {
-        if !protocol::is_key_hex(pubkey) {
+        if !PublicKey::is_valid_hex(pubkey) {
             return Err(OperatorError::Invalid(format!(
-                "--pubkey {pubkey:?} is not an ed25519 public key: expected 64 lowercase hex characters"
+                "--pubkey {pubkey:?} is not an ed25519 public key: expected 64 lowercase hex characters of a \
+                 canonical point that is not of small order"
             )));
         }
         if name.trim().is_empty() {
@@ -315,6 +316,8 @@ mod tests {
         operator.create_mesh("demo", None).expect("creates");
         let before = operator.members("demo").expect("members").1.len();
         assert!(matches!(operator.add_member("demo", "ABC", "x", Role::Member), Err(OperatorError::Invalid(_))));
+        let identity = format!("01{}", "00".repeat(31));
+        assert!(matches!(operator.add_member("demo", &identity, "x", Role::Member), Err(OperatorError::Invalid(_))));
         assert!(matches!(
             operator.add_member("demo", &"A".repeat(64), "x", Role::Member),
             Err(OperatorError::Invalid(_))

@@ -95,19 +95,19 @@ async fn membership_refusals() {
     // A key that is not a member.
     let stranger = common::TestMember { key: Keypair::generate(), record: members[0].record.clone() };
     let mut hello = without_session(signed_hello(&mesh, &stranger, now));
-    hello.signature = crypto::sign_hello(&stranger.key, &mesh, &stranger.record.id, now);
+    hello.signature = crypto::sign_hello(&stranger.key, &mesh, &stranger.record.id, hello.timestamp);
     check_refused(&broker, hello, ErrorCode::Unauthorized).await;
 
     // memberId must be the id of the member found by pubkey.
     let alice = &members[0];
     let mut mismatched = without_session(signed_hello(&mesh, alice, now));
     mismatched.member_id = members[1].record.id.clone();
-    mismatched.signature = crypto::sign_hello(&alice.key, &mesh, &members[1].record.id, now);
+    mismatched.signature = crypto::sign_hello(&alice.key, &mesh, &members[1].record.id, mismatched.timestamp);
     check_refused(&broker, mismatched, ErrorCode::Unauthorized).await;
 
     // An unknown mesh.
     let mut elsewhere = without_session(signed_hello("mesh_nope", alice, now));
-    elsewhere.signature = crypto::sign_hello(&alice.key, "mesh_nope", &alice.record.id, now);
+    elsewhere.signature = crypto::sign_hello(&alice.key, "mesh_nope", &alice.record.id, elsewhere.timestamp);
     check_refused(&broker, elsewhere, ErrorCode::Unauthorized).await;
 }
 
@@ -221,12 +221,21 @@ async fn signatures_have_one_spelling_so_a_replay_cannot_change_case() {
     check_refused(&broker, shouted, ErrorCode::Malformed).await;
 }
 
-#[test]
-fn weak_keys_are_refused() {
+#[tokio::test]
+async fn weak_keys_are_refused() {
     // The identity point: every signature would verify against it.
     let mut identity = "00".repeat(32);
     identity.replace_range(0..2, "01");
     assert!(broker_core::crypto::PublicKey::from_hex(&identity).is_err());
+
+    // Nor may a session present it, or a point of order 2, as its session key.
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice"]);
+    for weak in [identity, format!("ec{}7f", "ff".repeat(30))] {
+        let mut hello = signed_hello(&mesh, &members[0], protocol::now_ms());
+        hello.session_pubkey = Some(weak);
+        check_refused(&broker, hello, ErrorCode::BadSessionPubkey).await;
+    }
 }
 
 #[tokio::test]
@@ -256,7 +265,7 @@ async fn refusal_codes_go_only_to_sessions_that_negotiated_them() {
     assert_eq!(ack.error_code, None);
 
     // A client that announced `refusal_code`: the same text, and the code.
-    let mut hello = signed_hello(&mesh, &members[0], protocol::now_ms() + 1);
+    let mut hello = signed_hello(&mesh, &members[0], protocol::now_ms());
     hello.capabilities.push(protocol::Capability::RefusalCode.as_str().into());
     let mut coded = RawSocket::connect(&broker.ws_url()).await;
     coded.send_frame(&ClientFrame::Hello(hello)).await;

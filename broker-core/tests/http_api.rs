@@ -186,6 +186,12 @@ async fn forged_expired_revoked_and_foreign_invites_are_refused() {
     let valid = issue(&broker, &mesh, &members[0], Role::Member, 5, later());
     let (status, body) = join(&broker, &valid.to_token(), "XYZ").await;
     assert_eq!((status, body["error"].as_str()), (400, Some("pubkey_malformed")));
+    // Keys that are hex but no usable key: the identity point and a point of order 2 (every
+    // broadcast sealed to them would fail or be readable by anyone).
+    for weak in [format!("01{}", "00".repeat(31)), format!("ec{}7f", "ff".repeat(30))] {
+        let (status, body) = join(&broker, &valid.to_token(), &weak).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("pubkey_malformed")), "{weak}");
+    }
     let (status, _) = http(broker.addr, "POST", "/join", Some("{\"nope\":1}")).await;
     assert_eq!(status, 400);
 }

@@ -56,7 +56,9 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
-    /// Parses a key; small-order ("weak") points are refused: anyone could sign for them.
+    /// Parses a key. Refused: small-order ("weak") points, for which anyone could sign and
+    /// every box would be readable, and non-canonical encodings, so one key has one spelling
+    /// (keys are compared as strings everywhere).
     pub fn from_hex(hex_text: &str) -> Result<PublicKey, CryptoError> {
         if !crate::protocol::is_key_hex(hex_text) {
             return Err(CryptoError::MalformedKey);
@@ -64,10 +66,15 @@ impl PublicKey {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(hex_text, &mut bytes).map_err(|_| CryptoError::MalformedKey)?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| CryptoError::MalformedKey)?;
-        if key.is_weak() {
+        if key.is_weak() || key.to_edwards().compress().to_bytes() != bytes {
             return Err(CryptoError::MalformedKey);
         }
         Ok(PublicKey(key))
+    }
+
+    /// Whether `hex_text` is a usable member or session key (see [`PublicKey::from_hex`]).
+    pub fn is_valid_hex(hex_text: &str) -> bool {
+        PublicKey::from_hex(hex_text).is_ok()
     }
 
     pub fn to_hex(&self) -> String {
@@ -194,4 +201,46 @@ pub fn verify_session_binding(
     session_sig: &str,
 ) -> Result<(), CryptoError> {
     member.verify_hex(session_binding_bytes(mesh_id, &member.to_hex(), session_pubkey_hex).as_bytes(), session_sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Little-endian bytes of `y + offset`, where offset is 0 or p = 2^255 - 19.
+    fn encoding(y: u8, plus_p: bool) -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        if plus_p {
+            // p + y, with y < 19: p is ed ff … ff 7f.
+            bytes = [0xff; 32];
+            bytes[31] = 0x7f;
+            bytes[0] = 0xed + y;
+        } else {
+            bytes[0] = y;
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_key_has_one_spelling_and_no_small_order_points() {
+        let mut non_canonical = 0;
+        for y in 2..19u8 {
+            let (canonical, other) = (encoding(y, false), encoding(y, true));
+            let Ok(point) = VerifyingKey::from_bytes(&canonical) else { continue };
+            if point.is_weak() {
+                assert!(PublicKey::from_hex(&hex::encode(canonical)).is_err(), "y = {y} is of small order");
+                continue;
+            }
+            assert!(PublicKey::is_valid_hex(&hex::encode(canonical)), "y = {y}");
+            if VerifyingKey::from_bytes(&other).is_ok() {
+                non_canonical += 1;
+                assert!(!PublicKey::is_valid_hex(&hex::encode(other)), "y = p + {y} must be refused");
+            }
+        }
+        assert!(non_canonical > 0, "the decoder accepted no non-canonical encoding to test against");
+        // The identity (y = 1) and a point of order 2 (y = -1) sign for anyone.
+        assert!(!PublicKey::is_valid_hex(&hex::encode(encoding(1, false))));
+        assert!(!PublicKey::is_valid_hex(&format!("ec{}7f", "ff".repeat(30))));
+        assert!(PublicKey::is_valid_hex(&Keypair::generate().public_hex()));
+    }
 }

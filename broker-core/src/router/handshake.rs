@@ -79,9 +79,13 @@ impl Router {
         limits::check_hello(&hello).map_err(|problem| Refusal::new(ErrorCode::Malformed, problem))?;
         let session_key = hello.session_pubkey.clone().filter(|k| !k.is_empty() && *k != hello.pubkey);
         if let Some(key) = &session_key
-            && !protocol::is_key_hex(key)
+            && !PublicKey::is_valid_hex(key)
         {
-            return Err(Refusal::new(ErrorCode::BadSessionPubkey, "sessionPubkey must be 64 lowercase hex characters"));
+            return Err(Refusal::new(
+                ErrorCode::BadSessionPubkey,
+                "sessionPubkey must be an ed25519 public key (64 lowercase hex characters, a canonical point not of \
+                 small order)",
+            ));
         }
         let shard = match self.shard(&hello.mesh_id).await {
             Ok(Some(shard)) => shard,

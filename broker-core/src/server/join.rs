@@ -7,6 +7,7 @@ use axum::response::Html;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Broker};
+use crate::crypto::PublicKey;
 use crate::invite::{Invite, InviteError};
 use crate::protocol::{self, Role};
 use crate::store::{NewMember, StoreError};
@@ -54,8 +55,12 @@ pub(super) async fn redeem(
     let Json(request) = body.map_err(|e| {
         refused(StatusCode::BAD_REQUEST, "malformed", &format!("expected {{invite, pubkey, displayName}}: {e}"))
     })?;
-    if !protocol::is_key_hex(&request.pubkey) {
-        return Err(refused(StatusCode::BAD_REQUEST, "pubkey_malformed", "pubkey must be 64 lowercase hex characters"));
+    if !PublicKey::is_valid_hex(&request.pubkey) {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "pubkey_malformed",
+            "pubkey must be an ed25519 public key (64 lowercase hex characters, a canonical point not of small order)",
+        ));
     }
     let invite = Invite::parse(&request.invite)
         .map_err(|_| refused(StatusCode::BAD_REQUEST, "invite_malformed", "that is not a claudemesh invite"))?;

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::auth::Authenticated;
 use super::{ApiError, Broker};
+use crate::crypto::PublicKey;
 use crate::email::InviteEmail;
 use crate::invite::Invite;
 use crate::protocol::account::{
@@ -22,6 +23,9 @@ use crate::protocol::account::{
 };
 use crate::protocol::{self, Role, iso8601_ms};
 use crate::router::{audit_record, validate_grants};
+
+const PUBKEY_MALFORMED: &str =
+    "pubkey must be an ed25519 public key (64 lowercase hex characters, a canonical point not of small order)";
 use crate::store::{InviteRecord, MemberRecord, MembershipAction, MeshRecord, NewMember, StoreError};
 
 /// What the caller's account is in one mesh.
@@ -104,12 +108,8 @@ pub(super) async fn create(
     Json(request): Json<CreateMeshRequest>,
 ) -> Result<Response, ApiError> {
     // Validated before anything is written: no mesh without its admin.
-    if !protocol::is_key_hex(&request.pubkey) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "pubkey_malformed",
-            "pubkey must be 64 lowercase hex characters",
-        ));
+    if !PublicKey::is_valid_hex(&request.pubkey) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "pubkey_malformed", PUBKEY_MALFORMED));
     }
     if request.name.trim().is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "the mesh needs a name"));
@@ -247,12 +247,8 @@ pub(super) async fn enrol(
     Path(mesh): Path<String>,
     Json(request): Json<EnrolRequest>,
 ) -> Result<Json<EnrolResponse>, ApiError> {
-    if !protocol::is_key_hex(&request.pubkey) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "pubkey_malformed",
-            "pubkey must be 64 lowercase hex characters",
-        ));
+    if !PublicKey::is_valid_hex(&request.pubkey) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "pubkey_malformed", PUBKEY_MALFORMED));
     }
     let access = access(&broker, &auth, &mesh).await?;
     if access.mesh.archived_at.is_some() {

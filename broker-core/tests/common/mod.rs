@@ -273,7 +273,18 @@ impl RawSocket {
 }
 
 /// A correctly signed hello for `member`, with a proven session key.
+///
+/// The hello signature covers no random part, so two hellos of one member in the same
+/// millisecond would be the same signature and the second a replay: a timestamp within a second
+/// of the previous one is moved past it. Timestamps far off (the skew tests) stay as given.
 pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello {
+    static LAST: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+    let timestamp = {
+        let mut last = LAST.lock().expect("timestamp lock");
+        let timestamp = if timestamp <= *last && *last - timestamp < 1000 { *last + 1 } else { timestamp };
+        *last = timestamp.max(*last);
+        timestamp
+    };
     let session = Keypair::generate();
     Hello {
         mesh_id: mesh_id.to_owned(),
