@@ -353,7 +353,10 @@ async fn a_member_that_leaves_is_refused_afterwards() {
     }
     let mut socket = RawSocket::connect(&broker.ws_url()).await;
     socket.send_frame(&ClientFrame::Hello(signed_hello(&mesh, &members[1], protocol::now_ms()))).await;
-    assert!(matches!(socket.next().await, Ok(ServerFrame::Error(e)) if e.code == protocol::ErrorCode::Unauthorized));
+    match socket.next().await {
+        Ok(ServerFrame::Error(e)) => assert_eq!(e.code, protocol::ErrorCode::Unauthorized, "{}", e.message),
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
     let (entries, _) =
         broker_core::store::Store::audit_entries(broker.store.as_ref(), &mesh, Some("member_left"), 10, 0)
             .expect("audit");
