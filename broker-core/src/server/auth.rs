@@ -85,6 +85,22 @@ pub async fn authenticate(broker: &Broker, header: &str) -> Result<Authenticated
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub IpAddr);
 
+/// The bucket an address's requests count against: an IPv4 address, or the /64 network of an
+/// IPv6 address (one host is normally given a whole /64, so per-address buckets would let it
+/// rotate through 2^64 of them). An IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn rate_limit_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("ip:{}/64", std::net::Ipv6Addr::from(network))
+            }
+        },
+    }
+}
+
 impl FromRequestParts<Broker> for ClientAddress {
     type Rejection = ApiError;
 
@@ -104,5 +120,20 @@ impl FromRequestParts<Broker> for ClientAddress {
         }
         let socket = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
         Ok(ClientAddress(socket.unwrap_or(IpAddr::from([0, 0, 0, 0]))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
+        let ip = |text: &str| text.parse::<IpAddr>().expect("an address");
+        assert_eq!(rate_limit_key(ip("2001:db8:1:2:aaaa::1")), rate_limit_key(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(rate_limit_key(ip("2001:db8:1:2::1")), rate_limit_key(ip("2001:db8:1:3::1")));
+        assert_eq!(rate_limit_key(ip("2001:db8:1:2::1")), "ip:2001:db8:1:2::/64");
+        assert_eq!(rate_limit_key(ip("::ffff:192.0.2.7")), rate_limit_key(ip("192.0.2.7")));
+        assert_ne!(rate_limit_key(ip("192.0.2.7")), rate_limit_key(ip("192.0.2.8")));
     }
 }

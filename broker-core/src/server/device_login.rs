@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::auth::{Authenticated, ClientAddress, new_token, token_hash};
+use super::auth::{Authenticated, ClientAddress, new_token, rate_limit_key, token_hash};
 use super::{ApiError, Broker};
 use crate::config::RateLimit;
 use crate::protocol::account::{
@@ -122,7 +122,7 @@ pub(super) async fn request_code(
     body: Bytes,
 ) -> Result<Json<DeviceCodeResponse>, ApiError> {
     let limit = broker.config().device_code_request_limit;
-    let key = format!("code-request:{ip}");
+    let key = format!("code-request:{}", rate_limit_key(ip));
     if !broker.inner.attempts.allows(&key, limit) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -285,7 +285,7 @@ async fn find_code_for_approver(
     user_code: &str,
 ) -> Result<DeviceCodeRecord, ApiError> {
     let limit = broker.config().wrong_code_limit;
-    let keys = [format!("ip:{ip}"), format!("account:{}", auth.account.id)];
+    let keys = [rate_limit_key(ip), format!("account:{}", auth.account.id)];
     let limiter = &broker.inner.attempts;
     if keys.iter().any(|key| !limiter.allows(key, limit)) {
         return Err(ApiError::new(
