@@ -197,9 +197,10 @@ pub fn install(files: &ClaudeFiles, exe: &Path, config_dir_override: Option<&Pat
             // `add` refuses an existing name: remove ours first (absent is fine).
             let remove: Vec<String> = ["mcp", "remove", "--scope", "user", MCP_NAME].map(str::to_owned).to_vec();
             let _ = run_claude(&claude, &remove);
-            let mut add: Vec<String> = ["mcp", "add", "--scope", "user"].map(str::to_owned).to_vec();
+            // The name goes before `-e`: `-e` takes any number of values and would swallow it.
+            let mut add: Vec<String> = ["mcp", "add", "--scope", "user", MCP_NAME].map(str::to_owned).to_vec();
             add.extend(env_args);
-            add.extend([MCP_NAME.to_owned(), "--".to_owned(), exe.display().to_string(), "mcp".to_owned()]);
+            add.extend(["--".to_owned(), exe.display().to_string(), "mcp".to_owned()]);
             let output = run_claude(&claude, &add)?;
             let shown =
                 format!("{} {}", claude.display(), add.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
