@@ -3,9 +3,11 @@
 //!
 //! The MCP server goes in with `claude mcp add --scope user` when the `claude` command exists,
 //! otherwise straight into the user-scope `mcpServers` of `~/.claude.json` (what that command
-//! writes). The hooks go into the `hooks` of `~/.claude/settings.json`. `CLAUDE_CONFIG_DIR`
-//! relocates both, as it does for Claude Code. Other content of those files is kept; our
-//! entries are recognised by their command and replaced, never duplicated.
+//! writes). The hooks go into the `hooks` of `~/.claude/settings.json`, and the tools that only
+//! read or send messages into its `permissions.allow`, so that Claude Code does not ask the
+//! person before each of them. `CLAUDE_CONFIG_DIR` relocates both files, as it does for Claude
+//! Code. Other content of those files is kept; our hooks are recognised by their command and
+//! replaced, never duplicated, and only the permission rules of [`APPROVED_TOOLS`] are ours.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +19,27 @@ use crate::config::write_private_atomic;
 /// The MCP server name (what `server:claudemesh` and the channel `source` refer to).
 pub const MCP_NAME: &str = "claudemesh";
 
-/// Hook events and the status each reports.
-pub const HOOKS: [(&str, &str); 3] = [("UserPromptSubmit", "working"), ("PreToolUse", "working"), ("Stop", "idle")];
+/// Hook events and the status each reports. A turn ends with `Stop`, or with `StopFailure`
+/// instead when an API error ended it (Claude Code fires no `Stop` then). An interrupted turn
+/// fires nothing; `SessionEnd` (`/clear`) settles it. When Claude Code exits, it stops the
+/// bridge before `SessionEnd` runs: the session leaves the mesh instead.
+pub const HOOKS: [(&str, &str); 5] = [
+    ("UserPromptSubmit", "working"),
+    ("PreToolUse", "working"),
+    ("Stop", "idle"),
+    ("StopFailure", "idle"),
+    ("SessionEnd", "idle"),
+];
+
+/// The bridge's tools that install pre-approves: they read, or send a message the person asked
+/// for. The others (`set_summary`, `set_status`, `join_group`, `leave_group`) change what the
+/// mesh sees or where messages go, and stay the person's choice.
+pub const APPROVED_TOOLS: [&str; 4] = ["list_peers", "check_messages", "whoami", "send_message"];
+
+/// Claude Code's name for one of our tools in permission rules and `--allowedTools`.
+pub fn tool_rule(tool: &str) -> String {
+    format!("mcp__{MCP_NAME}__{tool}")
+}
 
 /// Where Claude Code keeps its user files.
 #[derive(Debug, Clone)]
@@ -53,6 +74,9 @@ pub struct Report {
     pub hooks_file: String,
     /// Hook events touched.
     pub hook_events: Vec<String>,
+    /// Permission rules added to (install) or removed from (uninstall) `permissions.allow` of
+    /// the settings file; rules that were already there are not counted as added.
+    pub approved_tools: Vec<String>,
     pub actions: Vec<String>,
 }
 
@@ -148,6 +172,53 @@ pub fn add_hooks(settings: &mut Value, exe: &Path, config_dir_override: Option<&
     Ok(())
 }
 
+/// Adds the rules of [`APPROVED_TOOLS`] missing from `permissions.allow`; returns those added.
+pub fn add_permissions(settings: &mut Value) -> anyhow::Result<Vec<String>> {
+    let object = settings.as_object_mut().ok_or_else(|| anyhow::anyhow!("the settings file is not a JSON object"))?;
+    let permissions = object.entry("permissions").or_insert_with(|| json!({}));
+    let permissions = permissions
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("`permissions` in the settings file is not an object"))?;
+    let allow = permissions
+        .entry("allow")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .ok_or_else(|| anyhow::anyhow!("`permissions.allow` in the settings file is not a list"))?;
+    let mut added = Vec::new();
+    for rule in APPROVED_TOOLS.map(tool_rule) {
+        if !allow.iter().any(|existing| existing.as_str() == Some(&rule)) {
+            allow.push(json!(rule));
+            added.push(rule);
+        }
+    }
+    Ok(added)
+}
+
+/// Removes the rules of [`APPROVED_TOOLS`] from `permissions.allow` (other rules, including
+/// other claudemesh tools the person allowed, stay); returns those removed.
+pub fn remove_permissions(settings: &mut Value) -> Vec<String> {
+    let ours = APPROVED_TOOLS.map(tool_rule);
+    let Some(permissions) = settings.get_mut("permissions").and_then(Value::as_object_mut) else { return Vec::new() };
+    let Some(allow) = permissions.get_mut("allow").and_then(Value::as_array_mut) else { return Vec::new() };
+    let mut removed = Vec::new();
+    allow.retain(|rule| match rule.as_str().filter(|r| ours.iter().any(|o| o == r)) {
+        Some(rule) => {
+            removed.push(rule.to_owned());
+            false
+        }
+        None => true,
+    });
+    if allow.is_empty() {
+        permissions.remove("allow");
+    }
+    if permissions.is_empty()
+        && let Some(object) = settings.as_object_mut()
+    {
+        object.remove("permissions");
+    }
+    removed
+}
+
 /// The `claude` command on `PATH`, if any.
 pub fn find_claude() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -197,9 +268,10 @@ pub fn install(files: &ClaudeFiles, exe: &Path, config_dir_override: Option<&Pat
             // `add` refuses an existing name: remove ours first (absent is fine).
             let remove: Vec<String> = ["mcp", "remove", "--scope", "user", MCP_NAME].map(str::to_owned).to_vec();
             let _ = run_claude(&claude, &remove);
-            let mut add: Vec<String> = ["mcp", "add", "--scope", "user"].map(str::to_owned).to_vec();
+            // The name goes before `-e`: `-e` takes any number of values and would swallow it.
+            let mut add: Vec<String> = ["mcp", "add", "--scope", "user", MCP_NAME].map(str::to_owned).to_vec();
             add.extend(env_args);
-            add.extend([MCP_NAME.to_owned(), "--".to_owned(), exe.display().to_string(), "mcp".to_owned()]);
+            add.extend(["--".to_owned(), exe.display().to_string(), "mcp".to_owned()]);
             let output = run_claude(&claude, &add)?;
             let shown =
                 format!("{} {}", claude.display(), add.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
@@ -239,6 +311,7 @@ pub fn install(files: &ClaudeFiles, exe: &Path, config_dir_override: Option<&Pat
 
     let mut settings = read_json(&files.settings)?;
     add_hooks(&mut settings, exe, config_dir_override)?;
+    let approved_tools = add_permissions(&mut settings)?;
     write_json(&files.settings, &settings)?;
     for (event, status) in HOOKS {
         actions.push(format!(
@@ -247,12 +320,22 @@ pub fn install(files: &ClaudeFiles, exe: &Path, config_dir_override: Option<&Pat
             files.settings.display()
         ));
     }
+    actions.push(if approved_tools.is_empty() {
+        format!("the claudemesh tools that read or send messages were already allowed in {}", files.settings.display())
+    } else {
+        format!(
+            "allowed without asking, in permissions.allow of {}: {} (other claudemesh tools still ask)",
+            files.settings.display(),
+            approved_tools.join(", ")
+        )
+    });
     Ok(Report {
         mcp_method,
         mcp_command,
         mcp_file,
         hooks_file: files.settings.display().to_string(),
         hook_events: HOOKS.iter().map(|(e, _)| (*e).to_owned()).collect(),
+        approved_tools,
         actions,
     })
 }
@@ -292,11 +375,23 @@ pub fn uninstall(files: &ClaudeFiles) -> anyhow::Result<Report> {
     };
     let mut settings = read_json(&files.settings)?;
     let touched = remove_hooks(&mut settings);
+    let approved_tools = remove_permissions(&mut settings);
     if touched.is_empty() {
         actions.push(format!("no claudemesh hooks in {}", files.settings.display()));
     } else {
-        write_json(&files.settings, &settings)?;
         actions.push(format!("removed claudemesh hooks ({}) from {}", touched.join(", "), files.settings.display()));
+    }
+    if approved_tools.is_empty() {
+        actions.push(format!("no claudemesh permission rules in {}", files.settings.display()));
+    } else {
+        actions.push(format!(
+            "removed from permissions.allow of {}: {}",
+            files.settings.display(),
+            approved_tools.join(", ")
+        ));
+    }
+    if !touched.is_empty() || !approved_tools.is_empty() {
+        write_json(&files.settings, &settings)?;
     }
     Ok(Report {
         mcp_method,
@@ -304,6 +399,7 @@ pub fn uninstall(files: &ClaudeFiles) -> anyhow::Result<Report> {
         mcp_file,
         hooks_file: files.settings.display().to_string(),
         hook_events: touched,
+        approved_tools,
         actions,
     })
 }
@@ -330,8 +426,17 @@ mod tests {
             "'/opt/claude mesh/claudemesh' hook working"
         );
 
+        assert_eq!(
+            settings["hooks"]["StopFailure"][0]["hooks"][0]["command"],
+            "'/opt/claude mesh/claudemesh' hook idle"
+        );
+        assert_eq!(
+            settings["hooks"]["SessionEnd"][0]["hooks"][0]["command"],
+            "'/opt/claude mesh/claudemesh' hook idle"
+        );
+
         let touched = remove_hooks(&mut settings);
-        assert_eq!(touched.len(), 3);
+        assert_eq!(touched.len(), HOOKS.len());
         assert_eq!(
             settings,
             json!({
@@ -339,6 +444,45 @@ mod tests {
                 "hooks": { "Stop": [{ "hooks": [{ "type": "command", "command": "notify-send done" }] }] }
             })
         );
+    }
+
+    #[test]
+    fn permissions_are_added_once_and_only_ours_are_taken_back() {
+        let mut settings = json!({
+            "permissions": {
+                "allow": ["Bash(git status)", "mcp__claudemesh__join_group"],
+                "deny": ["Read(./.env)"]
+            }
+        });
+        let added = add_permissions(&mut settings).expect("adds");
+        assert_eq!(
+            added,
+            [
+                "mcp__claudemesh__list_peers",
+                "mcp__claudemesh__check_messages",
+                "mcp__claudemesh__whoami",
+                "mcp__claudemesh__send_message"
+            ]
+        );
+        assert!(add_permissions(&mut settings).expect("adds again").is_empty(), "nothing added twice");
+        assert_eq!(settings["permissions"]["allow"].as_array().map(Vec::len), Some(6));
+
+        assert_eq!(remove_permissions(&mut settings), added);
+        assert_eq!(
+            settings,
+            json!({
+                "permissions": {
+                    "allow": ["Bash(git status)", "mcp__claudemesh__join_group"],
+                    "deny": ["Read(./.env)"]
+                }
+            }),
+            "the person's own rules stay, also for other claudemesh tools"
+        );
+
+        let mut only_ours = json!({"model": "opus"});
+        add_permissions(&mut only_ours).expect("adds");
+        remove_permissions(&mut only_ours);
+        assert_eq!(only_ours, json!({"model": "opus"}), "no empty permissions object is left behind");
     }
 
     #[cfg(feature = "gui")]

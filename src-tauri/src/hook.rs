@@ -1,7 +1,9 @@
 //! Claude Code status hooks: `claudemesh hook working|idle|dnd` and the bridge's end of it.
 //!
 //! Claude Code runs the hook command on `UserPromptSubmit` (working), `PreToolUse` (working
-//! again, which refreshes the broker's 60 s working TTL during long turns) and `Stop` (idle).
+//! again, which refreshes the broker's 60 s working TTL during long turns), and `Stop`,
+//! `StopFailure` (a turn that an API error ended) and `SessionEnd` (idle); see
+//! [`crate::claude_code::HOOKS`].
 //! The hook finds its session's bridge through the Claude Code pid both descend from (see
 //! [`crate::proctree`]): the bridge listens on `<config>/run/claude-<pid>.sock` (owner-only), the
 //! hook connects, writes one JSON line, and reads one line back. The bridge relays the status to

@@ -9,11 +9,14 @@
 //!
 //! - [`desktop::DesktopApp`] — the desktop app driven through WebDriver (`tauri-driver`), and
 //!   [`desktop::NotificationMonitor`], its native notifications seen on D-Bus.
+//! - [`claude_code::ClaudeCode`] — the real Claude Code (`claude`) with its own home, talking to
+//!   [`claude_code::MessagesApi`], a scripted stand-in of the Messages API.
 //!
 //! Binaries are found next to the running executable (`target/<profile>/`); [`ensure_built`]
 //! builds them first with the same profile, so the tests also run from `cargo nextest run -p
 //! claudemesh-e2e` alone.
 
+pub mod claude_code;
 pub mod desktop;
 
 use std::collections::HashMap;
@@ -495,6 +498,11 @@ pub fn peer_names(list: &Value) -> Vec<String> {
         .as_array()
         .map(|p| p.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
+}
+
+/// The status of the peer named `name` in a `list_peers` result.
+pub fn peer_status(list: &Value, name: &str) -> Option<String> {
+    list["peers"].as_array()?.iter().find(|p| p["name"] == name).and_then(|p| p["status"].as_str().map(str::to_owned))
 }
 
 /// Texts in a `check_messages` result.

@@ -123,7 +123,13 @@ fn install_writes_claude_code_files_and_uninstall_reverses_it() -> Result<()> {
         "the bridge uses the same config directory"
     );
     let settings: Value = serde_json::from_str(&std::fs::read_to_string(home.join(".claude/settings.json"))?)?;
-    for (event, status) in [("UserPromptSubmit", "working"), ("PreToolUse", "working"), ("Stop", "idle")] {
+    for (event, status) in [
+        ("UserPromptSubmit", "working"),
+        ("PreToolUse", "working"),
+        ("Stop", "idle"),
+        ("StopFailure", "idle"),
+        ("SessionEnd", "idle"),
+    ] {
         let command = settings["hooks"][event][0]["hooks"][0]["command"].as_str().unwrap_or_default();
         assert!(command.ends_with(&format!("hook {status}")), "{event}: {command}");
         assert!(command.starts_with("CLAUDEMESH_CONFIG_DIR="), "{command}");
@@ -132,12 +138,14 @@ fn install_writes_claude_code_files_and_uninstall_reverses_it() -> Result<()> {
     let mut command = device.command();
     command.env("PATH", no_claude_path);
     let report = json_of(&run(command, &["uninstall", "--json"]));
-    assert_eq!(report["hookEvents"].as_array().map(Vec::len), Some(3));
+    assert_eq!(report["hookEvents"].as_array().map(Vec::len), Some(5));
+    assert_eq!(report["approvedTools"].as_array().map(Vec::len), Some(4), "{report}");
     let claude_json: Value = serde_json::from_str(&std::fs::read_to_string(home.join(".claude.json"))?)?;
     assert!(claude_json["mcpServers"].get("claudemesh").is_none());
     assert_eq!(claude_json["mcpServers"]["other"]["command"], "x");
     let settings: Value = serde_json::from_str(&std::fs::read_to_string(home.join(".claude/settings.json"))?)?;
     assert!(settings.get("hooks").is_none(), "{settings}");
+    assert!(settings.get("permissions").is_none(), "{settings}");
     Ok(())
 }
 

@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use claudemesh_e2e::{Bridge, Broker, Device, WAIT, claudemesh_bin, wait_until};
-use serde_json::{Value, json};
+use claudemesh_e2e::{Bridge, Broker, Device, WAIT, claudemesh_bin, peer_status, wait_until};
+use serde_json::json;
 
 const HOOK_LIMIT: Duration = Duration::from_millis(200);
 
@@ -86,10 +86,6 @@ impl Drop for FakeClaude {
     }
 }
 
-fn status_of(list: &Value, name: &str) -> Option<String> {
-    list["peers"].as_array()?.iter().find(|p| p["name"] == name).and_then(|p| p["status"].as_str().map(str::to_owned))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_reaches_its_own_sessions_bridge_and_returns_fast() -> Result<()> {
     let mut broker = Broker::start().await?;
@@ -103,13 +99,13 @@ async fn a_hook_reaches_its_own_sessions_bridge_and_returns_fast() -> Result<()>
     // The bridge keys its socket by the Claude Code process it descends from.
     let socket = bob_dev.config.path().join(format!("run/claude-{}.sock", claude.pid()));
     wait_until("the bridge's hook socket", || socket.exists()).await?;
-    alice.call_until("list_peers", json!({}), |l| status_of(l, "bob").as_deref() == Some("idle")).await?;
+    alice.call_until("list_peers", json!({}), |l| peer_status(l, "bob").as_deref() == Some("idle")).await?;
 
     // working: seen by the other peer; next-priority mail waits, now-priority mail does not.
     let (code, took) = claude.hook("working").await?;
     assert_eq!(code, 0);
     assert!(took < HOOK_LIMIT, "the hook took {took:?}");
-    alice.call_until("list_peers", json!({}), |l| status_of(l, "bob").as_deref() == Some("working")).await?;
+    alice.call_until("list_peers", json!({}), |l| peer_status(l, "bob").as_deref() == Some("working")).await?;
     alice.call("send_message", json!({"to": "bob", "message": "held while bob works", "priority": "next"})).await?;
     alice.call("send_message", json!({"to": "bob", "message": "urgent for bob", "priority": "now"})).await?;
     claude.bridge.channel_message("urgent for bob", WAIT).await.expect("now goes through");
@@ -123,7 +119,7 @@ async fn a_hook_reaches_its_own_sessions_bridge_and_returns_fast() -> Result<()>
     assert_eq!(code, 0);
     assert!(took < HOOK_LIMIT, "the hook took {took:?}");
     claude.bridge.channel_message("held while bob works", WAIT).await.expect("released when idle");
-    alice.call_until("list_peers", json!({}), |l| status_of(l, "bob").as_deref() == Some("idle")).await?;
+    alice.call_until("list_peers", json!({}), |l| peer_status(l, "bob").as_deref() == Some("idle")).await?;
 
     // With the broker down the hook still returns at once, successfully.
     broker.kill().await?;

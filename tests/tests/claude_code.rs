@@ -1,0 +1,227 @@
+//! The real Claude Code with the bridge `claudemesh install` registered: `claude mcp list` sees
+//! it connect, scripted turns call its tools (the model is the stand-in Messages API of
+//! `claudemesh_e2e::claude_code`), the peer on the other end is a bridge driven over stdio, and
+//! the status hooks keep the session's status truthful through ordinary turns, turns that end in
+//! an API error, and interrupted turns whose session is cleared.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use claudemesh_e2e::claude_code::{ClaudeCode, ClaudeSession, Gate, MessagesApi, Step, mcp_tool};
+use claudemesh_e2e::{Bridge, Broker, Device, WAIT, message_texts, peer_status};
+use serde_json::{Value, json};
+
+/// What `claudemesh install` pre-approves in Claude Code's permission settings.
+const APPROVED: [&str; 4] = ["list_peers", "check_messages", "whoami", "send_message"];
+
+/// A broker with one mesh, `alice` as a stdio-driven bridge, and `bob`'s Claude Code with
+/// claudemesh installed.
+struct Mesh {
+    _broker: Broker,
+    alice: Bridge,
+    api: MessagesApi,
+    bob: ClaudeCode,
+    _devices: (Device, Device),
+}
+
+impl Mesh {
+    async fn start() -> Result<Mesh> {
+        let broker = Broker::start().await?;
+        let (_, link) = broker.mesh_with_invite("claude-code", 2)?;
+        let (alice_dev, bob_dev) = (Device::new()?, Device::new()?);
+        alice_dev.join(&link, "alice")?;
+        bob_dev.join(&link, "bob")?;
+        let mut alice = alice_dev.bridge().await?;
+        // Connected before bob's session looks for peers.
+        alice.call("whoami", json!({})).await?;
+        let api = MessagesApi::start().await?;
+        let bob = ClaudeCode::new(&bob_dev, &api)?;
+        bob.claudemesh(&["install"]).await?;
+        Ok(Mesh { _broker: broker, alice, api, bob, _devices: (alice_dev, bob_dev) })
+    }
+
+    /// Waits until alice sees bob with `status`.
+    async fn bob_is(&mut self, status: &str) -> Result<()> {
+        self.alice
+            .call_until("list_peers", json!({}), |list| peer_status(list, "bob").as_deref() == Some(status))
+            .await
+            .with_context(|| format!("bob never became {status}"))?;
+        Ok(())
+    }
+
+    /// Starts a turn of bob's `session` whose answer, `step`, is held back; returns once alice
+    /// sees bob `working`, with the gate that releases the answer.
+    async fn hold_turn(&mut self, session: &mut ClaudeSession, prompt: &str, step: Step) -> Result<Gate> {
+        let gate = Gate::new();
+        self.api.script(prompt, vec![step.after(&gate)]);
+        session.send(prompt).await?;
+        gate.reached().await?;
+        self.bob_is("working").await?;
+        Ok(gate)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_registers_a_bridge_claude_code_connects_and_uninstall_takes_it_back() -> Result<()> {
+    let broker = Broker::start().await?;
+    let (_, link) = broker.mesh_with_invite("install", 1)?;
+    let device = Device::new()?;
+    device.join(&link, "bob")?;
+    let api = MessagesApi::start().await?;
+    let claude = ClaudeCode::new(&device, &api)?;
+    let own_settings = json!({
+        "permissions": {"allow": ["Bash(git status)", mcp_tool("join_group")]},
+        "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "true"}]}]}
+    });
+    claude.write_settings(&own_settings)?;
+
+    let installed = claude.claudemesh(&["install"]).await?;
+    assert_eq!(installed["mcpMethod"], "claude mcp", "{installed}");
+    assert_eq!(installed["approvedTools"], json!(APPROVED.map(mcp_tool)), "{installed}");
+    for event in ["UserPromptSubmit", "PreToolUse", "Stop", "StopFailure", "SessionEnd"] {
+        assert!(installed["hookEvents"].as_array().is_some_and(|e| e.contains(&json!(event))), "{event}: {installed}");
+    }
+    let listed = claude.mcp_list().await?;
+    let line =
+        listed.lines().find(|l| l.starts_with("claudemesh:")).with_context(|| format!("not listed: {listed}"))?;
+    assert!(line.contains("Connected"), "{line}");
+
+    let reinstalled = claude.claudemesh(&["install"]).await?;
+    assert_eq!(reinstalled["approvedTools"], json!([]), "nothing approved twice: {reinstalled}");
+
+    let removed = claude.claudemesh(&["uninstall"]).await?;
+    assert_eq!(removed["approvedTools"], json!(APPROVED.map(mcp_tool)), "{removed}");
+    let listed = claude.mcp_list().await?;
+    assert!(!listed.contains("claudemesh"), "still listed: {listed}");
+    assert_eq!(claude.settings()?, own_settings, "the person's own settings are what they were");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_finds_a_peer_and_sends_it_a_message_that_arrives_once() -> Result<()> {
+    let mut mesh = Mesh::start().await?;
+    let text = "hello alice, from a real Claude Code session";
+    mesh.api.script(
+        "say hello to alice",
+        vec![
+            Step::call("list_peers", json!({})),
+            Step::call("send_message", json!({"to": "alice", "message": text})),
+            Step::text("sent"),
+        ],
+    );
+    mesh.api.script("join the dev group", vec![Step::call("join_group", json!({"name": "dev"})), Step::text("no")]);
+    // No --allowedTools: what runs without asking is what install approved.
+    let mut session = mesh.bob.session(&[]).await?;
+    let result = session.turn("say hello to alice").await?;
+    assert_eq!(result["is_error"], false, "{result}");
+
+    let peers = mesh.api.results_of("list_peers");
+    assert_eq!(peers.len(), 1);
+    assert!(!peers[0].is_error, "{peers:?}");
+    assert_eq!(peer_status(&peers[0].json()?, "alice").as_deref(), Some("idle"), "{peers:?}");
+    let sent = mesh.api.results_of("send_message");
+    assert_eq!(sent[0].json()?["results"][0]["ok"], true, "{sent:?}");
+    // The bridge's instructions reach the model.
+    let request = mesh.api.requests().last().map(Value::to_string).unwrap_or_default();
+    assert!(request.contains("MCP Server Instructions"), "{request}");
+    assert!(request.contains("You are connected to claudemesh"), "{request}");
+
+    let pushed = mesh.alice.channel_message(text, WAIT).await.context("alice is notified")?;
+    assert_eq!(pushed.params["meta"]["from_name"], "bob");
+    assert_eq!(message_texts(&mesh.alice.call("check_messages", json!({})).await?), [text]);
+    assert!(mesh.alice.channel_message(text, Duration::from_millis(500)).await.is_none(), "notified twice");
+    assert!(message_texts(&mesh.alice.call("check_messages", json!({})).await?).is_empty(), "delivered twice");
+
+    // A tool that changes what the mesh sees was not pre-approved: Claude Code refuses it...
+    session.turn("join the dev group").await?;
+    let refused = mesh.api.results_of("join_group");
+    assert!(refused[0].is_error && refused[0].text.contains("permission"), "{refused:?}");
+    let peers = mesh.alice.call("list_peers", json!({})).await?;
+    assert_eq!(bob_groups(&peers), Some(json!([])), "{peers}");
+    session.end().await?;
+    // ...until the person allows it.
+    let mut allowed = mesh.bob.session(&["join_group"]).await?;
+    allowed.turn("join the dev group").await?;
+    let joined = mesh.api.results_of("join_group");
+    assert!(!joined[1].is_error, "{joined:?}");
+    mesh.alice
+        .call_until("list_peers", json!({}), |peers| bob_groups(peers).is_some_and(|g| g[0]["name"] == "dev"))
+        .await?;
+    allowed.end().await?;
+    Ok(())
+}
+
+fn bob_groups(peers: &Value) -> Option<Value> {
+    peers["peers"].as_array()?.iter().find(|p| p["name"] == "bob").map(|bob| bob["groups"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_is_working_during_a_turn_and_idle_after_it_however_it_ends() -> Result<()> {
+    let mut mesh = Mesh::start().await?;
+    let mut session = mesh.bob.session(&[]).await?;
+
+    // A turn that answers (Stop) and one that ends in an API error (StopFailure, no Stop). The
+    // session stays open, so `idle` comes from the turn's end, not the session's, and well
+    // inside the broker's 60 s working TTL.
+    for (prompt, step, fails) in
+        [("think for a while", Step::text("done"), false), ("this turn fails", Step::api_error(), true)]
+    {
+        let gate = mesh.hold_turn(&mut session, prompt, step).await?;
+        gate.open();
+        assert_eq!(session.result().await?["is_error"], fails, "{prompt}");
+        mesh.bob_is("idle").await?;
+    }
+
+    // An interrupted turn fires no hook at all: the status stays `working` (until the TTL, or
+    // the next turn)...
+    let held = mesh.hold_turn(&mut session, "start something long", Step::text("never sent")).await?;
+    session.interrupt().await?;
+    assert_eq!(session.result().await?["is_error"], true, "the turn was interrupted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peers = mesh.alice.call("list_peers", json!({})).await?;
+    assert_eq!(peer_status(&peers, "bob").as_deref(), Some("working"), "{peers}");
+    // ...and clearing the conversation ends that session (SessionEnd) while the bridge lives on.
+    session.turn("/clear").await?;
+    mesh.bob_is("idle").await?;
+    held.open();
+    session.end().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_messages_sent_during_turns_are_read_in_a_later_session() -> Result<()> {
+    let mut mesh = Mesh::start().await?;
+    let mut first = mesh.bob.session(&[]).await?;
+    // One message waits for the end of a turn that ends (and is then kept unread in the
+    // inbox); one for a turn that is interrupted, after which the session never reports idle
+    // and ends (the message follows bob to his next session).
+    let texts = ["sent while bob's turn ran to its end", "sent while bob's turn was interrupted"];
+    for (prompt, text, interrupted) in [("work on the parser", texts[0], false), ("work on the lexer", texts[1], true)]
+    {
+        let gate = mesh.hold_turn(&mut first, prompt, Step::text("done")).await?;
+        mesh.alice.call("send_message", json!({"to": "bob", "message": text, "priority": "next"})).await?;
+        // The held reply is released only after an interrupt took effect, never racing it.
+        if interrupted {
+            first.interrupt().await?;
+            assert_eq!(first.result().await?["is_error"], true, "{prompt}");
+            gate.open();
+        } else {
+            gate.open();
+            assert_eq!(first.result().await?["is_error"], false, "{prompt}");
+        }
+    }
+    first.end().await?;
+
+    mesh.api.script("anything from the mesh?", vec![Step::call("check_messages", json!({})), Step::text("read")]);
+    let mut later = mesh.bob.session(&[]).await?;
+    later.turn("anything from the mesh?").await?;
+    let read = mesh.api.results_of("check_messages");
+    let read: Value = read.first().context("check_messages was called")?.json()?;
+    assert_eq!(message_texts(&read), texts, "{read}");
+    for message in read["messages"].as_array().into_iter().flatten() {
+        assert_eq!(message["from"], "alice");
+        assert_eq!(message["priority"], "next");
+    }
+    later.end().await?;
+    Ok(())
+}
