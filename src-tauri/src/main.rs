@@ -16,7 +16,8 @@
 //! - `proctree` — finding the Claude Code process a bridge or hook belongs to.
 //! - `hook` — the status hook and the bridge's socket it talks to.
 //! - `mcp` — the stdio MCP server (rmcp lives only here).
-//! - `http` — the HTTP/1.1 JSON client for the broker's API.
+//! - `http` — the HTTP/1.1 JSON client for the broker's API. `account` and `join` build on it
+//!   and on `keystore`; neither imports the other.
 //! - `account` — signing in (device login), devices, approvals, creating meshes, signing invites.
 //! - `claude_code` — registering the bridge and the status hooks with Claude Code (the CLI's
 //!   `install`/`uninstall` and the desktop's Settings both use it).

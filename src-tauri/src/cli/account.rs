@@ -91,7 +91,7 @@ pub async fn login(
         .unwrap_or_else(|| DEFAULT_BROKER_URL.to_owned());
     let broker_url = broker_url.trim_end_matches('/').to_owned();
     if let Some(existing) = &config.account
-        && account::device_token(&keystore).await?.is_some()
+        && crate::keystore::device_token(&keystore).await?.is_some()
     {
         return Err(Failure::new(
             Exit::AlreadyExists,

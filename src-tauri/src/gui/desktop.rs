@@ -649,7 +649,7 @@ impl Desktop {
     /// The account API when `mesh` lives on the account's broker.
     async fn api_for(&self, mesh: &MeshEntry) -> CommandResult<Option<Api>> {
         let api = self.api().await?;
-        Ok(crate::join::same_broker(&api.broker_url, &mesh.broker_url).then_some(api))
+        Ok(crate::http::same_broker(&api.broker_url, &mesh.broker_url).then_some(api))
     }
 
     /// Records that the broker refused this device's token.
@@ -810,7 +810,7 @@ impl Desktop {
             account::finish_sign_in(&self.config_dir, &self.keystore, &url, token, None, &display_name).await?;
         self.after_sign_in(signed_in.account, signed_in.enrolled).await;
         let api = Api::new(&url, secret);
-        if lock(&self.state).meshes.values().all(|m| !crate::join::same_broker(&m.entry.broker_url, &url)) {
+        if lock(&self.state).meshes.values().all(|m| !crate::http::same_broker(&m.entry.broker_url, &url)) {
             let entry = account::create_mesh(&self.config_dir, &self.keystore, &api, "Personal", &display_name).await?;
             self.connect(entry).await;
         }
@@ -1026,7 +1026,7 @@ impl Desktop {
                 .local_broker
                 .url
                 .as_deref()
-                .is_some_and(|u| crate::join::same_broker(u, &entry.broker_url))
+                .is_some_and(|u| crate::http::same_broker(u, &entry.broker_url))
         {
             entry.broker_url = lan_url;
         }
@@ -1346,12 +1346,12 @@ impl Desktop {
         let moved = blocking(move || {
             let mut config = config_dir.load()?;
             if let Some(account) = config.account.as_mut()
-                && crate::join::same_broker(&account.broker_url, &old)
+                && crate::http::same_broker(&account.broker_url, &old)
             {
                 account.broker_url = new.clone();
             }
             let mut moved = Vec::new();
-            for mesh in config.meshes.iter_mut().filter(|m| crate::join::same_broker(&m.broker_url, &old)) {
+            for mesh in config.meshes.iter_mut().filter(|m| crate::http::same_broker(&m.broker_url, &old)) {
                 mesh.broker_url = new.clone();
                 moved.push(mesh.clone());
             }
