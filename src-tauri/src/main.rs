@@ -15,7 +15,8 @@
 //!   broker targets.
 //! - `proctree` — finding the Claude Code process a bridge or hook belongs to.
 //! - `hook` — the status hook and the bridge's socket it talks to.
-//! - `mcp` — the stdio MCP server (rmcp lives only here).
+//! - `mcp` — the stdio MCP server (rmcp lives only here); its priority and status arguments are
+//!   the CLI's too.
 //! - `http` — the HTTP/1.1 JSON client for the broker's API. `account` and `join` build on it
 //!   and on `keystore`; neither imports the other.
 //! - `account` — signing in (device login), devices, approvals, creating meshes, signing invites.
@@ -39,10 +40,10 @@ mod mcp;
 mod mesh;
 mod proctree;
 
-use broker_core::protocol::{Priority, Status};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use cli::{Exit, Failure};
+use mcp::{PriorityArg, StatusArg};
 
 #[derive(Parser)]
 #[command(
@@ -300,20 +301,6 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum PriorityArg {
-    Now,
-    Next,
-    Low,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum StatusArg {
-    Working,
-    Idle,
-    Dnd,
-}
-
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "gui")]
     let started = std::time::Instant::now();
@@ -341,12 +328,7 @@ fn main() -> std::process::ExitCode {
     };
     // The hook path: no runtime, no logging set-up, no network; always success.
     if let Command::Hook { status, verbose } = command {
-        let status = match status {
-            StatusArg::Working => Status::Working,
-            StatusArg::Idle => Status::Idle,
-            StatusArg::Dnd => Status::Dnd,
-        };
-        cli::hook(status, verbose);
+        cli::hook(status.into(), verbose);
         return std::process::ExitCode::SUCCESS;
     }
     init_logging(matches!(command, Command::Mcp { .. }));
@@ -374,14 +356,7 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Join { link, name, json } => cli::join(&link, name, json).await,
         Command::Meshes { json } => cli::meshes(json),
         Command::Peers { mesh, json } => cli::peers(mesh, json).await,
-        Command::Send { target, message, priority, json } => {
-            let priority = match priority {
-                PriorityArg::Now => Priority::Now,
-                PriorityArg::Next => Priority::Next,
-                PriorityArg::Low => Priority::Low,
-            };
-            cli::send(target, message, priority, json).await
-        }
+        Command::Send { target, message, priority, json } => cli::send(target, message, priority.into(), json).await,
         Command::Inbox { all, limit, json } => cli::inbox(all, limit, json).await,
         Command::Watch { json } => cli::watch(json).await,
         Command::Status { json } => cli::status(json).await,

@@ -63,15 +63,28 @@ enum Recipients {
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+// A message's priority as `send_message` and `claudemesh send --priority` take it. Plain
+// comments and `schemars(description)`: a doc comment would enter the tool schema here, and
+// clap would print variant doc comments in `--help`.
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-enum PriorityArg {
-    /// Deliver at once, even while the recipient is busy or in do-not-disturb.
+pub enum PriorityArg {
+    #[schemars(description = "Deliver at once, even while the recipient is busy or in do-not-disturb.")]
     Now,
-    /// Deliver when the recipient's current turn ends (default).
+    #[schemars(description = "Deliver when the recipient's current turn ends (default).")]
     Next,
-    /// Deliver when the recipient is idle; for FYIs.
+    #[schemars(description = "Deliver when the recipient is idle; for FYIs.")]
     Low,
+}
+
+impl From<PriorityArg> for Priority {
+    fn from(priority: PriorityArg) -> Priority {
+        match priority {
+            PriorityArg::Now => Priority::Now,
+            PriorityArg::Next => Priority::Next,
+            PriorityArg::Low => Priority::Low,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -96,12 +109,24 @@ struct SetSummaryArgs {
     mesh: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+// A session's status as `set_status` and `claudemesh hook` take it (no doc comment: it would
+// enter the tool schema).
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-enum StatusArg {
+pub enum StatusArg {
     Idle,
     Working,
     Dnd,
+}
+
+impl From<StatusArg> for Status {
+    fn from(status: StatusArg) -> Status {
+        match status {
+            StatusArg::Idle => Status::Idle,
+            StatusArg::Working => Status::Working,
+            StatusArg::Dnd => Status::Dnd,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -197,11 +222,7 @@ impl Bridge {
         if targets.is_empty() {
             return Ok(error_result("`to` is empty: name at least one recipient"));
         }
-        let priority = match args.priority.unwrap_or(PriorityArg::Next) {
-            PriorityArg::Now => Priority::Now,
-            PriorityArg::Next => Priority::Next,
-            PriorityArg::Low => Priority::Low,
-        };
+        let priority = args.priority.unwrap_or(PriorityArg::Next).into();
         let outcomes = supervisor.send(&targets, &args.message, priority).await;
         let all_failed = outcomes.iter().all(|o| !o.ok);
         let mut result = json_result(&serde_json::json!({ "results": outcomes }));
@@ -245,11 +266,7 @@ impl Bridge {
             Ok(s) => s,
             Err(result) => return Ok(result),
         };
-        let status = match args.status {
-            StatusArg::Idle => Status::Idle,
-            StatusArg::Working => Status::Working,
-            StatusArg::Dnd => Status::Dnd,
-        };
+        let status: Status = args.status.into();
         Ok(match supervisor.set_status(args.mesh.as_deref(), status, StatusSource::Manual).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "status": status, "meshes": n })),
             Err(error) => error_result(error),
@@ -451,4 +468,23 @@ async fn terminated() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum as _;
+
+    use super::*;
+
+    #[test]
+    fn priority_and_status_arguments_map_to_the_protocol_once_for_cli_and_tools() {
+        let priorities: Vec<Priority> = PriorityArg::value_variants().iter().map(|p| (*p).into()).collect();
+        assert_eq!(priorities, [Priority::Now, Priority::Next, Priority::Low]);
+        for (arg, status) in [("idle", Status::Idle), ("working", Status::Working), ("dnd", Status::Dnd)] {
+            let from_cli = StatusArg::from_str(arg, false).expect("a clap value");
+            let from_tool: StatusArg = serde_json::from_value(serde_json::json!(arg)).expect("a tool value");
+            assert_eq!(Status::from(from_cli), status);
+            assert_eq!(Status::from(from_tool), status);
+        }
+    }
 }
