@@ -11,8 +11,9 @@
 //! - `keystore` — member secret keys: OS keychain, owner-only files, or memory (tests).
 //! - `inbox` — the SQLite inbox: everything received, de-duplicated by message id.
 //! - `join` — invite check, member key generation, `POST /join`.
-//! - `mesh` — the supervisor: one mesh client per joined mesh; `mesh::resolve` turns names into
-//!   broker targets.
+//! - `mesh` — the supervisor: one mesh client per joined mesh, the one send path, and
+//!   `MeshError`, the error of every mesh operation; `mesh::resolve` turns names into broker
+//!   targets.
 //! - `proctree` — finding the Claude Code process a bridge or hook belongs to.
 //! - `hook` — the status hook and the bridge's socket it talks to.
 //! - `mcp` — the stdio MCP server (rmcp lives only here); its priority and status arguments are

@@ -31,7 +31,8 @@ use crate::claude_code::{self, ClaudeFiles};
 use crate::config::{ConfigDir, MeshEntry};
 use crate::inbox::{Inbox, PersonMessage, SentMessage, StoredMessage};
 use crate::keystore::KeyStore;
-use crate::mesh::{LinkEvent, LinkState, PeerRow, SessionOptions, Supervisor};
+use crate::mesh::resolve::Resolution;
+use crate::mesh::{LinkEvent, LinkState, MeshLink, PeerRow, SessionOptions, Supervisor};
 
 /// The channel the app's sessions announce; the inbox records it to tell the person's mail apart.
 pub const DESKTOP_CHANNEL: &str = "desktop";
@@ -403,6 +404,12 @@ impl Desktop {
             .ok_or_else(|| CommandError::not_found("that mesh is not joined on this device"))
     }
 
+    /// This app's session in one mesh (none when its member key could not be loaded).
+    fn session(&self, mesh_id: &str) -> CommandResult<Arc<MeshLink>> {
+        let supervisor = self.supervisor(mesh_id)?;
+        supervisor.links().first().cloned().ok_or_else(|| CommandError::not_found("no session"))
+    }
+
     fn mesh_entry(&self, mesh_id: &str) -> CommandResult<MeshEntry> {
         lock(&self.state)
             .meshes
@@ -432,7 +439,7 @@ impl Desktop {
         )
         .await;
         let link = match supervisor.failed().first() {
-            Some((_, reason)) => LinkState::Failed(reason.clone()),
+            Some((_, reason)) => LinkState::Failed(reason.to_string()),
             None => LinkState::Connecting,
         };
         lock(&self.state).meshes.insert(mesh_id.clone(), MeshStatus { entry, link, peers: Vec::new() });
@@ -1090,9 +1097,7 @@ impl Desktop {
     /// (and moderation for admins); elsewhere who is online.
     pub async fn members(&self, mesh_id: &str) -> CommandResult<MembersView> {
         let entry = self.mesh_entry(mesh_id)?;
-        let supervisor = self.supervisor(mesh_id)?;
-        let link = supervisor.links().first().cloned().ok_or_else(|| CommandError::not_found("no session"))?;
-        let grants = link.client.grants().await.unwrap_or_default();
+        let grants = self.session(mesh_id)?.grants().await.unwrap_or_default();
         let blocked = |pubkey: &str| grants.get(pubkey).is_some_and(|caps| caps.is_empty());
         let api = match self.api_for(&entry).await {
             Ok(api) => api,
@@ -1152,13 +1157,8 @@ impl Desktop {
         if !broker_core::protocol::is_key_hex(member_pubkey) {
             return Err(CommandError::invalid("not a member key"));
         }
-        let supervisor = self.supervisor(mesh_id)?;
-        let link = supervisor.links().first().cloned().ok_or_else(|| CommandError::not_found("no session"))?;
         let caps = blocked.then(Vec::new);
-        link.client
-            .set_grants([(member_pubkey.to_owned(), caps)].into())
-            .await
-            .map_err(|e| CommandError::new(ErrorKind::Refused, e.to_string()))?;
+        self.session(mesh_id)?.set_grants([(member_pubkey.to_owned(), caps)].into()).await?;
         Ok(())
     }
 
@@ -1197,7 +1197,8 @@ impl Desktop {
     }
 
     /// Sends `text` as this person (`peerType: human`, `channel: desktop`) to a conversation's
-    /// peer, group or mesh, and records it with its delivery state.
+    /// peer, group or mesh through the supervisor's send path, and records it with its delivery
+    /// state (an unsent message keeps why).
     pub async fn send_message(&self, conversation: &str, label: &str, text: &str) -> CommandResult<ThreadMessage> {
         let text = text.trim();
         if text.is_empty() {
@@ -1206,32 +1207,31 @@ impl Desktop {
         let (mesh_id, target) =
             conversations::target_of(conversation).ok_or_else(|| CommandError::invalid("not a conversation"))?;
         let entry = self.mesh_entry(&mesh_id)?;
+        // A mesh whose member key could not be loaded has no session to send from.
+        self.session(&mesh_id)?;
         let supervisor = self.supervisor(&mesh_id)?;
-        let link = supervisor.links().first().cloned().ok_or_else(|| CommandError::not_found("no session"))?;
+        let label = label.trim().to_owned();
         let sent_at = now_ms();
-        let mut sent = SentMessage {
-            id: String::new(),
+        let resolution = Resolution {
             mesh_id: mesh_id.clone(),
-            mesh_slug: entry.slug.clone(),
+            slug: entry.slug.clone(),
             target_spec: target.clone(),
+            label: label.clone(),
+        };
+        let outcome = supervisor.send_resolved(resolution, text, Priority::Next).await;
+        let sent = SentMessage {
+            id: outcome.message_id.unwrap_or_else(|| format!("unsent_{}", broker_core::ids::new_id("m"))),
+            mesh_id,
+            mesh_slug: entry.slug,
+            target_spec: target,
             conversation: conversation.to_owned(),
-            recipient_label: label.trim().to_owned(),
+            recipient_label: label,
             text: text.to_owned(),
-            recipients: 0,
+            recipients: outcome.recipients.unwrap_or(0),
             delivered: 0,
-            error: None,
+            error: outcome.error.map(|e| e.to_string()),
             sent_at,
         };
-        match link.client.send(&target, text.as_bytes(), Priority::Next).await {
-            Ok(receipt) => {
-                sent.id = receipt.message_id;
-                sent.recipients = receipt.recipients;
-            }
-            Err(error) => {
-                sent.id = format!("unsent_{}", broker_core::ids::new_id("m"));
-                sent.error = Some(error.to_string());
-            }
-        }
         let (inbox, row) = (self.inbox.clone(), sent.clone());
         blocking(move || Ok(inbox.record_sent(&row)?)).await?;
         let message = conversations::sent(&sent);

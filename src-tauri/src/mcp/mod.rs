@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::ConfigDir;
 use crate::inbox::{Inbox, StoredMessage};
-use crate::mesh::{SessionOptions, Supervisor};
+use crate::mesh::{MeshError, SessionOptions, Supervisor};
 
 /// The name this server gives itself in `initialize` (and the `source` of channel events).
 pub const SERVER_NAME: &str = "claudemesh";
@@ -165,6 +165,12 @@ fn error_result(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
 }
 
+/// A failed mesh operation as a tool error: the one place the bridge maps a [`MeshError`]. The
+/// model reads the text, which names the mesh and says what to do.
+fn mesh_error_result(error: MeshError) -> CallToolResult {
+    error_result(error.to_string())
+}
+
 impl Bridge {
     fn new(ready: watch::Receiver<Ready>) -> Bridge {
         Bridge { ready, tool_router: Bridge::tool_router() }
@@ -203,7 +209,7 @@ impl Bridge {
         };
         Ok(match supervisor.list_peers(args.mesh.as_deref()).await {
             Ok(peers) => json_result(&serde_json::json!({ "peers": peers })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -242,7 +248,7 @@ impl Bridge {
         };
         Ok(match supervisor.take_unread().await {
             Ok(messages) => json_result(&serde_json::json!({ "messages": messages })),
-            Err(error) => error_result(format!("cannot read the inbox: {error}")),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -254,7 +260,7 @@ impl Bridge {
         };
         Ok(match supervisor.set_summary(args.mesh.as_deref(), &args.summary).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "meshes": n })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -269,7 +275,7 @@ impl Bridge {
         let status: Status = args.status.into();
         Ok(match supervisor.set_status(args.mesh.as_deref(), status, StatusSource::Manual).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "status": status, "meshes": n })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -287,7 +293,7 @@ impl Bridge {
         }
         Ok(match supervisor.join_group(args.mesh.as_deref(), &name, args.role.as_deref()).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "group": name, "meshes": n })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -300,7 +306,7 @@ impl Bridge {
         let name = args.name.trim().trim_start_matches('@').to_owned();
         Ok(match supervisor.leave_group(args.mesh.as_deref(), &name).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "group": name, "meshes": n })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -315,7 +321,7 @@ impl Bridge {
         let failed: Vec<_> = supervisor
             .failed()
             .iter()
-            .map(|(m, reason)| serde_json::json!({ "mesh": m.slug, "error": reason }))
+            .map(|(m, reason)| serde_json::json!({ "mesh": m.slug, "error": reason.to_string() }))
             .collect();
         Ok(json_result(&serde_json::json!({ "sessions": supervisor.identities(), "unavailable": failed })))
     }
@@ -475,6 +481,16 @@ mod tests {
     use clap::ValueEnum as _;
 
     use super::*;
+
+    #[test]
+    fn a_failed_mesh_operation_is_a_tool_error_with_its_text() {
+        let error = MeshError::UnknownMesh { name: "beta".into(), joined: vec!["acme".into()] };
+        let text = error.to_string();
+        let result = mesh_error_result(error);
+        assert_eq!(result.is_error, Some(true));
+        let json = serde_json::to_value(&result).expect("serializes");
+        assert_eq!(json["content"][0]["text"], text);
+    }
 
     #[test]
     fn priority_and_status_arguments_map_to_the_protocol_once_for_cli_and_tools() {
