@@ -7,7 +7,8 @@
 //! and forwards the core's outputs to the window (one event type, [`UI_EVENT`]).
 //!
 //! Layout:
-//! - `desktop` — the core: connections, local broker, sign-in, notifications policy, commands' logic.
+//! - `desktop` — the core: connections, local broker, sign-in, notifications policy, commands'
+//!   logic (one struct, its methods in one file per area).
 //! - `commands` — thin `#[tauri::command]` wrappers.
 //! - `state` — what the app knows as plain data; the truthful state line.
 //! - `conversations` — grouping received and sent messages into conversations.
