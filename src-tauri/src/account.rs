@@ -2,9 +2,10 @@
 //! and revoke devices, approve other devices' logins, create meshes, sign invites, enrol into
 //! the account's meshes. Shared by the CLI and the desktop app.
 //!
-//! The device token lives in the keystore (account [`TOKEN_KEY`]); `config.json` keeps only who
-//! is signed in where. Member keys for meshes created or enrolled here are made on this device
-//! and stored in the keystore before the broker hears their public half.
+//! The device token lives in the keystore (account [`DEVICE_TOKEN`], read with
+//! [`device_token`]); `config.json` keeps only who is signed in where. Member keys for meshes
+//! created or enrolled here are made on this device and stored in the keystore before the broker
+//! hears their public half.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{AccountEntry, ConfigDir, MeshEntry, key_account};
 use crate::http::{self, HttpError};
-use crate::keystore::{KeyStore, KeyStoreError};
-
-/// The keystore account holding this device's bearer token.
-pub const TOKEN_KEY: &str = "device-token";
+use crate::keystore::{DEVICE_TOKEN, KeyStore, KeyStoreError, blocking, device_token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -241,20 +239,6 @@ impl TokenPoller for HttpPoller {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, KeyStoreError> + Send + 'static,
-) -> Result<T, KeyStoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(KeyStoreError::Keychain(format!("keystore task failed: {e}"))))
-}
-
-/// This device's token, if it is signed in.
-pub async fn device_token(keystore: &Arc<dyn KeyStore>) -> Result<Option<Zeroizing<String>>, KeyStoreError> {
-    let store = keystore.clone();
-    blocking(move || store.get(TOKEN_KEY)).await
-}
-
 /// The API of the account this device is signed in to.
 pub async fn api(config_dir: &ConfigDir, keystore: &Arc<dyn KeyStore>) -> Result<(Api, AccountEntry), AccountError> {
     let account = config_dir.load()?.account.ok_or(AccountError::NotSignedIn)?;
@@ -295,7 +279,7 @@ pub async fn finish_sign_in(
     }
     {
         let (store, secret) = (keystore.clone(), secret.clone());
-        blocking(move || store.set(TOKEN_KEY, &secret)).await?;
+        blocking(move || store.set(DEVICE_TOKEN, &secret)).await?;
     }
     let account = AccountEntry {
         broker_url: broker_url.trim_end_matches('/').to_owned(),
@@ -415,7 +399,7 @@ pub async fn sign_out(config_dir: &ConfigDir, keystore: &Arc<dyn KeyStore>) -> R
     let (gone, kept): (Vec<MeshEntry>, Vec<MeshEntry>) = config
         .meshes
         .into_iter()
-        .partition(|m| m.device_linked && crate::join::same_broker(&m.broker_url, &account.broker_url));
+        .partition(|m| m.device_linked && http::same_broker(&m.broker_url, &account.broker_url));
     config.meshes = kept;
     config.account = None;
     config_dir.save(&config)?;
@@ -423,7 +407,7 @@ pub async fn sign_out(config_dir: &ConfigDir, keystore: &Arc<dyn KeyStore>) -> R
         forget_key(keystore, &entry.key_account()).await;
     }
     let store = keystore.clone();
-    blocking(move || store.delete(TOKEN_KEY)).await?;
+    blocking(move || store.delete(DEVICE_TOKEN)).await?;
     Ok(SignedOut { account, forgotten: gone.into_iter().map(|m| m.slug).collect() })
 }
 

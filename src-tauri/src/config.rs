@@ -220,6 +220,23 @@ impl Config {
     }
 }
 
+/// The display name when the person gave none: `user@host`.
+pub fn default_display_name() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_default();
+    let host = gethostname::gethostname().to_string_lossy().split('.').next().unwrap_or_default().to_owned();
+    match (user.is_empty(), host.is_empty()) {
+        (false, false) => format!("{user}@{host}"),
+        (false, true) => user,
+        (true, false) => host,
+        (true, true) => "peer".into(),
+    }
+}
+
+/// `name` unless it is missing or blank, else [`default_display_name`].
+pub fn display_name_or_default(name: Option<String>) -> String {
+    name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_display_name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,21 +301,4 @@ mod tests {
         assert_eq!(config.find("ACME").map(|m| m.slug.as_str()), Some("acme"));
         assert!(config.find("gamma").is_none());
     }
-}
-
-/// The display name when the person gave none: `user@host`.
-pub fn default_display_name() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_default();
-    let host = gethostname::gethostname().to_string_lossy().split('.').next().unwrap_or_default().to_owned();
-    match (user.is_empty(), host.is_empty()) {
-        (false, false) => format!("{user}@{host}"),
-        (false, true) => user,
-        (true, false) => host,
-        (true, true) => "peer".into(),
-    }
-}
-
-/// `name` unless it is missing or blank, else [`default_display_name`].
-pub fn display_name_or_default(name: Option<String>) -> String {
-    name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_display_name)
 }

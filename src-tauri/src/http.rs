@@ -32,6 +32,11 @@ pub enum HttpError {
     Tls(#[from] broker_core::client::tls::TlsError),
 }
 
+/// Two spellings of one broker base URL (`http://h:1/` and `http://h:1`) are the same broker.
+pub fn same_broker(a: &str, b: &str) -> bool {
+    a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/')
+}
+
 /// Where a base URL points.
 struct Target<'a> {
     tls: bool,

@@ -9,7 +9,7 @@ use broker_core::invite::{Invite, InviteError};
 use serde::Deserialize;
 
 use crate::config::{ConfigDir, MeshEntry};
-use crate::keystore::KeyStore;
+use crate::keystore::{KeyStore, blocking};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -104,8 +104,8 @@ pub async fn join(
     };
     let body = serde_json::json!({"invite": invite.to_token(), "pubkey": pubkey, "displayName": display_name});
     let bearer = match &config.account {
-        Some(account) if same_broker(&account.broker_url, &invite.broker_url) => {
-            crate::account::device_token(&keystore).await.ok().flatten()
+        Some(account) if crate::http::same_broker(&account.broker_url, &invite.broker_url) => {
+            crate::keystore::device_token(&keystore).await.ok().flatten()
         }
         _ => None,
     };
@@ -160,19 +160,6 @@ pub async fn join(
 /// The keystore name of the member key of a join that is not settled yet.
 fn pending_join_account(invite: &Invite) -> String {
     format!("pending-join:{}:{}", invite.mesh_id, invite.invite_id)
-}
-
-/// Two spellings of one broker base URL (`http://h:1/` and `http://h:1`) are the same broker.
-pub fn same_broker(a: &str, b: &str) -> bool {
-    a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/')
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::keystore::KeyStoreError> + Send + 'static,
-) -> Result<T, crate::keystore::KeyStoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(crate::keystore::KeyStoreError::Keychain(format!("keystore task failed: {e}"))))
 }
 
 #[cfg(test)]

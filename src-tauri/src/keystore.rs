@@ -1,4 +1,4 @@
-//! Where member secret keys live.
+//! Where member secret keys and this device's sign-in token live.
 //!
 //! [`KeyStore`] has three implementations: [`OsKeychain`] (the platform's keychain through the
 //! `keyring` crate: Keychain Services, Credential Manager, Secret Service), [`FileKeyStore`]
@@ -11,9 +11,11 @@
 //!   warning on stderr per process. Keys stored in files while no keychain answered stay
 //!   readable after a keychain appears (reads fall back to the file store).
 //!
-//! Keychain calls block (D-Bus round trips on Linux): call them off the async runtime.
+//! Keychain calls block (D-Bus round trips on Linux): call them off the async runtime
+//! ([`blocking`]).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use zeroize::Zeroizing;
@@ -21,6 +23,8 @@ use zeroize::Zeroizing;
 use crate::config::{ConfigDir, write_private_atomic};
 
 pub const KEYSTORE_ENV: &str = "CLAUDEMESH_KEYSTORE";
+/// The keystore account holding this device's bearer token for the account API.
+pub const DEVICE_TOKEN: &str = "device-token";
 /// The service name entries of the default config directory are filed under in the OS keychain.
 pub const KEYCHAIN_SERVICE: &str = "claudemesh";
 
@@ -77,6 +81,21 @@ pub trait KeyStore: Send + Sync {
     fn set(&self, account: &str, secret: &str) -> Result<(), KeyStoreError>;
     /// Removes the secret; absent is fine.
     fn delete(&self, account: &str) -> Result<(), KeyStoreError>;
+}
+
+/// Runs keystore calls on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KeyStoreError> + Send + 'static,
+) -> Result<T, KeyStoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(KeyStoreError::Keychain(format!("keystore task failed: {e}"))))
+}
+
+/// This device's token, if it is signed in.
+pub async fn device_token(keystore: &Arc<dyn KeyStore>) -> Result<Option<Zeroizing<String>>, KeyStoreError> {
+    let store = keystore.clone();
+    blocking(move || store.get(DEVICE_TOKEN)).await
 }
 
 /// How the user asked to choose the store.

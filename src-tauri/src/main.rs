@@ -11,12 +11,15 @@
 //! - `keystore` — member secret keys: OS keychain, owner-only files, or memory (tests).
 //! - `inbox` — the SQLite inbox: everything received, de-duplicated by message id.
 //! - `join` — invite check, member key generation, `POST /join`.
-//! - `mesh` — the supervisor: one mesh client per joined mesh; `mesh::resolve` turns names into
-//!   broker targets.
+//! - `mesh` — the supervisor: one mesh client per joined mesh, the one send path, and
+//!   `MeshError`, the error of every mesh operation; `mesh::resolve` turns names into broker
+//!   targets.
 //! - `proctree` — finding the Claude Code process a bridge or hook belongs to.
 //! - `hook` — the status hook and the bridge's socket it talks to.
-//! - `mcp` — the stdio MCP server (rmcp lives only here).
-//! - `http` — the HTTP/1.1 JSON client for the broker's API.
+//! - `mcp` — the stdio MCP server (rmcp lives only here); its priority and status arguments are
+//!   the CLI's too.
+//! - `http` — the HTTP/1.1 JSON client for the broker's API. `account` and `join` build on it
+//!   and on `keystore`; neither imports the other.
 //! - `account` — signing in (device login), devices, approvals, creating meshes, signing invites.
 //! - `claude_code` — registering the bridge and the status hooks with Claude Code (the CLI's
 //!   `install`/`uninstall` and the desktop's Settings both use it).
@@ -39,10 +42,10 @@ mod mesh;
 mod proctree;
 
 use broker_core::args::{parse_duration, parse_role};
-use broker_core::protocol::{Priority, Status};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use cli::{Exit, Failure};
+use mcp::{PriorityArg, StatusArg};
 
 #[derive(Parser)]
 #[command(
@@ -276,20 +279,6 @@ enum DeviceCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum PriorityArg {
-    Now,
-    Next,
-    Low,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum StatusArg {
-    Working,
-    Idle,
-    Dnd,
-}
-
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "gui")]
     let started = std::time::Instant::now();
@@ -317,12 +306,7 @@ fn main() -> std::process::ExitCode {
     };
     // The hook path: no runtime, no logging set-up, no network; always success.
     if let Command::Hook { status, verbose } = command {
-        let status = match status {
-            StatusArg::Working => Status::Working,
-            StatusArg::Idle => Status::Idle,
-            StatusArg::Dnd => Status::Dnd,
-        };
-        cli::hook(status, verbose);
+        cli::hook(status.into(), verbose);
         return std::process::ExitCode::SUCCESS;
     }
     init_logging(matches!(command, Command::Mcp { .. }));
@@ -350,14 +334,7 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Join { link, name, json } => cli::join(&link, name, json).await,
         Command::Meshes { json } => cli::meshes(json),
         Command::Peers { mesh, json } => cli::peers(mesh, json).await,
-        Command::Send { target, message, priority, json } => {
-            let priority = match priority {
-                PriorityArg::Now => Priority::Now,
-                PriorityArg::Next => Priority::Next,
-                PriorityArg::Low => Priority::Low,
-            };
-            cli::send(target, message, priority, json).await
-        }
+        Command::Send { target, message, priority, json } => cli::send(target, message, priority.into(), json).await,
         Command::Inbox { all, limit, json } => cli::inbox(all, limit, json).await,
         Command::Watch { json } => cli::watch(json).await,
         Command::Status { json } => cli::status(json).await,

@@ -10,7 +10,7 @@ use broker_core::protocol::account::{CreateInviteResponse, DeviceView, PendingDe
 use broker_core::protocol::{Role, grant_cap};
 use serde_json::json;
 
-use super::{CliResult, Exit, Failure, http_exit, open_keystore, print_json};
+use super::{CliResult, Exit, Failure, http_exit, mesh_failure, open_keystore, print_json};
 use crate::account::{self, AccountError, InviteOptions};
 use crate::config::ConfigDir;
 use crate::config::display_name_or_default;
@@ -91,7 +91,7 @@ pub async fn login(
         .unwrap_or_else(|| DEFAULT_BROKER_URL.to_owned());
     let broker_url = broker_url.trim_end_matches('/').to_owned();
     if let Some(existing) = &config.account
-        && account::device_token(&keystore).await?.is_some()
+        && crate::keystore::device_token(&keystore).await?.is_some()
     {
         return Err(Failure::new(
             Exit::AlreadyExists,
@@ -425,12 +425,12 @@ pub async fn grant(peer: String, change: GrantChange, mesh: Option<String>, json
     let config_dir = ConfigDir::from_env()?;
     let (supervisor, _incoming) = super::connect(&config_dir, mesh.as_deref()).await?;
     super::require_connected(&supervisor)?;
-    let links = supervisor.select(mesh.as_deref()).map_err(|e| Failure::new(Exit::NotFound, e))?;
+    let links = supervisor.select(mesh.as_deref()).map_err(mesh_failure)?;
     let [link] = links.as_slice() else {
         return Err(Failure::new(Exit::Usage, "grants are per mesh: say which one with --mesh"));
     };
     let member_key = peer_member_key(&supervisor, link.entry.slug.as_str(), &peer).await?;
-    let current = link.client.grants().await.map_err(|e| Failure::new(Exit::Unreachable, e.to_string()))?;
+    let current = link.grants().await.map_err(mesh_failure)?;
     let caps = match change {
         GrantChange::Grant(caps) => Some(caps),
         GrantChange::Revoke(caps) => {
@@ -444,11 +444,7 @@ pub async fn grant(peer: String, change: GrantChange, mesh: Option<String>, json
         GrantChange::Block => Some(Vec::new()),
         GrantChange::Unblock => None,
     };
-    let grants = link
-        .client
-        .set_grants([(member_key.clone(), caps)].into())
-        .await
-        .map_err(|e| Failure::new(Exit::Refused, e.to_string()))?;
+    let grants = link.set_grants([(member_key.clone(), caps)].into()).await.map_err(mesh_failure)?;
     supervisor.shutdown().await;
     let now = grants.get(&member_key);
     if json_output {
@@ -469,8 +465,8 @@ pub async fn list_grants(mesh: Option<String>, json_output: bool) -> CliResult {
     let (supervisor, _incoming) = super::connect(&config_dir, mesh.as_deref()).await?;
     super::require_connected(&supervisor)?;
     let mut rows = Vec::new();
-    for link in supervisor.select(mesh.as_deref()).map_err(|e| Failure::new(Exit::NotFound, e))? {
-        let grants = link.client.grants().await.map_err(|e| Failure::new(Exit::Unreachable, e.to_string()))?;
+    for link in supervisor.select(mesh.as_deref()).map_err(mesh_failure)? {
+        let grants = link.grants().await.map_err(mesh_failure)?;
         for (key, caps) in grants {
             rows.push((link.entry.slug.clone(), key, caps));
         }
@@ -496,7 +492,7 @@ pub async fn list_grants(mesh: Option<String>, json_output: bool) -> CliResult {
 
 /// The member key of `peer` (a 64-hex member or session key, or a display name online now).
 async fn peer_member_key(supervisor: &crate::mesh::Supervisor, mesh: &str, peer: &str) -> Result<String, Failure> {
-    let peers = supervisor.list_peers(Some(mesh)).await.map_err(|e| Failure::new(Exit::Unreachable, e))?;
+    let peers = supervisor.list_peers(Some(mesh)).await.map_err(mesh_failure)?;
     if broker_core::protocol::is_key_hex(peer) {
         return Ok(peers
             .iter()

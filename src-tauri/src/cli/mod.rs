@@ -17,7 +17,7 @@ use crate::claude_code;
 use crate::config::{ConfigDir, display_name_or_default};
 use crate::inbox::{Inbox, StoredMessage};
 use crate::keystore::KeyStore;
-use crate::mesh::{LinkState, SessionOptions, Supervisor};
+use crate::mesh::{BrokerFault, LinkState, MeshError, SessionOptions, Supervisor};
 
 /// The `--json` schema version.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -73,6 +73,35 @@ fn http_exit(error: &crate::http::HttpError) -> Exit {
     }
 }
 
+/// The exit code of a failed mesh operation: the one place the CLI reads a [`MeshError`].
+fn mesh_exit(error: &MeshError) -> Exit {
+    match error {
+        MeshError::UnknownMesh { .. } | MeshError::Resolve(_) => Exit::NotFound,
+        MeshError::NotConnected { state: LinkState::Failed(_), .. } => Exit::Refused,
+        MeshError::NotConnected { .. } => Exit::Unreachable,
+        MeshError::Broker { source, .. } | MeshError::NotSent(source) => match BrokerFault::of(source) {
+            BrokerFault::Unreachable => Exit::Unreachable,
+            BrokerFault::Refused => Exit::Refused,
+            BrokerFault::Local => Exit::Failure,
+        },
+        MeshError::MemberKeyMismatch
+        | MeshError::MemberKeyMissing { .. }
+        | MeshError::KeyStore(_)
+        | MeshError::Inbox(_) => Exit::Failure,
+        MeshError::Each(errors) => errors.first().map_or(Exit::Failure, mesh_exit),
+    }
+}
+
+fn mesh_failure(error: MeshError) -> Failure {
+    Failure::new(mesh_exit(&error), error.to_string())
+}
+
+/// `name` names no joined mesh.
+fn unknown_mesh(name: &str, config: &crate::config::Config) -> Failure {
+    let joined = config.meshes.iter().map(|m| m.slug.clone()).collect();
+    mesh_failure(MeshError::UnknownMesh { name: name.to_owned(), joined })
+}
+
 fn open_keystore(config_dir: &ConfigDir) -> Result<Arc<dyn KeyStore>, Failure> {
     Ok(Arc::from(crate::keystore::open(config_dir)?))
 }
@@ -91,13 +120,7 @@ async fn connect(
         return Err(no_meshes());
     }
     let meshes = match mesh {
-        Some(name) => vec![config.find(name).cloned().ok_or_else(|| {
-            let known: Vec<_> = config.meshes.iter().map(|m| m.slug.clone()).collect();
-            Failure::new(
-                Exit::NotFound,
-                format!("no joined mesh is called {name:?}; joined meshes: {}", known.join(", ")),
-            )
-        })?],
+        Some(name) => vec![config.find(name).cloned().ok_or_else(|| unknown_mesh(name, &config))?],
         None => config.meshes,
     };
     let (keystore, inbox) = {
@@ -122,20 +145,24 @@ async fn connect(
     Ok((supervisor, incoming_rx))
 }
 
-/// Fails when no selected mesh connected, with the reasons.
+/// Fails when no selected mesh connected, with the reasons; the exit code is the first that
+/// is not "unreachable" (a refusal or a local failure says more than a silent broker).
 fn require_connected(supervisor: &Supervisor) -> CliResult {
     if supervisor.links().iter().any(|l| l.state() == LinkState::Connected) {
         return Ok(());
     }
-    let mut reasons: Vec<String> = supervisor.failed().iter().map(|(m, r)| format!("{}: {r}", m.slug)).collect();
-    let mut refused = !reasons.is_empty();
+    let mut reasons = Vec::new();
+    let mut exits = Vec::new();
+    for (mesh, error) in supervisor.failed() {
+        reasons.push(format!("{}: {error}", mesh.slug));
+        exits.push(mesh_exit(error));
+    }
     for link in supervisor.links() {
-        match link.state() {
-            LinkState::Failed(reason) => {
-                refused = true;
-                reasons.push(format!("{}: refused by the broker ({reason})", link.entry.slug));
-            }
-            state => reasons.push(format!(
+        let Err(error) = link.require_connected() else { continue };
+        exits.push(mesh_exit(&error));
+        reasons.push(match link.state() {
+            LinkState::Failed(reason) => format!("{}: refused by the broker ({reason})", link.entry.slug),
+            state => format!(
                 "{}: cannot reach the broker at {} ({}); check that it is running and reachable",
                 link.entry.slug,
                 link.entry.broker_url,
@@ -143,10 +170,11 @@ fn require_connected(supervisor: &Supervisor) -> CliResult {
                     LinkState::Reconnecting(r) => r,
                     _ => "no answer".into(),
                 }
-            )),
-        }
+            ),
+        });
     }
-    Err(Failure::new(if refused { Exit::Refused } else { Exit::Unreachable }, reasons.join("\n")))
+    let exit = exits.into_iter().find(|e| *e != Exit::Unreachable).unwrap_or(Exit::Unreachable);
+    Err(Failure::new(exit, reasons.join("\n")))
 }
 
 pub async fn join(link: &str, name: Option<String>, json_output: bool) -> CliResult {
@@ -220,7 +248,7 @@ pub async fn peers(mesh: Option<String>, json_output: bool) -> CliResult {
     let (supervisor, _incoming) = connect(&config_dir, mesh.as_deref()).await?;
     let result = async {
         require_connected(&supervisor)?;
-        supervisor.list_peers(mesh.as_deref()).await.map_err(|e| Failure::new(Exit::Unreachable, e))
+        supervisor.list_peers(mesh.as_deref()).await.map_err(mesh_failure)
     }
     .await;
     supervisor.shutdown().await;
@@ -276,13 +304,9 @@ pub async fn send(target: String, message: String, priority: Priority, json_outp
             Ok(())
         }
         Some(failed) => {
-            let error = failed.error.clone().unwrap_or_else(|| "not sent".into());
-            let exit = if failed.target_spec.is_none() {
-                Exit::NotFound
-            } else if error.contains("unreachable") || error.contains("connection") {
-                Exit::Unreachable
-            } else {
-                Exit::Refused
+            let (exit, error) = match &failed.error {
+                Some(error) => (mesh_exit(error), error.to_string()),
+                None => (Exit::Failure, "not sent".to_owned()),
             };
             Err(Failure::new(exit, format!("not sent to {}: {error}", failed.to)))
         }
@@ -316,7 +340,7 @@ pub async fn inbox(all: bool, limit: usize, json_output: bool) -> CliResult {
             .await
             .map_err(|e| Failure::new(Exit::Failure, e.to_string()))??
     } else {
-        supervisor.take_unread().await?
+        supervisor.take_unread().await.map_err(mesh_failure)?
     };
     supervisor.shutdown().await;
     if json_output {
@@ -464,10 +488,7 @@ fn running_bridges(config_dir: &ConfigDir) -> Vec<u32> {
 pub async fn leave(mesh: String, json_output: bool) -> CliResult {
     let config_dir = ConfigDir::from_env()?;
     let config = config_dir.load()?;
-    let entry = config.find(&mesh).cloned().ok_or_else(|| {
-        let known: Vec<_> = config.meshes.iter().map(|m| m.slug.clone()).collect();
-        Failure::new(Exit::NotFound, format!("no joined mesh is called {mesh:?}; joined meshes: {}", known.join(", ")))
-    })?;
+    let entry = config.find(&mesh).cloned().ok_or_else(|| unknown_mesh(&mesh, &config))?;
     // Tell the broker first, so the member key is refused from now on.
     let at_broker = leave_at_broker(&config_dir, &entry.slug).await;
     let mut config = config_dir.load()?;
@@ -506,15 +527,15 @@ pub async fn leave(mesh: String, json_output: bool) -> CliResult {
 /// Asks the broker to end this device's membership of `slug`.
 async fn leave_at_broker(config_dir: &ConfigDir, slug: &str) -> Result<(), String> {
     let (supervisor, _incoming) = connect(config_dir, Some(slug)).await.map_err(|f| f.message)?;
-    let result = match supervisor.select(Some(slug)).map_err(|e| e.to_string())?.first() {
-        Some(link) if link.state() == LinkState::Connected => {
-            link.client.leave_mesh().await.map(|_| ()).map_err(|e| e.to_string())
+    let result = async {
+        for link in supervisor.select(Some(slug))? {
+            link.leave_mesh().await?;
         }
-        Some(link) => Err(format!("not connected: {:?}", link.state())),
-        None => Err("no connection".to_owned()),
-    };
+        Ok::<_, MeshError>(())
+    }
+    .await;
     supervisor.shutdown().await;
-    result
+    result.map_err(|e| e.to_string())
 }
 
 pub fn install(json_output: bool) -> CliResult {
@@ -553,5 +574,70 @@ pub fn hook(status: Status, verbose: bool) {
     let outcome = crate::hook::report(&config_dir.run_dir(), status);
     if verbose {
         eprintln!("claudemesh hook {}: {outcome:?}", status.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use broker_core::client::ClientError;
+    use broker_core::protocol::SendRejection;
+
+    use super::*;
+    use crate::mesh::resolve::ResolveError;
+
+    fn not_connected(state: LinkState) -> MeshError {
+        MeshError::NotConnected { mesh: "acme".into(), state }
+    }
+
+    fn broker(source: ClientError) -> MeshError {
+        MeshError::Broker { mesh: "acme".into(), source }
+    }
+
+    #[test]
+    fn each_mesh_error_has_its_documented_exit_code() {
+        let rejected = |reason| ClientError::Rejected { reason, message: "blocked: no".into() };
+        let cases = [
+            (MeshError::UnknownMesh { name: "beta".into(), joined: vec!["acme".into()] }, Exit::NotFound),
+            (MeshError::Resolve(ResolveError::NotFound { target: "bob".into(), known: vec![] }), Exit::NotFound),
+            (MeshError::Resolve(ResolveError::Ambiguous { target: "a".into(), candidates: vec![] }), Exit::NotFound),
+            (not_connected(LinkState::Connecting), Exit::Unreachable),
+            (not_connected(LinkState::Reconnecting("refused".into())), Exit::Unreachable),
+            (not_connected(LinkState::Failed("revoked: gone".into())), Exit::Refused),
+            (broker(ClientError::Timeout(Duration::from_secs(5))), Exit::Unreachable),
+            (broker(ClientError::ConnectionLost), Exit::Unreachable),
+            (broker(ClientError::QueueFull(64)), Exit::Unreachable),
+            (broker(rejected(None)), Exit::Refused),
+            (broker(ClientError::Stopped("revoked: gone".into())), Exit::Refused),
+            (MeshError::NotSent(rejected(Some(SendRejection::Blocked))), Exit::Refused),
+            (MeshError::NotSent(ClientError::NoRecipient("nobody @dev reaches is in the mesh".into())), Exit::Refused),
+            (MeshError::NotSent(ClientError::ConnectionLost), Exit::Unreachable),
+            (MeshError::NotSent(ClientError::Crypto(broker_core::crypto::CryptoError::MalformedKey)), Exit::Failure),
+            (MeshError::MemberKeyMismatch, Exit::Failure),
+            (MeshError::MemberKeyMissing { mesh: "acme".into(), keystore: "file" }, Exit::Failure),
+            (
+                MeshError::Inbox(crate::inbox::InboxError::Open { path: "inbox".into(), message: "locked".into() }),
+                Exit::Failure,
+            ),
+            (
+                MeshError::Each(vec![
+                    not_connected(LinkState::Failed("revoked".into())),
+                    broker(ClientError::ConnectionLost),
+                ]),
+                Exit::Refused,
+            ),
+        ];
+        for (error, exit) in cases {
+            assert_eq!(mesh_exit(&error), exit, "{error}");
+            let failure = mesh_failure(error);
+            assert_eq!(failure.exit, exit);
+            assert!(!failure.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_unknown_mesh_names_the_joined_ones() {
+        let failure =
+            mesh_failure(MeshError::UnknownMesh { name: "beta".into(), joined: vec!["acme".into(), "gamma".into()] });
+        assert_eq!(failure.message, "no joined mesh is called \"beta\"; joined meshes: acme, gamma");
     }
 }

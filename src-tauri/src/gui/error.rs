@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::account::AccountError;
 use crate::http::HttpError;
+use crate::mesh::{BrokerFault, LinkState, MeshError};
 
 /// What went wrong, as the UI branches on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,6 +91,35 @@ impl From<crate::join::JoinError> for CommandError {
     }
 }
 
+impl From<MeshError> for CommandError {
+    fn from(error: MeshError) -> Self {
+        CommandError::new(mesh_kind(&error), error.to_string())
+    }
+}
+
+fn mesh_kind(error: &MeshError) -> ErrorKind {
+    use crate::mesh::resolve::ResolveError;
+    match error {
+        MeshError::UnknownMesh { .. } => ErrorKind::NotFound,
+        MeshError::NotConnected { state: LinkState::Failed(_), .. } => ErrorKind::Refused,
+        MeshError::NotConnected { .. } => ErrorKind::Unreachable,
+        MeshError::Broker { source, .. } | MeshError::NotSent(source) => match BrokerFault::of(source) {
+            BrokerFault::Unreachable => ErrorKind::Unreachable,
+            BrokerFault::Refused => ErrorKind::Refused,
+            BrokerFault::Local => ErrorKind::Storage,
+        },
+        MeshError::Resolve(
+            ResolveError::NotFound { .. } | ResolveError::UnknownMesh { .. } | ResolveError::NoMeshes,
+        ) => ErrorKind::NotFound,
+        MeshError::Resolve(_) => ErrorKind::Invalid,
+        MeshError::MemberKeyMismatch
+        | MeshError::MemberKeyMissing { .. }
+        | MeshError::KeyStore(_)
+        | MeshError::Inbox(_) => ErrorKind::Storage,
+        MeshError::Each(errors) => errors.first().map_or(ErrorKind::Storage, mesh_kind),
+    }
+}
+
 impl From<crate::config::ConfigError> for CommandError {
     fn from(error: crate::config::ConfigError) -> Self {
         CommandError::new(ErrorKind::Storage, error.to_string())
@@ -124,5 +154,38 @@ mod tests {
         let gone: CommandError =
             AccountError::Refused { status: 404, code: "not_found".into(), message: "no such mesh".into() }.into();
         assert_eq!(gone.kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn mesh_errors_reach_the_window_with_a_kind() {
+        use broker_core::client::ClientError;
+
+        use crate::mesh::resolve::ResolveError;
+
+        let not_connected = |state| MeshError::NotConnected { mesh: "acme".into(), state };
+        let cases = [
+            (MeshError::UnknownMesh { name: "beta".into(), joined: vec![] }, ErrorKind::NotFound),
+            (MeshError::Resolve(ResolveError::NotFound { target: "bob".into(), known: vec![] }), ErrorKind::NotFound),
+            (MeshError::Resolve(ResolveError::Empty), ErrorKind::Invalid),
+            (not_connected(LinkState::Reconnecting("refused".into())), ErrorKind::Unreachable),
+            (not_connected(LinkState::Failed("revoked".into())), ErrorKind::Refused),
+            (MeshError::Broker { mesh: "acme".into(), source: ClientError::ConnectionLost }, ErrorKind::Unreachable),
+            (
+                MeshError::Broker {
+                    mesh: "acme".into(),
+                    source: ClientError::Rejected { reason: None, message: "forbidden: admins only".into() },
+                },
+                ErrorKind::Refused,
+            ),
+            (MeshError::NotSent(ClientError::Timeout(std::time::Duration::from_secs(5))), ErrorKind::Unreachable),
+            (MeshError::MemberKeyMismatch, ErrorKind::Storage),
+            (MeshError::Each(vec![not_connected(LinkState::Connecting)]), ErrorKind::Unreachable),
+        ];
+        for (error, kind) in cases {
+            let text = error.to_string();
+            let error = CommandError::from(error);
+            assert_eq!(error.kind, kind, "{text}");
+            assert_eq!(error.message, text, "the window reads the same sentence");
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! and forwards the core's outputs to the window (one event type, [`UI_EVENT`]).
 //!
 //! Layout:
-//! - `desktop` — the core: connections, local broker, sign-in, notifications policy, commands' logic.
+//! - `desktop` — the core: connections, local broker, sign-in, notifications policy, commands'
+//!   logic (one struct, its methods in one file per area).
 //! - `commands` — thin `#[tauri::command]` wrappers.
 //! - `state` — what the app knows as plain data; the truthful state line.
 //! - `conversations` — grouping received and sent messages into conversations.
@@ -297,7 +298,10 @@ mod tests {
         assert_eq!(status["account"]["local"], true, "{status}");
         assert_eq!(status["meshes"][0]["name"], "Personal");
         assert_eq!(status["localBroker"]["running"], true);
-        assert!(keystore.get(crate::account::TOKEN_KEY).expect("keystore").is_some(), "the token is in the keystore");
+        assert!(
+            keystore.get(crate::keystore::DEVICE_TOKEN).expect("keystore").is_some(),
+            "the token is in the keystore"
+        );
         let config = std::fs::read_to_string(dir.path().join("claudemesh/config.json")).expect("config");
         assert!(config.contains("\"accountName\": \"alice\""), "{config}");
         assert!(!config.contains("cmt_"), "no token in config.json");
@@ -316,7 +320,7 @@ mod tests {
         assert!(invite["qrSvg"].as_str().is_some_and(|s| s.contains("<svg")), "a QR code comes along");
 
         // Nothing the window receives carries the device token: no command result, no event.
-        let token = keystore.get(crate::account::TOKEN_KEY).expect("keystore").expect("token");
+        let token = keystore.get(crate::keystore::DEVICE_TOKEN).expect("keystore").expect("token");
         for result in [&status, &invite, &snapshot_of(&webview)] {
             assert!(!result.to_string().contains(token.as_str()), "the token leaked into a command result");
         }

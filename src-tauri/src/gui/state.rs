@@ -194,7 +194,7 @@ impl DesktopState {
             account: self.account.as_ref().map(|a| AccountView {
                 name: a.account_name.clone(),
                 broker_url: a.broker_url.clone(),
-                local: self.local_broker.url.as_deref().is_some_and(|u| crate::join::same_broker(u, &a.broker_url)),
+                local: self.local_broker.url.as_deref().is_some_and(|u| crate::http::same_broker(u, &a.broker_url)),
             }),
             meshes: self
                 .meshes

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::ConfigDir;
 use crate::inbox::{Inbox, StoredMessage};
-use crate::mesh::{SessionOptions, Supervisor};
+use crate::mesh::{MeshError, SessionOptions, Supervisor};
 
 /// The name this server gives itself in `initialize` (and the `source` of channel events).
 pub const SERVER_NAME: &str = "claudemesh";
@@ -63,15 +63,28 @@ enum Recipients {
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+// A message's priority as `send_message` and `claudemesh send --priority` take it. Plain
+// comments and `schemars(description)`: a doc comment would enter the tool schema here, and
+// clap would print variant doc comments in `--help`.
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-enum PriorityArg {
-    /// Deliver at once, even while the recipient is busy or in do-not-disturb.
+pub enum PriorityArg {
+    #[schemars(description = "Deliver at once, even while the recipient is busy or in do-not-disturb.")]
     Now,
-    /// Deliver when the recipient's current turn ends (default).
+    #[schemars(description = "Deliver when the recipient's current turn ends (default).")]
     Next,
-    /// Deliver when the recipient is idle; for FYIs.
+    #[schemars(description = "Deliver when the recipient is idle; for FYIs.")]
     Low,
+}
+
+impl From<PriorityArg> for Priority {
+    fn from(priority: PriorityArg) -> Priority {
+        match priority {
+            PriorityArg::Now => Priority::Now,
+            PriorityArg::Next => Priority::Next,
+            PriorityArg::Low => Priority::Low,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -96,12 +109,24 @@ struct SetSummaryArgs {
     mesh: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+// A session's status as `set_status` and `claudemesh hook` take it (no doc comment: it would
+// enter the tool schema).
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-enum StatusArg {
+pub enum StatusArg {
     Idle,
     Working,
     Dnd,
+}
+
+impl From<StatusArg> for Status {
+    fn from(status: StatusArg) -> Status {
+        match status {
+            StatusArg::Idle => Status::Idle,
+            StatusArg::Working => Status::Working,
+            StatusArg::Dnd => Status::Dnd,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -138,6 +163,12 @@ fn json_result(value: &impl serde::Serialize) -> CallToolResult {
 
 fn error_result(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+/// A failed mesh operation as a tool error: the one place the bridge maps a [`MeshError`]. The
+/// model reads the text, which names the mesh and says what to do.
+fn mesh_error_result(error: MeshError) -> CallToolResult {
+    error_result(error.to_string())
 }
 
 impl Bridge {
@@ -178,7 +209,7 @@ impl Bridge {
         };
         Ok(match supervisor.list_peers(args.mesh.as_deref()).await {
             Ok(peers) => json_result(&serde_json::json!({ "peers": peers })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -197,11 +228,7 @@ impl Bridge {
         if targets.is_empty() {
             return Ok(error_result("`to` is empty: name at least one recipient"));
         }
-        let priority = match args.priority.unwrap_or(PriorityArg::Next) {
-            PriorityArg::Now => Priority::Now,
-            PriorityArg::Next => Priority::Next,
-            PriorityArg::Low => Priority::Low,
-        };
+        let priority = args.priority.unwrap_or(PriorityArg::Next).into();
         let outcomes = supervisor.send(&targets, &args.message, priority).await;
         let all_failed = outcomes.iter().all(|o| !o.ok);
         let mut result = json_result(&serde_json::json!({ "results": outcomes }));
@@ -221,7 +248,7 @@ impl Bridge {
         };
         Ok(match supervisor.take_unread().await {
             Ok(messages) => json_result(&serde_json::json!({ "messages": messages })),
-            Err(error) => error_result(format!("cannot read the inbox: {error}")),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -233,7 +260,7 @@ impl Bridge {
         };
         Ok(match supervisor.set_summary(args.mesh.as_deref(), &args.summary).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "meshes": n })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -245,14 +272,10 @@ impl Bridge {
             Ok(s) => s,
             Err(result) => return Ok(result),
         };
-        let status = match args.status {
-            StatusArg::Idle => Status::Idle,
-            StatusArg::Working => Status::Working,
-            StatusArg::Dnd => Status::Dnd,
-        };
+        let status: Status = args.status.into();
         Ok(match supervisor.set_status(args.mesh.as_deref(), status, StatusSource::Manual).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "status": status, "meshes": n })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -270,7 +293,7 @@ impl Bridge {
         }
         Ok(match supervisor.join_group(args.mesh.as_deref(), &name, args.role.as_deref()).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "group": name, "meshes": n })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -283,7 +306,7 @@ impl Bridge {
         let name = args.name.trim().trim_start_matches('@').to_owned();
         Ok(match supervisor.leave_group(args.mesh.as_deref(), &name).await {
             Ok(n) => json_result(&serde_json::json!({ "ok": true, "group": name, "meshes": n })),
-            Err(error) => error_result(error),
+            Err(error) => mesh_error_result(error),
         })
     }
 
@@ -298,7 +321,7 @@ impl Bridge {
         let failed: Vec<_> = supervisor
             .failed()
             .iter()
-            .map(|(m, reason)| serde_json::json!({ "mesh": m.slug, "error": reason }))
+            .map(|(m, reason)| serde_json::json!({ "mesh": m.slug, "error": reason.to_string() }))
             .collect();
         Ok(json_result(&serde_json::json!({ "sessions": supervisor.identities(), "unavailable": failed })))
     }
@@ -451,4 +474,33 @@ async fn terminated() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum as _;
+
+    use super::*;
+
+    #[test]
+    fn a_failed_mesh_operation_is_a_tool_error_with_its_text() {
+        let error = MeshError::UnknownMesh { name: "beta".into(), joined: vec!["acme".into()] };
+        let text = error.to_string();
+        let result = mesh_error_result(error);
+        assert_eq!(result.is_error, Some(true));
+        let json = serde_json::to_value(&result).expect("serializes");
+        assert_eq!(json["content"][0]["text"], text);
+    }
+
+    #[test]
+    fn priority_and_status_arguments_map_to_the_protocol_once_for_cli_and_tools() {
+        let priorities: Vec<Priority> = PriorityArg::value_variants().iter().map(|p| (*p).into()).collect();
+        assert_eq!(priorities, [Priority::Now, Priority::Next, Priority::Low]);
+        for (arg, status) in [("idle", Status::Idle), ("working", Status::Working), ("dnd", Status::Dnd)] {
+            let from_cli = StatusArg::from_str(arg, false).expect("a clap value");
+            let from_tool: StatusArg = serde_json::from_value(serde_json::json!(arg)).expect("a tool value");
+            assert_eq!(Status::from(from_cli), status);
+            assert_eq!(Status::from(from_tool), status);
+        }
+    }
 }

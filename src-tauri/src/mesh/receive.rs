@@ -1,0 +1,120 @@
+//! Receiving on one mesh session: connection states and broker events to the observer, and
+//! each inbound message committed to the [`Inbox`] first, acknowledged to the broker second and
+//! handed to the front end third. A message that could not be stored is not acknowledged, so
+//! the broker pushes it again after a reconnect.
+
+use std::sync::Arc;
+
+use broker_core::client::{ClientEvent, InboundMessage};
+use tokio::sync::mpsc;
+
+use super::{LinkEvent, LinkState, MeshLink};
+use crate::inbox::{Inbox, MessageKind, StoredMessage};
+
+/// The link's event loop: connection state, and received messages into the inbox.
+pub(super) async fn receive(
+    link: Arc<MeshLink>,
+    mut events: mpsc::Receiver<ClientEvent>,
+    inbox: Arc<Inbox>,
+    incoming: mpsc::Sender<StoredMessage>,
+    observer: Option<mpsc::UnboundedSender<LinkEvent>>,
+) {
+    let mesh_id = link.entry.mesh_id.clone();
+    let observe = |event: LinkEvent| {
+        if let Some(observer) = &observer {
+            let _ = observer.send(event);
+        }
+    };
+    let set_state = |state: LinkState| {
+        link.state.send_replace(state.clone());
+        observe(LinkEvent::State { mesh_id: mesh_id.clone(), state });
+    };
+    while let Some(event) = events.recv().await {
+        match event {
+            ClientEvent::Connected(ack) => {
+                tracing::info!(mesh = %link.entry.slug, name = %ack.member_display_name, "connected");
+                link.presence.lock().expect("presence lock").display_name = ack.member_display_name;
+                link.invalidate_peers();
+                set_state(LinkState::Connected);
+            }
+            ClientEvent::Disconnected { reason } => {
+                tracing::warn!(mesh = %link.entry.slug, %reason, "disconnected; reconnecting");
+                set_state(LinkState::Reconnecting(reason));
+            }
+            ClientEvent::Refused { code, message, fatal } => {
+                tracing::warn!(mesh = %link.entry.slug, code = code.as_str(), %message, fatal, "refused by the broker");
+                if fatal {
+                    set_state(LinkState::Failed(format!("{}: {message}", code.as_str())));
+                }
+            }
+            ClientEvent::System { event, .. } => {
+                tracing::debug!(mesh = %link.entry.slug, event = event.name(), "mesh event");
+                link.invalidate_peers();
+                observe(LinkEvent::Presence { mesh_id: mesh_id.clone(), event });
+            }
+            ClientEvent::Delivered { message_id, .. } => observe(LinkEvent::Delivered { message_id }),
+            ClientEvent::Error(error) => {
+                tracing::warn!(mesh = %link.entry.slug, code = error.code.as_str(), message = %error.message, "broker error");
+            }
+            ClientEvent::Message(message) => {
+                if let Some(stored) = store(&link, &inbox, message).await {
+                    let _ = incoming.send(stored).await;
+                }
+            }
+        }
+    }
+}
+
+/// Stores a message, then acknowledges it. Returns it when the front end should be told
+/// (new, or still unread after a re-push).
+async fn store(link: &MeshLink, inbox: &Arc<Inbox>, message: InboundMessage) -> Option<StoredMessage> {
+    let from = link.name_of(&message.sender_pubkey, message.sender_member_pubkey.as_deref()).await;
+    let (text, error) = match &message.body {
+        Ok(_) => (message.text(), None),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    let stored = StoredMessage {
+        id: message.message_id.clone(),
+        mesh_id: link.entry.mesh_id.clone(),
+        mesh_slug: link.entry.slug.clone(),
+        from,
+        from_pubkey: message.sender_pubkey.clone(),
+        from_member_pubkey: message.sender_member_pubkey.clone(),
+        verified: message.verified,
+        priority: message.priority.as_str().to_owned(),
+        kind: MessageKind::of_target(message.target_spec.as_deref()),
+        target: message.target_spec.clone(),
+        text,
+        error,
+        sent_at: message.created_at.clone(),
+        received_at: broker_core::protocol::now_ms(),
+        receiving_session: link.session_pubkey(),
+        read: false,
+    };
+    let committed = {
+        let (inbox, row, channel) = (inbox.clone(), stored.clone(), link.channel.clone());
+        tokio::task::spawn_blocking(move || {
+            let new = inbox.insert(&row, &channel)?;
+            let unread = if new { true } else { inbox.get(&row.id)?.is_some_and(|m| !m.read) };
+            Ok::<_, crate::inbox::InboxError>(unread)
+        })
+        .await
+    };
+    match committed {
+        Ok(Ok(tell)) => {
+            // Only now may the broker forget it.
+            if let Err(error) = link.client.acknowledge(vec![message.message_id]).await {
+                tracing::warn!(mesh = %link.entry.slug, %error, "could not acknowledge; the broker will push it again");
+            }
+            tell.then_some(stored)
+        }
+        Ok(Err(error)) => {
+            tracing::error!(mesh = %link.entry.slug, %error, "could not store a message; not acknowledging it");
+            None
+        }
+        Err(error) => {
+            tracing::error!(mesh = %link.entry.slug, %error, "inbox task failed; not acknowledging");
+            None
+        }
+    }
+}
