@@ -146,15 +146,7 @@ impl Router {
             })
             .await?;
         let Some((mesh, members, saved, grants)) = loaded else { return Ok(None) };
-        let mut state = MeshState {
-            mesh,
-            members: HashMap::new(),
-            by_pubkey: HashMap::new(),
-            sessions: HashMap::new(),
-            by_routing_key: HashMap::new(),
-            departed: HashMap::new(),
-            grants: Grants::from_records(grants),
-        };
+        let mut state = MeshState::new(mesh, Grants::from_records(grants));
         let mut saved: HashMap<String, PeerStateRecord> = saved.into_iter().map(|s| (s.member_id.clone(), s)).collect();
         let now = Instant::now();
         for record in members {

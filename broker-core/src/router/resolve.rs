@@ -184,8 +184,6 @@ pub(super) fn resolve_target(state: &MeshState, sender: &Session, target: &Targe
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use tokio::time::Instant;
 
     use super::*;
@@ -215,15 +213,7 @@ mod tests {
                 archived_at: None,
                 owner_account_id: None,
             };
-            let state = MeshState {
-                mesh,
-                members: HashMap::new(),
-                by_pubkey: HashMap::new(),
-                sessions: HashMap::new(),
-                by_routing_key: HashMap::new(),
-                departed: HashMap::new(),
-                grants: Grants::default(),
-            };
+            let state = MeshState::new(mesh, Grants::default());
             Mesh { state, next_session: 1 }
         }
 

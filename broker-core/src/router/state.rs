@@ -89,6 +89,21 @@ pub(super) struct MeshState {
     pub(super) grants: Grants,
 }
 
+impl MeshState {
+    /// A mesh with no member loaded and no session yet.
+    pub(super) fn new(mesh: MeshRecord, grants: Grants) -> MeshState {
+        MeshState {
+            mesh,
+            members: HashMap::new(),
+            by_pubkey: HashMap::new(),
+            sessions: HashMap::new(),
+            by_routing_key: HashMap::new(),
+            departed: HashMap::new(),
+            grants,
+        }
+    }
+}
+
 /// Everything the router keeps for one mesh.
 #[derive(Debug)]
 pub struct MeshShard {
