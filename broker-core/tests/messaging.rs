@@ -9,6 +9,7 @@ use broker_core::client::ClientError;
 use broker_core::config::BrokerConfig;
 use broker_core::config::RateLimit;
 use broker_core::protocol::{self, ClientFrame, Priority, Role, SendRejection, ServerFrame, Status, StatusSource};
+use broker_core::store::{NewMember, Store};
 use common::{Peer, RawSocket, TestBroker, signed_hello};
 
 fn generous() -> BrokerConfig {
@@ -164,7 +165,7 @@ async fn an_unacknowledged_push_comes_again_after_a_reconnect_and_is_deduplicate
     // Once acknowledged, it is gone from the broker's queue.
     tokio::time::sleep(Duration::from_millis(100)).await;
     broker_core::store::Store::flush(broker.store.as_ref()).expect("flush");
-    assert_eq!(broker_core::store::Store::queue_depth(broker.store.as_ref()).expect("depth"), 0);
+    assert_eq!(broker.store.queue_depth().expect("depth"), 0);
 }
 
 #[tokio::test]
@@ -193,7 +194,7 @@ async fn send_refusals_are_honest() {
     // An empty group.
     let (reason, message) = refused(alice.client.send("@nobody", b"x", Priority::Next).await);
     assert_eq!(reason, Some(SendRejection::NoRecipient), "{message}");
-    assert_eq!(broker_core::store::Store::queue_depth(broker.store.as_ref()).expect("depth"), 0);
+    assert_eq!(broker.store.queue_depth().expect("depth"), 0);
 
     // Rate limit: the burst is 10. Of the refusals above only the send to yourself reached the
     // rate limiter: the unknown key and the empty group were refused when the client resolved
@@ -414,4 +415,23 @@ async fn a_client_without_delivery_acks_gets_a_backlog_larger_than_the_window() 
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(broker_core::store::Store::queue_depth(broker.store.as_ref()).expect("depth"), 0, "delivered on write");
+}
+
+#[tokio::test]
+async fn a_member_with_an_unusable_key_is_skipped_and_the_rest_get_the_broadcast() {
+    let broker = TestBroker::start_with(generous()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    // A member stored before keys were checked at the door: the identity point, which no box
+    // can be sealed to.
+    let weak = format!("01{}", "00".repeat(31));
+    let legacy = NewMember { pubkey: weak.clone(), display_name: "legacy".into(), account_id: None, device_id: None };
+    broker.store.add_member(&mesh, &legacy, Role::Member, None, protocol::now_ms()).expect("stored");
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+
+    let receipt = alice.client.send("*", b"hello everyone", Priority::Now).await.expect("the others get it");
+    assert_eq!(receipt.recipients, 1);
+    assert_eq!(receipt.unusable, [weak]);
+    assert!(receipt.uncovered.is_empty(), "{:?}", receipt.uncovered);
+    assert_eq!(bob.message().await.text().as_deref(), Some("hello everyone"));
 }

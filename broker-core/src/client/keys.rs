@@ -66,17 +66,23 @@ impl KeyRing {
         Ok(cached(&self.sealing, &self.session, recipient_hex)?.seal(plaintext))
     }
 
-    /// One body for several recipient members, the content key wrapped for each.
+    /// One body for several recipient members, the content key wrapped for each. A recipient
+    /// whose key is no usable public key is skipped (one bad member must not stop a message to
+    /// everyone else) and returned in the second list.
     pub fn seal_multi<'a>(
         &self,
         recipients: impl IntoIterator<Item = &'a str>,
         plaintext: &[u8],
-    ) -> Result<MultiSealed, CryptoError> {
-        let keys: Vec<(&str, BoxKey)> = recipients
-            .into_iter()
-            .map(|r| cached(&self.sealing, &self.session, r).map(|k| (r, k)))
-            .collect::<Result<_, _>>()?;
-        Ok(crypto::seal_multi(plaintext, keys))
+    ) -> (MultiSealed, Vec<String>) {
+        let mut keys: Vec<(&str, BoxKey)> = Vec::new();
+        let mut unusable = Vec::new();
+        for recipient in recipients {
+            match cached(&self.sealing, &self.session, recipient) {
+                Ok(key) => keys.push((recipient, key)),
+                Err(_) => unusable.push(recipient.to_owned()),
+            }
+        }
+        (crypto::seal_multi(plaintext, keys), unusable)
     }
 
     /// Checks that `member` signed `session` into this mesh, remembering bindings that verified.

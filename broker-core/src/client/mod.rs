@@ -174,6 +174,9 @@ pub struct SendReceipt {
     pub recipients: u32,
     /// Members the target reached that the sealed copy did not cover (they joined meanwhile).
     pub uncovered: Vec<String>,
+    /// Members the target reached whose key is no usable public key: skipped, they did not get
+    /// the message (the others did).
+    pub unusable: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -331,6 +334,7 @@ impl MeshClient {
             priority,
             ..protocol::Send::default()
         };
+        let mut unusable = Vec::new();
         match target {
             Target::Key(key) => {
                 let member = self.member_key_for(key).await?;
@@ -344,8 +348,15 @@ impl MeshClient {
                 if recipients.is_empty() {
                     return Err(ClientError::NoRecipient(format!("nobody {target_spec} reaches is in the mesh")));
                 }
-                let sealed =
-                    self.shared.keys.seal_multi(recipients.iter().map(|r| r.member_pubkey.as_str()), plaintext)?;
+                let (sealed, skipped) =
+                    self.shared.keys.seal_multi(recipients.iter().map(|r| r.member_pubkey.as_str()), plaintext);
+                if sealed.keys.is_empty() {
+                    return Err(ClientError::NoRecipient(format!(
+                        "no member {target_spec} reaches has a usable key ({} skipped)",
+                        skipped.len()
+                    )));
+                }
+                unusable = skipped;
                 send.enc = Some(Enc::Multi);
                 send.nonce = sealed.nonce;
                 send.ciphertext = sealed.ciphertext;
@@ -355,10 +366,13 @@ impl MeshClient {
         match self.exchange(ClientFrame::Send(send), Correlation::Ack(id)).await? {
             ServerFrame::Ack(ack) if ack.queued => {
                 self.shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                // The broker lists the skipped members as uncovered too; say each once.
+                let uncovered = ack.uncovered.into_iter().filter(|k| !unusable.contains(k)).collect();
                 Ok(SendReceipt {
                     message_id: ack.message_id,
                     recipients: ack.recipients.unwrap_or(0),
-                    uncovered: ack.uncovered,
+                    uncovered,
+                    unusable,
                 })
             }
             ServerFrame::Ack(ack) => {
