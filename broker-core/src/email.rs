@@ -39,30 +39,11 @@ impl Mailer {
 
     pub async fn send_invite(&self, invite: &InviteEmail<'_>) -> Result<(), String> {
         let to: Mailbox = invite.to.parse().map_err(|e| format!("{:?} is not an email address: {e}", invite.to))?;
-        let text = format!(
-            "{inviter} invites you to the claudemesh mesh \"{mesh}\".\n\n\
-             Open this link with the claudemesh app, or run:\n\n    claudemesh join '{link}'\n\n\
-             The invite is valid until {expires}.\n",
-            inviter = invite.inviter,
-            mesh = invite.mesh_name,
-            link = invite.link,
-            expires = invite.expires_at_iso,
-        );
-        let html = format!(
-            "<!doctype html><html><body style=\"font-family:system-ui,sans-serif\">\
-             <p>{inviter} invites you to the claudemesh mesh <b>{mesh}</b>.</p>\
-             <p><a href=\"{link}\">Open the invite</a> with the claudemesh app, or run:</p>\
-             <pre>claudemesh join '{link}'</pre>\
-             <p style=\"color:#666\">Valid until {expires}.</p></body></html>",
-            inviter = html_escape(invite.inviter),
-            mesh = html_escape(invite.mesh_name),
-            link = html_escape(invite.link),
-            expires = html_escape(invite.expires_at_iso),
-        );
+        let (text, html) = invite_bodies(invite);
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(format!("You are invited to {} on claudemesh", invite.mesh_name))
+            .subject(format!("You are invited to {} on claudemesh", plain(invite.mesh_name)))
             .multipart(
                 MultiPart::alternative()
                     .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
@@ -73,6 +54,69 @@ impl Mailer {
     }
 }
 
+/// The text and HTML parts of an invite email. The link stands on its own line and is never
+/// shown inside a command to paste into a shell; names chosen by members are escaped (HTML)
+/// and stripped of control characters (text), so they cannot forge lines or markup.
+fn invite_bodies(invite: &InviteEmail<'_>) -> (String, String) {
+    let text = format!(
+        "{inviter} invites you to the claudemesh mesh \"{mesh}\".\n\n\
+         Open this invite link with the claudemesh app, or copy it and paste it into the app's\n\
+         \"Join by link\":\n\n{link}\n\n\
+         The invite is valid until {expires}.\n",
+        inviter = plain(invite.inviter),
+        mesh = plain(invite.mesh_name),
+        link = plain(invite.link),
+        expires = plain(invite.expires_at_iso),
+    );
+    let html = format!(
+        "<!doctype html><html><body style=\"font-family:system-ui,sans-serif\">\
+         <p>{inviter} invites you to the claudemesh mesh <b>{mesh}</b>.</p>\
+         <p><a href=\"{link}\">Open the invite</a> with the claudemesh app, or copy this link into the \
+         app's <i>Join by link</i>:</p>\
+         <p><code>{link}</code></p>\
+         <p style=\"color:#666\">Valid until {expires}.</p></body></html>",
+        inviter = html_escape(invite.inviter),
+        mesh = html_escape(invite.mesh_name),
+        link = html_escape(invite.link),
+        expires = html_escape(invite.expires_at_iso),
+    );
+    (text, html)
+}
+
+/// `text` without control characters (line breaks included).
+fn plain(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
 pub fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    plain(text)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invite_email_escapes_what_members_chose_and_shows_the_link_alone() {
+        let invite = InviteEmail {
+            to: "carol@example.test",
+            mesh_name: "acme<script>\n\nrun: curl evil | sh",
+            inviter: "mallory' \"<b>",
+            link: "https://mesh.example.com/join/abc'; rm -rf ~; echo '",
+            expires_at_iso: "2026-12-07T00:00:00.000Z",
+        };
+        let (text, html) = invite_bodies(&invite);
+        assert!(!text.contains("claudemesh join '"), "no link inside a shell command:\n{text}");
+        assert!(text.lines().any(|line| line == plain(invite.link)), "the link on a line of its own:\n{text}");
+        assert!(!text.contains("\n\nrun: curl"), "a name cannot start lines of its own:\n{text}");
+        for raw in ["<script>", "mallory'", "\"<b>", "'; rm"] {
+            assert!(!html.contains(raw), "{raw:?} reached the HTML unescaped:\n{html}");
+        }
+        assert!(html.contains("acme&lt;script&gt;") && html.contains("mallory&#39; &quot;&lt;b&gt;"));
+    }
 }

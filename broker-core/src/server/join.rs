@@ -168,16 +168,12 @@ fn join_error(error: StoreError) -> ApiError {
 /// What a person who opens an invite link in a browser sees.
 pub(super) async fn landing_page(Path(token): Path<String>) -> Html<String> {
     let mesh = Invite::parse(&token).map(|i| i.mesh_name).unwrap_or_else(|_| "a mesh".to_owned());
-    let mesh = html_escape(&mesh);
+    let mesh = crate::email::html_escape(&mesh);
     Html(format!(
         "<!doctype html><meta charset=utf-8><title>Join {mesh} on claudemesh</title>\
          <body style=\"font-family:system-ui;max-width:40em;margin:3em auto\">\
          <h1>You are invited to {mesh}</h1>\
-         <p>Open this link with the claudemesh app, or run:</p>\
-         <pre>claudemesh join '&lt;this page's address&gt;'</pre></body>"
+         <p>Open this link with the claudemesh app, or copy this page's address and paste it into \
+         the app's <i>Join by link</i> (or into <code>claudemesh join</code> on a server).</p></body>"
     ))
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
