@@ -365,3 +365,34 @@ async fn starting_logins_is_rate_limited_per_address() {
     assert!(statuses[..20].iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(&statuses[20..], [429, 429]);
 }
+
+#[tokio::test]
+async fn token_polls_are_limited_per_code_and_per_address_before_the_store() {
+    // The production interval (5 s): a code may poll a few times at once, an address twenty
+    // devices' worth.
+    let broker = TestBroker::start_with(BrokerConfig::default()).await;
+    let answers = |polls: Vec<(u16, serde_json::Value)>| -> Vec<String> {
+        polls.into_iter().map(|(_, body)| body["error"].as_str().unwrap_or_default().to_owned()).collect()
+    };
+
+    // One unknown code polled in a tight loop: the store says invalid_grant at first, then the
+    // limiter answers before the store is asked.
+    let mut same = Vec::new();
+    for _ in 0..6 {
+        same.push(poll(&broker, "cmd_guess").await);
+    }
+    let same = answers(same);
+    assert_eq!(same[..3], ["invalid_grant"; 3], "{same:?}");
+    assert!(same[3..].iter().all(|e| e == "slow_down"), "{same:?}");
+
+    // Fresh random codes from one address: twenty devices' worth, then slow_down for all.
+    let mut many = Vec::new();
+    for n in 0..40 {
+        many.push(poll(&broker, &format!("cmd_guess_{n}")).await);
+    }
+    let many = answers(many);
+    let refused = many.iter().filter(|e| *e == "slow_down").count();
+    assert!(refused >= 10, "{refused} of 40 slowed down: {many:?}");
+    assert!(many[..10].iter().all(|e| e == "invalid_grant"), "{many:?}");
+    assert_eq!(many.last().map(String::as_str), Some("slow_down"), "{many:?}");
+}

@@ -172,6 +172,16 @@ pub(super) async fn request_code(
     }))
 }
 
+/// How often one device code, and one client address, may poll the token endpoint: twice the
+/// polling interval for a code, and twenty devices signing in at once for an address (a
+/// household or an office behind one address).
+fn poll_limits(interval: std::time::Duration) -> (RateLimit, RateLimit) {
+    let per_minute = u32::try_from(60_000 / interval.as_millis().max(1)).unwrap_or(u32::MAX).max(1);
+    let per_code = RateLimit { burst: 3, per_minute: per_minute.saturating_mul(2) };
+    let per_address = RateLimit { burst: 20, per_minute: per_minute.saturating_mul(20) };
+    (per_code, per_address)
+}
+
 fn token_error_response(status: StatusCode, error: &str, description: &str) -> Response {
     let body = TokenError { error: error.to_owned(), error_description: description.to_owned() };
     (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
@@ -196,8 +206,22 @@ pub(super) async fn poll_token(
             "only the device_code grant is supported",
         );
     }
-    let token = new_token();
     let code_hash = token_hash(&request.device_code);
+    // Counted before any store work: guessing device codes must not reach the store's writer.
+    let (per_code, per_address) = poll_limits(broker.config().device_poll_interval);
+    let keys = [(format!("poll-code:{code_hash}"), per_code), (format!("poll:{}", rate_limit_key(ip)), per_address)];
+    let limiter = &broker.inner.attempts;
+    if keys.iter().any(|(key, limit)| !limiter.allows(key, *limit)) {
+        return token_error_response(
+            StatusCode::BAD_REQUEST,
+            token_error::SLOW_DOWN,
+            "polling too fast; wait 5 s longer between polls",
+        );
+    }
+    for (key, limit) in &keys {
+        limiter.spend(key, *limit);
+    }
+    let token = new_token();
     let token_hash_value = token_hash(&token);
     let ttl = broker.config().token_ttl;
     let now = protocol::now_ms();
