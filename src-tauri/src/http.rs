@@ -24,8 +24,9 @@ pub enum HttpError {
     #[error("unsupported broker URL {0:?}: use http://host:port or https://host")]
     UnsupportedUrl(String),
     #[error(
-        "refusing to send this device's sign-in token to {0} over plain http://: anyone on the way could copy it. \
-         Use the broker's https:// address, or set {ALLOW_INSECURE_ENV}=1 on a network you trust"
+        "refusing to sign in to {0} or send this device's sign-in token to it over plain http://: anyone on the \
+         way could copy the token. Use the broker's https:// address, or set {ALLOW_INSECURE_ENV}=1 on a network \
+         you trust"
     )]
     InsecureBearer(String),
     #[error(transparent)]
@@ -74,6 +75,9 @@ fn parse(base: &str) -> Result<Target<'_>, HttpError> {
     Ok(Target { tls, authority, host, port, prefix })
 }
 
+/// The device login's routes: their answers carry (or lead to) a bearer token.
+const SIGN_IN_PATHS: [&str; 2] = ["/v1/device/code", "/v1/device/token"];
+
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -89,7 +93,10 @@ pub async fn request(
     let base = base_url.trim().trim_end_matches('/');
     let target = parse(base)?;
     let insecure_allowed = std::env::var(ALLOW_INSECURE_ENV).is_ok_and(|v| v == "1");
-    if bearer.is_some() && !target.tls && !is_loopback(target.host) && !insecure_allowed {
+    // A sign-in answers with a bearer token: refused before the flow starts, not when the token
+    // has already crossed the network.
+    let carries_sign_in = bearer.is_some() || SIGN_IN_PATHS.contains(&path);
+    if carries_sign_in && !target.tls && !is_loopback(target.host) && !insecure_allowed {
         return Err(HttpError::InsecureBearer(base.to_owned()));
     }
     let unreachable = |message: String| HttpError::Unreachable { url: base.to_owned(), message };
@@ -188,6 +195,13 @@ mod tests {
             .expect_err("refused");
         assert!(matches!(error, HttpError::InsecureBearer(_)), "{error}");
         assert!(error.to_string().contains("https://"), "{error}");
+        // Nor does a device login start there: its answer would be a token in clear text.
+        for path in SIGN_IN_PATHS {
+            let error = request(hyper::Method::POST, "http://192.0.2.1:7900", path, None, Some(&serde_json::json!({})))
+                .await
+                .expect_err("refused");
+            assert!(matches!(error, HttpError::InsecureBearer(_)), "{path}: {error}");
+        }
         assert!(is_loopback("localhost") && is_loopback("127.0.0.1") && is_loopback("::1"));
         assert!(!is_loopback("192.0.2.1") && !is_loopback("example.com"));
     }
