@@ -297,6 +297,23 @@ impl DesktopApp {
         Ok(())
     }
 
+    /// Opens a `claudemesh://` link the way the desktop does: a second `claudemesh` process
+    /// with the link as its only argument, which hands it to this running app and exits.
+    pub async fn open_link(&self, url: &str) -> Result<()> {
+        let status = Command::new(claudemesh_bin())
+            .arg(url)
+            .envs(app_env(self.home.path())?)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .await
+            .context("running claudemesh with a link")?;
+        if !status.success() {
+            bail!("claudemesh {url} exited with {status}");
+        }
+        Ok(())
+    }
+
     /// Joins a mesh with an invite link (from the first-run screen, or the Meshes view).
     pub async fn open_join(&self, link: &str) -> Result<()> {
         if self.count("[data-testid=view-welcome]").await? > 0 {

@@ -2,6 +2,8 @@
 //! (gnome-keyring on the session bus), real notifications (seen on D-Bus), real brokers, CLIs
 //! and MCP bridges. Run inside `scripts/desktop-session.sh` (as `scripts/test.sh` does).
 
+use std::time::Duration;
+
 use anyhow::{Context as _, Result};
 use claudemesh_e2e::desktop::{DesktopApp, NotificationMonitor, TrayMenu};
 use claudemesh_e2e::{Broker, Device, WAIT, peer_names};
@@ -89,8 +91,13 @@ async fn device_login_approved_from_a_cli_then_the_app_approves_a_cli() -> Resul
     let request = server.start_login(&broker.url(), Some("alice"), "build-server")?;
     // Polling the account's pending requests makes a notification for this user.
     notifications.wait_for("wants to sign in to your account").await?;
-    app.open("approve").await?;
-    app.fill("[data-testid=approve-code]", &request.code).await?;
+    // The link a web page could open: it fills the code in and waits for the person.
+    app.open_link(&format!("claudemesh://device?code={}", request.code)).await?;
+    app.wait_present("[data-testid=approve-from-link]").await?;
+    let filled = app.execute("return document.querySelector('[data-testid=approve-code]').value", json!([])).await?;
+    assert_eq!(filled, json!(request.code), "the link fills the code in");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count("[data-testid=approve-request]").await?, 0, "nothing is looked up without a click");
     app.click("[data-testid=approve-lookup]").await?;
     let card = app.text("[data-testid=approve-request]").await?;
     assert!(card.contains(std::env::consts::OS) && card.contains("127.0.0.1"), "the device is shown first: {card}");

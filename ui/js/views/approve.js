@@ -123,8 +123,15 @@ export function mount(container, ctx, param) {
   );
   drawPending();
   if (typeof param === "string" && param) {
+    // A link (from any web page) only fills the code in: nothing is looked up until the person
+    // checks it against the device and clicks, so a page cannot spend the account's wrong-code
+    // budget or choose what the person sees.
     code.value = param;
-    busy(lookup, () => look(param));
+    setChildren(
+      found,
+      h("p", { class: "sub", testid: "approve-from-link" }, "Opened from a link. Check that the device shows this code, then look it up."),
+    );
+    lookup.focus();
   }
   return {
     update(state, previous) {
