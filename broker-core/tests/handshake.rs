@@ -22,7 +22,7 @@ async fn check_accepted(broker: &TestBroker, hello: protocol::Hello) -> RawSocke
     socket.send_frame(&ClientFrame::Hello(hello)).await;
     match socket.next().await {
         Ok(ServerFrame::HelloAck(ack)) => {
-            assert_eq!(ack.capabilities, vec![protocol::Capability::SessionSig.as_str().to_owned()]);
+            assert_eq!(ack.capabilities, vec!["session_sig".to_owned(), "hello_v2".to_owned()]);
             socket
         }
         other => panic!("expected hello_ack, got {other:?}"),
@@ -44,7 +44,7 @@ async fn signature_and_timestamp_refusals() {
     let now = protocol::now_ms();
 
     let mut wrong_key = signed_hello(&mesh, alice, now);
-    wrong_key.signature = crypto::sign_hello(&members[1].key, &mesh, &alice.record.id, now);
+    wrong_key.sign(&members[1].key);
     check_refused(&broker, wrong_key, ErrorCode::BadSignature).await;
 
     check_refused(&broker, signed_hello(&mesh, alice, now - 61_000), ErrorCode::TimestampSkew).await;
@@ -78,6 +78,39 @@ async fn a_replayed_hello_is_refused() {
     check_refused(&broker, hello, ErrorCode::Replay).await;
 }
 
+#[tokio::test]
+async fn the_hello_signature_covers_the_session_key_and_the_capabilities() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "mallory"]);
+    let (alice, mallory) = (&members[0], &members[1]);
+
+    // Someone on the path swaps in a session key of their own, with its own valid delegation
+    // and proof from a member they control: the signature no longer verifies.
+    let mut swapped = signed_hello(&mesh, alice, protocol::now_ms());
+    let theirs = signed_hello(&mesh, mallory, swapped.timestamp);
+    swapped.session_pubkey = theirs.session_pubkey;
+    check_refused(&broker, swapped, ErrorCode::BadSignature).await;
+
+    // Or strips a capability (here the one that makes the session key proven).
+    let mut stripped = signed_hello(&mesh, alice, protocol::now_ms());
+    stripped.capabilities.retain(|c| c != protocol::Capability::SessionSig.as_str());
+    check_refused(&broker, stripped, ErrorCode::BadSignature).await;
+
+    // Or strips `hello_v2` itself, so that the v1 bytes (which cover neither) would do.
+    let mut downgraded = signed_hello(&mesh, alice, protocol::now_ms());
+    downgraded.capabilities.retain(|c| c != protocol::Capability::HelloV2.as_str());
+    downgraded.signature = crypto::sign_hello(&alice.key, &mesh, &alice.record.id, downgraded.timestamp);
+    check_refused(&broker, downgraded, ErrorCode::BadSignature).await;
+
+    // A client announcing nothing signs the reference v1 bytes and is accepted.
+    let mut reference = without_session(signed_hello(&mesh, alice, protocol::now_ms()));
+    reference.capabilities.clear();
+    reference.signature = crypto::sign_hello(&alice.key, &mesh, &alice.record.id, reference.timestamp);
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(reference)).await;
+    assert!(matches!(socket.next().await, Ok(ServerFrame::HelloAck(_))));
+}
+
 /// The hello without a session key, for cases about the member itself.
 fn without_session(mut hello: protocol::Hello) -> protocol::Hello {
     hello.session_pubkey = None;
@@ -95,19 +128,19 @@ async fn membership_refusals() {
     // A key that is not a member.
     let stranger = common::TestMember { key: Keypair::generate(), record: members[0].record.clone() };
     let mut hello = without_session(signed_hello(&mesh, &stranger, now));
-    hello.signature = crypto::sign_hello(&stranger.key, &mesh, &stranger.record.id, hello.timestamp);
+    hello.sign(&stranger.key);
     check_refused(&broker, hello, ErrorCode::Unauthorized).await;
 
     // memberId must be the id of the member found by pubkey.
     let alice = &members[0];
     let mut mismatched = without_session(signed_hello(&mesh, alice, now));
     mismatched.member_id = members[1].record.id.clone();
-    mismatched.signature = crypto::sign_hello(&alice.key, &mesh, &members[1].record.id, mismatched.timestamp);
+    mismatched.sign(&alice.key);
     check_refused(&broker, mismatched, ErrorCode::Unauthorized).await;
 
     // An unknown mesh.
     let mut elsewhere = without_session(signed_hello("mesh_nope", alice, now));
-    elsewhere.signature = crypto::sign_hello(&alice.key, "mesh_nope", &alice.record.id, elsewhere.timestamp);
+    elsewhere.sign(&alice.key);
     check_refused(&broker, elsewhere, ErrorCode::Unauthorized).await;
 }
 
@@ -131,6 +164,7 @@ async fn an_announced_session_key_must_be_proven() {
     let mut reference = signed_hello(&mesh, alice, protocol::now_ms());
     reference.session_sig = None;
     reference.capabilities.clear();
+    reference.sign(&alice.key);
     let mut socket = RawSocket::connect(&broker.ws_url()).await;
     socket.send_frame(&ClientFrame::Hello(reference)).await;
     assert!(matches!(socket.next().await, Ok(ServerFrame::HelloAck(_))));
@@ -195,6 +229,7 @@ async fn a_session_key_belongs_to_one_member_and_must_be_held() {
     stolen.session_sig = None;
     stolen.session_proof = None;
     stolen.capabilities.clear();
+    stolen.sign(&mallory.key);
     check_refused(&broker, stolen, ErrorCode::BadSessionPubkey).await;
 
     // Nor may a session key be another member's key.
@@ -204,6 +239,7 @@ async fn a_session_key_belongs_to_one_member_and_must_be_held() {
     borrowed.session_sig = None;
     borrowed.session_proof = None;
     borrowed.capabilities.clear();
+    borrowed.sign(&mallory.key);
     check_refused(&broker, borrowed, ErrorCode::BadSessionPubkey).await;
 
     let peers = broker.broker.router().online_members(&mesh);
@@ -267,6 +303,7 @@ async fn refusal_codes_go_only_to_sessions_that_negotiated_them() {
     // A client that announced `refusal_code`: the same text, and the code.
     let mut hello = signed_hello(&mesh, &members[0], protocol::now_ms());
     hello.capabilities.push(protocol::Capability::RefusalCode.as_str().into());
+    hello.sign(&members[0].key);
     let mut coded = RawSocket::connect(&broker.ws_url()).await;
     coded.send_frame(&ClientFrame::Hello(hello)).await;
     let Ok(ServerFrame::HelloAck(ack)) = coded.next().await else { panic!("a hello_ack") };

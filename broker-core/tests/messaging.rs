@@ -403,6 +403,7 @@ async fn a_client_without_delivery_acks_gets_a_backlog_larger_than_the_window() 
     hello.capabilities.clear();
     hello.session_sig = None;
     hello.session_proof = None;
+    hello.sign(&members[1].key);
     let mut socket = RawSocket::connect(&broker.ws_url()).await;
     socket.send_frame(&ClientFrame::Hello(hello)).await;
     let mut pushes = 0;

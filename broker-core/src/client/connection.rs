@@ -195,7 +195,7 @@ impl Task {
         let timestamp = protocol::now_ms();
         let session = self.keys.session.public_hex();
         let profile = &config.profile;
-        Hello {
+        let mut hello = Hello {
             mesh_id: config.mesh_id.clone(),
             member_id: config.member_id.clone(),
             pubkey: self.keys.member.public_hex(),
@@ -229,8 +229,10 @@ impl Task {
                 .map(|c| c.as_str().to_owned())
                 .collect(),
             timestamp,
-            signature: crypto::sign_hello(&self.keys.member, &config.mesh_id, &config.member_id, timestamp),
-        }
+            signature: String::new(),
+        };
+        hello.sign(&self.keys.member);
+        hello
     }
 
     async fn connect(&mut self) -> Result<(Socket, HelloAck), Ended> {

@@ -171,6 +171,21 @@ pub fn sign_hello(member: &Keypair, mesh_id: &str, member_id: &str, timestamp_ms
     member.sign_hex(hello_signed_bytes(mesh_id, member_id, &member.public_hex(), timestamp_ms).as_bytes())
 }
 
+/// The bytes a `hello_v2` signature covers: the v1 fields plus the session key and the announced
+/// capabilities, so nobody on the path can swap the session key or strip a capability.
+/// The capabilities are written as a JSON array, so no two lists give the same bytes.
+pub fn hello_v2_signed_bytes(
+    mesh_id: &str,
+    member_id: &str,
+    pubkey_hex: &str,
+    session_pubkey_hex: &str,
+    capabilities: &[String],
+    timestamp_ms: u64,
+) -> String {
+    let capabilities = serde_json::to_string(capabilities).expect("a list of strings serialises");
+    format!("claudemesh-hello/v2|{mesh_id}|{member_id}|{pubkey_hex}|{session_pubkey_hex}|{capabilities}|{timestamp_ms}")
+}
+
 /// The bytes a member signs to delegate a session key to itself (`hello.sessionSig`).
 /// It carries no timestamp: it is a standing statement that peers can check later too.
 pub fn session_binding_bytes(mesh_id: &str, member_pubkey_hex: &str, session_pubkey_hex: &str) -> String {

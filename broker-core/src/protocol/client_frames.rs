@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Enc, GroupMembership, PeerType, Priority, Stats, Status, StatusSource};
+use crate::crypto::{self, Keypair};
+
+use super::{Capability, Enc, GroupMembership, PeerType, Priority, Stats, Status, StatusSource};
 
 /// Every frame a client may send.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +94,34 @@ pub struct Hello {
     pub capabilities: Vec<String>,
     pub timestamp: u64,
     pub signature: String,
+}
+
+impl Hello {
+    /// Whether the signature must cover the v2 bytes: the client announced `hello_v2`.
+    pub fn is_v2(&self) -> bool {
+        self.capabilities.iter().any(|c| c == Capability::HelloV2.as_str())
+    }
+
+    /// The exact bytes `signature` covers: v2 when announced, else the reference v1 bytes.
+    pub fn signed_bytes(&self) -> String {
+        if self.is_v2() {
+            crypto::hello_v2_signed_bytes(
+                &self.mesh_id,
+                &self.member_id,
+                &self.pubkey,
+                self.session_pubkey.as_deref().unwrap_or_default(),
+                &self.capabilities,
+                self.timestamp,
+            )
+        } else {
+            crypto::hello_signed_bytes(&self.mesh_id, &self.member_id, &self.pubkey, self.timestamp)
+        }
+    }
+
+    /// Signs the hello as it stands with the member key; call it after the last field changed.
+    pub fn sign(&mut self, member: &Keypair) {
+        self.signature = member.sign_hex(self.signed_bytes().as_bytes());
+    }
 }
 
 /// One recipient's copy of the content key of an `enc: "multi"` message.

@@ -23,17 +23,21 @@ pub enum Capability {
     /// A refused `send` ack and an empty `resolved` carry `errorCode`, the [`SendRejection`],
     /// next to the human text.
     RefusalCode,
+    /// The hello signature covers the session key and the announced capabilities
+    /// (`crypto::hello_v2_signed_bytes`). A hello announcing any known capability must use it.
+    HelloV2,
 }
 
 impl Capability {
     /// Every capability this implementation supports, in the order `hello_ack` lists them.
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::SessionSig,
         Capability::DeliveryAck,
         Capability::Enc,
         Capability::SealedMulticast,
         Capability::DeliveryReceipt,
         Capability::RefusalCode,
+        Capability::HelloV2,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Capability {
             Capability::SealedMulticast => "sealed_multicast",
             Capability::DeliveryReceipt => "delivery_receipt",
             Capability::RefusalCode => "refusal_code",
+            Capability::HelloV2 => "hello_v2",
         }
     }
 

@@ -113,11 +113,18 @@ impl Router {
         if !protocol::is_signature_hex(&hello.signature) {
             return Err(Refusal::new(ErrorCode::Malformed, "signature must be 128 hex characters"));
         }
-        let signed = crypto::hello_signed_bytes(&hello.mesh_id, &hello.member_id, &hello.pubkey, hello.timestamp);
-        member_key
-            .verify_hex(signed.as_bytes(), &hello.signature)
-            .map_err(|_| Refusal::new(ErrorCode::BadSignature, "signature does not verify"))?;
         let caps = Capabilities::from_names(&hello.capabilities);
+        // Only a client that announces nothing we know may sign the v1 bytes, which leave the
+        // session key and the capabilities open to change on the path.
+        if caps != Capabilities::default() && !caps.has(Capability::HelloV2) {
+            return Err(Refusal::new(
+                ErrorCode::BadSignature,
+                "a hello that announces capabilities must announce hello_v2 and sign the v2 bytes",
+            ));
+        }
+        member_key
+            .verify_hex(hello.signed_bytes().as_bytes(), &hello.signature)
+            .map_err(|_| Refusal::new(ErrorCode::BadSignature, "signature does not verify"))?;
         if let Some(key) = &session_key
             && caps.has(Capability::SessionSig)
         {

@@ -286,7 +286,7 @@ pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello
         timestamp
     };
     let session = Keypair::generate();
-    Hello {
+    let mut hello = Hello {
         mesh_id: mesh_id.to_owned(),
         member_id: member.record.id.clone(),
         pubkey: member.key.public_hex(),
@@ -305,11 +305,15 @@ pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello
             ),
         ),
         display_name: Some("raw".into()),
-        capabilities: vec![protocol::Capability::SessionSig.as_str().into()],
+        capabilities: vec![
+            protocol::Capability::SessionSig.as_str().into(),
+            protocol::Capability::HelloV2.as_str().into(),
+        ],
         timestamp,
-        signature: crypto::sign_hello(&member.key, mesh_id, &member.record.id, timestamp),
         ..Hello::default()
-    }
+    };
+    hello.sign(&member.key);
+    hello
 }
 
 /// Fetches `path` over plain HTTP/1.1 (no client library needed for these few checks).
