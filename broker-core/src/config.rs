@@ -48,6 +48,9 @@ pub struct BrokerConfig {
     /// Frames buffered per connection; a session that lets it fill is dropped (it reconnects
     /// and gets its unacknowledged messages again).
     pub outbox_frames: usize,
+    /// …and bytes: replies such as `peers_list` can be large, so a client that keeps asking
+    /// and never reads must not make the broker hold more than this for it.
+    pub outbox_bytes: usize,
     /// Messages accepted but not yet committed, broker-wide; senders wait beyond it.
     pub max_uncommitted: usize,
     /// How often the directory (meshes, members) is checked for changes made by operator
@@ -92,6 +95,7 @@ impl Default for BrokerConfig {
             member_window_bytes: 4 * 1024 * 1024,
             session_rebind_grace: Duration::from_secs(120),
             outbox_frames: 1024,
+            outbox_bytes: 8 * 1024 * 1024,
             max_uncommitted: 16 * 1024,
             directory_poll_interval: Duration::from_secs(1),
             token_ttl: Duration::from_secs(30 * 24 * 3600),

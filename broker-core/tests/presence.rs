@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use broker_core::config::BrokerConfig;
 use broker_core::protocol::{ClientFrame, PeerType, Priority, ServerFrame, Stats, Status, StatusSource};
-use common::TestBroker;
+use common::{RawSocket, TestBroker, signed_hello};
 
 #[tokio::test]
 async fn join_and_leave_events_skip_the_members_own_sessions() {
@@ -80,7 +80,7 @@ async fn peers_list_shows_every_session_with_its_metadata() {
     bob.client.join_group("qa", None).await.expect("join");
     bob.client.list_peers().await.expect("round trip");
 
-    let peers = alice.client.list_peers().await.expect("peers");
+    let peers = alice.client.list_peers().await.expect("peers").peers;
     assert_eq!(peers.len(), 2);
     assert_eq!(peers[0].display_name, "alice", "ordered by connection time");
     let bob_info = peers.iter().find(|p| p.display_name == "bob").expect("bob listed");
@@ -118,7 +118,7 @@ async fn reported_stats_show_in_peers_list_and_accumulate_across_sessions() {
         bob.client.stats().tool_calls.store(7, std::sync::atomic::Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + common::WAIT;
         loop {
-            let peers = alice.client.list_peers().await.expect("peers");
+            let peers = alice.client.list_peers().await.expect("peers").peers;
             let stats: Option<Stats> = peers.iter().find(|p| p.display_name == "bob").and_then(|p| p.stats);
             if stats.map(|s| s.tool_calls) == Some(7) {
                 break;
@@ -182,4 +182,67 @@ async fn shutdown_closes_sessions_with_1001_and_their_state_is_restored_after_re
     assert_eq!(ack.restored, Some(true));
     assert_eq!(ack.last_summary.as_deref(), Some("halfway through the migration"));
     drop(broker);
+}
+
+/// A member opening many sessions with the largest metadata allowed.
+async fn bloated_sessions(broker: &TestBroker, mesh: &str, member: &common::TestMember, count: usize) -> Vec<RawSocket> {
+    let mut sockets = Vec::new();
+    for n in 0..count {
+        let mut hello = signed_hello(mesh, member, broker_core::protocol::now_ms());
+        hello.display_name = Some(format!("{n:0>128}"));
+        hello.cwd = Some("/".repeat(1024));
+        hello.hostname = Some("h".repeat(1024));
+        hello.model = Some("m".repeat(1024));
+        let mut socket = RawSocket::connect(&broker.ws_url()).await;
+        socket.send_frame(&ClientFrame::Hello(hello)).await;
+        assert!(matches!(socket.next().await, Ok(ServerFrame::HelloAck(_))));
+        sockets.push(socket);
+    }
+    sockets
+}
+
+#[tokio::test]
+async fn one_member_with_many_large_sessions_cannot_break_the_peer_list() {
+    // A small frame limit stands for many more sessions of this size.
+    let config = BrokerConfig { max_frame_bytes: 32 * 1024, ..BrokerConfig::default() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "mallory"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let _bob = broker.connect(&mesh, &members[1], "bob").await;
+    let _mallory = bloated_sessions(&broker, &mesh, &members[2], 20).await;
+
+    let listing = alice.client.list_peers().await.expect("the list still arrives");
+    let names: Vec<&str> = listing.peers.iter().map(|p| p.display_name.as_str()).collect();
+    assert!(names.contains(&"alice") && names.contains(&"bob"), "{names:?}");
+    assert!(listing.peers.len() < 22 && listing.peers.len() + listing.omitted == 22, "{names:?}");
+    let encoded = serde_json::to_string(&listing.peers).expect("json").len();
+    assert!(encoded < 32 * 1024, "{encoded} bytes");
+}
+
+#[tokio::test]
+async fn a_client_that_asks_and_never_reads_is_closed_with_1013() {
+    let config = BrokerConfig { outbox_bytes: 256 * 1024, ..BrokerConfig::default() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "mallory"]);
+    let _sessions = bloated_sessions(&broker, &mesh, &members[1], 8).await;
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+
+    // Tens of megabytes of replies asked for, none read until the end.
+    let mut greedy = RawSocket::connect(&broker.ws_url()).await;
+    greedy.send_frame(&ClientFrame::Hello(signed_hello(&mesh, &members[1], broker_core::protocol::now_ms()))).await;
+    for _ in 0..2000 {
+        let list = ClientFrame::ListPeers(broker_core::protocol::ListPeers { req_id: None });
+        if !greedy.try_send_frame(&list).await {
+            break;
+        }
+    }
+    let close = loop {
+        match greedy.next().await {
+            Ok(_) => continue,
+            Err(close) => break close,
+        }
+    };
+    assert_eq!(close, Some(1013));
+    // Everyone else carries on.
+    assert!(alice.client.list_peers().await.is_ok());
 }

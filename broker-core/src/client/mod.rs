@@ -49,6 +49,15 @@ pub struct SessionProfile {
     pub groups: Vec<GroupMembership>,
 }
 
+/// A mesh's peer list as the broker sent it.
+#[derive(Debug, Clone, Default)]
+pub struct PeerListing {
+    pub peers: Vec<PeerInfo>,
+    /// Connected sessions the broker left out, to keep the reply within one frame and to keep
+    /// one member's many sessions from crowding out the others.
+    pub omitted: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// `ws://host:port/ws`, or the broker's `http(s)://` base URL.
@@ -443,8 +452,9 @@ impl MeshClient {
         }
     }
 
-    /// Every connected session of the mesh, this one included.
-    pub async fn list_peers(&self) -> Result<Vec<PeerInfo>, ClientError> {
+    /// The connected sessions of the mesh, this one included (the broker may leave some out:
+    /// see [`PeerListing::omitted`]).
+    pub async fn list_peers(&self) -> Result<PeerListing, ClientError> {
         let req_id = self.correlation_id();
         let frame = ClientFrame::ListPeers(protocol::ListPeers { req_id: Some(req_id.clone()) });
         match self.exchange(frame, Correlation::Request(req_id)).await? {
@@ -462,7 +472,7 @@ impl MeshClient {
                         self.remember_member(&peer.pubkey, &peer.member_pubkey);
                     }
                 }
-                Ok(list.peers)
+                Ok(PeerListing { peers: list.peers, omitted: list.omitted.unwrap_or(0) })
             }
             _ => Err(ClientError::UnexpectedReply),
         }

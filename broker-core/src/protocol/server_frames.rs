@@ -207,6 +207,10 @@ pub struct PeerInfo {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PeersList {
     pub peers: Vec<PeerInfo>,
+    /// Ours: connected sessions left out so that the reply stays within one frame and no
+    /// member's sessions crowd out the others' (absent when none were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<usize>,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

@@ -74,9 +74,13 @@ impl Router {
         result
     }
 
-    pub(super) async fn accept_hello(self: &Arc<Self>, hello: Hello, outbox: Outbox) -> Result<SessionHandle, Refusal> {
+    pub(super) async fn accept_hello(
+        self: &Arc<Self>,
+        mut hello: Hello,
+        outbox: Outbox,
+    ) -> Result<SessionHandle, Refusal> {
+        limits::clean_hello(&mut hello).map_err(|problem| Refusal::new(ErrorCode::Malformed, problem))?;
         // A session key equal to the member key is no session key.
-        limits::check_hello(&hello).map_err(|problem| Refusal::new(ErrorCode::Malformed, problem))?;
         let session_key = hello.session_pubkey.clone().filter(|k| !k.is_empty() && *k != hello.pubkey);
         if let Some(key) = &session_key
             && !PublicKey::is_valid_hex(key)

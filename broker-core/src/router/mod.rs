@@ -29,6 +29,8 @@
 
 mod delivery;
 mod departure;
+#[cfg(test)]
+mod fixture;
 mod grants;
 mod handshake;
 pub mod limits;
@@ -51,7 +53,7 @@ use tokio::time::Instant;
 
 pub use grants::{GrantChange, Grants, validate_grants};
 pub use handshake::Refusal;
-pub use outbox::{Outbox, OutboxError, close_code};
+pub use outbox::{Outbox, OutboxError, OutboxReceiver, close_code};
 pub use queue::{Entry, Lane, LoadRequest, MemberQueue, WindowLimits};
 pub use rate_limit::TokenBucket;
 pub use requests::audit_record;

@@ -10,11 +10,10 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::mpsc;
 
 use super::Broker;
 use crate::protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame};
-use crate::router::{Outbox, SessionHandle, close_code};
+use crate::router::{Outbox, OutboxReceiver, SessionHandle, close_code};
 
 /// Initial read buffer per connection. tungstenite allocates it up front (128 KiB by default),
 /// which would dominate the memory of thousands of idle sessions; it grows when a frame needs it.
@@ -47,7 +46,7 @@ fn error_text(code: ErrorCode, message: &str) -> String {
 async fn connection(broker: Broker, socket: WebSocket) {
     let config = broker.config().clone();
     let (sink, mut stream) = socket.split();
-    let (outbox, frames) = Outbox::new(config.outbox_frames);
+    let (outbox, frames) = Outbox::new(config.outbox_frames, config.outbox_bytes);
     let writer = tokio::spawn(write_loop(sink, frames, outbox.clone(), config.ping_interval));
 
     let session = match tokio::time::timeout(config.hello_timeout, hello_phase(&broker, &mut stream, &outbox)).await {
@@ -69,6 +68,9 @@ async fn connection(broker: Broker, socket: WebSocket) {
     broker.router().goodbye(&session, clean);
     outbox.close(close_code::NORMAL, "bye");
     let _ = writer.await;
+    // Dropping a socket with unread input resets it, and the peer would lose the close frame
+    // and its reason (a slow consumer's 1013): read what it still sends, briefly.
+    let _ = tokio::time::timeout(CLOSE_FLUSH, async { while let Some(Ok(_)) = stream.next().await {} }).await;
 }
 
 /// Reads until a valid `hello` was accepted (`Some`) or the connection must end (`None`).
@@ -165,7 +167,7 @@ async fn read_loop(
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut frames: mpsc::Receiver<String>,
+    mut frames: OutboxReceiver,
     outbox: Outbox,
     ping_interval: Duration,
 ) {
@@ -192,7 +194,7 @@ async fn write_loop(
     // Say what was queued before the close (a refusal's error frame), then close.
     let (code, reason) = outbox.close_frame().unwrap_or((close_code::NORMAL, String::new()));
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-        while let Ok(frame) = frames.try_recv() {
+        while let Some(frame) = frames.try_recv() {
             if sink.feed(Message::Text(Utf8Bytes::from(frame))).await.is_err() {
                 return;
             }
@@ -206,14 +208,14 @@ async fn write_loop(
 /// Writes `first` and whatever else is already queued, then flushes once.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
-    frames: &mut mpsc::Receiver<String>,
+    frames: &mut OutboxReceiver,
     first: String,
 ) -> Result<(), axum::Error> {
     sink.feed(Message::Text(Utf8Bytes::from(first))).await?;
     for _ in 1..WRITE_BATCH {
         match frames.try_recv() {
-            Ok(frame) => sink.feed(Message::Text(Utf8Bytes::from(frame))).await?,
-            Err(_) => break,
+            Some(frame) => sink.feed(Message::Text(Utf8Bytes::from(frame))).await?,
+            None => break,
         }
     }
     sink.flush().await

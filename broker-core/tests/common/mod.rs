@@ -259,6 +259,12 @@ impl RawSocket {
         self.send_text(&serde_json::to_string(frame).expect("serializes")).await;
     }
 
+    /// Sends `frame`; false once the connection is gone.
+    pub async fn try_send_frame(&mut self, frame: &ClientFrame) -> bool {
+        let text = serde_json::to_string(frame).expect("serializes");
+        self.socket.send(Message::text(text)).await.is_ok()
+    }
+
     /// The next server frame, or None once closed; also returns the close code when closed.
     pub async fn next(&mut self) -> Result<ServerFrame, Option<u16>> {
         loop {

@@ -251,10 +251,11 @@ pub async fn peers(mesh: Option<String>, json_output: bool) -> CliResult {
         supervisor.list_peers(mesh.as_deref()).await.map_err(mesh_failure)
     }
     .await;
+    let left_out = supervisor.peers_left_out(mesh.as_deref());
     supervisor.shutdown().await;
     let rows = result?;
     if json_output {
-        print_json(json!({ "peers": rows }));
+        print_json(json!({ "peers": rows, "omitted": left_out }));
     } else if rows.is_empty() {
         println!("nobody else is online");
     } else {
@@ -272,6 +273,9 @@ pub async fn peers(mesh: Option<String>, json_output: bool) -> CliResult {
                 p.summary.as_deref().unwrap_or("")
             );
         }
+    }
+    if left_out > 0 && !json_output {
+        println!("… and {left_out} more session(s) the broker left out of its list");
     }
     Ok(())
 }

@@ -208,7 +208,10 @@ impl Bridge {
             Err(result) => return Ok(result),
         };
         Ok(match supervisor.list_peers(args.mesh.as_deref()).await {
-            Ok(peers) => json_result(&serde_json::json!({ "peers": peers })),
+            Ok(peers) => {
+                let omitted = supervisor.peers_left_out(args.mesh.as_deref());
+                json_result(&serde_json::json!({ "peers": peers, "omitted": omitted }))
+            }
             Err(error) => mesh_error_result(error),
         })
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use broker_core::client::{ClientError, MeshClient};
+use broker_core::client::{ClientError, MeshClient, PeerListing};
 use broker_core::protocol::{GrantMap, GroupMembership, PeerInfo, Status};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -31,7 +31,7 @@ pub(super) struct Presence {
 
 #[derive(Debug, Default)]
 pub(super) struct PeerCache {
-    fetched: Option<(Instant, Vec<PeerInfo>)>,
+    fetched: Option<(Instant, PeerListing)>,
     last_name_refresh: Option<Instant>,
 }
 
@@ -62,14 +62,20 @@ impl MeshLink {
 
     /// The mesh's peer list, from the cache when younger than `max_age`.
     pub async fn peers(&self, max_age: Duration) -> Result<Vec<PeerInfo>, ClientError> {
-        if let Some((at, peers)) = &self.peers.lock().expect("peer cache lock").fetched
+        if let Some((at, listing)) = &self.peers.lock().expect("peer cache lock").fetched
             && at.elapsed() <= max_age
         {
-            return Ok(peers.clone());
+            return Ok(listing.peers.clone());
         }
-        let peers = self.client.list_peers().await?;
-        self.peers.lock().expect("peer cache lock").fetched = Some((Instant::now(), peers.clone()));
+        let listing = self.client.list_peers().await?;
+        let peers = listing.peers.clone();
+        self.peers.lock().expect("peer cache lock").fetched = Some((Instant::now(), listing));
         Ok(peers)
+    }
+
+    /// Connected sessions the last peer list left out (see `PeerListing::omitted`).
+    pub fn peers_left_out(&self) -> usize {
+        self.peers.lock().expect("peer cache lock").fetched.as_ref().map_or(0, |(_, listing)| listing.omitted)
     }
 
     pub(super) fn invalidate_peers(&self) {
@@ -78,7 +84,7 @@ impl MeshLink {
 
     fn cached_name(&self, pubkey: &str) -> Option<String> {
         let cache = self.peers.lock().expect("peer cache lock");
-        let (_, peers) = cache.fetched.as_ref()?;
+        let peers = &cache.fetched.as_ref()?.1.peers;
         peers
             .iter()
             .find(|p| p.pubkey == pubkey)

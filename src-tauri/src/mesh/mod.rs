@@ -349,6 +349,12 @@ impl Supervisor {
         Ok(rows)
     }
 
+    /// Sessions the brokers left out of the last peer lists of the selected meshes (a list is
+    /// capped to one frame, and one member's sessions cannot crowd out the others').
+    pub fn peers_left_out(&self, mesh: Option<&str>) -> usize {
+        self.select(mesh).map_or(0, |links| links.iter().map(|l| l.peers_left_out()).sum())
+    }
+
     fn row(&self, link: &MeshLink, peer: PeerInfo) -> PeerRow {
         let local = peer.hostname.as_deref() == Some(self.hostname.as_str());
         PeerRow {

@@ -1,17 +1,118 @@
-//! `list_peers`: every connected session of the mesh, oldest first.
+//! `list_peers`: the connected sessions of the mesh, oldest first, within one frame.
+//!
+//! One member may hold many sessions with large metadata; the listing takes sessions round by
+//! round (every member's oldest first, then every member's second, …), at most
+//! [`SESSIONS_LISTED_PER_MEMBER`] per member, until the frame's byte budget is spent, and says
+//! how many it left out. The asking session is always listed.
 
-use crate::protocol::{self, PeersList, ServerFrame};
+use std::collections::HashMap;
+
+use crate::protocol::{self, PeerInfo, PeersList, ServerFrame};
 use crate::router::Router;
-use crate::router::state::{Session, SessionHandle, peer_info};
+use crate::router::state::{MeshState, Session, SessionHandle, peer_info};
+
+/// Sessions of one member a listing shows at most.
+pub const SESSIONS_LISTED_PER_MEMBER: usize = 8;
+/// Room in a frame for everything but the peers (type, request id, counts).
+const FRAME_OVERHEAD: usize = 1024;
 
 impl Router {
     pub(in crate::router) fn list_peers(&self, session: &SessionHandle, list: protocol::ListPeers) {
-        let frame = {
+        let budget = self.config.max_frame_bytes.saturating_sub(FRAME_OVERHEAD);
+        let (peers, omitted) = {
             let state = session.shard.state.lock().expect("mesh lock");
-            let mut peers: Vec<&Session> = state.sessions.values().collect();
-            peers.sort_by_key(|s| (s.connected_at_ms, s.id));
-            ServerFrame::PeersList(PeersList { peers: peers.into_iter().map(peer_info).collect(), req_id: list.req_id })
+            fair_listing(&state, session.session_id, budget)
         };
-        self.reply(session, frame);
+        let omitted = Some(omitted).filter(|n| *n > 0);
+        self.reply(session, ServerFrame::PeersList(PeersList { peers, omitted, req_id: list.req_id }));
+    }
+}
+
+/// The listed peers (oldest first) and how many sessions were left out.
+fn fair_listing(state: &MeshState, asking: u64, budget: usize) -> (Vec<PeerInfo>, usize) {
+    let mut by_member: HashMap<&str, Vec<&Session>> = HashMap::new();
+    for session in state.sessions.values() {
+        by_member.entry(session.member_id.as_str()).or_default().push(session);
+    }
+    let mut members: Vec<Vec<&Session>> = by_member.into_values().collect();
+    for sessions in &mut members {
+        sessions.sort_by_key(|s| (s.connected_at_ms, s.id));
+    }
+    members.sort_by_key(|sessions| (sessions[0].connected_at_ms, sessions[0].id));
+
+    let mut candidates: Vec<&Session> = state.sessions.get(&asking).into_iter().collect();
+    for round in 0..SESSIONS_LISTED_PER_MEMBER {
+        candidates.extend(members.iter().filter_map(|sessions| sessions.get(round)).filter(|s| s.id != asking));
+    }
+    let mut listed: Vec<(&Session, PeerInfo)> = Vec::with_capacity(candidates.len());
+    let mut spent = 0;
+    for session in candidates {
+        let info = peer_info(session);
+        // The encoded size plus its separating comma.
+        let size = serde_json::to_string(&info).map_or(usize::MAX, |json| json.len() + 1);
+        if spent + size > budget {
+            break;
+        }
+        spent += size;
+        listed.push((session, info));
+    }
+    let omitted = state.sessions.len() - listed.len();
+    listed.sort_by_key(|(s, _)| (s.connected_at_ms, s.id));
+    (listed.into_iter().map(|(_, info)| info).collect(), omitted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::fixture::Mesh;
+
+    fn names(peers: &[PeerInfo]) -> Vec<String> {
+        peers.iter().map(|p| p.display_name.clone()).collect()
+    }
+
+    #[test]
+    fn one_member_with_many_sessions_does_not_crowd_out_the_others() {
+        let mut mesh = Mesh::new();
+        mesh.member("mallory");
+        let first = mesh.session("mallory", &"a0".repeat(32), &[]);
+        for n in 1..30 {
+            mesh.session("mallory", &format!("{n:064x}"), &[]);
+        }
+        mesh.member("alice");
+        mesh.session("alice", &"b0".repeat(32), &[]);
+        mesh.member("bob");
+        let bob = mesh.session("bob", &"c0".repeat(32), &[]);
+
+        let (peers, omitted) = fair_listing(&mesh.state, bob, usize::MAX);
+        let listed = names(&peers);
+        assert_eq!(listed.iter().filter(|n| *n == "mallory").count(), SESSIONS_LISTED_PER_MEMBER);
+        assert!(listed.contains(&"alice".to_owned()) && listed.contains(&"bob".to_owned()));
+        assert_eq!(omitted, 30 - SESSIONS_LISTED_PER_MEMBER);
+
+        // With room for three entries: the asker, then every member's oldest session.
+        let one_entry = serde_json::to_string(&peer_info(&mesh.state.sessions[&first])).expect("json").len() + 1;
+        let (peers, omitted) = fair_listing(&mesh.state, bob, 3 * one_entry);
+        let mut listed = names(&peers);
+        listed.sort();
+        assert_eq!(listed, ["alice", "bob", "mallory"]);
+        assert_eq!(omitted, 29);
+    }
+
+    #[test]
+    fn a_listing_fits_its_byte_budget() {
+        let mut mesh = Mesh::new();
+        mesh.member("alice");
+        let asking = mesh.session("alice", &"a0".repeat(32), &[]);
+        for n in 0..20 {
+            let name = format!("m{n}");
+            mesh.member(&name);
+            let id = mesh.session(&name, &format!("{:064x}", n + 1), &[]);
+            mesh.state.sessions.get_mut(&id).expect("session").cwd = "/".repeat(1000);
+        }
+        let (peers, omitted) = fair_listing(&mesh.state, asking, 10_000);
+        let encoded = serde_json::to_string(&peers).expect("json").len();
+        assert!(encoded <= 10_000, "{encoded} bytes");
+        assert_eq!(peers.len() + omitted, 21);
+        assert!(omitted > 0 && names(&peers).contains(&"alice".to_owned()));
     }
 }

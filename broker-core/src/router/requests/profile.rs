@@ -20,8 +20,8 @@ impl Router {
         });
     }
 
-    pub(in crate::router) fn set_summary(&self, session: &SessionHandle, set: protocol::SetSummary) {
-        if let Err(problem) = limits::check_summary(&set.summary) {
+    pub(in crate::router) fn set_summary(&self, session: &SessionHandle, mut set: protocol::SetSummary) {
+        if let Err(problem) = limits::clean_summary(&mut set.summary) {
             return self.reply_error(session, ErrorCode::Malformed, &problem, None);
         }
         self.with_session(session, |_, state, id| {
@@ -40,8 +40,8 @@ impl Router {
     }
 
     pub(in crate::router) fn join_group(&self, session: &SessionHandle, join: protocol::JoinGroup) {
-        let group = GroupMembership { name: join.name, role: join.role };
-        if let Err(problem) = limits::check_group(&group) {
+        let mut group = GroupMembership { name: join.name, role: join.role };
+        if let Err(problem) = limits::clean_group(&mut group) {
             return self.reply_error(session, ErrorCode::Malformed, &problem, None);
         }
         let mut full = false;
