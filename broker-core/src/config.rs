@@ -70,8 +70,13 @@ pub struct BrokerConfig {
     pub device_code_request_limit: RateLimit,
     /// Anyone may create an account (`POST /v1/signup`).
     pub open_signup: bool,
-    /// Take the client address from `X-Forwarded-For` (behind a reverse proxy).
-    pub trust_proxy: bool,
+    /// Reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed: requests
+    /// from these networks carry the client's address and scheme in those headers. Nobody
+    /// else's are.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Issue sign-in credentials (device tokens, login tokens) over plain http to other hosts.
+    /// Off: they go only over https (a trusted proxy's `X-Forwarded-Proto`) or to this machine.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for BrokerConfig {
@@ -105,7 +110,8 @@ impl Default for BrokerConfig {
             wrong_code_limit: RateLimit { burst: 10, per_minute: 1 },
             device_code_request_limit: RateLimit { burst: 20, per_minute: 10 },
             open_signup: false,
-            trust_proxy: false,
+            trusted_proxies: Vec::new(),
+            allow_insecure_http: false,
         }
     }
 }

@@ -396,3 +396,47 @@ async fn token_polls_are_limited_per_code_and_per_address_before_the_store() {
     assert!(many[..10].iter().all(|e| e == "invalid_grant"), "{many:?}");
     assert_eq!(many.last().map(String::as_str), Some("slow_down"), "{many:?}");
 }
+
+/// Starts a device login through a "proxy" (the test itself) that sends these forwarding
+/// headers; returns the status and the address the broker recorded for the device.
+async fn login_via(broker: &TestBroker, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    let (status, text) =
+        common::http_with(broker.addr, "POST", "/v1/device/code", &all, Some(r#"{"hostname":"box"}"#)).await;
+    if status != 200 {
+        let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+        return (status, body["error"].as_str().unwrap_or_default().to_owned());
+    }
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let code = protocol::account::normalize_user_code(body["user_code"].as_str().expect("code")).expect("code");
+    let record = broker.store.device_code(&code).expect("store").expect("recorded");
+    (status, record.info.ip)
+}
+
+#[tokio::test]
+async fn forwarding_headers_count_only_from_configured_proxies() {
+    let remote = [("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https")];
+    // Nobody is trusted by default: the headers are the client's own words.
+    let broker = TestBroker::start().await;
+    assert_eq!(login_via(&broker, &remote).await, (200, "127.0.0.1".to_owned()));
+
+    // A listed proxy's are believed; plain http from another host gets no sign-in at all.
+    let config = BrokerConfig { trusted_proxies: vec!["127.0.0.0/8".parse().expect("net")], ..BrokerConfig::default() };
+    let broker = TestBroker::start_with(config).await;
+    assert_eq!(login_via(&broker, &remote).await, (200, "203.0.113.9".to_owned()));
+    let plain = [("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "http")];
+    assert_eq!(login_via(&broker, &plain).await, (403, "insecure_transport".to_owned()));
+    // Only the hop the proxy appended counts, not what the client put before it.
+    let spoofed = [("X-Forwarded-For", "127.0.0.1, 203.0.113.9")];
+    assert_eq!(login_via(&broker, &spoofed).await, (403, "insecure_transport".to_owned()));
+
+    // The operator may allow plain http on a network it trusts.
+    let config = BrokerConfig {
+        trusted_proxies: vec!["127.0.0.0/8".parse().expect("net")],
+        allow_insecure_http: true,
+        ..BrokerConfig::default()
+    };
+    let broker = TestBroker::start_with(config).await;
+    assert_eq!(login_via(&broker, &plain).await, (200, "203.0.113.9".to_owned()));
+}

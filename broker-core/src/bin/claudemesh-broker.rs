@@ -133,9 +133,19 @@ struct ServeArgs {
     /// Let anyone create an account with `POST /v1/signup`.
     #[arg(long, env = "CLAUDEMESH_OPEN_SIGNUP")]
     open_signup: bool,
-    /// Take client addresses from `X-Forwarded-For` (only behind a reverse proxy you control).
+    /// Believe `X-Forwarded-For` and `X-Forwarded-Proto` from a reverse proxy on this machine
+    /// (127.0.0.0/8, ::1): the same as `--trusted-proxy 127.0.0.0/8,::1`.
     #[arg(long, env = "CLAUDEMESH_TRUST_PROXY")]
     trust_proxy: bool,
+    /// Addresses or networks (`10.0.0.5`, `10.0.0.0/24`; repeat or separate with commas) of
+    /// reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed. A TLS proxy
+    /// must be listed for device sign-in through it to work from other hosts.
+    #[arg(long = "trusted-proxy", env = "CLAUDEMESH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Issue sign-in tokens over plain http to other hosts (only on a network you trust).
+    /// Without it they go only over https, via a trusted proxy, or to this machine.
+    #[arg(long, env = "CLAUDEMESH_ALLOW_INSECURE_HTTP")]
+    allow_insecure_http: bool,
     /// SMTP server for invite emails, like `smtp://user:pass@mail.example.com:587?tls=required`.
     #[arg(long, env = "SMTP_URL", requires = "smtp_from")]
     smtp_url: Option<String>,
@@ -273,7 +283,8 @@ fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
             token_ttl: Duration::from_secs(args.token_ttl_seconds),
             device_poll_interval: Duration::from_secs(args.device_poll_interval_seconds),
             open_signup: args.open_signup,
-            trust_proxy: args.trust_proxy,
+            trusted_proxies: trusted_proxies(args.trust_proxy, args.trusted_proxies),
+            allow_insecure_http: args.allow_insecure_http,
             ..BrokerConfig::default()
         };
         let mailer = match (&args.smtp_url, &args.smtp_from) {
@@ -458,4 +469,20 @@ fn device_command(data_dir: &std::path::Path, command: DeviceCommand) -> Result<
         }
     }
     Ok(())
+}
+
+/// `10.0.0.5` (one address) or `10.0.0.0/24`.
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{text}` is not an address or a network like 10.0.0.0/24"))
+}
+
+/// The configured proxies, plus this machine's loopback networks with `--trust-proxy`.
+fn trusted_proxies(trust_local_proxy: bool, mut proxies: Vec<ipnet::IpNet>) -> Vec<ipnet::IpNet> {
+    if trust_local_proxy {
+        proxies.extend(["127.0.0.0/8", "::1/128"].map(|net| net.parse::<ipnet::IpNet>().expect("a valid network")));
+    }
+    proxies
 }

@@ -101,25 +101,54 @@ pub fn rate_limit_key(ip: IpAddr) -> String {
     }
 }
 
+/// The address the connection came from, and whether it is a proxy the operator trusts.
+fn peer(parts: &Parts, broker: &Broker) -> (IpAddr, bool) {
+    let socket = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let ip = socket.unwrap_or(IpAddr::from([0, 0, 0, 0])).to_canonical();
+    let trusted = broker.config().trusted_proxies.iter().any(|net| net.contains(&ip));
+    (ip, trusted)
+}
+
+/// The rightmost value of a comma-separated forwarding header: the one the trusted proxy
+/// appended (the ones before it are whatever the client sent).
+fn last_hop<'a>(parts: &'a Parts, header: &str) -> Option<&'a str> {
+    parts.headers.get(header).and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).map(str::trim)
+}
+
 impl FromRequestParts<Broker> for ClientAddress {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, broker: &Broker) -> Result<Self, Self::Rejection> {
-        if broker.config().trust_proxy {
-            // The rightmost hop is the one the trusted proxy appended; the ones before it are
-            // whatever the client sent.
-            let forwarded = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse().ok());
-            if let Some(ip) = forwarded {
-                return Ok(ClientAddress(ip));
-            }
+        let (ip, from_proxy) = peer(parts, broker);
+        let forwarded =
+            from_proxy.then(|| last_hop(parts, "x-forwarded-for")).flatten().and_then(|v| v.parse::<IpAddr>().ok());
+        Ok(ClientAddress(forwarded.map_or(ip, |f| f.to_canonical())))
+    }
+}
+
+/// A request over which a sign-in credential may travel: https (as a trusted proxy reports
+/// with `X-Forwarded-Proto`), this machine, or any request when the operator allows plain http.
+/// Rejects the rest before any work, so no token ever crosses a network in clear.
+#[derive(Debug, Clone, Copy)]
+pub struct PrivateChannel;
+
+impl FromRequestParts<Broker> for PrivateChannel {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, broker: &Broker) -> Result<Self, Self::Rejection> {
+        let (ip, from_proxy) = peer(parts, broker);
+        let https = from_proxy && last_hop(parts, "x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+        // Through a proxy, "this machine" means the client the proxy serves, not the proxy.
+        let client = if from_proxy { ClientAddress::from_request_parts(parts, broker).await?.0 } else { ip };
+        if https || client.is_loopback() || broker.config().allow_insecure_http {
+            return Ok(PrivateChannel);
         }
-        let socket = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-        Ok(ClientAddress(socket.unwrap_or(IpAddr::from([0, 0, 0, 0]))))
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insecure_transport",
+            "this broker issues sign-in tokens only over https or to its own machine; put it behind a TLS \
+             proxy (listed with --trusted-proxy), or start it with --allow-insecure-http on a network you trust",
+        ))
     }
 }
 

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::auth::{Authenticated, ClientAddress, new_token, rate_limit_key, token_hash};
+use super::auth::{Authenticated, ClientAddress, PrivateChannel, new_token, rate_limit_key, token_hash};
 use super::{ApiError, Broker};
 use crate::config::RateLimit;
 use crate::protocol::account::{
@@ -117,6 +117,7 @@ fn device_info(request: &DeviceCodeRequest, ip: IpAddr) -> DeviceInfo {
 
 pub(super) async fn request_code(
     State(broker): State<Broker>,
+    _: PrivateChannel,
     ClientAddress(ip): ClientAddress,
     headers: HeaderMap,
     body: Bytes,
@@ -189,6 +190,7 @@ fn token_error_response(status: StatusCode, error: &str, description: &str) -> R
 
 pub(super) async fn poll_token(
     State(broker): State<Broker>,
+    _: PrivateChannel,
     ClientAddress(ip): ClientAddress,
     headers: HeaderMap,
     body: Bytes,
@@ -263,6 +265,7 @@ pub(super) async fn poll_token(
 /// redeemed at the token endpoint like a device code (`device_code=<login token>`).
 pub(super) async fn login_token(
     State(broker): State<Broker>,
+    _: PrivateChannel,
     auth: Authenticated,
 ) -> Result<Json<LoginTokenResponse>, ApiError> {
     let login_token = new_token().replacen("cmt_", "cml_", 1);
@@ -492,6 +495,7 @@ pub(super) async fn logout(
 
 pub(super) async fn signup(
     State(broker): State<Broker>,
+    _: PrivateChannel,
     ClientAddress(ip): ClientAddress,
     Json(request): Json<SignupRequest>,
 ) -> Result<Response, ApiError> {
