@@ -168,14 +168,8 @@ async fn invites_through_the_api_are_signed_on_the_device_and_emailed_when_possi
     assert!(mail.contains(&invite.invite_id[..8]) || mail.contains("/join/"), "the link is in the mail");
 
     // Redeemable, and listed with its use count.
-    let (status, joined) = api(
-        broker.addr,
-        "POST",
-        "/join",
-        None,
-        Some(json!({"invite": invite.to_token(), "pubkey": Keypair::generate().public_hex(), "displayName": "carol"})),
-    )
-    .await;
+    let (status, joined) =
+        api(broker.addr, "POST", "/join", None, Some(common::join_body(&invite, Some("carol")))).await;
     assert_eq!(status, 200, "{joined}");
     let (_, invites) = api(broker.addr, "GET", &format!("/v1/meshes/{mesh_id}/invites"), Some(&alice), None).await;
     assert_eq!(invites["invites"][0]["usedCount"], 1);
@@ -190,14 +184,7 @@ async fn invites_through_the_api_are_signed_on_the_device_and_emailed_when_possi
     )
     .await;
     assert_eq!(status, 200);
-    let (status, refused) = api(
-        broker.addr,
-        "POST",
-        "/join",
-        None,
-        Some(json!({"invite": invite.to_token(), "pubkey": Keypair::generate().public_hex()})),
-    )
-    .await;
+    let (status, refused) = api(broker.addr, "POST", "/join", None, Some(common::join_body(&invite, None))).await;
     assert_eq!((status, refused["error"].as_str()), (410, Some("invite_revoked")));
 
     // Signed by a key that is not one of the caller's admin members: refused.
@@ -409,14 +396,8 @@ async fn only_the_owner_moderates_admins_and_nobody_moderates_the_owner() {
         Some(json!({"invite": invite.to_token()})),
     )
     .await;
-    let (status, joined) = api(
-        broker.addr,
-        "POST",
-        "/join",
-        Some(&admin),
-        Some(json!({"invite": invite.to_token(), "pubkey": Keypair::generate().public_hex(), "displayName": "admin"})),
-    )
-    .await;
+    let (status, joined) =
+        api(broker.addr, "POST", "/join", Some(&admin), Some(common::join_body(&invite, Some("admin")))).await;
     assert_eq!(status, 200, "{joined}");
     assert_eq!(joined["role"], "admin");
     let admin_member = joined["memberId"].as_str().expect("member").to_owned();

@@ -186,6 +186,12 @@ pub fn hello_v2_signed_bytes(
     format!("claudemesh-hello/v2|{mesh_id}|{member_id}|{pubkey_hex}|{session_pubkey_hex}|{capabilities}|{timestamp_ms}")
 }
 
+/// The bytes a joining key signs to prove it is held by the joiner (`POST /join`'s `proof`):
+/// nobody can register a key they merely saw, such as another member's session key.
+pub fn join_proof_bytes(invite_id: &str, mesh_id: &str, pubkey_hex: &str) -> String {
+    format!("claudemesh-join/v1|{invite_id}|{mesh_id}|{pubkey_hex}")
+}
+
 /// The bytes a member signs to delegate a session key to itself (`hello.sessionSig`).
 /// It carries no timestamp: it is a standing statement that peers can check later too.
 pub fn session_binding_bytes(mesh_id: &str, member_pubkey_hex: &str, session_pubkey_hex: &str) -> String {

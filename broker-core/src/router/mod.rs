@@ -263,6 +263,16 @@ impl Router {
             .unwrap_or_default()
     }
 
+    /// Whether a live or recently departed session of `mesh_id` uses `key` as its routing key
+    /// (the store learns session keys a moment later: see `WriteOp::RecordSessionKey`).
+    pub fn session_key_in_use(&self, mesh_id: &str, key: &str) -> bool {
+        let shard = self.meshes.lock().expect("meshes lock").get(mesh_id).cloned();
+        shard.is_some_and(|shard| {
+            let state = shard.state.lock().expect("mesh lock");
+            state.by_routing_key.contains_key(key) || state.departed.contains_key(key)
+        })
+    }
+
     /// Sessions connected now, broker-wide.
     pub fn session_count(&self) -> usize {
         self.shards().iter().map(|s| s.state.lock().expect("mesh lock").sessions.len()).sum()

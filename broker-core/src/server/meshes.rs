@@ -265,6 +265,9 @@ pub(super) async fn enrol(
             already_member: true,
         }));
     }
+    if broker.router().session_key_in_use(&access.mesh.id, &request.pubkey) {
+        return Err(ApiError::key_taken());
+    }
     let role = if access.admin { Role::Admin } else { Role::Member };
     let member = NewMember {
         pubkey: request.pubkey,

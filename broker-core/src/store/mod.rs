@@ -24,6 +24,7 @@ pub use sqlite::{Durability, SqliteStore};
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_accounts", include_str!("migrations/0002_accounts.sql")),
+    ("0003_mesh_keys", include_str!("migrations/0003_mesh_keys.sql")),
 ];
 
 /// Why a store call failed. Callers branch on the kind (`NotFound` becomes a 404, `Conflict` a
@@ -384,6 +385,14 @@ pub enum WriteOp {
         session_pubkey: String,
     },
     SavePeerState(PeerStateRecord),
+    /// A member used this session key in its mesh (recorded once; a key is never another
+    /// member's afterwards).
+    RecordSessionKey {
+        mesh_id: String,
+        member_id: String,
+        pubkey: String,
+        at_ms: u64,
+    },
     /// Drop undelivered entries created before this time (ms).
     ExpireBefore(u64),
     Audit(Vec<AuditEvent>),
@@ -472,6 +481,9 @@ pub trait Store: Send + Sync + 'static {
     fn members(&self, mesh_id: &str) -> StoreResult<Vec<MemberRecord>>;
     fn member(&self, member_id: &str) -> StoreResult<Option<MemberRecord>>;
     fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<MemberRecord>>;
+    /// The member that used `pubkey` in `mesh_id`, as its member key or a session key, now or
+    /// ever (removed members included).
+    fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>>;
     fn add_member(
         &self,
         mesh_id: &str,

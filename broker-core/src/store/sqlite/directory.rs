@@ -149,6 +149,13 @@ fn new_member_record(mesh_id: &str, member: &NewMember, role: Role, now_ms: u64)
     }
 }
 
+pub(super) fn key_owner(conn: &Connection, mesh_id: &str, pubkey: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT member_id FROM mesh_keys WHERE mesh_id = ?1 AND pubkey = ?2", [mesh_id, pubkey], |row| {
+        row.get(0)
+    })
+    .optional()
+}
+
 fn insert_member(
     conn: &Connection,
     member: &MemberRecord,
@@ -156,6 +163,13 @@ fn insert_member(
     how: &str,
     now_ms: u64,
 ) -> StoreResult<()> {
+    if key_owner(conn, &member.mesh_id, &member.pubkey)?.is_some_and(|owner| owner != member.id) {
+        return Err(StoreError::Conflict("key_taken".into()));
+    }
+    conn.execute(
+        "INSERT INTO mesh_keys (mesh_id, pubkey, member_id, kind, first_seen_at) VALUES (?1, ?2, ?3, 'member', ?4)",
+        params![member.mesh_id, member.pubkey, member.id, member.created_at as i64],
+    )?;
     conn.execute(
         &format!("INSERT INTO members ({MEMBER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?8)"),
         params![
