@@ -261,3 +261,24 @@ async fn joining_proves_the_key_and_never_takes_a_key_another_member_used() {
     let (status, body) = join(&broker, &invite, &Keypair::generate()).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn member_names_are_unique_and_reserved_names_refused_at_join() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["admin", "alice"]);
+    let invite = issue(&broker, &mesh, &members[0], Role::Member, 5, later());
+    let parsed = Invite::parse(&invite.to_token()).expect("invite");
+    let join_named = |name: &'static str| {
+        let (broker, token, parsed) = (&broker, invite.to_token(), parsed.clone());
+        async move {
+            let key = Keypair::generate();
+            let body = json!({"invite": token, "pubkey": key.public_hex(), "displayName": name,
+                "proof": common::join_proof(&parsed, &key)});
+            let (status, body) = http(broker.addr, "POST", "/join", Some(&body.to_string())).await;
+            (status, serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["error"].as_str().map(str::to_owned))
+        }
+    };
+    assert_eq!(join_named("Al1ce").await, (409, Some("name_taken".to_owned())));
+    assert_eq!(join_named("assistant").await, (400, Some("name_reserved".to_owned())));
+    assert_eq!(join_named("carol").await.0, 200);
+}

@@ -62,6 +62,7 @@ pub use status::StatusState;
 
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
+use crate::names;
 use crate::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
 use crate::store::{MemberRecord, PeerStateRecord, Store, StoreError};
 use handshake::ReplayGuard;
@@ -162,6 +163,7 @@ impl Router {
 
     fn insert_member(&self, state: &mut MeshState, record: MemberRecord, saved: Option<PeerStateRecord>, now: Instant) {
         state.by_pubkey.insert(record.pubkey.clone(), record.id.clone());
+        state.member_names.entry(names::skeleton(&record.display_name)).or_insert_with(|| record.id.clone());
         state.members.insert(
             record.id.clone(),
             MemberEntry {

@@ -172,7 +172,7 @@ fn join_error(error: StoreError) -> ApiError {
                 (StatusCode::FORBIDDEN, "invite_issuer_not_admin", "the invite was not signed by an admin of the mesh")
             }
             "mesh_archived" => (StatusCode::GONE, "mesh_archived", "the mesh was archived"),
-            super::KEY_TAKEN => return ApiError::key_taken(),
+            super::KEY_TAKEN | "name_taken" => return ApiError::from(error),
             "member_revoked" => {
                 (StatusCode::FORBIDDEN, "member_revoked", "this key was removed from the mesh; generate a new one")
             }

@@ -225,6 +225,16 @@ impl From<crate::store::StoreError> for ApiError {
         match error {
             StoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, "not_found", what),
             StoreError::Conflict(what) if what == KEY_TAKEN => ApiError::key_taken(),
+            StoreError::Conflict(what) if what == "name_taken" => ApiError::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                "another member of the mesh already has that display name (or one that reads the same); choose another",
+            ),
+            StoreError::Invalid(what) if what == "name_reserved" => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name_reserved",
+                "that display name is reserved (it reads as user, assistant, system, claude or the like); choose another",
+            ),
             StoreError::Conflict(what) => ApiError::new(StatusCode::CONFLICT, "conflict", what),
             StoreError::Invalid(what) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", what),
             StoreError::Sqlite(_)

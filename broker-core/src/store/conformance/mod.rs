@@ -77,6 +77,7 @@ macro_rules! store_conformance_tests {
             slugs_are_unique_per_broker,
             meshes_are_renamed_and_archived,
             members_are_added_and_found,
+            member_names_are_unique_and_keys_never_change_hands,
             membership_changes_kick_ban_unban_and_leave,
             account_meshes_list_active_memberships_with_the_highest_role,
             directory_version_moves_with_every_directory_change,
