@@ -24,7 +24,7 @@ pub use sqlite::{Durability, SqliteStore};
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_accounts", include_str!("migrations/0002_accounts.sql")),
-    ("0003_mesh_keys", include_str!("migrations/0003_mesh_keys.sql")),
+    ("0003_hardening", include_str!("migrations/0003_hardening.sql")),
 ];
 
 /// Why a store call failed. Callers branch on the kind (`NotFound` becomes a 404, `Conflict` a
@@ -427,6 +427,10 @@ pub struct AccountMesh {
     pub member_count: u64,
 }
 
+/// Devices signed in through a device's approval or login token this long before that device
+/// is revoked are revoked with it: a stolen device must not leave accomplices behind.
+pub const APPROVAL_RECALL_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Durable state. Methods other than [`Store::submit`] block: call them from a blocking thread.
 pub trait Store: Send + Sync + 'static {
     /// Queues a hot-path write; `done` runs after the batch holding it commits.
@@ -544,7 +548,9 @@ pub trait Store: Send + Sync + 'static {
     /// The account's devices, revoked ones too, in creation order.
     fn devices(&self, account_id: &str) -> StoreResult<Vec<DeviceRecord>>;
     /// Revokes the device and every member key it holds; returns those members as they are now
-    /// (revoked). Approvals the device gave that nobody redeemed yet die with it.
+    /// (revoked). Approvals and login tokens the device gave that nobody redeemed yet die with
+    /// it, and devices they signed in within [`APPROVAL_RECALL_WINDOW`] before are revoked too
+    /// (audited as `device_revoked_with_approver`), and so on down the line.
     fn revoke_device(&self, device_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<Vec<MemberRecord>>;
 
     // --- device login (RFC 8628) ---------------------------------------------------------------

@@ -12,3 +12,7 @@ CREATE TABLE mesh_keys (
 
 INSERT OR IGNORE INTO mesh_keys (mesh_id, pubkey, member_id, kind, first_seen_at)
     SELECT mesh_id, pubkey, id, 'member', created_at FROM members;
+
+-- The device whose approval (or login token) signed this one in: revoking that device soon after
+-- also revokes what it let in.
+ALTER TABLE devices ADD COLUMN approved_by TEXT;
