@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::codes::{self, DbCode as _};
 use super::{audit, conflict_on_duplicate};
-use crate::protocol::Role;
+use crate::protocol::{MAX_GRANTS, Role};
 use crate::store::{
     AccountMesh, AuditEvent, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
     NewMember, Redemption, StoreError, StoreResult,
@@ -448,6 +448,14 @@ pub(super) fn set_grants(
                 conn.execute("DELETE FROM grants WHERE member_id = ?1 AND peer_pubkey = ?2", [member_id, peer])?;
             }
         }
+    }
+    let held: i64 =
+        conn.query_row("SELECT COUNT(*) FROM grants WHERE member_id = ?1", [member_id], |row| row.get(0))?;
+    if held as usize > MAX_GRANTS {
+        return Err(StoreError::Invalid(format!(
+            "a member holds at most {} grants; reset some (null) first",
+            MAX_GRANTS
+        )));
     }
     let payload: serde_json::Map<String, serde_json::Value> =
         changes.iter().map(|(peer, caps)| (peer.clone(), json!(caps))).collect();
