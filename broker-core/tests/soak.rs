@@ -49,6 +49,9 @@ const MAX_FRAME: usize = 1024 * 1024;
 const PER_CONNECTION_BYTES: u64 = 4 * MAX_FRAME as u64;
 /// Between two honest rounds (each peer sends one message a round): within the rate limit.
 const HONEST_PAUSE: Duration = Duration::from_millis(100);
+/// How long after the soak the attackers may take to finish (a stranger waits up to 3 s for its
+/// close, an insider up to `WAIT` for its hello_ack).
+const STUCK: Duration = Duration::from_secs(30);
 /// Allocator slack: glibc keeps freed memory in per-thread arenas and returns it lazily.
 const SLACK_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -422,7 +425,13 @@ async fn garbage_from_dozens_of_connections_leaves_the_broker_up_bounded_and_ser
         rounds += 1;
         tokio::time::sleep(HONEST_PAUSE).await;
     }
-    tokio::task::spawn_blocking(move || attack.join()).await.expect("joins").expect("the attackers ran to the end");
+    // An attacker still busy long after the end is one whose writes the broker neither reads nor
+    // refuses: a connection it holds without serving.
+    tokio::time::timeout(STUCK, tokio::task::spawn_blocking(move || attack.join()))
+        .await
+        .expect("every attacker finished: the broker reads or drops every connection")
+        .expect("joins")
+        .expect("the attackers ran to the end");
     let peak = sampler.await.expect("the sampler").max(resident_bytes(pid));
 
     assert!(broker.is_running(), "the broker process survived");
@@ -481,4 +490,36 @@ async fn a_members_grants_stay_bounded() {
     socket.send_frame(&blocking(MAX_GRANTS..MAX_GRANTS + 1, "one-more")).await;
     refused(socket.next().await, "one-more");
     assert_eq!(broker.store.grants(&mesh_id).expect("lists").len(), MAX_GRANTS, "the refused change applied nothing");
+}
+
+/// Found by the soak, which hung: a session that stopped reading while the broker wrote to it was
+/// closed in name only. Its outbox filled and its reader stopped, but the writer stayed blocked
+/// on the full socket for as long as the TCP connection lived, holding the connection, its task
+/// and its buffers, and the peer's own writes piled up in a socket nobody read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_stops_reading_is_disconnected() {
+    let broker = TestBroker::start().await;
+    let (mesh_id, members) = broker.mesh("stuck", &["alice"]);
+    let grants: Vec<(String, Option<Vec<String>>)> =
+        (0..MAX_GRANTS).map(|n| (format!("{n:064x}"), Some(vec![]))).collect();
+    broker.store.set_grants(&members[0].record.id, &grants, protocol::now_ms()).expect("grants");
+    let (mut socket, _) = tokio_tungstenite::connect_async(broker.ws_url()).await.expect("connects");
+    let hello = ClientFrame::Hello(signed_hello(&mesh_id, &members[0], protocol::now_ms()));
+    socket.send(Message::text(serde_json::to_string(&hello).expect("encodes"))).await.expect("sends");
+    match tokio::time::timeout(WAIT, socket.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => assert!(text.contains("\"hello_ack\""), "{text}"),
+        other => panic!("expected the hello_ack, got {other:?}"),
+    }
+
+    // Every answer lists the 1024 grants (about 75 KB); none is ever read.
+    let ask = Message::text(json!({"type": "get_grants"}).to_string());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the broker kept a connection nobody reads");
+        // A send that does not finish means the broker is not reading (yet); one that fails means
+        // it dropped the connection.
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(200), socket.send(ask.clone())).await {
+            break;
+        }
+    }
 }
