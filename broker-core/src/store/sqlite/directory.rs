@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::codes::{self, DbCode as _};
 use super::{audit, conflict_on_duplicate};
-use crate::protocol::{MAX_GRANTS, Role};
+use crate::protocol::Role;
 use crate::store::{
     AccountMesh, AuditEvent, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
     NewMember, Redemption, StoreError, StoreResult,
@@ -451,10 +451,10 @@ pub(super) fn set_grants(
     }
     let held: i64 =
         conn.query_row("SELECT COUNT(*) FROM grants WHERE member_id = ?1", [member_id], |row| row.get(0))?;
-    if held as usize > MAX_GRANTS {
+    if held as usize > crate::protocol::MAX_GRANTS {
         return Err(StoreError::Invalid(format!(
             "a member holds at most {} grants; reset some (null) first",
-            MAX_GRANTS
+            crate::protocol::MAX_GRANTS
         )));
     }
     let payload: serde_json::Map<String, serde_json::Value> =
