@@ -12,7 +12,7 @@ use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use rand::RngCore as _;
 use zeroize::Zeroizing;
 
-pub use audit::{AUDIT_GENESIS, audit_hash, canonical_json};
+pub use audit::{AUDIT_GENESIS, audit_hash, audit_hashed_text, canonical_json};
 pub use sealing::{
     BoxKey, MultiSealed, NONCE_LEN, open_multi, seal_multi, sealed_box_open, sealed_box_seal, secretbox_open,
     secretbox_seal,

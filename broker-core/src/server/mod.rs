@@ -6,7 +6,8 @@
 
 pub mod auth;
 mod device_login;
-mod join;
+/// Public for its request body, which `tests/fuzz.rs` decodes.
+pub mod join;
 mod meshes;
 mod ws;
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod accounts;
+pub mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -372,15 +373,25 @@ pub async fn http_with(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, String) {
+    http_bytes(addr, method, path, headers, body.unwrap_or("").as_bytes()).await
+}
+
+/// A request whose body is any bytes (not necessarily UTF-8).
+pub async fn http_bytes(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
-    let body = body.unwrap_or("");
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.expect("writes");
+    stream.write_all(&[head.as_bytes(), body].concat()).await.expect("writes");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("reads");
     let response = String::from_utf8_lossy(&response).into_owned();

@@ -6,7 +6,7 @@ use super::{
     NOW_MS, TestDatabase, add_member, assert_conflict, assert_invalid, assert_not_found, audit_log, audit_types,
     mesh_with_admin, new_member, pubkey, write,
 };
-use crate::protocol::Role;
+use crate::protocol::{MAX_GRANTS, Role};
 use crate::store::{
     AccountMesh, DeviceInfo, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord, NewMember, Store,
     WriteOp,
@@ -513,4 +513,27 @@ pub fn grants_are_set_reset_and_listed<D: TestDatabase>(database: &D) {
     assert_eq!(changes[0].0, Some(bob.id.as_str()));
     assert_eq!(changes[0].1, &json!({ alice.pubkey.clone(): ["dm", "read"], carol.pubkey.clone(): [] }));
     assert_eq!(changes[1].1, &json!({ alice.pubkey.clone(): null }));
+}
+
+/// A member holds at most `MAX_GRANTS` grants: a change that would go past it applies nothing,
+/// while replacing or resetting grants it holds still works.
+pub fn grants_are_capped_per_member<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let (mesh, alice) = mesh_with_admin(&*store, "capped", 1, NOW_MS);
+    let blocked = |from: u32, to: u32| (from..to).map(|n| (pubkey(n), Some(vec![]))).collect::<Vec<_>>();
+    let full = store.set_grants(&alice.id, &blocked(1_000, 1_000 + MAX_GRANTS as u32), NOW_MS + 1).expect("fills");
+    assert_eq!(full.len(), MAX_GRANTS);
+    let before = audit_log(&*store, &mesh.id).len();
+    let one_more = 1_000 + MAX_GRANTS as u32;
+    assert_invalid(store.set_grants(&alice.id, &blocked(one_more, one_more + 1), NOW_MS + 2));
+    assert_eq!(store.grants(&mesh.id).expect("lists").len(), MAX_GRANTS, "nothing of the refused change applied");
+    assert_eq!(audit_log(&*store, &mesh.id).len(), before);
+
+    let replaced =
+        store.set_grants(&alice.id, &[(pubkey(1_000), Some(vec!["dm".into()]))], NOW_MS + 3).expect("replaces");
+    assert_eq!(replaced.len(), MAX_GRANTS);
+    let swapped = store
+        .set_grants(&alice.id, &[(pubkey(1_001), None), (pubkey(one_more), Some(vec![]))], NOW_MS + 4)
+        .expect("a reset makes room");
+    assert_eq!(swapped.len(), MAX_GRANTS);
 }

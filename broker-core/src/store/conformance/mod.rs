@@ -85,6 +85,7 @@ macro_rules! store_conformance_tests {
             redeeming_an_invite_follows_its_terms,
             concurrent_redemptions_never_exceed_max_uses,
             grants_are_set_reset_and_listed,
+            grants_are_capped_per_member,
             accounts_are_found_by_id_or_name,
             devices_hold_tokens_until_revoked,
             a_device_code_is_approved_then_redeemed_once,

@@ -486,6 +486,14 @@ pub(super) fn set_grants(
             }
         }
     }
+    let held: i64 =
+        conn.query_row("SELECT COUNT(*) FROM grants WHERE member_id = ?1", [member_id], |row| row.get(0))?;
+    if held as usize > crate::protocol::MAX_GRANTS {
+        return Err(StoreError::Invalid(format!(
+            "a member holds at most {} grants; reset some (null) first",
+            crate::protocol::MAX_GRANTS
+        )));
+    }
     let payload: serde_json::Map<String, serde_json::Value> =
         changes.iter().map(|(peer, caps)| (peer.clone(), json!(caps))).collect();
     audit::append(
