@@ -78,6 +78,10 @@ impl BrokerProcess {
             .args(["--log-format", "text"])
             .env("RATE_LIMIT_BURST", RATE_LIMIT_BURST)
             .env("RATE_LIMIT_PER_MINUTE", RATE_LIMIT_PER_MINUTE)
+            // A load generator is the flood the pair breaker exists to stop.
+            .env("PAIR_BURST", RATE_LIMIT_BURST)
+            .env("PAIR_PER_MINUTE", RATE_LIMIT_PER_MINUTE)
+            .env("PAIR_LOOP_TURNS", RATE_LIMIT_BURST)
             .env("RUST_LOG", std::env::var("BENCH_BROKER_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .envs(self.options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

@@ -72,8 +72,9 @@ impl Scenario {
         throughput, delivered fraction, duplicates, losses, and the broker's memory, descriptors and \
         CPU time sampled from /proc.\n\n\
         With --url it targets a broker that is already running on this machine; meshes and members go \
-        into that broker's data directory (--data-dir). Start it with raised RATE_LIMIT_BURST and \
-        RATE_LIMIT_PER_MINUTE, or sends are refused with rate_limit.",
+        into that broker's data directory (--data-dir). Start it with raised RATE_LIMIT_BURST, \
+        RATE_LIMIT_PER_MINUTE, PAIR_BURST, PAIR_PER_MINUTE and PAIR_LOOP_TURNS, or sends are refused with rate_limit \
+        or held.",
     after_help = "Examples:\n  \
         claudemesh-bench burst --json\n  \
         claudemesh-bench burst --peers 10 --messages 100\n  \

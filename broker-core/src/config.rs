@@ -10,6 +10,45 @@ pub struct RateLimit {
     pub per_minute: u32,
 }
 
+/// When the broker holds the direct messages between two members: a runaway session (a model
+/// stuck in a loop) must not flood a peer, and two sessions answering each other must not do it
+/// forever. A mesh may set its own (admins: `PUT /v1/meshes/{mesh}/pair-limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairLimits {
+    /// Direct messages one member may send another in a burst…
+    pub burst: u32,
+    /// …and per minute after it.
+    pub per_minute: u32,
+    /// Replies back and forth between two members, each within `loop_gap_seconds` of the
+    /// last, that count as a loop.
+    pub loop_turns: u32,
+    pub loop_gap_seconds: u32,
+}
+
+impl Default for PairLimits {
+    fn default() -> Self {
+        PairLimits { burst: 20, per_minute: 6, loop_turns: 40, loop_gap_seconds: 60 }
+    }
+}
+
+impl PairLimits {
+    /// Checks limits an admin sets: every value at least 1, within sane bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        let bounded = |name: &str, value: u32, max: u32| {
+            if (1..=max).contains(&value) { Ok(()) } else { Err(format!("{name} must be between 1 and {max}")) }
+        };
+        bounded("burst", self.burst, 10_000)?;
+        bounded("perMinute", self.per_minute, 10_000)?;
+        bounded("loopTurns", self.loop_turns, 10_000)?;
+        bounded("loopGapSeconds", self.loop_gap_seconds, 3600)
+    }
+
+    pub fn rate(&self) -> RateLimit {
+        RateLimit { burst: self.burst, per_minute: self.per_minute }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Cap on `nonce + ciphertext + targetSpec` of one send (`too_large` beyond it).
@@ -21,6 +60,8 @@ pub struct BrokerConfig {
     /// Sessions one member may have open in a mesh (so one member cannot take the whole mesh).
     pub max_sessions_per_member: usize,
     pub rate_limit: RateLimit,
+    /// The pair breaker's limits for meshes that set none.
+    pub pair_limits: PairLimits,
     /// A `hello` timestamp further than this from broker time is refused.
     pub hello_skew: Duration,
     /// A connection that has not sent `hello` by then is closed.
@@ -91,6 +132,7 @@ impl Default for BrokerConfig {
             max_connections_per_mesh: 100,
             max_sessions_per_member: 32,
             rate_limit: RateLimit { burst: 10, per_minute: 60 },
+            pair_limits: PairLimits::default(),
             hello_skew: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),

@@ -23,7 +23,7 @@ const CONNECTION_REJECT_REASONS: [ErrorCode; 8] = [
     ErrorCode::NoHello,
 ];
 
-const MESSAGE_REJECT_REASONS: [SendRejection; 7] = [
+const MESSAGE_REJECT_REASONS: [SendRejection; 8] = [
     SendRejection::RateLimit,
     SendRejection::TooLarge,
     SendRejection::UnknownRecipient,
@@ -31,6 +31,7 @@ const MESSAGE_REJECT_REASONS: [SendRejection; 7] = [
     SendRejection::Blocked,
     SendRejection::Malformed,
     SendRejection::Unavailable,
+    SendRejection::Held,
 ];
 
 /// Capabilities a grant can deny at send time.
@@ -42,7 +43,7 @@ pub struct Metrics {
     pub connections_active: AtomicU64,
     connections_rejected: [AtomicU64; 8],
     messages_routed: [AtomicU64; 3],
-    messages_rejected: [AtomicU64; 7],
+    messages_rejected: [AtomicU64; MESSAGE_REJECT_REASONS.len()],
     dropped_by_grant: [AtomicU64; 2],
     pub messages_delivered_total: AtomicU64,
     /// Undelivered queue entries (seeded from the store at start, then kept up to date).
@@ -50,6 +51,8 @@ pub struct Metrics {
     pub db_healthy: AtomicU64,
     pub store_batches_total: AtomicU64,
     pub slow_consumers_total: AtomicU64,
+    /// Member pairs the pair breaker held.
+    pub pairs_held_total: AtomicU64,
     pub expired_total: AtomicU64,
     hello_buckets: [AtomicU64; 10],
     hello_count: AtomicU64,
@@ -164,6 +167,12 @@ impl Metrics {
             "counter",
             "Sessions dropped because they did not read their socket.",
             &plain(&self.slow_consumers_total),
+        );
+        family(
+            "broker_pairs_held_total",
+            "counter",
+            "Member pairs whose direct messages the pair breaker held (a flood or a reply loop).",
+            &plain(&self.pairs_held_total),
         );
         family(
             "broker_messages_expired_total",

@@ -272,15 +272,10 @@ fn broker_reads(text: &str) -> Result<(), TestCaseError> {
     let _ = frame.kind();
     match &frame {
         ClientFrame::Hello(hello) => {
-            let _ = broker_core::router::limits::check_hello(hello);
+            let _ = broker_core::router::limits::clean_hello(&mut hello.clone());
             let _ = Capabilities::from_names(&hello.capabilities).names();
-            let _ = PublicKey::from_hex(&hello.pubkey).map(|key| {
-                key.verify_hex(
-                    crypto::hello_signed_bytes(&hello.mesh_id, &hello.member_id, &hello.pubkey, hello.timestamp)
-                        .as_bytes(),
-                    &hello.signature,
-                )
-            });
+            let _ = PublicKey::from_hex(&hello.pubkey)
+                .map(|key| key.verify_hex(hello.signed_bytes().as_bytes(), &hello.signature));
         }
         ClientFrame::Send(send) => {
             let _ = Target::parse(&send.target_spec);
@@ -292,10 +287,10 @@ fn broker_reads(text: &str) -> Result<(), TestCaseError> {
             let _ = broker_core::router::validate_grants(set.grants.clone());
         }
         ClientFrame::SetSummary(set) => {
-            let _ = broker_core::router::limits::check_summary(&set.summary);
+            let _ = broker_core::router::limits::clean_summary(&mut set.summary.clone());
         }
         ClientFrame::JoinGroup(join) => {
-            let _ = broker_core::router::limits::check_group(&GroupMembership {
+            let _ = broker_core::router::limits::clean_group(&mut GroupMembership {
                 name: join.name.clone(),
                 role: join.role.clone(),
             });
@@ -496,6 +491,7 @@ fn server_samples() -> Vec<Value> {
             req_id: Some("r1".into()),
         }),
         ServerFrame::PeersList(PeersList {
+            omitted: Some(3),
             peers: vec![PeerInfo {
                 pubkey: hex_key(0x11),
                 member_pubkey: hex_key(0x12),

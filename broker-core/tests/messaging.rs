@@ -436,3 +436,75 @@ async fn a_member_with_an_unusable_key_is_skipped_and_the_rest_get_the_broadcast
     assert!(receipt.uncovered.is_empty(), "{:?}", receipt.uncovered);
     assert_eq!(bob.message().await.text().as_deref(), Some("hello everyone"));
 }
+
+#[tokio::test]
+async fn a_flood_to_one_peer_is_held_until_a_person_releases_it() {
+    let limits = broker_core::config::PairLimits { burst: 3, per_minute: 1, loop_turns: 1000, loop_gap_seconds: 60 };
+    let config = BrokerConfig { pair_limits: limits, ..generous() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol"]);
+    let mut alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    let carol = broker.connect(&mesh, &members[2], "carol").await;
+    let bob_key = members[1].key.public_hex();
+
+    for n in 0..3 {
+        alice.client.send(&bob_key, format!("note {n}").as_bytes(), Priority::Now).await.expect("within the budget");
+    }
+    match alice.client.send(&bob_key, b"one too many", Priority::Now).await {
+        Err(ClientError::Rejected { reason: Some(SendRejection::Held), message }) => {
+            assert!(message.contains("claudemesh release"), "says how to release: {message}")
+        }
+        other => panic!("expected held, got {other:?}"),
+    }
+    // Both members hear why; the sender's other targets and the other direction still flow.
+    let held = bob.system_event("pair_held").await;
+    assert_eq!(
+        (held["fromName"].as_str(), held["toName"].as_str(), held["reason"].as_str()),
+        (Some("alice"), Some("bob"), Some("budget"))
+    );
+    assert_eq!(alice.system_event("pair_held").await["reason"], "budget");
+    alice.client.send(&members[2].key.public_hex(), b"hi carol", Priority::Now).await.expect("other pairs flow");
+    bob.client.send(&members[0].key.public_hex(), b"hi alice", Priority::Now).await.expect("the other direction flows");
+    // Held until released, however long it waits.
+    assert!(matches!(
+        alice.client.send(&bob_key, b"still?", Priority::Now).await,
+        Err(ClientError::Rejected { reason: Some(SendRejection::Held), .. })
+    ));
+
+    assert!(alice.client.release_pair(&bob_key).await.expect("released"));
+    assert_eq!(bob.system_event("pair_released").await["fromName"], "alice");
+    alice.client.send(&bob_key, b"back to normal", Priority::Now).await.expect("flows again");
+    assert!(!carol.client.release_pair(&bob_key).await.expect("answers"), "nothing held between carol and bob");
+}
+
+#[tokio::test]
+async fn two_sessions_answering_each_other_in_a_loop_are_held_both_ways() {
+    let limits = broker_core::config::PairLimits { burst: 1000, per_minute: 1000, loop_turns: 6, loop_gap_seconds: 60 };
+    let config = BrokerConfig { pair_limits: limits, ..generous() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    let (alice_key, bob_key) = (members[0].key.public_hex(), members[1].key.public_hex());
+    let mut refused = None;
+    for turn in 0..20 {
+        let (from, to) = if turn % 2 == 0 { (&alice, &bob_key) } else { (&bob, &alice_key) };
+        if let Err(error) = from.client.send(to, b"thanks! anything else?", Priority::Now).await {
+            refused = Some((turn, error));
+            break;
+        }
+    }
+    let Some((turn, ClientError::Rejected { reason: Some(SendRejection::Held), message })) = refused else {
+        panic!("the loop was never held: {refused:?}")
+    };
+    assert_eq!(turn, 6, "held on the sixth answer back");
+    assert!(message.contains("loop"), "{message}");
+    assert_eq!(bob.system_event("pair_held").await["reason"], "loop");
+    for (from, to) in [(&alice, &bob_key), (&bob, &alice_key)] {
+        assert!(matches!(
+            from.client.send(to, b"?", Priority::Now).await,
+            Err(ClientError::Rejected { reason: Some(SendRejection::Held), .. })
+        ));
+    }
+}

@@ -348,7 +348,15 @@ async fn garbage_from_dozens_of_connections_leaves_the_broker_up_bounded_and_ser
         port,
         &log,
         // Room for the honest peers' pace (`HONEST_PAUSE`); insiders are held to the same limit.
-        &[("RATE_LIMIT_BURST", "20"), ("RATE_LIMIT_PER_MINUTE", "1200"), ("RUST_LOG", "warn")],
+        &[
+            ("RATE_LIMIT_BURST", "20"),
+            ("RATE_LIMIT_PER_MINUTE", "1200"),
+            // The honest pair talks as fast as it can: not a storm to stop here.
+            ("PAIR_BURST", "1000000"),
+            ("PAIR_PER_MINUTE", "1000000"),
+            ("PAIR_LOOP_TURNS", "1000000"),
+            ("RUST_LOG", "warn"),
+        ],
     );
     wait_ready(port).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");

@@ -73,6 +73,9 @@ pub enum MessageKind {
     Direct,
     Group,
     Broadcast,
+    /// From claudemesh itself (`from` "claudemesh"): the broker held messages between this
+    /// member and the peer whose member key is in `target`, or released them.
+    Notice,
 }
 
 impl MessageKind {
@@ -89,6 +92,7 @@ impl MessageKind {
             MessageKind::Direct => "direct",
             MessageKind::Group => "group",
             MessageKind::Broadcast => "broadcast",
+            MessageKind::Notice => "notice",
         }
     }
 
@@ -96,6 +100,7 @@ impl MessageKind {
         match text {
             "group" => MessageKind::Group,
             "broadcast" => MessageKind::Broadcast,
+            "notice" => MessageKind::Notice,
             _ => MessageKind::Direct,
         }
     }
@@ -384,7 +389,7 @@ pub struct SentMessage {
 #[cfg_attr(not(feature = "gui"), allow(dead_code))]
 pub fn for_person(message: &StoredMessage, receiving_channel: Option<&str>, own_member_keys: &[String]) -> bool {
     match message.kind {
-        MessageKind::Group | MessageKind::Broadcast => true,
+        MessageKind::Group | MessageKind::Broadcast | MessageKind::Notice => true,
         MessageKind::Direct => {
             receiving_channel == Some("desktop")
                 || message.target.as_ref().is_none_or(|target| own_member_keys.contains(target))

@@ -125,6 +125,11 @@ impl Broker {
             // The latency run sends 1,000 messages back to back; the default limit is 60/min.
             .env("RATE_LIMIT_BURST", "100000")
             .env("RATE_LIMIT_PER_MINUTE", "6000000")
+            // …between one pair of peers, which the pair breaker would hold (tests that need it
+            // lower it per mesh with `PUT /v1/meshes/{mesh}/pair-limits`).
+            .env("PAIR_BURST", "100000")
+            .env("PAIR_PER_MINUTE", "6000000")
+            .env("PAIR_LOOP_TURNS", "100000")
             // Device logins poll every second instead of every 5 s: shorter tests, same flow.
             .env("DEVICE_POLL_INTERVAL_SECONDS", "1")
             .env("RUST_LOG", "warn")

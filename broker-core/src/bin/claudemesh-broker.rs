@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use broker_core::args::{parse_duration, parse_role};
-use broker_core::config::{BrokerConfig, RateLimit};
+use broker_core::config::{BrokerConfig, PairLimits, RateLimit};
 use broker_core::email::Mailer;
 use broker_core::operator::{self, Operator, OperatorError};
 use broker_core::protocol::account::format_user_code;
@@ -106,6 +106,39 @@ struct ServeArgs {
     /// Sustained sends per member per minute.
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = BrokerConfig::default().rate_limit.per_minute)]
     rate_limit_per_minute: u32,
+    /// Direct messages one member may send another member in a burst before the pair breaker
+    /// holds them (a mesh's admins may set their own: `PUT /v1/meshes/{mesh}/pair-limits`).
+    #[arg(
+        long,
+        env = "PAIR_BURST",
+        default_value_t = BrokerConfig::default().pair_limits.burst,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pair_burst: u32,
+    /// Direct messages per minute one member may send another after the burst.
+    #[arg(
+        long,
+        env = "PAIR_PER_MINUTE",
+        default_value_t = BrokerConfig::default().pair_limits.per_minute,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pair_per_minute: u32,
+    /// Quick answers back and forth between two members that count as a reply loop.
+    #[arg(
+        long,
+        env = "PAIR_LOOP_TURNS",
+        default_value_t = BrokerConfig::default().pair_limits.loop_turns,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pair_loop_turns: u32,
+    /// Seconds within which an answer counts as quick for loop detection.
+    #[arg(
+        long,
+        env = "PAIR_LOOP_GAP_SECONDS",
+        default_value_t = BrokerConfig::default().pair_limits.loop_gap_seconds,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pair_loop_gap_seconds: u32,
     /// Seconds after which a `working` status without news decays to `idle`.
     #[arg(long, env = "STATUS_TTL_SECONDS", default_value_t = BrokerConfig::default().status_ttl.as_secs())]
     status_ttl_seconds: u64,
@@ -278,6 +311,12 @@ fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
             max_frame_bytes: BrokerConfig::default().max_frame_bytes.max(args.max_message_bytes * 4),
             max_connections_per_mesh: args.max_connections_per_mesh,
             rate_limit: RateLimit { burst: args.rate_limit_burst, per_minute: args.rate_limit_per_minute },
+            pair_limits: PairLimits {
+                burst: args.pair_burst,
+                per_minute: args.pair_per_minute,
+                loop_turns: args.pair_loop_turns,
+                loop_gap_seconds: args.pair_loop_gap_seconds,
+            },
             status_ttl: Duration::from_secs(args.status_ttl_seconds),
             message_ttl: Duration::from_secs(args.message_ttl_seconds),
             token_ttl: Duration::from_secs(args.token_ttl_seconds),

@@ -160,7 +160,8 @@ pub enum ClientEvent {
         fatal: bool,
     },
     Message(InboundMessage),
-    /// A broker event this client understands (`peer_joined`, `peer_left`, `peer_returned`).
+    /// A broker event this client understands (`peer_joined`, `peer_left`, `peer_returned`,
+    /// `pair_held`, `pair_released`).
     System {
         event: SystemEvent,
         created_at: String,
@@ -540,6 +541,19 @@ impl MeshClient {
         let frame = ClientFrame::LeaveMesh(protocol::LeaveMesh { req_id: Some(req_id.clone()) });
         match self.exchange(frame, Correlation::Request(req_id)).await? {
             ServerFrame::Left(left) => Ok(left.member_id),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// Releases messages the broker held between this member and `peer` (a member or session
+    /// key). Returns whether anything was held. Meant for a person's command, never for a model.
+    pub async fn release_pair(&self, peer: &str) -> Result<bool, ClientError> {
+        let req_id = self.correlation_id();
+        let frame =
+            ClientFrame::ReleasePair(protocol::ReleasePair { peer: peer.to_owned(), req_id: Some(req_id.clone()) });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::Released(released) => Ok(released.released),
             ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
             _ => Err(ClientError::UnexpectedReply),
         }

@@ -32,6 +32,9 @@ pub enum ClientFrame {
     AuditVerify(AuditVerify),
     /// Ours: this member leaves the mesh for good (its key is refused afterwards).
     LeaveMesh(LeaveMesh),
+    /// Ours: a person lets messages between this member and `peer` flow again after the
+    /// broker held them (see `pair_held`).
+    ReleasePair(ReleasePair),
 }
 
 impl ClientFrame {
@@ -53,6 +56,7 @@ impl ClientFrame {
             ClientFrame::AuditQuery(_) => "audit_query",
             ClientFrame::AuditVerify(_) => "audit_verify",
             ClientFrame::LeaveMesh(_) => "leave_mesh",
+            ClientFrame::ReleasePair(_) => "release_pair",
         }
     }
 }
@@ -268,6 +272,15 @@ pub struct AuditVerify {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LeaveMesh {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleasePair {
+    /// The other member: its member key or one of its session keys.
+    pub peer: String,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

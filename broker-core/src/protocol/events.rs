@@ -16,6 +16,11 @@ pub enum SystemEvent {
     PeerReturned(PeerReturned),
     /// A session went away.
     PeerLeft(PeerLeft),
+    /// Ours: the broker holds messages between two members (a runaway exchange); sent to the
+    /// sessions of both.
+    PairHeld(PairHold),
+    /// Ours: a person released a held pair.
+    PairReleased(PairHold),
 }
 
 /// The `push.subtype` of broker events.
@@ -28,6 +33,8 @@ impl SystemEvent {
             SystemEvent::PeerJoined(_) => "peer_joined",
             SystemEvent::PeerReturned(_) => "peer_returned",
             SystemEvent::PeerLeft(_) => "peer_left",
+            SystemEvent::PairHeld(_) => "pair_held",
+            SystemEvent::PairReleased(_) => "pair_released",
         }
     }
 
@@ -37,6 +44,7 @@ impl SystemEvent {
             SystemEvent::PeerJoined(data) => serde_json::to_value(data),
             SystemEvent::PeerReturned(data) => serde_json::to_value(data),
             SystemEvent::PeerLeft(data) => serde_json::to_value(data),
+            SystemEvent::PairHeld(data) | SystemEvent::PairReleased(data) => serde_json::to_value(data),
         };
         data.expect("event data serializes")
     }
@@ -47,12 +55,13 @@ impl SystemEvent {
         serde_json::from_value(serde_json::json!({ "event": event, "eventData": data }))
     }
 
-    /// The peer the event is about: its display name, routing key and member key.
-    pub fn peer(&self) -> (&str, &str, &str) {
+    /// The peer a presence event is about: its display name, routing key and member key.
+    pub fn peer(&self) -> Option<(&str, &str, &str)> {
         match self {
-            SystemEvent::PeerJoined(p) => (&p.name, &p.pubkey, &p.member_pubkey),
-            SystemEvent::PeerReturned(p) => (&p.name, &p.pubkey, &p.member_pubkey),
-            SystemEvent::PeerLeft(p) => (&p.name, &p.pubkey, &p.member_pubkey),
+            SystemEvent::PeerJoined(p) => Some((&p.name, &p.pubkey, &p.member_pubkey)),
+            SystemEvent::PeerReturned(p) => Some((&p.name, &p.pubkey, &p.member_pubkey)),
+            SystemEvent::PeerLeft(p) => Some((&p.name, &p.pubkey, &p.member_pubkey)),
+            SystemEvent::PairHeld(_) | SystemEvent::PairReleased(_) => None,
         }
     }
 }
@@ -93,6 +102,21 @@ pub struct PeerLeft {
     pub member_pubkey: String,
 }
 
+/// Two members whose messages the broker holds (or released): who sent too much to whom, and
+/// why, in words a person and a model can act on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairHold {
+    pub from_name: String,
+    pub from_member_pubkey: String,
+    pub to_name: String,
+    pub to_member_pubkey: String,
+    /// `budget` (too many direct messages from one to the other) or `loop` (the two kept
+    /// answering each other quickly), both directions held for a loop.
+    pub reason: String,
+    pub detail: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +139,7 @@ mod tests {
             serde_json::json!({"name": "bob", "pubkey": "k", "groups": [], "lastSeenAt": "t", "summary": null}),
         )
         .expect("a reference client's peer_returned parses");
-        assert_eq!(returned.peer(), ("bob", "k", ""));
+        assert_eq!(returned.peer(), Some(("bob", "k", "")));
         assert_eq!(SystemEvent::parse(returned.name(), returned.data()).expect("round trip"), returned);
         assert!(SystemEvent::parse("peer_danced", serde_json::json!({})).is_err());
         assert!(SystemEvent::parse("peer_left", serde_json::json!({"name": 5})).is_err());

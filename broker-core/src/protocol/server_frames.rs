@@ -19,6 +19,8 @@ pub enum ServerFrame {
     AuditVerifyResult(AuditVerifyResult),
     /// Ours: the answer to `leave_mesh`; the member's sessions close after it.
     Left(Left),
+    /// Ours: the answer to `release_pair`.
+    Released(Released),
     /// Ours (`delivery_receipt`): one recipient member acknowledged a message this session sent.
     Receipt(Receipt),
     Error(ErrorFrame),
@@ -35,6 +37,7 @@ impl ServerFrame {
             ServerFrame::AuditResult(f) => f.req_id.as_deref(),
             ServerFrame::AuditVerifyResult(f) => f.req_id.as_deref(),
             ServerFrame::Left(f) => f.req_id.as_deref(),
+            ServerFrame::Released(f) => f.req_id.as_deref(),
             ServerFrame::Error(f) => f.req_id.as_deref(),
             ServerFrame::Ack(f) => f.req_id.as_deref(),
             ServerFrame::HelloAck(_) | ServerFrame::Push(_) | ServerFrame::Receipt(_) => None,
@@ -286,6 +289,15 @@ pub struct Left {
     pub req_id: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Released {
+    /// Whether anything was held between the two members.
+    pub released: bool,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorFrame {
@@ -353,6 +365,9 @@ pub enum SendRejection {
     Blocked,
     Malformed,
     Unavailable,
+    /// The broker holds messages from this sender to this recipient (a runaway exchange); a
+    /// person releases them.
+    Held,
 }
 
 impl SendRejection {
@@ -365,6 +380,7 @@ impl SendRejection {
             SendRejection::Blocked => "blocked",
             SendRejection::Malformed => "malformed",
             SendRejection::Unavailable => "unavailable",
+            SendRejection::Held => "held",
         }
     }
 

@@ -14,11 +14,16 @@ use crate::store::{Delivery, Envelope, QueuedEntry, WriteOp, WriteOutcome};
 impl Router {
     /// Sends a broker event to every session of the mesh except those of `except_member`.
     pub(super) fn broadcast_event(&self, state: &MeshState, except_member: &str, event: &SystemEvent) {
+        self.push_event(state, event, |session| session.member_id != except_member);
+    }
+
+    /// Pushes a broker event to the sessions `to` picks.
+    pub(super) fn push_event(&self, state: &MeshState, event: &SystemEvent, to: impl Fn(&Session) -> bool) {
         let data = event.data();
         let message_id = crate::ids::new_id("sys");
         let created_at = protocol::iso8601_ms(protocol::now_ms());
         let mut frames: [Option<String>; 2] = [None, None];
-        for session in state.sessions.values().filter(|s| s.member_id != except_member) {
+        for session in state.sessions.values().filter(|s| to(s)) {
             let frame = frames[usize::from(session.caps.has(Capability::Enc))].get_or_insert_with(|| {
                 serde_json::to_string(&PushRef {
                     frame_type: PushRef::TYPE,

@@ -28,7 +28,7 @@ impl Mesh {
             archived_at: None,
             owner_account_id: None,
         };
-        let state = MeshState::new(mesh, Grants::default());
+        let state = MeshState::new(mesh, Grants::default(), crate::config::PairLimits::default());
         Mesh { state, next_session: 1 }
     }
 

@@ -27,6 +27,7 @@
 //! numbers in order (everything up to `loaded_upto` is in memory) and why a push never precedes
 //! its commit; it is also why work added to those completions costs every message's latency.
 
+mod breaker;
 mod delivery;
 mod departure;
 #[cfg(test)]
@@ -35,6 +36,7 @@ mod grants;
 mod handshake;
 pub mod limits;
 mod outbox;
+mod pairs;
 mod queue;
 mod rate_limit;
 mod requests;
@@ -61,6 +63,7 @@ pub use state::{MeshShard, SessionHandle};
 pub use status::StatusState;
 
 use crate::config::BrokerConfig;
+use crate::config::PairLimits;
 use crate::metrics::Metrics;
 use crate::names;
 use crate::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
@@ -91,6 +94,11 @@ impl std::fmt::Debug for Router {
 
 fn frame_text(frame: &ServerFrame) -> String {
     serde_json::to_string(frame).expect("server frames serialize")
+}
+
+/// The broker setting holding a mesh's own pair limits (JSON; empty or absent: the defaults).
+fn pair_limits_setting(mesh_id: &str) -> String {
+    format!("pair_limits:{mesh_id}")
 }
 
 impl Router {
@@ -145,11 +153,13 @@ impl Router {
         let loaded = self
             .blocking(move |store| {
                 let Some(mesh) = store.mesh(&id)?.filter(|m| m.id == id) else { return Ok(None) };
-                Ok(Some((mesh, store.members(&id)?, store.peer_states(&id)?, store.grants(&id)?)))
+                let limits = store.setting(&pair_limits_setting(&id))?;
+                Ok(Some((mesh, store.members(&id)?, store.peer_states(&id)?, store.grants(&id)?, limits)))
             })
             .await?;
-        let Some((mesh, members, saved, grants)) = loaded else { return Ok(None) };
-        let mut state = MeshState::new(mesh, Grants::from_records(grants));
+        let Some((mesh, members, saved, grants, limits)) = loaded else { return Ok(None) };
+        let limits = limits.and_then(|json| serde_json::from_str(&json).ok()).unwrap_or(self.config.pair_limits);
+        let mut state = MeshState::new(mesh, Grants::from_records(grants), limits);
         let mut saved: HashMap<String, PeerStateRecord> = saved.into_iter().map(|s| (s.member_id.clone(), s)).collect();
         let now = Instant::now();
         for record in members {
@@ -211,6 +221,7 @@ impl Router {
             ClientFrame::AuditQuery(query) => self.audit_query(session, query).await,
             ClientFrame::AuditVerify(verify) => self.audit_verify(session, verify).await,
             ClientFrame::LeaveMesh(leave) => self.leave_mesh(session, leave).await,
+            ClientFrame::ReleasePair(release) => self.release_pair(session, release),
         }
     }
 
@@ -273,6 +284,25 @@ impl Router {
             let state = shard.state.lock().expect("mesh lock");
             state.by_routing_key.contains_key(key) || state.departed.contains_key(key)
         })
+    }
+
+    /// The pair breaker's limits in `mesh_id`.
+    pub async fn pair_limits(&self, mesh_id: &str) -> Result<Option<PairLimits>, StoreError> {
+        let shard = self.shard(mesh_id).await?;
+        Ok(shard.map(|shard| shard.state.lock().expect("mesh lock").breaker.limits()))
+    }
+
+    /// Sets the pair breaker's limits for `mesh_id` (`None`: the broker's defaults again),
+    /// durably and at once.
+    pub async fn set_pair_limits(&self, mesh_id: &str, limits: Option<PairLimits>) -> Result<PairLimits, StoreError> {
+        let stored = limits.map(|l| serde_json::to_string(&l).expect("limits serialize")).unwrap_or_default();
+        let key = pair_limits_setting(mesh_id);
+        self.blocking(move |store| store.set_setting(&key, &stored)).await?;
+        let effective = limits.unwrap_or(self.config.pair_limits);
+        if let Some(shard) = self.meshes.lock().expect("meshes lock").get(mesh_id) {
+            shard.state.lock().expect("mesh lock").breaker.set_limits(effective);
+        }
+        Ok(effective)
     }
 
     /// Sessions connected now, broker-wide.

@@ -78,6 +78,13 @@ impl Router {
                             "the recipient does not accept direct messages from you".into(),
                         );
                     }
+                    // A direct message to another member counts toward their pair's budget.
+                    if let (Target::Key(_), [only]) = (&target, deliveries.as_slice())
+                        && only.member_id != session.member_id
+                        && let Err(detail) = self.check_pair(session, &only.member_id)
+                    {
+                        return reject(SendRejection::Held, detail);
+                    }
                     let (deliveries, uncovered) = match cover_with_keys(
                         deliveries,
                         enc,

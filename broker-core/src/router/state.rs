@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
+use super::breaker::PairBreaker;
 use super::{Grants, MemberQueue, Outbox, StatusState, TokenBucket};
+use crate::config::PairLimits;
 use crate::names;
 use crate::protocol::{self, Capabilities, GroupMembership, PeerInfo, PeerType, Stats};
 use crate::store::{MemberRecord, MeshRecord, PeerStateRecord};
@@ -94,11 +96,12 @@ pub(super) struct MeshState {
     pub(super) member_names: HashMap<String, String>,
     /// Name skeleton of live sessions → the member whose sessions use it, and how many do.
     pub(super) session_names: HashMap<String, (String, usize)>,
+    pub(super) breaker: PairBreaker,
 }
 
 impl MeshState {
     /// A mesh with no member loaded and no session yet.
-    pub(super) fn new(mesh: MeshRecord, grants: Grants) -> MeshState {
+    pub(super) fn new(mesh: MeshRecord, grants: Grants, pair_limits: PairLimits) -> MeshState {
         MeshState {
             mesh,
             members: HashMap::new(),
@@ -109,6 +112,7 @@ impl MeshState {
             grants,
             member_names: HashMap::new(),
             session_names: HashMap::new(),
+            breaker: PairBreaker::new(pair_limits),
         }
     }
 

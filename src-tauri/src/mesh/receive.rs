@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use broker_core::client::{ClientEvent, InboundMessage};
+use broker_core::protocol::SystemEvent;
 use tokio::sync::mpsc;
 
 use super::{LinkEvent, LinkState, MeshLink};
@@ -47,8 +48,13 @@ pub(super) async fn receive(
                     set_state(LinkState::Failed(format!("{}: {message}", code.as_str())));
                 }
             }
-            ClientEvent::System { event, .. } => {
+            ClientEvent::System { event, created_at } => {
                 tracing::debug!(mesh = %link.entry.slug, event = event.name(), "mesh event");
+                if let Some(notice) = notice(&link, &event, &created_at)
+                    && let Some(stored) = store_notice(&inbox, notice, &link.channel).await
+                {
+                    let _ = incoming.send(stored).await;
+                }
                 link.invalidate_peers();
                 observe(LinkEvent::Presence { mesh_id: mesh_id.clone(), event });
             }
@@ -61,6 +67,69 @@ pub(super) async fn receive(
                     let _ = incoming.send(stored).await;
                 }
             }
+        }
+    }
+}
+
+/// What this member's sessions (and the people and models behind them) are told when the broker
+/// holds or releases messages between it and a peer: a message from claudemesh itself.
+fn notice(link: &MeshLink, event: &SystemEvent, created_at: &str) -> Option<StoredMessage> {
+    let (hold, text) = match event {
+        SystemEvent::PairHeld(hold) => (
+            hold,
+            format!(
+                "claudemesh: {}. A person releases it with `claudemesh release` or in the claudemesh app.",
+                hold.detail
+            ),
+        ),
+        SystemEvent::PairReleased(hold) => {
+            (hold, format!("claudemesh: messages between {} and {} flow again.", hold.from_name, hold.to_name))
+        }
+        _ => return None,
+    };
+    let own = link.entry.member_pubkey.as_str();
+    let peer = if hold.from_member_pubkey == own { &hold.to_member_pubkey } else { &hold.from_member_pubkey };
+    // One copy per session: each session's model is told.
+    let session = link.session_pubkey();
+    let id =
+        format!("notice_{}_{}_{}_{session}_{created_at}", event.name(), hold.from_member_pubkey, hold.to_member_pubkey);
+    Some(StoredMessage {
+        id,
+        mesh_id: link.entry.mesh_id.clone(),
+        mesh_slug: link.entry.slug.clone(),
+        from: "claudemesh".to_owned(),
+        from_pubkey: "system".to_owned(),
+        from_member_pubkey: None,
+        verified: false,
+        priority: "now".to_owned(),
+        kind: MessageKind::Notice,
+        target: Some(peer.clone()),
+        text: Some(text),
+        error: None,
+        sent_at: created_at.to_owned(),
+        received_at: broker_core::protocol::now_ms(),
+        receiving_session: session,
+        read: false,
+    })
+}
+
+/// Stores a notice; returns it when it is new to this inbox or still unread.
+async fn store_notice(inbox: &Arc<Inbox>, notice: StoredMessage, channel: &str) -> Option<StoredMessage> {
+    let (inbox, row, channel) = (inbox.clone(), notice.clone(), channel.to_owned());
+    let stored = tokio::task::spawn_blocking(move || {
+        let new = inbox.insert(&row, &channel)?;
+        Ok::<_, crate::inbox::InboxError>(new || inbox.get(&row.id)?.is_some_and(|m| !m.read))
+    })
+    .await;
+    match stored {
+        Ok(Ok(tell)) => tell.then_some(notice),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "could not store a notice");
+            None
+        }
+        Err(error) => {
+            tracing::error!(%error, "inbox task failed");
+            None
         }
     }
 }

@@ -279,7 +279,9 @@ pub fn device_codes_refuse_what_their_terms_forbid<D: TestDatabase>(database: &D
 
 /// A login token is approved from the start, describes the device that pastes it, works once,
 /// stays out of the pending list, and dies unused when the device that made it is revoked.
-pub fn a_login_token_is_redeemed_once_and_dies_with_its_maker_with_what_it_let_in_just_before<D: TestDatabase>(database: &D) {
+pub fn a_login_token_is_redeemed_once_and_dies_with_its_maker_with_what_it_let_in_just_before<D: TestDatabase>(
+    database: &D,
+) {
     let store = database.open();
     let alice = store.create_account("alice", None, NOW_MS).expect("creates");
     let maker =
@@ -309,7 +311,6 @@ pub fn a_login_token_is_redeemed_once_and_dies_with_its_maker_with_what_it_let_i
         .map(|entry| (entry.actor, entry.payload["approvedBy"].clone()))
         .collect();
     assert_eq!(recalled, [(Some(maker.id.clone()), serde_json::json!(maker.id))]);
-
 
     let made = audit_log(&*store, &scope(&alice))
         .into_iter()

@@ -84,7 +84,7 @@ impl Desktop {
         else {
             return;
         };
-        let (name, _, member_pubkey) = event.peer();
+        let Some((name, _, member_pubkey)) = event.peer() else { return };
         let own_member = member_pubkey == own_key;
         let mesh = MeshLabel { id: mesh_id, name: &mesh_name };
         let settings = lock(&self.settings).notifications.clone();
@@ -95,6 +95,7 @@ impl Desktop {
                 toast
             }
             SystemEvent::PeerLeft(_) => lock(&self.policy).peer_left(&settings, mesh, name, own_member),
+            SystemEvent::PairHeld(_) | SystemEvent::PairReleased(_) => None,
         };
         if let Some(toast) = toast {
             self.send(Output::Toast(toast));
