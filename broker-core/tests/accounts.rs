@@ -452,3 +452,41 @@ async fn invites_must_name_this_broker_and_their_creation_is_budgeted() {
     let (status, body) = create(signed_invite(&broker, &mesh_id, &admin_key, Role::Member, 1)).await;
     assert_eq!((status, body["error"].as_str()), (429, Some("too_many_invites")), "{body}");
 }
+
+#[tokio::test]
+async fn admins_set_a_meshs_pair_limits_durably() {
+    let broker = TestBroker::start_with(generous()).await;
+    let alice = first_device(&broker, "alice").await;
+    let bob = first_device(&broker, "bob").await;
+    let (_, mesh) = api(
+        broker.addr,
+        "POST",
+        "/v1/meshes",
+        Some(&alice),
+        Some(json!({"name": "acme", "pubkey": Keypair::generate().public_hex()})),
+    )
+    .await;
+    let path = format!("/v1/meshes/{}/pair-limits", mesh["id"].as_str().expect("id"));
+
+    let (status, defaults) = api(broker.addr, "GET", &path, Some(&alice), None).await;
+    assert_eq!((status, defaults["burst"].as_u64()), (200, Some(20)), "{defaults}");
+    let tighter = json!({"burst": 5, "perMinute": 2, "loopTurns": 10, "loopGapSeconds": 30});
+    assert_eq!(api(broker.addr, "PUT", &path, Some(&bob), Some(tighter.clone())).await.0, 404, "not bob's mesh");
+    let (status, body) = api(
+        broker.addr,
+        "PUT",
+        &path,
+        Some(&alice),
+        Some(json!({"burst": 0, "perMinute": 2, "loopTurns": 10, "loopGapSeconds": 30})),
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid")), "{body}");
+    let (status, set) = api(broker.addr, "PUT", &path, Some(&alice), Some(tighter.clone())).await;
+    assert_eq!((status, &set), (200, &tighter));
+
+    // They survive a restart; `null` brings the defaults back.
+    let broker = broker.restart(generous()).await;
+    assert_eq!(api(broker.addr, "GET", &path, Some(&alice), None).await.1, tighter);
+    let (_, reset) = api(broker.addr, "PUT", &path, Some(&alice), Some(serde_json::Value::Null)).await;
+    assert_eq!(reset["burst"], 20);
+}

@@ -87,6 +87,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Let messages between you and PEER flow again after the broker held them (it holds a
+    /// pair when one sends the other far more direct messages than a session needs, or when the
+    /// two answer each other in a loop; every session of both is told). PEER is a name or a key
+    /// (prefix `mesh:` when several meshes are joined).
+    Release {
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a message: TARGET is a name, a key, @group or * (prefix `mesh:` when several meshes are joined).
     Send {
         target: String,
@@ -334,6 +343,7 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Join { link, name, json } => cli::join(&link, name, json).await,
         Command::Meshes { json } => cli::meshes(json),
         Command::Peers { mesh, json } => cli::peers(mesh, json).await,
+        Command::Release { peer, json } => cli::release(peer, json).await,
         Command::Send { target, message, priority, json } => cli::send(target, message, priority.into(), json).await,
         Command::Inbox { all, limit, json } => cli::inbox(all, limit, json).await,
         Command::Watch { json } => cli::watch(json).await,

@@ -103,12 +103,20 @@ pub struct Broker {
     pub data: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
+    /// Settings this broker runs with beyond the harness's own (`NAME`, value).
+    env: Vec<(String, String)>,
 }
 
 impl Broker {
     pub async fn start() -> Result<Broker> {
+        Broker::start_with_env(&[]).await
+    }
+
+    /// A broker with these environment settings on top of the harness's.
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Result<Broker> {
         let data = tempfile::tempdir()?;
-        let mut broker = Broker { data, port: free_port(), child: None };
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut broker = Broker { data, port: free_port(), child: None, env };
         broker.spawn().await?;
         Ok(broker)
     }
@@ -133,6 +141,7 @@ impl Broker {
             // Device logins poll every second instead of every 5 s: shorter tests, same flow.
             .env("DEVICE_POLL_INTERVAL_SECONDS", "1")
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

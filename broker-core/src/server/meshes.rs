@@ -29,14 +29,14 @@ const PUBKEY_MALFORMED: &str =
 use crate::store::{InviteRecord, MemberRecord, MembershipAction, MeshRecord, NewMember, StoreError};
 
 /// What the caller's account is in one mesh.
-struct MeshAccess {
-    mesh: MeshRecord,
+pub(super) struct MeshAccess {
+    pub(super) mesh: MeshRecord,
     members: Vec<MemberRecord>,
     /// The account's active members (one per signed-in device that enrolled).
     mine: Vec<MemberRecord>,
     /// The member whose key this device holds.
     device_member: Option<MemberRecord>,
-    admin: bool,
+    pub(super) admin: bool,
     owner: bool,
 }
 
@@ -44,11 +44,11 @@ fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such mesh among your account's meshes")
 }
 
-fn forbidden(what: &str) -> ApiError {
+pub(super) fn forbidden(what: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("only {what} may do that"))
 }
 
-async fn access(broker: &Broker, auth: &Authenticated, mesh: &str) -> Result<MeshAccess, ApiError> {
+pub(super) async fn access(broker: &Broker, auth: &Authenticated, mesh: &str) -> Result<MeshAccess, ApiError> {
     let key = mesh.to_owned();
     let found = broker
         .blocking(move |store| {
@@ -76,7 +76,7 @@ async fn access(broker: &Broker, auth: &Authenticated, mesh: &str) -> Result<Mes
     })
 }
 
-fn actor(access: &MeshAccess) -> Option<String> {
+pub(super) fn actor(access: &MeshAccess) -> Option<String> {
     access.device_member.as_ref().or(access.mine.first()).map(|m| m.id.clone())
 }
 

@@ -9,6 +9,7 @@ mod device_login;
 /// Public for its request body, which `tests/fuzz.rs` decodes.
 pub mod join;
 mod meshes;
+mod pair_limits;
 mod ws;
 
 use std::future::Future;
@@ -152,6 +153,7 @@ pub fn app(broker: Broker) -> axum::Router {
         .route("/v1/meshes/{mesh}/invites", get(meshes::list_invites).post(meshes::create_invite))
         .route("/v1/meshes/{mesh}/invites/{invite}/revoke", post(meshes::revoke_invite))
         .route("/v1/meshes/{mesh}/grants", get(meshes::get_grants).put(meshes::set_grants))
+        .route("/v1/meshes/{mesh}/pair-limits", get(pair_limits::get).put(pair_limits::set))
         .route("/v1/meshes/{mesh}/audit", get(meshes::audit))
         .route("/v1/meshes/{mesh}/audit/verify", get(meshes::audit_verify))
         .fallback(not_found)

@@ -280,6 +280,26 @@ pub async fn peers(mesh: Option<String>, json_output: bool) -> CliResult {
     Ok(())
 }
 
+pub async fn release(peer: String, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, None).await?;
+    let result = async {
+        require_connected(&supervisor)?;
+        supervisor.release_pair(&peer).await.map_err(mesh_failure)
+    }
+    .await;
+    supervisor.shutdown().await;
+    let (resolution, released) = result?;
+    if json_output {
+        print_json(json!({ "mesh": resolution.slug, "peer": resolution.label, "released": released }));
+    } else if released {
+        println!("{}: messages between you and {} flow again", resolution.slug, resolution.label);
+    } else {
+        println!("{}: nothing was held between you and {}", resolution.slug, resolution.label);
+    }
+    Ok(())
+}
+
 pub async fn send(target: String, message: String, priority: Priority, json_output: bool) -> CliResult {
     let config_dir = ConfigDir::from_env()?;
     let (supervisor, _incoming) = connect(&config_dir, None).await?;

@@ -349,6 +349,25 @@ impl Supervisor {
         Ok(rows)
     }
 
+    /// Releases messages the broker held between this member and `peer` (a name, a member or
+    /// session key, with `mesh:` when several meshes are joined). Returns the resolved peer and
+    /// whether anything was held. For a person's command only: never offered to a model.
+    pub async fn release_pair(&self, peer: &str) -> Result<(Resolution, bool), MeshError> {
+        let views = self.views(Duration::ZERO).await;
+        let resolution = resolve::resolve(peer, &views)?;
+        if !broker_core::protocol::is_key_hex(&resolution.target_spec) {
+            return Err(MeshError::Resolve(ResolveError::NotAPeer { target: peer.to_owned() }));
+        }
+        let link = self
+            .links
+            .iter()
+            .find(|l| l.entry.mesh_id == resolution.mesh_id)
+            .ok_or_else(|| MeshError::Resolve(ResolveError::NotAPeer { target: peer.to_owned() }))?;
+        link.require_connected()?;
+        let released = link.client.release_pair(&resolution.target_spec).await.map_err(|e| link.broker_error(e))?;
+        Ok((resolution, released))
+    }
+
     /// Sessions the brokers left out of the last peer lists of the selected meshes (a list is
     /// capped to one frame, and one member's sessions cannot crowd out the others').
     pub fn peers_left_out(&self, mesh: Option<&str>) -> usize {

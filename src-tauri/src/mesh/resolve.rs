@@ -59,6 +59,10 @@ pub enum ResolveError {
         candidates: Vec<String>,
     },
     Empty,
+    /// A group or `*` where one peer is needed.
+    NotAPeer {
+        target: String,
+    },
 }
 
 impl fmt::Display for ResolveError {
@@ -81,6 +85,7 @@ impl fmt::Display for ResolveError {
                 write!(f, "{target:?} matches several peers; use one of: {}", candidates.join(", "))
             }
             ResolveError::Empty => write!(f, "no recipient given"),
+            ResolveError::NotAPeer { target } => write!(f, "{target:?} is not one peer; name a peer or give its key"),
         }
     }
 }
