@@ -68,6 +68,10 @@ pub struct BrokerConfig {
     pub wrong_code_limit: RateLimit,
     /// Device logins a client address may start.
     pub device_code_request_limit: RateLimit,
+    /// Invites one account may create (each may send an email)…
+    pub invite_limit_per_account: RateLimit,
+    /// …and invites created for one mesh, by all its admins together.
+    pub invite_limit_per_mesh: RateLimit,
     /// Anyone may create an account (`POST /v1/signup`).
     pub open_signup: bool,
     /// Reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed: requests
@@ -109,6 +113,8 @@ impl Default for BrokerConfig {
             device_code_attempts: 5,
             wrong_code_limit: RateLimit { burst: 10, per_minute: 1 },
             device_code_request_limit: RateLimit { burst: 20, per_minute: 10 },
+            invite_limit_per_account: RateLimit { burst: 20, per_minute: 2 },
+            invite_limit_per_mesh: RateLimit { burst: 50, per_minute: 5 },
             open_signup: false,
             trusted_proxies: Vec::new(),
             allow_insecure_http: false,

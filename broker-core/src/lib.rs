@@ -7,6 +7,7 @@
 //!   the multi-recipient envelope, the audit-chain hash (no I/O).
 //! - `invite` — the signed invite token (no I/O).
 //! - `ids` — random readable identifiers.
+//! - `names` — when two display names are the same name, and which names are reserved.
 //! - `args` — parsing of durations and roles typed on both command lines.
 //! - `client` (feature `client`) — the mesh client: connect, hello, reconnect, seal/open, dedup.
 //! - `store` (feature `server`) — the `Store` trait and its SQLite implementation.
@@ -28,6 +29,7 @@ pub mod ids;
 pub mod invite;
 #[cfg(feature = "server")]
 pub mod metrics;
+pub mod names;
 #[cfg(feature = "server")]
 pub mod operator;
 pub mod protocol;

@@ -73,21 +73,22 @@ async fn meshes_through_the_api() {
 }
 
 /// A device signs an invite with its admin member key and registers it with the broker.
-fn signed_invite(broker: &TestBroker, mesh_id: &str, admin: &Keypair, role: Role, max_uses: u32) -> Invite {
+fn invite_terms(broker: &TestBroker, mesh_id: &str, role: Role, max_uses: u32) -> InviteTerms {
     let mesh = broker.store.mesh(mesh_id).expect("read").expect("mesh");
-    Invite::sign(
-        InviteTerms {
-            mesh_id: mesh.id,
-            mesh_slug: mesh.slug,
-            mesh_name: mesh.name,
-            broker_url: broker.http_url(),
-            invite_id: broker_core::ids::new_id("inv"),
-            role,
-            max_uses,
-            expires_at: protocol::now_ms() / 1000 + 3600,
-        },
-        admin,
-    )
+    InviteTerms {
+        mesh_id: mesh.id,
+        mesh_slug: mesh.slug,
+        mesh_name: mesh.name,
+        broker_url: broker.http_url(),
+        invite_id: broker_core::ids::new_id("inv"),
+        role,
+        max_uses,
+        expires_at: protocol::now_ms() / 1000 + 3600,
+    }
+}
+
+fn signed_invite(broker: &TestBroker, mesh_id: &str, admin: &Keypair, role: Role, max_uses: u32) -> Invite {
+    Invite::sign(invite_terms(broker, mesh_id, role, max_uses), admin)
 }
 
 /// A one-message SMTP server on 127.0.0.1 that hands the message it received to the test.
@@ -168,14 +169,8 @@ async fn invites_through_the_api_are_signed_on_the_device_and_emailed_when_possi
     assert!(mail.contains(&invite.invite_id[..8]) || mail.contains("/join/"), "the link is in the mail");
 
     // Redeemable, and listed with its use count.
-    let (status, joined) = api(
-        broker.addr,
-        "POST",
-        "/join",
-        None,
-        Some(json!({"invite": invite.to_token(), "pubkey": Keypair::generate().public_hex(), "displayName": "carol"})),
-    )
-    .await;
+    let (status, joined) =
+        api(broker.addr, "POST", "/join", None, Some(common::join_body(&invite, Some("carol")))).await;
     assert_eq!(status, 200, "{joined}");
     let (_, invites) = api(broker.addr, "GET", &format!("/v1/meshes/{mesh_id}/invites"), Some(&alice), None).await;
     assert_eq!(invites["invites"][0]["usedCount"], 1);
@@ -190,14 +185,7 @@ async fn invites_through_the_api_are_signed_on_the_device_and_emailed_when_possi
     )
     .await;
     assert_eq!(status, 200);
-    let (status, refused) = api(
-        broker.addr,
-        "POST",
-        "/join",
-        None,
-        Some(json!({"invite": invite.to_token(), "pubkey": Keypair::generate().public_hex()})),
-    )
-    .await;
+    let (status, refused) = api(broker.addr, "POST", "/join", None, Some(common::join_body(&invite, None))).await;
     assert_eq!((status, refused["error"].as_str()), (410, Some("invite_revoked")));
 
     // Signed by a key that is not one of the caller's admin members: refused.
@@ -409,14 +397,8 @@ async fn only_the_owner_moderates_admins_and_nobody_moderates_the_owner() {
         Some(json!({"invite": invite.to_token()})),
     )
     .await;
-    let (status, joined) = api(
-        broker.addr,
-        "POST",
-        "/join",
-        Some(&admin),
-        Some(json!({"invite": invite.to_token(), "pubkey": Keypair::generate().public_hex(), "displayName": "admin"})),
-    )
-    .await;
+    let (status, joined) =
+        api(broker.addr, "POST", "/join", Some(&admin), Some(common::join_body(&invite, Some("admin")))).await;
     assert_eq!(status, 200, "{joined}");
     assert_eq!(joined["role"], "admin");
     let admin_member = joined["memberId"].as_str().expect("member").to_owned();
@@ -426,4 +408,47 @@ async fn only_the_owner_moderates_admins_and_nobody_moderates_the_owner() {
     assert_eq!(status, 403, "an admin cannot ban the owner");
     let (status, _) = api(broker.addr, "POST", &path(&admin_member, "kick"), Some(&owner), None).await;
     assert_eq!(status, 200, "the owner can remove an admin");
+}
+
+#[tokio::test]
+async fn invites_must_name_this_broker_and_their_creation_is_budgeted() {
+    let config = broker_core::config::BrokerConfig {
+        invite_limit_per_account: broker_core::config::RateLimit { burst: 3, per_minute: 1 },
+        ..generous()
+    };
+    let broker = TestBroker::start_with(config).await;
+    let alice = first_device(&broker, "alice").await;
+    let admin_key = Keypair::generate();
+    let (_, mesh) = api(
+        broker.addr,
+        "POST",
+        "/v1/meshes",
+        Some(&alice),
+        Some(json!({"name": "acme", "pubkey": admin_key.public_hex()})),
+    )
+    .await;
+    let mesh_id = mesh["id"].as_str().expect("id").to_owned();
+    let create = |invite: Invite| {
+        let (alice, path) = (alice.clone(), format!("/v1/meshes/{mesh_id}/invites"));
+        async move { api(broker.addr, "POST", &path, Some(&alice), Some(json!({"invite": invite.to_token()}))).await }
+    };
+
+    // The account tells which URL invites must name.
+    let (_, me) = api(broker.addr, "GET", "/v1/account", Some(&alice), None).await;
+    assert_eq!(me["brokerUrl"], broker.http_url());
+
+    // A link that would send people (and their new keys) somewhere else.
+    let terms =
+        InviteTerms { broker_url: "https://evil.example".into(), ..invite_terms(&broker, &mesh_id, Role::Member, 1) };
+    let elsewhere = Invite::sign(terms, &admin_key);
+    let (status, body) = create(elsewhere).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invite_broker_mismatch")), "{body}");
+
+    // Three invites, then the account must wait.
+    for _ in 0..3 {
+        let (status, body) = create(signed_invite(&broker, &mesh_id, &admin_key, Role::Member, 1)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = create(signed_invite(&broker, &mesh_id, &admin_key, Role::Member, 1)).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("too_many_invites")), "{body}");
 }

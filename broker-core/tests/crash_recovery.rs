@@ -6,72 +6,21 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
 use std::time::Duration;
 
 use broker_core::client::{ClientConfig, ClientError};
 use broker_core::crypto::Keypair;
 use broker_core::protocol::Priority;
-use serde_json::Value;
-
-const BROKER: &str = env!("CARGO_BIN_EXE_claudemesh-broker");
-
-fn operator(data_dir: &Path, args: &[&str]) -> Value {
-    let output = Command::new(BROKER).arg("--data-dir").arg(data_dir).args(args).arg("--json").output().expect("runs");
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("json output")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("addr").port()
-}
-
-/// A broker process, killed when dropped so a failing test leaves nothing running.
-struct BrokerProcess(Child);
-
-impl BrokerProcess {
-    fn kill(&mut self) {
-        self.0.kill().expect("SIGKILL");
-        self.0.wait().expect("reaped");
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::process::{BrokerProcess, free_port, operator, wait_ready};
 
 /// Starts the broker with debug logs appended to `log` (checked for secrets afterwards).
 fn start_broker(data_dir: &Path, port: u16, log: &Path) -> BrokerProcess {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-    let child = Command::new(BROKER)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("RATE_LIMIT_BURST", "100000")
-        .env("RATE_LIMIT_PER_MINUTE", "6000000")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("broker starts");
-    BrokerProcess(child)
-}
-
-async fn wait_ready(port: u16) {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && common::http(addr, "GET", "/health/ready", None).await.0 == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("broker never became ready");
+    BrokerProcess::start(
+        data_dir,
+        port,
+        log,
+        &[("RATE_LIMIT_BURST", "100000"), ("RATE_LIMIT_PER_MINUTE", "6000000"), ("RUST_LOG", "debug")],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -330,3 +330,41 @@ async fn send_to_empty_group(socket: &mut RawSocket) {
     };
     socket.send_frame(&ClientFrame::Send(send)).await;
 }
+
+/// Connects a session asking for `name`; returns the name the broker gave it.
+async fn named_session(
+    broker: &TestBroker,
+    mesh: &str,
+    member: &common::TestMember,
+    name: &str,
+) -> (RawSocket, String) {
+    let mut hello = signed_hello(mesh, member, protocol::now_ms());
+    hello.display_name = Some(name.to_owned());
+    let mut socket = RawSocket::connect(&broker.ws_url()).await;
+    socket.send_frame(&ClientFrame::Hello(hello)).await;
+    match socket.next().await {
+        Ok(ServerFrame::HelloAck(ack)) => (socket, ack.member_display_name),
+        other => panic!("expected hello_ack, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_cannot_pass_for_another_member_or_for_the_user() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "mallory"]);
+    let (alice, mallory) = (&members[0], &members[1]);
+
+    // Another member's name, however spelled, and the names of a conversation's parties give
+    // way to the member's own name.
+    for pretending in ["alice", "ALICE", "al1ce", "\u{0430}lice", "user", "Assistant", "system", "Claude"] {
+        let (_socket, name) = named_session(&broker, &mesh, mallory, pretending).await;
+        assert_eq!(name, "mallory", "{pretending}");
+    }
+    // A name of its own is kept, and then belongs to that member's sessions.
+    let (_frontend, name) = named_session(&broker, &mesh, mallory, "mallory-frontend").await;
+    assert_eq!(name, "mallory-frontend");
+    let (_second, name) = named_session(&broker, &mesh, mallory, "mallory-frontend").await;
+    assert_eq!(name, "mallory-frontend", "two sessions of one member may share a name");
+    let (_alice, name) = named_session(&broker, &mesh, alice, "Mallory_Frontend").await;
+    assert_eq!(name, "alice");
+}

@@ -185,7 +185,12 @@ async fn shutdown_closes_sessions_with_1001_and_their_state_is_restored_after_re
 }
 
 /// A member opening many sessions with the largest metadata allowed.
-async fn bloated_sessions(broker: &TestBroker, mesh: &str, member: &common::TestMember, count: usize) -> Vec<RawSocket> {
+async fn bloated_sessions(
+    broker: &TestBroker,
+    mesh: &str,
+    member: &common::TestMember,
+    count: usize,
+) -> Vec<RawSocket> {
     let mut sockets = Vec::new();
     for n in 0..count {
         let mut hello = signed_hello(mesh, member, broker_core::protocol::now_ms());

@@ -465,6 +465,13 @@ pub struct InviteOptions {
     pub email: Option<String>,
 }
 
+/// What `GET /v1/account` says of the broker.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BrokerIdentity {
+    broker_url: String,
+}
+
 /// Signs an invite with this device's admin member key for `mesh` and registers it.
 pub async fn create_invite(
     keystore: &Arc<dyn KeyStore>,
@@ -487,12 +494,15 @@ pub async fn create_invite(
         AccountError::Invalid(format!("this device has no member key for {} in its keystore", mesh.slug))
     })?;
     let key = Keypair::from_secret_hex(&seed).map_err(|e| AccountError::Invalid(format!("stored member key: {e}")))?;
+    // The link must name the broker as the world reaches it, which may not be the address this
+    // device uses (a local broker shared on the LAN, a broker behind a proxy).
+    let public: BrokerIdentity = api.call(Method::GET, "/v1/account", None).await?;
     let invite = Invite::sign(
         InviteTerms {
             mesh_id: mesh.mesh_id.clone(),
             mesh_slug: mesh.slug.clone(),
             mesh_name: mesh.name.clone(),
-            broker_url: mesh.broker_url.clone(),
+            broker_url: public.broker_url,
             invite_id: broker_core::ids::new_id("inv"),
             role: options.role,
             max_uses: options.max_uses,

@@ -4,7 +4,7 @@
 //! is made, so a forged or stale link never reaches the network. The member's secret key is
 //! generated on this machine and goes straight into the keystore; only its public half leaves.
 
-use broker_core::crypto::Keypair;
+use broker_core::crypto::{self, Keypair};
 use broker_core::invite::{Invite, InviteError};
 use serde::Deserialize;
 
@@ -102,7 +102,13 @@ pub async fn join(
             let _ = blocking(move || store.delete(&name)).await;
         }
     };
-    let body = serde_json::json!({"invite": invite.to_token(), "pubkey": pubkey, "displayName": display_name});
+    let proof = key.sign_hex(crypto::join_proof_bytes(&invite.invite_id, &invite.mesh_id, &pubkey).as_bytes());
+    let body = serde_json::json!({
+        "invite": invite.to_token(),
+        "pubkey": pubkey,
+        "displayName": display_name,
+        "proof": proof,
+    });
     let bearer = match &config.account {
         Some(account) if crate::http::same_broker(&account.broker_url, &invite.broker_url) => {
             crate::keystore::device_token(&keystore).await.ok().flatten()

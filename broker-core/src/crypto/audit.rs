@@ -44,7 +44,7 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
-/// `sha256_hex(prev_hash|mesh_id|event_type|actor_or_null|canonical_json(payload)|created_at)`.
+/// `sha256_hex(`[`audit_hashed_text`]`)`.
 pub fn audit_hash(
     prev_hash: &str,
     mesh_id: &str,
@@ -53,10 +53,25 @@ pub fn audit_hash(
     payload: &Value,
     created_at_iso: &str,
 ) -> String {
-    let text = format!(
+    let text = audit_hashed_text(prev_hash, mesh_id, event_type, actor, payload, created_at_iso);
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// `prev_hash|mesh_id|event_type|actor_or_null|canonical_json(payload)|created_at`, the
+/// reference's text. It tells entries apart only while the first four fields and the time hold
+/// no `|` and an actor is never the word `null`: the broker writes ids, fixed event names and
+/// ISO times there (`tests/fuzz.rs` checks the text can be read back into its fields).
+pub fn audit_hashed_text(
+    prev_hash: &str,
+    mesh_id: &str,
+    event_type: &str,
+    actor: Option<&str>,
+    payload: &Value,
+    created_at_iso: &str,
+) -> String {
+    format!(
         "{prev_hash}|{mesh_id}|{event_type}|{}|{}|{created_at_iso}",
         actor.unwrap_or("null"),
         canonical_json(payload)
-    );
-    hex::encode(Sha256::digest(text.as_bytes()))
+    )
 }

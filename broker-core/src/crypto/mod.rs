@@ -12,7 +12,7 @@ use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use rand::RngCore as _;
 use zeroize::Zeroizing;
 
-pub use audit::{AUDIT_GENESIS, audit_hash, canonical_json};
+pub use audit::{AUDIT_GENESIS, audit_hash, audit_hashed_text, canonical_json};
 pub use sealing::{
     BoxKey, MultiSealed, NONCE_LEN, open_multi, seal_multi, sealed_box_open, sealed_box_seal, secretbox_open,
     secretbox_seal,
@@ -184,6 +184,12 @@ pub fn hello_v2_signed_bytes(
 ) -> String {
     let capabilities = serde_json::to_string(capabilities).expect("a list of strings serialises");
     format!("claudemesh-hello/v2|{mesh_id}|{member_id}|{pubkey_hex}|{session_pubkey_hex}|{capabilities}|{timestamp_ms}")
+}
+
+/// The bytes a joining key signs to prove it is held by the joiner (`POST /join`'s `proof`):
+/// nobody can register a key they merely saw, such as another member's session key.
+pub fn join_proof_bytes(invite_id: &str, mesh_id: &str, pubkey_hex: &str) -> String {
+    format!("claudemesh-join/v1|{invite_id}|{mesh_id}|{pubkey_hex}")
 }
 
 /// The bytes a member signs to delegate a session key to itself (`hello.sessionSig`).

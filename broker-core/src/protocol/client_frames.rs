@@ -226,6 +226,10 @@ pub mod grant_cap {
     pub const KNOWN: [&str; 6] = [DM, BROADCAST, STATE, TOOLS, FILES, ALL];
 }
 
+/// Explicit grants one member may hold, one per other member's key: bounds what one member makes
+/// the broker store and keep in memory, and what every `grants` reply lists.
+pub const MAX_GRANTS: usize = 1024;
+
 /// Grant changes keyed by the other member's key: a list of capabilities, `[]` to block, or
 /// `null` to go back to the mesh defaults.
 pub type GrantMap = std::collections::BTreeMap<String, Option<Vec<String>>>;

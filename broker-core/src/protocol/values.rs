@@ -265,6 +265,9 @@ mod tests {
         assert!(caps.has(Capability::SessionSig) && caps.has(Capability::DeliveryReceipt));
         assert!(!caps.has(Capability::Enc));
         assert_eq!(caps.names(), ["session_sig", "delivery_receipt"]);
-        assert_eq!(Capabilities::from_names(&Capabilities::from_iter(Capability::ALL).names()).names().len(), Capability::ALL.len());
+        assert_eq!(
+            Capabilities::from_names(&Capabilities::from_iter(Capability::ALL).names()).names().len(),
+            Capability::ALL.len()
+        );
     }
 }

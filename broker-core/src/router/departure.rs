@@ -18,6 +18,7 @@ impl Router {
         let mut guard = session.shard.state.lock().expect("mesh lock");
         let state = &mut *guard;
         let Some(gone) = state.sessions.remove(&session.session_id) else { return };
+        state.release_session_name(&gone.name_skeleton);
         self.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(mesh = %state.mesh.id, member = %gone.member_id, session = gone.id, clean, "session closed");
         if state.by_routing_key.get(&gone.routing_key) == Some(&gone.id) {

@@ -70,6 +70,7 @@ impl Mesh {
             routing_key: session_key.to_owned(),
             session_sig: None,
             display_name: name.into(),
+            name_skeleton: crate::names::skeleton(name),
             client_session_id: String::new(),
             pid: None,
             cwd: String::new(),

@@ -50,8 +50,11 @@ impl Grants {
 pub type GrantChange = (String, Option<Vec<String>>);
 
 /// Checks grant changes from a client (over the WebSocket or the account API): 64-hex keys and
-/// known capability names only.
+/// known capability names only, and no more changes than a member may hold grants.
 pub fn validate_grants(grants: GrantMap) -> Result<Vec<GrantChange>, String> {
+    if grants.len() > protocol::MAX_GRANTS {
+        return Err(format!("at most {} grant changes at once", protocol::MAX_GRANTS));
+    }
     grants
         .into_iter()
         .map(|(peer, caps)| {

@@ -10,10 +10,12 @@ use tokio::time::Instant;
 use super::state::{MeshShard, Session, SessionHandle};
 use super::{MemberQueue, Outbox, Router, StatusState, WindowLimits, close_code, frame_text, limits};
 use crate::crypto::{self, PublicKey};
+use crate::names;
 use crate::protocol::{
     self, Capabilities, Capability, ErrorCode, Hello, HelloAck, PeerJoined, PeerReturned, ServerFrame, Stats,
     SystemEvent,
 };
+use crate::store::WriteOp;
 
 /// A refused `hello`: sent as an `error` frame, then the connection closes with 1008.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,14 +234,15 @@ impl Router {
         }
         state.departed.remove(&routing_key);
 
-        let member = state.members.get_mut(&member_id).ok_or_else(unauthorized)?;
-        let saved = member.saved.clone();
+        let member = state.members.get(&member_id).ok_or_else(unauthorized)?;
+        let (saved, member_name) = (member.saved.clone(), member.record.display_name.clone());
         let groups = match hello.groups {
             Some(groups) if !groups.is_empty() => groups,
             _ => saved.as_ref().map(|s| s.groups.clone()).unwrap_or_default(),
         };
-        let display_name =
-            hello.display_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| member.record.display_name.clone());
+        let display_name = state.session_name(&member_id, hello.display_name, &member_name);
+        let name_skeleton = names::skeleton(&display_name);
+        let member = state.members.get_mut(&member_id).ok_or_else(unauthorized)?;
         let now = Instant::now();
         let session = Session {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
@@ -248,6 +251,7 @@ impl Router {
             routing_key: routing_key.clone(),
             session_sig: if caps.has(Capability::SessionSig) { hello.session_sig.clone() } else { None },
             display_name: display_name.clone(),
+            name_skeleton,
             client_session_id: hello.session_id.unwrap_or_default(),
             pid: hello.pid,
             cwd: hello.cwd.unwrap_or_default(),
@@ -306,7 +310,17 @@ impl Router {
         };
         let handle = SessionHandle { shard: shard.clone(), session_id: session.id, member_id: member_id.clone(), caps };
         tracing::debug!(mesh = %state.mesh.id, member = %member_id, session = session.id, "session connected");
+        if session_key.is_some() && !replacing {
+            let record = WriteOp::RecordSessionKey {
+                mesh_id: state.mesh.id.clone(),
+                member_id: member_id.clone(),
+                pubkey: routing_key.clone(),
+                at_ms: session.connected_at_ms,
+            };
+            self.store.submit(record, None);
+        }
         state.by_routing_key.insert(routing_key, session.id);
+        state.hold_session_name(&member_id, &session.name_skeleton);
         state.sessions.insert(session.id, session);
         self.broadcast_event(state, &member_id, &event);
         Ok(handle)

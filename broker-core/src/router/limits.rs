@@ -17,7 +17,9 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 /// Removes control characters and the invisible bidirectional-text controls that can make a
 /// name display as another.
 pub fn strip_controls(value: &mut String) {
-    let unwanted = |c: char| c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let unwanted = |c: char| {
+        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
     if value.chars().any(unwanted) {
         value.retain(|c| !unwanted(c));
     }

@@ -62,6 +62,7 @@ pub use status::StatusState;
 
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
+use crate::names;
 use crate::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
 use crate::store::{MemberRecord, PeerStateRecord, Store, StoreError};
 use handshake::ReplayGuard;
@@ -162,6 +163,7 @@ impl Router {
 
     fn insert_member(&self, state: &mut MeshState, record: MemberRecord, saved: Option<PeerStateRecord>, now: Instant) {
         state.by_pubkey.insert(record.pubkey.clone(), record.id.clone());
+        state.member_names.entry(names::skeleton(&record.display_name)).or_insert_with(|| record.id.clone());
         state.members.insert(
             record.id.clone(),
             MemberEntry {
@@ -261,6 +263,16 @@ impl Router {
                 shard.state.lock().expect("mesh lock").sessions.values().map(|s| s.member_id.clone()).collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether a live or recently departed session of `mesh_id` uses `key` as its routing key
+    /// (the store learns session keys a moment later: see `WriteOp::RecordSessionKey`).
+    pub fn session_key_in_use(&self, mesh_id: &str, key: &str) -> bool {
+        let shard = self.meshes.lock().expect("meshes lock").get(mesh_id).cloned();
+        shard.is_some_and(|shard| {
+            let state = shard.state.lock().expect("mesh lock");
+            state.by_routing_key.contains_key(key) || state.departed.contains_key(key)
+        })
     }
 
     /// Sessions connected now, broker-wide.

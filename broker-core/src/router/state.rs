@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use super::{Grants, MemberQueue, Outbox, StatusState, TokenBucket};
+use crate::names;
 use crate::protocol::{self, Capabilities, GroupMembership, PeerInfo, PeerType, Stats};
 use crate::store::{MemberRecord, MeshRecord, PeerStateRecord};
 
@@ -21,6 +22,8 @@ pub(super) struct Session {
     pub(super) routing_key: String,
     pub(super) session_sig: Option<String>,
     pub(super) display_name: String,
+    /// `names::skeleton` of the display name.
+    pub(super) name_skeleton: String,
     pub(super) client_session_id: String,
     pub(super) pid: Option<u32>,
     pub(super) cwd: String,
@@ -87,6 +90,10 @@ pub(super) struct MeshState {
     pub(super) by_routing_key: HashMap<String, u64>,
     pub(super) departed: HashMap<String, Departed>,
     pub(super) grants: Grants,
+    /// Name skeleton of each member's own name → member id.
+    pub(super) member_names: HashMap<String, String>,
+    /// Name skeleton of live sessions → the member whose sessions use it, and how many do.
+    pub(super) session_names: HashMap<String, (String, usize)>,
 }
 
 impl MeshState {
@@ -100,6 +107,36 @@ impl MeshState {
             by_routing_key: HashMap::new(),
             departed: HashMap::new(),
             grants,
+            member_names: HashMap::new(),
+            session_names: HashMap::new(),
+        }
+    }
+
+    /// The name a new session of `member_id` shows: the one it asked for, unless that is empty,
+    /// reserved, or reads as another member's name or another member's live session's name
+    /// (peers and models must not mistake one member for another); then its member's own
+    /// name, which the directory keeps unique.
+    pub(super) fn session_name(&self, member_id: &str, wanted: Option<String>, member_name: &str) -> String {
+        let Some(wanted) = wanted.filter(|n| !n.trim().is_empty()) else { return member_name.to_owned() };
+        if names::is_reserved(&wanted) {
+            return member_name.to_owned();
+        }
+        let skeleton = names::skeleton(&wanted);
+        let member_elsewhere = self.member_names.get(&skeleton).is_some_and(|owner| owner != member_id);
+        let session_elsewhere = self.session_names.get(&skeleton).is_some_and(|(owner, _)| owner != member_id);
+        if member_elsewhere || session_elsewhere { member_name.to_owned() } else { wanted }
+    }
+
+    pub(super) fn hold_session_name(&mut self, member_id: &str, skeleton: &str) {
+        self.session_names.entry(skeleton.to_owned()).or_insert_with(|| (member_id.to_owned(), 0)).1 += 1;
+    }
+
+    pub(super) fn release_session_name(&mut self, skeleton: &str) {
+        if let Some((_, count)) = self.session_names.get_mut(skeleton) {
+            *count -= 1;
+            if *count == 0 {
+                self.session_names.remove(skeleton);
+            }
         }
     }
 }

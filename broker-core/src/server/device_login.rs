@@ -42,7 +42,7 @@ pub struct AttemptLimiter {
 
 impl AttemptLimiter {
     /// Whether `key` may try another code now (a wrong code spends a token).
-    fn allows(&self, key: &str, limit: RateLimit) -> bool {
+    pub(super) fn allows(&self, key: &str, limit: RateLimit) -> bool {
         let buckets = self.buckets.lock().expect("limiter lock");
         buckets.get(key).is_none_or(|bucket| {
             let mut probe = *bucket;
@@ -50,7 +50,7 @@ impl AttemptLimiter {
         })
     }
 
-    fn spend(&self, key: &str, limit: RateLimit) {
+    pub(super) fn spend(&self, key: &str, limit: RateLimit) {
         let mut buckets = self.buckets.lock().expect("limiter lock");
         if buckets.len() > 100_000 {
             // Forget only buckets that have refilled: they no longer limit anyone.
@@ -444,10 +444,12 @@ fn device_view(device: &DeviceRecord, current_id: &str) -> DeviceView {
     }
 }
 
-pub(super) async fn whoami(auth: Authenticated) -> Json<serde_json::Value> {
+/// The caller's account and device, and the broker's public URL (what invites must name).
+pub(super) async fn whoami(State(broker): State<Broker>, auth: Authenticated) -> Json<serde_json::Value> {
     Json(json!({
         "account": AccountInfo { id: auth.account.id.clone(), name: auth.account.name.clone(), email: auth.account.email.clone() },
         "device": device_view(&auth.device, &auth.device.id),
+        "brokerUrl": broker.public_url(),
     }))
 }
 

@@ -7,7 +7,7 @@ use axum::response::Html;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Broker};
-use crate::crypto::PublicKey;
+use crate::crypto::{self, PublicKey};
 use crate::invite::{Invite, InviteError};
 use crate::protocol::{self, Role};
 use crate::store::{NewMember, StoreError};
@@ -23,6 +23,9 @@ pub struct JoinRequest {
     pub pubkey: String,
     #[serde(default, alias = "display_name")]
     pub display_name: String,
+    /// The joining key's signature over `crypto::join_proof_bytes` (128 hex).
+    #[serde(default)]
+    pub proof: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -77,6 +80,20 @@ pub(super) async fn redeem(
             "that is not a claudemesh invite this broker understands",
         ),
     })?;
+
+    let proof = crypto::join_proof_bytes(&invite.invite_id, &invite.mesh_id, &request.pubkey);
+    PublicKey::from_hex(&request.pubkey).and_then(|key| key.verify_hex(proof.as_bytes(), &request.proof)).map_err(
+        |_| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "proof_invalid",
+                "proof must be the joining key's signature over claudemesh-join/v1|<inviteId>|<meshId>|<pubkey>",
+            )
+        },
+    )?;
+    if broker.router().session_key_in_use(&invite.mesh_id, &request.pubkey) {
+        return Err(ApiError::key_taken());
+    }
 
     let display_name = match request.display_name.trim() {
         "" => format!("peer-{}", &request.pubkey[..8]),
@@ -155,6 +172,7 @@ fn join_error(error: StoreError) -> ApiError {
                 (StatusCode::FORBIDDEN, "invite_issuer_not_admin", "the invite was not signed by an admin of the mesh")
             }
             "mesh_archived" => (StatusCode::GONE, "mesh_archived", "the mesh was archived"),
+            super::KEY_TAKEN | "name_taken" => return ApiError::from(error),
             "member_revoked" => {
                 (StatusCode::FORBIDDEN, "member_revoked", "this key was removed from the mesh; generate a new one")
             }

@@ -265,6 +265,9 @@ pub(super) async fn enrol(
             already_member: true,
         }));
     }
+    if broker.router().session_key_in_use(&access.mesh.id, &request.pubkey) {
+        return Err(ApiError::key_taken());
+    }
     let role = if access.admin { Role::Admin } else { Role::Member };
     let member = NewMember {
         pubkey: request.pubkey,
@@ -312,6 +315,20 @@ pub(super) async fn create_invite(
     if invite.mesh_id != access.mesh.id {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invite_mesh_mismatch", "the invite is for another mesh"));
     }
+    // The link sends people to `brokerUrl`: it must be this broker as the world reaches it.
+    if invite.broker_url.trim_end_matches('/') != broker.public_url() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invite_broker_mismatch",
+            format!(
+                "the invite names {} as its broker, but this broker's public URL is {}; sign it with that URL \
+                 (GET /v1/account tells it as brokerUrl)",
+                invite.broker_url,
+                broker.public_url()
+            ),
+        ));
+    }
+    spend_invite_budget(&broker, &auth.account.id, &access.mesh.id)?;
     let issuer = access
         .mine
         .iter()
@@ -358,6 +375,28 @@ pub(super) async fn create_invite(
     };
     let body = CreateInviteResponse { invite: invite_view(&record), link, emailed, email_error };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Invites an account, and a mesh, may create: each can send an email, so a stolen or careless
+/// device must not turn the broker into a mail cannon.
+fn spend_invite_budget(broker: &Broker, account_id: &str, mesh_id: &str) -> Result<(), ApiError> {
+    let config = broker.config();
+    let budgets = [
+        (format!("invites-account:{account_id}"), config.invite_limit_per_account),
+        (format!("invites-mesh:{mesh_id}"), config.invite_limit_per_mesh),
+    ];
+    let limiter = &broker.inner.attempts;
+    if budgets.iter().any(|(key, limit)| !limiter.allows(key, *limit)) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_invites",
+            "too many invites created recently from this account or for this mesh; wait a few minutes",
+        ));
+    }
+    for (key, limit) in &budgets {
+        limiter.spend(key, *limit);
+    }
+    Ok(())
 }
 
 pub(super) async fn list_invites(

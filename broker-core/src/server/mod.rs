@@ -6,7 +6,8 @@
 
 pub mod auth;
 mod device_login;
-mod join;
+/// Public for its request body, which `tests/fuzz.rs` decodes.
+pub mod join;
 mod meshes;
 mod ws;
 
@@ -203,7 +204,17 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The refusal of a key that is or was another member's (member or session key) in the mesh.
+pub(crate) const KEY_TAKEN: &str = "key_taken";
+const KEY_TAKEN_MESSAGE: &str =
+    "that key is or was another member's key in this mesh; generate a new key (claudemesh does this for you)";
+
 impl ApiError {
+    /// Refuses a key a session of the mesh uses now.
+    pub(crate) fn key_taken() -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, KEY_TAKEN, KEY_TAKEN_MESSAGE)
+    }
+
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into() }
     }
@@ -214,6 +225,17 @@ impl From<crate::store::StoreError> for ApiError {
         use crate::store::StoreError;
         match error {
             StoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, "not_found", what),
+            StoreError::Conflict(what) if what == KEY_TAKEN => ApiError::key_taken(),
+            StoreError::Conflict(what) if what == "name_taken" => ApiError::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                "another member of the mesh already has that display name (or one that reads the same); choose another",
+            ),
+            StoreError::Invalid(what) if what == "name_reserved" => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name_reserved",
+                "that display name is reserved (it reads as user, assistant, system, claude or the like); choose another",
+            ),
             StoreError::Conflict(what) => ApiError::new(StatusCode::CONFLICT, "conflict", what),
             StoreError::Invalid(what) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", what),
             StoreError::Sqlite(_)

@@ -177,14 +177,14 @@ async fn write_loop(
             biased;
             frame = frames.recv() => {
                 let Some(frame) = frame else { break };
-                if write_batch(&mut sink, &mut frames, frame).await.is_err() {
+                if !written_unless_stuck(&outbox, write_batch(&mut sink, &mut frames, frame)).await {
                     outbox.close(close_code::NORMAL, "write failed");
                     return;
                 }
             }
             _ = outbox.closed() => break,
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if !written_unless_stuck(&outbox, sink.send(Message::Ping(Default::default()))).await {
                     outbox.close(close_code::NORMAL, "write failed");
                     return;
                 }
@@ -203,6 +203,21 @@ async fn write_loop(
         let _ = sink.send(Message::Close(Some(close))).await;
     })
     .await;
+}
+
+/// Runs one write to the socket; false if it failed or was given up. A peer that stops reading
+/// holds a write for as long as its TCP connection lives: once the connection is closing (a slow
+/// consumer, an idle session) the write gets `CLOSE_FLUSH` more, then the socket is dropped.
+async fn written_unless_stuck(outbox: &Outbox, write: impl Future<Output = Result<(), axum::Error>>) -> bool {
+    tokio::pin!(write);
+    let written = tokio::select! {
+        written = &mut write => written,
+        _ = outbox.closed() => match tokio::time::timeout(CLOSE_FLUSH, &mut write).await {
+            Ok(written) => written,
+            Err(_) => return false,
+        },
+    };
+    written.is_ok()
 }
 
 /// Writes `first` and whatever else is already queued, then flushes once.

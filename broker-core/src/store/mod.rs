@@ -24,6 +24,7 @@ pub use sqlite::{Durability, SqliteStore};
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_accounts", include_str!("migrations/0002_accounts.sql")),
+    ("0003_hardening", include_str!("migrations/0003_hardening.sql")),
 ];
 
 /// Why a store call failed. Callers branch on the kind (`NotFound` becomes a 404, `Conflict` a
@@ -384,6 +385,14 @@ pub enum WriteOp {
         session_pubkey: String,
     },
     SavePeerState(PeerStateRecord),
+    /// A member used this session key in its mesh (recorded once; a key is never another
+    /// member's afterwards).
+    RecordSessionKey {
+        mesh_id: String,
+        member_id: String,
+        pubkey: String,
+        at_ms: u64,
+    },
     /// Drop undelivered entries created before this time (ms).
     ExpireBefore(u64),
     Audit(Vec<AuditEvent>),
@@ -417,6 +426,10 @@ pub struct AccountMesh {
     pub role: Role,
     pub member_count: u64,
 }
+
+/// Devices signed in through a device's approval or login token this long before that device
+/// is revoked are revoked with it: a stolen device must not leave accomplices behind.
+pub const APPROVAL_RECALL_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Durable state. Methods other than [`Store::submit`] block: call them from a blocking thread.
 pub trait Store: Send + Sync + 'static {
@@ -472,6 +485,9 @@ pub trait Store: Send + Sync + 'static {
     fn members(&self, mesh_id: &str) -> StoreResult<Vec<MemberRecord>>;
     fn member(&self, member_id: &str) -> StoreResult<Option<MemberRecord>>;
     fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<MemberRecord>>;
+    /// The member that used `pubkey` in `mesh_id`, as its member key or a session key, now or
+    /// ever (removed members included).
+    fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>>;
     fn add_member(
         &self,
         mesh_id: &str,
@@ -532,7 +548,9 @@ pub trait Store: Send + Sync + 'static {
     /// The account's devices, revoked ones too, in creation order.
     fn devices(&self, account_id: &str) -> StoreResult<Vec<DeviceRecord>>;
     /// Revokes the device and every member key it holds; returns those members as they are now
-    /// (revoked). Approvals the device gave that nobody redeemed yet die with it.
+    /// (revoked). Approvals and login tokens the device gave that nobody redeemed yet die with
+    /// it, and devices they signed in within [`APPROVAL_RECALL_WINDOW`] before are revoked too
+    /// (audited as `device_revoked_with_approver`), and so on down the line.
     fn revoke_device(&self, device_id: &str, actor: Option<&str>, now_ms: u64) -> StoreResult<Vec<MemberRecord>>;
 
     // --- device login (RFC 8628) ---------------------------------------------------------------

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod accounts;
+pub mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -284,6 +285,27 @@ impl RawSocket {
 /// millisecond would be the same signature and the second a replay: a timestamp within a second
 /// of the previous one is moved past it. Timestamps far off (the skew tests) stay as given.
 pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello {
+    signed_hello_with_session(mesh_id, member, timestamp, &Keypair::generate())
+}
+
+/// `POST /join`'s `proof`: `key` proves it is held by the joiner.
+pub fn join_proof(invite: &broker_core::invite::Invite, key: &Keypair) -> String {
+    key.sign_hex(crypto::join_proof_bytes(&invite.invite_id, &invite.mesh_id, &key.public_hex()).as_bytes())
+}
+
+/// A `POST /join` body for a fresh key, with its proof.
+pub fn join_body(invite: &broker_core::invite::Invite, display_name: Option<&str>) -> serde_json::Value {
+    let key = Keypair::generate();
+    let mut body =
+        serde_json::json!({"invite": invite.to_token(), "pubkey": key.public_hex(), "proof": join_proof(invite, &key)});
+    if let Some(name) = display_name {
+        body["displayName"] = name.into();
+    }
+    body
+}
+
+/// [`signed_hello`] with a session key the caller holds.
+pub fn signed_hello_with_session(mesh_id: &str, member: &TestMember, timestamp: u64, session: &Keypair) -> Hello {
     static LAST: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
     let timestamp = {
         let mut last = LAST.lock().expect("timestamp lock");
@@ -291,7 +313,6 @@ pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello
         *last = timestamp.max(*last);
         timestamp
     };
-    let session = Keypair::generate();
     let mut hello = Hello {
         mesh_id: mesh_id.to_owned(),
         member_id: member.record.id.clone(),
@@ -352,15 +373,25 @@ pub async fn http_with(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, String) {
+    http_bytes(addr, method, path, headers, body.unwrap_or("").as_bytes()).await
+}
+
+/// A request whose body is any bytes (not necessarily UTF-8).
+pub async fn http_bytes(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
-    let body = body.unwrap_or("");
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.expect("writes");
+    stream.write_all(&[head.as_bytes(), body].concat()).await.expect("writes");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("reads");
     let response = String::from_utf8_lossy(&response).into_owned();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::protocol::{self, ErrorCode, ServerFrame};
 use crate::router::state::SessionHandle;
 use crate::router::{Router, validate_grants};
+use crate::store::StoreError;
 
 impl Router {
     pub(in crate::router) async fn set_grants(self: &Arc<Self>, session: &SessionHandle, set: protocol::SetGrants) {
@@ -23,6 +24,7 @@ impl Router {
                 };
                 self.reply(session, ServerFrame::Grants(protocol::GrantsFrame { grants, req_id: set.req_id }));
             }
+            Err(StoreError::Invalid(problem)) => self.reply_error(session, ErrorCode::Malformed, &problem, set.req_id),
             Err(error) => {
                 tracing::error!(%error, "storing grants failed");
                 self.reply_error(

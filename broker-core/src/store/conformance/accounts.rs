@@ -279,7 +279,7 @@ pub fn device_codes_refuse_what_their_terms_forbid<D: TestDatabase>(database: &D
 
 /// A login token is approved from the start, describes the device that pastes it, works once,
 /// stays out of the pending list, and dies unused when the device that made it is revoked.
-pub fn a_login_token_is_redeemed_once_and_dies_with_its_maker<D: TestDatabase>(database: &D) {
+pub fn a_login_token_is_redeemed_once_and_dies_with_its_maker_with_what_it_let_in_just_before<D: TestDatabase>(database: &D) {
     let store = database.open();
     let alice = store.create_account("alice", None, NOW_MS).expect("creates");
     let maker =
@@ -301,6 +301,15 @@ pub fn a_login_token_is_redeemed_once_and_dies_with_its_maker<D: TestDatabase>(d
     let orphan = store.poll_device_code("login-2", "token-2", TOKEN_EXPIRES_AT, &claimant, NOW_MS + 4);
     assert_eq!(orphan.expect("polls"), PollOutcome::Denied);
     assert_eq!(store.device_by_token("token-2").expect("reads"), None);
+    // The device the maker let in just before goes with it, and the audit log says why.
+    assert_eq!(store.device_by_token("token-1").expect("reads"), None);
+    let recalled: Vec<_> = audit_log(&*store, &scope(&alice))
+        .into_iter()
+        .filter(|entry| entry.event_type == "device_revoked_with_approver")
+        .map(|entry| (entry.actor, entry.payload["approvedBy"].clone()))
+        .collect();
+    assert_eq!(recalled, [(Some(maker.id.clone()), serde_json::json!(maker.id))]);
+
 
     let made = audit_log(&*store, &scope(&alice))
         .into_iter()
@@ -308,4 +317,13 @@ pub fn a_login_token_is_redeemed_once_and_dies_with_its_maker<D: TestDatabase>(d
         .map(|entry| entry.actor)
         .collect::<Vec<_>>();
     assert_eq!(made, [Some(maker.id.clone()), Some(maker.id.clone())]);
+
+    // One let in long before stays: its approver's later loss says nothing about it.
+    let old_maker =
+        store.create_device(&alice.id, &device_info("old"), "hash-old", TOKEN_EXPIRES_AT, NOW_MS).expect("adds");
+    store.create_login_token("login-3", &alice.id, &old_maker.id, NOW_MS, NOW_MS + CODE_TTL_MS).expect("creates");
+    issued(store.poll_device_code("login-3", "token-3", TOKEN_EXPIRES_AT, &claimant, NOW_MS + 5));
+    let much_later = NOW_MS + 5 + crate::store::APPROVAL_RECALL_WINDOW.as_millis() as u64 + 1;
+    store.revoke_device(&old_maker.id, None, much_later).expect("revokes");
+    assert!(store.device_by_token("token-3").expect("reads").is_some());
 }

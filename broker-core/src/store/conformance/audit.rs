@@ -151,7 +151,13 @@ pub fn concurrent_control_plane_calls_lose_nothing_and_keep_one_chain<D: TestDat
                 for index in 0..MEMBERS_EACH {
                     let n = 100 + thread * MEMBERS_EACH + index;
                     let member = store
-                        .add_member(&mesh.id, &new_member(n, "worker"), Role::Member, Some(&admin.id), NOW_MS + 1)
+                        .add_member(
+                            &mesh.id,
+                            &new_member(n, &format!("worker {n}")),
+                            Role::Member,
+                            Some(&admin.id),
+                            NOW_MS + 1,
+                        )
                         .expect("adds");
                     store
                         .set_grants(&admin.id, &[(member.pubkey.clone(), Some(vec!["dm".into()]))], NOW_MS + 2)

@@ -4,11 +4,12 @@ use serde_json::json;
 
 use super::{
     NOW_MS, TestDatabase, add_member, assert_conflict, assert_invalid, assert_not_found, audit_log, audit_types,
-    mesh_with_admin, new_member, pubkey,
+    mesh_with_admin, new_member, pubkey, write,
 };
-use crate::protocol::Role;
+use crate::protocol::{MAX_GRANTS, Role};
 use crate::store::{
     AccountMesh, DeviceInfo, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord, NewMember, Store,
+    WriteOp,
 };
 
 /// An invite to `mesh` issued by `issuer`, valid for an hour from `NOW_MS`.
@@ -186,6 +187,47 @@ pub fn members_are_added_and_found<D: TestDatabase>(database: &D) {
         NOW_MS,
     ));
     assert_eq!(store.members(&mesh.id).expect("lists").len(), 2);
+}
+
+/// Display names are unique per mesh among members, compared as the same name however spelled
+/// (case, look-alikes, separators), except between members of one account; reserved names are
+/// refused; a key that was any member's is never another's.
+pub fn member_names_are_unique_and_keys_never_change_hands<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let (mesh, admin) = mesh_with_admin(&*store, "names", 1, NOW_MS);
+    let (other, _) = mesh_with_admin(&*store, "other", 9, NOW_MS);
+    add_member(&*store, &mesh, 2, NOW_MS);
+    let taken = |n: u32, name: &str| store.add_member(&mesh.id, &new_member(n, name), Role::Member, None, NOW_MS);
+    assert_conflict(taken(3, "Member-2"), "name_taken");
+    assert_conflict(taken(3, "MEMBER 2"), "name_taken");
+    assert_invalid(taken(3, "Assistant"));
+    assert_invalid(taken(3, "user"));
+    // Another mesh has its own names.
+    store.add_member(&other.id, &new_member(3, "member 2"), Role::Member, None, NOW_MS).expect("another mesh");
+
+    // One person's devices may share a name.
+    let account = store.create_account("carol", None, NOW_MS).expect("account");
+    let device = |n: u32| NewMember { account_id: Some(account.id.clone()), ..new_member(n, "carol") };
+    store.add_member(&mesh.id, &device(4), Role::Member, None, NOW_MS).expect("first device");
+    store.add_member(&mesh.id, &device(5), Role::Member, None, NOW_MS).expect("second device");
+
+    // A removed member's key stays its own; a session key once used is its member's.
+    let leaver = add_member(&*store, &mesh, 6, NOW_MS);
+    store.change_membership(&leaver.id, MembershipAction::Leave, None, NOW_MS).expect("leaves");
+    assert!(matches!(taken(6, "someone new"), Err(crate::store::StoreError::Conflict(_))));
+    write(
+        &*store,
+        WriteOp::RecordSessionKey {
+            mesh_id: mesh.id.clone(),
+            member_id: admin.id.clone(),
+            pubkey: pubkey(7),
+            at_ms: NOW_MS,
+        },
+    )
+    .expect("records");
+    assert_eq!(store.key_owner(&mesh.id, &pubkey(7)).expect("reads"), Some(admin.id.clone()));
+    assert_eq!(store.key_owner(&other.id, &pubkey(7)).expect("reads"), None);
+    assert_conflict(taken(7, "someone else"), "key_taken");
 }
 
 /// Ban and unban toggle `banned_at`; kick and leave set `revoked_at`; each is audited with its
@@ -400,7 +442,9 @@ pub fn concurrent_redemptions_never_exceed_max_uses<D: TestDatabase>(database: &
         let handles: Vec<_> = (0..12u32)
             .map(|n| {
                 let store = &stores[n as usize % 2];
-                scope.spawn(move || store.redeem_invite("inv-rush", &new_member(100 + n, "rusher"), NOW_MS + 1))
+                scope.spawn(move || {
+                    store.redeem_invite("inv-rush", &new_member(100 + n, &format!("rusher {n}")), NOW_MS + 1)
+                })
             })
             .collect();
         handles.into_iter().map(|handle| handle.join().expect("redeems without panicking")).collect()
@@ -469,4 +513,27 @@ pub fn grants_are_set_reset_and_listed<D: TestDatabase>(database: &D) {
     assert_eq!(changes[0].0, Some(bob.id.as_str()));
     assert_eq!(changes[0].1, &json!({ alice.pubkey.clone(): ["dm", "read"], carol.pubkey.clone(): [] }));
     assert_eq!(changes[1].1, &json!({ alice.pubkey.clone(): null }));
+}
+
+/// A member holds at most `MAX_GRANTS` grants: a change that would go past it applies nothing,
+/// while replacing or resetting grants it holds still works.
+pub fn grants_are_capped_per_member<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let (mesh, alice) = mesh_with_admin(&*store, "capped", 1, NOW_MS);
+    let blocked = |from: u32, to: u32| (from..to).map(|n| (pubkey(n), Some(vec![]))).collect::<Vec<_>>();
+    let full = store.set_grants(&alice.id, &blocked(1_000, 1_000 + MAX_GRANTS as u32), NOW_MS + 1).expect("fills");
+    assert_eq!(full.len(), MAX_GRANTS);
+    let before = audit_log(&*store, &mesh.id).len();
+    let one_more = 1_000 + MAX_GRANTS as u32;
+    assert_invalid(store.set_grants(&alice.id, &blocked(one_more, one_more + 1), NOW_MS + 2));
+    assert_eq!(store.grants(&mesh.id).expect("lists").len(), MAX_GRANTS, "nothing of the refused change applied");
+    assert_eq!(audit_log(&*store, &mesh.id).len(), before);
+
+    let replaced =
+        store.set_grants(&alice.id, &[(pubkey(1_000), Some(vec!["dm".into()]))], NOW_MS + 3).expect("replaces");
+    assert_eq!(replaced.len(), MAX_GRANTS);
+    let swapped = store
+        .set_grants(&alice.id, &[(pubkey(1_001), None), (pubkey(one_more), Some(vec![]))], NOW_MS + 4)
+        .expect("a reset makes room");
+    assert_eq!(swapped.len(), MAX_GRANTS);
 }

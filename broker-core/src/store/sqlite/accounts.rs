@@ -7,8 +7,8 @@ use super::codes::{self, DbCode as _};
 use super::directory::{MEMBER_COLUMNS, bump_directory_version, member_from_row};
 use super::{audit, conflict_on_duplicate};
 use crate::store::{
-    AccountRecord, AuditEvent, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, MemberRecord,
-    NewDeviceCode, PollOutcome, StoreError, StoreResult,
+    APPROVAL_RECALL_WINDOW, AccountRecord, AuditEvent, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord,
+    MemberRecord, NewDeviceCode, PollOutcome, StoreError, StoreResult,
 };
 
 /// RFC 8628: a `slow_down` adds this to the polling interval for all later polls.
@@ -121,6 +121,7 @@ fn insert_device(
     info: &DeviceInfo,
     token_hash: &str,
     expires_at: u64,
+    approved_by: Option<&str>,
     now_ms: u64,
 ) -> StoreResult<DeviceRecord> {
     let device = DeviceRecord {
@@ -134,8 +135,8 @@ fn insert_device(
     };
     conn.execute(
         "INSERT INTO devices (id, account_id, token_hash, hostname, platform, arch, app_version, ip, created_at,
-                                  last_seen_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+                                  last_seen_at, expires_at, approved_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
         params![
             device.id,
             account_id,
@@ -146,7 +147,8 @@ fn insert_device(
             info.app_version,
             info.ip,
             now_ms as i64,
-            expires_at as i64
+            expires_at as i64,
+            approved_by
         ],
     )?;
     Ok(device)
@@ -163,7 +165,7 @@ pub(super) fn create_device(
     account(conn, account_id)?
         .filter(|a| a.id == account_id)
         .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
-    let device = insert_device(conn, account_id, info, token_hash, expires_at, now_ms)?;
+    let device = insert_device(conn, account_id, info, token_hash, expires_at, None, now_ms)?;
     audit::append(
         conn,
         &account_event(
@@ -244,6 +246,27 @@ pub(super) fn revoke_device(
         ),
         now_ms,
     )?;
+    // Devices this one let in shortly before (a thief's accomplices signed in just in time) go
+    // with it, each audited with the reason.
+    let since = now_ms.saturating_sub(APPROVAL_RECALL_WINDOW.as_millis() as u64);
+    let let_in: Vec<String> = conn
+        .prepare("SELECT id FROM devices WHERE approved_by = ?1 AND created_at >= ?2 AND revoked_at IS NULL")?
+        .query_map(params![device_id, since as i64], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for child in let_in {
+        let mut child_members = revoke_device(conn, &child, Some(device_id), now_ms)?;
+        audit::append(
+            conn,
+            &account_event(
+                &device.account_id,
+                "device_revoked_with_approver",
+                Some(device_id),
+                json!({"deviceId": child, "approvedBy": device_id}),
+            ),
+            now_ms,
+        )?;
+        members.append(&mut child_members);
+    }
     for member in &members {
         audit::append(
             conn,
@@ -398,12 +421,18 @@ pub(super) fn poll_device_code(
 ) -> StoreResult<PollOutcome> {
     let found = conn
         .query_row(
-            &format!("SELECT {CODE_COLUMNS}, last_poll_at, kind FROM device_codes WHERE device_code_hash = ?1"),
+            &format!(
+                "SELECT {CODE_COLUMNS}, last_poll_at, kind, decided_by FROM device_codes WHERE device_code_hash = ?1"
+            ),
             [device_code_hash],
-            |row| Ok((code_from_row(row)?, row.get::<_, Option<i64>>(12)?, row.get::<_, String>(13)?)),
+            |row| {
+                let extra =
+                    (row.get::<_, Option<i64>>(12)?, row.get::<_, String>(13)?, row.get::<_, Option<String>>(14)?);
+                Ok((code_from_row(row)?, extra))
+            },
         )
         .optional()?;
-    let Some((mut code, last_poll, kind)) = found else { return Ok(PollOutcome::Invalid) };
+    let Some((mut code, (last_poll, kind, decided_by))) = found else { return Ok(PollOutcome::Invalid) };
     if kind == "login_token" {
         code.info = claimant.clone();
     }
@@ -434,7 +463,9 @@ pub(super) fn poll_device_code(
                 column: "device_codes.account_id",
                 value: "NULL for an approved code".into(),
             })?;
-            let device = insert_device(conn, &account_id, &code.info, token_hash, token_expires_at, now_ms)?;
+            let approved_by = decided_by.as_deref();
+            let device =
+                insert_device(conn, &account_id, &code.info, token_hash, token_expires_at, approved_by, now_ms)?;
             conn.execute(
                 "UPDATE device_codes SET status = 'consumed' WHERE device_code_hash = ?1",
                 [device_code_hash],

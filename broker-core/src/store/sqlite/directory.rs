@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::codes::{self, DbCode as _};
 use super::{audit, conflict_on_duplicate};
+use crate::names;
 use crate::protocol::Role;
 use crate::store::{
     AccountMesh, AuditEvent, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
@@ -149,6 +150,34 @@ fn new_member_record(mesh_id: &str, member: &NewMember, role: Role, now_ms: u64)
     }
 }
 
+pub(super) fn key_owner(conn: &Connection, mesh_id: &str, pubkey: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT member_id FROM mesh_keys WHERE mesh_id = ?1 AND pubkey = ?2", [mesh_id, pubkey], |row| {
+        row.get(0)
+    })
+    .optional()
+}
+
+/// A member's display name is not reserved and, among the mesh's members (removed ones aside),
+/// is nobody else's: only other members of the same account (the same person's devices) may
+/// share it.
+fn check_name_free(conn: &Connection, member: &MemberRecord) -> StoreResult<()> {
+    if names::is_reserved(&member.display_name) {
+        return Err(StoreError::Invalid("name_reserved".into()));
+    }
+    let wanted = names::skeleton(&member.display_name);
+    let mut stmt =
+        conn.prepare_cached("SELECT display_name, account_id FROM members WHERE mesh_id = ?1 AND revoked_at IS NULL")?;
+    let mut rows = stmt.query([&member.mesh_id])?;
+    while let Some(row) = rows.next()? {
+        let (name, account): (String, Option<String>) = (row.get(0)?, row.get(1)?);
+        let same_person = account.is_some() && account == member.account_id;
+        if !same_person && names::skeleton(&name) == wanted {
+            return Err(StoreError::Conflict("name_taken".into()));
+        }
+    }
+    Ok(())
+}
+
 fn insert_member(
     conn: &Connection,
     member: &MemberRecord,
@@ -156,6 +185,14 @@ fn insert_member(
     how: &str,
     now_ms: u64,
 ) -> StoreResult<()> {
+    if key_owner(conn, &member.mesh_id, &member.pubkey)?.is_some_and(|owner| owner != member.id) {
+        return Err(StoreError::Conflict("key_taken".into()));
+    }
+    check_name_free(conn, member)?;
+    conn.execute(
+        "INSERT INTO mesh_keys (mesh_id, pubkey, member_id, kind, first_seen_at) VALUES (?1, ?2, ?3, 'member', ?4)",
+        params![member.mesh_id, member.pubkey, member.id, member.created_at as i64],
+    )?;
     conn.execute(
         &format!("INSERT INTO members ({MEMBER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, ?7, ?8)"),
         params![
@@ -448,6 +485,14 @@ pub(super) fn set_grants(
                 conn.execute("DELETE FROM grants WHERE member_id = ?1 AND peer_pubkey = ?2", [member_id, peer])?;
             }
         }
+    }
+    let held: i64 =
+        conn.query_row("SELECT COUNT(*) FROM grants WHERE member_id = ?1", [member_id], |row| row.get(0))?;
+    if held as usize > crate::protocol::MAX_GRANTS {
+        return Err(StoreError::Invalid(format!(
+            "a member holds at most {} grants; reset some (null) first",
+            crate::protocol::MAX_GRANTS
+        )));
     }
     let payload: serde_json::Map<String, serde_json::Value> =
         changes.iter().map(|(peer, caps)| (peer.clone(), json!(caps))).collect();

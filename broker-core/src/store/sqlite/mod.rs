@@ -411,6 +411,10 @@ impl Store for SqliteStore {
         self.read(|conn| directory::member_by_pubkey(conn, mesh_id, pubkey))
     }
 
+    fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
+        self.read(|conn| Ok(directory::key_owner(conn, mesh_id, pubkey)?))
+    }
+
     fn add_member(
         &self,
         mesh_id: &str,

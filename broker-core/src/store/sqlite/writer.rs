@@ -100,6 +100,14 @@ fn apply_write(conn: &Connection, op: WriteOp, next_seq: &mut u64) -> StoreResul
             .map(|n| WriteOutcome::Changed(n as u64))
             .map_err(StoreError::from),
         WriteOp::SavePeerState(state) => save_peer_state(conn, &state).map(WriteOutcome::Changed),
+        WriteOp::RecordSessionKey { mesh_id, member_id, pubkey, at_ms } => conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO mesh_keys (mesh_id, pubkey, member_id, kind, first_seen_at)
+                 VALUES (?1, ?2, ?3, 'session', ?4)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![mesh_id, pubkey, member_id, at_ms as i64]))
+            .map(|n| WriteOutcome::Changed(n as u64))
+            .map_err(StoreError::from),
         WriteOp::ExpireBefore(cutoff_ms) => expire(conn, cutoff_ms).map(WriteOutcome::Changed),
         WriteOp::Audit(events) => audit::append_all(conn, &events, crate::protocol::now_ms())
             .map(|()| WriteOutcome::Changed(events.len() as u64)),
