@@ -4,6 +4,7 @@
 #   run  — the build tools and the desktop app's libraries (WebKitGTK, GTK, the tray library).
 #   test — also what the desktop tests drive: Xvfb, a D-Bus session with gnome-keyring, the dunst
 #          notification daemon, WebKitWebDriver and tauri-driver, ImageMagick, Node (UI tests),
+#          iproute2 (`ip netns`: the other machines of tests/tests/other_machines.rs),
 #          and the real Claude Code for tests/tests/claude_code.rs: the npm package
 #          @anthropic-ai/claude-code at $CLAUDE_CODE_VERSION, cached in
 #          ${XDG_CACHE_HOME:-~/.cache}/claudemesh/claude-code and reused by later runs.
@@ -18,7 +19,7 @@ packages=(build-essential pkg-config libssl-dev
   libjavascriptcoregtk-4.1-dev libxdo-dev libsecret-1-dev)
 if [ "$mode" = test ]; then
   packages+=(xvfb xauth dbus dbus-x11 at-spi2-core gnome-keyring dunst webkit2gtk-driver imagemagick
-    fonts-inter fonts-dejavu-core nodejs npm)
+    fonts-inter fonts-dejavu-core nodejs npm iproute2)
 fi
 missing=()
 for package in "${packages[@]}"; do

@@ -5,6 +5,7 @@
 //! These need a display and a D-Bus session with a keyring and a notification daemon:
 //! `scripts/desktop-session.sh` provides them (`scripts/test.sh` runs the tests inside it).
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::{WAIT, claudemesh_bin, free_port};
+use crate::{Namespace, WAIT, claudemesh_bin, free_port};
 
 /// The W3C WebDriver element reference key.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -29,6 +30,8 @@ pub struct DesktopApp {
     driver: Child,
     port: u16,
     session: String,
+    /// The machine the app runs on, when not this one; its WebDriver port is there too.
+    namespace: Option<Namespace>,
 }
 
 /// An element found on the page.
@@ -44,9 +47,22 @@ impl DesktopApp {
 
     /// Launches the app again in a `home` an earlier app used (its profile, keys, local broker).
     pub async fn launch_in(home: tempfile::TempDir) -> Result<DesktopApp> {
+        DesktopApp::launch_with(home, None).await
+    }
+
+    /// Launches the app on another machine: inside `namespace` (the display and the session
+    /// bus are reached through their socket files, which every namespace sees).
+    pub async fn launch_on(namespace: &Namespace) -> Result<DesktopApp> {
+        DesktopApp::launch_with(tempfile::tempdir()?, Some(namespace.clone())).await
+    }
+
+    async fn launch_with(home: tempfile::TempDir, namespace: Option<Namespace>) -> Result<DesktopApp> {
         let app = claudemesh_bin();
         let (port, native_port) = (free_port(), free_port());
-        let mut command = Command::new(tauri_driver()?);
+        let mut command = match &namespace {
+            Some(namespace) => namespace.async_command(tauri_driver()?),
+            None => Command::new(tauri_driver()?),
+        };
         command
             .args(["--port", &port.to_string(), "--native-port", &native_port.to_string()])
             .envs(app_env(home.path())?)
@@ -56,7 +72,7 @@ impl DesktopApp {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let driver = command.spawn().context("starting tauri-driver")?;
-        let mut desktop = DesktopApp { home, driver, port, session: String::new() };
+        let mut desktop = DesktopApp { home, driver, port, session: String::new(), namespace };
         let deadline = Instant::now() + WAIT;
         while desktop.http("GET", "/status", None).await.is_err() {
             if Instant::now() > deadline {
@@ -81,7 +97,11 @@ impl DesktopApp {
     }
 
     async fn http(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let driver = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let stream = match &self.namespace {
+            Some(namespace) => namespace.connect(driver).await?,
+            None => tokio::net::TcpStream::connect(driver).await?,
+        };
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);

@@ -7,6 +7,8 @@
 //! - [`Bridge`] — a `claudemesh mcp` process driven over stdio by a JSON-RPC client that matches
 //!   replies by id and collects notifications with the instant each line was read.
 //!
+//! - [`netns::Namespace`] — another machine on this host (a network namespace), where a
+//!   [`Broker`], a [`Device`] or the desktop app can run.
 //! - [`desktop::DesktopApp`] — the desktop app driven through WebDriver (`tauri-driver`), and
 //!   [`desktop::NotificationMonitor`], its native notifications seen on D-Bus.
 //! - [`claude_code::ClaudeCode`] — the real Claude Code (`claude`) with its own home, talking to
@@ -18,8 +20,10 @@
 
 pub mod claude_code;
 pub mod desktop;
+pub mod netns;
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
+
+pub use netns::Namespace;
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -102,60 +108,115 @@ pub fn free_port() -> u16 {
 pub struct Broker {
     pub data: tempfile::TempDir,
     pub port: u16,
+    /// The base URL peers are told (`--public-url`).
+    url: String,
+    listen: SocketAddr,
+    /// The machine it runs on, when not this one.
+    namespace: Option<Namespace>,
+    /// More `serve` options (`--allow-insecure-http`, …).
+    serve_args: Vec<String>,
+    /// Its stderr, when it runs in a namespace (its device-login lines are at `info` there).
+    log: Option<tempfile::NamedTempFile>,
     child: Option<Child>,
-    /// Settings this broker runs with beyond the harness's own (`NAME`, value).
-    env: Vec<(String, String)>,
 }
 
 impl Broker {
+    /// A broker on a free port of this machine's loopback; warnings go to the test's stderr.
     pub async fn start() -> Result<Broker> {
-        Broker::start_with_env(&[]).await
+        Broker::start_with(&[]).await
     }
 
-    /// A broker with these environment settings on top of the harness's.
-    pub async fn start_with_env(env: &[(&str, &str)]) -> Result<Broker> {
+    /// A broker on this machine with more `serve_args` (limits, for example).
+    pub async fn start_with(serve_args: &[&str]) -> Result<Broker> {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        Broker::spawn_new(None, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), url, serve_args).await
+    }
+
+    /// A broker on another machine: inside `namespace`, listening on `listen`, telling peers
+    /// `public_url`, with more `serve_args`. Its log is kept for [`Broker::log`].
+    pub async fn start_in(
+        namespace: &Namespace,
+        listen: SocketAddr,
+        public_url: &str,
+        serve_args: &[&str],
+    ) -> Result<Broker> {
+        Broker::spawn_new(Some(namespace.clone()), listen, public_url.to_owned(), serve_args).await
+    }
+
+    async fn spawn_new(
+        namespace: Option<Namespace>,
+        listen: SocketAddr,
+        url: String,
+        serve_args: &[&str],
+    ) -> Result<Broker> {
+        let log = namespace.is_some().then(tempfile::NamedTempFile::new).transpose()?;
         let data = tempfile::tempdir()?;
-        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        let mut broker = Broker { data, port: free_port(), child: None, env };
+        let serve_args = serve_args.iter().map(|arg| (*arg).to_owned()).collect();
+        let mut broker = Broker { data, port: listen.port(), url, listen, namespace, serve_args, log, child: None };
         broker.spawn().await?;
         Ok(broker)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.url.clone()
+    }
+
+    /// What the broker wrote to stderr so far (a broker started with [`Broker::start_in`]).
+    pub fn log(&self) -> Result<String> {
+        let log = self.log.as_ref().context("only a broker in a namespace keeps its log")?;
+        Ok(std::fs::read_to_string(log.path())?)
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let child = Command::new(broker_bin())
+        let mut command = match &self.namespace {
+            Some(namespace) => namespace.async_command(broker_bin()),
+            None => Command::new(broker_bin()),
+        };
+        command
             .arg("--data-dir")
             .arg(self.data.path())
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--public-url", &self.url()])
+            .args(["serve", "--listen", &self.listen.to_string(), "--public-url", &self.url])
+            .args(&self.serve_args)
             // The latency run sends 1,000 messages back to back; the default limit is 60/min.
             .env("RATE_LIMIT_BURST", "100000")
             .env("RATE_LIMIT_PER_MINUTE", "6000000")
             // …between one pair of peers, which the pair breaker would hold (tests that need it
-            // lower it per mesh with `PUT /v1/meshes/{mesh}/pair-limits`).
+            // pass `--pair-burst` and the like to `Broker::start_with`).
             .env("PAIR_BURST", "100000")
             .env("PAIR_PER_MINUTE", "6000000")
             .env("PAIR_LOOP_TURNS", "100000")
             // Device logins poll every second instead of every 5 s: shorter tests, same flow.
             .env("DEVICE_POLL_INTERVAL_SECONDS", "1")
-            .env("RUST_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting claudemesh-broker")?;
+            .kill_on_drop(true);
+        match &self.log {
+            Some(log) => command
+                .env("RUST_LOG", "warn,broker_core::server::device_login=info")
+                .stderr(log.reopen().context("the broker's log file")?),
+            None => command.env("RUST_LOG", "warn").stderr(Stdio::inherit()),
+        };
+        let child = command.spawn().context("starting claudemesh-broker")?;
         self.child = Some(child);
+        // Anything listening on 0.0.0.0 answers on loopback too, in its own namespace.
+        let reach = match self.listen.ip() {
+            ip if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
+            _ => self.listen,
+        };
         let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+        loop {
+            let listening = match &self.namespace {
+                Some(namespace) => namespace.connect(reach).await.is_ok(),
+                None => tokio::net::TcpStream::connect(reach).await.is_ok(),
+            };
+            if listening {
+                return Ok(());
+            }
             if Instant::now() > deadline {
-                bail!("the broker never listened");
+                bail!("the broker never listened on {}", self.listen);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(())
     }
 
     /// `claudemesh-broker --data-dir … <args> --json`.
@@ -218,23 +279,42 @@ impl Broker {
 /// A device: its own config directory with the file keystore.
 pub struct Device {
     pub config: tempfile::TempDir,
+    /// The machine it runs on, when not this one: its commands and bridges start there.
+    namespace: Option<Namespace>,
+    /// Set for everything it runs, after the config directory and keystore.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Device {
     pub fn new() -> Result<Device> {
-        Ok(Device { config: tempfile::tempdir()? })
+        Ok(Device { config: tempfile::tempdir()?, namespace: None, extra_env: Vec::new() })
+    }
+
+    /// A device on another machine: everything it runs starts inside `namespace`.
+    pub fn in_namespace(namespace: &Namespace) -> Result<Device> {
+        Ok(Device { config: tempfile::tempdir()?, namespace: Some(namespace.clone()), extra_env: Vec::new() })
+    }
+
+    /// Sets `name=value` for every command and bridge of this device (`CLAUDEMESH_CA_FILE`, …).
+    pub fn set_env(&mut self, name: &str, value: impl Into<String>) {
+        self.extra_env.push((name.to_owned(), value.into()));
     }
 
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("CLAUDEMESH_CONFIG_DIR".into(), self.config.path().display().to_string()),
             ("CLAUDEMESH_KEYSTORE".into(), "file".into()),
-        ]
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
     }
 
     /// A `claudemesh` command for this device.
     pub fn command(&self) -> std::process::Command {
-        let mut command = std::process::Command::new(claudemesh_bin());
+        let mut command = match &self.namespace {
+            Some(namespace) => namespace.command(claudemesh_bin()),
+            None => std::process::Command::new(claudemesh_bin()),
+        };
         command.envs(self.env()).env("HOME", self.config.path()).env_remove("CLAUDE_CONFIG_DIR");
         command
     }
@@ -250,7 +330,10 @@ impl Device {
 
     /// Starts this device's MCP bridge and initializes it.
     pub async fn bridge(&self) -> Result<Bridge> {
-        let mut command = Command::new(claudemesh_bin());
+        let mut command = match &self.namespace {
+            Some(namespace) => namespace.async_command(claudemesh_bin()),
+            None => Command::new(claudemesh_bin()),
+        };
         command.arg("mcp").envs(self.env());
         let mut bridge = Bridge::spawn(command)?;
         bridge.initialize().await?;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_held_both_models_are_told_and_a_person_releases_it() -> Result<()> {
-    let broker = Broker::start_with_env(&[("PAIR_BURST", "3"), ("PAIR_PER_MINUTE", "1")]).await?;
+    let broker = Broker::start_with(&["--pair-burst", "3", "--pair-per-minute", "1"]).await?;
     let (_, link) = broker.mesh_with_invite("team", 2)?;
     let (alice_dev, bob_dev) = (Device::new()?, Device::new()?);
     alice_dev.join(&link, "alice")?;

@@ -88,13 +88,15 @@ impl Desktop {
             )
         })?;
         // When the local broker is shared on the LAN, invites tell other machines its LAN address.
-        if let Some(lan_url) = lock(&self.state).local_broker.lan_url.clone()
-            && lock(&self.state)
-                .local_broker
-                .url
-                .as_deref()
-                .is_some_and(|u| crate::http::same_broker(u, &entry.broker_url))
-        {
+        // One lock: a guard in an `if let` scrutinee lives through the whole `if`, so locking the
+        // state again in the same condition would deadlock.
+        let lan_url = {
+            let state = lock(&self.state);
+            let local = &state.local_broker;
+            let on_local = local.url.as_deref().is_some_and(|u| crate::http::same_broker(u, &entry.broker_url));
+            local.lan_url.clone().filter(|_| on_local)
+        };
+        if let Some(lan_url) = lan_url {
             entry.broker_url = lan_url;
         }
         let options = InviteOptions {
