@@ -510,12 +510,16 @@ pub async fn create_invite(
         },
         &key,
     );
-    api.call(
-        Method::POST,
-        &format!("/v1/meshes/{}/invites", mesh.mesh_id),
-        Some(json!({"invite": invite.to_token(), "email": options.email})),
-    )
-    .await
+    let mut created: CreateInviteResponse = api
+        .call(
+            Method::POST,
+            &format!("/v1/meshes/{}/invites", mesh.mesh_id),
+            Some(json!({"invite": invite.to_token(), "email": options.email})),
+        )
+        .await?;
+    // The link shown is the invite this device signed, whatever the answer says.
+    created.link = invite.link();
+    Ok(created)
 }
 
 #[cfg(test)]

@@ -37,8 +37,6 @@ pub enum JoinError {
 #[serde(rename_all = "camelCase")]
 struct JoinResponse {
     mesh_id: String,
-    mesh_slug: String,
-    mesh_name: String,
     member_id: String,
     role: String,
     #[serde(default)]
@@ -140,6 +138,22 @@ pub async fn join(
             return Err(error.into());
         }
     };
+    // The answer must be about the mesh and role the invite's signature covers: on the way back
+    // it could have been altered (a proxy, plain http), and the config would then record a mesh
+    // and a role nobody granted.
+    let role_granted = joined.already_member || joined.role == invite.role.as_str();
+    if joined.mesh_id != invite.mesh_id || !role_granted {
+        return Err(JoinError::Refused {
+            code: "bad_response".into(),
+            message: format!(
+                "the broker answered for mesh {} as {}, but the invite is for mesh {} as {}",
+                joined.mesh_id,
+                joined.role,
+                invite.mesh_id,
+                invite.role.as_str()
+            ),
+        });
+    }
     {
         let account = crate::config::key_account(&joined.mesh_id, &pubkey);
         let (store, seed) = (keystore.clone(), key.seed_hex());
@@ -147,8 +161,8 @@ pub async fn join(
     }
     let entry = MeshEntry {
         mesh_id: joined.mesh_id,
-        slug: joined.mesh_slug,
-        name: joined.mesh_name,
+        slug: invite.mesh_slug.clone(),
+        name: invite.mesh_name.clone(),
         broker_url: invite.broker_url.clone(),
         member_id: joined.member_id,
         member_pubkey: pubkey,

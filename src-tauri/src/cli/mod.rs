@@ -338,12 +338,15 @@ pub async fn send(target: String, message: String, priority: Priority, json_outp
 }
 
 fn print_message(m: &StoredMessage) {
+    use crate::inbox::MessageKind;
     let group = match m.kind {
-        crate::inbox::MessageKind::Direct => String::new(),
-        _ => format!(" to {}", m.target.as_deref().unwrap_or("?")),
+        MessageKind::Direct | MessageKind::Notice => String::new(),
+        MessageKind::Group | MessageKind::Broadcast => format!(" to {}", m.target.as_deref().unwrap_or("?")),
     };
+    // A sender not proven end to end is only a claim; a notice comes from claudemesh itself.
+    let unverified = if m.verified || m.kind == MessageKind::Notice { "" } else { " (unverified)" };
     let body = m.text.clone().unwrap_or_else(|| format!("[could not open: {}]", m.error.as_deref().unwrap_or("?")));
-    println!("[{}] {} {}{} ({}): {}", m.sent_at, m.mesh_slug, m.from, group, m.priority, body);
+    println!("[{}] {} {}{unverified}{} ({}): {}", m.sent_at, m.mesh_slug, m.from, group, m.priority, body);
 }
 
 pub async fn inbox(all: bool, limit: usize, json_output: bool) -> CliResult {

@@ -412,7 +412,7 @@ impl Store for SqliteStore {
     }
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
-        self.read(|conn| Ok(directory::key_owner(conn, mesh_id, pubkey)?))
+        self.read(|conn| directory::key_owner(conn, mesh_id, pubkey))
     }
 
     fn add_member(
