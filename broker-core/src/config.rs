@@ -28,7 +28,7 @@ pub struct PairLimits {
 
 impl Default for PairLimits {
     fn default() -> Self {
-        PairLimits { burst: 20, per_minute: 6, loop_turns: 40, loop_gap_seconds: 60 }
+        PairLimits { burst: 8, per_minute: 6, loop_turns: 40, loop_gap_seconds: 60 }
     }
 }
 

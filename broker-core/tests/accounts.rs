@@ -469,7 +469,7 @@ async fn admins_set_a_meshs_pair_limits_durably() {
     let path = format!("/v1/meshes/{}/pair-limits", mesh["id"].as_str().expect("id"));
 
     let (status, defaults) = api(broker.addr, "GET", &path, Some(&alice), None).await;
-    assert_eq!((status, defaults["burst"].as_u64()), (200, Some(20)), "{defaults}");
+    assert_eq!((status, defaults["burst"].as_u64()), (200, Some(8)), "{defaults}");
     let tighter = json!({"burst": 5, "perMinute": 2, "loopTurns": 10, "loopGapSeconds": 30});
     assert_eq!(api(broker.addr, "PUT", &path, Some(&bob), Some(tighter.clone())).await.0, 404, "not bob's mesh");
     let (status, body) = api(
@@ -488,5 +488,5 @@ async fn admins_set_a_meshs_pair_limits_durably() {
     let broker = broker.restart(generous()).await;
     assert_eq!(api(broker.addr, "GET", &path, Some(&alice), None).await.1, tighter);
     let (_, reset) = api(broker.addr, "PUT", &path, Some(&alice), Some(serde_json::Value::Null)).await;
-    assert_eq!(reset["burst"], 20);
+    assert_eq!(reset["burst"], 8);
 }

@@ -153,6 +153,47 @@ async fn a_created_mesh_invites_a_cli_and_messages_flow_both_ways_with_delivery_
     app.close().await
 }
 
+/// A Claude Code session floods the person at the app: the broker holds it, the app notifies
+/// the person and shows why in the conversation, and the person's click releases the pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_a_session_is_held_and_the_person_releases_it_from_the_app() -> Result<()> {
+    let app = DesktopApp::launch().await?;
+    app.set_up_locally("alice").await?;
+    app.create_mesh("acme").await?;
+    let link = app.invite_link("acme", 1).await?;
+    let laptop = Device::new()?;
+    laptop.join(&link, "bob")?;
+    let mut bob = laptop.bridge().await?;
+    bob.call_until("list_peers", json!({}), |list| peer_names(list).contains(&"alice".to_owned())).await?;
+    let notifications = NotificationMonitor::start().await?;
+
+    // The default budget lets 8 direct messages through at once (the member's own limit would
+    // allow 10), then holds the pair.
+    let flood = json!({"to": "alice", "message": "ping", "priority": "now"});
+    let mut held = None;
+    for n in 0..10 {
+        if let Err(refused) = bob.call("send_message", flood.clone()).await {
+            held = Some((n, refused.to_string()));
+            break;
+        }
+    }
+    let (n, refused) = held.context("the flood was never held")?;
+    assert_eq!(n, 8, "held after the budget of 8: {refused}");
+    assert!(refused.contains("held"), "{refused}");
+    notifications.wait_for("Messages held in acme").await?;
+
+    app.open("messages").await?;
+    app.wait_present("[data-testid=conversation][data-title=bob]").await?;
+    app.click("[data-testid=conversation][data-title=bob]").await?;
+    app.wait_present("[data-testid=message].notice [data-testid=release-pair]").await?;
+    app.click("[data-testid=release-pair]").await?;
+    app.wait_text("[data-testid=toast]", |t| t.contains("flow again")).await?;
+    let sent = bob.call("send_message", flood).await?;
+    assert_eq!(sent["results"][0]["ok"], true, "flows again: {sent}");
+    notifications.stop().await;
+    app.close().await
+}
+
 /// Revoking a device from the app cuts that device's live connection at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_device_from_the_app_cuts_its_live_connection() -> Result<()> {

@@ -128,6 +128,11 @@ pub async fn send_message(
 }
 
 #[tauri::command]
+pub async fn release_pair(desktop: Core<'_>, conversation: String) -> CommandResult<bool> {
+    desktop.release_pair(&conversation).await
+}
+
+#[tauri::command]
 pub async fn devices(desktop: Core<'_>) -> CommandResult<Vec<DeviceView>> {
     desktop.devices().await
 }

@@ -95,6 +95,8 @@ pub struct ThreadMessage {
     pub seen: bool,
     /// Sent messages only.
     pub delivery: Option<Delivery>,
+    /// From claudemesh itself about this conversation's peer (messages held or released).
+    pub notice: bool,
 }
 
 pub fn received(message: &PersonMessage) -> ThreadMessage {
@@ -111,6 +113,7 @@ pub fn received(message: &PersonMessage) -> ThreadMessage {
         verified: m.verified,
         seen: message.seen,
         delivery: None,
+        notice: m.kind == MessageKind::Notice,
     }
 }
 
@@ -127,6 +130,7 @@ pub fn sent(message: &SentMessage) -> ThreadMessage {
         verified: true,
         seen: true,
         delivery: Some(delivery_of(message)),
+        notice: false,
     }
 }
 
@@ -185,7 +189,9 @@ pub fn summarize(received: &[PersonMessage], sent: &[SentMessage]) -> Vec<Conver
     for message in received {
         let m = &message.message;
         let text = m.text.as_deref().unwrap_or("(could not be opened)");
-        touch(key_of_received(m), &m.mesh_id, Some(&m.from), text, m.received_at, !message.seen);
+        // A notice is about the conversation's peer, not from it: it names nobody.
+        let title = (m.kind != MessageKind::Notice).then_some(m.from.as_str());
+        touch(key_of_received(m), &m.mesh_id, title, text, m.received_at, !message.seen);
     }
     for message in sent {
         let title = message.conversation.starts_with("peer:").then_some(message.recipient_label.as_str());

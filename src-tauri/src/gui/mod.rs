@@ -79,6 +79,7 @@ pub fn build_app<R: Runtime>(builder: tauri::Builder<R>, desktop: Arc<Desktop>) 
             commands::conversations,
             commands::conversation,
             commands::send_message,
+            commands::release_pair,
             commands::devices,
             commands::revoke_device,
             commands::lookup_device,

@@ -146,6 +146,27 @@ impl NotificationPolicy {
         self.storms.values().map(|s| s.until).min()
     }
 
+    /// The broker held messages between this member and a peer (a flood or a reply loop):
+    /// the person should know whatever the mesh's message setting, unless notifications are
+    /// paused. Opens the conversation with that peer, where the release button is.
+    pub fn pair_held(
+        &mut self,
+        settings: &NotificationSettings,
+        mesh: MeshLabel<'_>,
+        detail: &str,
+        conversation: &str,
+    ) -> Option<Toast> {
+        if settings.paused {
+            return None;
+        }
+        Some(Toast {
+            key: format!("held:{conversation}"),
+            summary: format!("Messages held in {}", mesh.name),
+            body: format!("{detail}. Open the conversation to release them."),
+            open: Some(Navigate { view: View::Messages, param: Some(conversation.to_owned()) }),
+        })
+    }
+
     pub fn peer_left(
         &mut self,
         settings: &NotificationSettings,
@@ -347,6 +368,11 @@ mod tests {
         let defaults = NotificationSettings::default();
         assert_eq!(policy.peer_left(&defaults, ACME, "bob", false), None, "leaves are off by default");
         assert_eq!(policy.message(&defaults, ACME, "bob", "hi", "peer:x"), None, "messages are off by default");
+        let held =
+            policy.pair_held(&defaults, ACME, "bob sent alice too much", "peer:x").expect("held pairs always notify");
+        assert_eq!(held.open.and_then(|n| n.param).as_deref(), Some("peer:x"));
+        let paused = NotificationSettings { paused: true, ..defaults.clone() };
+        assert_eq!(policy.pair_held(&paused, ACME, "bob sent alice too much", "peer:x"), None);
     }
 
     #[test]

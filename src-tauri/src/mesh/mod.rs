@@ -355,17 +355,20 @@ impl Supervisor {
     pub async fn release_pair(&self, peer: &str) -> Result<(Resolution, bool), MeshError> {
         let views = self.views(Duration::ZERO).await;
         let resolution = resolve::resolve(peer, &views)?;
-        if !broker_core::protocol::is_key_hex(&resolution.target_spec) {
-            return Err(MeshError::Resolve(ResolveError::NotAPeer { target: peer.to_owned() }));
-        }
-        let link = self
-            .links
-            .iter()
-            .find(|l| l.entry.mesh_id == resolution.mesh_id)
-            .ok_or_else(|| MeshError::Resolve(ResolveError::NotAPeer { target: peer.to_owned() }))?;
-        link.require_connected()?;
-        let released = link.client.release_pair(&resolution.target_spec).await.map_err(|e| link.broker_error(e))?;
+        let released = self.release_resolved(&resolution).await?;
         Ok((resolution, released))
+    }
+
+    /// [`Supervisor::release_pair`] for a peer resolved before (a conversation of the desktop
+    /// app knows its mesh and member key).
+    pub async fn release_resolved(&self, resolution: &Resolution) -> Result<bool, MeshError> {
+        let not_a_peer = || MeshError::Resolve(ResolveError::NotAPeer { target: resolution.label.clone() });
+        if !broker_core::protocol::is_key_hex(&resolution.target_spec) {
+            return Err(not_a_peer());
+        }
+        let link = self.links.iter().find(|l| l.entry.mesh_id == resolution.mesh_id).ok_or_else(not_a_peer)?;
+        link.require_connected()?;
+        link.client.release_pair(&resolution.target_spec).await.map_err(|e| link.broker_error(e))
     }
 
     /// Sessions the brokers left out of the last peer lists of the selected meshes (a list is

@@ -75,15 +75,11 @@ pub(super) async fn receive(
 /// holds or releases messages between it and a peer: a message from claudemesh itself.
 fn notice(link: &MeshLink, event: &SystemEvent, created_at: &str) -> Option<StoredMessage> {
     let (hold, text) = match event {
-        SystemEvent::PairHeld(hold) => (
-            hold,
-            format!(
-                "claudemesh: {}. A person releases it with `claudemesh release` or in the claudemesh app.",
-                hold.detail
-            ),
-        ),
+        SystemEvent::PairHeld(hold) => {
+            (hold, format!("{}. A person releases it with `claudemesh release` or in the claudemesh app.", hold.detail))
+        }
         SystemEvent::PairReleased(hold) => {
-            (hold, format!("claudemesh: messages between {} and {} flow again.", hold.from_name, hold.to_name))
+            (hold, format!("Messages between {} and {} flow again.", hold.from_name, hold.to_name))
         }
         _ => return None,
     };

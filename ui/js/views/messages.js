@@ -1,7 +1,7 @@
 // Conversations per peer, group and mesh; compose and send as a person; each sent message
 // shows its delivery state (queued, delivered, or the error).
 
-import { h, setChildren, avatar, busy, dialog } from "../dom.js";
+import { h, setChildren, avatar, busy, dialog, toast } from "../dom.js";
 import { ago, clock, deliveryLabel } from "../format.js";
 import { withThread, allPeers, peerConversation } from "../store.js";
 import { icon } from "../icons.js";
@@ -119,7 +119,7 @@ export function mount(container, ctx, param) {
     const scroller = h(
       "div",
       { class: "messages", testid: "thread" },
-      messages.length ? messages.map(bubble) : h("div", { class: "empty" }, "No messages in this conversation yet."),
+      messages.length ? messages.map((m) => bubble(m, releaseButton)) : h("div", { class: "empty" }, "No messages in this conversation yet."),
     );
     setChildren(
       threadBox,
@@ -135,6 +135,25 @@ export function mount(container, ctx, param) {
     scroller.scrollTop = scroller.scrollHeight;
   }
 
+  // Messages between this member and the peer were held by the broker: only a person lets
+  // them flow again (no model has this).
+  function releaseButton() {
+    const key = open.key;
+    return h(
+      "button",
+      {
+        class: "btn small",
+        testid: "release-pair",
+        onclick: (event) =>
+          busy(event.currentTarget, async () => {
+            const released = await ctx.call("release_pair", { conversation: key });
+            toast(released ? "Messages flow again." : "Nothing was held.");
+          }),
+      },
+      "Release messages",
+    );
+  }
+
   loadList();
   loadThread();
   return {
@@ -147,14 +166,17 @@ export function mount(container, ctx, param) {
   };
 }
 
-function bubble(message) {
+function bubble(message, releaseButton) {
   const out = message.direction === "out";
   const failed = message.delivery?.state === "error";
+  // A notice comes from claudemesh itself, not from a peer.
+  const unverified = message.verified || message.notice ? "" : " (unverified)";
   return h(
     "div",
-    { class: `bubble-row ${out ? "out" : "in"}`, testid: "message", "data-direction": message.direction, "data-id": message.id },
-    out ? null : h("div", { class: "bubble-from" }, message.from, message.verified ? "" : " (unverified)"),
+    { class: `bubble-row ${out ? "out" : "in"} ${message.notice ? "notice" : ""}`, testid: "message", "data-direction": message.direction, "data-id": message.id },
+    out ? null : h("div", { class: "bubble-from" }, message.from, unverified),
     h("div", { class: `bubble ${failed ? "failed" : ""}`, testid: "message-text" }, message.text ?? `Could not be opened: ${message.error ?? "unknown"}`),
+    message.notice ? releaseButton() : null,
     h(
       "div",
       { class: "bubble-meta" },

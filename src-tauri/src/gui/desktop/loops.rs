@@ -84,6 +84,17 @@ impl Desktop {
         else {
             return;
         };
+        if let SystemEvent::PairHeld(hold) = event {
+            let peer =
+                if hold.from_member_pubkey == own_key { &hold.to_member_pubkey } else { &hold.from_member_pubkey };
+            let conversation = conversations::peer_key(mesh_id, peer);
+            let settings = lock(&self.settings).notifications.clone();
+            let mesh = MeshLabel { id: mesh_id, name: &mesh_name };
+            if let Some(toast) = lock(&self.policy).pair_held(&settings, mesh, &hold.detail, &conversation) {
+                self.send(Output::Toast(toast));
+            }
+            return;
+        }
         let Some((name, _, member_pubkey)) = event.peer() else { return };
         let own_member = member_pubkey == own_key;
         let mesh = MeshLabel { id: mesh_id, name: &mesh_name };
@@ -107,7 +118,9 @@ impl Desktop {
             let person = PersonMessage { message, seen: false };
             let thread_message = conversations::received(&person);
             let mesh_name = lock(&self.state).meshes.get(&person.message.mesh_id).map(|m| m.entry.name.clone());
-            if let Some(mesh_name) = mesh_name {
+            // A notice's toast comes from its event (`presence`), whatever the message setting.
+            let notice = person.message.kind == crate::inbox::MessageKind::Notice;
+            if let Some(mesh_name) = mesh_name.filter(|_| !notice) {
                 let settings = lock(&self.settings).notifications.clone();
                 let mesh = MeshLabel { id: &person.message.mesh_id, name: &mesh_name };
                 let text = person.message.text.as_deref().unwrap_or("(a message that could not be opened)");

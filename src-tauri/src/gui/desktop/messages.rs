@@ -39,6 +39,17 @@ impl Desktop {
     /// Sends `text` as this person (`peerType: human`, `channel: desktop`) to a conversation's
     /// peer, group or mesh through the supervisor's send path, and records it with its delivery
     /// state (an unsent message keeps why).
+    /// Releases messages the broker held between this device's member and the peer of a
+    /// conversation (the person's click on a claudemesh notice). Returns whether any were held.
+    pub async fn release_pair(&self, conversation: &str) -> CommandResult<bool> {
+        let (mesh_id, target) =
+            conversations::target_of(conversation).ok_or_else(|| CommandError::invalid("not a conversation"))?;
+        let entry = self.mesh_entry(&mesh_id)?;
+        let supervisor = self.supervisor(&mesh_id)?;
+        let resolution = Resolution { mesh_id, slug: entry.slug, label: target.clone(), target_spec: target };
+        Ok(supervisor.release_resolved(&resolution).await?)
+    }
+
     pub async fn send_message(&self, conversation: &str, label: &str, text: &str) -> CommandResult<ThreadMessage> {
         let text = text.trim();
         if text.is_empty() {
