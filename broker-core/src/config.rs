@@ -59,6 +59,8 @@ pub struct BrokerConfig {
     pub max_connections_per_mesh: usize,
     /// Sessions one member may have open in a mesh (so one member cannot take the whole mesh).
     pub max_sessions_per_member: usize,
+    /// Active member keys one account may hold in one mesh (one per device, enrolled).
+    pub max_members_per_account: usize,
     pub rate_limit: RateLimit,
     /// The pair breaker's limits for meshes that set none.
     pub pair_limits: PairLimits,
@@ -131,6 +133,7 @@ impl Default for BrokerConfig {
             max_frame_bytes: 1024 * 1024,
             max_connections_per_mesh: 100,
             max_sessions_per_member: 32,
+            max_members_per_account: 16,
             rate_limit: RateLimit { burst: 10, per_minute: 60 },
             pair_limits: PairLimits::default(),
             hello_skew: Duration::from_secs(60),

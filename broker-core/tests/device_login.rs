@@ -440,3 +440,36 @@ async fn forwarding_headers_count_only_from_configured_proxies() {
     let broker = TestBroker::start_with(config).await;
     assert_eq!(login_via(&broker, &plain).await, (200, "203.0.113.9".to_owned()));
 }
+
+#[tokio::test]
+async fn enrolment_is_one_key_per_device_and_bounded_per_account() {
+    let config = BrokerConfig { max_members_per_account: 2, ..generous() };
+    let broker = TestBroker::start_with(config).await;
+    let laptop = first_device(&broker, "alice").await;
+    let (_, mesh) = api(
+        broker.addr,
+        "POST",
+        "/v1/meshes",
+        Some(&laptop),
+        Some(json!({"name": "acme", "pubkey": Keypair::generate().public_hex()})),
+    )
+    .await;
+    let path = format!("/v1/meshes/{}/enrol", mesh["id"].as_str().expect("id"));
+    let enrol = |token: String| {
+        let path = path.clone();
+        let broker = &broker;
+        async move {
+            let body = json!({"pubkey": Keypair::generate().public_hex()});
+            let (status, body) = api(broker.addr, "POST", &path, Some(&token), Some(body)).await;
+            (status, body["error"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    // The creating device already holds a key: a second one for it is refused.
+    assert_eq!(enrol(laptop.clone()).await, (409, "already_enrolled".to_owned()));
+    let server = approved_device(&broker, &laptop, "server").await;
+    assert_eq!(enrol(server.clone()).await.0, 200);
+    assert_eq!(enrol(server).await, (409, "already_enrolled".to_owned()));
+    // The account holds two keys in the mesh now: a third device gets a clear refusal.
+    let third = approved_device(&broker, &laptop, "third").await;
+    assert_eq!(enrol(third).await, (409, "enrolment_limit".to_owned()));
+}

@@ -268,6 +268,27 @@ pub(super) async fn enrol(
     if broker.router().session_key_in_use(&access.mesh.id, &request.pubkey) {
         return Err(ApiError::key_taken());
     }
+    // One member key per device, and a bounded number per account: an account cannot fill the
+    // mesh with keys (and their sessions) of its own.
+    if let Some(held) = &access.device_member {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_enrolled",
+            format!("this device already holds member {} in this mesh; leave with it first", held.display_name),
+        ));
+    }
+    let limit = broker.config().max_members_per_account;
+    if access.mine.len() >= limit {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "enrolment_limit",
+            format!(
+                "this account already has {} member keys in this mesh (at most {limit}); leave the mesh on a device \
+                 you no longer use, or revoke it",
+                access.mine.len()
+            ),
+        ));
+    }
     let role = if access.admin { Role::Admin } else { Role::Member };
     let member = NewMember {
         pubkey: request.pubkey,
