@@ -138,22 +138,7 @@ pub async fn join(
             return Err(error.into());
         }
     };
-    // The answer must be about the mesh and role the invite's signature covers: on the way back
-    // it could have been altered (a proxy, plain http), and the config would then record a mesh
-    // and a role nobody granted.
-    let role_granted = joined.already_member || joined.role == invite.role.as_str();
-    if joined.mesh_id != invite.mesh_id || !role_granted {
-        return Err(JoinError::Refused {
-            code: "bad_response".into(),
-            message: format!(
-                "the broker answered for mesh {} as {}, but the invite is for mesh {} as {}",
-                joined.mesh_id,
-                joined.role,
-                invite.mesh_id,
-                invite.role.as_str()
-            ),
-        });
-    }
+    check_answer(&invite, &joined)?;
     {
         let account = crate::config::key_account(&joined.mesh_id, &pubkey);
         let (store, seed) = (keystore.clone(), key.seed_hex());
@@ -175,6 +160,26 @@ pub async fn join(
     config_dir.save(&config)?;
     forget_pending_key().await;
     Ok(Joined { entry, already_member: joined.already_member })
+}
+
+/// The answer must be about the mesh and role the invite's signature covers: on the way back it
+/// could have been altered (a proxy, plain http), and the config would then record a mesh and a
+/// role nobody granted. (A member who joined before keeps the role it has.)
+fn check_answer(invite: &Invite, joined: &JoinResponse) -> Result<(), JoinError> {
+    let role_granted = joined.already_member || joined.role == invite.role.as_str();
+    if joined.mesh_id == invite.mesh_id && role_granted {
+        return Ok(());
+    }
+    Err(JoinError::Refused {
+        code: "bad_response".into(),
+        message: format!(
+            "the broker answered for mesh {} as {}, but the invite is for mesh {} as {}",
+            joined.mesh_id,
+            joined.role,
+            invite.mesh_id,
+            invite.role.as_str()
+        ),
+    })
 }
 
 /// The keystore name of the member key of a join that is not settled yet.
@@ -202,6 +207,24 @@ mod tests {
             },
             &Keypair::generate(),
         )
+    }
+
+    #[test]
+    fn a_join_answer_must_match_what_the_invite_signed() {
+        let signed = invite(2_000_000_000);
+        let answer = |mesh: &str, role: &str, already_member: bool| JoinResponse {
+            mesh_id: mesh.into(),
+            member_id: "mem_1".into(),
+            role: role.into(),
+            already_member,
+        };
+        assert!(check_answer(&signed, &answer("mesh_1", "member", false)).is_ok());
+        assert!(
+            check_answer(&signed, &answer("mesh_1", "admin", true)).is_ok(),
+            "an earlier membership keeps its role"
+        );
+        assert!(check_answer(&signed, &answer("mesh_1", "admin", false)).is_err(), "escalated on the way back");
+        assert!(check_answer(&signed, &answer("mesh_2", "member", false)).is_err(), "another mesh");
     }
 
     #[test]
