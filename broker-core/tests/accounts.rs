@@ -10,7 +10,7 @@ use broker_core::crypto::Keypair;
 use broker_core::invite::{Invite, InviteTerms};
 use broker_core::protocol::{self, ErrorCode, Priority, Role, SendRejection};
 use broker_core::store::Store;
-use common::accounts::{first_device, generous};
+use common::accounts::{create_mesh, first_device, generous};
 use common::{TestBroker, api};
 use serde_json::json;
 
@@ -418,16 +418,7 @@ async fn invites_must_name_this_broker_and_their_creation_is_budgeted() {
     };
     let broker = TestBroker::start_with(config).await;
     let alice = first_device(&broker, "alice").await;
-    let admin_key = Keypair::generate();
-    let (_, mesh) = api(
-        broker.addr,
-        "POST",
-        "/v1/meshes",
-        Some(&alice),
-        Some(json!({"name": "acme", "pubkey": admin_key.public_hex()})),
-    )
-    .await;
-    let mesh_id = mesh["id"].as_str().expect("id").to_owned();
+    let (mesh_id, admin_key) = create_mesh(&broker, &alice, "acme").await;
     let create = |invite: Invite| {
         let (alice, path) = (alice.clone(), format!("/v1/meshes/{mesh_id}/invites"));
         async move { api(broker.addr, "POST", &path, Some(&alice), Some(json!({"invite": invite.to_token()}))).await }
@@ -458,15 +449,8 @@ async fn admins_set_a_meshs_pair_limits_durably() {
     let broker = TestBroker::start_with(generous()).await;
     let alice = first_device(&broker, "alice").await;
     let bob = first_device(&broker, "bob").await;
-    let (_, mesh) = api(
-        broker.addr,
-        "POST",
-        "/v1/meshes",
-        Some(&alice),
-        Some(json!({"name": "acme", "pubkey": Keypair::generate().public_hex()})),
-    )
-    .await;
-    let path = format!("/v1/meshes/{}/pair-limits", mesh["id"].as_str().expect("id"));
+    let (mesh_id, _) = create_mesh(&broker, &alice, "acme").await;
+    let path = format!("/v1/meshes/{mesh_id}/pair-limits");
 
     let (status, defaults) = api(broker.addr, "GET", &path, Some(&alice), None).await;
     assert_eq!((status, defaults["burst"].as_u64()), (200, Some(8)), "{defaults}");

@@ -10,7 +10,7 @@ use broker_core::config::BrokerConfig;
 use broker_core::crypto::Keypair;
 use broker_core::protocol::{self, ErrorCode};
 use broker_core::store::Store;
-use common::accounts::{POLL, approved_device, first_device, generous, poll, quick_polls, start_login};
+use common::accounts::{POLL, approved_device, create_mesh, first_device, generous, poll, quick_polls, start_login};
 use common::{TestBroker, api};
 use serde_json::json;
 
@@ -446,15 +446,8 @@ async fn enrolment_is_one_key_per_device_and_bounded_per_account() {
     let config = BrokerConfig { max_members_per_account: 2, ..generous() };
     let broker = TestBroker::start_with(config).await;
     let laptop = first_device(&broker, "alice").await;
-    let (_, mesh) = api(
-        broker.addr,
-        "POST",
-        "/v1/meshes",
-        Some(&laptop),
-        Some(json!({"name": "acme", "pubkey": Keypair::generate().public_hex()})),
-    )
-    .await;
-    let path = format!("/v1/meshes/{}/enrol", mesh["id"].as_str().expect("id"));
+    let (mesh_id, _) = create_mesh(&broker, &laptop, "acme").await;
+    let path = format!("/v1/meshes/{mesh_id}/enrol");
     let enrol = |token: String| {
         let path = path.clone();
         let broker = &broker;

@@ -113,14 +113,7 @@ async fn device_login_approved_from_a_cli_then_the_app_approves_a_cli() -> Resul
 /// the CLI's MCP bridge message each other; sent messages show their delivery state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_mesh_invites_a_cli_and_messages_flow_both_ways_with_delivery_states() -> Result<()> {
-    let app = DesktopApp::launch().await?;
-    app.set_up_locally("alice").await?;
-    app.create_mesh("acme").await?;
-    let link = app.invite_link("acme", 1).await?;
-
-    let laptop = Device::new()?;
-    laptop.join(&link, "bob")?;
-    let mut bob = laptop.bridge().await?;
+    let (app, laptop, mut bob) = app_with_a_session_of_bob().await?;
     app.open("peers").await?;
     app.click("[data-testid=peer-row][data-name=bob] [data-testid=peer-message]").await?;
     app.wait_text("[data-testid=thread-title]", |t| t == "bob").await?;
@@ -157,13 +150,7 @@ async fn a_created_mesh_invites_a_cli_and_messages_flow_both_ways_with_delivery_
 /// the person and shows why in the conversation, and the person's click releases the pair.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_a_session_is_held_and_the_person_releases_it_from_the_app() -> Result<()> {
-    let app = DesktopApp::launch().await?;
-    app.set_up_locally("alice").await?;
-    app.create_mesh("acme").await?;
-    let link = app.invite_link("acme", 1).await?;
-    let laptop = Device::new()?;
-    laptop.join(&link, "bob")?;
-    let mut bob = laptop.bridge().await?;
+    let (app, _laptop, mut bob) = app_with_a_session_of_bob().await?;
     bob.call_until("list_peers", json!({}), |list| peer_names(list).contains(&"alice".to_owned())).await?;
     let notifications = NotificationMonitor::start().await?;
 
@@ -274,6 +261,19 @@ async fn quit_from_the_tray_ends_the_app_and_loses_nothing_queued() -> Result<()
     let mut bob = laptop.bridge().await?;
     bob.channel_message("waiting for you while you are away", WAIT).await.context("queued message survived")?;
     app.close().await
+}
+
+/// The app set up locally as alice with a mesh `acme`, and a CLI device that joined it as bob
+/// with a Claude Code session's bridge.
+async fn app_with_a_session_of_bob() -> Result<(DesktopApp, Device, claudemesh_e2e::Bridge)> {
+    let app = DesktopApp::launch().await?;
+    app.set_up_locally("alice").await?;
+    app.create_mesh("acme").await?;
+    let link = app.invite_link("acme", 1).await?;
+    let laptop = Device::new()?;
+    laptop.join(&link, "bob")?;
+    let bob = laptop.bridge().await?;
+    Ok((app, laptop, bob))
 }
 
 async fn local_broker_url(app: &DesktopApp) -> Result<String> {

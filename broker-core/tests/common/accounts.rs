@@ -73,3 +73,14 @@ pub async fn approved_device(broker: &TestBroker, approver_token: &str, hostname
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().expect("token").to_owned()
 }
+
+/// A mesh created over the API by the device with `token`; returns its id and the creator's
+/// member key.
+pub async fn create_mesh(broker: &TestBroker, token: &str, name: &str) -> (String, broker_core::crypto::Keypair) {
+    let key = broker_core::crypto::Keypair::generate();
+    let (status, mesh) =
+        api(broker.addr, "POST", "/v1/meshes", Some(token), Some(json!({"name": name, "pubkey": key.public_hex()})))
+            .await;
+    assert_eq!(status, 201, "{mesh}");
+    (mesh["id"].as_str().expect("id").to_owned(), key)
+}
