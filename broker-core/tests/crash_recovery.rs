@@ -19,7 +19,14 @@ fn start_broker(data_dir: &Path, port: u16, log: &Path) -> BrokerProcess {
         data_dir,
         port,
         log,
-        &[("RATE_LIMIT_BURST", "100000"), ("RATE_LIMIT_PER_MINUTE", "6000000"), ("RUST_LOG", "debug")],
+        &[
+            ("RATE_LIMIT_BURST", "100000"),
+            ("RATE_LIMIT_PER_MINUTE", "6000000"),
+            ("PAIR_BURST", "100000"),
+            ("PAIR_PER_MINUTE", "6000000"),
+            ("PAIR_LOOP_TURNS", "100000"),
+            ("RUST_LOG", "debug"),
+        ],
     )
 }
 

@@ -13,7 +13,16 @@ use broker_core::store::{NewMember, Store};
 use common::{Peer, RawSocket, TestBroker, signed_hello};
 
 fn generous() -> BrokerConfig {
-    BrokerConfig { rate_limit: RateLimit { burst: 10_000, per_minute: 600_000 }, ..BrokerConfig::default() }
+    BrokerConfig {
+        rate_limit: RateLimit { burst: 10_000, per_minute: 600_000 },
+        pair_limits: no_pair_breaker(),
+        ..BrokerConfig::default()
+    }
+}
+
+/// Pair limits no test that is about something else reaches.
+fn no_pair_breaker() -> broker_core::config::PairLimits {
+    broker_core::config::PairLimits { burst: 10_000, per_minute: 600_000, loop_turns: 10_000, loop_gap_seconds: 60 }
 }
 
 #[tokio::test]
@@ -170,7 +179,8 @@ async fn an_unacknowledged_push_comes_again_after_a_reconnect_and_is_deduplicate
 
 #[tokio::test]
 async fn send_refusals_are_honest() {
-    let config = BrokerConfig { max_message_bytes: 1024, ..BrokerConfig::default() };
+    // The member's own limit is under test here, not the pair breaker's.
+    let config = BrokerConfig { max_message_bytes: 1024, pair_limits: no_pair_breaker(), ..BrokerConfig::default() };
     let broker = TestBroker::start_with(config).await;
     let (mesh, members) = broker.mesh("acme", &["alice", "bob"]);
     let alice = broker.connect(&mesh, &members[0], "alice").await;
