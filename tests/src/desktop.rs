@@ -149,10 +149,21 @@ impl DesktopApp {
         }
     }
 
-    /// How many elements match `css` now.
+    /// How many elements match `css` now. WebKitWebDriver answers "stale element reference" when
+    /// the page re-renders during the query: asked again, briefly.
     pub async fn count(&self, css: &str) -> Result<usize> {
-        let found = self.command("POST", "/elements", Some(json!({"using": "css selector", "value": css}))).await?;
-        Ok(found.as_array().map_or(0, Vec::len))
+        let mut attempts = 0;
+        loop {
+            let query = Some(json!({"using": "css selector", "value": css}));
+            match self.command("POST", "/elements", query).await {
+                Ok(found) => return Ok(found.as_array().map_or(0, Vec::len)),
+                Err(error) if attempts < 20 && error.to_string().contains("stale element") => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Clicks the element matching `css` (retrying while the page is re-rendered).

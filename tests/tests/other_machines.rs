@@ -260,7 +260,15 @@ async fn the_desktops_local_broker_is_unreachable_from_the_lan_until_sharing_is_
     let link = app.invite_link("personal", 1).await?;
     assert!(link.starts_with(&format!("{lan_url}/join/")), "invites name the LAN address: {link}");
     laptop_device.join(&link, "bob")?;
-    let peers = json_of(&run(&laptop_device, &["peers", "--json"])?);
+    // The app's own session reconnects to the restarted broker with its backoff.
+    let deadline = std::time::Instant::now() + claudemesh_e2e::WAIT;
+    let peers = loop {
+        let peers = json_of(&run(&laptop_device, &["peers", "--json"])?);
+        if peers.to_string().contains("\"alice\"") || std::time::Instant::now() > deadline {
+            break peers;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert!(peers.to_string().contains("\"alice\""), "the laptop's session sees the person at the desktop: {peers}");
     app.close().await
 }
