@@ -46,6 +46,15 @@ impl Router {
         let replaced = state.by_routing_key.contains_key(&gone.routing_key);
         let has_session_key = gone.routing_key != gone.member_pubkey;
         if has_session_key && !replaced {
+            // Recorded when the session ends, not at hello (a hello storm must not become a
+            // write storm): while it lives, `Router::session_key_in_use` answers for it.
+            let record = WriteOp::RecordSessionKey {
+                mesh_id: state.mesh.id.clone(),
+                member_id: gone.member_id.clone(),
+                pubkey: gone.routing_key.clone(),
+                at_ms: gone.connected_at_ms,
+            };
+            self.store.submit(record, None);
             if clean {
                 self.release_session(state, &gone.member_id, &gone.routing_key);
             }

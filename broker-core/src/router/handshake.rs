@@ -15,7 +15,6 @@ use crate::protocol::{
     self, Capabilities, Capability, ErrorCode, Hello, HelloAck, PeerJoined, PeerReturned, ServerFrame, Stats,
     SystemEvent,
 };
-use crate::store::WriteOp;
 
 /// A refused `hello`: sent as an `error` frame, then the connection closes with 1008.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,15 +309,6 @@ impl Router {
         };
         let handle = SessionHandle { shard: shard.clone(), session_id: session.id, member_id: member_id.clone(), caps };
         tracing::debug!(mesh = %state.mesh.id, member = %member_id, session = session.id, "session connected");
-        if session_key.is_some() && !replacing {
-            let record = WriteOp::RecordSessionKey {
-                mesh_id: state.mesh.id.clone(),
-                member_id: member_id.clone(),
-                pubkey: routing_key.clone(),
-                at_ms: session.connected_at_ms,
-            };
-            self.store.submit(record, None);
-        }
         state.by_routing_key.insert(routing_key, session.id);
         state.hold_session_name(&member_id, &session.name_skeleton);
         state.sessions.insert(session.id, session);

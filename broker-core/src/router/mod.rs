@@ -277,7 +277,7 @@ impl Router {
     }
 
     /// Whether a live or recently departed session of `mesh_id` uses `key` as its routing key
-    /// (the store learns session keys a moment later: see `WriteOp::RecordSessionKey`).
+    /// (the store learns a session key when its session ends: see `WriteOp::RecordSessionKey`).
     pub fn session_key_in_use(&self, mesh_id: &str, key: &str) -> bool {
         let shard = self.meshes.lock().expect("meshes lock").get(mesh_id).cloned();
         shard.is_some_and(|shard| {
