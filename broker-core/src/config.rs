@@ -47,6 +47,11 @@ impl PairLimits {
     pub fn rate(&self) -> RateLimit {
         RateLimit { burst: self.burst, per_minute: self.per_minute }
     }
+
+    /// An answer within this of the last message between the two counts as quick.
+    pub fn loop_gap(&self) -> Duration {
+        Duration::from_secs(u64::from(self.loop_gap_seconds))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -117,6 +117,13 @@ pub struct PairHold {
     pub detail: String,
 }
 
+impl PairHold {
+    /// The member key of the pair's other member, seen from `member_pubkey`'s side.
+    pub fn other_than(&self, member_pubkey: &str) -> &str {
+        if self.from_member_pubkey == member_pubkey { &self.to_member_pubkey } else { &self.from_member_pubkey }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +149,8 @@ mod tests {
         assert_eq!(returned.peer(), Some(("bob", "k", "")));
         assert_eq!(SystemEvent::parse(returned.name(), returned.data()).expect("round trip"), returned);
         assert!(SystemEvent::parse("peer_danced", serde_json::json!({})).is_err());
+        let hold = PairHold { from_member_pubkey: "a".into(), to_member_pubkey: "b".into(), ..PairHold::default() };
+        assert_eq!((hold.other_than("a"), hold.other_than("b")), ("b", "a"));
         assert!(SystemEvent::parse("peer_left", serde_json::json!({"name": 5})).is_err());
     }
 }

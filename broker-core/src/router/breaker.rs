@@ -90,7 +90,7 @@ impl PairBreaker {
             return Verdict::Held(*reason);
         }
         self.prune(now);
-        let gap = Duration::from_secs(u64::from(self.limits.loop_gap_seconds));
+        let gap = self.limits.loop_gap();
         let exchange = self.exchanges.entry(unordered(from, to)).or_insert_with(|| Exchange {
             last_from: from.to_owned(),
             at: now,
@@ -140,7 +140,7 @@ impl PairBreaker {
             self.budgets.retain(|_, bucket| bucket.retry_after_full(rate, now) > Duration::ZERO);
         }
         if self.exchanges.len() > PRUNE_ABOVE {
-            let gap = Duration::from_secs(u64::from(self.limits.loop_gap_seconds));
+            let gap = self.limits.loop_gap();
             self.exchanges.retain(|_, exchange| now.saturating_duration_since(exchange.at) <= gap);
         }
     }

@@ -24,7 +24,7 @@ impl Router {
             Verdict::Pass => return Ok(()),
             Verdict::Held(reason) | Verdict::Tripped(reason) => reason,
         };
-        let hold = pair_hold(&state, sender, recipient, reason);
+        let hold = held(&state, sender, recipient, reason);
         if matches!(verdict, Verdict::Tripped(_)) {
             tracing::warn!(mesh = %state.mesh.id, from = %sender, to = %recipient, reason = reason.as_str(), "pair held");
             self.metrics.pairs_held_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -58,8 +58,7 @@ impl Router {
         let me = session.member_id.clone();
         let released = state.breaker.release(&me, &peer);
         if released {
-            let hold = pair_hold(&state, &me, &peer, HoldReason::Budget);
-            let hold = PairHold { reason: String::new(), detail: "released by a person".to_owned(), ..hold };
+            let hold = PairHold { detail: "released by a person".to_owned(), ..parties(&state, &me, &peer) };
             let event = SystemEvent::PairReleased(hold.clone());
             self.push_event(&state, &event, |s| s.member_id == me || s.member_id == peer);
             self.store.submit(WriteOp::Audit(vec![pair_audit(&state, "pair_released", Some(&me), &hold)]), None);
@@ -69,7 +68,8 @@ impl Router {
     }
 }
 
-fn pair_hold(state: &MeshState, from: &str, to: &str, reason: HoldReason) -> PairHold {
+/// The two members of a pair, with no reason or detail yet.
+fn parties(state: &MeshState, from: &str, to: &str) -> PairHold {
     let member = |id: &str| {
         state.members.get(id).map_or_else(
             || (id.to_owned(), String::new()),
@@ -77,7 +77,13 @@ fn pair_hold(state: &MeshState, from: &str, to: &str, reason: HoldReason) -> Pai
         )
     };
     let ((from_name, from_member_pubkey), (to_name, to_member_pubkey)) = (member(from), member(to));
-    let limits = state.breaker.limits();
+    PairHold { from_name, from_member_pubkey, to_name, to_member_pubkey, ..PairHold::default() }
+}
+
+/// The pair held for `reason`, in words a person and a model can act on.
+fn held(state: &MeshState, from: &str, to: &str, reason: HoldReason) -> PairHold {
+    let hold = parties(state, from, to);
+    let (from_name, to_name, limits) = (&hold.from_name, &hold.to_name, state.breaker.limits());
     let detail = match reason {
         HoldReason::Budget => format!(
             "{from_name} sent {to_name} more direct messages than a session needs (over {} at once, then {} a \
@@ -90,7 +96,7 @@ fn pair_hold(state: &MeshState, from: &str, to: &str, reason: HoldReason) -> Pai
             limits.loop_turns, limits.loop_gap_seconds
         ),
     };
-    PairHold { from_name, from_member_pubkey, to_name, to_member_pubkey, reason: reason.as_str().to_owned(), detail }
+    PairHold { reason: reason.as_str().to_owned(), detail, ..hold }
 }
 
 fn pair_audit(state: &MeshState, event_type: &str, actor: Option<&str>, hold: &PairHold) -> AuditEvent {

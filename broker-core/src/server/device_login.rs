@@ -42,24 +42,43 @@ pub struct AttemptLimiter {
 
 impl AttemptLimiter {
     /// Whether `key` may try another code now (a wrong code spends a token).
-    pub(super) fn allows(&self, key: &str, limit: RateLimit) -> bool {
-        let buckets = self.buckets.lock().expect("limiter lock");
-        buckets.get(key).is_none_or(|bucket| {
-            let mut probe = *bucket;
-            probe.try_take(limit, Instant::now())
-        })
+    fn allows(&self, key: &str, limit: RateLimit) -> bool {
+        has_token(&self.buckets.lock().expect("limiter lock"), key, limit, Instant::now())
     }
 
-    pub(super) fn spend(&self, key: &str, limit: RateLimit) {
+    fn spend(&self, key: &str, limit: RateLimit) {
         let mut buckets = self.buckets.lock().expect("limiter lock");
-        if buckets.len() > 100_000 {
-            // Forget only buckets that have refilled: they no longer limit anyone.
-            let now = Instant::now();
-            buckets.retain(|_, bucket| bucket.retry_after_full(limit, now) > std::time::Duration::ZERO);
-        }
-        let now = Instant::now();
-        buckets.entry(key.to_owned()).or_insert_with(|| TokenBucket::full(limit, now)).try_take(limit, now);
+        spend_locked(&mut buckets, key, limit, Instant::now());
     }
+
+    /// Takes a token from each of `budgets` if every one has a token, else from none: one
+    /// request counts against several keys (a code and an address, an account and a mesh).
+    pub(super) fn take_all(&self, budgets: &[(String, RateLimit)]) -> bool {
+        let mut buckets = self.buckets.lock().expect("limiter lock");
+        let now = Instant::now();
+        let allowed = budgets.iter().all(|(key, limit)| has_token(&buckets, key, *limit, now));
+        if allowed {
+            for (key, limit) in budgets {
+                spend_locked(&mut buckets, key, *limit, now);
+            }
+        }
+        allowed
+    }
+}
+
+fn has_token(buckets: &HashMap<String, TokenBucket>, key: &str, limit: RateLimit, now: Instant) -> bool {
+    buckets.get(key).is_none_or(|bucket| {
+        let mut probe = *bucket;
+        probe.try_take(limit, now)
+    })
+}
+
+fn spend_locked(buckets: &mut HashMap<String, TokenBucket>, key: &str, limit: RateLimit, now: Instant) {
+    if buckets.len() > 100_000 {
+        // Forget only buckets that have refilled: they no longer limit anyone.
+        buckets.retain(|_, bucket| bucket.retry_after_full(limit, now) > std::time::Duration::ZERO);
+    }
+    buckets.entry(key.to_owned()).or_insert_with(|| TokenBucket::full(limit, now)).try_take(limit, now);
 }
 
 /// Parses a form-encoded body (as RFC 8628 clients send) or a JSON one.
@@ -122,16 +141,14 @@ pub(super) async fn request_code(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<DeviceCodeResponse>, ApiError> {
-    let limit = broker.config().device_code_request_limit;
-    let key = format!("code-request:{}", rate_limit_key(ip));
-    if !broker.inner.attempts.allows(&key, limit) {
+    let budget = (format!("code-request:{}", rate_limit_key(ip)), broker.config().device_code_request_limit);
+    if !broker.inner.attempts.take_all(&[budget]) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
             "too many sign-ins started from this address; wait a minute",
         ));
     }
-    broker.inner.attempts.spend(&key, limit);
     let request: DeviceCodeRequest = if body.is_empty() {
         DeviceCodeRequest::default()
     } else {
@@ -211,17 +228,13 @@ pub(super) async fn poll_token(
     let code_hash = token_hash(&request.device_code);
     // Counted before any store work: guessing device codes must not reach the store's writer.
     let (per_code, per_address) = poll_limits(broker.config().device_poll_interval);
-    let keys = [(format!("poll-code:{code_hash}"), per_code), (format!("poll:{}", rate_limit_key(ip)), per_address)];
-    let limiter = &broker.inner.attempts;
-    if keys.iter().any(|(key, limit)| !limiter.allows(key, *limit)) {
+    let budgets = [(format!("poll-code:{code_hash}"), per_code), (format!("poll:{}", rate_limit_key(ip)), per_address)];
+    if !broker.inner.attempts.take_all(&budgets) {
         return token_error_response(
             StatusCode::BAD_REQUEST,
             token_error::SLOW_DOWN,
             "polling too fast; wait 5 s longer between polls",
         );
-    }
-    for (key, limit) in &keys {
-        limiter.spend(key, *limit);
     }
     let token = new_token();
     let token_hash_value = token_hash(&token);

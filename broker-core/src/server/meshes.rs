@@ -406,16 +406,12 @@ fn spend_invite_budget(broker: &Broker, account_id: &str, mesh_id: &str) -> Resu
         (format!("invites-account:{account_id}"), config.invite_limit_per_account),
         (format!("invites-mesh:{mesh_id}"), config.invite_limit_per_mesh),
     ];
-    let limiter = &broker.inner.attempts;
-    if budgets.iter().any(|(key, limit)| !limiter.allows(key, *limit)) {
+    if !broker.inner.attempts.take_all(&budgets) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_invites",
             "too many invites created recently from this account or for this mesh; wait a few minutes",
         ));
-    }
-    for (key, limit) in &budgets {
-        limiter.spend(key, *limit);
     }
     Ok(())
 }

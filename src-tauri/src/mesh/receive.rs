@@ -83,8 +83,7 @@ fn notice(link: &MeshLink, event: &SystemEvent, created_at: &str) -> Option<Stor
         }
         _ => return None,
     };
-    let own = link.entry.member_pubkey.as_str();
-    let peer = if hold.from_member_pubkey == own { &hold.to_member_pubkey } else { &hold.from_member_pubkey };
+    let peer = hold.other_than(&link.entry.member_pubkey);
     // One copy per session: each session's model is told.
     let session = link.session_pubkey();
     let id =
@@ -99,7 +98,7 @@ fn notice(link: &MeshLink, event: &SystemEvent, created_at: &str) -> Option<Stor
         verified: false,
         priority: "now".to_owned(),
         kind: MessageKind::Notice,
-        target: Some(peer.clone()),
+        target: Some(peer.to_owned()),
         text: Some(text),
         error: None,
         sent_at: created_at.to_owned(),
@@ -111,22 +110,27 @@ fn notice(link: &MeshLink, event: &SystemEvent, created_at: &str) -> Option<Stor
 
 /// Stores a notice; returns it when it is new to this inbox or still unread.
 async fn store_notice(inbox: &Arc<Inbox>, notice: StoredMessage, channel: &str) -> Option<StoredMessage> {
-    let (inbox, row, channel) = (inbox.clone(), notice.clone(), channel.to_owned());
-    let stored = tokio::task::spawn_blocking(move || {
+    match keep(inbox, &notice, channel).await {
+        Ok(tell) => tell.then_some(notice),
+        Err(error) => {
+            tracing::error!(%error, "could not store a notice");
+            None
+        }
+    }
+}
+
+/// Writes `row` to the inbox (a copy already there is kept); whether the front end should be
+/// told: the row is new, or still unread.
+async fn keep(inbox: &Arc<Inbox>, row: &StoredMessage, channel: &str) -> Result<bool, String> {
+    let (inbox, row, channel) = (inbox.clone(), row.clone(), channel.to_owned());
+    let kept = tokio::task::spawn_blocking(move || {
         let new = inbox.insert(&row, &channel)?;
         Ok::<_, crate::inbox::InboxError>(new || inbox.get(&row.id)?.is_some_and(|m| !m.read))
     })
     .await;
-    match stored {
-        Ok(Ok(tell)) => tell.then_some(notice),
-        Ok(Err(error)) => {
-            tracing::error!(%error, "could not store a notice");
-            None
-        }
-        Err(error) => {
-            tracing::error!(%error, "inbox task failed");
-            None
-        }
+    match kept {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(error) => Err(format!("inbox task failed: {error}")),
     }
 }
 
@@ -156,29 +160,16 @@ async fn store(link: &MeshLink, inbox: &Arc<Inbox>, message: InboundMessage) -> 
         receiving_session: link.session_pubkey(),
         read: false,
     };
-    let committed = {
-        let (inbox, row, channel) = (inbox.clone(), stored.clone(), link.channel.clone());
-        tokio::task::spawn_blocking(move || {
-            let new = inbox.insert(&row, &channel)?;
-            let unread = if new { true } else { inbox.get(&row.id)?.is_some_and(|m| !m.read) };
-            Ok::<_, crate::inbox::InboxError>(unread)
-        })
-        .await
-    };
-    match committed {
-        Ok(Ok(tell)) => {
+    match keep(inbox, &stored, &link.channel).await {
+        Ok(tell) => {
             // Only now may the broker forget it.
             if let Err(error) = link.client.acknowledge(vec![message.message_id]).await {
                 tracing::warn!(mesh = %link.entry.slug, %error, "could not acknowledge; the broker will push it again");
             }
             tell.then_some(stored)
         }
-        Ok(Err(error)) => {
-            tracing::error!(mesh = %link.entry.slug, %error, "could not store a message; not acknowledging it");
-            None
-        }
         Err(error) => {
-            tracing::error!(mesh = %link.entry.slug, %error, "inbox task failed; not acknowledging");
+            tracing::error!(mesh = %link.entry.slug, %error, "could not store a message; not acknowledging it");
             None
         }
     }

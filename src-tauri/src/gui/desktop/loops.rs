@@ -85,9 +85,7 @@ impl Desktop {
             return;
         };
         if let SystemEvent::PairHeld(hold) = event {
-            let peer =
-                if hold.from_member_pubkey == own_key { &hold.to_member_pubkey } else { &hold.from_member_pubkey };
-            let conversation = conversations::peer_key(mesh_id, peer);
+            let conversation = conversations::peer_key(mesh_id, hold.other_than(&own_key));
             let settings = lock(&self.settings).notifications.clone();
             let mesh = MeshLabel { id: mesh_id, name: &mesh_name };
             if let Some(toast) = lock(&self.policy).pair_held(&settings, mesh, &hold.detail, &conversation) {
