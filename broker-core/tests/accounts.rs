@@ -73,18 +73,9 @@ async fn meshes_through_the_api() {
 }
 
 /// A device signs an invite with its admin member key and registers it with the broker.
+/// A fresh invite's terms, valid for an hour.
 fn invite_terms(broker: &TestBroker, mesh_id: &str, role: Role, max_uses: u32) -> InviteTerms {
-    let mesh = broker.store.mesh(mesh_id).expect("read").expect("mesh");
-    InviteTerms {
-        mesh_id: mesh.id,
-        mesh_slug: mesh.slug,
-        mesh_name: mesh.name,
-        broker_url: broker.http_url(),
-        invite_id: broker_core::ids::new_id("inv"),
-        role,
-        max_uses,
-        expires_at: protocol::now_ms() / 1000 + 3600,
-    }
+    common::invite_terms(broker, mesh_id, role, max_uses, protocol::now_ms() / 1000 + 3600)
 }
 
 fn signed_invite(broker: &TestBroker, mesh_id: &str, admin: &Keypair, role: Role, max_uses: u32) -> Invite {

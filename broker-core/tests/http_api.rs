@@ -59,25 +59,12 @@ fn issue(
     max_uses: u32,
     expires_at: u64,
 ) -> Invite {
-    let mesh = broker.store.mesh(mesh_id).expect("read").expect("mesh");
-    let invite = Invite::sign(
-        InviteTerms {
-            mesh_id: mesh.id.clone(),
-            mesh_slug: mesh.slug,
-            mesh_name: mesh.name,
-            broker_url: broker.http_url(),
-            invite_id: broker_core::ids::new_id("inv"),
-            role,
-            max_uses,
-            expires_at,
-        },
-        &issuer.key,
-    );
+    let invite = Invite::sign(common::invite_terms(broker, mesh_id, role, max_uses, expires_at), &issuer.key);
     broker
         .store
         .create_invite(&InviteRecord {
             id: invite.invite_id.clone(),
-            mesh_id: mesh.id,
+            mesh_id: mesh_id.to_owned(),
             role,
             max_uses,
             used_count: 0,

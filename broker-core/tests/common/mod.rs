@@ -288,6 +288,27 @@ pub fn signed_hello(mesh_id: &str, member: &TestMember, timestamp: u64) -> Hello
     signed_hello_with_session(mesh_id, member, timestamp, &Keypair::generate())
 }
 
+/// The terms of a fresh invite to `mesh_id` on this broker.
+pub fn invite_terms(
+    broker: &TestBroker,
+    mesh_id: &str,
+    role: broker_core::protocol::Role,
+    max_uses: u32,
+    expires_at: u64,
+) -> broker_core::invite::InviteTerms {
+    let mesh = broker.store.mesh(mesh_id).expect("read").expect("mesh");
+    broker_core::invite::InviteTerms {
+        mesh_id: mesh.id,
+        mesh_slug: mesh.slug,
+        mesh_name: mesh.name,
+        broker_url: broker.http_url(),
+        invite_id: broker_core::ids::new_id("inv"),
+        role,
+        max_uses,
+        expires_at,
+    }
+}
+
 /// `POST /join`'s `proof`: `key` proves it is held by the joiner.
 pub fn join_proof(invite: &broker_core::invite::Invite, key: &Keypair) -> String {
     key.sign_hex(crypto::join_proof_bytes(&invite.invite_id, &invite.mesh_id, &key.public_hex()).as_bytes())
