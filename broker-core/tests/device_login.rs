@@ -8,10 +8,14 @@ use std::time::Duration;
 use broker_core::client::{ClientConfig, ClientEvent};
 use broker_core::config::BrokerConfig;
 use broker_core::crypto::Keypair;
+use broker_core::protocol::account::CONFIRMATION_HEADER;
 use broker_core::protocol::{self, ErrorCode};
 use broker_core::store::Store;
-use common::accounts::{POLL, approved_device, create_mesh, first_device, generous, poll, quick_polls, start_login};
-use common::{TestBroker, api};
+use common::accounts::{
+    POLL, approved_device, confirmation, confirmed_api, create_mesh, first_device, generous, poll, quick_polls,
+    start_login,
+};
+use common::{TestBroker, api, api_with_headers};
 use serde_json::json;
 
 #[tokio::test]
@@ -170,7 +174,7 @@ async fn account_routes_refuse_missing_wrong_expired_revoked_and_foreign_tokens(
     let (status, me) = api(broker.addr, "GET", "/v1/account", Some(&revoked), None).await;
     assert_eq!(status, 200);
     let revoked_id = me["device"]["id"].as_str().expect("id").to_owned();
-    assert_eq!(api(broker.addr, "POST", &format!("/v1/devices/{revoked_id}/revoke"), Some(&alice), None).await.0, 200);
+    assert_eq!(confirmed_api(&broker, "POST", &format!("/v1/devices/{revoked_id}/revoke"), &alice).await.0, 200);
 
     let routes = [
         ("GET", "/v1/account".to_owned(), None),
@@ -247,8 +251,7 @@ async fn revoking_a_device_cuts_its_live_session_at_once() {
     let (_, me) = api(broker.addr, "GET", "/v1/account", Some(&server), None).await;
     let server_id = me["device"]["id"].as_str().expect("id").to_owned();
     let started = tokio::time::Instant::now();
-    let (status, body) =
-        api(broker.addr, "POST", &format!("/v1/devices/{server_id}/revoke"), Some(&laptop), None).await;
+    let (status, body) = confirmed_api(&broker, "POST", &format!("/v1/devices/{server_id}/revoke"), &laptop).await;
     assert_eq!(status, 200, "{body}");
     loop {
         match tokio::time::timeout(common::WAIT, session.events.recv()).await.expect("cut in time").expect("events") {
@@ -282,7 +285,7 @@ async fn revoking_a_device_cuts_its_live_session_at_once() {
 async fn a_pasted_login_token_signs_in_another_device_once() {
     let broker = TestBroker::start_with(quick_polls()).await;
     let laptop = first_device(&broker, "alice").await;
-    let (status, made) = api(broker.addr, "POST", "/v1/device/login-token", Some(&laptop), None).await;
+    let (status, made) = confirmed_api(&broker, "POST", "/v1/device/login-token", &laptop).await;
     assert_eq!(status, 200, "{made}");
     let login_token = made["loginToken"].as_str().expect("token");
     assert!(login_token.starts_with("cml_"));
@@ -300,12 +303,79 @@ async fn a_pasted_login_token_signs_in_another_device_once() {
     assert_eq!((status, again["error"].as_str()), (400, Some("invalid_grant")), "one time only");
 }
 
+/// Revoking another device and minting a login token need a fresh confirmation by the calling
+/// device's key: its bearer token alone (read from a log, a proxy, a screen) is not enough.
+#[tokio::test]
+async fn revoking_another_device_or_minting_a_login_token_needs_a_fresh_confirmation() {
+    let broker = TestBroker::start_with(quick_polls()).await;
+    let laptop = first_device(&broker, "alice").await;
+    let server = approved_device(&broker, &laptop, "server").await;
+    let (_, me) = api(broker.addr, "GET", "/v1/account", Some(&server), None).await;
+    let server_id = me["device"]["id"].as_str().expect("id").to_owned();
+    let revoke_server = format!("/v1/devices/{server_id}/revoke");
+    let send = |path: String, value: Option<String>| {
+        let laptop = laptop.clone();
+        async move {
+            let extra: Vec<(&str, &str)> = value.iter().map(|v| (CONFIRMATION_HEADER, v.as_str())).collect();
+            api_with_headers(broker.addr, "POST", &path, Some(&laptop), &extra, None).await
+        }
+    };
+    let refused = |(status, body): (u16, serde_json::Value), code: &str| {
+        assert_eq!((status, body["error"].as_str()), (403, Some(code)), "{body}");
+    };
+
+    // The token alone.
+    refused(send(revoke_server.clone(), None).await, "confirmation_required");
+    refused(send("/v1/device/login-token".into(), None).await, "confirmation_required");
+    // Signed by another key, for another request, too old, or not a signature at all.
+    let thief = broker_core::crypto::Keypair::generate();
+    let forged = confirmation(&broker, &laptop, "POST", &revoke_server, Some(&thief), None).await;
+    refused(send(revoke_server.clone(), Some(forged)).await, "confirmation_invalid");
+    let for_a_token = confirmation(&broker, &laptop, "POST", "/v1/device/login-token", None, None).await;
+    refused(send(revoke_server.clone(), Some(for_a_token.clone())).await, "confirmation_invalid");
+    let stale_at = protocol::now_ms() - 61_000;
+    let stale = confirmation(&broker, &laptop, "POST", &revoke_server, None, Some(stale_at)).await;
+    refused(send(revoke_server.clone(), Some(stale)).await, "confirmation_invalid");
+    refused(send(revoke_server.clone(), Some("yesterday".into())).await, "confirmation_invalid");
+    assert_eq!(api(broker.addr, "GET", "/v1/account", Some(&server), None).await.0, 200, "nothing was revoked");
+
+    // A confirmation confirms one request, once.
+    let (status, made) = send("/v1/device/login-token".into(), Some(for_a_token.clone())).await;
+    assert_eq!(status, 200, "{made}");
+    refused(send("/v1/device/login-token".into(), Some(for_a_token)).await, "confirmation_invalid");
+    let confirmed = confirmation(&broker, &laptop, "POST", &revoke_server, None, None).await;
+    assert_eq!(send(revoke_server.clone(), Some(confirmed)).await.0, 200);
+    assert_eq!(api(broker.addr, "GET", "/v1/account", Some(&server), None).await.0, 401, "revoked");
+
+    // A device signed in without a key (an older client) is told to sign in again; signing
+    // itself out needs no confirmation.
+    let (status, code) =
+        api(broker.addr, "POST", "/v1/device/code", None, Some(json!({"hostname": "old-client"}))).await;
+    assert_eq!(status, 200, "{code}");
+    let user_code = code["user_code"].as_str().expect("user code");
+    api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": user_code}))).await;
+    let (_, token) = poll(&broker, code["device_code"].as_str().expect("device code")).await;
+    let old = token["access_token"].as_str().expect("token").to_owned();
+    let old_id = token["device_id"].as_str().expect("device id").to_owned();
+    let (status, body) = api(broker.addr, "POST", "/v1/device/login-token", Some(&old), None).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("confirmation_required")), "{body}");
+    assert!(body["message"].as_str().expect("message").contains("sign in again"), "{body}");
+    let (status, body) = api(broker.addr, "POST", &format!("/v1/devices/{old_id}/revoke"), Some(&old), None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A key that is not an ed25519 public key is refused when the device names it.
+    let (status, body) =
+        api(broker.addr, "POST", "/v1/device/code", None, Some(json!({"hostname": "typo", "confirmKey": "not-a-key"})))
+            .await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("malformed")), "{body}");
+}
+
 #[tokio::test]
 async fn approvals_a_revoked_device_gave_die_with_it() {
     let broker = TestBroker::start_with(quick_polls()).await;
     let laptop = first_device(&broker, "alice").await;
     let stolen = approved_device(&broker, &laptop, "stolen").await;
-    let (_, made) = api(broker.addr, "POST", "/v1/device/login-token", Some(&stolen), None).await;
+    let (_, made) = confirmed_api(&broker, "POST", "/v1/device/login-token", &stolen).await;
     let login_token = made["loginToken"].as_str().expect("token").to_owned();
     let (device_code, user_code) = start_login(&broker, "thief-box").await;
     let (status, _) =
@@ -314,7 +384,7 @@ async fn approvals_a_revoked_device_gave_die_with_it() {
 
     let (_, me) = api(broker.addr, "GET", "/v1/account", Some(&stolen), None).await;
     let stolen_id = me["device"]["id"].as_str().expect("id").to_owned();
-    assert_eq!(api(broker.addr, "POST", &format!("/v1/devices/{stolen_id}/revoke"), Some(&laptop), None).await.0, 200);
+    assert_eq!(confirmed_api(&broker, "POST", &format!("/v1/devices/{stolen_id}/revoke"), &laptop).await.0, 200);
 
     let redeem = json!({"device_code": login_token, "hostname": "thief-box-2"});
     let (status, body) = api(broker.addr, "POST", "/v1/device/token", None, Some(redeem)).await;

@@ -3,7 +3,9 @@
 //! the account's meshes. Shared by the CLI and the desktop app.
 //!
 //! The device token lives in the keystore (account [`DEVICE_TOKEN`], read with
-//! [`device_token`]); `config.json` keeps only who is signed in where. Member keys for meshes
+//! [`device_token`]), and next to it the device's confirmation key ([`CONFIRM_KEY`]), which
+//! signs the requests the broker wants freshly confirmed; `config.json` keeps only who is signed
+//! in where. Member keys for meshes
 //! created or enrolled here are made on this device and stored in the keystore before the broker
 //! hears their public half.
 
@@ -11,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_core::client::device_login::{PollResponse, TokenPoller};
-use broker_core::crypto::Keypair;
+use broker_core::crypto::{Keypair, confirmation_header};
 use broker_core::invite::{Invite, InviteTerms};
 use broker_core::protocol::account::{
-    CreateInviteResponse, CreateMeshResponse, DeviceCodeRequest, DeviceCodeResponse, DeviceView, EnrolResponse,
-    LoginTokenResponse, MeshView, PendingDevice, TokenError, TokenResponse,
+    CONFIRMATION_HEADER, CreateInviteResponse, CreateMeshResponse, DeviceCodeRequest, DeviceCodeResponse, DeviceView,
+    EnrolResponse, LoginTokenResponse, MeshView, PendingDevice, TokenError, TokenResponse,
 };
 use broker_core::protocol::{self, Role};
 use hyper::Method;
@@ -25,7 +27,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{AccountEntry, ConfigDir, MeshEntry, key_account};
 use crate::http::{self, HttpError};
-use crate::keystore::{DEVICE_TOKEN, KeyStore, KeyStoreError, blocking, device_token};
+use crate::keystore::{CONFIRM_KEY, DEVICE_TOKEN, KeyStore, KeyStoreError, blocking, device_token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -47,15 +49,38 @@ pub enum AccountError {
     Invalid(String),
 }
 
-/// What this device says about itself when it signs in.
-pub fn this_device() -> DeviceCodeRequest {
+/// What this device says about itself when it signs in, with its confirmation key.
+pub fn this_device(confirm_key: &Keypair) -> DeviceCodeRequest {
     DeviceCodeRequest {
-        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        hostname: this_hostname(),
         platform: std::env::consts::OS.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
         app_version: env!("CARGO_PKG_VERSION").to_owned(),
         account: None,
+        confirm_key: Some(confirm_key.public_hex()),
     }
+}
+
+pub fn this_hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// This device's confirmation key, made on first use and kept in the keystore until sign-out.
+pub async fn confirm_key(keystore: &Arc<dyn KeyStore>) -> Result<Keypair, AccountError> {
+    if let Some(key) = stored_confirm_key(keystore).await? {
+        return Ok(key);
+    }
+    let key = Keypair::generate();
+    store_key(keystore, CONFIRM_KEY, &key).await?;
+    Ok(key)
+}
+
+async fn stored_confirm_key(keystore: &Arc<dyn KeyStore>) -> Result<Option<Keypair>, AccountError> {
+    let store = keystore.clone();
+    let Some(seed) = blocking(move || store.get(CONFIRM_KEY)).await? else { return Ok(None) };
+    Keypair::from_secret_hex(&seed)
+        .map(Some)
+        .map_err(|_| AccountError::Invalid(format!("the keystore's {CONFIRM_KEY} is not a key; sign out and in again")))
 }
 
 fn decode<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, AccountError> {
@@ -74,6 +99,8 @@ fn decode<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, AccountErr
 pub struct Api {
     pub broker_url: String,
     token: Arc<Zeroizing<String>>,
+    /// This device's id and confirmation key, for requests that need a fresh confirmation.
+    confirmation: Option<(String, Arc<Keypair>)>,
 }
 
 impl std::fmt::Debug for Api {
@@ -84,7 +111,12 @@ impl std::fmt::Debug for Api {
 
 impl Api {
     pub fn new(broker_url: &str, token: Zeroizing<String>) -> Api {
-        Api { broker_url: broker_url.trim_end_matches('/').to_owned(), token: Arc::new(token) }
+        Api { broker_url: broker_url.trim_end_matches('/').to_owned(), token: Arc::new(token), confirmation: None }
+    }
+
+    /// Signs requests that need a fresh confirmation as `device_id` with `key`.
+    pub fn confirmed_by(self, device_id: &str, key: Keypair) -> Api {
+        Api { confirmation: Some((device_id.to_owned(), Arc::new(key))), ..self }
     }
 
     async fn call<T: DeserializeOwned>(
@@ -105,8 +137,28 @@ impl Api {
         Ok(self.call::<Devices>(Method::GET, "/v1/devices", None).await?.devices)
     }
 
+    /// A call the broker wants freshly confirmed, signed with this device's confirmation key (the
+    /// caller has asked the person). Without a key the broker's `confirmation_required` says
+    /// what to do.
+    async fn confirmed_call<T: DeserializeOwned>(&self, method: Method, path: &str) -> Result<T, AccountError> {
+        let headers: Vec<(&str, String)> = self
+            .confirmation
+            .iter()
+            .map(|(device_id, key)| {
+                let header = confirmation_header(key, method.as_str(), path, device_id, protocol::now_ms());
+                (CONFIRMATION_HEADER, header)
+            })
+            .collect();
+        let (status, bytes) =
+            http::request_with_headers(method, &self.broker_url, path, Some(&self.token), &headers, None).await?;
+        decode(status, &bytes)
+    }
+
+    /// Revokes a device of this account. Another device than this one needs a fresh
+    /// confirmation: ask the person first.
     pub async fn revoke_device(&self, device_id: &str) -> Result<(), AccountError> {
-        self.call::<serde_json::Value>(Method::POST, &format!("/v1/devices/{device_id}/revoke"), None).await.map(|_| ())
+        let path = format!("/v1/devices/{device_id}/revoke");
+        self.confirmed_call::<serde_json::Value>(Method::POST, &path).await.map(|_| ())
     }
 
     /// Which device asks with `user_code`, to show before deciding.
@@ -134,8 +186,9 @@ impl Api {
     }
 
     /// A one-time token another device can paste into `claudemesh login` to join this account.
+    /// Needs a fresh confirmation: ask the person first.
     pub async fn login_token(&self) -> Result<LoginTokenResponse, AccountError> {
-        self.call(Method::POST, "/v1/device/login-token", None).await
+        self.confirmed_call(Method::POST, "/v1/device/login-token").await
     }
 
     pub async fn meshes(&self) -> Result<Vec<MeshView>, AccountError> {
@@ -200,17 +253,22 @@ impl Moderation {
 
 /// Starts a device login on `broker_url`; naming the `account` lets its signed-in devices see
 /// (and be notified of) the request.
-pub async fn request_device_code(broker_url: &str, account: Option<&str>) -> Result<DeviceCodeResponse, AccountError> {
-    let request = DeviceCodeRequest { account: account.map(str::to_owned), ..this_device() };
+pub async fn request_device_code(
+    broker_url: &str,
+    account: Option<&str>,
+    confirm_key: &Keypair,
+) -> Result<DeviceCodeResponse, AccountError> {
+    let request = DeviceCodeRequest { account: account.map(str::to_owned), ..this_device(confirm_key) };
     let body = serde_json::to_value(request).expect("device info serializes");
     let (status, bytes) = http::request(Method::POST, broker_url, "/v1/device/code", None, Some(&body)).await?;
     decode(status, &bytes)
 }
 
 /// Asks the token endpoint once: with a device code while waiting for approval, or with a
-/// pasted one-time login token.
-pub async fn poll_token(broker_url: &str, code: &str) -> Result<PollResponse, AccountError> {
-    let mut body = serde_json::to_value(this_device()).expect("device info serializes");
+/// pasted one-time login token. The device names its confirmation key again: the device that
+/// redeems the code is the one that holds the token.
+pub async fn poll_token(broker_url: &str, code: &str, confirm_key: &Keypair) -> Result<PollResponse, AccountError> {
+    let mut body = serde_json::to_value(this_device(confirm_key)).expect("device info serializes");
     body["grant_type"] = json!(protocol::account::DEVICE_CODE_GRANT);
     body["device_code"] = json!(code);
     let (status, bytes) = http::request(Method::POST, broker_url, "/v1/device/token", None, Some(&body)).await?;
@@ -231,11 +289,12 @@ pub async fn poll_token(broker_url: &str, code: &str) -> Result<PollResponse, Ac
 /// The token endpoint of one broker, for [`broker_core::client::device_login::run_device_login`].
 pub struct HttpPoller {
     pub broker_url: String,
+    pub confirm_key: Keypair,
 }
 
 impl TokenPoller for HttpPoller {
     async fn poll(&self, device_code: &str) -> Result<PollResponse, String> {
-        poll_token(&self.broker_url, device_code).await.map_err(|e| e.to_string())
+        poll_token(&self.broker_url, device_code, &self.confirm_key).await.map_err(|e| e.to_string())
     }
 }
 
@@ -243,7 +302,12 @@ impl TokenPoller for HttpPoller {
 pub async fn api(config_dir: &ConfigDir, keystore: &Arc<dyn KeyStore>) -> Result<(Api, AccountEntry), AccountError> {
     let account = config_dir.load()?.account.ok_or(AccountError::NotSignedIn)?;
     let token = device_token(keystore).await?.ok_or(AccountError::NotSignedIn)?;
-    Ok((Api::new(&account.broker_url, token), account))
+    let api = Api::new(&account.broker_url, token);
+    let api = match stored_confirm_key(keystore).await? {
+        Some(key) => api.confirmed_by(&account.device_id, key),
+        None => api,
+    };
+    Ok((api, account))
 }
 
 /// What signing in did.
@@ -366,7 +430,7 @@ async fn store_key(keystore: &Arc<dyn KeyStore>, name: &str, key: &Keypair) -> R
 async fn forget_key(keystore: &Arc<dyn KeyStore>, name: &str) {
     let (store, name) = (keystore.clone(), name.to_owned());
     if let Err(error) = blocking(move || store.delete(&name)).await {
-        tracing::warn!(%error, "could not delete an unused member key");
+        tracing::warn!(%error, "could not delete an unused key");
     }
 }
 
@@ -408,6 +472,8 @@ pub async fn sign_out(config_dir: &ConfigDir, keystore: &Arc<dyn KeyStore>) -> R
     }
     let store = keystore.clone();
     blocking(move || store.delete(DEVICE_TOKEN)).await?;
+    // The next sign-in registers a new confirmation key.
+    forget_key(keystore, CONFIRM_KEY).await;
     Ok(SignedOut { account, forgotten: gone.into_iter().map(|m| m.slug).collect() })
 }
 
@@ -528,7 +594,9 @@ mod tests {
 
     #[test]
     fn this_device_describes_itself() {
-        let device = this_device();
+        let key = Keypair::generate();
+        let device = this_device(&key);
+        assert_eq!(device.confirm_key, Some(key.public_hex()));
         assert!(!device.hostname.is_empty());
         assert_eq!(device.platform, std::env::consts::OS);
         assert_eq!(device.app_version, env!("CARGO_PKG_VERSION"));

@@ -90,6 +90,18 @@ pub async fn request(
     bearer: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, Bytes), HttpError> {
+    request_with_headers(method, base_url, path, bearer, &[], body).await
+}
+
+/// [`request`] with more headers (a fresh confirmation).
+pub async fn request_with_headers(
+    method: hyper::Method,
+    base_url: &str,
+    path: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, String)],
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, Bytes), HttpError> {
     let base = base_url.trim().trim_end_matches('/');
     let target = parse(base)?;
     let insecure_allowed = std::env::var(ALLOW_INSECURE_ENV).is_ok_and(|v| v == "1");
@@ -124,6 +136,9 @@ pub async fn request(
         .header(hyper::header::CONTENT_TYPE, "application/json");
     if let Some(token) = bearer {
         builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
     }
     let payload = body.map(|b| serde_json::to_vec(b).expect("json serializes")).unwrap_or_default();
     let request = builder.body(Full::new(Bytes::from(payload))).map_err(|e| unreachable(e.to_string()))?;

@@ -179,8 +179,13 @@ enum Command {
     /// List the account's signed-in devices, or revoke one.
     Devices {
         /// Revoke this device (its token and member keys; its live sessions are closed at once).
+        /// Revoking another device asks you first on a terminal and is signed with this device's
+        /// confirmation key.
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
+        /// Revoke without asking.
+        #[arg(long, requires = "revoke")]
+        yes: bool,
         #[arg(long)]
         json: bool,
     },
@@ -281,8 +286,12 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Make a one-time login token to paste into `claudemesh login` on another device.
+    /// Make a one-time login token to paste into `claudemesh login` on another device (asks
+    /// you first on a terminal; signed with this device's confirmation key).
     Token {
+        /// Make it without asking.
+        #[arg(long)]
+        yes: bool,
         #[arg(long)]
         json: bool,
     },
@@ -355,12 +364,12 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Hook { .. } => Ok(()),
         Command::Login { broker, account, name, json } => cli::account::login(broker, account, name, json).await,
         Command::Logout { json } => cli::account::logout(json).await,
-        Command::Devices { revoke, json } => cli::account::devices(revoke, json).await,
+        Command::Devices { revoke, yes, json } => cli::account::devices(revoke, yes, json).await,
         Command::Device(DeviceCommand::Approve { code, yes, json }) => {
             cli::account::decide(code, true, yes, json).await
         }
         Command::Device(DeviceCommand::Deny { code, json }) => cli::account::decide(code, false, true, json).await,
-        Command::Device(DeviceCommand::Token { json }) => cli::account::login_token(json).await,
+        Command::Device(DeviceCommand::Token { yes, json }) => cli::account::login_token(yes, json).await,
         Command::Device(DeviceCommand::Pending { json }) => cli::account::pending(json).await,
         Command::Create { name, display_name, json } => cli::account::create(name, display_name, json).await,
         Command::Invite { mesh, role, max_uses, expires_in, email, json } => {

@@ -192,6 +192,19 @@ pub fn join_proof_bytes(invite_id: &str, mesh_id: &str, pubkey_hex: &str) -> Str
     format!("claudemesh-join/v1|{invite_id}|{mesh_id}|{pubkey_hex}")
 }
 
+/// The bytes a device's confirmation key signs for a request that needs a fresh confirmation
+/// (revoking another device, minting a login token): the request, the device and the time, so
+/// a signature confirms exactly one request and nothing else.
+pub fn confirmation_bytes(method: &str, path: &str, device_id: &str, timestamp_ms: u64) -> String {
+    format!("claudemesh-confirm/v1|{method}|{path}|{device_id}|{timestamp_ms}")
+}
+
+/// The `Claudemesh-Confirmation` header value for a request: `<timestampMs>.<signature hex>`.
+pub fn confirmation_header(key: &Keypair, method: &str, path: &str, device_id: &str, timestamp_ms: u64) -> String {
+    let signature = key.sign_hex(confirmation_bytes(method, path, device_id, timestamp_ms).as_bytes());
+    format!("{timestamp_ms}.{signature}")
+}
+
 /// The bytes a member signs to delegate a session key to itself (`hello.sessionSig`).
 /// It carries no timestamp: it is a standing statement that peers can check later too.
 pub fn session_binding_bytes(mesh_id: &str, member_pubkey_hex: &str, session_pubkey_hex: &str) -> String {

@@ -36,6 +36,10 @@ pub fn format_user_code(code: &str) -> String {
     if code.len() == USER_CODE_LEN { format!("{}-{}", &code[..4], &code[4..]) } else { code.to_owned() }
 }
 
+/// The header a request that needs a fresh confirmation carries: `<timestampMs>.<signature hex>`,
+/// made with [`crate::crypto::confirmation_header`].
+pub const CONFIRMATION_HEADER: &str = "claudemesh-confirmation";
+
 /// `POST /v1/device/code`: what the device says about itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeviceCodeRequest {
@@ -51,6 +55,11 @@ pub struct DeviceCodeRequest {
     /// request in `GET /v1/device/pending` (and can notify). Approving still takes a decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// Ours: the public half (hex) of the device's confirmation key, an ed25519 key the device
+    /// keeps next to its token; requests that need a fresh confirmation are signed with it. A
+    /// token poll that names one overrides the code request's.
+    #[serde(default, alias = "confirmKey", skip_serializing_if = "Option::is_none")]
+    pub confirm_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,15 +12,16 @@ use std::sync::Mutex;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 
 use super::auth::{Authenticated, ClientAddress, PrivateChannel, new_token, rate_limit_key, token_hash};
-use super::{ApiError, Broker};
+use super::{ApiError, Broker, confirm};
 use crate::config::RateLimit;
+use crate::crypto::PublicKey;
 use crate::protocol::account::{
     AccountInfo, DEVICE_CODE_GRANT, DeviceCodeRequest, DeviceCodeResponse, DeviceDecision, DeviceView,
     LoginTokenResponse, PendingDevice, SignupRequest, TokenError, TokenRequest, TokenResponse, format_user_code,
@@ -120,18 +121,27 @@ fn percent_decode(text: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "the form is not UTF-8".to_owned())
 }
 
-fn device_info(request: &DeviceCodeRequest, ip: IpAddr) -> DeviceInfo {
+/// What a device says about itself, cleaned; refused when its confirmation key is not a usable
+/// ed25519 public key.
+fn device_info(request: &DeviceCodeRequest, ip: IpAddr) -> Result<DeviceInfo, String> {
     let clean = |text: &str, fallback: &str| {
         let text: String = text.chars().filter(|c| !c.is_control()).take(128).collect();
         if text.trim().is_empty() { fallback.to_owned() } else { text.trim().to_owned() }
     };
-    DeviceInfo {
+    let confirm_key = request.confirm_key.as_deref().map(str::trim).filter(|k| !k.is_empty());
+    if let Some(key) = confirm_key
+        && !PublicKey::is_valid_hex(key)
+    {
+        return Err("confirm_key must be an ed25519 public key in hex (64 characters)".to_owned());
+    }
+    Ok(DeviceInfo {
         hostname: clean(&request.hostname, "unknown host"),
         platform: clean(&request.platform, "unknown"),
         arch: clean(&request.arch, "unknown"),
         app_version: clean(&request.app_version, "unknown"),
         ip: ip.to_string(),
-    }
+        confirm_key: confirm_key.map(str::to_ascii_lowercase),
+    })
 }
 
 pub(super) async fn request_code(
@@ -154,7 +164,7 @@ pub(super) async fn request_code(
     } else {
         form_or_json(&headers, &body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e))?
     };
-    let info = device_info(&request, ip);
+    let info = device_info(&request, ip).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e))?;
     let config = broker.config();
     let (ttl, interval) = (config.device_code_ttl, config.device_poll_interval);
     let now = protocol::now_ms();
@@ -241,7 +251,10 @@ pub(super) async fn poll_token(
     let ttl = broker.config().token_ttl;
     let now = protocol::now_ms();
     let expires_at = now + ttl.as_millis() as u64;
-    let claimant = device_info(&request.device, ip);
+    let claimant = match device_info(&request.device, ip) {
+        Ok(claimant) => claimant,
+        Err(problem) => return token_error_response(StatusCode::BAD_REQUEST, token_error::INVALID_REQUEST, &problem),
+    };
     let outcome = broker
         .blocking(move |store| store.poll_device_code(&code_hash, &token_hash_value, expires_at, &claimant, now))
         .await;
@@ -275,12 +288,17 @@ pub(super) async fn poll_token(
 }
 
 /// A one-time token the caller's account can be signed in with on another device; it is
-/// redeemed at the token endpoint like a device code (`device_code=<login token>`).
+/// redeemed at the token endpoint like a device code (`device_code=<login token>`). Needs a
+/// fresh confirmation.
 pub(super) async fn login_token(
     State(broker): State<Broker>,
     _: PrivateChannel,
     auth: Authenticated,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> Result<Json<LoginTokenResponse>, ApiError> {
+    confirm::require(&broker.inner.confirmations, &auth, &method, uri.path(), &headers)?;
     let login_token = new_token().replacen("cmt_", "cml_", 1);
     let hash = token_hash(&login_token);
     let ttl = broker.config().device_code_ttl;
@@ -476,12 +494,19 @@ pub(super) async fn list_devices(
     Ok(Json(json!({"devices": views})))
 }
 
-/// Revokes a device of the caller's account: its token stops working and its live sessions end now.
+/// Revokes a device of the caller's account: its token stops working and its live sessions end
+/// now. Revoking another device than the caller needs a fresh confirmation.
 pub(super) async fn revoke_device(
     State(broker): State<Broker>,
     auth: Authenticated,
     Path(device_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if device_id != auth.device.id {
+        confirm::require(&broker.inner.confirmations, &auth, &method, uri.path(), &headers)?;
+    }
     let account = auth.account.id.clone();
     let id = device_id.clone();
     let owned = broker.blocking(move |store| Ok(store.devices(&account)?.into_iter().any(|d| d.id == id))).await?;
@@ -521,7 +546,7 @@ pub(super) async fn signup(
             "this broker does not allow open sign-up; ask its operator for an account",
         ));
     }
-    let info = device_info(&request.device, ip);
+    let info = device_info(&request.device, ip).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e))?;
     let token = new_token();
     let hash = token_hash(&token);
     let ttl = broker.config().token_ttl;

@@ -5,6 +5,7 @@
 //! ([`serve`]), so tests bind port 0 and the binary binds its configured address.
 
 pub mod auth;
+mod confirm;
 mod device_login;
 /// Public for its request body, which `tests/fuzz.rs` decodes.
 pub mod join;
@@ -56,6 +57,8 @@ struct BrokerInner {
     mailer: Option<Mailer>,
     /// Device-login attempts (wrong user codes, started logins), per client address and account.
     attempts: device_login::AttemptLimiter,
+    /// Fresh confirmations already used (each confirms one request).
+    confirmations: confirm::UsedConfirmations,
 }
 
 impl Broker {
@@ -78,6 +81,7 @@ impl Broker {
                 expected_migration,
                 mailer,
                 attempts: device_login::AttemptLimiter::default(),
+                confirmations: confirm::UsedConfirmations::default(),
             }),
         }
     }

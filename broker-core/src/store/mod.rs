@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_accounts", include_str!("migrations/0002_accounts.sql")),
     ("0003_hardening", include_str!("migrations/0003_hardening.sql")),
+    ("0004_confirm_keys", include_str!("migrations/0004_confirm_keys.sql")),
 ];
 
 /// Why a store call failed. Callers branch on the kind (`NotFound` becomes a 404, `Conflict` a
@@ -163,6 +164,8 @@ pub struct DeviceInfo {
     pub arch: String,
     pub app_version: String,
     pub ip: String,
+    /// The device's confirmation key (hex ed25519 public key), when it registered one.
+    pub confirm_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,11 +3,14 @@
 use std::time::Duration;
 
 use broker_core::config::{BrokerConfig, RateLimit};
+use broker_core::crypto::{self, Keypair};
 use broker_core::protocol;
+use broker_core::protocol::account::CONFIRMATION_HEADER;
 use broker_core::store::Store;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-use super::{TestBroker, api};
+use super::{TestBroker, api, api_with_headers};
 
 /// Polls may come every 50 ms (the production interval is 5 s).
 pub const POLL: Duration = Duration::from_millis(50);
@@ -20,14 +23,23 @@ pub fn generous() -> BrokerConfig {
     BrokerConfig { rate_limit: RateLimit { burst: 10_000, per_minute: 600_000 }, ..quick_polls() }
 }
 
-/// Starts a device login as `hostname`; returns (device_code, user_code).
+/// The confirmation key a test device signed in as `hostname` registers (one per hostname, so a
+/// test finds it again from the device's description).
+pub fn confirm_key_of(hostname: &str) -> Keypair {
+    Keypair::from_seed(&Sha256::digest(hostname.as_bytes()).into())
+}
+
+/// Starts a device login as `hostname` with its confirmation key; returns (device_code, user_code).
 pub async fn start_login(broker: &TestBroker, hostname: &str) -> (String, String) {
     let (status, body) = api(
         broker.addr,
         "POST",
         "/v1/device/code",
         None,
-        Some(json!({"hostname": hostname, "platform": "linux", "arch": "x86_64", "app_version": "0.1.0"})),
+        Some(json!({
+            "hostname": hostname, "platform": "linux", "arch": "x86_64", "app_version": "0.1.0",
+            "confirm_key": confirm_key_of(hostname).public_hex(),
+        })),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -72,6 +84,30 @@ pub async fn approved_device(broker: &TestBroker, approver_token: &str, hostname
     let (status, body) = poll(broker, &device_code).await;
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().expect("token").to_owned()
+}
+
+/// A fresh confirmation of `method path` by the device with `token`, signed with `key` (by
+/// default the key it registered), made at `timestamp_ms` (by default now).
+pub async fn confirmation(
+    broker: &TestBroker,
+    token: &str,
+    method: &str,
+    path: &str,
+    key: Option<&Keypair>,
+    timestamp_ms: Option<u64>,
+) -> String {
+    let (status, me) = api(broker.addr, "GET", "/v1/account", Some(token), None).await;
+    assert_eq!(status, 200, "{me}");
+    let device_id = me["device"]["id"].as_str().expect("device id");
+    let own = confirm_key_of(me["device"]["hostname"].as_str().expect("hostname"));
+    let at = timestamp_ms.unwrap_or_else(protocol::now_ms);
+    crypto::confirmation_header(key.unwrap_or(&own), method, path, device_id, at)
+}
+
+/// `api` for a request that needs a fresh confirmation, confirmed by the calling device.
+pub async fn confirmed_api(broker: &TestBroker, method: &str, path: &str, token: &str) -> (u16, Value) {
+    let header = confirmation(broker, token, method, path, None, None).await;
+    api_with_headers(broker.addr, method, path, Some(token), &[(CONFIRMATION_HEADER, &header)], None).await
 }
 
 /// A mesh created over the API by the device with `token`; returns its id and the creator's

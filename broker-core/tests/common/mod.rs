@@ -377,11 +377,24 @@ pub async fn api(
     token: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    api_with_headers(addr, method, path, token, &[], body).await
+}
+
+/// [`api`] with more headers.
+pub async fn api_with_headers(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let bearer = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(bearer) = &bearer {
         headers.push(("Authorization", bearer.as_str()));
     }
+    headers.extend_from_slice(extra);
     let body = body.map(|b| b.to_string());
     let (status, text) = http_with(addr, method, path, &headers, body.as_deref()).await;
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))

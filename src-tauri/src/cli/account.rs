@@ -12,8 +12,8 @@ use serde_json::json;
 
 use super::{CliResult, Exit, Failure, http_exit, mesh_failure, open_keystore, print_json};
 use crate::account::{self, AccountError, InviteOptions};
-use crate::config::ConfigDir;
 use crate::config::display_name_or_default;
+use crate::config::{AccountEntry, ConfigDir};
 use crate::keystore::KeyStore;
 
 /// Where `login` signs in when no `--broker` is given and this device was never signed in.
@@ -48,6 +48,14 @@ async fn signed_in() -> Result<(ConfigDir, Arc<dyn KeyStore>, account::Api), Fai
     let keystore = keystore(&config_dir).await?;
     let (api, _) = account::api(&config_dir, &keystore).await.map_err(account_failure)?;
     Ok((config_dir, keystore, api))
+}
+
+/// Who this device is signed in as, and its API.
+async fn signed_in_account() -> Result<(AccountEntry, account::Api), Failure> {
+    let config_dir = ConfigDir::from_env()?;
+    let keystore = keystore(&config_dir).await?;
+    let (api, account) = account::api(&config_dir, &keystore).await.map_err(account_failure)?;
+    Ok((account, api))
 }
 
 /// A QR code for a terminal (two rows of modules per line).
@@ -101,13 +109,15 @@ pub async fn login(
             ),
         ));
     }
-    let code = account::request_device_code(&broker_url, account_name.as_deref()).await.map_err(account_failure)?;
-    let device = account::this_device();
+    let confirm_key = account::confirm_key(&keystore).await.map_err(account_failure)?;
+    let code = account::request_device_code(&broker_url, account_name.as_deref(), &confirm_key)
+        .await
+        .map_err(account_failure)?;
     let mut err = std::io::stderr();
     let _ = writeln!(
         err,
         "To sign in this device ({}), approve it from a device that is already signed in:\n",
-        device.hostname
+        account::this_hostname()
     );
     let _ = writeln!(err, "    {}\n", code.user_code);
     let _ = writeln!(err, "  on a signed-in machine:  claudemesh device approve {}", code.user_code);
@@ -123,7 +133,7 @@ pub async fn login(
     );
 
     let interactive = std::io::stderr().is_terminal();
-    let poller = account::HttpPoller { broker_url: broker_url.clone() };
+    let poller = account::HttpPoller { broker_url: broker_url.clone(), confirm_key: confirm_key.clone() };
     let mut pasted = pasted_lines();
     let mut stdin_open = true;
     let spinner = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
@@ -147,7 +157,7 @@ pub async fn login(
                 outcome = &mut polling => break outcome,
                 line = pasted.recv(), if stdin_open => match line {
                     Some(token) if token.starts_with("cml_") => {
-                        match account::poll_token(&broker_url, &token).await {
+                        match account::poll_token(&broker_url, &token, &confirm_key).await {
                             Ok(PollResponse::Token(token)) => break LoginOutcome::SignedIn(token),
                             Ok(PollResponse::Error(error)) => {
                                 let _ = writeln!(std::io::stderr(), "\nthat login token did not work ({}); waiting for approval", error.error);
@@ -232,9 +242,46 @@ fn device_json(device: &DeviceView) -> serde_json::Value {
     serde_json::to_value(device).expect("devices serialize")
 }
 
-pub async fn devices(revoke: Option<String>, json_output: bool) -> CliResult {
-    let (_, _, api) = signed_in().await?;
+/// Whether to ask the person before a request the broker wants freshly confirmed (the request
+/// is then signed with this device's confirmation key): on a terminal, unless `--yes`. Scripts,
+/// which have no terminal, go ahead.
+fn asks_first(yes: bool) -> bool {
+    !yes && std::io::stdin().is_terminal()
+}
+
+fn not_confirmed() -> Failure {
+    Failure::new(Exit::Refused, "not confirmed; nothing changed (answer y, or pass --yes)")
+}
+
+/// Prints `question` with `[y/N]` on stderr; true when the answer on stdin is y or yes.
+async fn ask_yes(question: &str) -> Result<bool, Failure> {
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .map_err(|e| Failure::new(Exit::Failure, e.to_string()))??;
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
+pub async fn devices(revoke: Option<String>, yes: bool, json_output: bool) -> CliResult {
+    let (account, api) = signed_in_account().await?;
     if let Some(id) = revoke {
+        if id != account.device_id && asks_first(yes) {
+            let devices = api.devices().await.map_err(account_failure)?;
+            let device = devices.iter().find(|d| d.id == id).ok_or_else(|| {
+                Failure::new(Exit::NotFound, format!("no device {id} in this account; `claudemesh devices` lists them"))
+            })?;
+            let question = format!(
+                "Revoke {} ({} {}, last seen from {})? Its sign-in and member keys stop working now.",
+                device.hostname, device.platform, device.arch, device.ip
+            );
+            if !ask_yes(&question).await? {
+                return Err(not_confirmed());
+            }
+        }
         api.revoke_device(&id).await.map_err(account_failure)?;
         if json_output {
             print_json(json!({"revoked": id}));
@@ -288,15 +335,7 @@ pub async fn decide(code: String, approve: bool, yes: bool, json_output: bool) -
     }
     if approve && !yes {
         eprintln!("{}", describe(&pending));
-        eprint!("Approve this device? It will act for your account. [y/N] ");
-        let _ = std::io::stderr().flush();
-        let answer = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map(|_| line)
-        })
-        .await
-        .map_err(|e| Failure::new(Exit::Failure, e.to_string()))??;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        if !ask_yes("Approve this device? It will act for your account.").await? {
             return Err(Failure::new(Exit::Refused, "not approved (answer y to approve, or pass --yes)"));
         }
     }
@@ -325,8 +364,15 @@ pub async fn pending(json_output: bool) -> CliResult {
     Ok(())
 }
 
-pub async fn login_token(json_output: bool) -> CliResult {
-    let (_, _, api) = signed_in().await?;
+pub async fn login_token(yes: bool, json_output: bool) -> CliResult {
+    let (account, api) = signed_in_account().await?;
+    let question = format!(
+        "Make a one-time login token? Whoever pastes it within 10 minutes is signed in to {}.",
+        account.account_name
+    );
+    if asks_first(yes) && !ask_yes(&question).await? {
+        return Err(not_confirmed());
+    }
     let made = api.login_token().await.map_err(account_failure)?;
     if json_output {
         print_json(json!({"loginToken": made.login_token, "expiresIn": made.expires_in}));

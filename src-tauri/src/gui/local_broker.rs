@@ -107,10 +107,14 @@ impl LocalBroker {
 
     /// Makes the person at this machine the owner of `account_name` on this broker (creating
     /// the account) and returns a token response as a device login would.
-    pub async fn sign_in_owner(&self, account_name: &str) -> Result<TokenResponse, LocalBrokerError> {
+    pub async fn sign_in_owner(
+        &self,
+        account_name: &str,
+        confirm_key: &broker_core::crypto::Keypair,
+    ) -> Result<TokenResponse, LocalBrokerError> {
         let store = self.store.clone();
         let account_name = account_name.to_owned();
-        let device = crate::account::this_device();
+        let device = crate::account::this_device(confirm_key);
         tokio::task::spawn_blocking(move || {
             let info = DeviceInfo {
                 hostname: device.hostname,
@@ -118,6 +122,7 @@ impl LocalBroker {
                 arch: device.arch,
                 app_version: device.app_version,
                 ip: "127.0.0.1".into(),
+                confirm_key: device.confirm_key,
             };
             let store: &dyn Store = store.as_ref();
             broker_core::operator::sign_in_locally(store, &account_name, &info, OWNER_TOKEN_TTL)
@@ -187,10 +192,19 @@ mod tests {
             crate::http::request(hyper::Method::GET, &broker.url(), "/health", None, None).await.expect("answers");
         assert_eq!(status, 200, "{body:?}");
 
-        let token = broker.sign_in_owner("alice").await.expect("signs in");
+        let confirm_key = broker_core::crypto::Keypair::generate();
+        let token = broker.sign_in_owner("alice", &confirm_key).await.expect("signs in");
         assert_eq!(token.account.name, "alice");
         let api = crate::account::Api::new(&broker.url(), zeroize::Zeroizing::new(token.access_token));
         assert!(api.devices().await.expect("the token works").iter().any(|d| d.current));
+        // The owner's device registered its confirmation key: minting a login token needs it.
+        let unconfirmed = api.login_token().await;
+        assert!(
+            matches!(&unconfirmed, Err(crate::account::AccountError::Refused { code, .. }) if code == "confirmation_required"),
+            "{unconfirmed:?}"
+        );
+        let confirmed = api.confirmed_by(&token.device_id, confirm_key);
+        assert!(confirmed.login_token().await.expect("confirmed").login_token.starts_with("cml_"));
 
         let other = tempfile::tempdir().expect("tempdir");
         let taken = LocalBroker::start(other.path(), broker.port(), false, false).await;

@@ -24,7 +24,12 @@ fn device_info(hostname: &str) -> DeviceInfo {
         arch: "x86_64".into(),
         app_version: "1.2.3".into(),
         ip: "192.0.2.7".into(),
+        confirm_key: None,
     }
+}
+
+fn with_confirm_key(hostname: &str, key: &str) -> DeviceInfo {
+    DeviceInfo { confirm_key: Some(key.to_owned()), ..device_info(hostname) }
 }
 
 fn scope(account: &AccountRecord) -> String {
@@ -327,4 +332,36 @@ pub fn a_login_token_is_redeemed_once_and_dies_with_its_maker_with_what_it_let_i
     let much_later = NOW_MS + 5 + crate::store::APPROVAL_RECALL_WINDOW.as_millis() as u64 + 1;
     store.revoke_device(&old_maker.id, None, much_later).expect("revokes");
     assert!(store.device_by_token("token-3").expect("reads").is_some());
+}
+
+/// A device keeps the confirmation key of whoever redeems its code: the token poll's key, else
+/// the one the code request named; a login token takes the redeeming device's; a device created
+/// directly keeps its own.
+pub fn a_device_keeps_the_confirmation_key_of_whoever_redeems_its_code<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let alice = store.create_account("alice", None, NOW_MS).expect("creates");
+    let (asked, redeemed) = ("a".repeat(64), "b".repeat(64));
+    let first = store
+        .create_device(&alice.id, &with_confirm_key("first", &asked), "hash-first", TOKEN_EXPIRES_AT, NOW_MS)
+        .expect("adds");
+    assert_eq!(first.info.confirm_key.as_deref(), Some(asked.as_str()));
+    assert_eq!(store.device_by_token("hash-first").expect("reads").expect("found").0, first);
+
+    for (hash, user_code, claimant, expected) in [
+        ("code-1", "ABCD-EFGH", device_info("claimant"), &asked),
+        ("code-2", "IJKL-MNOP", with_confirm_key("claimant", &redeemed), &redeemed),
+    ] {
+        let code = NewDeviceCode { info: with_confirm_key("asker", &asked), ..new_code(hash, user_code, None, NOW_MS) };
+        store.create_device_code(&code).expect("creates");
+        store.decide_device_code(user_code, true, &alice.id, Some(&first.id), NOW_MS + 1).expect("approves");
+        let token = format!("token-{hash}");
+        let (_, device) = issued(store.poll_device_code(hash, &token, TOKEN_EXPIRES_AT, &claimant, NOW_MS + 2));
+        assert_eq!(device.info.confirm_key.as_deref(), Some(expected.as_str()), "{hash}");
+        assert_eq!(store.device_by_token(&token).expect("reads").expect("found").0, device);
+    }
+
+    store.create_login_token("login-1", &alice.id, &first.id, NOW_MS, NOW_MS + CODE_TTL_MS).expect("creates");
+    let pasted = with_confirm_key("pasted-on", &redeemed);
+    let (_, device) = issued(store.poll_device_code("login-1", "token-login", TOKEN_EXPIRES_AT, &pasted, NOW_MS + 3));
+    assert_eq!(device.info, pasted);
 }

@@ -91,6 +91,7 @@ macro_rules! store_conformance_tests {
             a_device_code_is_approved_then_redeemed_once,
             device_codes_refuse_what_their_terms_forbid,
             a_login_token_is_redeemed_once_and_dies_with_its_maker_with_what_it_let_in_just_before,
+            a_device_keeps_the_confirmation_key_of_whoever_redeems_its_code,
             the_audit_chain_links_every_entry,
             audit_entries_page_and_filter_newest_first,
             verification_finds_a_tampered_entry,

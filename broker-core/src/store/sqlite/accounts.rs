@@ -15,10 +15,10 @@ use crate::store::{
 const SLOW_DOWN_STEP_MS: u64 = 5_000;
 
 const ACCOUNT_COLUMNS: &str = "id, name, email, created_at";
-const DEVICE_COLUMNS: &str =
-    "id, account_id, hostname, platform, arch, app_version, ip, created_at, last_seen_at, expires_at, revoked_at";
+const DEVICE_COLUMNS: &str = "id, account_id, hostname, platform, arch, app_version, ip, created_at, last_seen_at, \
+                              expires_at, revoked_at, confirm_key";
 const CODE_COLUMNS: &str = "user_code, hostname, platform, arch, app_version, ip, created_at, expires_at, interval_ms, \
-                            status, account_id, attempts";
+                            status, account_id, attempts, confirm_key";
 
 pub(super) fn account_scope(account_id: &str) -> String {
     format!("account:{account_id}")
@@ -52,6 +52,7 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
             arch: row.get(4)?,
             app_version: row.get(5)?,
             ip: row.get(6)?,
+            confirm_key: row.get(11)?,
         },
         created_at: row.get::<_, i64>(7)? as u64,
         last_seen_at: row.get::<_, i64>(8)? as u64,
@@ -69,6 +70,7 @@ fn code_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceCodeRecord> {
             arch: row.get(3)?,
             app_version: row.get(4)?,
             ip: row.get(5)?,
+            confirm_key: row.get(12)?,
         },
         created_at: row.get::<_, i64>(6)? as u64,
         expires_at: row.get::<_, i64>(7)? as u64,
@@ -135,8 +137,8 @@ fn insert_device(
     };
     conn.execute(
         "INSERT INTO devices (id, account_id, token_hash, hostname, platform, arch, app_version, ip, created_at,
-                                  last_seen_at, expires_at, approved_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
+                                  last_seen_at, expires_at, approved_by, confirm_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12)",
         params![
             device.id,
             account_id,
@@ -148,7 +150,8 @@ fn insert_device(
             info.ip,
             now_ms as i64,
             expires_at as i64,
-            approved_by
+            approved_by,
+            info.confirm_key
         ],
     )?;
     Ok(device)
@@ -290,8 +293,8 @@ pub(super) fn create_device_code(conn: &Connection, code: &NewDeviceCode) -> Sto
     conn.execute("DELETE FROM device_codes WHERE expires_at < ?1", [code.created_at as i64])?;
     conn.execute(
         "INSERT INTO device_codes (device_code_hash, user_code, hostname, platform, arch, app_version, ip, created_at,
-                                   expires_at, interval_ms, status, account_hint)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11)",
+                                   expires_at, interval_ms, status, account_hint, confirm_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?12)",
         params![
             code.device_code_hash,
             code.user_code,
@@ -303,7 +306,8 @@ pub(super) fn create_device_code(conn: &Connection, code: &NewDeviceCode) -> Sto
             code.created_at as i64,
             code.expires_at as i64,
             code.interval_ms as i64,
-            code.account_hint
+            code.account_hint,
+            code.info.confirm_key
         ],
     )
     .map_err(conflict_on_duplicate("user code collision"))?;
@@ -393,20 +397,14 @@ pub(super) fn create_login_token(
     now_ms: u64,
     expires_at: u64,
 ) -> StoreResult<()> {
-    let placeholder = DeviceInfo {
-        hostname: "(pasted login token)".into(),
-        platform: String::new(),
-        arch: String::new(),
-        app_version: String::new(),
-        ip: String::new(),
-    };
-    // Never shown: the login token itself is the secret. Unique like every user code.
+    // Never shown: the login token itself is the secret. Unique like every user code. The
+    // device that redeems it describes itself in the token poll.
     let user_code = format!("LT{}", crate::ids::new_id("t"));
     conn.execute(
         "INSERT INTO device_codes (device_code_hash, user_code, hostname, platform, arch, app_version, ip, created_at,
                                    expires_at, interval_ms, status, kind, account_id, decided_by, decided_at)
-         VALUES (?1, ?2, ?3, '', '', '', '', ?4, ?5, 0, 'approved', 'login_token', ?6, ?7, ?4)",
-        params![token_hash, user_code, placeholder.hostname, now_ms as i64, expires_at as i64, account_id, made_by],
+         VALUES (?1, ?2, '(pasted login token)', '', '', '', '', ?3, ?4, 0, 'approved', 'login_token', ?5, ?6, ?3)",
+        params![token_hash, user_code, now_ms as i64, expires_at as i64, account_id, made_by],
     )?;
     audit::append(conn, &account_event(account_id, "login_token_created", Some(made_by), json!({})), now_ms)
 }
@@ -427,7 +425,7 @@ pub(super) fn poll_device_code(
             [device_code_hash],
             |row| {
                 let extra =
-                    (row.get::<_, Option<i64>>(12)?, row.get::<_, String>(13)?, row.get::<_, Option<String>>(14)?);
+                    (row.get::<_, Option<i64>>(13)?, row.get::<_, String>(14)?, row.get::<_, Option<String>>(15)?);
                 Ok((code_from_row(row)?, extra))
             },
         )
@@ -435,6 +433,9 @@ pub(super) fn poll_device_code(
     let Some((mut code, (last_poll, kind, decided_by))) = found else { return Ok(PollOutcome::Invalid) };
     if kind == "login_token" {
         code.info = claimant.clone();
+    } else if claimant.confirm_key.is_some() {
+        // The device that redeems the code holds the token, so its key is the one that counts.
+        code.info.confirm_key = claimant.confirm_key.clone();
     }
     if code.status == DeviceCodeStatus::Consumed {
         return Ok(PollOutcome::Invalid);

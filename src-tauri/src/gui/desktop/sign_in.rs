@@ -118,8 +118,9 @@ impl Desktop {
         let token = {
             let local = self.local.lock().await;
             let broker = local.as_ref().ok_or_else(|| CommandError::new(ErrorKind::LocalBroker, "stopped"))?;
+            let confirm_key = account::confirm_key(&self.keystore).await?;
             broker
-                .sign_in_owner(account_name.trim())
+                .sign_in_owner(account_name.trim(), &confirm_key)
                 .await
                 .map_err(|e| CommandError::new(ErrorKind::LocalBroker, e.to_string()))?
         };
@@ -161,7 +162,8 @@ impl Desktop {
         }
         let broker_url = normalize_broker_url(&broker_url)?;
         let account_name = account_name.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty());
-        let code = account::request_device_code(&broker_url, account_name.as_deref()).await?;
+        let confirm_key = account::confirm_key(&self.keystore).await?;
+        let code = account::request_device_code(&broker_url, account_name.as_deref(), &confirm_key).await?;
         let view = SignInView {
             phase: SignInPhase::Waiting,
             broker_url: broker_url.clone(),
@@ -178,7 +180,7 @@ impl Desktop {
         let desktop = self.clone();
         let shown = view.clone();
         let task = tokio::spawn(async move {
-            let poller = account::HttpPoller { broker_url: broker_url.clone() };
+            let poller = account::HttpPoller { broker_url: broker_url.clone(), confirm_key };
             let outcome = run_device_login(&code, &poller, |_| {}).await;
             let (phase, message) = match outcome {
                 LoginOutcome::SignedIn(token) => {
@@ -258,7 +260,8 @@ impl Desktop {
         if login_token.is_empty() {
             return Err(CommandError::invalid("paste the login token made on a signed-in device"));
         }
-        let token = match account::poll_token(&broker_url, &login_token).await? {
+        let confirm_key = account::confirm_key(&self.keystore).await?;
+        let token = match account::poll_token(&broker_url, &login_token, &confirm_key).await? {
             PollResponse::Token(token) => token,
             PollResponse::Error(error) => {
                 return Err(CommandError::new(
