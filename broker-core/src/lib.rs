@@ -16,6 +16,23 @@
 //! - `email` (feature `server`) — invite emails over SMTP.
 //! - `operator` (feature `server`) — operator commands on a data directory (meshes, members, invites).
 //! - `server` (feature `server`) — HTTP + WebSocket endpoint: `serve(listener, broker, shutdown)`.
+//! - `version_line!` — a binary's `--version`: its version and the commit it was built from.
+
+/// A binary's version line, `VERSION (commit COMMIT)`. Packages set `CLAUDEMESH_VERSION` and
+/// `CLAUDEMESH_COMMIT` when they build (`scripts/package.sh`); a build from source shows the
+/// crate's version. A macro, so the values are read when the binary itself compiles (and only
+/// the binary recompiles when they change).
+#[macro_export]
+macro_rules! version_line {
+    () => {{
+        static LINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let version = option_env!("CLAUDEMESH_VERSION").unwrap_or(env!("CARGO_PKG_VERSION"));
+            let commit = option_env!("CLAUDEMESH_COMMIT").unwrap_or("unknown, built from source");
+            format!("{version} (commit {commit})")
+        });
+        LINE.as_str()
+    }};
+}
 
 pub mod args;
 #[cfg(feature = "client")]

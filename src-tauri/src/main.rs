@@ -50,7 +50,7 @@ use mcp::{PriorityArg, StatusArg};
 #[derive(Parser)]
 #[command(
     name = "claudemesh",
-    version,
+    version = broker_core::version_line!(),
     about = "Connect Claude Code sessions on any machine into an end-to-end encrypted mesh",
     after_help = "Without a command, starts the desktop app (in builds that have it)."
 )]

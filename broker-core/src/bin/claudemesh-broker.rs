@@ -19,7 +19,7 @@ use serde_json::json;
 #[derive(Parser)]
 #[command(
     name = "claudemesh-broker",
-    version,
+    version = broker_core::version_line!(),
     about = "The claudemesh routing broker: carries sealed messages between peer sessions of a mesh.",
     long_about = "The claudemesh routing broker carries end-to-end sealed messages between the peer sessions of a \
                   mesh. It never holds a key that could open them.\n\n\
