@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing claudemesh needs on Debian/Ubuntu, skipping what is present.
-# Usage: install-deps.sh run|test
+# Usage: install-deps.sh run|package|test
 #   run  — the build tools and the desktop app's libraries (WebKitGTK, GTK, the tray library).
+#   package — also what scripts/package.sh uses: dpkg-dev (dpkg-shlibdeps), xz.
 #   test — also what the desktop tests drive: Xvfb, a D-Bus session with gnome-keyring, the dunst
 #          notification daemon, WebKitWebDriver and tauri-driver, ImageMagick, Node (UI tests),
 #          iproute2 (`ip netns`: the other machines of tests/tests/other_machines.rs),
+#          the packaging tools and systemd-analyze (tests/tests/packages.rs),
 #          and the real Claude Code for tests/tests/claude_code.rs: the npm package
 #          @anthropic-ai/claude-code at $CLAUDE_CODE_VERSION, cached in
 #          ${XDG_CACHE_HOME:-~/.cache}/claudemesh/claude-code and reused by later runs.
@@ -17,8 +19,11 @@ CLAUDE_CODE_VERSION=2.1.197
 packages=(build-essential pkg-config libssl-dev
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libsoup-3.0-dev
   libjavascriptcoregtk-4.1-dev libxdo-dev libsecret-1-dev)
+if [ "$mode" = package ] || [ "$mode" = test ]; then
+  packages+=(dpkg-dev xz-utils)
+fi
 if [ "$mode" = test ]; then
-  packages+=(xvfb xauth dbus dbus-x11 at-spi2-core gnome-keyring dunst webkit2gtk-driver imagemagick
+  packages+=(systemd xvfb xauth dbus dbus-x11 at-spi2-core gnome-keyring dunst webkit2gtk-driver imagemagick
     fonts-inter fonts-dejavu-core nodejs npm iproute2)
 fi
 missing=()
