@@ -9,12 +9,11 @@ bash scripts/install-deps.sh test
 echo "== UI unit tests (node --test)"
 (cd ui && node --test tests/)
 
-echo "== headless build: the CLI and MCP bridge without GUI libraries"
-cargo build --quiet -p claudemesh --no-default-features
-if ldd target/debug/claudemesh | grep -Eq 'libwebkit|libgtk|libayatana'; then
-  echo "the headless build links a GUI library" >&2
-  exit 1
-fi
+echo "== packages (dev profile) for tests/tests/packages.rs: this version, and the next for the upgrade"
+# (They include the headless build: the CLI and MCP bridge without GUI libraries.)
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+bash scripts/package.sh --profile dev
+bash scripts/package.sh --profile dev --version "$version+next" --out target/packages/next
 
 echo "== Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
