@@ -55,6 +55,12 @@ pub fn mcp_tool(tool: &str) -> String {
     format!("mcp__{SERVER}__{tool}")
 }
 
+/// The same tool when the bridge comes from the claudemesh plugin (`packaging/claude-plugin`):
+/// Claude Code names a plugin's server `plugin:<plugin>:<server>`.
+pub fn plugin_tool(tool: &str) -> String {
+    format!("mcp__plugin_claudemesh_{SERVER}__{tool}")
+}
+
 /// The `claude` binary: `$CLAUDEMESH_TEST_CLAUDE`, else the one `scripts/install-deps.sh test`
 /// installs under `${XDG_CACHE_HOME:-~/.cache}/claudemesh/claude-code`. Missing is an error
 /// that says how to get it: these tests never pass without the real client.
@@ -116,6 +122,11 @@ impl Step {
     /// One call of the claudemesh tool `tool`.
     pub fn call(tool: &str, input: Value) -> Step {
         Step::calls([(tool, input)])
+    }
+
+    /// One call of a tool by the name Claude Code knows it by ([`plugin_tool`]).
+    pub fn call_named(name: &str, input: Value) -> Step {
+        Step { reply: Reply::Message(vec![Block::ToolUse { name: name.to_owned(), input }]), gate: None }
     }
 
     /// Several claudemesh tool calls in one assistant message.
@@ -536,6 +547,30 @@ impl ClaudeCode {
             .with_context(|| format!("claudemesh {args:?} printed: {}", String::from_utf8_lossy(&output.stdout)))
     }
 
+    /// Installs the Claude Code plugin in `dir` (a marketplace of one plugin) with `claude plugin`,
+    /// as a person would; `claudemesh` is on this Claude Code's PATH, as a package puts it.
+    pub async fn install_plugin(&self, dir: &Path) -> Result<()> {
+        std::os::unix::fs::symlink(claudemesh_bin(), self.home.path().join("bin/claudemesh"))?;
+        let marketplace = dir.display().to_string();
+        let steps = [
+            vec!["plugin", "marketplace", "add", marketplace.as_str()],
+            vec!["plugin", "install", "claudemesh@claudemesh", "--scope", "user"],
+        ];
+        for args in steps {
+            let output = tokio::time::timeout(TURN_WAIT, self.claude().args(&args).output())
+                .await
+                .with_context(|| format!("`claude {args:?}` did not finish"))??;
+            if !output.status.success() {
+                bail!(
+                    "`claude {args:?}` failed: {}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// `claude mcp list` (it starts each stdio server and checks that it answers); its output.
     pub async fn mcp_list(&self) -> Result<String> {
         let output = tokio::time::timeout(TURN_WAIT, self.claude().args(["mcp", "list"]).output())
@@ -551,10 +586,16 @@ impl ClaudeCode {
     /// top of what the settings allow (`--allowedTools`); other tools are refused, as `claude -p`
     /// refuses whatever would need a person's answer.
     pub async fn session(&self, allowed_tools: &[&str]) -> Result<ClaudeSession> {
+        let rules: Vec<String> = allowed_tools.iter().map(|t| mcp_tool(t)).collect();
+        self.session_allowing(&rules).await
+    }
+
+    /// A session that may use the tools named `rules` (as Claude Code names them) without asking.
+    pub async fn session_allowing(&self, rules: &[String]) -> Result<ClaudeSession> {
         let mut command = self.claude();
         command.args(["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]);
-        if !allowed_tools.is_empty() {
-            command.arg("--allowedTools").arg(allowed_tools.iter().map(|t| mcp_tool(t)).collect::<Vec<_>>().join(","));
+        if !rules.is_empty() {
+            command.arg("--allowedTools").arg(rules.join(","));
         }
         let mut child = command
             .stdin(Stdio::piped())

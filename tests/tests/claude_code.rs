@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use claudemesh_e2e::claude_code::{ClaudeCode, ClaudeSession, Gate, MessagesApi, Step, mcp_tool};
+use claudemesh_e2e::claude_code::{ClaudeCode, ClaudeSession, Gate, MessagesApi, Step, mcp_tool, plugin_tool};
 use claudemesh_e2e::{Bridge, Broker, Device, WAIT, message_texts, peer_status};
 use serde_json::{Value, json};
 
@@ -225,5 +225,52 @@ async fn next_messages_sent_during_turns_are_read_in_a_later_session() -> Result
         assert_eq!(message["priority"], "next");
     }
     later.end().await?;
+    Ok(())
+}
+
+/// The Claude Code plugin the packages ship (`packaging/claude-plugin`, installed with
+/// `claude plugin` from its directory as a person would) loads the same bridge and status hooks
+/// that `claudemesh install` configures: the bridge connects, a turn calls its tools, and the
+/// session is working during the turn and idle after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claude_code_plugin_loads_the_bridge_and_the_status_hooks() -> Result<()> {
+    let broker = Broker::start().await?;
+    let (_, link) = broker.mesh_with_invite("plugin", 2)?;
+    let (alice_dev, bob_dev) = (Device::new()?, Device::new()?);
+    alice_dev.join(&link, "alice")?;
+    bob_dev.join(&link, "bob")?;
+    let mut alice = alice_dev.bridge().await?;
+    alice.call("whoami", json!({})).await?;
+    let api = MessagesApi::start().await?;
+    let bob = ClaudeCode::new(&bob_dev, &api)?;
+    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/claude-plugin");
+    bob.install_plugin(&plugin).await?;
+
+    let listed = bob.mcp_list().await?;
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("plugin:claudemesh:claudemesh:"))
+        .with_context(|| format!("the plugin's bridge is not listed: {listed}"))?;
+    assert!(line.contains("Connected"), "{line}");
+
+    let whoami = plugin_tool("whoami");
+    let mut session = bob.session_allowing(std::slice::from_ref(&whoami)).await?;
+    let gate = Gate::new();
+    api.script("who am I in the mesh", vec![Step::call_named(&whoami, json!({})).after(&gate), Step::text("bob")]);
+    session.send("who am I in the mesh").await?;
+    gate.reached().await?;
+    let bob_is =
+        |status: &'static str| move |list: &Value| claudemesh_e2e::peer_status(list, "bob").as_deref() == Some(status);
+    alice.call_until("list_peers", json!({}), bob_is("working")).await.context("the plugin's hooks: working")?;
+    gate.open();
+    let result = session.result().await?;
+    assert_eq!(result["is_error"], false, "{result}");
+    alice.call_until("list_peers", json!({}), bob_is("idle")).await.context("the plugin's hooks: idle")?;
+
+    let answered: Vec<_> = api.tool_results().into_iter().filter(|r| r.tool == whoami).collect();
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert!(!answered[0].is_error, "{answered:?}");
+    assert_eq!(answered[0].json()?["sessions"][0]["displayName"], "bob", "{answered:?}");
+    session.end().await?;
     Ok(())
 }
