@@ -92,6 +92,16 @@ man_page() {
 }
 roff_text() { sed -e 's/\\/\\e/g' -e "s/^\\([.']\\)/\\\\\\&\\1/"; }
 
+# The Claude Code plugin (the bridge and the status hooks), a marketplace of one plugin:
+#   claude plugin marketplace add /usr/share/claudemesh/claude-plugin
+#   claude plugin install claudemesh@claudemesh
+claude_plugin() {
+  local stage=$1
+  for file in .claude-plugin/marketplace.json .claude-plugin/plugin.json hooks/hooks.json; do
+    install -D -m 0644 "packaging/claude-plugin/$file" "$stage/usr/share/claudemesh/claude-plugin/$file"
+  done
+}
+
 # control FILE PACKAGE DEPENDS EXTRA-FIELDS SUMMARY DESCRIPTION
 control() {
   local stage=$1 package=$2 depends=$3 extra=$4 summary=$5 description=$6
@@ -132,6 +142,7 @@ install -D -m 0644 icons/128x128.png "$stage/usr/share/icons/hicolor/128x128/app
 install -D -m 0644 icons/128x128@2x.png "$stage/usr/share/icons/hicolor/256x256/apps/claudemesh.png"
 install -D -m 0644 icons/icon.png "$stage/usr/share/icons/hicolor/512x512/apps/claudemesh.png"
 install -D -m 0644 packaging/debian/copyright "$stage/usr/share/doc/claudemesh/copyright"
+claude_plugin "$stage"
 help_env=()
 man_page claudemesh "Claude Code sessions on any machine as one end-to-end encrypted mesh" \
   "$work/bin/claudemesh" "$stage/usr/share/man/man1/claudemesh.1.gz"
@@ -146,14 +157,16 @@ Provides: claudemesh-cli" \
 
 This package holds the desktop tray app (sign in, meshes, approving other devices' logins, \
 notifications, a local broker), the claudemesh command line, and the MCP bridge that makes \
-each Claude Code session a peer (claudemesh install). For servers without a display, install \
-claudemesh-cli instead."
+each Claude Code session a peer (claudemesh install, or the Claude Code plugin in \
+/usr/share/claudemesh/claude-plugin). For servers without a display, install claudemesh-cli \
+instead."
 build_deb "$stage" claudemesh
 
 # --- the headless CLI --------------------------------------------------------------------------
 stage="$work/claudemesh-cli"
 install -D -m 0755 "$work/bin/claudemesh-headless" "$stage/usr/bin/claudemesh"
 install -D -m 0644 packaging/debian/copyright "$stage/usr/share/doc/claudemesh-cli/copyright"
+claude_plugin "$stage"
 man_page claudemesh "Claude Code sessions on any machine as one end-to-end encrypted mesh" \
   "$work/bin/claudemesh-headless" "$stage/usr/share/man/man1/claudemesh.1.gz"
 mkdir -p "$stage/DEBIAN"

@@ -129,7 +129,8 @@ fn the_packages_hold_what_they_should_and_nothing_of_the_build() -> Result<()> {
         ensure!(mode_of(&built.contents(package)?, &copyright).is_some(), "{package} has {copyright}");
     }
 
-    // The desktop app: the binary, its desktop entry with the URL scheme, icons, a man page.
+    // The desktop app: the binary, its desktop entry with the URL scheme, icons, a man page; it
+    // and the CLI carry the Claude Code plugin.
     let desktop = built.contents("claudemesh")?;
     for (path, mode) in [
         ("/usr/bin/claudemesh", "-rwxr-xr-x"),
@@ -138,6 +139,13 @@ fn the_packages_hold_what_they_should_and_nothing_of_the_build() -> Result<()> {
         ("/usr/share/man/man1/claudemesh.1.gz", "-rw-r--r--"),
     ] {
         ensure!(mode_of(&desktop, path).as_deref() == Some(mode), "claudemesh: {path} {mode}: {desktop:?}");
+    }
+    for package in ["claudemesh", "claudemesh-cli"] {
+        let contents = built.contents(package)?;
+        for file in [".claude-plugin/marketplace.json", ".claude-plugin/plugin.json", "hooks/hooks.json"] {
+            let path = format!("/usr/share/claudemesh/claude-plugin/{file}");
+            ensure!(mode_of(&contents, &path).as_deref() == Some("-rw-r--r--"), "{package}: {path}");
+        }
     }
     let depends = built.field("claudemesh", "Depends")?;
     ensure!(depends.contains("libwebkit2gtk-4.1-0") && depends.contains("libayatana-appindicator3-1"), "{depends}");
