@@ -15,6 +15,7 @@
 //! - `config`, `metrics` (feature `server`) — the broker's limits and its Prometheus series.
 //! - `email` (feature `server`) — invite emails over SMTP.
 //! - `operator` (feature `server`) — operator commands on a data directory (meshes, members, invites).
+//! - `backup` (feature `server`) — online backups of a data directory, and restoring one.
 //! - `server` (feature `server`) — HTTP + WebSocket endpoint: `serve(listener, broker, shutdown)`.
 //! - `version_line!` — a binary's `--version`: its version and the commit it was built from.
 
@@ -35,6 +36,8 @@ macro_rules! version_line {
 }
 
 pub mod args;
+#[cfg(feature = "server")]
+pub mod backup;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]

@@ -22,7 +22,7 @@ use crate::store::{
 pub const DATABASE_FILE: &str = "broker.db";
 /// Setting under which `serve` records the public URL, used by `invite create`.
 pub const PUBLIC_URL_SETTING: &str = "public_url";
-const OPERATOR_KEYS_DIR: &str = "operator-keys";
+pub(crate) const OPERATOR_KEYS_DIR: &str = "operator-keys";
 /// Display name of the admin member created for the operator.
 pub const OPERATOR_NAME: &str = "operator";
 

@@ -258,6 +258,17 @@ impl Broker {
         Ok(())
     }
 
+    /// Starts the broker again on its data directory and port (after [`Broker::kill`]).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill().await?;
+        self.spawn().await
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
     /// Everything the broker wrote to disk, for plaintext checks.
     pub fn stored_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::new();

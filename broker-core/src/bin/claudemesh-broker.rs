@@ -23,8 +23,9 @@ use serde_json::json;
     about = "The claudemesh routing broker: carries sealed messages between peer sessions of a mesh.",
     long_about = "The claudemesh routing broker carries end-to-end sealed messages between the peer sessions of a \
                   mesh. It never holds a key that could open them.\n\n\
-                  Start it with `serve`. The operator commands (`mesh`, `member`, `invite`) work on the same data \
-                  directory, whether or not a broker is serving it; a running broker sees their effect within a second."
+                  Start it with `serve`. The operator commands (`mesh`, `member`, `invite`, `backup`) work on the same \
+                  data directory, whether or not a broker is serving it; a running broker sees their effect within a \
+                  second. `restore` needs the broker stopped."
 )]
 struct Cli {
     /// Directory holding the database and the operator's keys.
@@ -53,6 +54,24 @@ enum Command {
     /// Approve a device's sign-in from the broker host.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Copy the data directory (database and operator keys) into a new directory, consistently,
+    /// while the broker serves: every message it acknowledged before the copy began is in it.
+    Backup {
+        /// The new (or empty) directory to write the backup into.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the data directory hold a backup. The broker must be stopped; the database the
+    /// backup replaces is kept next to it as broker.db.replaced-<time>.
+    Restore {
+        /// A directory written by `backup`.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -272,6 +291,8 @@ fn main() {
         Command::Invite(command) => invite_command(&cli.data_dir, command),
         Command::Account(command) => account_command(&cli.data_dir, command),
         Command::Device(command) => device_command(&cli.data_dir, command),
+        Command::Backup { to, json } => backup_command(&cli.data_dir, &to, json),
+        Command::Restore { from, json } => restore_command(&cli.data_dir, &from, json),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
@@ -298,6 +319,8 @@ fn init_logging(format: &str) {
 fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
     init_logging(&args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    // Held while serving: a second broker, or a restore, on this directory is refused.
+    let _lock = broker_core::backup::lock_data_dir(&data_dir)?;
     runtime.block_on(async move {
         let database = data_dir.join(operator::DATABASE_FILE);
         let store =
@@ -383,6 +406,46 @@ fn print(json_output: bool, value: serde_json::Value, human: impl FnOnce() -> St
     } else {
         println!("{}", human());
     }
+}
+
+fn backup_command(data_dir: &std::path::Path, to: &std::path::Path, json_output: bool) -> Result<()> {
+    let made = broker_core::backup::backup(data_dir, to)?;
+    print(json_output, json!({"backup": to, "manifest": made}), || {
+        format!(
+            "backed up {} into {}: {} meshes, {} members, {} queued deliveries, {} operator keys",
+            data_dir.display(),
+            to.display(),
+            made.meshes,
+            made.members,
+            made.queued_deliveries,
+            made.operator_keys
+        )
+    });
+    Ok(())
+}
+
+fn restore_command(data_dir: &std::path::Path, from: &std::path::Path, json_output: bool) -> Result<()> {
+    let restored = broker_core::backup::restore(from, data_dir)?;
+    let made = &restored.manifest;
+    print(
+        json_output,
+        json!({"dataDir": data_dir, "manifest": made, "replaced": restored.replaced, "keysCopied": restored.keys_copied}),
+        || {
+            let replaced = match &restored.replaced {
+                Some(path) => format!("; the database it replaced is kept as {}", path.display()),
+                None => String::new(),
+            };
+            format!(
+                "restored {} from the backup of {} ({} meshes, {} members, {} queued deliveries){replaced}",
+                data_dir.display(),
+                made.created_at,
+                made.meshes,
+                made.members,
+                made.queued_deliveries
+            )
+        },
+    );
+    Ok(())
 }
 
 fn mesh_command(data_dir: &std::path::Path, command: MeshCommand) -> Result<()> {
