@@ -23,7 +23,7 @@ if [ "$mode" = package ] || [ "$mode" = test ]; then
   packages+=(dpkg-dev xz-utils)
 fi
 if [ "$mode" = test ]; then
-  packages+=(systemd xvfb xauth dbus dbus-x11 at-spi2-core gnome-keyring dunst webkit2gtk-driver imagemagick
+  packages+=(systemd man-db xvfb xauth dbus dbus-x11 at-spi2-core gnome-keyring dunst webkit2gtk-driver imagemagick
     fonts-inter fonts-dejavu-core nodejs npm iproute2)
 fi
 missing=()
