@@ -26,6 +26,13 @@ struct Mesh {
 
 impl Mesh {
     async fn start() -> Result<Mesh> {
+        let mesh = Mesh::without_claudemesh().await?;
+        mesh.bob.claudemesh(&["install"]).await?;
+        Ok(mesh)
+    }
+
+    /// The same, with nothing of claudemesh registered in bob's Claude Code yet.
+    async fn without_claudemesh() -> Result<Mesh> {
         let broker = Broker::start().await?;
         let (_, link) = broker.mesh_with_invite("claude-code", 2)?;
         let (alice_dev, bob_dev) = (Device::new()?, Device::new()?);
@@ -36,7 +43,6 @@ impl Mesh {
         alice.call("whoami", json!({})).await?;
         let api = MessagesApi::start().await?;
         let bob = ClaudeCode::new(&bob_dev, &api)?;
-        bob.claudemesh(&["install"]).await?;
         Ok(Mesh { _broker: broker, alice, api, bob, _devices: (alice_dev, bob_dev) })
     }
 
@@ -52,8 +58,19 @@ impl Mesh {
     /// Starts a turn of bob's `session` whose answer, `step`, is held back; returns once alice
     /// sees bob `working`, with the gate that releases the answer.
     async fn hold_turn(&mut self, session: &mut ClaudeSession, prompt: &str, step: Step) -> Result<Gate> {
+        self.hold_turn_then(session, prompt, step, Vec::new()).await
+    }
+
+    /// [`Mesh::hold_turn`] whose script goes on with `then` once the held step is answered.
+    async fn hold_turn_then(
+        &mut self,
+        session: &mut ClaudeSession,
+        prompt: &str,
+        step: Step,
+        then: Vec<Step>,
+    ) -> Result<Gate> {
         let gate = Gate::new();
-        self.api.script(prompt, vec![step.after(&gate)]);
+        self.api.script(prompt, [vec![step.after(&gate)], then].concat());
         session.send(prompt).await?;
         gate.reached().await?;
         self.bob_is("working").await?;
@@ -234,40 +251,28 @@ async fn next_messages_sent_during_turns_are_read_in_a_later_session() -> Result
 /// session is working during the turn and idle after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_claude_code_plugin_loads_the_bridge_and_the_status_hooks() -> Result<()> {
-    let broker = Broker::start().await?;
-    let (_, link) = broker.mesh_with_invite("plugin", 2)?;
-    let (alice_dev, bob_dev) = (Device::new()?, Device::new()?);
-    alice_dev.join(&link, "alice")?;
-    bob_dev.join(&link, "bob")?;
-    let mut alice = alice_dev.bridge().await?;
-    alice.call("whoami", json!({})).await?;
-    let api = MessagesApi::start().await?;
-    let bob = ClaudeCode::new(&bob_dev, &api)?;
+    let mut mesh = Mesh::without_claudemesh().await?;
     let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/claude-plugin");
-    bob.install_plugin(&plugin).await?;
+    mesh.bob.install_plugin(&plugin).await?;
 
-    let listed = bob.mcp_list().await?;
+    let listed = mesh.bob.mcp_list().await?;
     let line = listed
         .lines()
         .find(|l| l.starts_with("plugin:claudemesh:claudemesh:"))
         .with_context(|| format!("the plugin's bridge is not listed: {listed}"))?;
     assert!(line.contains("Connected"), "{line}");
 
+    // A turn calls the plugin's bridge; its hooks make bob working during the turn, idle after.
     let whoami = plugin_tool("whoami");
-    let mut session = bob.session_allowing(std::slice::from_ref(&whoami)).await?;
-    let gate = Gate::new();
-    api.script("who am I in the mesh", vec![Step::call_named(&whoami, json!({})).after(&gate), Step::text("bob")]);
-    session.send("who am I in the mesh").await?;
-    gate.reached().await?;
-    let bob_is =
-        |status: &'static str| move |list: &Value| claudemesh_e2e::peer_status(list, "bob").as_deref() == Some(status);
-    alice.call_until("list_peers", json!({}), bob_is("working")).await.context("the plugin's hooks: working")?;
+    let mut session = mesh.bob.session_allowing(std::slice::from_ref(&whoami)).await?;
+    let call = Step::call_named(&whoami, json!({}));
+    let gate = mesh.hold_turn_then(&mut session, "who am I in the mesh", call, vec![Step::text("bob")]).await?;
     gate.open();
     let result = session.result().await?;
     assert_eq!(result["is_error"], false, "{result}");
-    alice.call_until("list_peers", json!({}), bob_is("idle")).await.context("the plugin's hooks: idle")?;
+    mesh.bob_is("idle").await?;
 
-    let answered: Vec<_> = api.tool_results().into_iter().filter(|r| r.tool == whoami).collect();
+    let answered: Vec<_> = mesh.api.tool_results().into_iter().filter(|r| r.tool == whoami).collect();
     assert_eq!(answered.len(), 1, "{answered:?}");
     assert!(!answered[0].is_error, "{answered:?}");
     assert_eq!(answered[0].json()?["sessions"][0]["displayName"], "bob", "{answered:?}");

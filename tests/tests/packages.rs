@@ -109,6 +109,15 @@ fn mode_of(contents: &[(String, String)], path: &str) -> Option<String> {
     contents.iter().find(|(_, p)| p == path).map(|(mode, _)| mode.clone())
 }
 
+/// Each `(path, mode)` is in `package` with that mode.
+fn holds(built: &Built, package: &str, files: &[(&str, &str)]) -> Result<()> {
+    let contents = built.contents(package)?;
+    for (path, mode) in files {
+        ensure!(mode_of(&contents, path).as_deref() == Some(mode), "{package}: {path} {mode}: {contents:?}");
+    }
+    Ok(())
+}
+
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
@@ -131,21 +140,24 @@ fn the_packages_hold_what_they_should_and_nothing_of_the_build() -> Result<()> {
 
     // The desktop app: the binary, its desktop entry with the URL scheme, icons, a man page; it
     // and the CLI carry the Claude Code plugin.
-    let desktop = built.contents("claudemesh")?;
-    for (path, mode) in [
-        ("/usr/bin/claudemesh", "-rwxr-xr-x"),
-        ("/usr/share/applications/claudemesh.desktop", "-rw-r--r--"),
-        ("/usr/share/icons/hicolor/128x128/apps/claudemesh.png", "-rw-r--r--"),
-        ("/usr/share/man/man1/claudemesh.1.gz", "-rw-r--r--"),
-    ] {
-        ensure!(mode_of(&desktop, path).as_deref() == Some(mode), "claudemesh: {path} {mode}: {desktop:?}");
-    }
+    holds(
+        &built,
+        "claudemesh",
+        &[
+            ("/usr/bin/claudemesh", "-rwxr-xr-x"),
+            ("/usr/share/applications/claudemesh.desktop", "-rw-r--r--"),
+            ("/usr/share/icons/hicolor/128x128/apps/claudemesh.png", "-rw-r--r--"),
+            ("/usr/share/man/man1/claudemesh.1.gz", "-rw-r--r--"),
+        ],
+    )?;
+    let plugin = [
+        "/usr/share/claudemesh/claude-plugin/.claude-plugin/marketplace.json",
+        "/usr/share/claudemesh/claude-plugin/.claude-plugin/plugin.json",
+        "/usr/share/claudemesh/claude-plugin/hooks/hooks.json",
+    ]
+    .map(|path| (path, "-rw-r--r--"));
     for package in ["claudemesh", "claudemesh-cli"] {
-        let contents = built.contents(package)?;
-        for file in [".claude-plugin/marketplace.json", ".claude-plugin/plugin.json", "hooks/hooks.json"] {
-            let path = format!("/usr/share/claudemesh/claude-plugin/{file}");
-            ensure!(mode_of(&contents, &path).as_deref() == Some("-rw-r--r--"), "{package}: {path}");
-        }
+        holds(&built, package, &plugin)?;
     }
     let depends = built.field("claudemesh", "Depends")?;
     ensure!(depends.contains("libwebkit2gtk-4.1-0") && depends.contains("libayatana-appindicator3-1"), "{depends}");
@@ -158,16 +170,17 @@ fn the_packages_hold_what_they_should_and_nothing_of_the_build() -> Result<()> {
 
     // The broker: the service, its settings (a conffile only root and the service read), the
     // operator commands on the PATH.
-    let broker = built.contents("claudemesh-broker")?;
-    for (path, mode) in [
-        ("/usr/bin/claudemesh-broker", "-rwxr-xr-x"),
-        ("/usr/lib/claudemesh-broker/claudemesh-broker", "-rwxr-xr-x"),
-        ("/lib/systemd/system/claudemesh-broker.service", "-rw-r--r--"),
-        ("/etc/claudemesh-broker/broker.env", "-rw-r-----"),
-        ("/usr/share/man/man1/claudemesh-broker.1.gz", "-rw-r--r--"),
-    ] {
-        ensure!(mode_of(&broker, path).as_deref() == Some(mode), "claudemesh-broker: {path} {mode}: {broker:?}");
-    }
+    holds(
+        &built,
+        "claudemesh-broker",
+        &[
+            ("/usr/bin/claudemesh-broker", "-rwxr-xr-x"),
+            ("/usr/lib/claudemesh-broker/claudemesh-broker", "-rwxr-xr-x"),
+            ("/lib/systemd/system/claudemesh-broker.service", "-rw-r--r--"),
+            ("/etc/claudemesh-broker/broker.env", "-rw-r-----"),
+            ("/usr/share/man/man1/claudemesh-broker.1.gz", "-rw-r--r--"),
+        ],
+    )?;
     let control = tempfile::tempdir()?;
     run(Command::new("dpkg-deb").arg("--control").arg(built.deb("claudemesh-broker")).arg(control.path()))?;
     let conffiles = std::fs::read_to_string(control.path().join("conffiles"))?;
