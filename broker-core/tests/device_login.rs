@@ -12,8 +12,8 @@ use broker_core::protocol::account::CONFIRMATION_HEADER;
 use broker_core::protocol::{self, ErrorCode};
 use broker_core::store::Store;
 use common::accounts::{
-    POLL, approved_device, confirmation, confirmed_api, create_mesh, first_device, generous, poll, quick_polls,
-    start_login,
+    POLL, approve, approved_device, confirm_key_of, confirmation, confirmed_api, create_mesh, first_device, generous,
+    poll, quick_polls, start_login,
 };
 use common::{TestBroker, api, api_with_headers};
 use serde_json::json;
@@ -44,8 +44,7 @@ async fn device_login_shows_the_device_and_hands_out_the_token_exactly_once() {
     assert_eq!(pending["status"], "pending");
     assert!(pending["requestedAt"].as_str().expect("time").ends_with('Z'));
 
-    let (status, _) =
-        api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": loose}))).await;
+    let (status, _) = approve(&broker, &laptop, &loose).await;
     assert_eq!(status, 200);
     tokio::time::sleep(POLL).await;
     let (status, token) = poll(&broker, &device_code).await;
@@ -95,16 +94,14 @@ async fn polling_too_fast_slows_down_and_denied_or_expired_codes_end() {
         broker.store.device_code(&protocol::account::normalize_user_code(&user_code).expect("code")).expect("read");
     assert_eq!(stored.expect("code").interval_ms, POLL.as_millis() as u64 + 5_000, "slow_down added 5 s");
     // A decided code cannot be decided again.
-    let (status, body) =
-        api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": user_code}))).await;
+    let (status, body) = approve(&broker, &laptop, &user_code).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("already_decided")));
 
     // A code nobody approved in time expires, for the device and for approvers.
     let (device_code, late_code) = start_login(&broker, "slow").await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(poll(&broker, &device_code).await.1["error"], "expired_token");
-    let (status, body) =
-        api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": late_code}))).await;
+    let (status, body) = approve(&broker, &laptop, &late_code).await;
     assert_eq!((status, body["error"].as_str()), (410, Some("expired")));
 }
 
@@ -174,7 +171,7 @@ async fn account_routes_refuse_missing_wrong_expired_revoked_and_foreign_tokens(
     let (status, me) = api(broker.addr, "GET", "/v1/account", Some(&revoked), None).await;
     assert_eq!(status, 200);
     let revoked_id = me["device"]["id"].as_str().expect("id").to_owned();
-    assert_eq!(confirmed_api(&broker, "POST", &format!("/v1/devices/{revoked_id}/revoke"), &alice).await.0, 200);
+    assert_eq!(confirmed_api(&broker, "POST", &format!("/v1/devices/{revoked_id}/revoke"), &alice, None).await.0, 200);
 
     let routes = [
         ("GET", "/v1/account".to_owned(), None),
@@ -251,7 +248,8 @@ async fn revoking_a_device_cuts_its_live_session_at_once() {
     let (_, me) = api(broker.addr, "GET", "/v1/account", Some(&server), None).await;
     let server_id = me["device"]["id"].as_str().expect("id").to_owned();
     let started = tokio::time::Instant::now();
-    let (status, body) = confirmed_api(&broker, "POST", &format!("/v1/devices/{server_id}/revoke"), &laptop).await;
+    let (status, body) =
+        confirmed_api(&broker, "POST", &format!("/v1/devices/{server_id}/revoke"), &laptop, None).await;
     assert_eq!(status, 200, "{body}");
     loop {
         match tokio::time::timeout(common::WAIT, session.events.recv()).await.expect("cut in time").expect("events") {
@@ -285,7 +283,7 @@ async fn revoking_a_device_cuts_its_live_session_at_once() {
 async fn a_pasted_login_token_signs_in_another_device_once() {
     let broker = TestBroker::start_with(quick_polls()).await;
     let laptop = first_device(&broker, "alice").await;
-    let (status, made) = confirmed_api(&broker, "POST", "/v1/device/login-token", &laptop).await;
+    let (status, made) = confirmed_api(&broker, "POST", "/v1/device/login-token", &laptop, None).await;
     assert_eq!(status, 200, "{made}");
     let login_token = made["loginToken"].as_str().expect("token");
     assert!(login_token.starts_with("cml_"));
@@ -336,8 +334,27 @@ async fn revoking_another_device_or_minting_a_login_token_needs_a_fresh_confirma
     let stale_at = protocol::now_ms() - 61_000;
     let stale = confirmation(&broker, &laptop, "POST", &revoke_server, None, Some(stale_at)).await;
     refused(send(revoke_server.clone(), Some(stale)).await, "confirmation_invalid");
+    let presigned = confirmation(&broker, &laptop, "POST", &revoke_server, None, Some(stale_at + 122_000)).await;
+    refused(send(revoke_server.clone(), Some(presigned)).await, "confirmation_invalid");
+    // The right key, signing as another device.
+    let as_another = broker_core::crypto::confirmation_header(
+        &confirm_key_of("alice-laptop"),
+        "POST",
+        &revoke_server,
+        &server_id,
+        protocol::now_ms(),
+    );
+    refused(send(revoke_server.clone(), Some(as_another)).await, "confirmation_invalid");
     refused(send(revoke_server.clone(), Some("yesterday".into())).await, "confirmation_invalid");
     assert_eq!(api(broker.addr, "GET", "/v1/account", Some(&server), None).await.0, 200, "nothing was revoked");
+
+    // Letting a device in needs one too.
+    let (_, user_code) = start_login(&broker, "intruder").await;
+    let (status, body) =
+        api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": user_code.clone()})))
+            .await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("confirmation_required")), "{body}");
+    assert_eq!(approve(&broker, &laptop, &user_code).await.0, 200);
 
     // A confirmation confirms one request, once.
     let (status, made) = send("/v1/device/login-token".into(), Some(for_a_token.clone())).await;
@@ -353,7 +370,7 @@ async fn revoking_another_device_or_minting_a_login_token_needs_a_fresh_confirma
         api(broker.addr, "POST", "/v1/device/code", None, Some(json!({"hostname": "old-client"}))).await;
     assert_eq!(status, 200, "{code}");
     let user_code = code["user_code"].as_str().expect("user code");
-    api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": user_code}))).await;
+    approve(&broker, &laptop, &user_code).await;
     let (_, token) = poll(&broker, code["device_code"].as_str().expect("device code")).await;
     let old = token["access_token"].as_str().expect("token").to_owned();
     let old_id = token["device_id"].as_str().expect("device id").to_owned();
@@ -368,6 +385,9 @@ async fn revoking_another_device_or_minting_a_login_token_needs_a_fresh_confirma
         api(broker.addr, "POST", "/v1/device/code", None, Some(json!({"hostname": "typo", "confirmKey": "not-a-key"})))
             .await;
     assert_eq!((status, body["error"].as_str()), (400, Some("malformed")), "{body}");
+    let poll = json!({"device_code": "cmd_whatever", "confirm_key": "0".repeat(63)});
+    let (status, body) = api(broker.addr, "POST", "/v1/device/token", None, Some(poll)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
 }
 
 #[tokio::test]
@@ -375,16 +395,15 @@ async fn approvals_a_revoked_device_gave_die_with_it() {
     let broker = TestBroker::start_with(quick_polls()).await;
     let laptop = first_device(&broker, "alice").await;
     let stolen = approved_device(&broker, &laptop, "stolen").await;
-    let (_, made) = confirmed_api(&broker, "POST", "/v1/device/login-token", &stolen).await;
+    let (_, made) = confirmed_api(&broker, "POST", "/v1/device/login-token", &stolen, None).await;
     let login_token = made["loginToken"].as_str().expect("token").to_owned();
     let (device_code, user_code) = start_login(&broker, "thief-box").await;
-    let (status, _) =
-        api(broker.addr, "POST", "/v1/device/approve", Some(&stolen), Some(json!({"userCode": user_code}))).await;
+    let (status, _) = approve(&broker, &stolen, &user_code).await;
     assert_eq!(status, 200);
 
     let (_, me) = api(broker.addr, "GET", "/v1/account", Some(&stolen), None).await;
     let stolen_id = me["device"]["id"].as_str().expect("id").to_owned();
-    assert_eq!(confirmed_api(&broker, "POST", &format!("/v1/devices/{stolen_id}/revoke"), &laptop).await.0, 200);
+    assert_eq!(confirmed_api(&broker, "POST", &format!("/v1/devices/{stolen_id}/revoke"), &laptop, None).await.0, 200);
 
     let redeem = json!({"device_code": login_token, "hostname": "thief-box-2"});
     let (status, body) = api(broker.addr, "POST", "/v1/device/token", None, Some(redeem)).await;
@@ -414,13 +433,12 @@ async fn devices_of_an_account_see_logins_that_named_it() {
     let (_, others) = api(broker.addr, "GET", "/v1/device/pending", Some(&bob), None).await;
     assert_eq!(others["pending"], json!([]), "bob sees nothing of alice's");
     // A login that named alice cannot be approved into bob's account.
-    let (status, refused) =
-        api(broker.addr, "POST", "/v1/device/approve", Some(&bob), Some(json!({"userCode": code}))).await;
+    let (status, refused) = approve(&broker, &bob, &code).await;
     assert_eq!((status, refused["error"].as_str()), (403, Some("account_mismatch")));
     assert_eq!(api(broker.addr, "GET", "/v1/device/pending", None, None).await.0, 401);
 
     // Once decided it is no longer pending.
-    api(broker.addr, "POST", "/v1/device/approve", Some(&laptop), Some(json!({"userCode": code}))).await;
+    approve(&broker, &laptop, &code).await;
     let (_, after) = api(broker.addr, "GET", "/v1/device/pending", Some(&laptop), None).await;
     assert_eq!(after["pending"], json!([]));
 }

@@ -137,10 +137,15 @@ impl Api {
         Ok(self.call::<Devices>(Method::GET, "/v1/devices", None).await?.devices)
     }
 
-    /// A call the broker wants freshly confirmed, signed with this device's confirmation key (the
-    /// caller has asked the person). Without a key the broker's `confirmation_required` says
-    /// what to do.
-    async fn confirmed_call<T: DeserializeOwned>(&self, method: Method, path: &str) -> Result<T, AccountError> {
+    /// A call the broker wants freshly confirmed (revoking another device, minting a login token,
+    /// approving a device), signed with this device's confirmation key; the caller has asked the
+    /// person. Without a key the broker's `confirmation_required` says what to do.
+    async fn confirmed_call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, AccountError> {
         let headers: Vec<(&str, String)> = self
             .confirmation
             .iter()
@@ -150,7 +155,8 @@ impl Api {
             })
             .collect();
         let (status, bytes) =
-            http::request_with_headers(method, &self.broker_url, path, Some(&self.token), &headers, None).await?;
+            http::request_with_headers(method, &self.broker_url, path, Some(&self.token), &headers, body.as_ref())
+                .await?;
         decode(status, &bytes)
     }
 
@@ -158,7 +164,7 @@ impl Api {
     /// confirmation: ask the person first.
     pub async fn revoke_device(&self, device_id: &str) -> Result<(), AccountError> {
         let path = format!("/v1/devices/{device_id}/revoke");
-        self.confirmed_call::<serde_json::Value>(Method::POST, &path).await.map(|_| ())
+        self.confirmed_call::<serde_json::Value>(Method::POST, &path, None).await.map(|_| ())
     }
 
     /// Which device asks with `user_code`, to show before deciding.
@@ -171,9 +177,14 @@ impl Api {
         self.call(Method::GET, &format!("/v1/device/requests/{code}"), None).await
     }
 
+    /// Approves (with a fresh confirmation: ask the person first) or denies a device's sign-in.
     pub async fn decide_device(&self, user_code: &str, approve: bool) -> Result<PendingDevice, AccountError> {
-        let path = if approve { "/v1/device/approve" } else { "/v1/device/deny" };
-        self.call(Method::POST, path, Some(json!({"userCode": user_code}))).await
+        let body = json!({"userCode": user_code});
+        if approve {
+            self.confirmed_call(Method::POST, "/v1/device/approve", Some(body)).await
+        } else {
+            self.call(Method::POST, "/v1/device/deny", Some(body)).await
+        }
     }
 
     /// Device logins waiting for approval that named this account.
@@ -188,7 +199,7 @@ impl Api {
     /// A one-time token another device can paste into `claudemesh login` to join this account.
     /// Needs a fresh confirmation: ask the person first.
     pub async fn login_token(&self) -> Result<LoginTokenResponse, AccountError> {
-        self.confirmed_call(Method::POST, "/v1/device/login-token").await
+        self.confirmed_call(Method::POST, "/v1/device/login-token", None).await
     }
 
     pub async fn meshes(&self) -> Result<Vec<MeshView>, AccountError> {
@@ -303,9 +314,15 @@ pub async fn api(config_dir: &ConfigDir, keystore: &Arc<dyn KeyStore>) -> Result
     let account = config_dir.load()?.account.ok_or(AccountError::NotSignedIn)?;
     let token = device_token(keystore).await?.ok_or(AccountError::NotSignedIn)?;
     let api = Api::new(&account.broker_url, token);
-    let api = match stored_confirm_key(keystore).await? {
-        Some(key) => api.confirmed_by(&account.device_id, key),
-        None => api,
+    // An unreadable key is as good as none: the broker then says to sign in again, and signing
+    // out (which goes through here) still works.
+    let api = match stored_confirm_key(keystore).await {
+        Ok(Some(key)) => api.confirmed_by(&account.device_id, key),
+        Ok(None) => api,
+        Err(error) => {
+            tracing::warn!(%error, "this device's confirmation key is unusable");
+            api
+        }
     };
     Ok((api, account))
 }

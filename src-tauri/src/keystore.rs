@@ -26,7 +26,8 @@ pub const KEYSTORE_ENV: &str = "CLAUDEMESH_KEYSTORE";
 /// The keystore account holding this device's bearer token for the account API.
 pub const DEVICE_TOKEN: &str = "device-token";
 /// The keystore account holding this device's confirmation key (ed25519 seed, hex): it signs
-/// requests the broker wants freshly confirmed (revoking another device, minting a login token).
+/// requests the broker wants freshly confirmed (revoking another device, minting a login token,
+/// approving a device).
 pub const CONFIRM_KEY: &str = "device-confirm-key";
 /// The service name entries of the default config directory are filed under in the OS keychain.
 pub const KEYCHAIN_SERVICE: &str = "claudemesh";

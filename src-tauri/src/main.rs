@@ -179,8 +179,8 @@ enum Command {
     /// List the account's signed-in devices, or revoke one.
     Devices {
         /// Revoke this device (its token and member keys; its live sessions are closed at once).
-        /// Revoking another device asks you first on a terminal and is signed with this device's
-        /// confirmation key.
+        /// Revoking another device asks you first (on a terminal; elsewhere it needs --yes) and is
+        /// signed with this device's confirmation key.
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
         /// Revoke without asking.
@@ -287,7 +287,7 @@ enum DeviceCommand {
         json: bool,
     },
     /// Make a one-time login token to paste into `claudemesh login` on another device (asks
-    /// you first on a terminal; signed with this device's confirmation key).
+    /// you first on a terminal, elsewhere needs --yes; signed with this device's confirmation key).
     Token {
         /// Make it without asking.
         #[arg(long)]

@@ -52,8 +52,12 @@ async fn devices_sign_in_with_approval_enrol_and_are_revoked() -> Result<()> {
     assert_eq!(server_meshes["meshes"][0]["mesh"], "team", "{server_meshes}");
 
     // A third device over SSH: nobody approves a code, a pasted one-time token signs it in.
+    // Without a terminal to ask on, minting one takes --yes.
+    let unasked = run(&laptop, &["device", "token", "--json"]);
+    assert!(!unasked.status.success(), "minted without asking");
+    assert!(String::from_utf8_lossy(&unasked.stderr).contains("needs your confirmation"));
     let mut login = ssh_box.start_login(&broker.url(), None, "alice-ssh")?;
-    let token = json_of(&run(&laptop, &["device", "token", "--json"]));
+    let token = json_of(&run(&laptop, &["device", "token", "--yes", "--json"]));
     let token = token["loginToken"].as_str().context("login token")?;
     writeln!(login.child.stdin.as_mut().context("stdin")?, "{token}")?;
     let ssh_in = login.finish()?;
@@ -91,7 +95,7 @@ async fn devices_sign_in_with_approval_enrol_and_are_revoked() -> Result<()> {
     assert_eq!(gone.status.code(), Some(5), "{}", String::from_utf8_lossy(&gone.stderr));
 
     // Revoking the server device: its member key stops working at once.
-    json_of(&run(&laptop, &["devices", "--revoke", &server_id, "--json"]));
+    json_of(&run(&laptop, &["devices", "--revoke", &server_id, "--yes", "--json"]));
     let cut = run(&server, &["peers", "--mesh", "team"]);
     assert_eq!(cut.status.code(), Some(5), "{}", String::from_utf8_lossy(&cut.stderr));
     assert_eq!(run(&server, &["devices"]).status.code(), Some(5), "its token is refused too");

@@ -193,8 +193,8 @@ pub fn join_proof_bytes(invite_id: &str, mesh_id: &str, pubkey_hex: &str) -> Str
 }
 
 /// The bytes a device's confirmation key signs for a request that needs a fresh confirmation
-/// (revoking another device, minting a login token): the request, the device and the time, so
-/// a signature confirms exactly one request and nothing else.
+/// (revoking another device, minting a login token, approving a device): the request, the device
+/// and the time, so a signature confirms exactly one request and nothing else.
 pub fn confirmation_bytes(method: &str, path: &str, device_id: &str, timestamp_ms: u64) -> String {
     format!("claudemesh-confirm/v1|{method}|{path}|{device_id}|{timestamp_ms}")
 }

@@ -1,12 +1,13 @@
 //! Fresh confirmation for requests that could lock a person out or let someone in: revoking
-//! another device and minting a login token.
+//! another device, minting a login token, approving a device.
 //!
 //! A device registers a confirmation key (ed25519) when it signs in and keeps its private half
 //! next to its token. Such a request must carry `Claudemesh-Confirmation: <ms>.<signature>`, the
 //! key's signature over [`crypto::confirmation_bytes`] for exactly this method, path and device,
 //! made within the last minute and never seen before. The bearer token alone (read from a log, a
 //! proxy, a shell history, or sniffed where plain http was allowed) is not enough, and one
-//! confirmation confirms one request. The clients ask the person before they sign.
+//! confirmation confirms one request. The clients ask the person before they sign (the CLI
+//! without a terminal only with `--yes`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -441,12 +441,17 @@ async fn decide(
     Ok(Json(pending_view(&decided)))
 }
 
+/// Approving lets a device in: it needs a fresh confirmation (denying does not).
 pub(super) async fn approve(
     State(broker): State<Broker>,
     auth: Authenticated,
     ClientAddress(ip): ClientAddress,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     Json(decision): Json<DeviceDecision>,
 ) -> Result<Json<PendingDevice>, ApiError> {
+    confirm::require(&broker.inner.confirmations, &auth, &method, uri.path(), &headers)?;
     decide(broker, auth, ip, decision, true).await
 }
 

@@ -77,9 +77,7 @@ pub async fn first_device(broker: &TestBroker, account: &str) -> String {
 /// A second device signed in by approving it from `approver_token`.
 pub async fn approved_device(broker: &TestBroker, approver_token: &str, hostname: &str) -> String {
     let (device_code, user_code) = start_login(broker, hostname).await;
-    let (status, body) =
-        api(broker.addr, "POST", "/v1/device/approve", Some(approver_token), Some(json!({"userCode": user_code})))
-            .await;
+    let (status, body) = approve(broker, approver_token, &user_code).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = poll(broker, &device_code).await;
     assert_eq!(status, 200, "{body}");
@@ -105,9 +103,20 @@ pub async fn confirmation(
 }
 
 /// `api` for a request that needs a fresh confirmation, confirmed by the calling device.
-pub async fn confirmed_api(broker: &TestBroker, method: &str, path: &str, token: &str) -> (u16, Value) {
+pub async fn confirmed_api(
+    broker: &TestBroker,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let header = confirmation(broker, token, method, path, None, None).await;
-    api_with_headers(broker.addr, method, path, Some(token), &[(CONFIRMATION_HEADER, &header)], None).await
+    api_with_headers(broker.addr, method, path, Some(token), &[(CONFIRMATION_HEADER, &header)], body).await
+}
+
+/// Approves the device login showing `user_code` from the device with `approver_token`.
+pub async fn approve(broker: &TestBroker, approver_token: &str, user_code: &str) -> (u16, Value) {
+    confirmed_api(broker, "POST", "/v1/device/approve", approver_token, Some(json!({"userCode": user_code}))).await
 }
 
 /// A mesh created over the API by the device with `token`; returns its id and the creator's

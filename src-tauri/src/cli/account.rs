@@ -243,10 +243,19 @@ fn device_json(device: &DeviceView) -> serde_json::Value {
 }
 
 /// Whether to ask the person before a request the broker wants freshly confirmed (the request
-/// is then signed with this device's confirmation key): on a terminal, unless `--yes`. Scripts,
-/// which have no terminal, go ahead.
-fn asks_first(yes: bool) -> bool {
-    !yes && std::io::stdin().is_terminal()
+/// is then signed with this device's confirmation key): on a terminal, unless `--yes`. Without a
+/// terminal (a script, or a session a message could steer) only `--yes` goes ahead.
+fn asks_first(yes: bool) -> Result<bool, Failure> {
+    if yes {
+        return Ok(false);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(
+            Exit::Refused,
+            "this needs your confirmation: run it on a terminal to be asked, or pass --yes; nothing changed",
+        ));
+    }
+    Ok(true)
 }
 
 fn not_confirmed() -> Failure {
@@ -269,7 +278,7 @@ async fn ask_yes(question: &str) -> Result<bool, Failure> {
 pub async fn devices(revoke: Option<String>, yes: bool, json_output: bool) -> CliResult {
     let (account, api) = signed_in_account().await?;
     if let Some(id) = revoke {
-        if id != account.device_id && asks_first(yes) {
+        if id != account.device_id && asks_first(yes)? {
             let devices = api.devices().await.map_err(account_failure)?;
             let device = devices.iter().find(|d| d.id == id).ok_or_else(|| {
                 Failure::new(Exit::NotFound, format!("no device {id} in this account; `claudemesh devices` lists them"))
@@ -370,7 +379,7 @@ pub async fn login_token(yes: bool, json_output: bool) -> CliResult {
         "Make a one-time login token? Whoever pastes it within 10 minutes is signed in to {}.",
         account.account_name
     );
-    if asks_first(yes) && !ask_yes(&question).await? {
+    if asks_first(yes)? && !ask_yes(&question).await? {
         return Err(not_confirmed());
     }
     let made = api.login_token().await.map_err(account_failure)?;
