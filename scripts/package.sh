@@ -51,17 +51,18 @@ install -m 0755 "$built/claudemesh" "$work/bin/claudemesh"
 install -m 0755 "$built/claudemesh-broker" "$work/bin/claudemesh-broker"
 strip --strip-all "$work"/bin/*
 
-# The Depends line for binaries: exactly the packages of the libraries they link.
+# The Depends line for binaries: exactly the packages of the libraries they link. Called as
+# `depends=$(linked_packages …)`, so a failure must show as an empty answer, checked by `control`.
 linked_packages() {
-  local dir binaries=()
+  local dir binaries=() found
   dir=$(mktemp -d)
   mkdir "$dir/debian"
   printf 'Source: claudemesh\n\nPackage: claudemesh\nArchitecture: any\n' >"$dir/debian/control"
   for binary in "$@"; do binaries+=("$(realpath "$binary")"); done
   # (It warns that the binaries are not in a debian/PACKAGE tree; that does not matter here.)
-  (cd "$dir" && dpkg-shlibdeps -O "${binaries[@]}" 2> >(grep -v 'should already be installed' >&2)) |
-    sed -n 's/^shlibs:Depends=//p'
+  found=$(cd "$dir" && dpkg-shlibdeps -O "${binaries[@]}" 2> >(grep -v 'should already be installed' >&2)) || found=""
   rm -rf "$dir"
+  printf '%s\n' "$found" | sed -n 's/^shlibs:Depends=//p'
 }
 
 # A man page from the binary's --help and each command's, run in a clean environment so no
@@ -106,6 +107,11 @@ claude_plugin() {
 control() {
   local stage=$1 package=$2 depends=$3 extra=$4 summary=$5 description=$6
   local size
+  # Every binary links the C library, and dpkg-shlibdeps lists it first.
+  if [[ "$depends" != libc6* ]]; then
+    echo "$package: dpkg-shlibdeps found no libraries (Depends: '$depends'); see its messages above" >&2
+    exit 1
+  fi
   size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
   {
     echo "Package: $package"

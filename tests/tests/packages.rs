@@ -306,7 +306,7 @@ fn installing_upgrading_and_removing_keep_a_persons_data() -> Result<()> {
     if !Path::new("/run/systemd/system").exists() {
         ensure!(said.contains("systemd is not running here"), "{said}");
     }
-    ensure!(owner(STATE_DIR)? == "claudemesh-broker:claudemesh-broker 750", "{}", owner(STATE_DIR)?);
+    ensure!(owner(STATE_DIR)? == "claudemesh-broker:claudemesh-broker 700", "{}", owner(STATE_DIR)?);
     ensure!(owner("/etc/claudemesh-broker/broker.env")? == "root:claudemesh-broker 640");
     let shown = stdout(Command::new("/usr/bin/claudemesh-broker").arg("--version"))?;
     ensure!(shown.contains(&current.version) && built_from_a_commit(&shown), "{shown}");
