@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::operator::{DATABASE_FILE, OPERATOR_KEYS_DIR, Operator, OperatorError, OperatorResult, write_private_file};
+use crate::operator::{DATABASE_FILE, OPERATOR_KEYS_DIR, OperatorError, OperatorResult, write_private_file};
 use crate::protocol;
 use crate::store::MIGRATIONS;
 
@@ -84,7 +84,7 @@ pub fn backup(data_dir: &Path, to: &Path) -> OperatorResult<BackupManifest> {
     }
     create_private_dir(to)?;
     let database = to.join(DATABASE_FILE);
-    Operator::open(data_dir)?.store().backup_to(&database)?;
+    copy_database(&data_dir.join(DATABASE_FILE), &database)?;
     restrict_to_owner(&database)?;
     let operator_keys = copy_keys(&data_dir.join(OPERATOR_KEYS_DIR), &to.join(OPERATOR_KEYS_DIR))?;
     let manifest = describe(&database, operator_keys)?;
@@ -114,31 +114,54 @@ pub fn restore(from: &Path, data_dir: &Path) -> OperatorResult<Restored> {
     check_copy(&source)?;
     let _lock = lock_data_dir(data_dir)?;
 
+    // Everything that can fail for lack of space happens before the current database moves.
     let database = data_dir.join(DATABASE_FILE);
-    let replaced = if database.exists() {
-        let aside = data_dir.join(format!("{DATABASE_FILE}.replaced-{}", protocol::now_ms()));
-        // The write-ahead log goes with its database: it may hold the last commits.
-        for suffix in ["", "-wal", "-shm"] {
-            let (file, moved) = (path_with(&database, suffix), path_with(&aside, suffix));
-            if file.exists() {
-                std::fs::rename(&file, &moved).map_err(|e| {
-                    OperatorError::Io(format!("cannot move {} to {}: {e}", file.display(), moved.display()))
-                })?;
-            }
-        }
-        Some(aside)
-    } else {
-        None
-    };
     let restoring = path_with(&database, ".restoring");
     std::fs::copy(&source, &restoring)
         .and_then(|_| File::open(&restoring)?.sync_all())
         .map_err(|e| OperatorError::Io(format!("cannot copy {} to {}: {e}", source.display(), restoring.display())))?;
     restrict_to_owner(&restoring)?;
-    std::fs::rename(&restoring, &database)
-        .map_err(|e| OperatorError::Io(format!("cannot move {} into place: {e}", restoring.display())))?;
     let keys_copied = copy_keys(&from.join(OPERATOR_KEYS_DIR), &data_dir.join(OPERATOR_KEYS_DIR))?;
+
+    let replaced = if database.exists() {
+        let aside = data_dir.join(format!("{DATABASE_FILE}.replaced-{}", protocol::now_ms()));
+        move_database(&database, &aside)?;
+        Some(aside)
+    } else {
+        None
+    };
+    if let Err(e) = std::fs::rename(&restoring, &database) {
+        if let Some(aside) = &replaced {
+            move_database(aside, &database)?;
+        }
+        return Err(OperatorError::Io(format!("cannot move {} into place: {e}", restoring.display())));
+    }
     Ok(Restored { manifest, replaced, keys_copied })
+}
+
+/// Moves a database with its write-ahead log and index (which may hold the last commits).
+fn move_database(from: &Path, to: &Path) -> OperatorResult<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let (file, moved) = (path_with(from, suffix), path_with(to, suffix));
+        if file.exists() {
+            std::fs::rename(&file, &moved).map_err(|e| {
+                OperatorError::Io(format!("cannot move {} to {}: {e}", file.display(), moved.display()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a consistent copy of `database` to the new file `to` (SQLite's `VACUUM INTO`: one read
+/// transaction, so a serving broker's writes go on, and every commit made before it is in the
+/// copy). The database is opened as it is, without migrating it under the broker that serves it.
+fn copy_database(database: &Path, to: &Path) -> OperatorResult<()> {
+    let failed = |e: rusqlite::Error| OperatorError::Io(format!("cannot copy {}: {e}", database.display()));
+    let target = to.to_str().ok_or_else(|| OperatorError::Invalid(format!("{} is not a UTF-8 path", to.display())))?;
+    let conn = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(failed)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(failed)?;
+    conn.execute("VACUUM INTO ?1", [target]).map_err(failed)?;
+    Ok(())
 }
 
 /// The copy is intact, and made by a broker that knows no migration this one does not.
@@ -239,6 +262,7 @@ fn restrict_to_owner(file: &Path) -> OperatorResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::Operator;
     use crate::store::Store as _;
 
     fn data_dir_with_a_mesh() -> (tempfile::TempDir, PathBuf) {

@@ -170,14 +170,6 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Writes a consistent copy of the whole database to the new file `to` (SQLite's `VACUUM
-    /// INTO`, one read transaction: writers go on meanwhile, and every commit made before it
-    /// began is in the copy).
-    pub fn backup_to(&self, to: &Path) -> StoreResult<()> {
-        let target = to.to_str().ok_or_else(|| StoreError::Invalid(format!("{} is not a UTF-8 path", to.display())))?;
-        self.read(|conn| conn.execute("VACUUM INTO ?1", [target]).map(|_| ()))
-    }
-
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
         let pooled = self.readers.lock().expect("reader pool lock").pop();
         let conn = match pooled {
