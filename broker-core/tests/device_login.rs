@@ -370,7 +370,7 @@ async fn revoking_another_device_or_minting_a_login_token_needs_a_fresh_confirma
         api(broker.addr, "POST", "/v1/device/code", None, Some(json!({"hostname": "old-client"}))).await;
     assert_eq!(status, 200, "{code}");
     let user_code = code["user_code"].as_str().expect("user code");
-    approve(&broker, &laptop, &user_code).await;
+    approve(&broker, &laptop, user_code).await;
     let (_, token) = poll(&broker, code["device_code"].as_str().expect("device code")).await;
     let old = token["access_token"].as_str().expect("token").to_owned();
     let old_id = token["device_id"].as_str().expect("device id").to_owned();
