@@ -12,7 +12,23 @@ use anyhow::{Context as _, Result};
 use claudemesh_e2e::{Bridge, Broker, Device, WAIT, claudemesh_bin, peer_status, wait_until};
 use serde_json::json;
 
+/// What the hook's own work may take, on top of what starting the binary costs here and now.
 const HOOK_LIMIT: Duration = Duration::from_millis(200);
+
+/// How long starting `claudemesh` and letting it exit takes now (the slowest of three): a debug
+/// binary on a machine busy with other tests takes longer to start than the hook takes to work,
+/// so the hook is allowed that plus [`HOOK_LIMIT`].
+fn hook_limit() -> Duration {
+    let slowest_start = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = std::process::Command::new(claudemesh_bin()).arg("--version").stdout(Stdio::null()).status();
+            start.elapsed()
+        })
+        .max()
+        .unwrap_or_default();
+    slowest_start + HOOK_LIMIT
+}
 
 /// A shell script named `claude`: it starts the bridge with its own stdio (so the test drives
 /// the bridge through it) and, for each `<n>.run` file that appears in `$HOOK_DIR`, runs the
@@ -104,7 +120,8 @@ async fn a_hook_reaches_its_own_sessions_bridge_and_returns_fast() -> Result<()>
     // working: seen by the other peer; next-priority mail waits, now-priority mail does not.
     let (code, took) = claude.hook("working").await?;
     assert_eq!(code, 0);
-    assert!(took < HOOK_LIMIT, "the hook took {took:?}");
+    let limit = hook_limit();
+    assert!(took < limit, "the hook took {took:?}, more than {limit:?}");
     alice.call_until("list_peers", json!({}), |l| peer_status(l, "bob").as_deref() == Some("working")).await?;
     alice.call("send_message", json!({"to": "bob", "message": "held while bob works", "priority": "next"})).await?;
     alice.call("send_message", json!({"to": "bob", "message": "urgent for bob", "priority": "now"})).await?;
@@ -117,7 +134,8 @@ async fn a_hook_reaches_its_own_sessions_bridge_and_returns_fast() -> Result<()>
     // idle: the held message is released.
     let (code, took) = claude.hook("idle").await?;
     assert_eq!(code, 0);
-    assert!(took < HOOK_LIMIT, "the hook took {took:?}");
+    let limit = hook_limit();
+    assert!(took < limit, "the hook took {took:?}, more than {limit:?}");
     claude.bridge.channel_message("held while bob works", WAIT).await.expect("released when idle");
     alice.call_until("list_peers", json!({}), |l| peer_status(l, "bob").as_deref() == Some("idle")).await?;
 
@@ -125,7 +143,8 @@ async fn a_hook_reaches_its_own_sessions_bridge_and_returns_fast() -> Result<()>
     broker.kill().await?;
     let (code, took) = claude.hook("working").await?;
     assert_eq!(code, 0);
-    assert!(took < HOOK_LIMIT, "the hook took {took:?} with the broker down");
+    let limit = hook_limit();
+    assert!(took < limit, "the hook took {took:?} with the broker down, more than {limit:?}");
     drop(claude);
     Ok(())
 }
@@ -135,6 +154,7 @@ async fn without_a_bridge_the_hook_exits_zero_at_once() -> Result<()> {
     let device = Device::new()?;
     let claudemesh = claudemesh_bin();
     for config in [device.config.path().to_owned(), Path::new("/nonexistent/claudemesh").to_owned()] {
+        let limit = hook_limit();
         let start = Instant::now();
         let mut child = std::process::Command::new(&claudemesh)
             .args(["hook", "working"])
@@ -148,7 +168,7 @@ async fn without_a_bridge_the_hook_exits_zero_at_once() -> Result<()> {
         let status = child.wait()?;
         let took = start.elapsed();
         assert!(status.success());
-        assert!(took < HOOK_LIMIT, "the hook took {took:?}");
+        assert!(took < limit, "the hook took {took:?}, more than {limit:?}");
     }
     Ok(())
 }
