@@ -120,6 +120,14 @@ pub struct BrokerConfig {
     pub invite_limit_per_account: RateLimit,
     /// …and invites created for one mesh, by all its admins together.
     pub invite_limit_per_mesh: RateLimit,
+    /// How long an emailed sign-in code lives, and how many tries it allows.
+    pub email_code_ttl: Duration,
+    pub email_code_attempts: u32,
+    /// Sign-in codes asked for from one client address, and for one email address…
+    pub email_code_limit_per_address: RateLimit,
+    pub email_code_limit_per_email: RateLimit,
+    /// …and codes tried from one client address (across email addresses).
+    pub email_code_verify_limit: RateLimit,
     /// Anyone may create an account (`POST /v1/signup`).
     pub open_signup: bool,
     /// Reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed: requests
@@ -165,6 +173,11 @@ impl Default for BrokerConfig {
             device_code_request_limit: RateLimit { burst: 20, per_minute: 10 },
             invite_limit_per_account: RateLimit { burst: 20, per_minute: 2 },
             invite_limit_per_mesh: RateLimit { burst: 50, per_minute: 5 },
+            email_code_ttl: Duration::from_secs(600),
+            email_code_attempts: 5,
+            email_code_limit_per_address: RateLimit { burst: 10, per_minute: 5 },
+            email_code_limit_per_email: RateLimit { burst: 3, per_minute: 1 },
+            email_code_verify_limit: RateLimit { burst: 10, per_minute: 10 },
             open_signup: false,
             trusted_proxies: Vec::new(),
             allow_insecure_http: false,

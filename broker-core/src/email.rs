@@ -1,4 +1,4 @@
-//! Invite emails over SMTP (lettre), sent only when SMTP is configured.
+//! Invite emails and sign-in codes over SMTP (lettre), sent only when SMTP is configured.
 
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -44,6 +44,51 @@ impl Mailer {
             .from(self.from.clone())
             .to(to)
             .subject(format!("You are invited to {} on claudemesh", plain(invite.mesh_name)))
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
+                    .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html)),
+            )
+            .map_err(|e| format!("cannot build the email: {e}"))?;
+        self.transport.send(message).await.map(|_| ()).map_err(|e| format!("the SMTP server refused the email: {e}"))
+    }
+}
+
+/// A sign-in code for `account`, sent to `to`.
+#[derive(Debug, Clone)]
+pub struct SignInCodeEmail<'a> {
+    pub to: &'a str,
+    pub account: &'a str,
+    pub code: &'a str,
+    /// How long the code works, in words ("10 minutes").
+    pub valid_for: &'a str,
+}
+
+impl Mailer {
+    pub async fn send_sign_in_code(&self, email: &SignInCodeEmail<'_>) -> Result<(), String> {
+        let to: Mailbox = email.to.parse().map_err(|e| format!("{:?} is not an email address: {e}", email.to))?;
+        let text = format!(
+            "Your claudemesh sign-in code for the account \"{account}\" is\n\n    {code}\n\n\
+             It works once, within {valid_for}. Whoever has it can sign a device in to your\n\
+             account: give it to nobody. If you did not ask for it, ignore this email.\n",
+            account = plain(email.account),
+            code = plain(email.code),
+            valid_for = plain(email.valid_for),
+        );
+        let html = format!(
+            "<!doctype html><html><body style=\"font-family:system-ui,sans-serif\">\
+             <p>Your claudemesh sign-in code for the account <b>{account}</b> is</p>\
+             <p style=\"font-size:2em;letter-spacing:.2em\"><b>{code}</b></p>\
+             <p>It works once, within {valid_for}. Whoever has it can sign a device in to your \
+             account: give it to nobody. If you did not ask for it, ignore this email.</p></body></html>",
+            account = html_escape(email.account),
+            code = html_escape(email.code),
+            valid_for = html_escape(email.valid_for),
+        );
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject("Your claudemesh sign-in code")
             .multipart(
                 MultiPart::alternative()
                     .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))

@@ -82,53 +82,9 @@ fn signed_invite(broker: &TestBroker, mesh_id: &str, admin: &Keypair, role: Role
     Invite::sign(invite_terms(broker, mesh_id, role, max_uses), admin)
 }
 
-/// A one-message SMTP server on 127.0.0.1 that hands the message it received to the test.
-async fn smtp_sink() -> (String, tokio::sync::oneshot::Receiver<String>) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let url = format!("smtp://{}", listener.local_addr().expect("addr"));
-    let (done, message) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.expect("accepts");
-        let (read, mut write) = socket.into_split();
-        let mut lines = tokio::io::BufReader::new(read).lines();
-        write.write_all(b"220 sink ESMTP\r\n").await.expect("greets");
-        let mut data = String::new();
-        let mut in_data = false;
-        while let Ok(Some(line)) = lines.next_line().await {
-            if in_data {
-                if line == "." {
-                    in_data = false;
-                    write.write_all(b"250 queued\r\n").await.expect("writes");
-                } else {
-                    data.push_str(&line);
-                    data.push('\n');
-                }
-                continue;
-            }
-            let verb = line.split(' ').next().unwrap_or_default().to_ascii_uppercase();
-            let reply: &[u8] = match verb.as_str() {
-                "EHLO" | "HELO" => b"250 sink\r\n",
-                "DATA" => {
-                    in_data = true;
-                    b"354 go ahead\r\n"
-                }
-                "QUIT" => {
-                    let _ = write.write_all(b"221 bye\r\n").await;
-                    break;
-                }
-                _ => b"250 ok\r\n",
-            };
-            write.write_all(reply).await.expect("writes");
-        }
-        let _ = done.send(data);
-    });
-    (url, message)
-}
-
 #[tokio::test]
 async fn invites_through_the_api_are_signed_on_the_device_and_emailed_when_possible() {
-    let (smtp_url, mail) = smtp_sink().await;
+    let (smtp_url, mut mails) = common::smtp_sink().await;
     let mailer = broker_core::email::Mailer::new(&smtp_url, "claudemesh <noreply@example.test>").expect("mailer");
     let broker = TestBroker::start_full(generous(), None, Some(mailer)).await;
     let alice = first_device(&broker, "alice").await;
@@ -154,7 +110,7 @@ async fn invites_through_the_api_are_signed_on_the_device_and_emailed_when_possi
     .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["emailed"], true, "{created}");
-    let mail = tokio::time::timeout(common::WAIT, mail).await.expect("mail in time").expect("mail");
+    let mail = tokio::time::timeout(common::WAIT, mails.recv()).await.expect("mail in time").expect("mail");
     assert!(mail.contains("carol@example.test"));
     assert!(mail.contains("text/plain") && mail.contains("text/html"), "an HTML and a text part");
     assert!(mail.contains(&invite.invite_id[..8]) || mail.contains("/join/"), "the link is in the mail");

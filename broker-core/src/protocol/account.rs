@@ -180,6 +180,32 @@ pub struct DeviceView {
     pub current: bool,
 }
 
+/// `POST /v1/connect/email`: send a sign-in code to this address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailCodeRequest {
+    pub email: String,
+}
+
+/// `POST /v1/connect/verify`: the emailed code, and the device it signs in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailCodeVerify {
+    pub email: String,
+    pub code: String,
+    /// Shown in the account's devices (for example "Telegram: Alice's chat").
+    pub device_name: String,
+    #[serde(default)]
+    pub platform: String,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub app_version: String,
+    /// The device's confirmation key, as at device login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_key: Option<String>,
+}
+
 /// `POST /v1/signup` (open sign-up only).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -123,7 +123,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
 
 /// What a device says about itself, cleaned; refused when its confirmation key is not a usable
 /// ed25519 public key.
-fn device_info(request: &DeviceCodeRequest, ip: IpAddr) -> Result<DeviceInfo, String> {
+pub(super) fn device_info(request: &DeviceCodeRequest, ip: IpAddr) -> Result<DeviceInfo, String> {
     let clean = |text: &str, fallback: &str| {
         let text: String = text.chars().filter(|c| !c.is_control()).take(128).collect();
         if text.trim().is_empty() { fallback.to_owned() } else { text.trim().to_owned() }
@@ -310,7 +310,12 @@ pub(super) async fn login_token(
     Ok(Json(LoginTokenResponse { login_token, expires_in: ttl.as_secs() }))
 }
 
-fn token_response(token: String, expires_in: u64, account: &AccountRecord, device: &DeviceRecord) -> TokenResponse {
+pub(super) fn token_response(
+    token: String,
+    expires_in: u64,
+    account: &AccountRecord,
+    device: &DeviceRecord,
+) -> TokenResponse {
     TokenResponse {
         access_token: token,
         token_type: "Bearer".to_owned(),

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod confirm;
+mod connect;
 mod device_login;
 /// Public for its request body, which `tests/fuzz.rs` decodes.
 pub mod join;
@@ -143,6 +144,8 @@ pub fn app(broker: Broker) -> axum::Router {
         .route("/v1/device/deny", post(device_login::deny))
         .route("/v1/device/login-token", post(device_login::login_token))
         .route("/v1/signup", post(device_login::signup))
+        .route("/v1/connect/email", post(connect::request_code))
+        .route("/v1/connect/verify", post(connect::verify_code))
         .route("/v1/account", get(device_login::whoami))
         .route("/v1/logout", post(device_login::logout))
         .route("/v1/devices", get(device_login::list_devices))

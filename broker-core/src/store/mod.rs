@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_accounts", include_str!("migrations/0002_accounts.sql")),
     ("0003_hardening", include_str!("migrations/0003_hardening.sql")),
     ("0004_confirm_keys", include_str!("migrations/0004_confirm_keys.sql")),
+    ("0005_email_codes", include_str!("migrations/0005_email_codes.sql")),
 ];
 
 /// Why a store call failed. Callers branch on the kind (`NotFound` becomes a 404, `Conflict` a
@@ -414,6 +415,17 @@ pub enum WriteOutcome {
 /// commit order: it must be quick and must not block.
 pub type Completion = Box<dyn FnOnce(StoreResult<WriteOutcome>) + Send>;
 
+/// What redeeming an emailed sign-in code did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmailCodeOutcome {
+    /// The code was right: a new device of the account holds the token.
+    Issued { account: AccountRecord, device: DeviceRecord },
+    /// No live code for that address, or not this one (one attempt of the live code spent).
+    Refused,
+    /// The live code has had all its attempts: a new one must be asked for.
+    Exhausted,
+}
+
 /// The outcome of redeeming an invite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redemption {
@@ -594,6 +606,31 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
         expires_at: u64,
     ) -> StoreResult<()>;
+
+    // --- sign-in by emailed code ------------------------------------------------------------
+
+    /// A new sign-in code (by hash) for the account whose email is `email` (compared without
+    /// case), replacing any live one; `None`, and nothing stored, when no account has it.
+    fn create_email_code(
+        &self,
+        email: &str,
+        code_hash: &str,
+        now_ms: u64,
+        expires_at: u64,
+    ) -> StoreResult<Option<AccountRecord>>;
+    /// Redeems the live code of `email`: right, it signs in a new device holding `token_hash`
+    /// and ends the code; wrong, it spends one of `max_attempts`.
+    #[allow(clippy::too_many_arguments)]
+    fn redeem_email_code(
+        &self,
+        email: &str,
+        code_hash: &str,
+        max_attempts: u32,
+        device: &DeviceInfo,
+        token_hash: &str,
+        token_expires_at: u64,
+        now_ms: u64,
+    ) -> StoreResult<EmailCodeOutcome>;
 
     // --- audit -------------------------------------------------------------------------------
 

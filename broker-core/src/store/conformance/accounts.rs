@@ -7,8 +7,8 @@ use super::{
 };
 use crate::protocol::Role;
 use crate::store::{
-    AccountRecord, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, NewDeviceCode, NewMember, PollOutcome,
-    Store, StoreResult,
+    AccountRecord, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, EmailCodeOutcome, NewDeviceCode,
+    NewMember, PollOutcome, Store, StoreResult,
 };
 
 /// Lifetime of the tokens devices get in these checks.
@@ -364,4 +364,45 @@ pub fn a_device_keeps_the_confirmation_key_of_whoever_redeems_its_code<D: TestDa
     let pasted = with_confirm_key("pasted-on", &redeemed);
     let (_, device) = issued(store.poll_device_code("login-1", "token-login", TOKEN_EXPIRES_AT, &pasted, NOW_MS + 3));
     assert_eq!(device.info, pasted);
+}
+
+/// An emailed code belongs to the account with that address (case aside), replaces the code
+/// before it, signs in one device once, and dies after its attempts or its time.
+pub fn an_emailed_code_signs_in_one_device_once<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let alice = store.create_account("alice", Some("Alice@Example.test"), NOW_MS).expect("creates");
+    let expires = NOW_MS + CODE_TTL_MS;
+    assert_eq!(store.create_email_code("nobody@example.test", "h0", NOW_MS, expires).expect("asks"), None);
+    assert_eq!(
+        store.create_email_code("alice@example.test", "h1", NOW_MS, expires).expect("asks"),
+        Some(alice.clone())
+    );
+    assert!(store.create_email_code("ALICE@example.test", "h2", NOW_MS + 1, expires).expect("asks").is_some());
+
+    let phone = device_info("phone");
+    let redeem = |hash: &str, token: &str, now: u64| {
+        store.redeem_email_code("alice@example.test", hash, 3, &phone, token, TOKEN_EXPIRES_AT, now).expect("redeems")
+    };
+    assert_eq!(redeem("h1", "t1", NOW_MS + 2), EmailCodeOutcome::Refused, "the first code was replaced");
+    match redeem("h2", "t2", NOW_MS + 3) {
+        EmailCodeOutcome::Issued { account, device } => {
+            assert_eq!((account, &device.info), (alice.clone(), &phone));
+            assert_eq!(store.device_by_token("t2").expect("reads").map(|(d, _)| d), Some(device));
+        }
+        other => panic!("expected a device, got {other:?}"),
+    }
+    assert_eq!(redeem("h2", "t3", NOW_MS + 4), EmailCodeOutcome::Refused, "once");
+
+    store.create_email_code("alice@example.test", "h4", NOW_MS + 5, NOW_MS + 100).expect("asks");
+    for attempt in 0..3 {
+        assert_eq!(redeem("wrong", "t", NOW_MS + 6 + attempt), EmailCodeOutcome::Refused);
+    }
+    assert_eq!(redeem("h4", "t4", NOW_MS + 10), EmailCodeOutcome::Exhausted, "its attempts are spent");
+    store.create_email_code("alice@example.test", "h5", NOW_MS + 11, NOW_MS + 100).expect("asks");
+    assert_eq!(redeem("h5", "t5", NOW_MS + 100), EmailCodeOutcome::Refused, "expired");
+    assert_eq!(store.device_by_token("t4").expect("reads"), None);
+
+    let events: Vec<String> = audit_log(&*store, &scope(&alice)).into_iter().map(|e| e.event_type).collect();
+    assert_eq!(events.iter().filter(|e| *e == "email_code_sent").count(), 4, "{events:?}");
+    assert_eq!(events.iter().filter(|e| *e == "email_code_refused").count(), 4, "{events:?}");
 }

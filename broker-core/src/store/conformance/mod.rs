@@ -92,6 +92,7 @@ macro_rules! store_conformance_tests {
             device_codes_refuse_what_their_terms_forbid,
             a_login_token_is_redeemed_once_and_dies_with_its_maker_with_what_it_let_in_just_before,
             a_device_keeps_the_confirmation_key_of_whoever_redeems_its_code,
+            an_emailed_code_signs_in_one_device_once,
             the_audit_chain_links_every_entry,
             audit_entries_page_and_filter_newest_first,
             verification_finds_a_tampered_entry,

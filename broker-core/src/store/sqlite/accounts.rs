@@ -8,7 +8,7 @@ use super::directory::{MEMBER_COLUMNS, bump_directory_version, member_from_row};
 use super::{audit, conflict_on_duplicate};
 use crate::store::{
     APPROVAL_RECALL_WINDOW, AccountRecord, AuditEvent, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord,
-    MemberRecord, NewDeviceCode, PollOutcome, StoreError, StoreResult,
+    EmailCodeOutcome, MemberRecord, NewDeviceCode, PollOutcome, StoreError, StoreResult,
 };
 
 /// RFC 8628: a `slow_down` adds this to the polling interval for all later polls.
@@ -485,4 +485,91 @@ pub(super) fn poll_device_code(
             Ok(PollOutcome::Issued { account, device })
         }
     }
+}
+
+pub(super) fn create_email_code(
+    conn: &Connection,
+    email: &str,
+    code_hash: &str,
+    now_ms: u64,
+    expires_at: u64,
+) -> StoreResult<Option<AccountRecord>> {
+    let email = email.trim().to_lowercase();
+    let account = conn
+        .query_row(
+            &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE lower(email) = ?1 ORDER BY created_at LIMIT 1"),
+            [&email],
+            account_from_row,
+        )
+        .optional()?;
+    let Some(account) = account else { return Ok(None) };
+    // One live code per address: asking again ends the one before.
+    conn.execute(
+        "UPDATE email_codes SET ended_at = ?2 WHERE email = ?1 AND ended_at IS NULL",
+        params![email, now_ms as i64],
+    )?;
+    conn.execute("DELETE FROM email_codes WHERE expires_at < ?1", [now_ms as i64])?;
+    conn.execute(
+        "INSERT INTO email_codes (id, email, account_id, code_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![crate::ids::new_id("ec"), email, account.id, code_hash, now_ms as i64, expires_at as i64],
+    )?;
+    audit::append(conn, &account_event(&account.id, "email_code_sent", None, json!({})), now_ms)?;
+    Ok(Some(account))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn redeem_email_code(
+    conn: &Connection,
+    email: &str,
+    code_hash: &str,
+    max_attempts: u32,
+    device: &DeviceInfo,
+    token_hash: &str,
+    token_expires_at: u64,
+    now_ms: u64,
+) -> StoreResult<EmailCodeOutcome> {
+    let email = email.trim().to_lowercase();
+    let live = conn
+        .query_row(
+            "SELECT id, account_id, code_hash, attempts FROM email_codes
+             WHERE email = ?1 AND ended_at IS NULL AND expires_at > ?2 ORDER BY created_at DESC LIMIT 1",
+            params![email, now_ms as i64],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, account_id, expected, attempts)) = live else { return Ok(EmailCodeOutcome::Refused) };
+    if attempts as u64 >= u64::from(max_attempts) {
+        return Ok(EmailCodeOutcome::Exhausted);
+    }
+    if expected != code_hash {
+        conn.execute("UPDATE email_codes SET attempts = attempts + 1 WHERE id = ?1", [&id])?;
+        audit::append(
+            conn,
+            &account_event(&account_id, "email_code_refused", None, json!({"attempt": attempts + 1, "ip": device.ip})),
+            now_ms,
+        )?;
+        return Ok(EmailCodeOutcome::Refused);
+    }
+    conn.execute("UPDATE email_codes SET ended_at = ?2 WHERE id = ?1", params![id, now_ms as i64])?;
+    let account = account(conn, &account_id)?.ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
+    let device = insert_device(conn, &account_id, device, token_hash, token_expires_at, None, now_ms)?;
+    audit::append(
+        conn,
+        &account_event(
+            &account_id,
+            "device_added",
+            None,
+            json!({"deviceId": device.id, "hostname": device.info.hostname, "platform": device.info.platform,
+                   "ip": device.info.ip, "via": "email_code"}),
+        ),
+        now_ms,
+    )?;
+    Ok(EmailCodeOutcome::Issued { account, device })
 }

@@ -28,9 +28,9 @@ use directory::MESH_COLUMNS;
 
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,
-    DeviceRecord, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS, MemberRecord, MembershipAction,
-    MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, Redemption, Store, StoreError,
-    StoreResult, WriteOp,
+    DeviceRecord, EmailCodeOutcome, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS, MemberRecord,
+    MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, Redemption,
+    Store, StoreError, StoreResult, WriteOp,
 };
 use crate::protocol::{Priority, Role, WrappedKey};
 
@@ -559,6 +559,43 @@ impl Store for SqliteStore {
         let (code_hash, token_hash, claimant) = (device_code_hash.to_owned(), token_hash.to_owned(), claimant.clone());
         self.call(move |conn| {
             accounts::poll_device_code(conn, &code_hash, &token_hash, token_expires_at, &claimant, now_ms)
+        })
+    }
+
+    fn create_email_code(
+        &self,
+        email: &str,
+        code_hash: &str,
+        now_ms: u64,
+        expires_at: u64,
+    ) -> StoreResult<Option<AccountRecord>> {
+        let (email, code_hash) = (email.to_owned(), code_hash.to_owned());
+        self.call(move |conn| accounts::create_email_code(conn, &email, &code_hash, now_ms, expires_at))
+    }
+
+    fn redeem_email_code(
+        &self,
+        email: &str,
+        code_hash: &str,
+        max_attempts: u32,
+        device: &DeviceInfo,
+        token_hash: &str,
+        token_expires_at: u64,
+        now_ms: u64,
+    ) -> StoreResult<EmailCodeOutcome> {
+        let (email, code_hash, device, token_hash) =
+            (email.to_owned(), code_hash.to_owned(), device.clone(), token_hash.to_owned());
+        self.call(move |conn| {
+            accounts::redeem_email_code(
+                conn,
+                &email,
+                &code_hash,
+                max_attempts,
+                &device,
+                &token_hash,
+                token_expires_at,
+                now_ms,
+            )
         })
     }
 
