@@ -27,9 +27,10 @@ fn code_hash(email: &str, code: &str) -> String {
     hex::encode(Sha256::digest(format!("claudemesh-email-code/v1|{email}|{code}").as_bytes()))
 }
 
-/// The address in the form codes are kept under, if it looks like one.
+/// The address in the form codes are kept under, if it looks like one (ASCII letters folded, as
+/// the store compares addresses).
 fn normalized_email(email: &str) -> Result<String, ApiError> {
-    let email = email.trim().to_lowercase();
+    let email = email.trim().to_ascii_lowercase();
     let plausible = email.len() <= 254
         && !email.chars().any(char::is_control)
         && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));

@@ -494,7 +494,8 @@ pub(super) fn create_email_code(
     now_ms: u64,
     expires_at: u64,
 ) -> StoreResult<Option<AccountRecord>> {
-    let email = email.trim().to_lowercase();
+    // ASCII folding on both sides: SQLite's lower() folds only ASCII letters.
+    let email = email.trim().to_ascii_lowercase();
     let account = conn
         .query_row(
             &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE lower(email) = ?1 ORDER BY created_at LIMIT 1"),
@@ -528,7 +529,8 @@ pub(super) fn redeem_email_code(
     token_expires_at: u64,
     now_ms: u64,
 ) -> StoreResult<EmailCodeOutcome> {
-    let email = email.trim().to_lowercase();
+    // ASCII folding on both sides: SQLite's lower() folds only ASCII letters.
+    let email = email.trim().to_ascii_lowercase();
     let live = conn
         .query_row(
             "SELECT id, account_id, code_hash, attempts FROM email_codes
