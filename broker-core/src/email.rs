@@ -40,10 +40,15 @@ impl Mailer {
     pub async fn send_invite(&self, invite: &InviteEmail<'_>) -> Result<(), String> {
         let to: Mailbox = invite.to.parse().map_err(|e| format!("{:?} is not an email address: {e}", invite.to))?;
         let (text, html) = invite_bodies(invite);
+        self.send(to, &format!("You are invited to {} on claudemesh", plain(invite.mesh_name)), text, html).await
+    }
+
+    /// Sends one email with a text and an HTML part.
+    async fn send(&self, to: Mailbox, subject: &str, text: String, html: String) -> Result<(), String> {
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(format!("You are invited to {} on claudemesh", plain(invite.mesh_name)))
+            .subject(subject)
             .multipart(
                 MultiPart::alternative()
                     .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
@@ -85,17 +90,7 @@ impl Mailer {
             code = html_escape(email.code),
             valid_for = html_escape(email.valid_for),
         );
-        let message = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject("Your claudemesh sign-in code")
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
-                    .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html)),
-            )
-            .map_err(|e| format!("cannot build the email: {e}"))?;
-        self.transport.send(message).await.map(|_| ()).map_err(|e| format!("the SMTP server refused the email: {e}"))
+        self.send(to, "Your claudemesh sign-in code", text, html).await
     }
 }
 

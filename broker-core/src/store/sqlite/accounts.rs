@@ -33,6 +33,18 @@ fn account_event(account_id: &str, event_type: &str, actor: Option<&str>, payloa
     }
 }
 
+/// The audit entry of a device signed in, and how (`via`: a device code, a login token, an
+/// emailed code; none for one signed in directly).
+fn device_added(device: &DeviceRecord, via: Option<&str>) -> AuditEvent {
+    let mut payload = json!({
+        "deviceId": device.id, "hostname": device.info.hostname, "platform": device.info.platform, "ip": device.info.ip,
+    });
+    if let Some(via) = via {
+        payload["via"] = json!(via);
+    }
+    account_event(&device.account_id, "device_added", None, payload)
+}
+
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<AccountRecord> {
     Ok(AccountRecord {
         id: row.get(0)?,
@@ -169,16 +181,7 @@ pub(super) fn create_device(
         .filter(|a| a.id == account_id)
         .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
     let device = insert_device(conn, account_id, info, token_hash, expires_at, None, now_ms)?;
-    audit::append(
-        conn,
-        &account_event(
-            account_id,
-            "device_added",
-            None,
-            json!({"deviceId": device.id, "hostname": info.hostname, "platform": info.platform, "ip": info.ip}),
-        ),
-        now_ms,
-    )?;
+    audit::append(conn, &device_added(&device, None), now_ms)?;
     Ok(device)
 }
 
@@ -471,16 +474,7 @@ pub(super) fn poll_device_code(
                 "UPDATE device_codes SET status = 'consumed' WHERE device_code_hash = ?1",
                 [device_code_hash],
             )?;
-            audit::append(
-                conn,
-                &account_event(
-                    &account_id,
-                    "device_added",
-                    None,
-                    json!({"deviceId": device.id, "hostname": code.info.hostname, "platform": code.info.platform, "ip": code.info.ip, "via": kind}),
-                ),
-                now_ms,
-            )?;
+            audit::append(conn, &device_added(&device, Some(&kind)), now_ms)?;
             let account = account(conn, &account_id)?.ok_or_else(|| StoreError::NotFound("account".into()))?;
             Ok(PollOutcome::Issued { account, device })
         }
@@ -562,16 +556,6 @@ pub(super) fn redeem_email_code(
     conn.execute("UPDATE email_codes SET ended_at = ?2 WHERE id = ?1", params![id, now_ms as i64])?;
     let account = account(conn, &account_id)?.ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
     let device = insert_device(conn, &account_id, device, token_hash, token_expires_at, None, now_ms)?;
-    audit::append(
-        conn,
-        &account_event(
-            &account_id,
-            "device_added",
-            None,
-            json!({"deviceId": device.id, "hostname": device.info.hostname, "platform": device.info.platform,
-                   "ip": device.info.ip, "via": "email_code"}),
-        ),
-        now_ms,
-    )?;
+    audit::append(conn, &device_added(&device, Some("email_code")), now_ms)?;
     Ok(EmailCodeOutcome::Issued { account, device })
 }
