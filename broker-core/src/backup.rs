@@ -295,16 +295,22 @@ mod tests {
     }
 
     #[test]
-    fn restore_refuses_a_newer_schema_and_keeps_existing_operator_keys() {
+    fn restore_sets_the_old_database_aside_with_its_log_keeps_keys_and_refuses_a_newer_schema() {
         let (dir, data) = data_dir_with_a_mesh();
         let target = dir.path().join("backup");
         backup(&data, &target).expect("backs up");
 
-        // Into a directory with a mesh of its own: its database is set aside, its key stays.
+        // Into a directory with a mesh of its own: its database is set aside with its write-ahead
+        // log (a broker killed mid-write leaves one), its key stays.
         let (_other, elsewhere) = data_dir_with_a_mesh();
         let own_keys = std::fs::read_dir(elsewhere.join(OPERATOR_KEYS_DIR)).expect("keys").count();
+        let killed_broker = Connection::open(elsewhere.join(DATABASE_FILE)).expect("opens");
+        killed_broker.execute("INSERT INTO settings (key, value) VALUES ('last', 'write')", []).expect("writes");
+        assert!(path_with(&elsewhere.join(DATABASE_FILE), "-wal").exists(), "a write-ahead log to carry");
         let restored = restore(&target, &elsewhere).expect("restores");
-        assert!(restored.replaced.as_ref().is_some_and(|path| path.is_file()));
+        drop(killed_broker);
+        let aside = restored.replaced.clone().expect("set aside");
+        assert!(aside.is_file() && path_with(&aside, "-wal").is_file(), "{aside:?} and its log");
         assert_eq!(restored.keys_copied, 1);
         assert_eq!(std::fs::read_dir(elsewhere.join(OPERATOR_KEYS_DIR)).expect("keys").count(), own_keys + 1);
         let meshes = Operator::open(&elsewhere).expect("opens").store().meshes().expect("lists");
