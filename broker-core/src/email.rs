@@ -26,6 +26,16 @@ pub struct InviteEmail<'a> {
     pub expires_at_iso: &'a str,
 }
 
+/// A sign-in code for `account`, sent to `to`.
+#[derive(Debug, Clone)]
+pub struct SignInCodeEmail<'a> {
+    pub to: &'a str,
+    pub account: &'a str,
+    pub code: &'a str,
+    /// How long the code works, in words ("10 minutes").
+    pub valid_for: &'a str,
+}
+
 impl Mailer {
     /// `url` is `smtp://[user:pass@]host[:port][?tls=required]` or `smtps://…` (see lettre's
     /// `from_url`); `from` is a mailbox like `claudemesh <noreply@example.com>`.
@@ -43,33 +53,6 @@ impl Mailer {
         self.send(to, &format!("You are invited to {} on claudemesh", plain(invite.mesh_name)), text, html).await
     }
 
-    /// Sends one email with a text and an HTML part.
-    async fn send(&self, to: Mailbox, subject: &str, text: String, html: String) -> Result<(), String> {
-        let message = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(subject)
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
-                    .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html)),
-            )
-            .map_err(|e| format!("cannot build the email: {e}"))?;
-        self.transport.send(message).await.map(|_| ()).map_err(|e| format!("the SMTP server refused the email: {e}"))
-    }
-}
-
-/// A sign-in code for `account`, sent to `to`.
-#[derive(Debug, Clone)]
-pub struct SignInCodeEmail<'a> {
-    pub to: &'a str,
-    pub account: &'a str,
-    pub code: &'a str,
-    /// How long the code works, in words ("10 minutes").
-    pub valid_for: &'a str,
-}
-
-impl Mailer {
     pub async fn send_sign_in_code(&self, email: &SignInCodeEmail<'_>) -> Result<(), String> {
         let to: Mailbox = email.to.parse().map_err(|e| format!("{:?} is not an email address: {e}", email.to))?;
         let text = format!(
@@ -91,6 +74,21 @@ impl Mailer {
             valid_for = html_escape(email.valid_for),
         );
         self.send(to, "Your claudemesh sign-in code", text, html).await
+    }
+
+    /// Sends one email with a text and an HTML part.
+    async fn send(&self, to: Mailbox, subject: &str, text: String, html: String) -> Result<(), String> {
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
+                    .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html)),
+            )
+            .map_err(|e| format!("cannot build the email: {e}"))?;
+        self.transport.send(message).await.map(|_| ()).map_err(|e| format!("the SMTP server refused the email: {e}"))
     }
 }
 

@@ -343,6 +343,18 @@ fn installing_upgrading_and_removing_keep_a_persons_data() -> Result<()> {
     ensure!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the broker stopped");
     ensure!(config_dir.join("config.json").exists(), "the person's config was written");
 
+    // A backup as docs/packages.md says to make one: into a directory the service's user owns.
+    // (The service's user must be able to reach it: the test's home is made traversable.)
+    std::fs::set_permissions(cleanup.home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+    let backups = cleanup.home.path().join("backups");
+    run(Command::new("install")
+        .args(["-d", "-o", "claudemesh-broker", "-g", "claudemesh-broker", "-m", "0700"])
+        .arg(&backups))?;
+    let target = backups.join("nightly");
+    let made = operator(&["backup", "--to", target.to_str().context("utf-8")?])?;
+    ensure!(made["manifest"]["meshes"] == 1, "{made}");
+    ensure!(owner(&format!("{}/broker.db", target.display()))?.starts_with("claudemesh-broker:"), "the service's file");
+
     // An upgrade keeps the state and the operator's settings.
     let settings = "/etc/claudemesh-broker/broker.env";
     let edited = format!("{}CLAUDEMESH_LOG_FORMAT=text\n", std::fs::read_to_string(settings)?);
