@@ -7,13 +7,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::auth::{ClientAddress, PrivateChannel, new_token, rate_limit_key, token_hash};
-use super::device_login::{device_info, token_response};
+use super::device_login::{device_info, issued_token};
 use super::{ApiError, Broker};
 use crate::email::SignInCodeEmail;
 use crate::protocol::{
@@ -148,8 +148,7 @@ pub(super) async fn verify_code(
     match outcome {
         EmailCodeOutcome::Issued { account, device } => {
             tracing::info!(account = %account.id, device = %device.id, "device signed in with an emailed code");
-            let body = token_response(token, ttl.as_secs(), &account, &device);
-            Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+            Ok(issued_token(token, ttl.as_secs(), &account, &device))
         }
         EmailCodeOutcome::Refused => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

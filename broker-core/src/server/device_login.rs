@@ -12,14 +12,15 @@ use std::sync::Mutex;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 
 use super::auth::{Authenticated, ClientAddress, PrivateChannel, new_token, rate_limit_key, token_hash};
-use super::{ApiError, Broker, confirm};
+use super::confirm::Confirmation;
+use super::{ApiError, Broker};
 use crate::config::RateLimit;
 use crate::crypto::PublicKey;
 use crate::protocol::account::{
@@ -281,8 +282,7 @@ pub(super) async fn poll_token(
         ),
         PollOutcome::Issued { account, device } => {
             tracing::info!(account = %account.id, device = %device.id, "device signed in");
-            let body = token_response(token, ttl.as_secs(), &account, &device);
-            (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+            issued_token(token, ttl.as_secs(), &account, &device)
         }
     }
 }
@@ -294,11 +294,9 @@ pub(super) async fn login_token(
     State(broker): State<Broker>,
     _: PrivateChannel,
     auth: Authenticated,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    confirmation: Confirmation,
 ) -> Result<Json<LoginTokenResponse>, ApiError> {
-    confirm::require(&broker.inner.confirmations, &auth, &method, uri.path(), &headers)?;
+    confirmation.require(&broker, &auth)?;
     let login_token = new_token().replacen("cmt_", "cml_", 1);
     let hash = token_hash(&login_token);
     let ttl = broker.config().device_code_ttl;
@@ -310,12 +308,13 @@ pub(super) async fn login_token(
     Ok(Json(LoginTokenResponse { login_token, expires_in: ttl.as_secs() }))
 }
 
-pub(super) fn token_response(
-    token: String,
-    expires_in: u64,
-    account: &AccountRecord,
-    device: &DeviceRecord,
-) -> TokenResponse {
+/// The answer that hands a newly signed-in device its token, never to be cached.
+pub(super) fn issued_token(token: String, expires_in: u64, account: &AccountRecord, device: &DeviceRecord) -> Response {
+    let body = token_response(token, expires_in, account, device);
+    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+fn token_response(token: String, expires_in: u64, account: &AccountRecord, device: &DeviceRecord) -> TokenResponse {
     TokenResponse {
         access_token: token,
         token_type: "Bearer".to_owned(),
@@ -451,12 +450,10 @@ pub(super) async fn approve(
     State(broker): State<Broker>,
     auth: Authenticated,
     ClientAddress(ip): ClientAddress,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    confirmation: Confirmation,
     Json(decision): Json<DeviceDecision>,
 ) -> Result<Json<PendingDevice>, ApiError> {
-    confirm::require(&broker.inner.confirmations, &auth, &method, uri.path(), &headers)?;
+    confirmation.require(&broker, &auth)?;
     decide(broker, auth, ip, decision, true).await
 }
 
@@ -510,12 +507,10 @@ pub(super) async fn revoke_device(
     State(broker): State<Broker>,
     auth: Authenticated,
     Path(device_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    confirmation: Confirmation,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if device_id != auth.device.id {
-        confirm::require(&broker.inner.confirmations, &auth, &method, uri.path(), &headers)?;
+        confirmation.require(&broker, &auth)?;
     }
     let account = auth.account.id.clone();
     let id = device_id.clone();
