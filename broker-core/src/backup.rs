@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::operator::{DATABASE_FILE, OPERATOR_KEYS_DIR, OperatorError, OperatorResult, write_private_file};
 use crate::protocol;
-use crate::store::MIGRATIONS;
+use crate::store::{MIGRATIONS, create_private_dir, restrict_permissions};
 
 /// What `backup.json` says it is.
 pub const BACKUP_FORMAT: &str = "claudemesh-broker-backup/1";
@@ -85,7 +85,7 @@ pub fn backup(data_dir: &Path, to: &Path) -> OperatorResult<BackupManifest> {
     create_private_dir(to)?;
     let database = to.join(DATABASE_FILE);
     copy_database(&data_dir.join(DATABASE_FILE), &database)?;
-    restrict_to_owner(&database)?;
+    restrict_permissions(&database)?;
     let operator_keys = copy_keys(&data_dir.join(OPERATOR_KEYS_DIR), &to.join(OPERATOR_KEYS_DIR))?;
     let manifest = describe(&database, operator_keys)?;
     let text = serde_json::to_vec_pretty(&manifest).expect("the manifest serializes");
@@ -120,7 +120,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> OperatorResult<Restored> {
     std::fs::copy(&source, &restoring)
         .and_then(|_| File::open(&restoring)?.sync_all())
         .map_err(|e| OperatorError::Io(format!("cannot copy {} to {}: {e}", source.display(), restoring.display())))?;
-    restrict_to_owner(&restoring)?;
+    restrict_permissions(&restoring)?;
     let keys_copied = copy_keys(&from.join(OPERATOR_KEYS_DIR), &data_dir.join(OPERATOR_KEYS_DIR))?;
 
     let replaced = if database.exists() {
@@ -236,27 +236,6 @@ fn path_with(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
-}
-
-fn create_private_dir(dir: &Path) -> OperatorResult<()> {
-    std::fs::create_dir_all(dir).map_err(|e| OperatorError::Io(format!("cannot create {}: {e}", dir.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| OperatorError::Io(format!("cannot restrict {}: {e}", dir.display())))?;
-    }
-    Ok(())
-}
-
-fn restrict_to_owner(file: &Path) -> OperatorResult<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| OperatorError::Io(format!("cannot restrict {}: {e}", file.display())))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::protocol::{Enc, GroupMembership, Priority, Role, Stats, WrappedKey};
 
 pub use sqlite::{Durability, SqliteStore};
+pub(crate) use sqlite::{create_private_dir, restrict_permissions};
 
 /// Names of the embedded migrations, in order. `/health/ready` compares `EXPECTED_MIGRATION`
 /// against these.

@@ -222,7 +222,8 @@ impl Drop for SqliteStore {
     }
 }
 
-fn create_private_dir(dir: &Path) -> StoreResult<()> {
+/// Creates `dir` and its parents, owner-only (0700); a directory that exists keeps its mode.
+pub(crate) fn create_private_dir(dir: &Path) -> StoreResult<()> {
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }
@@ -239,7 +240,7 @@ fn create_private_dir(dir: &Path) -> StoreResult<()> {
 
 /// The database holds who is in which mesh: owner-only, like every file we write. SQLite gives
 /// its `-wal` and `-shm` files the database file's mode.
-fn restrict_permissions(path: &Path) -> StoreResult<()> {
+pub(crate) fn restrict_permissions(path: &Path) -> StoreResult<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
