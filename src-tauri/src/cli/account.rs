@@ -43,19 +43,11 @@ async fn keystore(config_dir: &ConfigDir) -> Result<Arc<dyn KeyStore>, Failure> 
     .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?
 }
 
-async fn signed_in() -> Result<(ConfigDir, Arc<dyn KeyStore>, account::Api), Failure> {
-    let config_dir = ConfigDir::from_env()?;
-    let keystore = keystore(&config_dir).await?;
-    let (api, _) = account::api(&config_dir, &keystore).await.map_err(account_failure)?;
-    Ok((config_dir, keystore, api))
-}
-
-/// Who this device is signed in as, and its API.
-async fn signed_in_account() -> Result<(AccountEntry, account::Api), Failure> {
+async fn signed_in() -> Result<(ConfigDir, Arc<dyn KeyStore>, account::Api, AccountEntry), Failure> {
     let config_dir = ConfigDir::from_env()?;
     let keystore = keystore(&config_dir).await?;
     let (api, account) = account::api(&config_dir, &keystore).await.map_err(account_failure)?;
-    Ok((account, api))
+    Ok((config_dir, keystore, api, account))
 }
 
 /// A QR code for a terminal (two rows of modules per line).
@@ -276,7 +268,7 @@ async fn ask_yes(question: &str) -> Result<bool, Failure> {
 }
 
 pub async fn devices(revoke: Option<String>, yes: bool, json_output: bool) -> CliResult {
-    let (account, api) = signed_in_account().await?;
+    let (_, _, api, account) = signed_in().await?;
     if let Some(id) = revoke {
         if id != account.device_id && asks_first(yes)? {
             let devices = api.devices().await.map_err(account_failure)?;
@@ -337,7 +329,7 @@ fn describe(pending: &PendingDevice) -> String {
 
 /// Shows which device asks, asks for confirmation (unless `yes`), then approves or denies.
 pub async fn decide(code: String, approve: bool, yes: bool, json_output: bool) -> CliResult {
-    let (_, _, api) = signed_in().await?;
+    let (_, _, api, _) = signed_in().await?;
     let pending = api.pending_device(&code).await.map_err(account_failure)?;
     if pending.status != "pending" {
         return Err(Failure::new(Exit::AlreadyExists, format!("that sign-in is already {}", pending.status)));
@@ -358,7 +350,7 @@ pub async fn decide(code: String, approve: bool, yes: bool, json_output: bool) -
 }
 
 pub async fn pending(json_output: bool) -> CliResult {
-    let (_, _, api) = signed_in().await?;
+    let (_, _, api, _) = signed_in().await?;
     let pending = api.pending_devices().await.map_err(account_failure)?;
     if json_output {
         print_json(json!({"pending": pending}));
@@ -374,7 +366,7 @@ pub async fn pending(json_output: bool) -> CliResult {
 }
 
 pub async fn login_token(yes: bool, json_output: bool) -> CliResult {
-    let (account, api) = signed_in_account().await?;
+    let (_, _, api, account) = signed_in().await?;
     let question = format!(
         "Make a one-time login token? Whoever pastes it within 10 minutes is signed in to {}.",
         account.account_name
@@ -396,7 +388,7 @@ pub async fn login_token(yes: bool, json_output: bool) -> CliResult {
 }
 
 pub async fn create(name: String, display_name: Option<String>, json_output: bool) -> CliResult {
-    let (config_dir, keystore, api) = signed_in().await?;
+    let (config_dir, keystore, api, _) = signed_in().await?;
     let display_name = display_name_or_default(display_name);
     let entry =
         account::create_mesh(&config_dir, &keystore, &api, &name, &display_name).await.map_err(account_failure)?;
@@ -423,7 +415,7 @@ pub struct InviteArgs {
 }
 
 pub async fn invite(args: InviteArgs, json_output: bool) -> CliResult {
-    let (config_dir, keystore, api) = signed_in().await?;
+    let (config_dir, keystore, api, _) = signed_in().await?;
     let config = config_dir.load()?;
     let mesh = match &args.mesh {
         Some(name) => config.find(name).cloned(),
