@@ -86,7 +86,8 @@ pub fn ensure_built() {
     });
 }
 
-fn workspace_root() -> PathBuf {
+/// The repository's root directory.
+pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
@@ -219,14 +220,16 @@ impl Broker {
         }
     }
 
+    /// `claudemesh-broker --data-dir …`, ready for an operator command's arguments.
+    pub fn operator_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(broker_bin());
+        command.arg("--data-dir").arg(self.data.path());
+        command
+    }
+
     /// `claudemesh-broker --data-dir … <args> --json`.
     pub fn operator(&self, args: &[&str]) -> Result<Value> {
-        let output = std::process::Command::new(broker_bin())
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .args(args)
-            .arg("--json")
-            .output()?;
+        let output = self.operator_command().args(args).arg("--json").output()?;
         if !output.status.success() {
             bail!("{args:?}: {}", String::from_utf8_lossy(&output.stderr));
         }
@@ -262,11 +265,6 @@ impl Broker {
     pub async fn restart(&mut self) -> Result<()> {
         self.kill().await?;
         self.spawn().await
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        self.data.path()
     }
 
     /// Everything the broker wrote to disk, for plaintext checks.

@@ -7,14 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use claudemesh_e2e::{Broker, Device, WAIT, broker_bin, message_texts};
+use claudemesh_e2e::{Broker, Device, WAIT, message_texts};
 use serde_json::{Value, json};
-
-fn operator_command(broker: &Broker, args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(broker_bin());
-    command.arg("--data-dir").arg(broker.data_dir()).args(args);
-    command
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_made_while_serving_restores_every_acknowledged_message_once() -> Result<()> {
@@ -32,8 +26,8 @@ async fn a_backup_made_while_serving_restores_every_acknowledged_message_once() 
     // The backup runs while alice goes on sending: the broker serves throughout.
     let backups = tempfile::tempdir()?;
     let target = backups.path().join("nightly");
-    let mut backing_up = operator_command(&broker, &["backup", "--json", "--to"]);
-    backing_up.arg(&target);
+    let mut backing_up = broker.operator_command();
+    backing_up.args(["backup", "--json", "--to"]).arg(&target);
     let backup = tokio::task::spawn_blocking(move || backing_up.output());
     for i in 0..10 {
         alice.call("send_message", json!({"to": bob_key, "message": format!("during {i}")})).await?;
@@ -50,8 +44,7 @@ async fn a_backup_made_while_serving_restores_every_acknowledged_message_once() 
     }
 
     // A directory a broker serves is not restored over.
-    let mut restoring = operator_command(&broker, &["restore", "--from"]);
-    let refused = restoring.arg(&target).output()?;
+    let refused = broker.operator_command().args(["restore", "--from"]).arg(&target).output()?;
     ensure!(!refused.status.success(), "restored under a serving broker");
     ensure!(
         String::from_utf8_lossy(&refused.stderr).contains("serving"),
@@ -61,8 +54,7 @@ async fn a_backup_made_while_serving_restores_every_acknowledged_message_once() 
 
     // Stopped, the directory takes the backup; the database it replaced is kept.
     broker.kill().await?;
-    let mut restoring = operator_command(&broker, &["restore", "--json", "--from"]);
-    let output = restoring.arg(&target).output()?;
+    let output = broker.operator_command().args(["restore", "--json", "--from"]).arg(&target).output()?;
     ensure!(output.status.success(), "restore failed: {}", String::from_utf8_lossy(&output.stderr));
     let restored: Value = serde_json::from_slice(&output.stdout)?;
     let replaced = restored["replaced"].as_str().context("the replaced database")?;

@@ -252,7 +252,7 @@ async fn next_messages_sent_during_turns_are_read_in_a_later_session() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_claude_code_plugin_loads_the_bridge_and_the_status_hooks() -> Result<()> {
     let mut mesh = Mesh::without_claudemesh().await?;
-    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/claude-plugin");
+    let plugin = claudemesh_e2e::workspace_root().join("packaging/claude-plugin");
     mesh.bob.install_plugin(&plugin).await?;
 
     let listed = mesh.bob.mcp_list().await?;

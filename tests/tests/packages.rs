@@ -11,17 +11,13 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use claudemesh_e2e::{free_port, profile_dir};
+use claudemesh_e2e::{free_port, profile_dir, workspace_root};
 use serde_json::Value;
 
 const PACKAGES: [&str; 3] = ["claudemesh", "claudemesh-cli", "claudemesh-broker"];
 const STATE_DIR: &str = "/var/lib/claudemesh-broker";
 /// Libraries no headless binary may need.
 const GUI_LIBRARIES: [&str; 8] = ["gtk", "gdk", "webkit", "javascriptcore", "ayatana", "cairo", "libsoup", "libx11"];
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
-}
 
 fn run(command: &mut Command) -> Result<Output> {
     let output = command.output().with_context(|| format!("running {command:?}"))?;
