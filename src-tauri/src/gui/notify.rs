@@ -7,7 +7,6 @@
 //! not five stacked notifications).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use broker_core::protocol::account::PendingDevice;
 use serde::Serialize;
@@ -15,11 +14,7 @@ use tokio::time::Instant;
 
 use super::settings::NotificationSettings;
 use super::state::ConnectionState;
-
-/// Joins in one mesh closer together than this are one storm.
-pub const JOIN_QUIET: Duration = Duration::from_millis(1500);
-/// A storm is summed up at the latest this long after its first join.
-pub const JOIN_STORM_MAX: Duration = Duration::from_secs(6);
+use crate::joins::JoinStorms;
 
 /// A view of the window, for notifications and tray entries that open it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -61,18 +56,9 @@ pub struct MeshLabel<'a> {
     pub name: &'a str,
 }
 
-#[derive(Debug)]
-struct JoinStorm {
-    started: Instant,
-    until: Instant,
-    mesh_name: String,
-    names: Vec<String>,
-}
-
 #[derive(Debug, Default)]
 pub struct NotificationPolicy {
-    /// Open join storms by mesh id.
-    storms: HashMap<String, JoinStorm>,
+    storms: JoinStorms,
     /// The last token state a notification was shown for.
     token_warned: Option<ConnectionState>,
     /// Device-login user codes already announced.
@@ -81,7 +67,7 @@ pub struct NotificationPolicy {
 
 impl NotificationPolicy {
     /// A peer joined (or returned). The first join of a quiet mesh shows at once; further joins
-    /// within [`JOIN_QUIET`] are summed up by [`NotificationPolicy::flush`].
+    /// within [`crate::joins::JOIN_QUIET`] are summed up by [`NotificationPolicy::flush`].
     pub fn peer_joined(
         &mut self,
         settings: &NotificationSettings,
@@ -93,23 +79,7 @@ impl NotificationPolicy {
         if own_member || settings.paused || !settings.for_mesh(mesh.id).joins {
             return None;
         }
-        if let Some(storm) = self.storms.get_mut(mesh.id)
-            && now < storm.until
-        {
-            storm.names.push(name.to_owned());
-            storm.until = (now + JOIN_QUIET).min(storm.started + JOIN_STORM_MAX);
-            return None;
-        }
-        self.storms.insert(
-            mesh.id.to_owned(),
-            JoinStorm {
-                started: now,
-                until: now + JOIN_QUIET,
-                mesh_name: mesh.name.to_owned(),
-                names: vec![name.to_owned()],
-            },
-        );
-        Some(Toast {
+        self.storms.join(mesh.id, mesh.name, name, now).then(|| Toast {
             key: format!("joins:{}", mesh.id),
             summary: format!("{name} joined {}", mesh.name),
             body: "A new peer is online in the mesh.".into(),
@@ -120,30 +90,22 @@ impl NotificationPolicy {
     /// Ends the storms whose quiet period is over; a storm with more than its first join is
     /// summed up in one toast that replaces the first.
     pub fn flush(&mut self, settings: &NotificationSettings, now: Instant) -> Vec<Toast> {
-        let ended: Vec<String> = self.storms.iter().filter(|(_, s)| s.until <= now).map(|(id, _)| id.clone()).collect();
-        let mut toasts = Vec::new();
-        for mesh_id in ended {
-            let Some(storm) = self.storms.remove(&mesh_id) else { continue };
-            if storm.names.len() < 2 || settings.paused {
-                continue;
-            }
-            let count = storm.names.len();
-            let shown: Vec<&str> = storm.names.iter().take(3).map(String::as_str).collect();
-            let body =
-                if count > 3 { format!("{} and {} more", shown.join(", "), count - 3) } else { shown.join(", ") };
-            toasts.push(Toast {
-                key: format!("joins:{mesh_id}"),
-                summary: format!("{count} peers joined {}", storm.mesh_name),
-                body,
-                open: Some(Navigate { view: View::Peers, param: Some(mesh_id) }),
-            });
-        }
-        toasts
+        self.storms
+            .end(now)
+            .into_iter()
+            .filter(|storm| storm.names.len() >= 2 && !settings.paused)
+            .map(|storm| Toast {
+                key: format!("joins:{}", storm.mesh_id),
+                summary: format!("{} peers joined {}", storm.names.len(), storm.mesh_name),
+                body: storm.names_line(),
+                open: Some(Navigate { view: View::Peers, param: Some(storm.mesh_id) }),
+            })
+            .collect()
     }
 
     /// When [`NotificationPolicy::flush`] has work next.
     pub fn next_flush(&self) -> Option<Instant> {
-        self.storms.values().map(|s| s.until).min()
+        self.storms.next_end()
     }
 
     /// The broker held messages between this member and a peer (a flood or a reply loop):
@@ -310,6 +272,8 @@ pub fn request_id(request: &PendingDevice) -> String {
 mod tests {
     use super::*;
     use crate::gui::settings::MeshNotifications;
+    use crate::joins::JOIN_QUIET;
+    use std::time::Duration;
 
     const ACME: MeshLabel<'static> = MeshLabel { id: "mesh_acme", name: "acme" };
 
@@ -337,18 +301,6 @@ mod tests {
         let later = due + Duration::from_secs(10);
         assert!(policy.peer_joined(&settings, ACME, "frank", false, later).is_some());
         assert!(policy.flush(&settings, later + JOIN_QUIET).is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_storm_that_never_stops_is_summed_up_after_the_maximum() {
-        let settings = NotificationSettings::default();
-        let mut policy = NotificationPolicy::default();
-        let start = Instant::now();
-        policy.peer_joined(&settings, ACME, "p0", false, start);
-        for i in 1..20u64 {
-            policy.peer_joined(&settings, ACME, &format!("p{i}"), false, start + Duration::from_millis(250 * i));
-        }
-        assert_eq!(policy.next_flush(), Some(start + JOIN_STORM_MAX));
     }
 
     #[tokio::test(start_paused = true)]
