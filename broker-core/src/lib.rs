@@ -17,6 +17,7 @@
 //! - `operator` (feature `server`) — operator commands on a data directory (meshes, members, invites).
 //! - `backup` (feature `server`) — online backups of a data directory, and restoring one.
 //! - `server` (feature `server`) — HTTP + WebSocket endpoint: `serve(listener, broker, shutdown)`.
+//! - `testing` (feature `test-support`) — stand-ins for third parties in tests (an SMTP sink).
 //! - `version_line!` — a binary's `--version`: its version and the commit it was built from.
 
 /// A binary's version line, `VERSION (commit COMMIT)`. Packages set `CLAUDEMESH_VERSION` and
@@ -59,3 +60,5 @@ pub mod router;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;

@@ -84,7 +84,7 @@ fn signed_invite(broker: &TestBroker, mesh_id: &str, admin: &Keypair, role: Role
 
 #[tokio::test]
 async fn invites_through_the_api_are_signed_on_the_device_and_emailed_when_possible() {
-    let (smtp_url, mut mails) = common::smtp_sink().await;
+    let (smtp_url, mut mails) = broker_core::testing::smtp_sink().await;
     let mailer = broker_core::email::Mailer::new(&smtp_url, "claudemesh <noreply@example.test>").expect("mailer");
     let broker = TestBroker::start_full(generous(), None, Some(mailer)).await;
     let alice = first_device(&broker, "alice").await;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 async fn broker_with_mail(config: BrokerConfig) -> (TestBroker, UnboundedReceiver<String>) {
-    let (url, mails) = common::smtp_sink().await;
+    let (url, mails) = broker_core::testing::smtp_sink().await;
     let mailer = Mailer::new(&url, "claudemesh <noreply@example.test>").expect("mailer");
     (TestBroker::start_full(config, None, Some(mailer)).await, mails)
 }
