@@ -246,6 +246,24 @@ impl Inbox {
         Ok(taken)
     }
 
+    /// The oldest unread messages, at most `limit`, without marking them: for a front end that
+    /// marks each read only once it has handed it on (the Telegram connector, once Telegram
+    /// accepted it), so nothing is lost when handing on fails or the process stops.
+    pub fn oldest_unread(&self, limit: usize) -> Result<Vec<StoredMessage>, InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        let sql = format!("SELECT {COLUMNS} FROM messages WHERE read_at IS NULL ORDER BY received_at, rowid LIMIT ?1");
+        let mut select = conn.prepare(&sql)?;
+        let rows = select.query_map([limit as i64], row_to_message)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Marks one message read (see [`Inbox::oldest_unread`]).
+    pub fn mark_read(&self, id: &str, now_ms: u64) -> Result<(), InboxError> {
+        let conn = self.conn.lock().expect("inbox lock");
+        conn.execute("UPDATE messages SET read_at = ?2 WHERE id = ?1 AND read_at IS NULL", params![id, now_ms as i64])?;
+        Ok(())
+    }
+
     /// The last `limit` messages, oldest first.
     pub fn history(&self, limit: usize) -> Result<Vec<StoredMessage>, InboxError> {
         let conn = self.conn.lock().expect("inbox lock");
@@ -504,6 +522,21 @@ mod tests {
 
         let history = inbox.history(2).expect("history");
         assert_eq!(history.iter().map(|m| (m.id.as_str(), m.read)).collect::<Vec<_>>(), [("m2", false), ("m3", true)]);
+    }
+
+    #[test]
+    fn oldest_unread_leaves_messages_unread_until_each_is_marked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = Inbox::open(&dir.path().join("inbox.db")).expect("opens");
+        for (id, at) in [("m2", 2), ("m1", 1), ("m3", 3)] {
+            inbox.insert(&message(id, at, "s"), "telegram").expect("insert");
+        }
+        let ids = |rows: Vec<StoredMessage>| rows.into_iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(inbox.oldest_unread(2).expect("unread")), ["m1", "m2"]);
+        assert_eq!(ids(inbox.oldest_unread(2).expect("unread")), ["m1", "m2"], "reading marks nothing");
+        inbox.mark_read("m1", 10).expect("mark");
+        assert_eq!(ids(inbox.oldest_unread(5).expect("unread")), ["m2", "m3"]);
+        assert!(inbox.get("m1").expect("get").is_some_and(|m| m.read));
     }
 
     #[test]
