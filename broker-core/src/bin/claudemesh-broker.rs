@@ -182,6 +182,14 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=60)
     )]
     device_poll_interval_seconds: u64,
+    /// Seconds a sign-in code sent by email (`POST /v1/connect/email`) stays valid.
+    #[arg(
+        long,
+        env = "EMAIL_CODE_TTL_SECONDS",
+        default_value_t = BrokerConfig::default().email_code_ttl.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    email_code_ttl_seconds: u64,
     /// Let anyone create an account with `POST /v1/signup`.
     #[arg(long, env = "CLAUDEMESH_OPEN_SIGNUP")]
     open_signup: bool,
@@ -344,6 +352,7 @@ fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
             message_ttl: Duration::from_secs(args.message_ttl_seconds),
             token_ttl: Duration::from_secs(args.token_ttl_seconds),
             device_poll_interval: Duration::from_secs(args.device_poll_interval_seconds),
+            email_code_ttl: Duration::from_secs(args.email_code_ttl_seconds),
             open_signup: args.open_signup,
             trusted_proxies: trusted_proxies(args.trust_proxy, args.trusted_proxies),
             allow_insecure_http: args.allow_insecure_http,
