@@ -297,6 +297,40 @@ pub async fn poll_token(broker_url: &str, code: &str, confirm_key: &Keypair) -> 
     }
 }
 
+/// Asks the broker to email a sign-in code to `email` (`POST /v1/connect/email`). The broker's
+/// answer, which never says whether the address has an account.
+pub async fn request_email_code(broker_url: &str, email: &str) -> Result<String, AccountError> {
+    #[derive(serde::Deserialize)]
+    struct Asked {
+        message: String,
+    }
+    let body = json!({"email": email});
+    let (status, bytes) = http::request(Method::POST, broker_url, "/v1/connect/email", None, Some(&body)).await?;
+    Ok(decode::<Asked>(status, &bytes)?.message)
+}
+
+/// Trades an emailed code for the token of a new device of the account (`POST
+/// /v1/connect/verify`), described by `device` (its hostname is the name the account's Devices
+/// show, its confirmation key the one it signs with).
+pub async fn verify_email_code(
+    broker_url: &str,
+    email: &str,
+    code: &str,
+    device: DeviceCodeRequest,
+) -> Result<TokenResponse, AccountError> {
+    let body = json!({
+        "email": email,
+        "code": code,
+        "deviceName": device.hostname,
+        "platform": device.platform,
+        "arch": device.arch,
+        "appVersion": device.app_version,
+        "confirmKey": device.confirm_key,
+    });
+    let (status, bytes) = http::request(Method::POST, broker_url, "/v1/connect/verify", None, Some(&body)).await?;
+    decode(status, &bytes)
+}
+
 /// The token endpoint of one broker, for [`broker_core::client::device_login::run_device_login`].
 pub struct HttpPoller {
     pub broker_url: String,

@@ -76,7 +76,7 @@ fn parse(base: &str) -> Result<Target<'_>, HttpError> {
 }
 
 /// The device login's routes: their answers carry (or lead to) a bearer token.
-const SIGN_IN_PATHS: [&str; 2] = ["/v1/device/code", "/v1/device/token"];
+const SIGN_IN_PATHS: [&str; 3] = ["/v1/device/code", "/v1/device/token", "/v1/connect/verify"];
 
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())

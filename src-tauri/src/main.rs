@@ -23,6 +23,8 @@
 //! - `account` — signing in (device login), devices, approvals, creating meshes, signing invites.
 //! - `claude_code` — registering the bridge and the status hooks with Claude Code (the CLI's
 //!   `install`/`uninstall` and the desktop's Settings both use it).
+//! - `joins` — join storms: many joins in one mesh told as one notice (desktop and Telegram).
+//! - `telegram` — `claudemesh telegram`, the Telegram connector (teloxide's Bot API client).
 //! - `cli` — the commands; `cli::account` holds the account commands.
 //! - `gui` (feature `gui`) — the desktop tray app.
 
@@ -36,10 +38,12 @@ mod hook;
 mod http;
 mod inbox;
 mod join;
+mod joins;
 mod keystore;
 mod mcp;
 mod mesh;
 mod proctree;
+mod telegram;
 
 use broker_core::args::{parse_duration, parse_role};
 use clap::{Parser, Subcommand};
@@ -141,6 +145,24 @@ enum Command {
     Uninstall {
         #[arg(long)]
         json: bool,
+    },
+    /// Bring meshes into Telegram: each chat that signs in with `/connect` (email, then the code
+    /// the broker mails) becomes a device of that person's account; messages to them arrive in
+    /// the chat, and they answer from there. Runs until stopped (SIGTERM or Ctrl-C).
+    Telegram {
+        /// The bot's token from @BotFather.
+        #[arg(long, env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
+        bot_token: String,
+        /// The broker the chats sign in to, like https://mesh.example.com.
+        #[arg(long)]
+        broker: String,
+        /// Another Bot API server (your own, or a local stand-in), like http://127.0.0.1:8081.
+        #[arg(long, env = "TELEGRAM_API_URL")]
+        api_url: Option<String>,
+        /// Where the connector keeps its state and each chat's keys and inbox (default:
+        /// telegram/ in the claudemesh config directory).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
     /// Report this Claude Code session's status to its bridge (run by Claude Code hooks; always exits 0).
     Hook {
@@ -327,7 +349,7 @@ fn main() -> std::process::ExitCode {
         cli::hook(status.into(), verbose);
         return std::process::ExitCode::SUCCESS;
     }
-    init_logging(matches!(command, Command::Mcp { .. }));
+    init_logging(matches!(command, Command::Mcp { .. } | Command::Telegram { .. }));
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -362,6 +384,15 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Uninstall { json } => cli::uninstall(json),
         Command::Mcp { name } => Ok(mcp::run(mcp::McpOptions { display_name: name }).await?),
         Command::Hook { .. } => Ok(()),
+        Command::Telegram { bot_token, broker, api_url, data_dir } => {
+            let data_dir = match data_dir {
+                Some(dir) => dir,
+                None => telegram::default_data_dir()?,
+            };
+            let options =
+                telegram::TelegramOptions { bot_token: bot_token.into(), broker_url: broker, api_url, data_dir };
+            telegram::run(options).await
+        }
         Command::Login { broker, account, name, json } => cli::account::login(broker, account, name, json).await,
         Command::Logout { json } => cli::account::logout(json).await,
         Command::Devices { revoke, yes, json } => cli::account::devices(revoke, yes, json).await,
@@ -390,6 +421,22 @@ async fn run(command: Command) -> cli::CliResult {
         }
         Command::Grants { mesh, json } => cli::account::list_grants(mesh, json).await,
     }
+}
+
+/// Resolves on SIGTERM or Ctrl-C: how long-running commands (the MCP bridge, the Telegram
+/// connector) are asked to stop.
+pub(crate) async fn terminated() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Logs go to stderr only (stdout is the MCP protocol or a command's output). `CLAUDEMESH_LOG`

@@ -21,6 +21,7 @@
 pub mod claude_code;
 pub mod desktop;
 pub mod netns;
+pub mod telegram;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};

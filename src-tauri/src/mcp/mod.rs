@@ -378,7 +378,7 @@ pub async fn run(options: McpOptions) -> anyhow::Result<()> {
 
     tokio::select! {
         quit = service.waiting() => tracing::info!(?quit, "the MCP host closed the session"),
-        _ = terminated() => tracing::info!("asked to stop"),
+        _ = crate::terminated() => tracing::info!("asked to stop"),
     }
     hooks.abort();
     notifier.abort();
@@ -463,20 +463,6 @@ async fn serve_hooks(config_dir: ConfigDir, mut ready: watch::Receiver<Ready>) {
     }
     #[cfg(not(unix))]
     let _ = (config_dir, supervisor, claude_pid);
-}
-
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

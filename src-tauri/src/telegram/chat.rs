@@ -1,0 +1,217 @@
+//! A connected chat at work: one [`Supervisor`] over the chat's meshes, and two tasks.
+//!
+//! - The forwarder sends what the chat's inbox holds unread to Telegram, oldest first, and marks
+//!   each message read only once Telegram accepted it. The mesh session acknowledges a message
+//!   to the broker once it is in that inbox (on disk, owner-only), so a Telegram outage or a
+//!   restart of the connector loses nothing and hands nothing on twice: the inbox is the queue.
+//! - The presence task turns peer joins into notices (a storm of joins in one mesh is one
+//!   notice and then one summary, as on the desktop), and tells the chat when a mesh refused
+//!   its session for good (its device revoked, its member removed).
+
+use std::sync::Arc;
+
+use broker_core::protocol::SystemEvent;
+use teloxide_core::types::MessageId;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::state::ReplyTo;
+use super::{Connector, Delivery, text};
+use crate::config::MeshEntry;
+use crate::inbox::{Inbox, InboxError, StoredMessage};
+use crate::joins::JoinStorms;
+use crate::mesh::{LinkEvent, LinkState, SessionOptions, Supervisor};
+
+/// Messages read from the inbox per round.
+const FORWARD_BATCH: usize = 16;
+
+pub(super) struct LiveChat {
+    pub supervisor: Arc<Supervisor>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A notice for the chat (not a mesh message): a join, a refused session.
+struct Notice {
+    text: String,
+    silent: bool,
+    /// A reply to the notice goes to this peer (the one who joined).
+    reply_to: Option<ReplyTo>,
+}
+
+impl LiveChat {
+    pub async fn start(connector: &Arc<Connector>, chat_id: i64) -> Result<LiveChat, String> {
+        let config_dir = connector.chat_dir(chat_id);
+        let config = config_dir.load().map_err(|e| e.to_string())?;
+        let keystore = super::open_keystore(&config_dir).await.map_err(|e| e.to_string())?;
+        let inbox_file = config_dir.inbox_file();
+        let inbox = Arc::new(on_inbox(move || Inbox::open(&inbox_file)).await?);
+        let options = SessionOptions {
+            display_name: None,
+            peer_type: broker_core::protocol::PeerType::Human,
+            channel: "telegram".to_owned(),
+            model: None,
+            session_id: None,
+        };
+        let (incoming, incoming_rx) = mpsc::channel(64);
+        let (observer, observer_rx) = mpsc::unbounded_channel();
+        let meshes = config.meshes.clone();
+        let supervisor = Supervisor::start_observed(
+            &config_dir,
+            config.meshes,
+            keystore,
+            inbox.clone(),
+            options,
+            incoming,
+            Some(observer),
+        )
+        .await;
+        for (entry, error) in supervisor.failed() {
+            tracing::error!(chat = chat_id, mesh = %entry.slug, %error, "a mesh of the chat could not start");
+        }
+        let (notices, notices_rx) = mpsc::unbounded_channel();
+        let tasks = vec![
+            tokio::spawn(forward(connector.clone(), chat_id, inbox, incoming_rx, notices_rx)),
+            tokio::spawn(presence(connector.clone(), chat_id, meshes, observer_rx, notices)),
+        ];
+        Ok(LiveChat { supervisor: Arc::new(supervisor), tasks })
+    }
+
+    /// Ends the chat's sessions (cleanly: the broker hears goodbye) and its tasks.
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.supervisor.shutdown().await;
+    }
+}
+
+/// Runs an inbox call off the runtime.
+async fn on_inbox<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, InboxError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(error) => Err(format!("inbox task failed: {error}")),
+    }
+}
+
+/// Who a reply to a forwarded message goes to: the sender's member (every session of it).
+fn reply_target(message: &StoredMessage) -> ReplyTo {
+    ReplyTo {
+        mesh_id: message.mesh_id.clone(),
+        slug: message.mesh_slug.clone(),
+        name: message.from.clone(),
+        target_spec: message.from_member_pubkey.clone().unwrap_or_else(|| message.from_pubkey.clone()),
+    }
+}
+
+/// Inbox → Telegram, until the chat stops.
+async fn forward(
+    connector: Arc<Connector>,
+    chat_id: i64,
+    inbox: Arc<Inbox>,
+    mut incoming: mpsc::Receiver<StoredMessage>,
+    mut notices: mpsc::UnboundedReceiver<Notice>,
+) {
+    loop {
+        let unread = {
+            let inbox = inbox.clone();
+            on_inbox(move || inbox.oldest_unread(FORWARD_BATCH)).await
+        };
+        match unread {
+            Ok(messages) if !messages.is_empty() => {
+                for message in messages {
+                    let silent = connector.is_muted(chat_id, &message.mesh_id);
+                    let delivery = Delivery { silent, reply_to: None };
+                    if let Some(sent) = connector.deliver(chat_id, &text::message(&message), delivery).await {
+                        connector.remember_reply(chat_id, sent, reply_target(&message));
+                    }
+                    let (inbox, id) = (inbox.clone(), message.id.clone());
+                    let now = broker_core::protocol::now_ms();
+                    if let Err(error) = on_inbox(move || inbox.mark_read(&id, now)).await {
+                        tracing::error!(chat = chat_id, %error, "could not mark a forwarded message read");
+                    }
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(chat = chat_id, %error, "could not read the inbox; trying again");
+                tokio::time::sleep(super::TELEGRAM_BACKOFF.max).await;
+                continue;
+            }
+        }
+        // Nothing unread: wait for a message (it is in the inbox by then) or a notice.
+        tokio::select! {
+            received = incoming.recv() => if received.is_none() { return },
+            notice = notices.recv() => {
+                let Some(notice) = notice else { return };
+                let delivery = Delivery { silent: notice.silent, reply_to: None };
+                let sent: Option<MessageId> = connector.deliver(chat_id, &notice.text, delivery).await;
+                if let (Some(sent), Some(to)) = (sent, notice.reply_to) {
+                    connector.remember_reply(chat_id, sent, to);
+                }
+            }
+        }
+    }
+}
+
+/// Presence events → notices, until the chat stops.
+async fn presence(
+    connector: Arc<Connector>,
+    chat_id: i64,
+    meshes: Vec<MeshEntry>,
+    mut events: mpsc::UnboundedReceiver<LinkEvent>,
+    notices: mpsc::UnboundedSender<Notice>,
+) {
+    let mut storms = JoinStorms::default();
+    let mesh = |mesh_id: &str| meshes.iter().find(|m| m.mesh_id == mesh_id);
+    loop {
+        let storm_end = storms.next_end();
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = async { tokio::time::sleep_until(storm_end.expect("guarded")).await }, if storm_end.is_some() => {
+                for storm in storms.end(tokio::time::Instant::now()) {
+                    if storm.names.len() < 2 || connector.is_muted(chat_id, &storm.mesh_id) {
+                        continue;
+                    }
+                    let text = format!("{} peers joined {}: {}", storm.names.len(), storm.mesh_name, storm.names_line());
+                    let _ = notices.send(Notice { text, silent: false, reply_to: None });
+                }
+                continue;
+            }
+        };
+        match event {
+            LinkEvent::Presence {
+                mesh_id,
+                event: event @ (SystemEvent::PeerJoined(_) | SystemEvent::PeerReturned(_)),
+            } => {
+                let (Some(entry), Some((name, _, member_pubkey))) = (mesh(&mesh_id), event.peer()) else { continue };
+                if member_pubkey == entry.member_pubkey || connector.is_muted(chat_id, &mesh_id) {
+                    continue;
+                }
+                if storms.join(&mesh_id, &entry.slug, name, tokio::time::Instant::now()) {
+                    let reply_to = ReplyTo {
+                        mesh_id: mesh_id.clone(),
+                        slug: entry.slug.clone(),
+                        name: name.to_owned(),
+                        target_spec: member_pubkey.to_owned(),
+                    };
+                    let text = format!("{name} joined {} (reply to say hello)", entry.slug);
+                    let _ = notices.send(Notice { text, silent: false, reply_to: Some(reply_to) });
+                }
+            }
+            LinkEvent::State { mesh_id, state: LinkState::Failed(reason) } => {
+                let slug = mesh(&mesh_id).map_or(mesh_id.as_str(), |m| m.slug.as_str());
+                let text = format!(
+                    "{slug}: the broker refused this chat's session ({reason}). /disconnect, then /connect, signs it in again."
+                );
+                let _ = notices.send(Notice { text, silent: false, reply_to: None });
+            }
+            _ => {}
+        }
+    }
+}
