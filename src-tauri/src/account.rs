@@ -17,7 +17,8 @@ use broker_core::crypto::{Keypair, confirmation_header};
 use broker_core::invite::{Invite, InviteTerms};
 use broker_core::protocol::account::{
     CONFIRMATION_HEADER, CreateInviteResponse, CreateMeshResponse, DeviceCodeRequest, DeviceCodeResponse, DeviceView,
-    EnrolResponse, LoginTokenResponse, MeshView, PendingDevice, TokenError, TokenResponse,
+    EmailCodeRequest, EmailCodeVerify, EnrolResponse, LoginTokenResponse, MeshView, PendingDevice, TokenError,
+    TokenResponse,
 };
 use broker_core::protocol::{self, Role};
 use hyper::Method;
@@ -304,7 +305,7 @@ pub async fn request_email_code(broker_url: &str, email: &str) -> Result<String,
     struct Asked {
         message: String,
     }
-    let body = json!({"email": email});
+    let body = serde_json::to_value(EmailCodeRequest { email: email.to_owned() }).expect("the request serializes");
     let (status, bytes) = http::request(Method::POST, broker_url, "/v1/connect/email", None, Some(&body)).await?;
     Ok(decode::<Asked>(status, &bytes)?.message)
 }
@@ -318,15 +319,16 @@ pub async fn verify_email_code(
     code: &str,
     device: DeviceCodeRequest,
 ) -> Result<TokenResponse, AccountError> {
-    let body = json!({
-        "email": email,
-        "code": code,
-        "deviceName": device.hostname,
-        "platform": device.platform,
-        "arch": device.arch,
-        "appVersion": device.app_version,
-        "confirmKey": device.confirm_key,
-    });
+    let request = EmailCodeVerify {
+        email: email.to_owned(),
+        code: code.to_owned(),
+        device_name: device.hostname,
+        platform: device.platform,
+        arch: device.arch,
+        app_version: device.app_version,
+        confirm_key: device.confirm_key,
+    };
+    let body = serde_json::to_value(request).expect("the request serializes");
     let (status, bytes) = http::request(Method::POST, broker_url, "/v1/connect/verify", None, Some(&body)).await?;
     decode(status, &bytes)
 }

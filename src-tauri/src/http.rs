@@ -75,8 +75,9 @@ fn parse(base: &str) -> Result<Target<'_>, HttpError> {
     Ok(Target { tls, authority, host, port, prefix })
 }
 
-/// The device login's routes: their answers carry (or lead to) a bearer token.
-const SIGN_IN_PATHS: [&str; 3] = ["/v1/device/code", "/v1/device/token", "/v1/connect/verify"];
+/// The sign-in routes (device login, emailed codes): their answers carry, or lead to, a bearer
+/// token.
+const SIGN_IN_PATHS: [&str; 4] = ["/v1/device/code", "/v1/device/token", "/v1/connect/email", "/v1/connect/verify"];
 
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())

@@ -30,6 +30,12 @@ pub struct EndedStorm {
 }
 
 impl EndedStorm {
+    /// The storm without its first join (which was told when it happened); `None` when it was
+    /// the only one.
+    pub fn after_first(&self) -> Option<EndedStorm> {
+        (self.names.len() > 1).then(|| EndedStorm { names: self.names[1..].to_vec(), ..self.clone() })
+    }
+
     /// "ann, bob, cat and 2 more".
     pub fn names_line(&self) -> String {
         let shown: Vec<&str> = self.names.iter().take(3).map(String::as_str).collect();
@@ -121,6 +127,8 @@ mod tests {
             names: names.iter().map(|n| n.to_string()).collect(),
         };
         assert_eq!(storm(&["ann", "bob"]).names_line(), "ann, bob");
+        assert_eq!(storm(&["ann", "bob"]).after_first().map(|s| s.names), Some(vec!["bob".to_owned()]));
+        assert_eq!(storm(&["ann"]).after_first(), None);
         assert_eq!(storm(&["a", "b", "c", "d", "e"]).names_line(), "a, b, c and 2 more");
     }
 }

@@ -42,6 +42,17 @@ struct BotState {
 pub struct Chat {
     pub id: i64,
     pub first_name: &'static str,
+    /// A group's title; `None` for a private chat with the bot.
+    pub group: Option<&'static str>,
+}
+
+impl Chat {
+    fn json(&self) -> Value {
+        match self.group {
+            Some(title) => json!({"id": self.id, "type": "group", "title": title}),
+            None => json!({"id": self.id, "type": "private", "first_name": self.first_name}),
+        }
+    }
 }
 
 pub struct BotApi {
@@ -84,8 +95,8 @@ impl BotApi {
         let mut message = json!({
             "message_id": message_id,
             "date": unix_now(),
-            "chat": {"id": chat.id, "type": "private", "first_name": chat.first_name},
-            "from": {"id": chat.id, "is_bot": false, "first_name": chat.first_name},
+            "chat": chat.json(),
+            "from": {"id": chat.id.abs(), "is_bot": false, "first_name": chat.first_name},
             "text": text,
         });
         if let Some(original) = reply_to {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 const TOKEN: &str = "123456:stand-in-token";
 const WAIT: Duration = Duration::from_secs(20);
-const ALICE: Chat = Chat { id: 7001, first_name: "Alice" };
+const ALICE: Chat = Chat { id: 7001, first_name: "Alice", group: None };
 
 /// A broker that mails through the sink, with an account `alice` that has an email address.
 async fn broker_with_mail(extra: &[&str]) -> Result<(Broker, UnboundedReceiver<String>)> {
@@ -49,9 +49,28 @@ fn connector(device: &Device, broker: &Broker, api: &BotApi, data: &std::path::P
 
 /// The person types `text`; the connector's next message to the chat that contains `expect`.
 async fn say(api: &BotApi, text: &str, expect: &str) -> Result<Value> {
+    say_in(api, ALICE, text, expect).await
+}
+
+async fn say_in(api: &BotApi, chat: Chat, text: &str, expect: &str) -> Result<Value> {
+    let before = api.sent_to(chat).len();
+    api.type_text(chat, text);
+    api.wait_sent(chat, before, WAIT, |sent| sent.contains(expect)).await
+}
+
+/// The person answers `message` (one the bot sent) with `text`; the connector's confirmation.
+/// A person reads before answering: the connector records whom a message came from once
+/// Telegram answered its send, which a test could otherwise outrun.
+async fn reply(api: &BotApi, message: &Value, text: &str) -> Result<Value> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = api.sent_to(ALICE).len();
-    api.type_text(ALICE, text);
-    api.wait_sent(ALICE, before, WAIT, |sent| sent.contains(expect)).await
+    api.reply(ALICE, message, text);
+    api.wait_sent(ALICE, before, WAIT, |t| t.contains("Sent to bob")).await
+}
+
+/// How many messages to the chat end with `text`.
+fn count_ending(api: &BotApi, text: &str) -> usize {
+    api.sent_to(ALICE).iter().filter(|m| text_of(m).ends_with(text)).count()
 }
 
 fn json_of(output: std::process::Output) -> Value {
@@ -111,9 +130,7 @@ async fn a_chat_signs_in_by_email_code_and_talks_with_the_mesh() -> Result<()> {
     // bob comes online: a join notice; a reply to it greets him.
     let mut bob = bob_device.bridge().await?;
     let joined = api.wait_sent(ALICE, 0, WAIT, |t| t.contains("bob joined team")).await?;
-    let before = api.sent_to(ALICE).len();
-    api.reply(ALICE, &joined, "welcome bob");
-    api.wait_sent(ALICE, before, WAIT, |t| t.contains("Sent to bob")).await?;
+    reply(&api, &joined, "welcome bob").await?;
     bob_receives(&mut bob, "welcome bob").await?;
 
     // bob's DM reaches the chat with sender and mesh; a reply goes back to bob, sealed.
@@ -122,9 +139,8 @@ async fn a_chat_signs_in_by_email_code_and_talks_with_the_mesh() -> Result<()> {
     let sent = bob.call("send_message", json!({"to": "Alice on Telegram", "message": "build is green"})).await?;
     assert_eq!(sent["results"][0]["ok"], true, "{sent}");
     let dm = api.wait_sent(ALICE, 0, WAIT, |t| t == "bob → you · team\nbuild is green").await?;
-    let before = api.sent_to(ALICE).len();
-    api.reply(ALICE, &dm, "thanks, merging");
-    api.wait_sent(ALICE, before, WAIT, |t| t.contains("Sent to bob · team")).await?;
+    let sent = reply(&api, &dm, "thanks, merging").await?;
+    assert_eq!(text_of(&sent), "Sent to bob · team.");
     bob_receives(&mut bob, "thanks, merging").await?;
     let stored = broker.stored_bytes();
     assert!(!stored.windows(15).any(|w| w == b"thanks, merging"), "the broker stores no plaintext");
@@ -142,6 +158,8 @@ async fn a_chat_signs_in_by_email_code_and_talks_with_the_mesh() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     api.come_back().await?;
     api.wait_sent(ALICE, 0, WAIT, |t| t.ends_with("while down")).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count_ending(&api, "while down"), 1, "once");
 
     // Telegram goes away, and the connector is killed while it is away: what bob sends
     // meanwhile reaches the chat once Telegram is back, each message once, in order.
@@ -168,9 +186,7 @@ async fn a_chat_signs_in_by_email_code_and_talks_with_the_mesh() -> Result<()> {
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order: {texts:#?}");
     // The restarted connector still knows whom a reply goes to.
-    let before = api.sent_to(ALICE).len();
-    api.reply(ALICE, &api.wait_sent(ALICE, 0, WAIT, |t| t.ends_with("away 1")).await?, "back now");
-    api.wait_sent(ALICE, before, WAIT, |t| t.contains("Sent to bob")).await?;
+    reply(&api, &api.wait_sent(ALICE, 0, WAIT, |t| t.ends_with("away 1")).await?, "back now").await?;
     bob_receives(&mut bob, "back now").await?;
 
     // Muted: bob's return is not announced and his messages arrive silently.
@@ -181,6 +197,8 @@ async fn a_chat_signs_in_by_email_code_and_talks_with_the_mesh() -> Result<()> {
     bob.call("send_message", json!({"to": "Alice on Telegram", "message": "quietly"})).await?;
     let quiet = api.wait_sent(ALICE, 0, WAIT, |t| t.ends_with("quietly")).await?;
     assert_eq!(quiet["disable_notification"], true, "{quiet}");
+    // Past the quiet period of a join storm, no notice came either.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let joins = api.sent_to(ALICE).iter().filter(|m| text_of(m).contains("bob joined")).count();
     assert_eq!(joins, 1, "no join notice while muted");
 
@@ -193,7 +211,12 @@ async fn a_chat_signs_in_by_email_code_and_talks_with_the_mesh() -> Result<()> {
     say(&api, "/peers", "not connected").await?;
     wait_until("every update is confirmed", || api.unconfirmed() == 0).await?;
     assert_eq!(api.calls_of("getMe"), 2, "one getMe per start");
-    telegram.kill().await?;
+
+    // SIGTERM: it stops cleanly, in a moment.
+    let pid = telegram.id().context("pid")?.to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status()?.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), telegram.wait()).await.context("stops in time")??;
+    assert!(status.success(), "{status}");
     Ok(())
 }
 
@@ -204,6 +227,10 @@ async fn wrong_expired_and_too_many_codes_are_refused_in_the_chat() -> Result<()
     let data = tempfile::tempdir()?;
     let runner = Device::new()?;
     let _telegram = connector(&runner, &broker, &api, data.path())?;
+
+    // A group is refused: anyone in it could type the code, or act as the person.
+    let group = Chat { id: -5005, first_name: "Mallory", group: Some("team room") };
+    say_in(&api, group, "/connect", "private chat with this bot only").await?;
 
     say(&api, "/connect", "email address").await?;
     say(&api, "not an address", "not an email address").await?;
@@ -216,14 +243,18 @@ async fn wrong_expired_and_too_many_codes_are_refused_in_the_chat() -> Result<()
     tokio::time::sleep(Duration::from_millis(2500)).await;
     say(&api, &code, "wrong or expired code").await?;
 
-    // Codes for one address are budgeted: the fourth in a row is refused.
+    // The connector allows a chat three codes in ten minutes.
     for _ in 0..2 {
         say(&api, "/connect", "email address").await?;
         say(&api, "alice@example.test", "six digits").await?;
     }
     say(&api, "/connect", "email address").await?;
-    say(&api, "alice@example.test", "too many sign-in codes").await?;
+    say(&api, "alice@example.test", "asked for codes too often").await?;
     say(&api, "/cancel", "cancelled").await?;
+    // The broker allows an address three in a row, whichever chat asks.
+    let other = Chat { id: 7002, first_name: "Alice", group: None };
+    say_in(&api, other, "/connect", "email address").await?;
+    say_in(&api, other, "alice@example.test", "too many sign-in codes").await?;
     assert!(!data.path().join("chats").join(ALICE.id.to_string()).join("config.json").exists(), "never signed in");
     Ok(())
 }

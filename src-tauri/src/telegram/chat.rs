@@ -9,14 +9,14 @@
 //!   its session for good (its device revoked, its member removed).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use broker_core::protocol::SystemEvent;
-use teloxide_core::types::MessageId;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::state::ReplyTo;
-use super::{Connector, Delivery, text};
+use super::{Connector, Delivered, Delivery, text};
 use crate::config::MeshEntry;
 use crate::inbox::{Inbox, InboxError, StoredMessage};
 use crate::joins::JoinStorms;
@@ -25,8 +25,13 @@ use crate::mesh::{LinkEvent, LinkState, SessionOptions, Supervisor};
 /// Messages read from the inbox per round.
 const FORWARD_BATCH: usize = 16;
 
+/// How long a stopping chat waits for its forwarder to finish the message at hand.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 pub(super) struct LiveChat {
     pub supervisor: Arc<Supervisor>,
+    stop: watch::Sender<bool>,
+    forwarder: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -69,19 +74,38 @@ impl LiveChat {
             tracing::error!(chat = chat_id, mesh = %entry.slug, %error, "a mesh of the chat could not start");
         }
         let (notices, notices_rx) = mpsc::unbounded_channel();
+        let (stop, stopping) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let forwarder = Forwarder { connector: connector.clone(), chat_id, inbox, wake: wake.clone(), stopping };
         let tasks = vec![
-            tokio::spawn(forward(connector.clone(), chat_id, inbox, incoming_rx, notices_rx)),
+            tokio::spawn(wake_on_arrival(incoming_rx, wake)),
             tokio::spawn(presence(connector.clone(), chat_id, meshes, observer_rx, notices)),
         ];
-        Ok(LiveChat { supervisor: Arc::new(supervisor), tasks })
+        let forwarder = tokio::spawn(forwarder.run(notices_rx));
+        Ok(LiveChat { supervisor: Arc::new(supervisor), stop, forwarder, tasks })
     }
 
-    /// Ends the chat's sessions (cleanly: the broker hears goodbye) and its tasks.
+    /// Ends the chat: the forwarder finishes the message at hand (a few seconds at most), then
+    /// the sessions close cleanly (the broker hears goodbye).
     pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut forwarder = self.forwarder;
+        if tokio::time::timeout(STOP_GRACE, &mut forwarder).await.is_err() {
+            forwarder.abort();
+        }
         for task in &self.tasks {
             task.abort();
         }
         self.supervisor.shutdown().await;
+    }
+}
+
+/// The sessions hand each stored message over on a bounded channel; this drains it at once,
+/// so a slow Telegram never holds up their receiving (and acknowledging), and wakes the
+/// forwarder, which reads the inbox itself.
+async fn wake_on_arrival(mut incoming: mpsc::Receiver<StoredMessage>, wake: Arc<Notify>) {
+    while incoming.recv().await.is_some() {
+        wake.notify_one();
     }
 }
 
@@ -106,50 +130,71 @@ fn reply_target(message: &StoredMessage) -> ReplyTo {
 }
 
 /// Inbox → Telegram, until the chat stops.
-async fn forward(
+struct Forwarder {
     connector: Arc<Connector>,
     chat_id: i64,
     inbox: Arc<Inbox>,
-    mut incoming: mpsc::Receiver<StoredMessage>,
-    mut notices: mpsc::UnboundedReceiver<Notice>,
-) {
-    loop {
-        let unread = {
-            let inbox = inbox.clone();
-            on_inbox(move || inbox.oldest_unread(FORWARD_BATCH)).await
-        };
-        match unread {
-            Ok(messages) if !messages.is_empty() => {
-                for message in messages {
-                    let silent = connector.is_muted(chat_id, &message.mesh_id);
-                    let delivery = Delivery { silent, reply_to: None };
-                    if let Some(sent) = connector.deliver(chat_id, &text::message(&message), delivery).await {
-                        connector.remember_reply(chat_id, sent, reply_target(&message));
+    wake: Arc<Notify>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Forwarder {
+    async fn run(mut self, mut notices: mpsc::UnboundedReceiver<Notice>) {
+        while !*self.stopping.borrow() {
+            let unread = {
+                let inbox = self.inbox.clone();
+                on_inbox(move || inbox.oldest_unread(FORWARD_BATCH)).await
+            };
+            match unread {
+                Ok(messages) if !messages.is_empty() => {
+                    for message in messages {
+                        if *self.stopping.borrow() || !self.forward(&message).await {
+                            return;
+                        }
                     }
-                    let (inbox, id) = (inbox.clone(), message.id.clone());
-                    let now = broker_core::protocol::now_ms();
-                    if let Err(error) = on_inbox(move || inbox.mark_read(&id, now)).await {
-                        tracing::error!(chat = chat_id, %error, "could not mark a forwarded message read");
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(chat = self.chat_id, %error, "could not read the inbox; trying again");
+                    tokio::time::sleep(super::TELEGRAM_BACKOFF.max).await;
+                    continue;
+                }
+            }
+            // Nothing unread: wait for a message (it is in the inbox by then) or a notice.
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.stopping.changed() => {}
+                notice = notices.recv() => {
+                    let Some(notice) = notice else { return };
+                    let delivery = Delivery { silent: notice.silent, reply_to: None };
+                    let delivered = self.connector.deliver(self.chat_id, &notice.text, delivery).await;
+                    if let (Delivered::Sent(sent), Some(to)) = (delivered, notice.reply_to) {
+                        self.connector.remember_reply(self.chat_id, sent, to);
                     }
                 }
-                continue;
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::error!(chat = chat_id, %error, "could not read the inbox; trying again");
-                tokio::time::sleep(super::TELEGRAM_BACKOFF.max).await;
-                continue;
             }
         }
-        // Nothing unread: wait for a message (it is in the inbox by then) or a notice.
-        tokio::select! {
-            received = incoming.recv() => if received.is_none() { return },
-            notice = notices.recv() => {
-                let Some(notice) = notice else { return };
-                let delivery = Delivery { silent: notice.silent, reply_to: None };
-                let sent: Option<MessageId> = connector.deliver(chat_id, &notice.text, delivery).await;
-                if let (Some(sent), Some(to)) = (sent, notice.reply_to) {
-                    connector.remember_reply(chat_id, sent, to);
+    }
+
+    /// Sends one message and marks it read once Telegram took it (or refused it for good).
+    /// False when the connector stopped first: the message stays unread for the next start.
+    async fn forward(&self, message: &StoredMessage) -> bool {
+        let silent = self.connector.is_muted(self.chat_id, &message.mesh_id);
+        let delivery = Delivery { silent, reply_to: None };
+        match self.connector.deliver(self.chat_id, &text::message(message), delivery).await {
+            Delivered::Sent(sent) => self.connector.remember_reply(self.chat_id, sent, reply_target(message)),
+            Delivered::Refused => {}
+            Delivered::Stopped => return false,
+        }
+        // Until it is marked, the next round would send it again: keep trying.
+        loop {
+            let (inbox, id, now) = (self.inbox.clone(), message.id.clone(), broker_core::protocol::now_ms());
+            match on_inbox(move || inbox.mark_read(&id, now)).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::error!(chat = self.chat_id, %error, "could not mark a forwarded message read; retrying");
+                    tokio::time::sleep(super::TELEGRAM_BACKOFF.max).await;
                 }
             }
         }
@@ -175,10 +220,12 @@ async fn presence(
             },
             _ = async { tokio::time::sleep_until(storm_end.expect("guarded")).await }, if storm_end.is_some() => {
                 for storm in storms.end(tokio::time::Instant::now()) {
-                    if storm.names.len() < 2 || connector.is_muted(chat_id, &storm.mesh_id) {
+                    // The first join was told when it happened; the rest are summed up.
+                    let Some(later) = storm.after_first() else { continue };
+                    if connector.is_muted(chat_id, &storm.mesh_id) {
                         continue;
                     }
-                    let text = format!("{} peers joined {}: {}", storm.names.len(), storm.mesh_name, storm.names_line());
+                    let text = format!("{} more joined {}: {}", later.names.len(), later.mesh_name, later.names_line());
                     let _ = notices.send(Notice { text, silent: false, reply_to: None });
                 }
                 continue;

@@ -10,8 +10,10 @@
 //! - `chat` — a connected chat at work: its `Supervisor`, the forwarder (inbox → Telegram,
 //!   marked read only once Telegram accepted a message) and the presence notices.
 //!
-//! Updates are read by long polling (`getUpdates`); the offset moves past an update only once it
-//! was handled, so a restart neither loses nor repeats a command.
+//! Updates are read by long polling (`getUpdates`), one at a time; the offset moves past an
+//! update only once it was handled, and a stop request (SIGTERM) waits for the update at hand,
+//! so a restart neither loses nor repeats a command. Only private chats are served: in a group,
+//! anyone could type the code or act as the person.
 
 mod chat;
 mod state;
@@ -25,16 +27,19 @@ use std::time::Duration;
 use broker_core::client::Backoff;
 use broker_core::protocol::Priority;
 use teloxide_core::Bot;
-use teloxide_core::errors::RequestError;
+use teloxide_core::errors::{ApiError, RequestError};
 use teloxide_core::payloads::{GetUpdatesSetters as _, SendMessageSetters as _};
 use teloxide_core::prelude::{Request as _, Requester as _};
 use teloxide_core::types::{AllowedUpdate, ChatId, Message, MessageId, ReplyParameters, UpdateKind};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::account::{self, AccountError};
 use crate::cli::{Exit, Failure};
-use crate::config::ConfigDir;
+use crate::config::{ConfigDir, write_private_atomic};
 use crate::keystore::{self, KeyStore};
+use crate::mesh::Supervisor;
 use crate::mesh::resolve::Resolution;
 use chat::LiveChat;
 use state::{ConnectorState, ReplyTo, Stage};
@@ -44,8 +49,12 @@ use text::Input;
 const POLL_TIMEOUT_S: u32 = 25;
 /// Retries while Telegram cannot be reached: quick at first, then every 10 s.
 const TELEGRAM_BACKOFF: Backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(10) };
-/// Telegram refuses texts longer than this (in UTF-16 code units; counted in chars, with room).
-const MAX_TEXT_CHARS: usize = 4000;
+/// Telegram takes texts of up to 4096 UTF-16 code units; this leaves room for the note that a
+/// text was cut.
+const MAX_TEXT_UNITS: usize = 4000;
+/// The connector's own budget for emailed codes, per chat.
+const CODE_REQUESTS_PER_WINDOW: usize = 3;
+const CODE_REQUEST_WINDOW: Duration = Duration::from_secs(600);
 
 pub struct TelegramOptions {
     pub bot_token: Zeroizing<String>,
@@ -66,7 +75,12 @@ pub async fn run(options: TelegramOptions) -> Result<(), Failure> {
     }
     ConfigDir::ensure_private_dir(&options.data_dir)?;
     ConfigDir::ensure_private_dir(&options.data_dir.join("chats"))?;
-    let mut bot = Bot::new(options.bot_token.as_str());
+    // teloxide's default client gives up after 17 s; a long poll must outlive its own timeout.
+    let client = teloxide_core::net::default_reqwest_settings()
+        .timeout(Duration::from_secs(u64::from(POLL_TIMEOUT_S) + 10))
+        .build()
+        .map_err(|e| Failure::new(Exit::Failure, format!("cannot set up the HTTP client: {e}")))?;
+    let mut bot = Bot::with_client(options.bot_token.as_str(), client);
     if let Some(api_url) = &options.api_url {
         let url = url::Url::parse(api_url)
             .map_err(|e| Failure::new(Exit::Usage, format!("--api-url {api_url:?} is not a URL: {e}")))?;
@@ -94,18 +108,23 @@ pub async fn run(options: TelegramOptions) -> Result<(), Failure> {
         state.chats.values().filter(|c| c.stage == Stage::Connected).count(),
         options.data_dir.display()
     );
+    let (stop, stopping) = watch::channel(false);
     let connector = Arc::new(Connector {
         bot,
         broker_url,
         data_dir: options.data_dir,
         state: Mutex::new(state),
+        state_file: Mutex::new(()),
         live: tokio::sync::Mutex::new(HashMap::new()),
+        code_requests: Mutex::new(HashMap::new()),
+        stopping,
     });
     connector.resume_chats().await;
-    tokio::select! {
-        _ = connector.clone().poll_updates() => {}
-        _ = crate::terminated() => {}
-    }
+    let polling = tokio::spawn(connector.clone().poll_updates());
+    crate::terminated().await;
+    // The update being handled, and each chat's message being forwarded, are finished first.
+    let _ = stop.send(true);
+    let _ = polling.await;
     connector.stop_all().await;
     Ok(())
 }
@@ -115,8 +134,25 @@ pub(crate) struct Connector {
     broker_url: String,
     data_dir: PathBuf,
     state: Mutex<ConnectorState>,
+    /// Held while `telegram.json` is written, so writes land in the order of their changes.
+    state_file: Mutex<()>,
     /// Connected chats at work, by chat id.
     live: tokio::sync::Mutex<HashMap<i64, LiveChat>>,
+    /// When each chat last asked for emailed codes (the connector's own budget, before the
+    /// broker's: every chat asks from this one address).
+    code_requests: Mutex<HashMap<i64, Vec<Instant>>>,
+    /// Turns true when the connector is asked to stop.
+    stopping: watch::Receiver<bool>,
+}
+
+/// What became of a text for a chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    Sent(MessageId),
+    /// Telegram refused it for good (the bot was blocked, the chat is gone).
+    Refused,
+    /// The connector is stopping and Telegram had not taken it yet.
+    Stopped,
 }
 
 /// How a text goes to a chat.
@@ -132,14 +168,56 @@ impl Connector {
         ConfigDir::at(self.data_dir.join("chats").join(chat_id.to_string()))
     }
 
-    /// Changes the state and writes it down.
+    /// Changes the state and writes it down (off the runtime's own work: the write syncs to
+    /// disk; `is_muted` and the like only wait for the change itself).
     fn update_state<T>(&self, change: impl FnOnce(&mut ConnectorState) -> T) -> T {
-        let mut state = self.state.lock().expect("state lock");
-        let result = change(&mut state);
-        if let Err(error) = state.save(&self.data_dir) {
+        let _writing = self.state_file.lock().expect("state file lock");
+        let (result, json) = {
+            let mut state = self.state.lock().expect("state lock");
+            let result = change(&mut state);
+            (result, state.to_json())
+        };
+        let path = state::state_file(&self.data_dir);
+        if let Err(error) = tokio::task::block_in_place(|| write_private_atomic(&path, &json)) {
             tracing::error!(%error, "could not save the connector state");
         }
         result
+    }
+
+    fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Waits until the connector is asked to stop.
+    async fn stopped(&self) {
+        let mut stopping = self.stopping.clone();
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }
+
+    /// The running supervisor of a connected chat, or what to tell the chat.
+    async fn supervisor(&self, chat_id: i64) -> Result<Arc<Supervisor>, String> {
+        if let Some(live) = self.live.lock().await.get(&chat_id) {
+            return Ok(live.supervisor.clone());
+        }
+        Err(if self.stage(chat_id) == Stage::Connected {
+            "This chat's meshes are not running (see the connector's log); /disconnect, then /connect, starts over."
+                .to_owned()
+        } else {
+            not_connected()
+        })
+    }
+
+    /// The connector's own budget for emailed codes: a few per chat per ten minutes.
+    fn may_ask_for_code(&self, chat_id: i64) -> bool {
+        let now = Instant::now();
+        let mut requests = self.code_requests.lock().expect("code requests lock");
+        let asked = requests.entry(chat_id).or_default();
+        asked.retain(|at| now.duration_since(*at) < CODE_REQUEST_WINDOW);
+        asked.len() < CODE_REQUESTS_PER_WINDOW
+    }
+
+    fn asked_for_code(&self, chat_id: i64) {
+        self.code_requests.lock().expect("code requests lock").entry(chat_id).or_default().push(Instant::now());
     }
 
     fn stage(&self, chat_id: i64) -> Stage {
@@ -165,24 +243,29 @@ impl Connector {
             state.chats.iter().filter(|(_, c)| c.stage == Stage::Connected).map(|(id, _)| *id).collect()
         };
         for chat_id in connected {
-            match LiveChat::start(self, chat_id).await {
-                Ok(live) => {
-                    self.live.lock().await.insert(chat_id, live);
-                }
-                Err(error) => tracing::error!(chat = chat_id, %error, "could not resume a chat"),
-            }
+            self.resume_chat(chat_id).await;
         }
     }
 
+    async fn resume_chat(self: &Arc<Self>, chat_id: i64) {
+        match LiveChat::start(self, chat_id).await {
+            Ok(live) => {
+                self.live.lock().await.insert(chat_id, live);
+            }
+            Err(error) => tracing::error!(chat = chat_id, %error, "could not start a chat"),
+        }
+    }
+
+    /// Stops every chat: each finishes the message it is forwarding, then its sessions close.
     async fn stop_all(&self) {
         let chats: Vec<LiveChat> = self.live.lock().await.drain().map(|(_, live)| live).collect();
         futures_util::future::join_all(chats.into_iter().map(LiveChat::stop)).await;
     }
 
-    /// Sends `text` to a chat, retrying for as long as Telegram cannot be reached. `None` when
-    /// Telegram refused it for good (the bot was blocked, the chat is gone): retrying would not
-    /// help, and would hold up everything behind it.
-    async fn deliver(&self, chat_id: i64, text: &str, delivery: Delivery) -> Option<MessageId> {
+    /// Sends `text` to a chat, retrying for as long as Telegram cannot be reached (until the
+    /// connector stops). A text Telegram refuses for good is not retried: it would hold up
+    /// everything behind it.
+    async fn deliver(&self, chat_id: i64, text: &str, delivery: Delivery) -> Delivered {
         let text = clipped(text);
         let mut failures = 0;
         loop {
@@ -193,60 +276,78 @@ impl Connector {
             if let Some(reply_to) = delivery.reply_to {
                 request = request.reply_parameters(ReplyParameters::new(reply_to).allow_sending_without_reply());
             }
-            match request.send().await {
-                Ok(sent) => return Some(sent.id),
-                Err(RequestError::RetryAfter(wait)) => tokio::time::sleep(wait.duration()).await,
+            let wait = match request.send().await {
+                Ok(sent) => return Delivered::Sent(sent.id),
+                Err(RequestError::RetryAfter(wait)) => wait.duration(),
                 Err(RequestError::Api(error)) => {
                     tracing::warn!(chat = chat_id, %error, "Telegram refused a message; skipping it");
-                    return None;
+                    return Delivered::Refused;
                 }
                 Err(RequestError::MigrateToChatId(new_id)) => {
-                    tracing::warn!(
-                        chat = chat_id,
-                        new = new_id.0,
-                        "the group moved to a supergroup; /connect it again"
-                    );
-                    return None;
+                    tracing::warn!(chat = chat_id, new = new_id.0, "the chat moved; skipping the message");
+                    return Delivered::Refused;
                 }
                 Err(error) => {
                     tracing::warn!(chat = chat_id, %error, "Telegram cannot be reached; the message waits");
-                    tokio::time::sleep(TELEGRAM_BACKOFF.ceiling(failures)).await;
                     failures += 1;
+                    TELEGRAM_BACKOFF.ceiling(failures - 1)
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stopped() => return Delivered::Stopped,
             }
         }
     }
 
-    /// Long polling: each update is handled, then the offset moves past it.
+    /// Long polling: each update is handled, then the offset moves past it; a stop request is
+    /// honoured between updates.
     async fn poll_updates(self: Arc<Self>) {
         let mut failures = 0;
-        loop {
+        while !self.is_stopping() {
             let offset = self.state.lock().expect("state lock").offset;
-            let polled = self
+            let poll = self
                 .bot
                 .get_updates()
                 .offset(offset)
                 .timeout(POLL_TIMEOUT_S)
                 .allowed_updates(vec![AllowedUpdate::Message])
-                .send()
-                .await;
-            match polled {
+                .send();
+            let polled = tokio::select! {
+                polled = poll => polled,
+                _ = self.stopped() => return,
+            };
+            let wait = match polled {
                 Ok(updates) => {
                     failures = 0;
                     for update in updates {
+                        if self.is_stopping() {
+                            return;
+                        }
                         if let UpdateKind::Message(message) = update.kind {
                             self.handle(&message).await;
                         }
                         let next = i32::try_from(update.id.0).unwrap_or(i32::MAX).saturating_add(1);
                         self.update_state(|state| state.offset = state.offset.max(next));
                     }
+                    continue;
                 }
-                Err(RequestError::RetryAfter(wait)) => tokio::time::sleep(wait.duration()).await,
+                Err(RequestError::RetryAfter(wait)) => wait.duration(),
+                Err(RequestError::Api(ApiError::TerminatedByOtherGetUpdates)) => {
+                    tracing::error!(
+                        "another program reads this bot's updates (a second connector, or a webhook is set); waiting"
+                    );
+                    TELEGRAM_BACKOFF.max
+                }
                 Err(error) => {
                     tracing::warn!(%error, "could not get updates from Telegram; trying again");
-                    tokio::time::sleep(TELEGRAM_BACKOFF.ceiling(failures)).await;
                     failures += 1;
+                    TELEGRAM_BACKOFF.ceiling(failures - 1)
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stopped() => return,
             }
         }
     }
@@ -255,7 +356,18 @@ impl Connector {
     async fn handle(self: &Arc<Self>, message: &Message) {
         let chat_id = message.chat.id.0;
         let Some(typed) = message.text() else { return };
-        let answer = match Input::parse(typed) {
+        // In a group every member could type the code, `/send` or `/disconnect` as the person.
+        let answer = if !message.chat.is_private() {
+            "claudemesh works in a private chat with this bot only: in a group, anyone in it could act as you."
+                .to_owned()
+        } else {
+            self.command(chat_id, message, typed).await
+        };
+        self.deliver(chat_id, &answer, Delivery { reply_to: Some(message.id), ..Delivery::default() }).await;
+    }
+
+    async fn command(self: &Arc<Self>, chat_id: i64, message: &Message, typed: &str) -> String {
+        match Input::parse(typed) {
             Input::Help => text::HELP.to_owned(),
             Input::Connect => self.begin_connect(chat_id),
             Input::Cancel => {
@@ -276,8 +388,7 @@ impl Connector {
             Input::Usage(usage) => format!("Usage: {usage}"),
             Input::Unknown(command) => format!("/{command} is not a command here; /help lists them."),
             Input::Text(typed) => self.text(chat_id, message, typed).await,
-        };
-        self.deliver(chat_id, &answer, Delivery { reply_to: Some(message.id), ..Delivery::default() }).await;
+        }
     }
 
     fn begin_connect(&self, chat_id: i64) -> String {
@@ -294,8 +405,12 @@ impl Connector {
             Stage::SignedOut => {
                 "Type /connect to sign this chat in with your email address; /help lists commands.".into()
             }
+            Stage::AwaitingEmail if !self.may_ask_for_code(chat_id) => {
+                "This chat asked for codes too often; wait ten minutes, then send the address again.".into()
+            }
             Stage::AwaitingEmail => match account::request_email_code(&self.broker_url, typed).await {
                 Ok(said) => {
+                    self.asked_for_code(chat_id);
                     self.set_stage(chat_id, Stage::AwaitingCode { email: typed.to_owned() });
                     format!("The broker says: {said}.\nSend the six digits here (or /cancel).")
                 }
@@ -333,10 +448,7 @@ impl Connector {
         .await;
         let signed_in = match signed_in {
             Ok(signed_in) => signed_in,
-            Err(AccountError::Refused { code, message, .. }) if code == "invalid_code" => {
-                return format!("{message}. Try again, or /connect for a new code.");
-            }
-            Err(error) => return format!("{}\nTry again, or /connect for a new code.", explain(&error)),
+            Err(error) => return format!("{}.\nTry again, or /connect for a new code.", explain(&error)),
         };
         self.set_stage(chat_id, Stage::Connected);
         let mut answer = format!("Signed in to the account {} as a new device.", signed_in.account.account_name);
@@ -363,10 +475,15 @@ impl Connector {
 
     /// `/disconnect`: the chat's device is revoked at the broker, and everything of it here
     /// deleted.
-    async fn disconnect(&self, chat_id: i64) -> String {
+    async fn disconnect(self: &Arc<Self>, chat_id: i64) -> String {
         if self.stage(chat_id) != Stage::Connected {
             self.set_stage(chat_id, Stage::SignedOut);
             return "This chat is not connected.".to_owned();
+        }
+        // The chat stops first, so the revocation it is about to cause is not news to it.
+        let live = self.live.lock().await.remove(&chat_id);
+        if let Some(live) = live {
+            live.stop().await;
         }
         let config_dir = self.chat_dir(chat_id);
         let signed_out = async {
@@ -377,10 +494,10 @@ impl Connector {
         match signed_out {
             // Signed out elsewhere already: what is left is forgetting it here.
             Ok(_) | Err(AccountError::NotSignedIn) => {}
-            Err(error) => return format!("Could not sign out: {}\nTry /disconnect again.", explain(&error)),
-        }
-        if let Some(live) = self.live.lock().await.remove(&chat_id) {
-            live.stop().await;
+            Err(error) => {
+                self.resume_chat(chat_id).await;
+                return format!("Could not sign out: {}\nTry /disconnect again.", explain(&error));
+            }
         }
         if let Err(error) = std::fs::remove_dir_all(config_dir.root()) {
             tracing::warn!(chat = chat_id, %error, "could not delete the chat's directory");
@@ -413,10 +530,12 @@ impl Connector {
     }
 
     async fn peers(&self, chat_id: i64, mesh: Option<&str>) -> String {
-        let live = self.live.lock().await;
-        let Some(chat) = live.get(&chat_id) else { return not_connected() };
-        match chat.supervisor.list_peers(mesh).await {
-            Ok(rows) => text::peers(&rows, chat.supervisor.peers_left_out(mesh)),
+        let supervisor = match self.supervisor(chat_id).await {
+            Ok(supervisor) => supervisor,
+            Err(answer) => return answer,
+        };
+        match supervisor.list_peers(mesh).await {
+            Ok(rows) => text::peers(&rows, supervisor.peers_left_out(mesh)),
             Err(error) => error.to_string(),
         }
     }
@@ -439,9 +558,11 @@ impl Connector {
     }
 
     async fn send(&self, chat_id: i64, to: &str, typed: &str) -> String {
-        let live = self.live.lock().await;
-        let Some(chat) = live.get(&chat_id) else { return not_connected() };
-        let outcomes = chat.supervisor.send(&[to.to_owned()], typed, Priority::Next).await;
+        let supervisor = match self.supervisor(chat_id).await {
+            Ok(supervisor) => supervisor,
+            Err(answer) => return answer,
+        };
+        let outcomes = supervisor.send(&[to.to_owned()], typed, Priority::Next).await;
         outcomes.iter().map(outcome_line).collect::<Vec<_>>().join("\n")
     }
 
@@ -457,10 +578,12 @@ impl Connector {
         let Some(to) = to else {
             return "That message has no sender to answer; use /send NAME text.".to_owned();
         };
-        let live = self.live.lock().await;
-        let Some(chat) = live.get(&chat_id) else { return not_connected() };
+        let supervisor = match self.supervisor(chat_id).await {
+            Ok(supervisor) => supervisor,
+            Err(answer) => return answer,
+        };
         let resolution = Resolution { mesh_id: to.mesh_id, slug: to.slug, target_spec: to.target_spec, label: to.name };
-        outcome_line(&chat.supervisor.send_resolved(resolution, typed, Priority::Next).await)
+        outcome_line(&supervisor.send_resolved(resolution, typed, Priority::Next).await)
     }
 }
 
@@ -508,14 +631,21 @@ fn member_name(message: &Message) -> String {
     format!("{} on Telegram", person.unwrap_or_else(|| "someone".to_owned()))
 }
 
-/// Telegram's limit on one text, with what was cut said.
+/// Telegram's limit on one text (it counts UTF-16 code units), with what was cut said.
 fn clipped(text: &str) -> std::borrow::Cow<'_, str> {
-    let length = text.chars().count();
-    if length <= MAX_TEXT_CHARS {
+    if text.encode_utf16().count() <= MAX_TEXT_UNITS {
         return text.into();
     }
-    let kept: String = text.chars().take(MAX_TEXT_CHARS).collect();
-    format!("{kept}\n… ({} more characters; read it in the claudemesh app)", length - MAX_TEXT_CHARS).into()
+    let mut units = 0;
+    let kept: String = text
+        .chars()
+        .take_while(|c| {
+            units += c.len_utf16();
+            units <= MAX_TEXT_UNITS
+        })
+        .collect();
+    let cut = text.chars().count() - kept.chars().count();
+    format!("{kept}\n… ({cut} more characters; read it in the claudemesh app)").into()
 }
 
 /// The directory the connector keeps its state in by default: `telegram/` in the claudemesh
@@ -531,9 +661,14 @@ mod tests {
     #[test]
     fn long_texts_are_clipped_to_what_telegram_takes_and_say_so() {
         assert_eq!(clipped("short"), "short");
-        let long = "é".repeat(MAX_TEXT_CHARS + 10);
+        let long = "é".repeat(MAX_TEXT_UNITS + 10);
         let sent = clipped(&long);
-        assert!(sent.starts_with(&"é".repeat(MAX_TEXT_CHARS)));
+        assert!(sent.starts_with(&"é".repeat(MAX_TEXT_UNITS)));
         assert!(sent.ends_with("(10 more characters; read it in the claudemesh app)"), "{sent}");
+        // Telegram counts UTF-16 units: an emoji is two.
+        let emoji = "🚀".repeat(MAX_TEXT_UNITS);
+        let sent = clipped(&emoji);
+        assert!(sent.encode_utf16().count() <= 4096, "{}", sent.encode_utf16().count());
+        assert!(sent.ends_with(&format!("({} more characters; read it in the claudemesh app)", MAX_TEXT_UNITS / 2)));
     }
 }

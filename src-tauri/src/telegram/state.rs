@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, write_private_atomic};
+use crate::config::ConfigError;
+#[cfg(test)]
+use crate::config::write_private_atomic;
 
-/// Replies are remembered for this many forwarded messages per chat (oldest forgotten first).
-pub const REMEMBERED_REPLIES: usize = 1000;
+/// Replies are remembered for this many forwarded messages per chat (oldest forgotten first):
+/// enough for any conversation a person scrolls back to, small enough to rewrite the file often.
+pub const REMEMBERED_REPLIES: usize = 200;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,9 +88,13 @@ impl ConnectorState {
         }
     }
 
-    pub fn save(&self, data_dir: &Path) -> Result<(), ConfigError> {
-        let json = serde_json::to_vec_pretty(self).expect("the connector state serializes");
-        write_private_atomic(&state_file(data_dir), &json)
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("the connector state serializes")
+    }
+
+    #[cfg(test)]
+    fn save(&self, data_dir: &Path) -> Result<(), ConfigError> {
+        write_private_atomic(&state_file(data_dir), &self.to_json())
     }
 
     pub fn chat(&mut self, chat_id: i64) -> &mut ChatRecord {
