@@ -9,6 +9,7 @@
 //! Postgres implementation can sit behind the same trait, and `store::conformance` (feature
 //! `store-conformance`) holds the checks every implementation passes.
 
+mod codes;
 #[cfg(feature = "store-conformance")]
 pub mod conformance;
 mod sqlite;

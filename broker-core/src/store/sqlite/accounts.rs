@@ -3,9 +3,10 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
-use super::codes::{self, DbCode as _};
+use super::codes;
 use super::directory::{MEMBER_COLUMNS, bump_directory_version, member_from_row};
 use super::{audit, conflict_on_duplicate};
+use crate::store::codes::DbCode as _;
 use crate::store::{
     APPROVAL_RECALL_WINDOW, AccountRecord, AuditEvent, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord,
     EmailCodeOutcome, MemberRecord, NewDeviceCode, PollOutcome, StoreError, StoreResult,

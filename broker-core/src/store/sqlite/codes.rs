@@ -1,50 +1,21 @@
-//! How enum values are written to SQLite columns and read back. These encodings belong to the
-//! database, not to the wire: `protocol` may rename a variant's JSON spelling without touching
-//! stored rows. A stored value no variant matches is an error naming the column
-//! ([`StoreError::Unreadable`]), never a silent default.
-
-use std::fmt::Debug;
+//! Reading stored codes ([`crate::store::codes`]) and JSON columns from SQLite rows.
 
 use rusqlite::Row;
-use rusqlite::types::{FromSql, ToSql};
+use rusqlite::types::FromSql;
 
-use crate::protocol::{Enc, Priority, Role};
-use crate::store::{DeviceCodeStatus, StoreError};
+use crate::store::codes::{DbCode, decode};
 
-/// A value stored as a fixed code.
-pub(super) trait DbCode: Sized {
-    /// What the column holds when read back.
-    type Stored: FromSql + Debug;
-
-    fn to_db(self) -> impl ToSql;
-    fn from_db(stored: &Self::Stored) -> Option<Self>;
-}
-
-/// The stored value that no variant matches, carried through rusqlite's conversion error and
-/// turned into [`StoreError::Unreadable`] by `From<rusqlite::Error>`.
-#[derive(Debug, thiserror::Error)]
-#[error("column {column} holds {value}, which this broker cannot read")]
-pub(super) struct UnknownCode {
-    pub(super) column: &'static str,
-    pub(super) value: String,
-}
-
-impl From<UnknownCode> for StoreError {
-    fn from(unknown: UnknownCode) -> Self {
-        StoreError::Unreadable { column: unknown.column, value: unknown.value }
-    }
-}
-
-/// Reads column `index` of `row`, named `column` in the error, as a `T`.
-pub(super) fn read<T: DbCode>(row: &Row<'_>, index: usize, column: &'static str) -> rusqlite::Result<T> {
+/// Reads column `index` of `row`, named `column` in the error, as a `T`. An unknown code
+/// travels through rusqlite's conversion error and becomes [`crate::store::StoreError::Unreadable`]
+/// in `From<rusqlite::Error>`.
+pub(super) fn read<T: DbCode>(row: &Row<'_>, index: usize, column: &'static str) -> rusqlite::Result<T>
+where
+    T::Stored: FromSql,
+{
     let stored: T::Stored = row.get(index)?;
-    T::from_db(&stored).ok_or_else(|| {
+    decode::<T>(&stored, column).map_err(|unknown| {
         let data_type = row.get_ref(index).map(|value| value.data_type()).unwrap_or(rusqlite::types::Type::Null);
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            data_type,
-            Box::new(UnknownCode { column, value: format!("{stored:?}") }),
-        )
+        rusqlite::Error::FromSqlConversionFailure(index, data_type, Box::new(unknown))
     })
 }
 
@@ -56,45 +27,18 @@ pub(super) fn read_json<T: serde::de::DeserializeOwned>(row: &Row<'_>, index: us
         .map_err(|error| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error)))
 }
 
-/// Implements [`DbCode`] for an enum from one table of variants and codes, so writing and
-/// reading can never disagree. `$view` turns the stored value into something the codes match.
-macro_rules! db_codes {
-    ($type:ident as $stored:ty, |$value:ident| $view:expr, { $($variant:ident => $code:literal),+ $(,)? }) => {
-        impl DbCode for $type {
-            type Stored = $stored;
-
-            fn to_db(self) -> impl ToSql {
-                match self {
-                    $($type::$variant => $code,)+
-                }
-            }
-
-            fn from_db($value: &$stored) -> Option<$type> {
-                match $view {
-                    $($code => Some($type::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
-db_codes!(Priority as i64, |stored| *stored, { Now => 0, Next => 1, Low => 2 });
-db_codes!(Enc as String, |stored| stored.as_str(), { Box => "box", Multi => "multi", System => "system" });
-db_codes!(Role as String, |stored| stored.as_str(), { Admin => "admin", Member => "member" });
-db_codes!(DeviceCodeStatus as String, |stored| stored.as_str(), {
-    Pending => "pending",
-    Approved => "approved",
-    Denied => "denied",
-    Consumed => "consumed",
-});
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Enc, Priority, Role};
+    use crate::store::{DeviceCodeStatus, StoreError};
 
     /// Writes `value`'s code into a scratch column and reads it back.
-    fn round_trip<T: DbCode>(conn: &rusqlite::Connection, value: T) -> T {
+    fn round_trip<T: DbCode>(conn: &rusqlite::Connection, value: T) -> T
+    where
+        T::Stored: FromSql,
+        T::Code: rusqlite::ToSql,
+    {
         conn.query_row("SELECT ?1", [value.to_db()], |row| read::<T>(row, 0, "scratch.value")).expect("reads back")
     }
 

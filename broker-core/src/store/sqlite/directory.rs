@@ -4,10 +4,11 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
-use super::codes::{self, DbCode as _};
+use super::codes;
 use super::{audit, conflict_on_duplicate};
 use crate::names;
 use crate::protocol::Role;
+use crate::store::codes::DbCode as _;
 use crate::store::{
     AccountMesh, AuditEvent, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
     NewMember, Redemption, StoreError, StoreResult,

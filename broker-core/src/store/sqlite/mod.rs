@@ -23,7 +23,7 @@ mod writer;
 
 use writer::{after_commit, in_savepoint, run_writer};
 
-use codes::DbCode as _;
+use crate::store::codes::DbCode as _;
 use directory::MESH_COLUMNS;
 
 use super::{
@@ -69,7 +69,7 @@ impl From<rusqlite::Error> for StoreError {
         match error {
             // A stored code no variant matches, found while reading a row (see `codes`).
             rusqlite::Error::FromSqlConversionFailure(index, data_type, source) => {
-                match source.downcast::<codes::UnknownCode>() {
+                match source.downcast::<super::codes::UnknownCode>() {
                     Ok(unknown) => (*unknown).into(),
                     Err(source) => {
                         StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(index, data_type, source))

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
-use super::codes::DbCode as _;
 use super::{BatchResult, Finisher, Job, MAX_BATCH, audit};
+use crate::store::codes::DbCode as _;
 use crate::store::{NewMessage, PeerStateRecord, StoreError, StoreResult, WriteOp, WriteOutcome};
 
 /// A job's own outcome, unless the batch's commit failed.
