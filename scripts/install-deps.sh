@@ -6,7 +6,8 @@
 #   test — also what the desktop tests drive: Xvfb, a D-Bus session with gnome-keyring, the dunst
 #          notification daemon, WebKitWebDriver and tauri-driver, ImageMagick, Node (UI tests),
 #          iproute2 (`ip netns`: the other machines of tests/tests/other_machines.rs),
-#          the packaging tools and systemd-analyze (tests/tests/packages.rs),
+#          the packaging tools and systemd-analyze (tests/tests/packages.rs), PostgreSQL's
+#          server binaries (the tests start servers of their own: broker_core::testing::postgres),
 #          and the real Claude Code for tests/tests/claude_code.rs: the npm package
 #          @anthropic-ai/claude-code at $CLAUDE_CODE_VERSION, cached in
 #          ${XDG_CACHE_HOME:-~/.cache}/claudemesh/claude-code and reused by later runs.
@@ -24,7 +25,7 @@ if [ "$mode" = package ] || [ "$mode" = test ]; then
 fi
 if [ "$mode" = test ]; then
   packages+=(systemd man-db xvfb xauth dbus dbus-x11 at-spi2-core gnome-keyring dunst webkit2gtk-driver imagemagick
-    fonts-inter fonts-dejavu-core nodejs npm iproute2)
+    fonts-inter fonts-dejavu-core nodejs npm iproute2 postgresql)
 fi
 missing=()
 for package in "${packages[@]}"; do
@@ -41,6 +42,12 @@ missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing: ${missing[*]}" >&2
+  # The tests start PostgreSQL servers of their own; the package's default cluster would only
+  # be one more server running.
+  if [[ " ${missing[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    $sudo mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -242,7 +242,6 @@ fn path_with(path: &Path, suffix: &str) -> PathBuf {
 mod tests {
     use super::*;
     use crate::operator::Operator;
-    use crate::store::Store as _;
 
     fn data_dir_with_a_mesh() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");

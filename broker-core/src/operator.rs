@@ -1,7 +1,8 @@
 //! Operator commands on a broker's data directory: create meshes, add members, sign invites.
 //!
-//! They open the same SQLite file a running broker serves (WAL lets both write; a running
-//! broker notices directory changes within a second). Each mesh created here gets an
+//! They open the same database a running broker serves — the data directory's SQLite file (WAL
+//! lets both write), or the Postgres database of `--database-url` — and a running broker
+//! notices directory changes within a second. Each mesh created here gets an
 //! "operator" admin member whose secret key stays in the data directory (`operator-keys/`,
 //! owner-only), so the operator can sign invites; the broker process never reads it.
 
@@ -15,7 +16,7 @@ use crate::protocol::account::normalize_user_code;
 use crate::protocol::{self, Role};
 use crate::store::{
     AccountRecord, DeviceCodeRecord, DeviceInfo, DeviceRecord, Durability, InviteRecord, MemberRecord, MeshRecord,
-    NewMember, SqliteStore, Store, StoreError,
+    NewMember, PostgresStore, SqliteStore, Store, StoreError,
 };
 
 /// The database file inside a data directory.
@@ -54,19 +55,38 @@ pub struct IssuedInvite {
     pub record: InviteRecord,
 }
 
+/// Opens a broker's store: the Postgres database `database_url` names, else the data directory's
+/// SQLite file (created if needed).
+pub fn open_store(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    durability: Durability,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match database_url {
+        Some(url) => PostgresStore::open(url)?,
+        None => SqliteStore::open(&data_dir.join(DATABASE_FILE), durability)?,
+    })
+}
+
 pub struct Operator {
     data_dir: PathBuf,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
 }
 
 impl Operator {
     /// Opens (creating if needed) the data directory's database.
     pub fn open(data_dir: &Path) -> OperatorResult<Operator> {
-        let store = SqliteStore::open(&data_dir.join(DATABASE_FILE), Durability::Full)?;
+        Operator::open_with(data_dir, None)
+    }
+
+    /// Opens the store a broker with these options serves; the operator's keys stay in
+    /// `data_dir` either way.
+    pub fn open_with(data_dir: &Path, database_url: Option<&str>) -> OperatorResult<Operator> {
+        let store = open_store(data_dir, database_url, Durability::Full)?;
         Ok(Operator { data_dir: data_dir.to_owned(), store })
     }
 
-    pub fn store(&self) -> &Arc<SqliteStore> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 

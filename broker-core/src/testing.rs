@@ -1,5 +1,7 @@
 //! Test support shared by this crate's tests and the end-to-end tests (feature `test-support`):
-//! stand-ins for the third parties a broker talks to.
+//! stand-ins for the third parties a broker talks to, and the real database server it may use.
+
+pub mod postgres;
 
 /// An SMTP server on 127.0.0.1 that hands each message it receives (its DATA) to the test, on
 /// any number of connections: its `smtp://` URL, and the messages as they arrive.

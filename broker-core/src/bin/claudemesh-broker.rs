@@ -12,7 +12,7 @@ use broker_core::operator::{self, Operator, OperatorError};
 use broker_core::protocol::account::format_user_code;
 use broker_core::protocol::{self, Role};
 use broker_core::server::{self, Broker};
-use broker_core::store::{Durability, SqliteStore, Store};
+use broker_core::store::Durability;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
@@ -31,6 +31,11 @@ struct Cli {
     /// Directory holding the database and the operator's keys.
     #[arg(long, global = true, env = "CLAUDEMESH_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
+    /// Keep the mesh in this PostgreSQL database instead of the data directory's SQLite file
+    /// (`postgres://user:password@host:5432/claudemesh`); any number of brokers may serve one
+    /// database. The operator's keys stay in the data directory.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -291,18 +296,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(cli.data_dir, args),
-        Command::Mesh(command) => mesh_command(&cli.data_dir, command),
-        Command::Member(command) => member_command(&cli.data_dir, command),
-        Command::Invite(command) => invite_command(&cli.data_dir, command),
-        Command::Account(command) => account_command(&cli.data_dir, command),
-        Command::Device(command) => device_command(&cli.data_dir, command),
-        Command::Backup { to, json } => backup_command(&cli.data_dir, &to, json),
-        Command::Restore { from, json } => restore_command(&cli.data_dir, &from, json),
-    };
-    if let Err(error) = result {
+    if let Err(error) = run(Cli::parse()) {
         eprintln!("error: {error:#}");
         let code = match error.downcast_ref::<OperatorError>() {
             Some(OperatorError::Invalid(_)) => 2,
@@ -324,19 +318,46 @@ fn init_logging(format: &str) {
     }
 }
 
-fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<()> {
+fn run(cli: Cli) -> Result<()> {
+    // The operator's view of the store the options name.
+    let operator = || Operator::open_with(&cli.data_dir, cli.database_url.as_deref());
+    match cli.command {
+        Command::Serve(args) => serve(cli.data_dir, cli.database_url, args),
+        Command::Mesh(command) => mesh_command(&operator()?, command),
+        Command::Member(command) => member_command(&operator()?, command),
+        Command::Invite(command) => invite_command(&operator()?, command),
+        Command::Account(command) => account_command(&operator()?, command),
+        Command::Device(command) => device_command(&operator()?, command),
+        Command::Backup { .. } | Command::Restore { .. } if cli.database_url.is_some() => Err(anyhow::anyhow!(
+            "backup and restore copy a data directory's SQLite store; back a Postgres database up with its own \
+             tools (pg_dump, or the server's base backups)"
+        )),
+        Command::Backup { to, json } => backup_command(&cli.data_dir, &to, json),
+        Command::Restore { from, json } => restore_command(&cli.data_dir, &from, json),
+    }
+}
+
+fn serve(data_dir: PathBuf, database_url: Option<String>, args: ServeArgs) -> Result<()> {
     init_logging(&args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    // Held while serving: a second broker, or a restore, on this directory is refused.
-    let _lock = broker_core::backup::lock_data_dir(&data_dir)?;
+    // Held while serving a data directory's SQLite store: a second broker, or a restore, on this
+    // directory is refused. Brokers on one Postgres database share it on purpose.
+    let _lock = match database_url {
+        Some(_) => None,
+        None => Some(broker_core::backup::lock_data_dir(&data_dir)?),
+    };
+    let store =
+        operator::open_store(&data_dir, database_url.as_deref(), args.durability).with_context(
+            || match &database_url {
+                Some(_) => "opening the Postgres database of --database-url".to_owned(),
+                None => format!("opening {}", data_dir.join(operator::DATABASE_FILE).display()),
+            },
+        )?;
     runtime.block_on(async move {
-        let database = data_dir.join(operator::DATABASE_FILE);
-        let store =
-            SqliteStore::open(&database, args.durability).with_context(|| format!("opening {}", database.display()))?;
         let listener = bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
         let public_url = args.public_url.unwrap_or_else(|| format!("http://{local}"));
-        store.set_setting(operator::PUBLIC_URL_SETTING, &public_url)?;
+        broker_core::store::off_runtime(|| store.set_setting(operator::PUBLIC_URL_SETTING, &public_url))?;
         let config = BrokerConfig {
             max_message_bytes: args.max_message_bytes,
             max_frame_bytes: BrokerConfig::default().max_frame_bytes.max(args.max_message_bytes * 4),
@@ -457,8 +478,7 @@ fn restore_command(data_dir: &std::path::Path, from: &std::path::Path, json_outp
     Ok(())
 }
 
-fn mesh_command(data_dir: &std::path::Path, command: MeshCommand) -> Result<()> {
-    let operator = Operator::open(data_dir)?;
+fn mesh_command(operator: &Operator, command: MeshCommand) -> Result<()> {
     match command {
         MeshCommand::Create { name, slug, json } => {
             let created = operator.create_mesh(&name, slug.as_deref())?;
@@ -491,8 +511,7 @@ fn mesh_command(data_dir: &std::path::Path, command: MeshCommand) -> Result<()> 
     Ok(())
 }
 
-fn member_command(data_dir: &std::path::Path, command: MemberCommand) -> Result<()> {
-    let operator = Operator::open(data_dir)?;
+fn member_command(operator: &Operator, command: MemberCommand) -> Result<()> {
     match command {
         MemberCommand::Add { mesh, pubkey, name, role, json } => {
             let (mesh, member) = operator.add_member(&mesh, &pubkey, &name, role)?;
@@ -521,8 +540,7 @@ fn member_command(data_dir: &std::path::Path, command: MemberCommand) -> Result<
     Ok(())
 }
 
-fn invite_command(data_dir: &std::path::Path, command: InviteCommand) -> Result<()> {
-    let operator = Operator::open(data_dir)?;
+fn invite_command(operator: &Operator, command: InviteCommand) -> Result<()> {
     match command {
         InviteCommand::Create { mesh, role, max_uses, expires_in, public_url, json } => {
             let issued = operator.create_invite(&mesh, role, max_uses, expires_in, public_url.as_deref())?;
@@ -544,8 +562,7 @@ fn invite_command(data_dir: &std::path::Path, command: InviteCommand) -> Result<
     Ok(())
 }
 
-fn account_command(data_dir: &std::path::Path, command: AccountCommand) -> Result<()> {
-    let operator = Operator::open(data_dir)?;
+fn account_command(operator: &Operator, command: AccountCommand) -> Result<()> {
     match command {
         AccountCommand::Create { name, email, json } => {
             let account = operator.create_account(&name, email.as_deref())?;
@@ -560,8 +577,7 @@ fn account_command(data_dir: &std::path::Path, command: AccountCommand) -> Resul
     Ok(())
 }
 
-fn device_command(data_dir: &std::path::Path, command: DeviceCommand) -> Result<()> {
-    let operator = Operator::open(data_dir)?;
+fn device_command(operator: &Operator, command: DeviceCommand) -> Result<()> {
     match command {
         DeviceCommand::Approve { user_code, account, json } => {
             let code = operator.approve_device(&user_code, &account)?;

@@ -104,8 +104,9 @@ fn pair_limits_setting(mesh_id: &str) -> String {
 impl Router {
     /// Must be called inside a tokio runtime (background work is spawned on it).
     pub fn new(config: Arc<BrokerConfig>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<Router> {
-        let version = store.directory_version().unwrap_or(0);
-        if let Ok(depth) = store.queue_depth() {
+        let (version, depth) =
+            crate::store::off_runtime(|| (store.directory_version().unwrap_or(0), store.queue_depth()));
+        if let Ok(depth) = depth {
             metrics.queue_depth.store(depth, Ordering::Relaxed);
         }
         Arc::new_cyclic(|me| Router {

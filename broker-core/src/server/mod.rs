@@ -248,6 +248,7 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::Conflict(what) => ApiError::new(StatusCode::CONFLICT, "conflict", what),
             StoreError::Invalid(what) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", what),
             StoreError::Sqlite(_)
+            | StoreError::Postgres(_)
             | StoreError::Batch(_)
             | StoreError::Migration { .. }
             | StoreError::Io { .. }

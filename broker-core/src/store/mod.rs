@@ -12,12 +12,14 @@
 mod codes;
 #[cfg(feature = "store-conformance")]
 pub mod conformance;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
 use crate::protocol::{Enc, GroupMembership, Priority, Role, Stats, WrappedKey};
 
+pub use self::postgres::PostgresStore;
 pub use sqlite::{Durability, SqliteStore};
 pub(crate) use sqlite::{create_private_dir, restrict_permissions};
 
@@ -31,6 +33,36 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_email_codes", include_str!("migrations/0005_email_codes.sql")),
 ];
 
+/// Lowercase ASCII letters, digits and single dashes; never empty.
+pub(crate) fn slugify(text: &str) -> String {
+    let mut slug = String::new();
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-').chars().take(40).collect::<String>();
+    if slug.is_empty() { "mesh".to_owned() } else { slug }
+}
+
+pub(crate) fn check_pubkey(pubkey: &str) -> StoreResult<()> {
+    if crate::protocol::is_key_hex(pubkey) {
+        return Ok(());
+    }
+    Err(StoreError::Invalid(format!(
+        "public key {pubkey:?} is not 64 lowercase hex characters (an ed25519 public key)"
+    )))
+}
+
+/// Runs `f` on a thread of its own and waits for it: for the few store calls made from async
+/// code (a broker's start-up). [`Store`]'s methods block, and the Postgres client's blocking
+/// calls refuse to run on a thread that drives async tasks.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+}
+
 /// Why a store call failed. Callers branch on the kind (`NotFound` becomes a 404, `Conflict` a
 /// 409…); a database failure keeps the driver's error as its source.
 ///
@@ -41,16 +73,19 @@ pub enum StoreError {
     /// SQLite failed a statement of this call.
     #[error("database error: {0}")]
     Sqlite(#[source] rusqlite::Error),
+    /// Postgres failed a statement of this call, or could not be reached.
+    #[error("database error: {0}")]
+    Postgres(#[source] ::postgres::Error),
     /// The transaction holding this write could not begin or commit. Every job of the batch
     /// fails with the one error, hence shared.
     #[error("the write batch failed: {0}")]
-    Batch(#[source] Arc<rusqlite::Error>),
+    Batch(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// An embedded migration did not apply.
     #[error("migration {name} failed: {source}")]
     Migration {
         name: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The file system refused something around the database (its directory, its permissions)
     /// or the writer thread could not start.

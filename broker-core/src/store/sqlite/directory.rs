@@ -71,29 +71,6 @@ pub(super) fn bump_directory_version(conn: &Connection) -> StoreResult<()> {
     Ok(())
 }
 
-/// Lowercase ASCII letters, digits and single dashes; never empty.
-pub(crate) fn slugify(text: &str) -> String {
-    let mut slug = String::new();
-    for c in text.chars() {
-        if c.is_ascii_alphanumeric() {
-            slug.push(c.to_ascii_lowercase());
-        } else if !slug.ends_with('-') && !slug.is_empty() {
-            slug.push('-');
-        }
-    }
-    let slug = slug.trim_end_matches('-').chars().take(40).collect::<String>();
-    if slug.is_empty() { "mesh".to_owned() } else { slug }
-}
-
-pub(super) fn check_pubkey(pubkey: &str) -> StoreResult<()> {
-    if crate::protocol::is_key_hex(pubkey) {
-        return Ok(());
-    }
-    Err(StoreError::Invalid(format!(
-        "public key {pubkey:?} is not 64 lowercase hex characters (an ed25519 public key)"
-    )))
-}
-
 fn event(scope: &str, event_type: &str, actor: Option<&str>, payload: serde_json::Value) -> AuditEvent {
     AuditEvent { scope: scope.to_owned(), event_type: event_type.to_owned(), actor: actor.map(str::to_owned), payload }
 }
@@ -472,7 +449,7 @@ pub(super) fn set_grants(
 ) -> StoreResult<Vec<GrantRecord>> {
     let owner = member(conn, member_id)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))?;
     for (peer, caps) in changes {
-        check_pubkey(peer)?;
+        crate::store::check_pubkey(peer)?;
         match caps {
             Some(caps) => {
                 let caps = serde_json::to_string(caps).map_err(|e| StoreError::Invalid(e.to_string()))?;

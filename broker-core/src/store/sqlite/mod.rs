@@ -272,7 +272,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         let applied: bool =
             tx.query_row("SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE name = ?1)", [name], |row| row.get(0))?;
         if !applied {
-            tx.execute_batch(sql).map_err(|source| StoreError::Migration { name, source })?;
+            tx.execute_batch(sql).map_err(|source| StoreError::Migration { name, source: Box::new(source) })?;
             tx.execute(
                 "INSERT INTO schema_migrations (name, applied_at) VALUES (?1, ?2)",
                 params![name, crate::protocol::now_ms() as i64],
@@ -378,8 +378,8 @@ impl Store for SqliteStore {
         if name.is_empty() {
             return Err(StoreError::Invalid("the mesh name is empty".into()));
         }
-        directory::check_pubkey(&creator.pubkey)?;
-        let base = directory::slugify(if slug_hint.trim().is_empty() { &name } else { slug_hint });
+        super::check_pubkey(&creator.pubkey)?;
+        let base = super::slugify(if slug_hint.trim().is_empty() { &name } else { slug_hint });
         let (owner, creator) = (owner_account_id.map(str::to_owned), creator.clone());
         self.call(move |conn| directory::create_mesh(conn, &name, &base, owner.as_deref(), &creator, now_ms))
     }
@@ -424,7 +424,7 @@ impl Store for SqliteStore {
         actor: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<MemberRecord> {
-        directory::check_pubkey(&member.pubkey)?;
+        super::check_pubkey(&member.pubkey)?;
         let (mesh_id, member, actor) = (mesh_id.to_owned(), member.clone(), actor.map(str::to_owned));
         self.call(move |conn| directory::add_member(conn, &mesh_id, &member, role, actor.as_deref(), now_ms))
     }
@@ -463,7 +463,7 @@ impl Store for SqliteStore {
     }
 
     fn redeem_invite(&self, invite_id: &str, member: &NewMember, now_ms: u64) -> StoreResult<Redemption> {
-        directory::check_pubkey(&member.pubkey)?;
+        super::check_pubkey(&member.pubkey)?;
         let (invite_id, member) = (invite_id.to_owned(), member.clone());
         self.call(move |conn| directory::redeem_invite(conn, &invite_id, &member, now_ms))
     }

@@ -1,0 +1,115 @@
+//! The audit chain in Postgres: append inside the caller's transaction, query, verify.
+//!
+//! Appends take the scope's transaction-scoped advisory lock ([`super::lock_scope`]) before
+//! reading its tail, and hold it until the transaction ends, so two writers — brokers sharing
+//! the database, an operator command — can never both extend the same tail: the chain cannot
+//! fork. The tail is read by a statement after the lock's own, so at READ COMMITTED it sees
+//! every entry committed before the lock was granted (a REPEATABLE READ snapshot could predate
+//! them).
+
+use std::collections::BTreeSet;
+
+use postgres::fallible_iterator::FallibleIterator as _;
+use postgres::{GenericClient, Row};
+
+use super::lock_scope;
+use crate::crypto::{AUDIT_GENESIS, audit_hash, canonical_json};
+use crate::protocol::iso8601_ms;
+use crate::store::{AuditEntry, AuditEvent, AuditVerification, StoreResult};
+
+/// Appends `event` to its scope, whose lock this transaction holds.
+fn append_locked(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64) -> StoreResult<()> {
+    let prev = db
+        .query_opt("SELECT hash FROM audit_log WHERE mesh_id = $1 ORDER BY id DESC LIMIT 1", &[&event.scope])?
+        .map(|row| row.try_get::<_, String>(0))
+        .transpose()?;
+    let prev = prev.unwrap_or_else(|| AUDIT_GENESIS.to_owned());
+    let created_at = iso8601_ms(now_ms);
+    let hash = audit_hash(&prev, &event.scope, &event.event_type, event.actor.as_deref(), &event.payload, &created_at);
+    db.execute(
+        "INSERT INTO audit_log (mesh_id, event_type, actor, payload, prev_hash, hash, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&event.scope, &event.event_type, &event.actor, &canonical_json(&event.payload), &prev, &hash, &created_at],
+    )?;
+    Ok(())
+}
+
+pub(super) fn append(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64) -> StoreResult<()> {
+    lock_scope(db, &event.scope)?;
+    append_locked(db, event, now_ms)
+}
+
+/// Locks every scope of `events` first, in sorted order, so that two transactions appending to
+/// the same scopes wait for each other instead of deadlocking; then appends in the given order.
+pub(super) fn append_all(db: &mut impl GenericClient, events: &[AuditEvent], now_ms: u64) -> StoreResult<()> {
+    let scopes: BTreeSet<&str> = events.iter().map(|event| event.scope.as_str()).collect();
+    for scope in scopes {
+        lock_scope(db, scope)?;
+    }
+    for event in events {
+        append_locked(db, event, now_ms)?;
+    }
+    Ok(())
+}
+
+fn entry_from_row(row: &Row) -> StoreResult<AuditEntry> {
+    let payload: String = row.try_get(4)?;
+    Ok(AuditEntry {
+        id: row.try_get(0)?,
+        scope: row.try_get(1)?,
+        event_type: row.try_get(2)?,
+        actor: row.try_get(3)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        prev_hash: row.try_get(5)?,
+        hash: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+    })
+}
+
+const COLUMNS: &str = "id, mesh_id, event_type, actor, payload, prev_hash, hash, created_at";
+
+pub(super) fn entries(
+    db: &mut impl GenericClient,
+    scope: &str,
+    event_type: Option<&str>,
+    limit: u32,
+    offset: u32,
+) -> StoreResult<(Vec<AuditEntry>, u64)> {
+    // `$2::text`: a parameter only tested for NULL has no type of its own.
+    let total: i64 = db
+        .query_one(
+            "SELECT COUNT(*) FROM audit_log WHERE mesh_id = $1 AND ($2::text IS NULL OR event_type = $2)",
+            &[&scope, &event_type],
+        )?
+        .try_get(0)?;
+    let rows = db.query(
+        &format!(
+            "SELECT {COLUMNS} FROM audit_log WHERE mesh_id = $1 AND ($2::text IS NULL OR event_type = $2)
+             ORDER BY id DESC LIMIT $3 OFFSET $4"
+        ),
+        &[&scope, &event_type, &i64::from(limit), &i64::from(offset)],
+    )?;
+    let entries = rows.iter().map(entry_from_row).collect::<StoreResult<Vec<_>>>()?;
+    Ok((entries, total as u64))
+}
+
+/// Walks the chain in order, streaming it; the first entry whose link or hash does not check
+/// out is reported.
+pub(super) fn verify(db: &mut impl GenericClient, scope: &str) -> StoreResult<AuditVerification> {
+    let mut rows = db.query_raw(&format!("SELECT {COLUMNS} FROM audit_log WHERE mesh_id = $1 ORDER BY id"), [scope])?;
+    let mut expected_prev = AUDIT_GENESIS.to_owned();
+    let mut count = 0u64;
+    while let Some(row) = rows.next()? {
+        count += 1;
+        let id: i64 = row.try_get(0)?;
+        let stored_payload: String = row.try_get(4)?;
+        let entry = entry_from_row(&row)?;
+        let recomputed = entry.recomputed_hash();
+        let payload_intact = serde_json::from_str::<serde_json::Value>(&stored_payload).is_ok();
+        if entry.prev_hash != expected_prev || entry.hash != recomputed || !payload_intact {
+            return Ok(AuditVerification { valid: false, entries: count, broken_at: Some(id) });
+        }
+        expected_prev = entry.hash;
+    }
+    Ok(AuditVerification { valid: true, entries: count, broken_at: None })
+}

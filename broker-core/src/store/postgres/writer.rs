@@ -1,0 +1,321 @@
+//! The writer thread: group commit of the hot-path writes (enqueue, acknowledge, expire, saved
+//! peer state, session keys, audit entries), and the queue's reads.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use postgres::{Client, Config, GenericClient, Transaction};
+use tokio::sync::mpsc;
+
+use super::{Job, MAX_BATCH, audit, codes};
+use crate::protocol::{Priority, WrappedKey};
+use crate::store::codes::DbCode as _;
+use crate::store::{
+    Completion, Delivery, Envelope, NewMessage, PeerStateRecord, QueuedEntry, StoreError, StoreResult, WriteOp,
+    WriteOutcome,
+};
+
+/// What the batch's jobs are told when its transaction could not begin or commit.
+fn batch_error(error: &Arc<postgres::Error>) -> StoreError {
+    StoreError::Batch(error.clone())
+}
+
+/// Runs one job in a savepoint of the batch: a failing (or panicking) job is rolled back alone.
+fn in_savepoint(tx: &mut Transaction<'_>, op: WriteOp) -> StoreResult<WriteOutcome> {
+    let mut job = tx.savepoint("job")?;
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(&mut job, op)))
+        .unwrap_or_else(|_| Err(StoreError::Database("a write panicked inside the store".into())));
+    if result.is_ok() {
+        job.commit()?;
+    }
+    result
+}
+
+pub(super) fn run_writer(
+    mut client: Client,
+    config: Config,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    commits: &AtomicU64,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut stopping = false;
+    while !stopping {
+        let Some(first) = jobs.blocking_recv() else { break };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // A connection lost with the database (a restart, a failover) is made again for the
+        // next batch; until then, jobs fail and their senders are told.
+        if client.is_closed() {
+            match super::connect(&config) {
+                Ok(fresh) => client = fresh,
+                Err(error) => {
+                    tracing::warn!(%error, "the store's writer cannot reach the database");
+                    stopping = fail_all(&mut batch, &error);
+                    continue;
+                }
+            }
+        }
+        let mut outcomes: Vec<(Option<Completion>, StoreResult<WriteOutcome>)> = Vec::with_capacity(batch.len());
+        let mut flushes = Vec::new();
+        let committed = (|| -> Result<(), postgres::Error> {
+            let mut tx = client.transaction()?;
+            lock_scopes_of(&mut tx, &batch)?;
+            for job in batch.drain(..) {
+                match job {
+                    Job::Write(op, done) => outcomes.push((done, in_savepoint(&mut tx, op))),
+                    Job::Flush(reply) => flushes.push(reply),
+                    Job::Stop => stopping = true,
+                }
+            }
+            tx.commit()
+        })();
+        let commit = committed.map_err(Arc::new);
+        if commit.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
+        for (done, outcome) in outcomes {
+            let Some(done) = done else { continue };
+            let result = match (&commit, outcome) {
+                (Ok(()), outcome) => outcome,
+                (Err(_), Err(error)) => Err(error),
+                (Err(error), Ok(_)) => Err(batch_error(error)),
+            };
+            if std::panic::catch_unwind(AssertUnwindSafe(|| done(result))).is_err() {
+                tracing::error!("a store completion panicked");
+            }
+        }
+        for reply in flushes {
+            let _ = reply.send(commit.as_ref().map(|_| ()).map_err(batch_error));
+        }
+        // A batch that failed before its jobs were taken (the transaction could not begin).
+        if let Err(error) = &commit
+            && !batch.is_empty()
+        {
+            stopping |= fail_all(&mut batch, &StoreError::Batch(error.clone()));
+        }
+    }
+}
+
+/// Takes, in one sorted order, the scope locks the batch's audit entries will take: two broker
+/// processes whose batches touch the same meshes then wait for each other instead of deadlocking
+/// (taking them message by message, in each batch's own order, could).
+fn lock_scopes_of(tx: &mut Transaction<'_>, batch: &[Job]) -> Result<(), postgres::Error> {
+    let mut scopes: Vec<&str> = batch
+        .iter()
+        .flat_map(|job| match job {
+            Job::Write(WriteOp::Enqueue(message), _) => message.audit.as_slice(),
+            Job::Write(WriteOp::Audit(events), _) => events.as_slice(),
+            _ => &[],
+        })
+        .map(|event| event.scope.as_str())
+        .collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    scopes.into_iter().try_for_each(|scope| super::lock_scope(tx, scope))
+}
+
+/// Fails every job of `batch` with `error`; whether a stop was among them.
+fn fail_all(batch: &mut Vec<Job>, error: &dyn std::fmt::Display) -> bool {
+    let mut stopping = false;
+    for job in batch.drain(..) {
+        match job {
+            Job::Write(_, Some(done)) => done(Err(StoreError::Database(error.to_string()))),
+            Job::Write(_, None) => {}
+            Job::Flush(reply) => {
+                let _ = reply.send(Err(StoreError::Database(error.to_string())));
+            }
+            Job::Stop => stopping = true,
+        }
+    }
+    stopping
+}
+
+fn apply_write(db: &mut impl GenericClient, op: WriteOp) -> StoreResult<WriteOutcome> {
+    match op {
+        WriteOp::Enqueue(message) => enqueue(db, &message).map(WriteOutcome::Enqueued),
+        WriteOp::Acknowledge(entries) => acknowledge(db, &entries).map(WriteOutcome::Changed),
+        WriteOp::ReleaseSession { member_id, session_pubkey } => Ok(WriteOutcome::Changed(db.execute(
+            "UPDATE queue SET session_pubkey = NULL WHERE member_id = $1 AND session_pubkey = $2",
+            &[&member_id, &session_pubkey],
+        )?)),
+        WriteOp::SavePeerState(state) => save_peer_state(db, &state).map(WriteOutcome::Changed),
+        WriteOp::RecordSessionKey { mesh_id, member_id, pubkey, at_ms } => Ok(WriteOutcome::Changed(db.execute(
+            "INSERT INTO mesh_keys (mesh_id, pubkey, member_id, kind, first_seen_at)
+             VALUES ($1, $2, $3, 'session', $4) ON CONFLICT DO NOTHING",
+            &[&mesh_id, &pubkey, &member_id, &(at_ms as i64)],
+        )?)),
+        WriteOp::ExpireBefore(cutoff_ms) => expire(db, cutoff_ms).map(WriteOutcome::Changed),
+        WriteOp::Audit(events) => audit::append_all(db, &events, crate::protocol::now_ms())
+            .map(|()| WriteOutcome::Changed(events.len() as u64)),
+    }
+}
+
+fn enqueue(db: &mut impl GenericClient, message: &NewMessage) -> StoreResult<Vec<u64>> {
+    let env = &message.envelope;
+    let created_at = env.created_at as i64;
+    let shared_body: Option<i64> = if message.deliveries.len() > 1 {
+        let row = db.query_one(
+            "INSERT INTO bodies (seq, nonce, ciphertext, created_at) VALUES (nextval('queue_seq'), $1, $2, $3)
+             RETURNING seq",
+            &[&env.nonce, &env.ciphertext, &created_at],
+        )?;
+        Some(row.try_get(0)?)
+    } else {
+        None
+    };
+    let insert = db.prepare(
+        "INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session, sender_member_id,
+                sender_member_pubkey, sender_pubkey, sender_session_sig, target_spec, priority, enc, nonce, ciphertext,
+                body_seq, key_nonce, key_ciphertext, created_at)
+         VALUES ($1, nextval('queue_seq'), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+         RETURNING seq",
+    )?;
+    let (inline_nonce, inline_ciphertext) = match shared_body {
+        Some(_) => ("", None),
+        None => (env.nonce.as_str(), Some(env.ciphertext.as_str())),
+    };
+    let mut seqs = Vec::with_capacity(message.deliveries.len());
+    for delivery in &message.deliveries {
+        let row = db.query_one(
+            &insert,
+            &[
+                &delivery.member_id,
+                &env.message_id,
+                &env.mesh_id,
+                &delivery.session_pubkey,
+                &delivery.exclude_session,
+                &env.sender_member_id,
+                &env.sender_member_pubkey,
+                &env.sender_pubkey,
+                &env.sender_session_sig,
+                &env.target_spec,
+                &env.priority.to_db(),
+                &env.enc.to_db(),
+                &inline_nonce,
+                &inline_ciphertext,
+                &shared_body,
+                &delivery.key.as_ref().map(|k| k.nonce.as_str()),
+                &delivery.key.as_ref().map(|k| k.ciphertext.as_str()),
+                &created_at,
+            ],
+        )?;
+        seqs.push(row.try_get::<_, i64>(0)? as u64);
+    }
+    audit::append_all(db, &message.audit, env.created_at)?;
+    Ok(seqs)
+}
+
+fn acknowledge(db: &mut impl GenericClient, entries: &[(String, u64)]) -> StoreResult<u64> {
+    let delete = db.prepare("DELETE FROM queue WHERE member_id = $1 AND seq = $2 RETURNING body_seq")?;
+    let mut bodies = Vec::new();
+    let mut removed = 0;
+    for (member_id, seq) in entries {
+        if let Some(row) = db.query_opt(&delete, &[member_id, &(*seq as i64)])? {
+            removed += 1;
+            bodies.extend(row.try_get::<_, Option<i64>>(0)?);
+        }
+    }
+    bodies.sort_unstable();
+    bodies.dedup();
+    let drop_body =
+        db.prepare("DELETE FROM bodies WHERE seq = $1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = $1)")?;
+    for body in bodies {
+        db.execute(&drop_body, &[&body])?;
+    }
+    Ok(removed)
+}
+
+fn expire(db: &mut impl GenericClient, cutoff_ms: u64) -> StoreResult<u64> {
+    let cutoff = cutoff_ms as i64;
+    let removed = db.execute("DELETE FROM queue WHERE created_at < $1", &[&cutoff])?;
+    db.execute(
+        "DELETE FROM bodies WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = bodies.seq)",
+        &[&cutoff],
+    )?;
+    Ok(removed)
+}
+
+/// Saves (or replaces) a member's state; returns 0 for a member that does not exist.
+fn save_peer_state(db: &mut impl GenericClient, state: &PeerStateRecord) -> StoreResult<u64> {
+    let groups = serde_json::to_string(&state.groups).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let stats = serde_json::to_string(&state.stats).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    Ok(db.execute(
+        "INSERT INTO peer_state (member_id, mesh_id, groups, summary, display_name, stats, last_seen_at)
+         SELECT $1, mesh_id, $2, $3, $4, $5, $6 FROM members WHERE id = $1
+         ON CONFLICT (member_id) DO UPDATE SET groups = excluded.groups, summary = excluded.summary,
+            display_name = excluded.display_name, stats = excluded.stats, last_seen_at = excluded.last_seen_at",
+        &[&state.member_id, &groups, &state.summary, &state.display_name, &stats, &(state.last_seen_at as i64)],
+    )?)
+}
+
+pub(super) fn pending_for_member(
+    db: &mut impl GenericClient,
+    member_id: &str,
+    urgent: bool,
+    after_seq: u64,
+    limit: usize,
+) -> StoreResult<Vec<QueuedEntry>> {
+    let rows = db.query(
+        "SELECT q.seq, q.message_id, q.mesh_id, q.session_pubkey, q.exclude_session, q.sender_member_id,
+                q.sender_pubkey, q.target_spec, q.priority, q.enc,
+                COALESCE(b.nonce, q.nonce), COALESCE(b.ciphertext, q.ciphertext),
+                q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig
+         FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
+         WHERE q.member_id = $1 AND q.seq > $2 AND (q.priority = $5) = $4 ORDER BY q.seq LIMIT $3",
+        &[&member_id, &(after_seq as i64), &(limit as i64), &urgent, &Priority::Now.to_db()],
+    )?;
+    rows.iter()
+        .map(|row| {
+            let key_nonce: Option<String> = row.try_get(12)?;
+            let key_ciphertext: Option<String> = row.try_get(13)?;
+            Ok(QueuedEntry {
+                seq: row.try_get::<_, i64>(0)? as u64,
+                envelope: Arc::new(Envelope {
+                    message_id: row.try_get(1)?,
+                    mesh_id: row.try_get(2)?,
+                    sender_member_id: row.try_get(5)?,
+                    sender_member_pubkey: row.try_get(15)?,
+                    sender_pubkey: row.try_get(6)?,
+                    sender_session_sig: row.try_get(16)?,
+                    target_spec: row.try_get(7)?,
+                    priority: codes::read(row, 8, "queue.priority")?,
+                    enc: codes::read(row, 9, "queue.enc")?,
+                    nonce: row.try_get(10)?,
+                    ciphertext: row.try_get::<_, Option<String>>(11)?.unwrap_or_default(),
+                    created_at: row.try_get::<_, i64>(14)? as u64,
+                }),
+                delivery: Delivery {
+                    member_id: member_id.to_owned(),
+                    session_pubkey: row.try_get(3)?,
+                    exclude_session: row.try_get(4)?,
+                    key: key_nonce.zip(key_ciphertext).map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
+                },
+            })
+        })
+        .collect()
+}
+
+pub(super) fn peer_states(db: &mut impl GenericClient, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>> {
+    let rows = db.query(
+        "SELECT member_id, groups, summary, display_name, stats, last_seen_at FROM peer_state WHERE mesh_id = $1",
+        &[&mesh_id],
+    )?;
+    rows.iter()
+        .map(|row| {
+            Ok(PeerStateRecord {
+                member_id: row.try_get(0)?,
+                groups: codes::read_json(row, 1, "peer_state.groups")?,
+                summary: row.try_get(2)?,
+                display_name: row.try_get(3)?,
+                stats: codes::read_json(row, 4, "peer_state.stats")?,
+                last_seen_at: row.try_get::<_, i64>(5)? as u64,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,169 @@
+//! The `claudemesh-broker` binary on a real PostgreSQL server (`--database-url`): operator
+//! commands on the database, readiness with the expected migration, messages that survive a
+//! SIGKILL of the broker exactly once, a database restart the broker rides out without being
+//! restarted, and a database that never holds a readable byte of a message.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use broker_core::client::{ClientConfig, ClientError, ClientEvent};
+use broker_core::crypto::Keypair;
+use broker_core::protocol::Priority;
+use broker_core::testing::postgres::PostgresServer;
+use common::process::{BrokerProcess, free_port, operator, wait_ready};
+
+const LAST_MIGRATION: &str = "0005_email_codes";
+
+fn start_broker(data_dir: &Path, port: u16, log: &Path, database_url: &str) -> BrokerProcess {
+    BrokerProcess::start(
+        data_dir,
+        port,
+        log,
+        &[
+            ("DATABASE_URL", database_url),
+            ("EXPECTED_MIGRATION", LAST_MIGRATION),
+            ("RATE_LIMIT_BURST", "100000"),
+            ("RATE_LIMIT_PER_MINUTE", "6000000"),
+            ("PAIR_BURST", "100000"),
+            ("PAIR_PER_MINUTE", "6000000"),
+            ("PAIR_LOOP_TURNS", "100000"),
+        ],
+    )
+}
+
+fn quick(mut config: ClientConfig) -> ClientConfig {
+    config.backoff.initial = Duration::from_millis(50);
+    config.backoff.max = Duration::from_millis(200);
+    config
+}
+
+/// Receives until every id in `expected` arrived (or 20 s passed) and a quiet moment followed;
+/// how often each message id and each text arrived.
+async fn receive_all(
+    bob: &mut common::Peer,
+    expected: &HashMap<String, String>,
+) -> (HashMap<String, usize>, HashMap<String, usize>) {
+    let (mut ids, mut texts) = (HashMap::new(), HashMap::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = expected.keys().all(|id| ids.contains_key(id));
+        let wait = if done {
+            Duration::from_millis(300)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        let Ok(Some(event)) = tokio::time::timeout(wait, bob.events.recv()).await else { break };
+        let ClientEvent::Message(message) = event else { continue };
+        bob.client.acknowledge(vec![message.message_id.clone()]).await.expect("ack");
+        *ids.entry(message.message_id.clone()).or_insert(0) += 1;
+        *texts.entry(message.text().expect("opens")).or_insert(0) += 1;
+    }
+    (ids, texts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_on_postgres_keeps_messages_across_its_own_crash_and_a_database_restart() {
+    let mut database = PostgresServer::start();
+    let url = database.create_database("claudemesh");
+    let data = tempfile::tempdir().expect("tempdir");
+    let on_db = |args: &[&str]| {
+        let mut all = vec!["--database-url", url.as_str()];
+        all.extend_from_slice(args);
+        operator(data.path(), &all)
+    };
+    let mesh = on_db(&["mesh", "create", "--name", "pg"]);
+    let mesh_id = mesh["id"].as_str().expect("id").to_owned();
+    let (alice_key, bob_key) = (Keypair::generate(), Keypair::generate());
+    let alice = on_db(&["member", "add", "--mesh", "pg", "--pubkey", &alice_key.public_hex(), "--name", "alice"]);
+    let bob = on_db(&["member", "add", "--mesh", "pg", "--pubkey", &bob_key.public_hex(), "--name", "bob"]);
+    let listed = on_db(&["mesh", "list"]);
+    assert_eq!(listed["meshes"][0]["slug"], "pg", "the operator reads the database: {listed}");
+    assert!(!data.path().join("broker.db").exists(), "no SQLite file beside a Postgres store");
+
+    let port = free_port();
+    let broker_url = format!("http://127.0.0.1:{port}");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("broker.log");
+    let mut broker = start_broker(data.path(), port, &log, &url);
+    wait_ready(port).await;
+
+    let alice_id = alice["memberId"].as_str().expect("id").to_owned();
+    let bob_id = bob["memberId"].as_str().expect("id").to_owned();
+    let alice = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_key))).await;
+    let (bob_seed, bob_pubkey) = (bob_key.seed_hex(), bob_key.public_hex());
+
+    // Bob is offline: everything queues in Postgres. The broker is killed mid-way.
+    let bob_hex = bob_pubkey.clone();
+    let sender = {
+        let client = alice.client.clone();
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for n in 0..300 {
+                let text = format!("secret-payload-{n:04}");
+                let outcome = client.send(&bob_hex, text.as_bytes(), Priority::Next).await;
+                let stop = matches!(outcome, Err(ClientError::ConnectionLost) | Err(ClientError::QueueFull(_)));
+                outcomes.push((text, outcome));
+                if stop && n > 0 {
+                    break;
+                }
+            }
+            outcomes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.kill();
+    let outcomes = sender.await.expect("sender");
+    let acknowledged: HashMap<String, String> = outcomes
+        .iter()
+        .filter_map(|(text, outcome)| outcome.as_ref().ok().map(|receipt| (receipt.message_id.clone(), text.clone())))
+        .collect();
+    assert!(acknowledged.len() >= 10, "the broker acknowledged messages before the kill ({})", acknowledged.len());
+
+    let _broker = start_broker(data.path(), port, &log, &url);
+    wait_ready(port).await;
+    let bob_key = Keypair::from_secret_hex(&bob_seed).expect("bob's key");
+    let mut bob = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &bob_id, bob_key))).await;
+    let (ids, texts) = receive_all(&mut bob, &acknowledged).await;
+    for id in acknowledged.keys() {
+        assert_eq!(ids.get(id), Some(&1), "acknowledged message {id} arrived exactly once");
+    }
+    assert!(texts.values().all(|n| *n == 1), "no text arrived twice");
+
+    // The database goes down under the running broker: not ready, then ready again without a
+    // restart of the broker, and messages flow.
+    database.kill();
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut down = (0, String::new());
+    for _ in 0..100 {
+        down = common::http(addr, "GET", "/health/ready", None).await;
+        if down.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(down.0, 503, "not ready while the database is down: {}", down.1);
+    assert!(down.1.contains("db_"), "{}", down.1);
+    database.start_again();
+    wait_ready(port).await;
+    let after = "secret-payload-after-restart";
+    let receipt = loop {
+        match alice.client.send(&bob_pubkey, after.as_bytes(), Priority::Now).await {
+            Ok(receipt) => break receipt,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let (ids, _) = receive_all(&mut bob, &HashMap::from([(receipt.message_id.clone(), after.to_owned())])).await;
+    assert_eq!(ids.get(&receipt.message_id), Some(&1), "delivered once after the database came back");
+
+    // Nothing in the database is a readable message.
+    let tables = database.query("claudemesh", "SELECT tablename FROM pg_tables WHERE schemaname = 'public'");
+    let mut stored = String::new();
+    for table in &tables {
+        stored.extend(database.query("claudemesh", &format!("SELECT t::text FROM {table} t")));
+    }
+    assert!(stored.contains(&mesh_id), "sanity: the tables were read ({tables:?})");
+    assert!(!stored.contains("secret-payload"), "no plaintext in the database");
+}
