@@ -16,6 +16,7 @@
 //! - `email` (feature `server`) — invite emails over SMTP.
 //! - `operator` (feature `server`) — operator commands on a data directory (meshes, members, invites).
 //! - `backup` (feature `server`) — online backups of a data directory, and restoring one.
+//! - `migrate` (feature `server`) — moving a data directory's SQLite store into Postgres.
 //! - `server` (feature `server`) — HTTP + WebSocket endpoint: `serve(listener, broker, shutdown)`.
 //! - `testing` (feature `test-support`) — stand-ins for third parties in tests (an SMTP sink).
 //! - `version_line!` — a binary's `--version`: its version and the commit it was built from.
@@ -50,6 +51,8 @@ pub mod ids;
 pub mod invite;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod migrate;
 pub mod names;
 #[cfg(feature = "server")]
 pub mod operator;

@@ -17,21 +17,19 @@ use common::process::{BrokerProcess, free_port, operator, wait_ready};
 
 const LAST_MIGRATION: &str = "0005_email_codes";
 
-fn start_broker(data_dir: &Path, port: u16, log: &Path, database_url: &str) -> BrokerProcess {
-    BrokerProcess::start(
-        data_dir,
-        port,
-        log,
-        &[
-            ("DATABASE_URL", database_url),
-            ("EXPECTED_MIGRATION", LAST_MIGRATION),
-            ("RATE_LIMIT_BURST", "100000"),
-            ("RATE_LIMIT_PER_MINUTE", "6000000"),
-            ("PAIR_BURST", "100000"),
-            ("PAIR_PER_MINUTE", "6000000"),
-            ("PAIR_LOOP_TURNS", "100000"),
-        ],
-    )
+/// A broker on the Postgres database `database_url`, or on the data directory's SQLite file,
+/// with limits out of the way of a burst.
+fn start_broker(data_dir: &Path, port: u16, log: &Path, database_url: Option<&str>) -> BrokerProcess {
+    let mut env = vec![
+        ("EXPECTED_MIGRATION", LAST_MIGRATION),
+        ("RATE_LIMIT_BURST", "100000"),
+        ("RATE_LIMIT_PER_MINUTE", "6000000"),
+        ("PAIR_BURST", "100000"),
+        ("PAIR_PER_MINUTE", "6000000"),
+        ("PAIR_LOOP_TURNS", "100000"),
+    ];
+    env.extend(database_url.map(|url| ("DATABASE_URL", url)));
+    BrokerProcess::start(data_dir, port, log, &env)
 }
 
 fn quick(mut config: ClientConfig) -> ClientConfig {
@@ -87,7 +85,7 @@ async fn a_broker_on_postgres_keeps_messages_across_its_own_crash_and_a_database
     let broker_url = format!("http://127.0.0.1:{port}");
     let logs = tempfile::tempdir().expect("tempdir");
     let log = logs.path().join("broker.log");
-    let mut broker = start_broker(data.path(), port, &log, &url);
+    let mut broker = start_broker(data.path(), port, &log, Some(&url));
     wait_ready(port).await;
 
     let alice_id = alice["memberId"].as_str().expect("id").to_owned();
@@ -122,7 +120,7 @@ async fn a_broker_on_postgres_keeps_messages_across_its_own_crash_and_a_database
         .collect();
     assert!(acknowledged.len() >= 10, "the broker acknowledged messages before the kill ({})", acknowledged.len());
 
-    let _broker = start_broker(data.path(), port, &log, &url);
+    let _broker = start_broker(data.path(), port, &log, Some(&url));
     wait_ready(port).await;
     let bob_key = Keypair::from_secret_hex(&bob_seed).expect("bob's key");
     let mut bob = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &bob_id, bob_key))).await;
@@ -166,4 +164,87 @@ async fn a_broker_on_postgres_keeps_messages_across_its_own_crash_and_a_database
     }
     assert!(stored.contains(&mesh_id), "sanity: the tables were read ({tables:?})");
     assert!(!stored.contains("secret-payload"), "no plaintext in the database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_broker_moves_into_postgres_whole() {
+    // A SQLite broker with a mesh, an account, an invite and messages queued for an offline member.
+    let data = tempfile::tempdir().expect("tempdir");
+    operator(data.path(), &["mesh", "create", "--name", "moving"]);
+    let (alice_key, bob_key) = (Keypair::generate(), Keypair::generate());
+    let alice = operator(
+        data.path(),
+        &["member", "add", "--mesh", "moving", "--pubkey", &alice_key.public_hex(), "--name", "alice"],
+    );
+    let bob = operator(
+        data.path(),
+        &["member", "add", "--mesh", "moving", "--pubkey", &bob_key.public_hex(), "--name", "bob"],
+    );
+    operator(data.path(), &["account", "create", "--name", "carol", "--email", "carol@example.test"]);
+    operator(
+        data.path(),
+        &["invite", "create", "--mesh", "moving", "--max-uses", "2", "--public-url", "http://127.0.0.1:1"],
+    );
+    let mesh_id = alice["meshId"].as_str().expect("mesh").to_owned();
+    let (alice_id, bob_id) =
+        (alice["memberId"].as_str().expect("id").to_owned(), bob["memberId"].as_str().expect("id").to_owned());
+    let port = free_port();
+    let broker_url = format!("http://127.0.0.1:{port}");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("broker.log");
+    let mut sqlite_broker = start_broker(data.path(), port, &log, None);
+    wait_ready(port).await;
+    let (alice_seed, bob_pubkey) = (alice_key.seed_hex(), bob_key.public_hex());
+    let alice = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_key))).await;
+    let mut queued = HashMap::new();
+    for n in 0..20 {
+        let text = format!("queued-before-the-move-{n:02}");
+        let receipt = alice.client.send(&bob_pubkey, text.as_bytes(), Priority::Next).await.expect("queued");
+        queued.insert(receipt.message_id, text);
+    }
+    alice.client.shutdown().await;
+    sqlite_broker.kill();
+
+    // Into Postgres, whole.
+    let database = PostgresServer::start();
+    let url = database.create_database("moved");
+    let moved = operator(data.path(), &["migrate", "--to", &url]);
+    let rows = |table: &str| {
+        moved["tables"].as_array().expect("tables").iter().find(|t| t["table"] == table).map(|t| t["rows"].clone())
+    };
+    assert_eq!(rows("queue"), Some(20.into()), "{moved}");
+    assert_eq!(rows("members"), Some(3.into()), "operator, alice and bob: {moved}");
+    assert_eq!(rows("accounts"), Some(1.into()), "{moved}");
+    assert_eq!(rows("invites"), Some(1.into()), "{moved}");
+    assert!(rows("audit_log").and_then(|r| r.as_u64()).is_some_and(|n| n >= 5), "{moved}");
+    assert!(moved["auditScopes"].as_u64().is_some_and(|n| n >= 2), "the mesh's and the account's chains: {moved}");
+
+    // A second move into the same database is refused, and leaves it as it was.
+    let again = std::process::Command::new(common::process::BROKER)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["migrate", "--to", &url])
+        .output()
+        .expect("runs");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    // Served from Postgres: bob gets every queued message once, and later ones follow them.
+    let _broker = start_broker(data.path(), port, &log, Some(&url));
+    wait_ready(port).await;
+    let mut bob = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &bob_id, bob_key))).await;
+    let (ids, _) = receive_all(&mut bob, &queued).await;
+    for id in queued.keys() {
+        assert_eq!(ids.get(id), Some(&1), "queued message {id} arrived once after the move");
+    }
+    assert_eq!(ids.len(), queued.len(), "nothing else arrived");
+    let alice_key = Keypair::from_secret_hex(&alice_seed).expect("alice's key");
+    let alice = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_key))).await;
+    let after = alice.client.send(&bob_pubkey, b"after-the-move", Priority::Next).await.expect("sent");
+    let (ids, texts) =
+        receive_all(&mut bob, &HashMap::from([(after.message_id.clone(), "after-the-move".to_owned())])).await;
+    assert_eq!(ids.get(&after.message_id), Some(&1));
+    assert_eq!(texts.get("after-the-move"), Some(&1));
+    let listed = operator(data.path(), &["--database-url", &url, "member", "list", "--mesh", "moving"]);
+    assert!(listed.to_string().contains("\"bob\""), "the operator reads the moved members: {listed}");
 }

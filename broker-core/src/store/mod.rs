@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::protocol::{Enc, GroupMembership, Priority, Role, Stats, WrappedKey};
 
 pub use self::postgres::PostgresStore;
+pub(crate) use self::postgres::parse_database_url;
 pub use sqlite::{Durability, SqliteStore};
 pub(crate) use sqlite::{create_private_dir, restrict_permissions};
 
