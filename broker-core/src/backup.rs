@@ -1,11 +1,14 @@
-//! Backups of a broker's data directory, made while it serves, and restoring one.
+//! Backups of a broker's store, made while it serves, and restoring one.
 //!
 //! A backup is a directory: `broker.db`, a consistent copy of the database made in one read
-//! transaction (SQLite's `VACUUM INTO`: a serving broker keeps writing meanwhile, and every
-//! message it acknowledged before the copy began is in it), the operator keys, and
-//! `backup.json`, which says what it holds. Restoring checks the copy, refuses while a broker
-//! serves the directory (`serve` holds `broker.lock`), keeps the database it replaces next to
-//! it, and never overwrites an operator key.
+//! transaction (a serving broker keeps writing meanwhile, and every message it acknowledged
+//! before the copy began is in it), the operator keys, and `backup.json`, which says what it
+//! holds. The copy is a SQLite database whichever store it came from: SQLite's `VACUUM INTO`, or
+//! for Postgres every table read in one snapshot ([`crate::migrate::postgres_to_sqlite`]); so a
+//! backup of either restores into either. Restoring into a data directory checks the copy,
+//! refuses while a broker serves the directory (`serve` holds `broker.lock`), keeps the database
+//! it replaces next to it; restoring into Postgres needs an empty database. Neither overwrites
+//! an operator key.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -75,6 +78,21 @@ pub fn backup(data_dir: &Path, to: &Path) -> OperatorResult<BackupManifest> {
     if !data_dir.join(DATABASE_FILE).is_file() {
         return Err(OperatorError::NotFound(format!("{} holds no broker database", data_dir.display())));
     }
+    prepare_target(to)?;
+    copy_database(&data_dir.join(DATABASE_FILE), &to.join(DATABASE_FILE))?;
+    finish_backup(data_dir, to)
+}
+
+/// Copies the Postgres database `url` (and the operator keys of `data_dir`) into the new
+/// directory `to`, in one snapshot, while brokers serve it.
+pub fn backup_postgres(url: &str, data_dir: &Path, to: &Path) -> OperatorResult<BackupManifest> {
+    prepare_target(to)?;
+    crate::migrate::postgres_to_sqlite(url, &to.join(DATABASE_FILE))?;
+    finish_backup(data_dir, to)
+}
+
+/// `to` is new or empty, and made owner-only.
+fn prepare_target(to: &Path) -> OperatorResult<()> {
     let empty = std::fs::read_dir(to).map(|mut entries| entries.next().is_none()).unwrap_or(true);
     if to.exists() && !empty {
         return Err(OperatorError::Invalid(format!(
@@ -82,9 +100,12 @@ pub fn backup(data_dir: &Path, to: &Path) -> OperatorResult<BackupManifest> {
             to.display()
         )));
     }
-    create_private_dir(to)?;
+    Ok(create_private_dir(to)?)
+}
+
+/// The copy made owner-only, the operator keys beside it, and the manifest.
+fn finish_backup(data_dir: &Path, to: &Path) -> OperatorResult<BackupManifest> {
     let database = to.join(DATABASE_FILE);
-    copy_database(&data_dir.join(DATABASE_FILE), &database)?;
     restrict_permissions(&database)?;
     let operator_keys = copy_keys(&data_dir.join(OPERATOR_KEYS_DIR), &to.join(OPERATOR_KEYS_DIR))?;
     let manifest = describe(&database, operator_keys)?;
@@ -96,22 +117,7 @@ pub fn backup(data_dir: &Path, to: &Path) -> OperatorResult<BackupManifest> {
 
 /// Makes `data_dir` hold the backup in `from`; refused while a broker serves it.
 pub fn restore(from: &Path, data_dir: &Path) -> OperatorResult<Restored> {
-    let manifest_path = from.join(MANIFEST_FILE);
-    let manifest: BackupManifest = std::fs::read(&manifest_path)
-        .map_err(|e| OperatorError::NotFound(format!("{} is not a backup ({}: {e})", from.display(), MANIFEST_FILE)))
-        .and_then(|bytes| {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| OperatorError::Invalid(format!("{} is unreadable: {e}", manifest_path.display())))
-        })?;
-    if manifest.format != BACKUP_FORMAT {
-        return Err(OperatorError::Invalid(format!(
-            "{} is a {:?} backup, not {BACKUP_FORMAT}",
-            from.display(),
-            manifest.format
-        )));
-    }
-    let source = from.join(DATABASE_FILE);
-    check_copy(&source)?;
+    let (manifest, source) = checked_backup(from)?;
     let _lock = lock_data_dir(data_dir)?;
 
     // Everything that can fail for lack of space happens before the current database moves.
@@ -137,6 +143,44 @@ pub fn restore(from: &Path, data_dir: &Path) -> OperatorResult<Restored> {
         return Err(OperatorError::Io(format!("cannot move {} into place: {e}", restoring.display())));
     }
     Ok(Restored { manifest, replaced, keys_copied })
+}
+
+/// Makes the empty Postgres database `url` hold the backup in `from` (and `data_dir` its
+/// operator keys). The copy is compared table by table and its audit chains verified.
+pub fn restore_postgres(from: &Path, url: &str, data_dir: &Path) -> OperatorResult<Restored> {
+    let (manifest, source) = checked_backup(from)?;
+    // The backup directory is copied from, never changed: the copy works on a scratch file.
+    let scratch = path_with(&source, &format!(".restoring-{}", std::process::id()));
+    std::fs::copy(&source, &scratch)
+        .map_err(|e| OperatorError::Io(format!("cannot copy {} to {}: {e}", source.display(), scratch.display())))?;
+    let copied = crate::migrate::copy_into_postgres(&scratch, url);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(path_with(&scratch, suffix));
+    }
+    copied?;
+    let keys_copied = copy_keys(&from.join(OPERATOR_KEYS_DIR), &data_dir.join(OPERATOR_KEYS_DIR))?;
+    Ok(Restored { manifest, replaced: None, keys_copied })
+}
+
+/// The manifest of the backup in `from` and its database, checked.
+fn checked_backup(from: &Path) -> OperatorResult<(BackupManifest, PathBuf)> {
+    let manifest_path = from.join(MANIFEST_FILE);
+    let manifest: BackupManifest = std::fs::read(&manifest_path)
+        .map_err(|e| OperatorError::NotFound(format!("{} is not a backup ({}: {e})", from.display(), MANIFEST_FILE)))
+        .and_then(|bytes| {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| OperatorError::Invalid(format!("{} is unreadable: {e}", manifest_path.display())))
+        })?;
+    if manifest.format != BACKUP_FORMAT {
+        return Err(OperatorError::Invalid(format!(
+            "{} is a {:?} backup, not {BACKUP_FORMAT}",
+            from.display(),
+            manifest.format
+        )));
+    }
+    let source = from.join(DATABASE_FILE);
+    check_copy(&source)?;
+    Ok((manifest, source))
 }
 
 /// Moves a database with its write-ahead log and index (which may hold the last commits).

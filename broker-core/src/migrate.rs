@@ -1,13 +1,17 @@
-//! `claudemesh-broker migrate --from DATA_DIR --to postgres://…`: moves a single-node broker's
-//! SQLite store into an empty Postgres database, whole: every table row for row, ids and hashes
-//! as they are (the audit chains verify unchanged), the queue with its sequence numbers (so every
+//! Moving a store between SQLite and Postgres, whole: every table row for row, ids and hashes as
+//! they are (the audit chains verify unchanged), the queue with its sequence numbers (so every
 //! queued message is delivered once, and later ones number above them).
 //!
-//! The source broker must be stopped (its data directory's lock is taken for the copy). The copy
-//! is one Postgres transaction: a failure leaves the target as empty as it was. Afterwards each
-//! table's rows are compared between the two databases and every audit chain is verified on the
-//! target. The only module that knows both schemas; a table it does not know stops it, so a new
-//! table can never be left behind unnoticed.
+//! - [`sqlite_to_postgres`] is `claudemesh-broker migrate --from DATA_DIR --to postgres://…`: the
+//!   source broker must be stopped (its data directory's lock is taken). The copy is one Postgres
+//!   transaction into an empty database: a failure leaves it as empty as it was. Afterwards each
+//!   table's rows are compared between the two databases and every audit chain is verified on
+//!   the target. `restore --database-url` uses the same copy ([`copy_into_postgres`]).
+//! - [`postgres_to_sqlite`] is the copy a Postgres backup makes: every table read in one
+//!   snapshot (`REPEATABLE READ`) while brokers serve, written into a new SQLite database.
+//!
+//! The only module that knows both schemas; a table it does not know stops it, so a new table
+//! can never be left behind unnoticed.
 
 use std::path::Path;
 
@@ -57,17 +61,24 @@ fn failed(what: impl std::fmt::Display) -> OperatorError {
     OperatorError::Io(what.to_string())
 }
 
-/// Copies the SQLite store of `data_dir` into the empty Postgres database `url`.
+/// Copies the SQLite store of `data_dir`, whose broker is stopped, into the empty Postgres
+/// database `url`.
 pub fn sqlite_to_postgres(data_dir: &Path, url: &str) -> OperatorResult<Migrated> {
     let _lock = crate::backup::lock_data_dir(data_dir)?;
     let path = data_dir.join(DATABASE_FILE);
     if !path.exists() {
         return Err(OperatorError::NotFound(format!("no broker database at {}", path.display())));
     }
+    copy_into_postgres(&path, url)
+}
+
+/// Copies the SQLite database at `path` (nobody else writing it) into the empty Postgres
+/// database `url`, then compares both and verifies the audit chains.
+pub fn copy_into_postgres(path: &Path, url: &str) -> OperatorResult<Migrated> {
     // Opening brings the source to this broker's schema, as starting it would.
-    drop(SqliteStore::open(&path, crate::store::Durability::Full)?);
+    drop(SqliteStore::open(path, crate::store::Durability::Full)?);
     let target = PostgresStore::open(url)?;
-    let source = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    let source = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(StoreError::from)?;
     check_tables(&source)?;
     let mut client = crate::store::parse_database_url(url)?.connect(postgres::NoTls).map_err(StoreError::from)?;
@@ -104,6 +115,48 @@ pub fn sqlite_to_postgres(data_dir: &Path, url: &str) -> OperatorResult<Migrated
         }
     }
     Ok(Migrated { tables, audit_scopes: scopes.len() as u64 })
+}
+
+/// Writes every table of the Postgres database `url`, read in one snapshot while brokers may
+/// serve it, into a new SQLite database at `path` (created with this broker's schema).
+pub fn postgres_to_sqlite(url: &str, path: &Path) -> OperatorResult<()> {
+    drop(SqliteStore::open(path, crate::store::Durability::Full)?);
+    let mut target = rusqlite::Connection::open(path).map_err(StoreError::from)?;
+    check_tables(&target)?;
+    let mut client = crate::store::parse_database_url(url)?.connect(postgres::NoTls).map_err(StoreError::from)?;
+    let mut snapshot = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(StoreError::from)?;
+    let tx = target.transaction().map_err(StoreError::from)?;
+    for table in TABLES {
+        let columns = columns(&tx, table)?;
+        let placeholders: Vec<String> = (1..=columns.len()).map(|n| format!("?{n}")).collect();
+        let mut insert = tx
+            .prepare(&format!("INSERT INTO {table} ({}) VALUES ({})", columns.join(", "), placeholders.join(", ")))
+            .map_err(StoreError::from)?;
+        let rows =
+            snapshot.query(&format!("SELECT {} FROM {table}", columns.join(", ")), &[]).map_err(StoreError::from)?;
+        for row in rows {
+            let values = (0..columns.len())
+                .map(|index| {
+                    let value = if *row.columns()[index].type_() == postgres::types::Type::INT8 {
+                        row.try_get::<_, Option<i64>>(index)?.map_or(Value::Null, Value::Integer)
+                    } else {
+                        row.try_get::<_, Option<String>>(index)?.map_or(Value::Null, Value::Text)
+                    };
+                    Ok(value)
+                })
+                .collect::<Result<Vec<Value>, postgres::Error>>()
+                .map_err(StoreError::from)?;
+            insert.execute(rusqlite::params_from_iter(values)).map_err(StoreError::from)?;
+        }
+    }
+    tx.commit().map_err(StoreError::from)?;
+    snapshot.commit().map_err(StoreError::from)?;
+    Ok(())
 }
 
 /// The source holds no table this module does not know.

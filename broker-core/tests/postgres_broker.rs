@@ -248,3 +248,81 @@ async fn a_single_node_broker_moves_into_postgres_whole() {
     let listed = operator(data.path(), &["--database-url", &url, "member", "list", "--mesh", "moving"]);
     assert!(listed.to_string().contains("\"bob\""), "the operator reads the moved members: {listed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_is_backed_up_while_serving_and_restores_into_either_store() {
+    let database = PostgresServer::start();
+    let url = database.create_database("live");
+    let data = tempfile::tempdir().expect("tempdir");
+    let on = |url: &str, args: &[&str]| {
+        let mut all = vec!["--database-url", url];
+        all.extend_from_slice(args);
+        operator(data.path(), &all)
+    };
+    on(&url, &["mesh", "create", "--name", "kept"]);
+    let (alice_key, bob_key) = (Keypair::generate(), Keypair::generate());
+    let bob_pubkey = bob_key.public_hex();
+    let alice = on(&url, &["member", "add", "--mesh", "kept", "--pubkey", &alice_key.public_hex(), "--name", "alice"]);
+    let bob = on(&url, &["member", "add", "--mesh", "kept", "--pubkey", &bob_pubkey, "--name", "bob"]);
+    let mesh_id = alice["meshId"].as_str().expect("mesh").to_owned();
+    let (alice_id, bob_id) = (alice["memberId"].as_str().expect("id"), bob["memberId"].as_str().expect("id"));
+    let port = free_port();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("broker.log");
+    let _live = start_broker(data.path(), port, &log, Some(&url));
+    wait_ready(port).await;
+    let alice = common::Peer::connect(quick(ClientConfig::new(
+        &format!("http://127.0.0.1:{port}"),
+        &mesh_id,
+        alice_id,
+        alice_key,
+    )))
+    .await;
+    let mut queued = HashMap::new();
+    for n in 0..15 {
+        let text = format!("kept-in-the-backup-{n:02}");
+        let receipt = alice.client.send(&bob_pubkey, text.as_bytes(), Priority::Next).await.expect("queued");
+        queued.insert(receipt.message_id, text);
+    }
+
+    // A backup while the broker serves: a portable directory.
+    let backups = tempfile::tempdir().expect("tempdir");
+    let backup = backups.path().join("b1");
+    let made = on(&url, &["backup", "--to", backup.to_str().expect("utf-8")]);
+    assert_eq!(made["manifest"]["queuedDeliveries"], 15, "{made}");
+    assert_eq!(made["manifest"]["members"], 3, "{made}");
+
+    // Into an empty Postgres database (once: a database with rows is refused) ...
+    let restored_url = database.create_database("restored");
+    let restored = on(&restored_url, &["restore", "--from", backup.to_str().expect("utf-8")]);
+    assert_eq!(restored["manifest"]["queuedDeliveries"], 15, "{restored}");
+    let again = std::process::Command::new(common::process::BROKER)
+        .args(["--data-dir"])
+        .arg(data.path())
+        .args(["--database-url", &restored_url, "restore", "--from", backup.to_str().expect("utf-8")])
+        .output()
+        .expect("runs");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    // ... and into a data directory's SQLite store.
+    let sqlite_dir = tempfile::tempdir().expect("tempdir");
+    operator(sqlite_dir.path(), &["restore", "--from", backup.to_str().expect("utf-8")]);
+    let members = operator(sqlite_dir.path(), &["member", "list", "--mesh", "kept"]);
+    assert!(members.to_string().contains("\"bob\""), "{members}");
+
+    // A broker on the restored database delivers every queued message once.
+    let restored_port = free_port();
+    let _restored = start_broker(data.path(), restored_port, &log, Some(&restored_url));
+    wait_ready(restored_port).await;
+    let mut bob = common::Peer::connect(quick(ClientConfig::new(
+        &format!("http://127.0.0.1:{restored_port}"),
+        &mesh_id,
+        bob_id,
+        bob_key,
+    )))
+    .await;
+    let (ids, _) = receive_all(&mut bob, &queued).await;
+    for id in queued.keys() {
+        assert_eq!(ids.get(id), Some(&1), "{id} arrived once from the restored database");
+    }
+}

@@ -59,8 +59,9 @@ enum Command {
     /// Approve a device's sign-in from the broker host.
     #[command(subcommand)]
     Device(DeviceCommand),
-    /// Copy the data directory (database and operator keys) into a new directory, consistently,
-    /// while the broker serves: every message it acknowledged before the copy began is in it.
+    /// Copy the store (the data directory's, or the --database-url database) and the operator
+    /// keys into a new directory, consistently, while brokers serve: every message acknowledged
+    /// before the copy began is in it. The copy restores into either kind of store.
     Backup {
         /// The new (or empty) directory to write the backup into.
         #[arg(long, value_name = "DIR")]
@@ -81,8 +82,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make the data directory hold a backup. The broker must be stopped; the database the
-    /// backup replaces is kept next to it as broker.db.replaced-<time>.
+    /// Make the data directory hold a backup (the broker stopped; the database the backup
+    /// replaces is kept next to it as broker.db.replaced-<time>), or with --database-url an
+    /// empty Postgres database.
     Restore {
         /// A directory written by `backup`.
         #[arg(long, value_name = "DIR")]
@@ -341,13 +343,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Invite(command) => invite_command(&operator()?, command),
         Command::Account(command) => account_command(&operator()?, command),
         Command::Device(command) => device_command(&operator()?, command),
-        Command::Backup { .. } | Command::Restore { .. } if cli.database_url.is_some() => Err(anyhow::anyhow!(
-            "backup and restore copy a data directory's SQLite store; back a Postgres database up with its own \
-             tools (pg_dump, or the server's base backups)"
-        )),
         Command::Migrate { from, to, json } => migrate_command(from.as_deref().unwrap_or(&cli.data_dir), &to, json),
-        Command::Backup { to, json } => backup_command(&cli.data_dir, &to, json),
-        Command::Restore { from, json } => restore_command(&cli.data_dir, &from, json),
+        Command::Backup { to, json } => backup_command(&cli.data_dir, cli.database_url.as_deref(), &to, json),
+        Command::Restore { from, json } => restore_command(&cli.data_dir, cli.database_url.as_deref(), &from, json),
     }
 }
 
@@ -468,8 +466,16 @@ fn migrate_command(data_dir: &std::path::Path, url: &str, json_output: bool) -> 
     Ok(())
 }
 
-fn backup_command(data_dir: &std::path::Path, to: &std::path::Path, json_output: bool) -> Result<()> {
-    let made = broker_core::backup::backup(data_dir, to)?;
+fn backup_command(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    to: &std::path::Path,
+    json_output: bool,
+) -> Result<()> {
+    let made = match database_url {
+        Some(url) => broker_core::backup::backup_postgres(url, data_dir, to)?,
+        None => broker_core::backup::backup(data_dir, to)?,
+    };
     print(json_output, json!({"backup": to, "manifest": made}), || {
         format!(
             "backed up {} into {}: {} meshes, {} members, {} queued deliveries, {} operator keys",
@@ -484,8 +490,16 @@ fn backup_command(data_dir: &std::path::Path, to: &std::path::Path, json_output:
     Ok(())
 }
 
-fn restore_command(data_dir: &std::path::Path, from: &std::path::Path, json_output: bool) -> Result<()> {
-    let restored = broker_core::backup::restore(from, data_dir)?;
+fn restore_command(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    from: &std::path::Path,
+    json_output: bool,
+) -> Result<()> {
+    let restored = match database_url {
+        Some(url) => broker_core::backup::restore_postgres(from, url, data_dir)?,
+        None => broker_core::backup::restore(from, data_dir)?,
+    };
     let made = &restored.manifest;
     print(
         json_output,
@@ -495,13 +509,13 @@ fn restore_command(data_dir: &std::path::Path, from: &std::path::Path, json_outp
                 Some(path) => format!("; the database it replaced is kept as {}", path.display()),
                 None => String::new(),
             };
+            let into = match database_url {
+                Some(_) => "the Postgres database".to_owned(),
+                None => data_dir.display().to_string(),
+            };
             format!(
-                "restored {} from the backup of {} ({} meshes, {} members, {} queued deliveries){replaced}",
-                data_dir.display(),
-                made.created_at,
-                made.meshes,
-                made.members,
-                made.queued_deliveries
+                "restored {into} from the backup of {} ({} meshes, {} members, {} queued deliveries){replaced}",
+                made.created_at, made.meshes, made.members, made.queued_deliveries
             )
         },
     );
