@@ -193,8 +193,9 @@ pub fn addr_of_url(url: &str) -> Result<SocketAddr> {
 }
 
 /// Opens the operator API on a data directory (meshes and members are created there).
-pub fn operator(data_dir: &Path) -> Result<Operator> {
-    Operator::open(data_dir).with_context(|| format!("cannot open the broker data directory {}", data_dir.display()))
+pub fn operator(data_dir: &Path, database_url: Option<&str>) -> Result<Operator> {
+    Operator::open_with(data_dir, database_url)
+        .with_context(|| format!("cannot open the broker's store (data directory {})", data_dir.display()))
 }
 
 /// One `/proc` reading of a process.
@@ -243,6 +244,37 @@ fn thread_cpu_time(pid: u32, name: &str) -> Option<Duration> {
 /// User + system CPU time of a process, from `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     stat_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU time of `root` and every live process below it, plus what its exited children used (a
+/// database server: the postmaster and its backends).
+pub fn process_tree_cpu(root: u32) -> Option<Duration> {
+    let mut parents = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let ppid = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+        parents.insert(pid, (ppid, stat));
+    }
+    let (_, root_stat) = parents.get(&root)?;
+    let mut total = stat_cpu_time(root_stat)? + stat_children_cpu_time(root_stat)?;
+    let mut below = vec![root];
+    while let Some(parent) = below.pop() {
+        for (pid, (ppid, stat)) in &parents {
+            if *ppid == parent {
+                total += stat_cpu_time(stat).unwrap_or_default();
+                below.push(*pid);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// The CPU time of a process's waited-for children (cutime + cstime) from its `/proc/…/stat`.
+fn stat_children_cpu_time(stat: &str) -> Option<Duration> {
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: u64 = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / rustix::param::clock_ticks_per_second().max(1) as f64))
 }
 
 /// User + system CPU time from the text of a `/proc/…/stat` file.

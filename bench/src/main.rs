@@ -138,6 +138,14 @@ pub struct Args {
     /// (default: a temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Keep the broker's store in this PostgreSQL database (with --url: the running broker's);
+    /// meshes and members are created there.
+    #[arg(long, conflicts_with = "postgres")]
+    pub database_url: Option<String>,
+    /// Start a throwaway PostgreSQL server (Debian's binaries, as the tests do) for the started
+    /// broker's store, and report the database's CPU per delivery.
+    #[arg(long, conflicts_with = "url")]
+    pub postgres: bool,
     /// With --url: the broker's pid, to sample its memory, descriptors and CPU time.
     #[arg(long, requires = "url")]
     pub broker_pid: Option<u32>,

@@ -36,6 +36,9 @@ pub struct Report {
     pub broker_writer_cpu_s: Option<f64>,
     /// This load generator's own CPU time over the same span (it shares the machine).
     pub bench_cpu_s: f64,
+    /// The database server's CPU time over the same span (`--postgres`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_cpu_s: Option<f64>,
     /// CPU time per delivered copy, in µs: what each side costs (`None` without deliveries).
     pub cpu_us_per_delivery: CpuPerDelivery,
     /// The measured phase: first send → last delivery (connections: the storm and the idle time).
@@ -58,6 +61,9 @@ pub struct Report {
 pub struct CpuPerDelivery {
     pub broker: Option<f64>,
     pub broker_writer: Option<f64>,
+    /// The database server (`--postgres`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<f64>,
     pub bench: Option<f64>,
 }
 
@@ -212,6 +218,9 @@ impl Report {
                     ms(per.bench)
                 ),
             ));
+        }
+        if let Some(database) = per.database {
+            rows.push(("database".into(), format!("CPU {} s, {database} µs per delivery", ms(self.database_cpu_s))));
         }
         rows.push(("load generator CPU".into(), format!("{:.3} s", self.bench_cpu_s)));
         rows.push(("wall".into(), format!("{:.3} s measured, {:.3} s setup", self.wall_s, self.setup_s)));

@@ -24,11 +24,12 @@ const ADD_THREADS: usize = 32;
 /// Returns the members mesh by mesh.
 pub fn create_meshes(
     data_dir: &std::path::Path,
+    database_url: Option<&str>,
     prefix: &str,
     meshes: usize,
     members_per_mesh: usize,
 ) -> Result<Vec<Vec<Identity>>> {
-    let operator = broker::operator(data_dir)?;
+    let operator = broker::operator(data_dir, database_url)?;
     let mut mesh_ids = Vec::with_capacity(meshes);
     for n in 0..meshes {
         let created = operator

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use broker_core::client::Backoff;
+use broker_core::testing::postgres::PostgresServer;
 use indicatif::ProgressBar;
 
 use crate::broker::{self, BrokerProcess, LaunchOptions, ProcReading, ProcSampler, ProcSummary};
@@ -138,6 +139,8 @@ pub struct Harness {
     pub meshes: Vec<Vec<Identity>>,
     pub setup_started: Instant,
     pub durability: Option<String>,
+    /// The database server this tool started for the broker's store (`--postgres`).
+    database: Option<PostgresServer>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -155,11 +158,17 @@ impl Harness {
                 (temp.path().to_owned(), Some(temp))
             }
         };
+        let database = args.postgres.then(|| broker_core::store::off_runtime(PostgresServer::start));
+        let database_url = match &database {
+            Some(server) => Some(server.create_database("bench")),
+            None => args.database_url.clone(),
+        };
         let prefix = format!("bench-{}-{}", args.scenario.name(), std::process::id());
-        let dir = data_dir.clone();
-        let identities = tokio::task::spawn_blocking(move || setup::create_meshes(&dir, &prefix, meshes, per_mesh))
-            .await
-            .context("the mesh set-up thread failed")??;
+        let (dir, url) = (data_dir.clone(), database_url.clone());
+        let identities =
+            tokio::task::spawn_blocking(move || setup::create_meshes(&dir, url.as_deref(), &prefix, meshes, per_mesh))
+                .await
+                .context("the mesh set-up thread failed")??;
         let (broker_url, addr, broker) = match &args.url {
             Some(url) => (url.clone(), broker::addr_of_url(url)?, None),
             None => {
@@ -168,7 +177,10 @@ impl Harness {
                     data_dir,
                     durability: args.durability.clone(),
                     // One mesh holds every peer of the message scenarios (fanout: 200).
-                    env: vec![("MAX_CONNECTIONS_PER_MESH".to_owned(), per_mesh.max(100).to_string())],
+                    env: [("MAX_CONNECTIONS_PER_MESH".to_owned(), per_mesh.max(100).to_string())]
+                        .into_iter()
+                        .chain(database_url.map(|url| ("DATABASE_URL".to_owned(), url)))
+                        .collect(),
                 };
                 let process = BrokerProcess::start(options).await?;
                 let addr = process.addr();
@@ -194,6 +206,7 @@ impl Harness {
             meshes: identities,
             setup_started,
             durability,
+            database,
             _temp_dir: temp_dir,
         })
     }
@@ -232,6 +245,7 @@ impl Harness {
         let summary: Option<ProcSummary> = self.sampler.known().then(|| self.sampler.finish());
         let since_start = |total: Duration, at_start: Duration| round3(total.saturating_sub(at_start).as_secs_f64());
         let broker_cpu = summary.map(|s| since_start(s.cpu, run.broker_at_start.cpu));
+        let database_cpu = run.database_cpu.map(|cpu| round3(cpu.as_secs_f64()));
         let writer_cpu = summary.map(|s| since_start(s.writer_cpu, run.broker_at_start.writer_cpu));
         let totals = run.observations.ledger.totals();
         // Measured first-time deliveries (fanout's warm-up broadcasts are not among them).
@@ -259,9 +273,11 @@ impl Harness {
             cpu_us_per_delivery: CpuPerDelivery {
                 broker: broker_cpu.and_then(|cpu| per_delivery(cpu, e2e.count)),
                 broker_writer: writer_cpu.and_then(|cpu| per_delivery(cpu, e2e.count)),
+                database: database_cpu.and_then(|cpu| per_delivery(cpu, e2e.count)),
                 bench: per_delivery(run.bench_cpu.as_secs_f64(), e2e.count),
             },
             bench_cpu_s: round3(run.bench_cpu.as_secs_f64()),
+            database_cpu_s: database_cpu,
             wall_s: round3(run.wall.as_secs_f64()),
             setup_s: round3(run.setup.as_secs_f64()),
             disconnects: run.observations.disconnects.load(Ordering::Relaxed),
@@ -282,6 +298,8 @@ pub struct Measured {
     pub bench_cpu: Duration,
     /// The broker's reading when the phase began (set-up and connecting are not counted).
     pub broker_at_start: ProcReading,
+    /// The database server's CPU time during the phase (`--postgres`).
+    pub database_cpu: Option<Duration>,
 }
 
 /// `cpu_s` per delivery, in µs.
@@ -295,6 +313,14 @@ pub struct Phase {
     started: Instant,
     bench_cpu: Duration,
     broker: ProcReading,
+    database_cpu: Option<Duration>,
+}
+
+impl Harness {
+    /// The CPU time the database server this tool started has used so far.
+    fn database_cpu(&self) -> Option<Duration> {
+        broker::process_tree_cpu(self.database.as_ref()?.pid()?)
+    }
 }
 
 impl Phase {
@@ -305,6 +331,7 @@ impl Phase {
             started: Instant::now(),
             bench_cpu: broker::cpu_time(std::process::id()).unwrap_or_default(),
             broker,
+            database_cpu: harness.database_cpu(),
         }
     }
 
@@ -328,6 +355,7 @@ impl Phase {
             setup: self.started.duration_since(harness.setup_started),
             bench_cpu: broker::cpu_time(std::process::id()).unwrap_or_default().saturating_sub(self.bench_cpu),
             broker_at_start: self.broker,
+            database_cpu: harness.database_cpu().zip(self.database_cpu).map(|(end, start)| end.saturating_sub(start)),
         }
     }
 }

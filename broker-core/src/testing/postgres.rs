@@ -118,6 +118,11 @@ impl PostgresServer {
         self.spawn();
     }
 
+    /// The postmaster's pid, while it runs (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
     }
