@@ -145,6 +145,10 @@ async fn a_chat_signs_in_by_email_code_and_talks_with_the_mesh() -> Result<()> {
     let stored = broker.stored_bytes();
     assert!(!stored.windows(15).any(|w| w == b"thanks, merging"), "the broker stores no plaintext");
 
+    // A broadcast reaches the chat as one.
+    bob.call("send_message", json!({"to": "*", "message": "standup in five"})).await?;
+    api.wait_sent(ALICE, 0, WAIT, |t| t == "bob → everyone · team\nstandup in five").await?;
+
     // /send and /peers.
     say(&api, "/send bob deploy at five", "Sent to bob").await?;
     bob_receives(&mut bob, "deploy at five").await?;
