@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use broker_core::client::{ClientConfig, ClientError};
+use broker_core::client::ClientConfig;
 use broker_core::crypto::Keypair;
-use broker_core::protocol::Priority;
-use common::process::{BrokerProcess, free_port, operator, wait_ready};
+use common::process::{BrokerProcess, free_port, operator, send_until_cut_off, wait_ready};
 
 /// Starts the broker with debug logs appended to `log` (checked for secrets afterwards).
 fn start_broker(data_dir: &Path, port: u16, log: &Path) -> BrokerProcess {
@@ -60,23 +59,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
     let alice = common::Peer::connect(alice_config).await;
 
     // Bob is offline: everything queues. Send in the background and kill the broker mid-way.
-    let bob_hex = bob_key.public_hex();
-    let sender = {
-        let client = alice.client.clone();
-        tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            for n in 0..400 {
-                let text = format!("secret-payload-{n:04}");
-                let outcome = client.send(&bob_hex, text.as_bytes(), Priority::Next).await;
-                let stop = matches!(outcome, Err(ClientError::ConnectionLost) | Err(ClientError::QueueFull(_)));
-                outcomes.push((text, outcome));
-                if stop && n > 0 {
-                    break;
-                }
-            }
-            outcomes
-        })
-    };
+    let sender = send_until_cut_off(alice.client.clone(), bob_key.public_hex(), 400);
     tokio::time::sleep(Duration::from_millis(150)).await;
     broker.kill();
     let outcomes = sender.await.expect("sender");

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use broker_core::client::{ClientConfig, ClientError, ClientEvent};
+use broker_core::client::{ClientConfig, ClientEvent};
 use broker_core::crypto::Keypair;
 use broker_core::protocol::Priority;
 use broker_core::testing::postgres::PostgresServer;
-use common::process::{BrokerProcess, free_port, operator, wait_ready};
+use common::process::{BrokerProcess, free_port, operator, send_until_cut_off, wait_ready};
 
 const LAST_MIGRATION: &str = "0005_email_codes";
 
@@ -94,23 +94,7 @@ async fn a_broker_on_postgres_keeps_messages_across_its_own_crash_and_a_database
     let (bob_seed, bob_pubkey) = (bob_key.seed_hex(), bob_key.public_hex());
 
     // Bob is offline: everything queues in Postgres. The broker is killed mid-way.
-    let bob_hex = bob_pubkey.clone();
-    let sender = {
-        let client = alice.client.clone();
-        tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            for n in 0..300 {
-                let text = format!("secret-payload-{n:04}");
-                let outcome = client.send(&bob_hex, text.as_bytes(), Priority::Next).await;
-                let stop = matches!(outcome, Err(ClientError::ConnectionLost) | Err(ClientError::QueueFull(_)));
-                outcomes.push((text, outcome));
-                if stop && n > 0 {
-                    break;
-                }
-            }
-            outcomes
-        })
-    };
+    let sender = send_until_cut_off(alice.client.clone(), bob_pubkey.clone(), 300);
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.kill();
     let outcomes = sender.await.expect("sender");

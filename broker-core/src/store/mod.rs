@@ -13,6 +13,7 @@ mod codes;
 #[cfg(feature = "store-conformance")]
 pub mod conformance;
 mod postgres;
+mod records;
 mod sqlite;
 
 use std::sync::Arc;

@@ -73,3 +73,29 @@ pub async fn wait_ready(port: u16) {
     }
     panic!("broker never became ready");
 }
+
+/// What one send of [`send_until_cut_off`] came to: its text, and the broker's answer.
+pub type SendOutcome = (String, Result<broker_core::client::SendReceipt, broker_core::client::ClientError>);
+
+/// Sends `secret-payload-NNNN` texts to `to` one after the other, up to `count`, in the
+/// background, until the broker is cut off (the connection lost or the outbound buffer full).
+pub fn send_until_cut_off(
+    client: broker_core::client::MeshClient,
+    to: String,
+    count: usize,
+) -> tokio::task::JoinHandle<Vec<SendOutcome>> {
+    use broker_core::client::ClientError;
+    tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for n in 0..count {
+            let text = format!("secret-payload-{n:04}");
+            let outcome = client.send(&to, text.as_bytes(), broker_core::protocol::Priority::Next).await;
+            let stop = matches!(outcome, Err(ClientError::ConnectionLost) | Err(ClientError::QueueFull(_)));
+            outcomes.push((text, outcome));
+            if stop && n > 0 {
+                break;
+            }
+        }
+        outcomes
+    })
+}

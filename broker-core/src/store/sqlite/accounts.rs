@@ -4,47 +4,16 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
 use super::codes;
-use super::directory::{MEMBER_COLUMNS, bump_directory_version, member_from_row};
+use super::directory::{bump_directory_version, member_from_row};
 use super::{audit, conflict_on_duplicate};
 use crate::store::codes::DbCode as _;
+use crate::store::records::{
+    ACCOUNT_COLUMNS, CODE_COLUMNS, DEVICE_COLUMNS, MEMBER_COLUMNS, SLOW_DOWN_STEP_MS, account_event, device_added,
+};
 use crate::store::{
     APPROVAL_RECALL_WINDOW, AccountRecord, AuditEvent, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord,
     EmailCodeOutcome, MemberRecord, NewDeviceCode, PollOutcome, StoreError, StoreResult,
 };
-
-/// RFC 8628: a `slow_down` adds this to the polling interval for all later polls.
-const SLOW_DOWN_STEP_MS: u64 = 5_000;
-
-const ACCOUNT_COLUMNS: &str = "id, name, email, created_at";
-const DEVICE_COLUMNS: &str = "id, account_id, hostname, platform, arch, app_version, ip, created_at, last_seen_at, \
-                              expires_at, revoked_at, confirm_key";
-const CODE_COLUMNS: &str = "user_code, hostname, platform, arch, app_version, ip, created_at, expires_at, interval_ms, \
-                            status, account_id, attempts, confirm_key";
-
-pub(super) fn account_scope(account_id: &str) -> String {
-    format!("account:{account_id}")
-}
-
-fn account_event(account_id: &str, event_type: &str, actor: Option<&str>, payload: serde_json::Value) -> AuditEvent {
-    AuditEvent {
-        scope: account_scope(account_id),
-        event_type: event_type.to_owned(),
-        actor: actor.map(str::to_owned),
-        payload,
-    }
-}
-
-/// The audit entry of a device signed in, and how (`via`: a device code, a login token, an
-/// emailed code; none for one signed in directly).
-fn device_added(device: &DeviceRecord, via: Option<&str>) -> AuditEvent {
-    let mut payload = json!({
-        "deviceId": device.id, "hostname": device.info.hostname, "platform": device.info.platform, "ip": device.info.ip,
-    });
-    if let Some(via) = via {
-        payload["via"] = json!(via);
-    }
-    account_event(&device.account_id, "device_added", None, payload)
-}
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<AccountRecord> {
     Ok(AccountRecord {

@@ -6,19 +6,13 @@ use serde_json::json;
 
 use super::codes;
 use super::{audit, conflict_on_duplicate};
-use crate::names;
 use crate::protocol::Role;
 use crate::store::codes::DbCode as _;
+use crate::store::records::{INVITE_COLUMNS, MEMBER_COLUMNS, MESH_COLUMNS, check_name_free, event, new_member_record};
 use crate::store::{
-    AccountMesh, AuditEvent, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
-    NewMember, Redemption, StoreError, StoreResult,
+    AccountMesh, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord, NewMember,
+    Redemption, StoreError, StoreResult,
 };
-
-pub(super) const MESH_COLUMNS: &str = "id, slug, name, created_at, archived_at, owner_account_id";
-pub(super) const MEMBER_COLUMNS: &str =
-    "id, mesh_id, pubkey, display_name, role, created_at, revoked_at, banned_at, account_id, device_id";
-const INVITE_COLUMNS: &str =
-    "id, mesh_id, role, max_uses, used_count, expires_at, issuer_member_id, created_at, revoked_at, email";
 
 pub(super) fn mesh_from_row(row: &Row<'_>) -> rusqlite::Result<MeshRecord> {
     Ok(MeshRecord {
@@ -71,10 +65,6 @@ pub(super) fn bump_directory_version(conn: &Connection) -> StoreResult<()> {
     Ok(())
 }
 
-fn event(scope: &str, event_type: &str, actor: Option<&str>, payload: serde_json::Value) -> AuditEvent {
-    AuditEvent { scope: scope.to_owned(), event_type: event_type.to_owned(), actor: actor.map(str::to_owned), payload }
-}
-
 pub(super) fn mesh(conn: &Connection, id_or_slug: &str) -> rusqlite::Result<Option<MeshRecord>> {
     conn.query_row(
         &format!("SELECT {MESH_COLUMNS} FROM meshes WHERE id = ?1 OR slug = ?1"),
@@ -113,21 +103,6 @@ pub(super) fn members(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<
     stmt.query_map([mesh_id], member_from_row)?.collect()
 }
 
-fn new_member_record(mesh_id: &str, member: &NewMember, role: Role, now_ms: u64) -> MemberRecord {
-    MemberRecord {
-        id: crate::ids::new_id("mem"),
-        mesh_id: mesh_id.to_owned(),
-        pubkey: member.pubkey.clone(),
-        display_name: member.display_name.trim().to_owned(),
-        role,
-        created_at: now_ms,
-        revoked_at: None,
-        banned_at: None,
-        account_id: member.account_id.clone(),
-        device_id: member.device_id.clone(),
-    }
-}
-
 pub(super) fn key_owner(conn: &Connection, mesh_id: &str, pubkey: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT member_id FROM mesh_keys WHERE mesh_id = ?1 AND pubkey = ?2", [mesh_id, pubkey], |row| {
         row.get(0)
@@ -135,25 +110,11 @@ pub(super) fn key_owner(conn: &Connection, mesh_id: &str, pubkey: &str) -> rusql
     .optional()
 }
 
-/// A member's display name is not reserved and, among the mesh's members (removed ones aside),
-/// is nobody else's: only other members of the same account (the same person's devices) may
-/// share it.
-fn check_name_free(conn: &Connection, member: &MemberRecord) -> StoreResult<()> {
-    if names::is_reserved(&member.display_name) {
-        return Err(StoreError::Invalid("name_reserved".into()));
-    }
-    let wanted = names::skeleton(&member.display_name);
+/// Each current member's name and account, for [`check_name_free`].
+fn current_names(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<(String, Option<String>)>> {
     let mut stmt =
         conn.prepare_cached("SELECT display_name, account_id FROM members WHERE mesh_id = ?1 AND revoked_at IS NULL")?;
-    let mut rows = stmt.query([&member.mesh_id])?;
-    while let Some(row) = rows.next()? {
-        let (name, account): (String, Option<String>) = (row.get(0)?, row.get(1)?);
-        let same_person = account.is_some() && account == member.account_id;
-        if !same_person && names::skeleton(&name) == wanted {
-            return Err(StoreError::Conflict("name_taken".into()));
-        }
-    }
-    Ok(())
+    stmt.query_map([mesh_id], |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
 }
 
 fn insert_member(
@@ -166,7 +127,7 @@ fn insert_member(
     if key_owner(conn, &member.mesh_id, &member.pubkey)?.is_some_and(|owner| owner != member.id) {
         return Err(StoreError::Conflict("key_taken".into()));
     }
-    check_name_free(conn, member)?;
+    check_name_free(member, current_names(conn, &member.mesh_id)?)?;
     conn.execute(
         "INSERT INTO mesh_keys (mesh_id, pubkey, member_id, kind, first_seen_at) VALUES (?1, ?2, ?3, 'member', ?4)",
         params![member.mesh_id, member.pubkey, member.id, member.created_at as i64],

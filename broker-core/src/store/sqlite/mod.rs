@@ -24,7 +24,7 @@ mod writer;
 use writer::{after_commit, in_savepoint, run_writer};
 
 use crate::store::codes::DbCode as _;
-use directory::MESH_COLUMNS;
+use crate::store::records::MESH_COLUMNS;
 
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,

@@ -1,0 +1,88 @@
+//! What both stores build the same way: the column lists their queries read rows in, the audit
+//! entries of control-plane changes, new member records, and the rule for display names. Only
+//! the SQL around them differs (`sqlite/`, `postgres/`).
+
+use serde_json::json;
+
+use super::{AuditEvent, DeviceRecord, MemberRecord, NewMember, StoreError, StoreResult};
+use crate::names;
+use crate::protocol::Role;
+
+pub(super) const MESH_COLUMNS: &str = "id, slug, name, created_at, archived_at, owner_account_id";
+pub(super) const MEMBER_COLUMNS: &str =
+    "id, mesh_id, pubkey, display_name, role, created_at, revoked_at, banned_at, account_id, device_id";
+pub(super) const INVITE_COLUMNS: &str =
+    "id, mesh_id, role, max_uses, used_count, expires_at, issuer_member_id, created_at, revoked_at, email";
+pub(super) const ACCOUNT_COLUMNS: &str = "id, name, email, created_at";
+pub(super) const DEVICE_COLUMNS: &str = "id, account_id, hostname, platform, arch, app_version, ip, created_at, \
+                                          last_seen_at, expires_at, revoked_at, confirm_key";
+pub(super) const CODE_COLUMNS: &str = "user_code, hostname, platform, arch, app_version, ip, created_at, expires_at, \
+                                        interval_ms, status, account_id, attempts, confirm_key";
+
+/// RFC 8628: a `slow_down` adds this to the polling interval for all later polls.
+pub(super) const SLOW_DOWN_STEP_MS: u64 = 5_000;
+
+pub(super) fn event(scope: &str, event_type: &str, actor: Option<&str>, payload: serde_json::Value) -> AuditEvent {
+    AuditEvent { scope: scope.to_owned(), event_type: event_type.to_owned(), actor: actor.map(str::to_owned), payload }
+}
+
+/// The audit scope of an account's events.
+pub(super) fn account_scope(account_id: &str) -> String {
+    format!("account:{account_id}")
+}
+
+pub(super) fn account_event(
+    account_id: &str,
+    event_type: &str,
+    actor: Option<&str>,
+    payload: serde_json::Value,
+) -> AuditEvent {
+    event(&account_scope(account_id), event_type, actor, payload)
+}
+
+/// The audit entry of a device signed in, and how (`via`: a device code, a login token, an
+/// emailed code; none for one signed in directly).
+pub(super) fn device_added(device: &DeviceRecord, via: Option<&str>) -> AuditEvent {
+    let mut payload = json!({
+        "deviceId": device.id, "hostname": device.info.hostname, "platform": device.info.platform, "ip": device.info.ip,
+    });
+    if let Some(via) = via {
+        payload["via"] = json!(via);
+    }
+    account_event(&device.account_id, "device_added", None, payload)
+}
+
+pub(super) fn new_member_record(mesh_id: &str, member: &NewMember, role: Role, now_ms: u64) -> MemberRecord {
+    MemberRecord {
+        id: crate::ids::new_id("mem"),
+        mesh_id: mesh_id.to_owned(),
+        pubkey: member.pubkey.clone(),
+        display_name: member.display_name.trim().to_owned(),
+        role,
+        created_at: now_ms,
+        revoked_at: None,
+        banned_at: None,
+        account_id: member.account_id.clone(),
+        device_id: member.device_id.clone(),
+    }
+}
+
+/// A member's display name is not reserved and, among the mesh's current members (`others`:
+/// each one's name and account), is nobody else's: only other members of the same account (the
+/// same person's devices) may share it.
+pub(super) fn check_name_free(
+    member: &MemberRecord,
+    others: impl IntoIterator<Item = (String, Option<String>)>,
+) -> StoreResult<()> {
+    if names::is_reserved(&member.display_name) {
+        return Err(StoreError::Invalid("name_reserved".into()));
+    }
+    let wanted = names::skeleton(&member.display_name);
+    for (name, account) in others {
+        let same_person = account.is_some() && account == member.account_id;
+        if !same_person && names::skeleton(&name) == wanted {
+            return Err(StoreError::Conflict("name_taken".into()));
+        }
+    }
+    Ok(())
+}
