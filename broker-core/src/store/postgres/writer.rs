@@ -5,15 +5,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use postgres::{Client, Config, GenericClient, Transaction};
+use postgres::{Client, Config, GenericClient, Statement, Transaction};
 use tokio::sync::mpsc;
 
 use super::{Job, MAX_BATCH, audit, codes};
 use crate::protocol::{Priority, WrappedKey};
 use crate::store::codes::DbCode as _;
 use crate::store::{
-    Completion, Delivery, Envelope, NewMessage, PeerStateRecord, QueuedEntry, StoreError, StoreResult, WriteOp,
-    WriteOutcome,
+    Delivery, Envelope, NewMessage, PeerStateRecord, QueuedEntry, StoreError, StoreResult, WriteOp, WriteOutcome,
 };
 
 /// What the batch's jobs are told when its transaction could not begin or commit.
@@ -21,15 +20,99 @@ fn batch_error(error: &Arc<postgres::Error>) -> StoreError {
     StoreError::Batch(error.clone())
 }
 
-/// Runs one job in a savepoint of the batch: a failing (or panicking) job is rolled back alone.
-fn in_savepoint(tx: &mut Transaction<'_>, op: WriteOp) -> StoreResult<WriteOutcome> {
-    let mut job = tx.savepoint("job")?;
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(&mut job, op)))
-        .unwrap_or_else(|_| Err(StoreError::Database("a write panicked inside the store".into())));
-    if result.is_ok() {
-        job.commit()?;
+/// The hot path's statements, prepared once per connection (each use is then one round trip).
+pub(super) struct Statements {
+    enqueue: Statement,
+    body: Statement,
+    acknowledge: Statement,
+    drop_body: Statement,
+}
+
+impl Statements {
+    fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
+        Ok(Statements {
+            enqueue: client.prepare(
+                "INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session,
+                        sender_member_id, sender_member_pubkey, sender_pubkey, sender_session_sig, target_spec,
+                        priority, enc, nonce, ciphertext, body_seq, key_nonce, key_ciphertext, created_at)
+                 VALUES ($1, nextval('queue_seq'), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                        $17, $18)
+                 RETURNING seq",
+            )?,
+            body: client.prepare(
+                "INSERT INTO bodies (seq, nonce, ciphertext, created_at) VALUES (nextval('queue_seq'), $1, $2, $3)
+                 RETURNING seq",
+            )?,
+            acknowledge: client.prepare("DELETE FROM queue WHERE member_id = $1 AND seq = $2 RETURNING body_seq")?,
+            drop_body: client.prepare(
+                "DELETE FROM bodies WHERE seq = $1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = $1)",
+            )?,
+        })
     }
-    result
+}
+
+/// The writer's connection and its prepared statements, made again after the database was lost.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+impl Connection {
+    fn open(config: &Config) -> StoreResult<Connection> {
+        let mut client = super::connect(config)?;
+        let statements = Statements::prepare(&mut client)?;
+        Ok(Connection { client, statements })
+    }
+}
+
+/// How a batch's one transaction ended.
+enum Batch {
+    Committed(Vec<StoreResult<WriteOutcome>>),
+    /// A job failed (or panicked): the transaction was rolled back, and the jobs are run again
+    /// one transaction each, so that only that job fails.
+    JobFailed,
+    /// The transaction could not begin or commit: every job fails with this.
+    Failed(Arc<postgres::Error>),
+}
+
+/// Runs `op` and catches a panic as the job's error.
+fn apply_guarded(db: &mut Transaction<'_>, statements: &Statements, op: &WriteOp) -> StoreResult<WriteOutcome> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(db, statements, op)))
+        .unwrap_or_else(|_| Err(StoreError::Database("a write panicked inside the store".into())))
+}
+
+/// Every op of the batch in one transaction, without savepoints: a savepoint per job would
+/// cost two more round trips for every message, and a job fails only when something is wrong.
+fn run_batch(connection: &mut Connection, ops: &[&WriteOp]) -> Batch {
+    let Connection { client, statements } = connection;
+    let mut tx = match client.transaction() {
+        Ok(tx) => tx,
+        Err(error) => return Batch::Failed(Arc::new(error)),
+    };
+    if let Err(error) = lock_scopes_of(&mut tx, ops) {
+        return Batch::Failed(Arc::new(error));
+    }
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        match apply_guarded(&mut tx, statements, op) {
+            Ok(outcome) => outcomes.push(Ok(outcome)),
+            Err(_) => return Batch::JobFailed,
+        }
+    }
+    match tx.commit() {
+        Ok(()) => Batch::Committed(outcomes),
+        Err(error) => Batch::Failed(Arc::new(error)),
+    }
+}
+
+/// One op in a transaction of its own (after its batch failed because of some job).
+fn run_alone(connection: &mut Connection, op: &WriteOp) -> StoreResult<WriteOutcome> {
+    let Connection { client, statements } = connection;
+    let mut tx = client.transaction()?;
+    lock_scopes_of(&mut tx, &[op])?;
+    let outcome = apply_guarded(&mut tx, statements, op)?;
+    tx.commit()?;
+    Ok(outcome)
 }
 
 pub(super) fn run_writer(
@@ -38,6 +121,10 @@ pub(super) fn run_writer(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     commits: &AtomicU64,
 ) {
+    let mut connection: StoreResult<Connection> = match Statements::prepare(&mut client) {
+        Ok(statements) => Ok(Connection { client, statements }),
+        Err(error) => Err(error.into()),
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
@@ -51,53 +138,48 @@ pub(super) fn run_writer(
         }
         // A connection lost with the database (a restart, a failover) is made again for the
         // next batch; until then, jobs fail and their senders are told.
-        if client.is_closed() {
-            match super::connect(&config) {
-                Ok(fresh) => client = fresh,
-                Err(error) => {
-                    tracing::warn!(%error, "the store's writer cannot reach the database");
-                    stopping = fail_all(&mut batch, &error);
-                    continue;
-                }
-            }
+        if connection.as_ref().map_or(true, |c| c.client.is_closed()) {
+            connection = Connection::open(&config);
         }
-        let mut outcomes: Vec<(Option<Completion>, StoreResult<WriteOutcome>)> = Vec::with_capacity(batch.len());
+        let conn = match &mut connection {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "the store's writer cannot reach the database");
+                stopping = fail_all(&mut batch, &*error);
+                continue;
+            }
+        };
+        let mut writes = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
-        let committed = (|| -> Result<(), postgres::Error> {
-            let mut tx = client.transaction()?;
-            lock_scopes_of(&mut tx, &batch)?;
-            for job in batch.drain(..) {
-                match job {
-                    Job::Write(op, done) => outcomes.push((done, in_savepoint(&mut tx, op))),
-                    Job::Flush(reply) => flushes.push(reply),
-                    Job::Stop => stopping = true,
-                }
+        for job in batch.drain(..) {
+            match job {
+                Job::Write(op, done) => writes.push((op, done)),
+                Job::Flush(reply) => flushes.push(reply),
+                Job::Stop => stopping = true,
             }
-            tx.commit()
-        })();
-        let commit = committed.map_err(Arc::new);
-        if commit.is_ok() {
-            commits.fetch_add(1, Ordering::Relaxed);
         }
-        for (done, outcome) in outcomes {
-            let Some(done) = done else { continue };
-            let result = match (&commit, outcome) {
-                (Ok(()), outcome) => outcome,
-                (Err(_), Err(error)) => Err(error),
-                (Err(error), Ok(_)) => Err(batch_error(error)),
+        let ops: Vec<&WriteOp> = writes.iter().map(|(op, _)| op).collect();
+        let (outcomes, commit): (Vec<StoreResult<WriteOutcome>>, Result<(), Arc<postgres::Error>>) =
+            match run_batch(conn, &ops) {
+                Batch::Committed(outcomes) => {
+                    commits.fetch_add(1, Ordering::Relaxed);
+                    (outcomes, Ok(()))
+                }
+                Batch::JobFailed => {
+                    let outcomes: Vec<_> = ops.iter().map(|op| run_alone(conn, op)).collect();
+                    commits.fetch_add(outcomes.iter().filter(|o| o.is_ok()).count() as u64, Ordering::Relaxed);
+                    (outcomes, Ok(()))
+                }
+                Batch::Failed(error) => (ops.iter().map(|_| Err(batch_error(&error))).collect(), Err(error)),
             };
-            if std::panic::catch_unwind(AssertUnwindSafe(|| done(result))).is_err() {
+        for ((_, done), outcome) in writes.into_iter().zip(outcomes) {
+            let Some(done) = done else { continue };
+            if std::panic::catch_unwind(AssertUnwindSafe(|| done(outcome))).is_err() {
                 tracing::error!("a store completion panicked");
             }
         }
         for reply in flushes {
             let _ = reply.send(commit.as_ref().map(|_| ()).map_err(batch_error));
-        }
-        // A batch that failed before its jobs were taken (the transaction could not begin).
-        if let Err(error) = &commit
-            && !batch.is_empty()
-        {
-            stopping |= fail_all(&mut batch, &StoreError::Batch(error.clone()));
         }
     }
 }
@@ -105,12 +187,12 @@ pub(super) fn run_writer(
 /// Takes, in one sorted order, the scope locks the batch's audit entries will take: two broker
 /// processes whose batches touch the same meshes then wait for each other instead of deadlocking
 /// (taking them message by message, in each batch's own order, could).
-fn lock_scopes_of(tx: &mut Transaction<'_>, batch: &[Job]) -> Result<(), postgres::Error> {
-    let mut scopes: Vec<&str> = batch
+fn lock_scopes_of(tx: &mut Transaction<'_>, ops: &[&WriteOp]) -> Result<(), postgres::Error> {
+    let mut scopes: Vec<&str> = ops
         .iter()
-        .flat_map(|job| match job {
-            Job::Write(WriteOp::Enqueue(message), _) => message.audit.as_slice(),
-            Job::Write(WriteOp::Audit(events), _) => events.as_slice(),
+        .flat_map(|op| match op {
+            WriteOp::Enqueue(message) => message.audit.as_slice(),
+            WriteOp::Audit(events) => events.as_slice(),
             _ => &[],
         })
         .map(|event| event.scope.as_str())
@@ -136,46 +218,36 @@ fn fail_all(batch: &mut Vec<Job>, error: &dyn std::fmt::Display) -> bool {
     stopping
 }
 
-fn apply_write(db: &mut impl GenericClient, op: WriteOp) -> StoreResult<WriteOutcome> {
+fn apply_write(db: &mut impl GenericClient, statements: &Statements, op: &WriteOp) -> StoreResult<WriteOutcome> {
     match op {
-        WriteOp::Enqueue(message) => enqueue(db, &message).map(WriteOutcome::Enqueued),
-        WriteOp::Acknowledge(entries) => acknowledge(db, &entries).map(WriteOutcome::Changed),
+        WriteOp::Enqueue(message) => enqueue(db, statements, message).map(WriteOutcome::Enqueued),
+        WriteOp::Acknowledge(entries) => acknowledge(db, statements, entries).map(WriteOutcome::Changed),
         WriteOp::ReleaseSession { member_id, session_pubkey } => Ok(WriteOutcome::Changed(db.execute(
             "UPDATE queue SET session_pubkey = NULL WHERE member_id = $1 AND session_pubkey = $2",
-            &[&member_id, &session_pubkey],
+            &[member_id, session_pubkey],
         )?)),
-        WriteOp::SavePeerState(state) => save_peer_state(db, &state).map(WriteOutcome::Changed),
+        WriteOp::SavePeerState(state) => save_peer_state(db, state).map(WriteOutcome::Changed),
         WriteOp::RecordSessionKey { mesh_id, member_id, pubkey, at_ms } => Ok(WriteOutcome::Changed(db.execute(
             "INSERT INTO mesh_keys (mesh_id, pubkey, member_id, kind, first_seen_at)
              VALUES ($1, $2, $3, 'session', $4) ON CONFLICT DO NOTHING",
-            &[&mesh_id, &pubkey, &member_id, &(at_ms as i64)],
+            &[mesh_id, pubkey, member_id, &(*at_ms as i64)],
         )?)),
-        WriteOp::ExpireBefore(cutoff_ms) => expire(db, cutoff_ms).map(WriteOutcome::Changed),
-        WriteOp::Audit(events) => audit::append_all(db, &events, crate::protocol::now_ms())
+        WriteOp::ExpireBefore(cutoff_ms) => expire(db, *cutoff_ms).map(WriteOutcome::Changed),
+        WriteOp::Audit(events) => audit::append_all(db, events, crate::protocol::now_ms())
             .map(|()| WriteOutcome::Changed(events.len() as u64)),
     }
 }
 
-fn enqueue(db: &mut impl GenericClient, message: &NewMessage) -> StoreResult<Vec<u64>> {
+fn enqueue(db: &mut impl GenericClient, statements: &Statements, message: &NewMessage) -> StoreResult<Vec<u64>> {
     let env = &message.envelope;
     let created_at = env.created_at as i64;
     let shared_body: Option<i64> = if message.deliveries.len() > 1 {
-        let row = db.query_one(
-            "INSERT INTO bodies (seq, nonce, ciphertext, created_at) VALUES (nextval('queue_seq'), $1, $2, $3)
-             RETURNING seq",
-            &[&env.nonce, &env.ciphertext, &created_at],
-        )?;
+        let row = db.query_one(&statements.body, &[&env.nonce, &env.ciphertext, &created_at])?;
         Some(row.try_get(0)?)
     } else {
         None
     };
-    let insert = db.prepare(
-        "INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session, sender_member_id,
-                sender_member_pubkey, sender_pubkey, sender_session_sig, target_spec, priority, enc, nonce, ciphertext,
-                body_seq, key_nonce, key_ciphertext, created_at)
-         VALUES ($1, nextval('queue_seq'), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-         RETURNING seq",
-    )?;
+    let insert = &statements.enqueue;
     let (inline_nonce, inline_ciphertext) = match shared_body {
         Some(_) => ("", None),
         None => (env.nonce.as_str(), Some(env.ciphertext.as_str())),
@@ -183,7 +255,7 @@ fn enqueue(db: &mut impl GenericClient, message: &NewMessage) -> StoreResult<Vec
     let mut seqs = Vec::with_capacity(message.deliveries.len());
     for delivery in &message.deliveries {
         let row = db.query_one(
-            &insert,
+            insert,
             &[
                 &delivery.member_id,
                 &env.message_id,
@@ -211,22 +283,19 @@ fn enqueue(db: &mut impl GenericClient, message: &NewMessage) -> StoreResult<Vec
     Ok(seqs)
 }
 
-fn acknowledge(db: &mut impl GenericClient, entries: &[(String, u64)]) -> StoreResult<u64> {
-    let delete = db.prepare("DELETE FROM queue WHERE member_id = $1 AND seq = $2 RETURNING body_seq")?;
+fn acknowledge(db: &mut impl GenericClient, statements: &Statements, entries: &[(String, u64)]) -> StoreResult<u64> {
     let mut bodies = Vec::new();
     let mut removed = 0;
     for (member_id, seq) in entries {
-        if let Some(row) = db.query_opt(&delete, &[member_id, &(*seq as i64)])? {
+        if let Some(row) = db.query_opt(&statements.acknowledge, &[member_id, &(*seq as i64)])? {
             removed += 1;
             bodies.extend(row.try_get::<_, Option<i64>>(0)?);
         }
     }
     bodies.sort_unstable();
     bodies.dedup();
-    let drop_body =
-        db.prepare("DELETE FROM bodies WHERE seq = $1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = $1)")?;
     for body in bodies {
-        db.execute(&drop_body, &[&body])?;
+        db.execute(&statements.drop_body, &[&body])?;
     }
     Ok(removed)
 }
