@@ -7,7 +7,7 @@
 //! every entry committed before the lock was granted (a REPEATABLE READ snapshot could predate
 //! them).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::{GenericClient, Row};
@@ -17,13 +17,20 @@ use crate::crypto::{AUDIT_GENESIS, audit_hash, canonical_json};
 use crate::protocol::iso8601_ms;
 use crate::store::{AuditEntry, AuditEvent, AuditVerification, StoreResult};
 
+/// Each scope's latest hash as this transaction left it: within one transaction (a writer
+/// batch), appends to a scope after its first read no row.
+pub(super) type Tails = HashMap<String, String>;
+
 /// Appends `event` to its scope, whose lock this transaction holds.
-fn append_locked(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64) -> StoreResult<()> {
-    let prev = db
-        .query_opt("SELECT hash FROM audit_log WHERE mesh_id = $1 ORDER BY id DESC LIMIT 1", &[&event.scope])?
-        .map(|row| row.try_get::<_, String>(0))
-        .transpose()?;
-    let prev = prev.unwrap_or_else(|| AUDIT_GENESIS.to_owned());
+fn append_locked(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64, tails: &mut Tails) -> StoreResult<()> {
+    let prev = match tails.get(&event.scope) {
+        Some(hash) => hash.clone(),
+        None => db
+            .query_opt("SELECT hash FROM audit_log WHERE mesh_id = $1 ORDER BY id DESC LIMIT 1", &[&event.scope])?
+            .map(|row| row.try_get::<_, String>(0))
+            .transpose()?
+            .unwrap_or_else(|| AUDIT_GENESIS.to_owned()),
+    };
     let created_at = iso8601_ms(now_ms);
     let hash = audit_hash(&prev, &event.scope, &event.event_type, event.actor.as_deref(), &event.payload, &created_at);
     db.execute(
@@ -31,23 +38,36 @@ fn append_locked(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64) -
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[&event.scope, &event.event_type, &event.actor, &canonical_json(&event.payload), &prev, &hash, &created_at],
     )?;
+    tails.insert(event.scope.clone(), hash);
     Ok(())
 }
 
 pub(super) fn append(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64) -> StoreResult<()> {
     lock_scope(db, &event.scope)?;
-    append_locked(db, event, now_ms)
+    append_locked(db, event, now_ms, &mut Tails::new())
 }
 
 /// Locks every scope of `events` first, in sorted order, so that two transactions appending to
 /// the same scopes wait for each other instead of deadlocking; then appends in the given order.
 pub(super) fn append_all(db: &mut impl GenericClient, events: &[AuditEvent], now_ms: u64) -> StoreResult<()> {
-    let scopes: BTreeSet<&str> = events.iter().map(|event| event.scope.as_str()).collect();
+    append_all_with(db, events, now_ms, &mut Tails::new())
+}
+
+/// [`append_all`] in a transaction that keeps `tails` across its appends (a scope in `tails` is
+/// locked already: this transaction appended to it).
+pub(super) fn append_all_with(
+    db: &mut impl GenericClient,
+    events: &[AuditEvent],
+    now_ms: u64,
+    tails: &mut Tails,
+) -> StoreResult<()> {
+    let scopes: BTreeSet<&str> =
+        events.iter().map(|event| event.scope.as_str()).filter(|scope| !tails.contains_key(*scope)).collect();
     for scope in scopes {
         lock_scope(db, scope)?;
     }
     for event in events {
-        append_locked(db, event, now_ms)?;
+        append_locked(db, event, now_ms, tails)?;
     }
     Ok(())
 }

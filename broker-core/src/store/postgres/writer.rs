@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use postgres::{Client, Config, GenericClient, Statement, Transaction};
 use tokio::sync::mpsc;
 
-use super::{Job, MAX_BATCH, audit, codes};
+use super::audit::{self, Tails};
+use super::{Job, MAX_BATCH, codes};
 use crate::protocol::{Priority, WrappedKey};
 use crate::store::codes::DbCode as _;
 use crate::store::{
@@ -76,8 +77,13 @@ enum Batch {
 }
 
 /// Runs `op` and catches a panic as the job's error.
-fn apply_guarded(db: &mut Transaction<'_>, statements: &Statements, op: &WriteOp) -> StoreResult<WriteOutcome> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(db, statements, op)))
+fn apply_guarded(
+    db: &mut Transaction<'_>,
+    statements: &Statements,
+    tails: &mut Tails,
+    op: &WriteOp,
+) -> StoreResult<WriteOutcome> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(db, statements, tails, op)))
         .unwrap_or_else(|_| Err(StoreError::Database("a write panicked inside the store".into())))
 }
 
@@ -93,8 +99,9 @@ fn run_batch(connection: &mut Connection, ops: &[&WriteOp]) -> Batch {
         return Batch::Failed(Arc::new(error));
     }
     let mut outcomes = Vec::with_capacity(ops.len());
+    let mut tails = Tails::new();
     for op in ops {
-        match apply_guarded(&mut tx, statements, op) {
+        match apply_guarded(&mut tx, statements, &mut tails, op) {
             Ok(outcome) => outcomes.push(Ok(outcome)),
             Err(_) => return Batch::JobFailed,
         }
@@ -110,7 +117,7 @@ fn run_alone(connection: &mut Connection, op: &WriteOp) -> StoreResult<WriteOutc
     let Connection { client, statements } = connection;
     let mut tx = client.transaction()?;
     lock_scopes_of(&mut tx, &[op])?;
-    let outcome = apply_guarded(&mut tx, statements, op)?;
+    let outcome = apply_guarded(&mut tx, statements, &mut Tails::new(), op)?;
     tx.commit()?;
     Ok(outcome)
 }
@@ -218,9 +225,14 @@ fn fail_all(batch: &mut Vec<Job>, error: &dyn std::fmt::Display) -> bool {
     stopping
 }
 
-fn apply_write(db: &mut impl GenericClient, statements: &Statements, op: &WriteOp) -> StoreResult<WriteOutcome> {
+fn apply_write(
+    db: &mut impl GenericClient,
+    statements: &Statements,
+    tails: &mut Tails,
+    op: &WriteOp,
+) -> StoreResult<WriteOutcome> {
     match op {
-        WriteOp::Enqueue(message) => enqueue(db, statements, message).map(WriteOutcome::Enqueued),
+        WriteOp::Enqueue(message) => enqueue(db, statements, tails, message).map(WriteOutcome::Enqueued),
         WriteOp::Acknowledge(entries) => acknowledge(db, statements, entries).map(WriteOutcome::Changed),
         WriteOp::ReleaseSession { member_id, session_pubkey } => Ok(WriteOutcome::Changed(db.execute(
             "UPDATE queue SET session_pubkey = NULL WHERE member_id = $1 AND session_pubkey = $2",
@@ -233,12 +245,17 @@ fn apply_write(db: &mut impl GenericClient, statements: &Statements, op: &WriteO
             &[mesh_id, pubkey, member_id, &(*at_ms as i64)],
         )?)),
         WriteOp::ExpireBefore(cutoff_ms) => expire(db, *cutoff_ms).map(WriteOutcome::Changed),
-        WriteOp::Audit(events) => audit::append_all(db, events, crate::protocol::now_ms())
+        WriteOp::Audit(events) => audit::append_all_with(db, events, crate::protocol::now_ms(), tails)
             .map(|()| WriteOutcome::Changed(events.len() as u64)),
     }
 }
 
-fn enqueue(db: &mut impl GenericClient, statements: &Statements, message: &NewMessage) -> StoreResult<Vec<u64>> {
+fn enqueue(
+    db: &mut impl GenericClient,
+    statements: &Statements,
+    tails: &mut Tails,
+    message: &NewMessage,
+) -> StoreResult<Vec<u64>> {
     let env = &message.envelope;
     let created_at = env.created_at as i64;
     let shared_body: Option<i64> = if message.deliveries.len() > 1 {
@@ -279,7 +296,7 @@ fn enqueue(db: &mut impl GenericClient, statements: &Statements, message: &NewMe
         )?;
         seqs.push(row.try_get::<_, i64>(0)? as u64);
     }
-    audit::append_all(db, &message.audit, env.created_at)?;
+    audit::append_all_with(db, &message.audit, env.created_at, tails)?;
     Ok(seqs)
 }
 
