@@ -143,7 +143,8 @@ pub struct Args {
     #[arg(long, conflicts_with = "postgres")]
     pub database_url: Option<String>,
     /// Start a throwaway PostgreSQL server (Debian's binaries, as the tests do) for the started
-    /// broker's store, and report the database's CPU per delivery.
+    /// broker's store, and report the database's CPU per delivery. It syncs its commits to disk
+    /// with `--durability full` (the default), and not with `normal`.
     #[arg(long, conflicts_with = "url")]
     pub postgres: bool,
     /// With --url: the broker's pid, to sample its memory, descriptors and CPU time.

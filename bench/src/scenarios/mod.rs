@@ -158,7 +158,11 @@ impl Harness {
                 (temp.path().to_owned(), Some(temp))
             }
         };
-        let database = args.postgres.then(|| broker_core::store::off_runtime(PostgresServer::start));
+        // `--durability full` asks the database to sync its commits too; `normal` lets it not.
+        let durable = args.durability == "full";
+        let database = args.postgres.then(|| {
+            broker_core::store::off_runtime(if durable { PostgresServer::start_durable } else { PostgresServer::start })
+        });
         let database_url = match &database {
             Some(server) => Some(server.create_database("bench")),
             None => args.database_url.clone(),

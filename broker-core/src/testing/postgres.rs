@@ -19,13 +19,26 @@ pub struct PostgresServer {
     port: u16,
     bin: PathBuf,
     owner: Option<(u32, u32)>,
+    /// Commits reach the disk (fsync) before they are acknowledged.
+    durable: bool,
     child: Option<Child>,
 }
 
 impl PostgresServer {
-    /// Starts a server with an empty cluster. Panics, saying how to install Postgres, when its
-    /// binaries are missing.
+    /// Starts a server with an empty cluster, for a test: commits are not synced to disk (a
+    /// test's database need not survive a power loss). Panics, saying how to install Postgres,
+    /// when its binaries are missing.
     pub fn start() -> PostgresServer {
+        PostgresServer::start_with(false)
+    }
+
+    /// [`PostgresServer::start`] with Postgres's own durability (fsync, synchronous commits):
+    /// for measurements.
+    pub fn start_durable() -> PostgresServer {
+        PostgresServer::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PostgresServer {
         let bin = postgres_bin_dir();
         let owner = unprivileged_owner();
         static STARTED: AtomicU32 = AtomicU32::new(0);
@@ -40,7 +53,7 @@ impl PostgresServer {
         run(Command::new("cp").arg("-a").arg(&template).arg(root.join("data")));
         chown(&root, owner);
         let port = free_port();
-        let mut server = PostgresServer { root, port, bin, owner, child: None };
+        let mut server = PostgresServer { root, port, bin, owner, durable, child: None };
         server.spawn();
         server
     }
@@ -54,12 +67,11 @@ impl PostgresServer {
             .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-k")
             .arg(&self.root)
-            // A test's database need not survive a power loss; it must be quick to write.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-            .args(["-c", "shared_buffers=16MB", "-c", "max_connections=60"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log);
+            .args(["-c", "shared_buffers=16MB", "-c", "max_connections=60"]);
+        if !self.durable {
+            command.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+        }
+        command.stdin(Stdio::null()).stdout(log.try_clone().expect("log handle")).stderr(log);
         as_owner(&mut command, self.owner);
         self.child = Some(command.spawn().expect("starts postgres"));
         let deadline = Instant::now() + START_TIMEOUT;
