@@ -312,7 +312,7 @@ async fn main() -> Result<()> {
     notifications.stop().await;
 
     // 2b. The usual idle state of a tray app: the window closed (the app in the tray).
-    app.execute("window.__TAURI__.window.getCurrentWindow().close()", json!([])).await?;
+    app.close_window().await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     idle("window closed, in the tray", &app.config_dir()).await?;
     for client in &clients {

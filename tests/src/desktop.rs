@@ -267,6 +267,24 @@ impl DesktopApp {
         self.command("POST", "/execute/sync", Some(json!({"script": script, "args": args}))).await
     }
 
+    /// Closes the window as a person would (the app stays in the tray), and waits until the
+    /// driver no longer sees it. The close is scheduled after the script returns: closing inside
+    /// the script races the driver reading its result from a page that is gone.
+    pub async fn close_window(&self) -> Result<()> {
+        self.execute("setTimeout(() => window.__TAURI__.window.getCurrentWindow().close(), 0)", json!([])).await?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.command("GET", "/window/handles", None).await {
+                Ok(Value::Array(handles)) if !handles.is_empty() => {}
+                _ => return Ok(()),
+            }
+            if Instant::now() > deadline {
+                bail!("the window is still open");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Opens a view from the sidebar.
     pub async fn open(&self, view: &str) -> Result<()> {
         self.click(&format!("[data-testid=nav-{view}]")).await?;

@@ -248,7 +248,7 @@ async fn quit_from_the_tray_ends_the_app_and_loses_nothing_queued() -> Result<()
     }
     // Closing the window leaves the app in the tray: its menu still answers, Open brings a
     // window back (with the state kept in the app, not in the page).
-    app.execute("window.__TAURI__.window.getCurrentWindow().close()", json!([])).await?;
+    app.close_window().await?;
     let tray = TrayMenu::of(pid).await?;
     tray.click("Open claudemesh").await?;
     assert!(tray.items().await?.iter().any(|(_, l)| l == "Quit claudemesh"));
