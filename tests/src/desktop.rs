@@ -268,10 +268,12 @@ impl DesktopApp {
     }
 
     /// Closes the window as a person would (the app stays in the tray), and waits until the
-    /// driver no longer sees it. The close is scheduled after the script returns: closing inside
-    /// the script races the driver reading its result from a page that is gone.
+    /// driver no longer sees it. The close comes a moment after the script returned: closing
+    /// within it (or right after) races the driver reading its result from a page that is gone
+    /// ("Could not parse script result").
     pub async fn close_window(&self) -> Result<()> {
-        self.execute("setTimeout(() => window.__TAURI__.window.getCurrentWindow().close(), 0)", json!([])).await?;
+        let close = "setTimeout(() => window.__TAURI__.window.getCurrentWindow().close(), 250)";
+        self.execute(close, json!([])).await?;
         let deadline = Instant::now() + WAIT;
         loop {
             match self.command("GET", "/window/handles", None).await {
