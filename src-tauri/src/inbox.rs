@@ -141,6 +141,17 @@ pub struct StoredMessage {
     pub read: bool,
 }
 
+/// Runs an inbox call off the async runtime (every statement is short, but it touches the
+/// disk); a task that did not finish is an error too.
+pub async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, InboxError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(error) => Err(format!("inbox task failed: {error}")),
+    }
+}
+
 pub struct Inbox {
     /// One connection; every statement is short, and callers run them off the async runtime.
     conn: Mutex<Connection>,

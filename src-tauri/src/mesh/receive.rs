@@ -123,15 +123,11 @@ async fn store_notice(inbox: &Arc<Inbox>, notice: StoredMessage, channel: &str) 
 /// told: the row is new, or still unread.
 async fn keep(inbox: &Arc<Inbox>, row: &StoredMessage, channel: &str) -> Result<bool, String> {
     let (inbox, row, channel) = (inbox.clone(), row.clone(), channel.to_owned());
-    let kept = tokio::task::spawn_blocking(move || {
+    crate::inbox::blocking(move || {
         let new = inbox.insert(&row, &channel)?;
-        Ok::<_, crate::inbox::InboxError>(new || inbox.get(&row.id)?.is_some_and(|m| !m.read))
+        Ok(new || inbox.get(&row.id)?.is_some_and(|m| !m.read))
     })
-    .await;
-    match kept {
-        Ok(result) => result.map_err(|error| error.to_string()),
-        Err(error) => Err(format!("inbox task failed: {error}")),
-    }
+    .await
 }
 
 /// Stores a message, then acknowledges it. Returns it when the front end should be told
