@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::state::ReplyTo;
 use super::{Connector, Delivered, Delivery, text};
 use crate::config::MeshEntry;
-use crate::inbox::{Inbox, InboxError, StoredMessage};
+use crate::inbox::{Inbox, StoredMessage};
 use crate::joins::JoinStorms;
 use crate::mesh::{LinkEvent, LinkState, SessionOptions, Supervisor};
 
@@ -38,7 +38,6 @@ pub(super) struct LiveChat {
 /// A notice for the chat (not a mesh message): a join, a refused session.
 struct Notice {
     text: String,
-    silent: bool,
     /// A reply to the notice goes to this peer (the one who joined).
     reply_to: Option<ReplyTo>,
 }
@@ -49,7 +48,7 @@ impl LiveChat {
         let config = config_dir.load().map_err(|e| e.to_string())?;
         let keystore = super::open_keystore(&config_dir).await.map_err(|e| e.to_string())?;
         let inbox_file = config_dir.inbox_file();
-        let inbox = Arc::new(on_inbox(move || Inbox::open(&inbox_file)).await?);
+        let inbox = Arc::new(crate::inbox::blocking(move || Inbox::open(&inbox_file)).await?);
         let options = SessionOptions {
             display_name: None,
             peer_type: broker_core::protocol::PeerType::Human,
@@ -109,16 +108,6 @@ async fn wake_on_arrival(mut incoming: mpsc::Receiver<StoredMessage>, wake: Arc<
     }
 }
 
-/// Runs an inbox call off the runtime.
-async fn on_inbox<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, InboxError> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(call).await {
-        Ok(result) => result.map_err(|error| error.to_string()),
-        Err(error) => Err(format!("inbox task failed: {error}")),
-    }
-}
-
 /// Who a reply to a forwarded message goes to: the sender's member (every session of it).
 fn reply_target(message: &StoredMessage) -> ReplyTo {
     ReplyTo {
@@ -143,7 +132,7 @@ impl Forwarder {
         while !*self.stopping.borrow() {
             let unread = {
                 let inbox = self.inbox.clone();
-                on_inbox(move || inbox.oldest_unread(FORWARD_BATCH)).await
+                crate::inbox::blocking(move || inbox.oldest_unread(FORWARD_BATCH)).await
             };
             match unread {
                 Ok(messages) if !messages.is_empty() => {
@@ -167,8 +156,7 @@ impl Forwarder {
                 _ = self.stopping.changed() => {}
                 notice = notices.recv() => {
                     let Some(notice) = notice else { return };
-                    let delivery = Delivery { silent: notice.silent, reply_to: None };
-                    let delivered = self.connector.deliver(self.chat_id, &notice.text, delivery).await;
+                    let delivered = self.connector.deliver(self.chat_id, &notice.text, Delivery::default()).await;
                     if let (Delivered::Sent(sent), Some(to)) = (delivered, notice.reply_to) {
                         self.connector.remember_reply(self.chat_id, sent, to);
                     }
@@ -190,7 +178,7 @@ impl Forwarder {
         // Until it is marked, the next round would send it again: keep trying.
         loop {
             let (inbox, id, now) = (self.inbox.clone(), message.id.clone(), broker_core::protocol::now_ms());
-            match on_inbox(move || inbox.mark_read(&id, now)).await {
+            match crate::inbox::blocking(move || inbox.mark_read(&id, now)).await {
                 Ok(()) => return true,
                 Err(error) => {
                     tracing::error!(chat = self.chat_id, %error, "could not mark a forwarded message read; retrying");
@@ -226,7 +214,7 @@ async fn presence(
                         continue;
                     }
                     let text = format!("{} more joined {}: {}", later.names.len(), later.mesh_name, later.names_line());
-                    let _ = notices.send(Notice { text, silent: false, reply_to: None });
+                    let _ = notices.send(Notice { text, reply_to: None });
                 }
                 continue;
             }
@@ -248,7 +236,7 @@ async fn presence(
                         target_spec: member_pubkey.to_owned(),
                     };
                     let text = format!("{name} joined {} (reply to say hello)", entry.slug);
-                    let _ = notices.send(Notice { text, silent: false, reply_to: Some(reply_to) });
+                    let _ = notices.send(Notice { text, reply_to: Some(reply_to) });
                 }
             }
             LinkEvent::State { mesh_id, state: LinkState::Failed(reason) } => {
@@ -256,7 +244,7 @@ async fn presence(
                 let text = format!(
                     "{slug}: the broker refused this chat's session ({reason}). /disconnect, then /connect, signs it in again."
                 );
-                let _ = notices.send(Notice { text, silent: false, reply_to: None });
+                let _ = notices.send(Notice { text, reply_to: None });
             }
             _ => {}
         }

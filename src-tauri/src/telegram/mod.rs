@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 
 use crate::account::{self, AccountError};
 use crate::cli::{Exit, Failure};
-use crate::config::{ConfigDir, write_private_atomic};
+use crate::config::ConfigDir;
 use crate::keystore::{self, KeyStore};
 use crate::mesh::Supervisor;
 use crate::mesh::resolve::Resolution;
@@ -177,8 +177,7 @@ impl Connector {
             let result = change(&mut state);
             (result, state.to_json())
         };
-        let path = state::state_file(&self.data_dir);
-        if let Err(error) = tokio::task::block_in_place(|| write_private_atomic(&path, &json)) {
+        if let Err(error) = tokio::task::block_in_place(|| state::save_json(&self.data_dir, &json)) {
             tracing::error!(%error, "could not save the connector state");
         }
         result
@@ -192,6 +191,14 @@ impl Connector {
     async fn stopped(&self) {
         let mut stopping = self.stopping.clone();
         let _ = stopping.wait_for(|stop| *stop).await;
+    }
+
+    /// Waits `wait` before a retry; false when the connector was asked to stop meanwhile.
+    async fn pause(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.stopped() => false,
+        }
     }
 
     /// The running supervisor of a connected chat, or what to tell the chat.
@@ -293,9 +300,8 @@ impl Connector {
                     TELEGRAM_BACKOFF.ceiling(failures - 1)
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.stopped() => return Delivered::Stopped,
+            if !self.pause(wait).await {
+                return Delivered::Stopped;
             }
         }
     }
@@ -345,9 +351,8 @@ impl Connector {
                     TELEGRAM_BACKOFF.ceiling(failures - 1)
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.stopped() => return,
+            if !self.pause(wait).await {
+                return;
             }
         }
     }

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-#[cfg(test)]
-use crate::config::write_private_atomic;
+use crate::config::{ConfigError, write_private_atomic};
 
 /// Replies are remembered for this many forwarded messages per chat (oldest forgotten first):
 /// enough for any conversation a person scrolls back to, small enough to rewrite the file often.
@@ -74,8 +72,14 @@ impl ChatRecord {
 }
 
 /// `telegram.json` in the data directory.
-pub fn state_file(data_dir: &Path) -> PathBuf {
+fn state_file(data_dir: &Path) -> PathBuf {
     data_dir.join("telegram.json")
+}
+
+/// Writes a state serialized with [`ConnectorState::to_json`] (owner-only, atomically; it syncs
+/// to disk, so callers on the runtime run it where blocking is allowed).
+pub fn save_json(data_dir: &Path, json: &[u8]) -> Result<(), ConfigError> {
+    write_private_atomic(&state_file(data_dir), json)
 }
 
 impl ConnectorState {
@@ -90,11 +94,6 @@ impl ConnectorState {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("the connector state serializes")
-    }
-
-    #[cfg(test)]
-    fn save(&self, data_dir: &Path) -> Result<(), ConfigError> {
-        write_private_atomic(&state_file(data_dir), &self.to_json())
     }
 
     pub fn chat(&mut self, chat_id: i64) -> &mut ChatRecord {
@@ -118,7 +117,7 @@ mod tests {
                 ReplyTo { mesh_id: "mesh_1".into(), slug: "team".into(), name: "bob".into(), target_spec: "k".into() };
             chat.remember_reply(id, to);
         }
-        state.save(dir.path()).expect("saves");
+        save_json(dir.path(), &state.to_json()).expect("saves");
 
         let loaded = ConnectorState::load(dir.path()).expect("loads");
         assert_eq!(loaded.offset, 42);
