@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use rusqlite::types::Value;
 use serde::Serialize;
 
@@ -142,7 +142,7 @@ pub fn postgres_to_sqlite(url: &str, path: &Path) -> OperatorResult<()> {
         for row in rows {
             let values = (0..columns.len())
                 .map(|index| {
-                    let value = if *row.columns()[index].type_() == postgres::types::Type::INT8 {
+                    let value = if *row.columns()[index].type_() == Type::INT8 {
                         row.try_get::<_, Option<i64>>(index)?.map_or(Value::Null, Value::Integer)
                     } else {
                         row.try_get::<_, Option<String>>(index)?.map_or(Value::Null, Value::Text)
@@ -191,9 +191,11 @@ fn columns(source: &rusqlite::Connection, table: &str) -> OperatorResult<Vec<Str
     Ok(statement.query_map([], |row| row.get(0)).and_then(Iterator::collect).map_err(StoreError::from)?)
 }
 
-/// One SQLite value as a parameter of the column's Postgres type (every column is TEXT or BIGINT).
-fn parameter(value: Value, column: &str, table: &str) -> OperatorResult<Box<dyn ToSql + Sync>> {
+/// One SQLite value as a parameter of its column's Postgres type `kind` (every column is TEXT or
+/// BIGINT; a NULL is bound with the column's type).
+fn parameter(value: Value, kind: &Type, column: &str, table: &str) -> OperatorResult<Box<dyn ToSql + Sync>> {
     Ok(match value {
+        Value::Null if *kind == Type::INT8 => Box::new(None::<i64>),
         Value::Null => Box::new(None::<String>),
         Value::Integer(number) => Box::new(number),
         Value::Text(text) => Box::new(text),
@@ -223,12 +225,7 @@ fn copy_table(source: &rusqlite::Connection, tx: &mut postgres::Transaction<'_>,
         let mut values = Vec::with_capacity(columns.len());
         for (index, column) in columns.iter().enumerate() {
             let value: Value = row.get(index).map_err(StoreError::from)?;
-            // A NULL must be bound with its column's type.
-            let value = match (value, &types[index]) {
-                (Value::Null, kind) if *kind == postgres::types::Type::INT8 => Box::new(None::<i64>),
-                (value, _) => parameter(value, column, table)?,
-            };
-            values.push(value);
+            values.push(parameter(value, &types[index], column, table)?);
         }
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|value| value.as_ref()).collect();
         tx.execute(&insert, &params).map_err(StoreError::from)?;
