@@ -7,7 +7,7 @@
 //! every entry committed before the lock was granted (a REPEATABLE READ snapshot could predate
 //! them).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::{GenericClient, Row};
@@ -17,13 +17,35 @@ use crate::crypto::{AUDIT_GENESIS, audit_hash, canonical_json};
 use crate::protocol::iso8601_ms;
 use crate::store::{AuditEntry, AuditEvent, AuditVerification, StoreResult};
 
-/// Each scope's latest hash as this transaction left it: within one transaction (a writer
-/// batch), appends to a scope after its first read no row.
-pub(super) type Tails = HashMap<String, String>;
+/// The audit scopes one transaction holds: the ones it locked (until it ends), and the latest
+/// hash of each it appended to, so that within a transaction (a writer batch) no scope is locked
+/// twice and appends after a scope's first read no row.
+#[derive(Debug, Default)]
+pub(super) struct Scopes {
+    locked: HashSet<String>,
+    tails: HashMap<String, String>,
+}
+
+impl Scopes {
+    /// Locks the scopes this transaction does not hold yet, in sorted order: two transactions
+    /// wanting the same scopes then wait for each other instead of deadlocking.
+    pub(super) fn lock<'a>(
+        &mut self,
+        db: &mut impl GenericClient,
+        scopes: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), postgres::Error> {
+        let wanted: BTreeSet<&str> = scopes.into_iter().filter(|scope| !self.locked.contains(*scope)).collect();
+        for scope in wanted {
+            lock_scope(db, scope)?;
+            self.locked.insert(scope.to_owned());
+        }
+        Ok(())
+    }
+}
 
 /// Appends `event` to its scope, whose lock this transaction holds.
-fn append_locked(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64, tails: &mut Tails) -> StoreResult<()> {
-    let prev = match tails.get(&event.scope) {
+fn append_locked(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64, scopes: &mut Scopes) -> StoreResult<()> {
+    let prev = match scopes.tails.get(&event.scope) {
         Some(hash) => hash.clone(),
         None => db
             .query_opt("SELECT hash FROM audit_log WHERE mesh_id = $1 ORDER BY id DESC LIMIT 1", &[&event.scope])?
@@ -38,36 +60,29 @@ fn append_locked(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64, t
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[&event.scope, &event.event_type, &event.actor, &canonical_json(&event.payload), &prev, &hash, &created_at],
     )?;
-    tails.insert(event.scope.clone(), hash);
+    scopes.tails.insert(event.scope.clone(), hash);
     Ok(())
 }
 
 pub(super) fn append(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64) -> StoreResult<()> {
-    lock_scope(db, &event.scope)?;
-    append_locked(db, event, now_ms, &mut Tails::new())
+    append_all(db, std::slice::from_ref(event), now_ms)
 }
 
-/// Locks every scope of `events` first, in sorted order, so that two transactions appending to
-/// the same scopes wait for each other instead of deadlocking; then appends in the given order.
+/// Appends `events` in the given order, their scopes locked first.
 pub(super) fn append_all(db: &mut impl GenericClient, events: &[AuditEvent], now_ms: u64) -> StoreResult<()> {
-    append_all_with(db, events, now_ms, &mut Tails::new())
+    append_all_with(db, events, now_ms, &mut Scopes::default())
 }
 
-/// [`append_all`] in a transaction that keeps `tails` across its appends (a scope in `tails` is
-/// locked already: this transaction appended to it).
+/// [`append_all`] in a transaction that keeps `scopes` across its appends.
 pub(super) fn append_all_with(
     db: &mut impl GenericClient,
     events: &[AuditEvent],
     now_ms: u64,
-    tails: &mut Tails,
+    scopes: &mut Scopes,
 ) -> StoreResult<()> {
-    let scopes: BTreeSet<&str> =
-        events.iter().map(|event| event.scope.as_str()).filter(|scope| !tails.contains_key(*scope)).collect();
-    for scope in scopes {
-        lock_scope(db, scope)?;
-    }
+    scopes.lock(db, events.iter().map(|event| event.scope.as_str()))?;
     for event in events {
-        append_locked(db, event, now_ms, tails)?;
+        append_locked(db, event, now_ms, scopes)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use postgres::{Client, Config, GenericClient, Statement, Transaction};
 use tokio::sync::mpsc;
 
-use super::audit::{self, Tails};
+use super::audit::{self, Scopes};
 use super::{Job, MAX_BATCH, codes};
 use crate::protocol::{Priority, WrappedKey};
 use crate::store::codes::DbCode as _;
@@ -60,7 +60,10 @@ struct Connection {
 
 impl Connection {
     fn open(config: &Config) -> StoreResult<Connection> {
-        let mut client = super::connect(config)?;
+        Connection::with(super::connect(config)?)
+    }
+
+    fn with(mut client: Client) -> StoreResult<Connection> {
         let statements = Statements::prepare(&mut client)?;
         Ok(Connection { client, statements })
     }
@@ -80,10 +83,10 @@ enum Batch {
 fn apply_guarded(
     db: &mut Transaction<'_>,
     statements: &Statements,
-    tails: &mut Tails,
+    scopes: &mut Scopes,
     op: &WriteOp,
 ) -> StoreResult<WriteOutcome> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(db, statements, tails, op)))
+    std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(db, statements, scopes, op)))
         .unwrap_or_else(|_| Err(StoreError::Database("a write panicked inside the store".into())))
 }
 
@@ -95,13 +98,15 @@ fn run_batch(connection: &mut Connection, ops: &[&WriteOp]) -> Batch {
         Ok(tx) => tx,
         Err(error) => return Batch::Failed(Arc::new(error)),
     };
-    if let Err(error) = lock_scopes_of(&mut tx, ops) {
+    // All the batch's scopes at once, in sorted order: taken message by message, in each batch's
+    // own order, two broker processes whose batches touch the same meshes could deadlock.
+    let mut scopes = Scopes::default();
+    if let Err(error) = scopes.lock(&mut tx, ops.iter().flat_map(|op| audit_scopes(op))) {
         return Batch::Failed(Arc::new(error));
     }
     let mut outcomes = Vec::with_capacity(ops.len());
-    let mut tails = Tails::new();
     for op in ops {
-        match apply_guarded(&mut tx, statements, &mut tails, op) {
+        match apply_guarded(&mut tx, statements, &mut scopes, op) {
             Ok(outcome) => outcomes.push(Ok(outcome)),
             Err(_) => return Batch::JobFailed,
         }
@@ -116,22 +121,13 @@ fn run_batch(connection: &mut Connection, ops: &[&WriteOp]) -> Batch {
 fn run_alone(connection: &mut Connection, op: &WriteOp) -> StoreResult<WriteOutcome> {
     let Connection { client, statements } = connection;
     let mut tx = client.transaction()?;
-    lock_scopes_of(&mut tx, &[op])?;
-    let outcome = apply_guarded(&mut tx, statements, &mut Tails::new(), op)?;
+    let outcome = apply_guarded(&mut tx, statements, &mut Scopes::default(), op)?;
     tx.commit()?;
     Ok(outcome)
 }
 
-pub(super) fn run_writer(
-    mut client: Client,
-    config: Config,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-    commits: &AtomicU64,
-) {
-    let mut connection: StoreResult<Connection> = match Statements::prepare(&mut client) {
-        Ok(statements) => Ok(Connection { client, statements }),
-        Err(error) => Err(error.into()),
-    };
+pub(super) fn run_writer(client: Client, config: Config, mut jobs: mpsc::UnboundedReceiver<Job>, commits: &AtomicU64) {
+    let mut connection = Connection::with(client);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
@@ -191,22 +187,14 @@ pub(super) fn run_writer(
     }
 }
 
-/// Takes, in one sorted order, the scope locks the batch's audit entries will take: two broker
-/// processes whose batches touch the same meshes then wait for each other instead of deadlocking
-/// (taking them message by message, in each batch's own order, could).
-fn lock_scopes_of(tx: &mut Transaction<'_>, ops: &[&WriteOp]) -> Result<(), postgres::Error> {
-    let mut scopes: Vec<&str> = ops
-        .iter()
-        .flat_map(|op| match op {
-            WriteOp::Enqueue(message) => message.audit.as_slice(),
-            WriteOp::Audit(events) => events.as_slice(),
-            _ => &[],
-        })
-        .map(|event| event.scope.as_str())
-        .collect();
-    scopes.sort_unstable();
-    scopes.dedup();
-    scopes.into_iter().try_for_each(|scope| super::lock_scope(tx, scope))
+/// The audit scopes `op` appends to.
+fn audit_scopes(op: &WriteOp) -> impl Iterator<Item = &str> {
+    let events = match op {
+        WriteOp::Enqueue(message) => message.audit.as_slice(),
+        WriteOp::Audit(events) => events.as_slice(),
+        _ => &[],
+    };
+    events.iter().map(|event| event.scope.as_str())
 }
 
 /// Fails every job of `batch` with `error`; whether a stop was among them.
@@ -228,11 +216,11 @@ fn fail_all(batch: &mut Vec<Job>, error: &dyn std::fmt::Display) -> bool {
 fn apply_write(
     db: &mut impl GenericClient,
     statements: &Statements,
-    tails: &mut Tails,
+    scopes: &mut Scopes,
     op: &WriteOp,
 ) -> StoreResult<WriteOutcome> {
     match op {
-        WriteOp::Enqueue(message) => enqueue(db, statements, tails, message).map(WriteOutcome::Enqueued),
+        WriteOp::Enqueue(message) => enqueue(db, statements, scopes, message).map(WriteOutcome::Enqueued),
         WriteOp::Acknowledge(entries) => acknowledge(db, statements, entries).map(WriteOutcome::Changed),
         WriteOp::ReleaseSession { member_id, session_pubkey } => Ok(WriteOutcome::Changed(db.execute(
             "UPDATE queue SET session_pubkey = NULL WHERE member_id = $1 AND session_pubkey = $2",
@@ -245,7 +233,7 @@ fn apply_write(
             &[mesh_id, pubkey, member_id, &(*at_ms as i64)],
         )?)),
         WriteOp::ExpireBefore(cutoff_ms) => expire(db, *cutoff_ms).map(WriteOutcome::Changed),
-        WriteOp::Audit(events) => audit::append_all_with(db, events, crate::protocol::now_ms(), tails)
+        WriteOp::Audit(events) => audit::append_all_with(db, events, crate::protocol::now_ms(), scopes)
             .map(|()| WriteOutcome::Changed(events.len() as u64)),
     }
 }
@@ -253,7 +241,7 @@ fn apply_write(
 fn enqueue(
     db: &mut impl GenericClient,
     statements: &Statements,
-    tails: &mut Tails,
+    scopes: &mut Scopes,
     message: &NewMessage,
 ) -> StoreResult<Vec<u64>> {
     let env = &message.envelope;
@@ -296,7 +284,7 @@ fn enqueue(
         )?;
         seqs.push(row.try_get::<_, i64>(0)? as u64);
     }
-    audit::append_all_with(db, &message.audit, env.created_at, tails)?;
+    audit::append_all_with(db, &message.audit, env.created_at, scopes)?;
     Ok(seqs)
 }
 
