@@ -249,20 +249,25 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
 /// CPU time of `root` and every live process below it, plus what its exited children used (a
 /// database server: the postmaster and its backends).
 pub fn process_tree_cpu(root: u32) -> Option<Duration> {
-    let mut parents = std::collections::HashMap::new();
+    let mut processes = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let ppid = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(1)?.parse::<u32>().ok()?;
-        parents.insert(pid, (ppid, stat));
+        let Some(fields) = stat_fields(&stat) else { continue };
+        // ppid is field 4.
+        let Some(ppid) = fields.get(1).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let own = ticks_time(&fields, 11).unwrap_or_default();
+        // cutime and cstime (fields 16, 17): what its exited, waited-for children used.
+        let children = ticks_time(&fields, 13).unwrap_or_default();
+        processes.insert(pid, (ppid, own, children));
     }
-    let (_, root_stat) = parents.get(&root)?;
-    let mut total = stat_cpu_time(root_stat)? + stat_children_cpu_time(root_stat)?;
+    let (_, own, children) = processes.get(&root)?;
+    let mut total = *own + *children;
     let mut below = vec![root];
     while let Some(parent) = below.pop() {
-        for (pid, (ppid, stat)) in &parents {
+        for (pid, (ppid, own, _)) in &processes {
             if *ppid == parent {
-                total += stat_cpu_time(stat).unwrap_or_default();
+                total += *own;
                 below.push(*pid);
             }
         }
@@ -270,22 +275,22 @@ pub fn process_tree_cpu(root: u32) -> Option<Duration> {
     Some(total)
 }
 
-/// The CPU time of a process's waited-for children (cutime + cstime) from its `/proc/…/stat`.
-fn stat_children_cpu_time(stat: &str) -> Option<Duration> {
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks: u64 = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
-    Some(Duration::from_secs_f64(ticks as f64 / rustix::param::clock_ticks_per_second().max(1) as f64))
+/// The fields of a `/proc/…/stat` text from field 3 on: the command name (field 2) may hold
+/// spaces, so they start after its closing parenthesis.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().collect())
 }
 
-/// User + system CPU time from the text of a `/proc/…/stat` file.
-fn stat_cpu_time(stat: &str) -> Option<Duration> {
-    // The command name (field 2) may hold spaces; the fields after its closing parenthesis
-    // start at field 3, so utime and stime (fields 14 and 15) are the 12th and 13th there.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+/// Two clock-tick counters of [`stat_fields`], from `first` on, summed as time.
+fn ticks_time(fields: &[&str], first: usize) -> Option<Duration> {
+    let ticks: u64 = fields.get(first)?.parse::<u64>().ok()? + fields.get(first + 1)?.parse::<u64>().ok()?;
     let per_second = rustix::param::clock_ticks_per_second().max(1);
     Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// User + system CPU time (utime and stime, fields 14 and 15) from the text of a `/proc/…/stat`.
+fn stat_cpu_time(stat: &str) -> Option<Duration> {
+    ticks_time(&stat_fields(stat)?, 11)
 }
 
 /// Samples a broker's `/proc` in the background: peak memory and descriptors, CPU time summed
