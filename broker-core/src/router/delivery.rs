@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::state::{MemberEntry, MeshShard, MeshState, Session, SessionHandle};
-use super::{Entry, Lane, LoadRequest, Router, frame_text};
+use super::state::{Departed, MemberEntry, MeshShard, MeshState, Session, SessionHandle};
+use super::{Entry, Lane, LoadRequest, MemberQueue, Router, WindowLimits, frame_text};
 use crate::protocol::{self, Capabilities, Capability, Enc, Priority, PushRef, ServerFrame, SystemEvent};
-use crate::store::{Delivery, Envelope, QueuedEntry, WriteOp, WriteOutcome};
+use crate::store::{Delivery, Envelope, QueueSlot, QueuedEntry, WriteOp, WriteOutcome};
 
 impl Router {
     /// Sends a broker event to every session of the mesh except those of `except_member`.
@@ -55,10 +55,12 @@ impl Router {
         self: &Arc<Self>,
         shard: &Arc<MeshShard>,
         envelope: &Arc<Envelope>,
-        deliveries: impl Iterator<Item = (Delivery, u64)>,
+        deliveries: impl Iterator<Item = (Delivery, QueueSlot)>,
     ) {
-        let mut state = shard.state.lock().expect("mesh lock");
-        for (delivery, seq) in deliveries {
+        let mut guard = shard.state.lock().expect("mesh lock");
+        let state = &mut *guard;
+        for (delivery, slot) in deliveries {
+            let keep = self.holds(&state.by_routing_key, &state.departed, delivery.session_pubkey.as_deref());
             let Some(member) = state.members.get_mut(&delivery.member_id) else { continue };
             let Some(queue) = member.queue.as_mut() else { continue };
             let entry = Entry {
@@ -68,9 +70,49 @@ impl Router {
                 key: delivery.key,
                 pushed_to: Vec::new(),
             };
-            queue.offer(seq, entry);
-            self.pump_member(&mut state, &delivery.member_id);
+            queue.offer(slot, entry, keep);
+            self.pump_member(state, &delivery.member_id);
         }
+    }
+
+    /// Whether this process holds an entry for `session` (`None`: for any session of its
+    /// member). With other processes on the store, an entry for one session is held where that
+    /// session is connected, or where it left from while its mail waits for it.
+    pub(super) fn holds(
+        &self,
+        by_routing_key: &HashMap<String, u64>,
+        departed: &HashMap<String, Departed>,
+        session: Option<&str>,
+    ) -> bool {
+        !self.shared_store
+            || session
+                .is_none_or(|key| by_routing_key.contains_key(key) || departed.get(key).is_some_and(|d| !d.released))
+    }
+
+    /// Forgets what this process holds of `member_id`'s queue and reads it again from the store:
+    /// entries held elsewhere may have become this process's (a session arrived, or another
+    /// process released a departed session's mail), or notices were missed. Entries pushed
+    /// before are pushed again; clients drop what they already have.
+    pub(super) fn reload_queue(&self, state: &mut MeshState, member_id: &str) {
+        let Some(member) = state.members.get_mut(member_id) else { return };
+        if member.queue.is_none() {
+            return;
+        }
+        member.queue = Some(self.new_queue());
+        for id in &member.sessions {
+            if let Some(session) = state.sessions.get_mut(id) {
+                session.inflight = 0;
+                session.scan_from = [0, 0];
+            }
+        }
+        self.pump_member(state, member_id);
+    }
+
+    /// An empty queue for a member that came online: everything may be in the store.
+    pub(super) fn new_queue(&self) -> MemberQueue {
+        let generation = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let limits = WindowLimits { entries: self.config.member_window, bytes: self.config.member_window_bytes };
+        MemberQueue::new_spilled(limits, generation)
     }
 
     /// Loads a page of a member's backlog from the store, then pushes from it.
@@ -93,11 +135,12 @@ impl Router {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             let Some(shard) = router.meshes.lock().expect("meshes lock").get(&mesh_id).cloned() else { return };
-            let mut state = shard.state.lock().expect("mesh lock");
-            let Some(queue) = state.members.get_mut(&member_id).and_then(|m| m.queue.as_mut()) else { return };
-            queue.finish_load(request, rows);
+            let mut guard = shard.state.lock().expect("mesh lock");
+            let MeshState { members, by_routing_key, departed, .. } = &mut *guard;
+            let Some(queue) = members.get_mut(&member_id).and_then(|m| m.queue.as_mut()) else { return };
+            queue.finish_load(request, rows, |entry| router.holds(by_routing_key, departed, entry.session.as_deref()));
             // Pushes what arrived, and starts the next page (or the retry of a failed one).
-            router.pump_member(&mut state, &member_id);
+            router.pump_member(&mut guard, &member_id);
         });
     }
 
@@ -217,7 +260,11 @@ impl Router {
     /// Session-only entries of `session_key` become deliverable to any session of the member.
     pub(super) fn release_session(&self, state: &mut MeshState, member_id: &str, session_key: &str) {
         self.store.submit(
-            WriteOp::ReleaseSession { member_id: member_id.to_owned(), session_pubkey: session_key.to_owned() },
+            WriteOp::ReleaseSession {
+                mesh_id: state.mesh.id.clone(),
+                member_id: member_id.to_owned(),
+                session_pubkey: session_key.to_owned(),
+            },
             None,
         );
         let released = state

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 use super::state::{MeshShard, Session, SessionHandle};
-use super::{MemberQueue, Outbox, Router, StatusState, WindowLimits, close_code, frame_text, limits};
+use super::{Outbox, Router, StatusState, close_code, frame_text, limits};
 use crate::crypto::{self, PublicKey};
 use crate::names;
 use crate::protocol::{
@@ -231,7 +231,7 @@ impl Router {
         {
             old.outbox.close(close_code::NORMAL, "replaced by a newer connection of this session");
         }
-        state.departed.remove(&routing_key);
+        let mail_waits_here = state.departed.remove(&routing_key).is_some_and(|d| !d.released);
 
         let member = state.members.get(&member_id).ok_or_else(unauthorized)?;
         let (saved, member_name) = (member.saved.clone(), member.record.display_name.clone());
@@ -270,10 +270,11 @@ impl Router {
         };
         let returning = saved.is_some() && member.sessions.is_empty();
         member.sessions.push(session.id);
+        // Entries for this session may wait in the store, not held here (another process held
+        // them) while the member's queue is already loaded: read it again.
+        let reload = self.shared_store && member.queue.is_some() && !mail_waits_here;
         if member.queue.is_none() {
-            let generation = self.next_session_id.fetch_add(1, Ordering::Relaxed);
-            let limits = WindowLimits { entries: self.config.member_window, bytes: self.config.member_window_bytes };
-            member.queue = Some(MemberQueue::new_spilled(limits, generation));
+            member.queue = Some(self.new_queue());
         }
 
         let ack = HelloAck {
@@ -312,6 +313,9 @@ impl Router {
         state.by_routing_key.insert(routing_key, session.id);
         state.hold_session_name(&member_id, &session.name_skeleton);
         state.sessions.insert(session.id, session);
+        if reload {
+            self.reload_queue(state, &member_id);
+        }
         self.broadcast_event(state, &member_id, &event);
         Ok(handle)
     }

@@ -39,6 +39,7 @@ mod outbox;
 mod pairs;
 mod queue;
 mod rate_limit;
+mod replicas;
 mod requests;
 mod resolve;
 mod send;
@@ -84,6 +85,8 @@ pub struct Router {
     uncommitted: Arc<Semaphore>,
     next_session_id: AtomicU64,
     directory_version: AtomicI64,
+    /// Other broker processes serve from the same store (it gives notices): see `replicas`.
+    shared_store: bool,
 }
 
 impl std::fmt::Debug for Router {
@@ -109,7 +112,8 @@ impl Router {
         if let Ok(depth) = depth {
             metrics.queue_depth.store(depth, Ordering::Relaxed);
         }
-        Arc::new_cyclic(|me| Router {
+        let notices = store.subscribe();
+        let router = Arc::new_cyclic(|me| Router {
             me: me.clone(),
             uncommitted: Arc::new(Semaphore::new(config.max_uncommitted)),
             config,
@@ -120,7 +124,12 @@ impl Router {
             replay: Mutex::new(ReplayGuard::default()),
             next_session_id: AtomicU64::new(1),
             directory_version: AtomicI64::new(version),
-        })
+            shared_store: notices.is_some(),
+        });
+        if let Some(notices) = notices {
+            tokio::spawn(replicas::follow(Arc::downgrade(&router), notices));
+        }
+        router
     }
 
     pub fn config(&self) -> &BrokerConfig {

@@ -7,12 +7,19 @@
 //! invariant: every stored entry of the lane with `seq <= loaded_upto` is in memory or already
 //! acknowledged. When a lane's window is full (by count or by bytes) it is *spilled*: newer
 //! entries stay in the store only, and are loaded in pages once the window drains.
+//!
+//! With several broker processes on one database, entries also arrive that this process did not
+//! commit. Each committed entry says which entry of its lane came before it (`QueueSlot::after`):
+//! when that one is newer than `loaded_upto`, another process committed it and its notice has
+//! not arrived yet, so the lane reads from the store instead of skipping it. An entry this
+//! process does not hold (`keep` false: it is for a session connected elsewhere) still counts as
+//! loaded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::protocol::{Priority, WrappedKey};
-use crate::store::{Envelope, QueuedEntry};
+use crate::store::{Envelope, QueueSlot, QueuedEntry};
 
 /// One undelivered message for this member.
 #[derive(Debug, Clone)]
@@ -89,9 +96,11 @@ struct LaneWindow {
     /// Entries past `loaded_upto` may exist in the store only.
     spilled: bool,
     loading: bool,
-    /// Entries committed while a load was reading; merged when it finishes.
-    arrived_while_loading: Vec<(u64, Entry)>,
-    /// More arrived during the load than the window holds: stay spilled.
+    /// Entries committed while a load was reading (with whether to keep each); merged when it
+    /// finishes.
+    arrived_while_loading: Vec<(QueueSlot, Entry, bool)>,
+    /// More arrived during the load than the window holds, or another process committed
+    /// entries the load may not have seen: stay spilled.
     arrivals_overflowed: bool,
 }
 
@@ -173,28 +182,49 @@ impl MemberQueue {
         self.lanes[lane.index()].insert(seq, entry);
     }
 
-    /// A newly committed entry. Returns whether it is now in memory (and may be pushed).
-    pub fn offer(&mut self, seq: u64, entry: Entry) -> bool {
+    /// A newly committed entry; `keep`: whether this process holds it at all. Returns whether it
+    /// is now in memory (and may be pushed).
+    pub fn offer(&mut self, slot: QueueSlot, entry: Entry, keep: bool) -> bool {
         let lane = Lane::of(entry.envelope.priority);
         let limits = self.limits;
         let window = &mut self.lanes[lane.index()];
-        if seq <= window.loaded_upto {
+        if slot.seq <= window.loaded_upto {
             // Already loaded from the store by a read that saw this commit.
             return false;
         }
         if window.loading {
             if window.arrived_while_loading.len() < limits.entries {
-                window.arrived_while_loading.push((seq, entry));
+                window.arrived_while_loading.push((slot, entry, keep));
             } else {
                 window.arrivals_overflowed = true;
             }
             return false;
         }
-        if window.spilled || window.is_full(limits) {
+        // `after` beyond what is loaded: another process committed an entry in between.
+        if window.spilled || slot.after > window.loaded_upto || window.is_full(limits) {
             window.spilled = true;
             return false;
         }
-        self.insert(lane, seq, entry);
+        if !keep {
+            window.loaded_upto = slot.seq;
+            return false;
+        }
+        self.insert(lane, slot.seq, entry);
+        true
+    }
+
+    /// Another process committed entries of `lane` up to `seq`. Returns whether the lane must
+    /// read them from the store.
+    pub fn wake(&mut self, lane: Lane, seq: u64) -> bool {
+        let window = &mut self.lanes[lane.index()];
+        if seq <= window.loaded_upto {
+            return false;
+        }
+        if window.loading {
+            window.arrivals_overflowed = true;
+        } else {
+            window.spilled = true;
+        }
         true
     }
 
@@ -222,8 +252,14 @@ impl MemberQueue {
             .collect()
     }
 
-    /// Merges a finished load (`None` when it failed; it will be retried).
-    pub fn finish_load(&mut self, request: LoadRequest, rows: Option<Vec<QueuedEntry>>) {
+    /// Merges a finished load (`None` when it failed; it will be retried); `keep` tells which
+    /// entries this process holds.
+    pub fn finish_load(
+        &mut self,
+        request: LoadRequest,
+        rows: Option<Vec<QueuedEntry>>,
+        keep: impl Fn(&Entry) -> bool,
+    ) {
         if request.generation != self.generation {
             return;
         }
@@ -240,17 +276,21 @@ impl MemberQueue {
                 break;
             }
             let (seq, entry) = Entry::from_queued(row);
-            if seq > self.lanes[request.lane.index()].loaded_upto {
+            let window = &mut self.lanes[request.lane.index()];
+            if seq <= window.loaded_upto {
+                continue;
+            }
+            if keep(&entry) {
                 self.insert(request.lane, seq, entry);
+            } else {
+                window.loaded_upto = seq;
             }
         }
         let window = &mut self.lanes[request.lane.index()];
         if complete && !window.arrivals_overflowed {
             window.spilled = false;
-            for (seq, entry) in arrivals {
-                if seq > self.lanes[request.lane.index()].loaded_upto {
-                    self.insert(request.lane, seq, entry);
-                }
+            for (slot, entry, keep) in arrivals {
+                self.offer(slot, entry, keep);
             }
         }
     }
@@ -325,29 +365,33 @@ mod tests {
         }
     }
 
+    fn slot(seq: u64) -> QueueSlot {
+        QueueSlot { seq, after: 0 }
+    }
+
     /// Loads nothing into both lanes: the member is caught up.
     fn caught_up(queue: &mut MemberQueue) {
         for request in queue.start_loads() {
-            queue.finish_load(request, Some(vec![]));
+            queue.finish_load(request, Some(vec![]), |_| true);
         }
     }
 
     #[test]
     fn a_new_member_loads_its_backlog_then_takes_live_entries() {
         let mut queue = MemberQueue::new_spilled(limits(4), 1);
-        assert!(!queue.offer(5, entry("m5")), "spilled until the first load");
+        assert!(!queue.offer(slot(5), entry("m5"), true), "spilled until the first load");
         let requests = queue.start_loads();
         assert_eq!(requests.len(), 2, "one page per lane");
         let normal = requests.iter().copied().find(|r| r.lane == Lane::Normal).expect("normal lane");
         assert_eq!(normal, LoadRequest { lane: Lane::Normal, after_seq: 0, limit: 4, generation: 1 });
         // m6 commits while the load reads; the load saw up to m5.
-        assert!(!queue.offer(6, entry("m6")));
+        assert!(!queue.offer(slot(6), entry("m6"), true));
         for request in requests {
             let rows = if request.lane == Lane::Normal { vec![stored(3), stored(5)] } else { vec![] };
-            queue.finish_load(request, Some(rows));
+            queue.finish_load(request, Some(rows), |_| true);
         }
         assert_eq!(queue.len(), 3);
-        assert!(queue.offer(7, entry("m7")));
+        assert!(queue.offer(slot(7), entry("m7"), true));
         assert!(queue.remove("m6").is_some());
         assert!(queue.remove("m6").is_none());
     }
@@ -356,17 +400,17 @@ mod tests {
     fn a_full_window_spills_and_refills_from_the_store() {
         let mut queue = MemberQueue::new_spilled(limits(2), 1);
         caught_up(&mut queue);
-        assert!(queue.offer(1, entry("m1")));
-        assert!(queue.offer(2, entry("m2")));
-        assert!(!queue.offer(3, entry("m3")), "window full: stays in the store");
+        assert!(queue.offer(slot(1), entry("m1"), true));
+        assert!(queue.offer(slot(2), entry("m2"), true));
+        assert!(!queue.offer(slot(3), entry("m3"), true), "window full: stays in the store");
         assert!(queue.start_loads().is_empty(), "no load while the window is still full");
         queue.remove("m1");
         queue.remove("m2");
         let [request] = queue.start_loads()[..] else { panic!("one lane spilled") };
         assert_eq!((request.lane, request.after_seq), (Lane::Normal, 2));
-        queue.finish_load(request, Some(vec![stored(3)]));
+        queue.finish_load(request, Some(vec![stored(3)]), |_| true);
         assert_eq!(queue.len(), 1);
-        assert!(queue.offer(4, entry("m4")), "caught up: live again");
+        assert!(queue.offer(slot(4), entry("m4"), true), "caught up: live again");
     }
 
     #[test]
@@ -374,11 +418,11 @@ mod tests {
         let mut queue = MemberQueue::new_spilled(limits(2), 1);
         caught_up(&mut queue);
         // The recipient is busy: its next/low messages pile up and fill their lane…
-        assert!(queue.offer(1, entry("m1")));
-        assert!(queue.offer(2, entry("m2")));
-        assert!(!queue.offer(3, entry("m3")));
+        assert!(queue.offer(slot(1), entry("m1"), true));
+        assert!(queue.offer(slot(2), entry("m2"), true));
+        assert!(!queue.offer(slot(3), entry("m3"), true));
         // …and a `now` message still gets into memory, to be pushed at once.
-        assert!(queue.offer(4, entry_with("m4", Priority::Now)));
+        assert!(queue.offer(slot(4), entry_with("m4", Priority::Now), true));
     }
 
     #[test]
@@ -391,10 +435,10 @@ mod tests {
             } else {
                 vec![]
             };
-            queue.finish_load(request, Some(rows));
+            queue.finish_load(request, Some(rows), |_| true);
         }
         assert!(queue.len() < 10, "a page of large messages stops at the byte budget ({})", queue.len());
-        assert!(!queue.offer(11, entry("m11")), "still spilled: the rest is in the store");
+        assert!(!queue.offer(slot(11), entry("m11"), true), "still spilled: the rest is in the store");
     }
 
     #[test]
@@ -403,9 +447,9 @@ mod tests {
         for request in queue.start_loads() {
             let rows = if request.lane == Lane::Normal { vec![stored(9)] } else { vec![] };
             // The read saw seq 9 committed; its completion is routed after the load finished.
-            queue.finish_load(request, Some(rows));
+            queue.finish_load(request, Some(rows), |_| true);
         }
-        assert!(!queue.offer(9, entry("m9")));
+        assert!(!queue.offer(slot(9), entry("m9"), true));
         assert_eq!(queue.len(), 1);
     }
 
@@ -415,17 +459,60 @@ mod tests {
         let stale = old.start_loads()[1];
         let mut queue = MemberQueue::new_spilled(limits(8), 2);
         let current = queue.start_loads()[1];
-        queue.finish_load(stale, Some(vec![stored(1)]));
+        queue.finish_load(stale, Some(vec![stored(1)]), |_| true);
         assert!(queue.is_empty());
-        queue.finish_load(current, Some(vec![stored(1)]));
+        queue.finish_load(current, Some(vec![stored(1)]), |_| true);
         assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn an_entry_committed_elsewhere_in_between_is_read_from_the_store() {
+        let mut queue = MemberQueue::new_spilled(limits(8), 1);
+        caught_up(&mut queue);
+        assert!(queue.offer(slot(1), entry("m1"), true));
+        // Another process committed m2; its notice is late, and m3 (ours) names it as before.
+        assert!(!queue.offer(QueueSlot { seq: 3, after: 2 }, entry("m3"), true), "a gap: not pushed ahead of m2");
+        let [request] = queue.start_loads()[..] else { panic!("the lane reads the store") };
+        assert_eq!(request.after_seq, 1);
+        queue.finish_load(request, Some(vec![stored(2), stored(3)]), |_| true);
+        assert_eq!(queue.len(), 3);
+        assert!(!queue.wake(Lane::Normal, 3), "the late notice of m2 is nothing new");
+        assert!(queue.offer(QueueSlot { seq: 4, after: 3 }, entry("m4"), true));
+    }
+
+    #[test]
+    fn a_notice_of_entries_committed_elsewhere_reads_them() {
+        let mut queue = MemberQueue::new_spilled(limits(8), 1);
+        caught_up(&mut queue);
+        assert!(queue.wake(Lane::Urgent, 5));
+        let [request] = queue.start_loads()[..] else { panic!("the urgent lane reads the store") };
+        assert_eq!((request.lane, request.after_seq), (Lane::Urgent, 0));
+        // Another notice while the load reads: read again once it is done.
+        assert!(queue.wake(Lane::Urgent, 6));
+        let rows = vec![stored_with(5, Priority::Now, 0)];
+        queue.finish_load(request, Some(rows), |_| true);
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.start_loads().len(), 1, "still spilled after a notice during the load");
+    }
+
+    #[test]
+    fn entries_held_elsewhere_count_as_loaded() {
+        let mut queue = MemberQueue::new_spilled(limits(8), 1);
+        for request in queue.start_loads() {
+            let rows = if request.lane == Lane::Normal { vec![stored(1), stored(2)] } else { vec![] };
+            queue.finish_load(request, Some(rows), |entry| entry.envelope.message_id != "m1");
+        }
+        assert_eq!(queue.len(), 1);
+        assert!(!queue.offer(slot(3), entry("m3"), false));
+        assert!(queue.offer(QueueSlot { seq: 4, after: 3 }, entry("m4"), true), "m3 left no gap");
+        assert!(queue.start_loads().is_empty());
     }
 
     #[test]
     fn a_failed_load_is_retried() {
         let mut queue = MemberQueue::new_spilled(limits(8), 1);
         for request in queue.start_loads() {
-            queue.finish_load(request, None);
+            queue.finish_load(request, None, |_| true);
         }
         assert_eq!(queue.start_loads().len(), 2);
     }

@@ -159,27 +159,27 @@ impl Router {
             Some(Box::new(move |result| {
                 drop(permit);
                 let error = match result {
-                    Ok(WriteOutcome::Enqueued(seqs)) => {
+                    Ok(WriteOutcome::Enqueued(slots)) => {
                         tracing::debug!(
                             message = %routed_envelope.message_id,
                             mesh = %routed_envelope.mesh_id,
-                            recipients = seqs.len(),
+                            recipients = slots.len(),
                             bytes = routed_envelope.ciphertext.len(),
                             "message queued"
                         );
                         router.metrics.message_routed(routed_envelope.priority);
-                        router.metrics.queue_depth.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                        router.metrics.queue_depth.fetch_add(slots.len() as u64, Ordering::Relaxed);
                         let ack = Ack {
                             id: ack_id,
                             message_id: routed_envelope.message_id.clone(),
                             queued: true,
-                            recipients: Some(seqs.len() as u32),
+                            recipients: Some(slots.len() as u32),
                             uncovered,
                             req_id,
                             ..Ack::default()
                         };
                         router.reply(&handle, ServerFrame::Ack(ack));
-                        router.route(&handle.shard, &routed_envelope, routed.into_iter().zip(seqs));
+                        router.route(&handle.shard, &routed_envelope, routed.into_iter().zip(slots));
                         return;
                     }
                     Ok(other) => StoreError::Database(format!("unexpected store outcome {other:?}")),

@@ -424,6 +424,7 @@ pub enum WriteOp {
     Acknowledge(Vec<(String, u64)>),
     /// A session left for good: its session-only entries now go to any session of the member.
     ReleaseSession {
+        mesh_id: String,
         member_id: String,
         session_pubkey: String,
     },
@@ -443,11 +444,39 @@ pub enum WriteOp {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// Sequence numbers, in the order of `NewMessage::deliveries`.
-    Enqueued(Vec<u64>),
+    /// Each delivery's place in its recipient's queue, in the order of `NewMessage::deliveries`.
+    Enqueued(Vec<QueueSlot>),
     /// How many rows the op removed or changed: queue entries (`Acknowledge`, `ReleaseSession`,
     /// `ExpireBefore`), saved states (`SavePeerState`: 0 for an unknown member) or audit entries.
     Changed(u64),
+}
+
+/// Where an enqueued entry landed in its recipient member's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSlot {
+    pub seq: u64,
+    /// The sequence number of the newest entry of the same member and lane (`now` apart from the
+    /// rest) when this one committed, 0 when there was none. A store with one writer may always
+    /// say 0: its commits are seen in sequence order. With several broker processes on one
+    /// database, a broker that has seen entries only up to a lower number knows that another
+    /// process committed one in between.
+    pub after: u64,
+}
+
+/// What another broker process on the same database did that this one must act on. Stores
+/// that one process owns (SQLite) have no such news.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreNotice {
+    /// Entries were committed to a member's queue, the newest with `seq` in its lane.
+    Queued { mesh_id: String, member_id: String, urgent: bool, seq: u64 },
+    /// A member's session-only entries became member-wide (`WriteOp::ReleaseSession`).
+    Released { mesh_id: String, member_id: String },
+    /// Meshes, members or grants changed.
+    Directory,
+    /// What another process announced with [`Store::announce`].
+    Announcement(String),
+    /// The stream of notices was interrupted: anything may have been missed.
+    Resync,
 }
 
 /// Called once the op is durably committed (or failed). Runs on the store's writer thread, in
@@ -483,6 +512,10 @@ pub struct AccountMesh {
 
 /// Devices signed in through a device's approval or login token this long before that device
 /// is revoked are revoked with it: a stolen device must not leave accomplices behind.
+/// The longest text [`Store::announce`] carries (Postgres notifications hold at most 8000
+/// bytes, and the announcing process's id rides along).
+pub const MAX_ANNOUNCEMENT: usize = 7_000;
+
 pub const APPROVAL_RECALL_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Durable state. Methods other than [`Store::submit`] block: call them from a blocking thread.
@@ -496,6 +529,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip for readiness checks.
     fn ping(&self) -> StoreResult<()>;
+
+    /// News of the other broker processes on this database, in the order it was committed;
+    /// `None` when no other process can share the store. Never this process's own notices.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreNotice>>;
+    /// Tells the other broker processes' subscriptions `text` (at most
+    /// [`MAX_ANNOUNCEMENT`] bytes), in the order of this process's calls. A no-op without them.
+    fn announce(&self, text: &str) -> StoreResult<()>;
     fn applied_migrations(&self) -> StoreResult<Vec<String>>;
     /// Changes whenever meshes, members or grants change, from this process or another.
     fn directory_version(&self) -> StoreResult<i64>;

@@ -72,6 +72,8 @@ macro_rules! store_conformance_tests {
             sequence_numbers_stay_above_queued_entries_after_a_reopen,
             writes_submitted_before_a_flush_are_visible_after_it,
             concurrent_submits_complete_once_in_commit_order,
+            each_entry_knows_the_newest_entry_before_it_in_its_lane,
+            other_processes_hear_what_one_queued_changed_and_announced,
             peer_state_is_saved_per_member_and_replaced,
             creating_a_mesh_makes_its_creator_admin,
             slugs_are_unique_per_broker,

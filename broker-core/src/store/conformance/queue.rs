@@ -11,8 +11,8 @@ use super::{
 };
 use crate::protocol::{Enc, GroupMembership, Priority, Stats, WrappedKey};
 use crate::store::{
-    Delivery, Envelope, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueuedEntry, Store, StoreResult,
-    WriteOp, WriteOutcome,
+    Delivery, Envelope, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueueSlot, QueuedEntry, Store,
+    StoreNotice, StoreResult, WriteOp, WriteOutcome,
 };
 
 /// A sealed message from `sender`; `n` makes its ids and opaque bytes distinct.
@@ -62,11 +62,16 @@ fn message(envelope: Envelope, deliveries: Vec<Delivery>) -> NewMessage {
 
 /// Enqueues and returns the assigned sequence numbers.
 fn enqueue<S: Store>(store: &S, message: NewMessage) -> Vec<u64> {
+    enqueue_slots(store, message).into_iter().map(|slot| slot.seq).collect()
+}
+
+/// Enqueues and returns where each delivery landed.
+fn enqueue_slots<S: Store>(store: &S, message: NewMessage) -> Vec<QueueSlot> {
     let count = message.deliveries.len();
     match write(store, WriteOp::Enqueue(message)).expect("enqueues") {
-        WriteOutcome::Enqueued(seqs) => {
-            assert_eq!(seqs.len(), count, "one sequence number per delivery");
-            seqs
+        WriteOutcome::Enqueued(slots) => {
+            assert_eq!(slots.len(), count, "one sequence number per delivery");
+            slots
         }
         other => panic!("an enqueue reported {other:?}"),
     }
@@ -197,6 +202,106 @@ pub fn pending_entries_page_by_lane_and_sequence<D: TestDatabase>(database: &D) 
     assert!(lane(&*store, &bob, false, 5).iter().all(|entry| entry.delivery.member_id == bob.id));
 }
 
+/// An entry's `after` is 0 or the newest entry of its member's lane before it, still queued or
+/// acknowledged: never a later one, never one of another lane or member.
+pub fn each_entry_knows_the_newest_entry_before_it_in_its_lane<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "after");
+    let send = |n: u32, priority: Priority, to_whom: Vec<Delivery>| {
+        enqueue_slots(&*store, message(envelope(n, &mesh, &alice, priority, Enc::Multi), to_whom))
+    };
+    let first = send(1, Priority::Next, vec![to(&bob), to(&carol)]);
+    let urgent = send(2, Priority::Now, vec![to(&bob)]);
+    let second = send(3, Priority::Low, vec![to(&bob)]);
+    assert_eq!(changed(&*store, WriteOp::Acknowledge(vec![(bob.id.clone(), second[0].seq)])), 1);
+    let third = send(4, Priority::Next, vec![to(&bob)]);
+    let urgent_again = send(5, Priority::Now, vec![to(&bob), to(&carol)]);
+
+    let one_of = |slot: QueueSlot, allowed: &[u64], what: &str| {
+        assert!(slot.after < slot.seq, "{what}: after {} is below its own {}", slot.after, slot.seq);
+        assert!(slot.after == 0 || allowed.contains(&slot.after), "{what}: after {} not in {allowed:?}", slot.after);
+    };
+    one_of(first[0], &[], "bob's first");
+    one_of(first[1], &[], "carol's first");
+    one_of(urgent[0], &[], "bob's first urgent entry, after only normal ones");
+    one_of(second[0], &[first[0].seq], "bob's second");
+    one_of(third[0], &[first[0].seq, second[0].seq], "bob's third, after an acknowledged one");
+    one_of(urgent_again[0], &[urgent[0].seq], "bob's second urgent entry");
+    one_of(urgent_again[1], &[], "carol's first urgent entry");
+}
+
+/// With several processes on one database (a store whose `subscribe` gives notices), each hears
+/// what another queued (member, lane, newest sequence number), released, changed in the
+/// directory and announced, and never its own notices. A store that one process owns has none
+/// to give.
+pub fn other_processes_hear_what_one_queued_changed_and_announced<D: TestDatabase>(database: &D) {
+    let (one, two) = (database.open(), database.open());
+    let Some(mut heard) = two.subscribe() else {
+        assert!(one.subscribe().is_none(), "either every store on a database has notices, or none");
+        one.announce("nobody listens").expect("announcing to nobody is no error");
+        return;
+    };
+    // The subscription listens some time after the call: announce until it hears.
+    let ready = std::time::Instant::now() + COMPLETION_TIMEOUT;
+    loop {
+        one.announce("ready").expect("announces");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Ok(notice) = heard.try_recv() {
+            assert_eq!(notice, StoreNotice::Announcement("ready".into()));
+            break;
+        }
+        assert!(std::time::Instant::now() < ready, "the subscription never heard an announcement");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    while let Ok(notice) = heard.try_recv() {
+        assert_eq!(notice, StoreNotice::Announcement("ready".into()));
+    }
+
+    // The next notice other than a directory change (after the first, those are the test's
+    // own set-up, told once per change).
+    let mut next = |what: &str, skip_directory: bool| -> StoreNotice {
+        let deadline = std::time::Instant::now() + COMPLETION_TIMEOUT;
+        loop {
+            match heard.try_recv() {
+                Ok(StoreNotice::Directory) if skip_directory => {}
+                Ok(notice) => return notice,
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(error) => panic!("no notice of {what}: {error}"),
+            }
+        }
+    };
+    two.announce("my own").expect("announces");
+    let (mesh, alice, bob, carol) = mesh_of_three(&*one, "notices");
+    assert_eq!(next("the mesh's creation", false), StoreNotice::Directory, "its own announcement is not news");
+    let seqs = enqueue(&*one, message(envelope(1, &mesh, &alice, Priority::Now, Enc::Multi), vec![to(&bob), to(&carol)]));
+    let mut queued = vec![next("a queued entry", true), next("a queued entry", true)];
+    queued.sort_by_key(|notice| format!("{notice:?}"));
+    let expected = |member: &MemberRecord, seq| StoreNotice::Queued {
+        mesh_id: mesh.id.clone(),
+        member_id: member.id.clone(),
+        urgent: true,
+        seq,
+    };
+    let mut wanted = vec![expected(&bob, seqs[0]), expected(&carol, seqs[1])];
+    wanted.sort_by_key(|notice| format!("{notice:?}"));
+    assert_eq!(queued, wanted);
+
+    let session = pubkey(77);
+    enqueue(
+        &*one,
+        message(
+            envelope(2, &mesh, &alice, Priority::Next, Enc::Box),
+            vec![Delivery { session_pubkey: Some(session.clone()), ..to(&bob) }],
+        ),
+    );
+    assert!(matches!(next("a session's entry", true), StoreNotice::Queued { urgent: false, .. }));
+    let release = WriteOp::ReleaseSession { mesh_id: mesh.id.clone(), member_id: bob.id.clone(), session_pubkey: session };
+    assert_eq!(changed(&*one, release), 1);
+    assert_eq!(next("a release", true), StoreNotice::Released { mesh_id: mesh.id.clone(), member_id: bob.id.clone() });
+    one.announce("{\"hello\": \"there\"}").expect("announces");
+    assert_eq!(next("an announcement", true), StoreNotice::Announcement("{\"hello\": \"there\"}".into()));
+}
+
 /// An acknowledgement removes the named `(member, seq)` entries and nothing else; the outcome
 /// counts what was removed.
 pub fn acknowledge_removes_exactly_the_named_entries<D: TestDatabase>(database: &D) {
@@ -245,6 +350,7 @@ pub fn releasing_a_session_hands_its_entries_to_every_session<D: TestDatabase>(d
     let bob_any = enqueue(&*store, message(envelope(4, &mesh, &alice, Priority::Next, Enc::Box), vec![to(&bob)]))[0];
 
     let release = |member: &MemberRecord| WriteOp::ReleaseSession {
+        mesh_id: mesh.id.clone(),
         member_id: member.id.clone(),
         session_pubkey: leaving.clone(),
     };
@@ -406,7 +512,7 @@ pub fn concurrent_submits_complete_once_in_commit_order<D: TestDatabase>(databas
     let in_commit_order: Vec<u64> = ran
         .iter()
         .flat_map(|(_, _, outcome)| match outcome {
-            WriteOutcome::Enqueued(seqs) => seqs.clone(),
+            WriteOutcome::Enqueued(slots) => slots.iter().map(|slot| slot.seq).collect(),
             WriteOutcome::Changed(_) => Vec::new(),
         })
         .collect();
@@ -416,7 +522,7 @@ pub fn concurrent_submits_complete_once_in_commit_order<D: TestDatabase>(databas
             .iter()
             .filter(|(from, _, _)| *from == thread)
             .filter_map(|(_, index, outcome)| match outcome {
-                WriteOutcome::Enqueued(seqs) => Some((*index, seqs[0])),
+                WriteOutcome::Enqueued(slots) => Some((*index, slots[0].seq)),
                 WriteOutcome::Changed(_) => None,
             })
             .collect();

@@ -65,13 +65,15 @@ fn invite_from_row(row: &Row) -> StoreResult<InviteRecord> {
     })
 }
 
-/// Records that meshes, members or grants changed, so running brokers reload their directory.
+/// Records that meshes, members or grants changed, so running brokers reload their directory
+/// (the other processes are told at commit; see `notices`).
 pub(super) fn bump_directory_version(db: &mut impl GenericClient) -> StoreResult<()> {
     db.execute(
         "INSERT INTO settings (key, value) VALUES ('directory_version', '1')
          ON CONFLICT (key) DO UPDATE SET value = (settings.value::bigint + 1)::text",
         &[],
     )?;
+    super::notices::notify(db, "d")?;
     Ok(())
 }
 

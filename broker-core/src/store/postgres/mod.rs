@@ -20,6 +20,7 @@ mod accounts;
 mod audit;
 mod codes;
 mod directory;
+mod notices;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +35,8 @@ use tokio::sync::mpsc;
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, DeviceCodeRecord, DeviceInfo, DeviceRecord,
     EmailCodeOutcome, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
-    NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, Redemption, Store, StoreError, StoreResult,
-    WriteOp,
+    NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, Redemption, Store, StoreError, StoreNotice,
+    StoreResult, WriteOp,
 };
 use crate::protocol::Role;
 
@@ -91,6 +92,8 @@ enum Job {
 
 pub struct PostgresStore {
     config: Config,
+    /// Names this store's notifications (`notices`), so that its own are not news to it.
+    origin: String,
     pool: Mutex<Vec<Client>>,
     /// Jobs for the writer thread (unbounded for the same reasons as SQLite's).
     jobs: mpsc::UnboundedSender<Job>,
@@ -127,7 +130,10 @@ impl PostgresStore {
     /// Connects, applies pending migrations (one process at a time) and starts the writer.
     /// Blocks, like every method of [`Store`] but `submit`.
     pub fn open(url: &str) -> StoreResult<Arc<PostgresStore>> {
-        let config = parse_database_url(url)?;
+        let mut config = parse_database_url(url)?;
+        let origin = crate::ids::new_id("brk");
+        let options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        config.options(&format!("{options}-c {}={origin}", notices::ORIGIN_SETTING));
         let mut client = connect(&config)?;
         migrate(&mut client)?;
         let writer_client = connect(&config)?;
@@ -140,6 +146,7 @@ impl PostgresStore {
             .map_err(|source| StoreError::Io { context: "cannot start the writer thread".into(), source })?;
         Ok(Arc::new(PostgresStore {
             config,
+            origin,
             pool: Mutex::new(vec![client]),
             jobs,
             writer: Mutex::new(Some(thread)),
@@ -236,6 +243,26 @@ impl Store for PostgresStore {
 
     fn ping(&self) -> StoreResult<()> {
         self.with_client(|client| Ok(client.batch_execute("SELECT 1")?))
+    }
+
+    /// Starts a thread that listens on a connection of its own (`notices::listen`); it ends
+    /// when the receiver is dropped.
+    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<StoreNotice>> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let (config, origin) = (self.config.clone(), self.origin.clone());
+        let started =
+            std::thread::Builder::new().name("store-notices".into()).spawn(move || notices::listen(config, origin, sender));
+        if let Err(error) = started {
+            tracing::error!(%error, "cannot start the thread that listens for other broker processes");
+        }
+        Some(receiver)
+    }
+
+    fn announce(&self, text: &str) -> StoreResult<()> {
+        if text.len() > super::MAX_ANNOUNCEMENT {
+            return Err(StoreError::Invalid(format!("an announcement of {} bytes is too long", text.len())));
+        }
+        self.with_client(|client| Ok(notices::notify(client, &format!("a\t{text}"))?))
     }
 
     fn applied_migrations(&self) -> StoreResult<Vec<String>> {

@@ -9,11 +9,12 @@ use postgres::{Client, Config, GenericClient, Statement, Transaction};
 use tokio::sync::mpsc;
 
 use super::audit::{self, Scopes};
-use super::{Job, MAX_BATCH, codes};
+use super::{Job, MAX_BATCH, codes, notices};
 use crate::protocol::{Priority, WrappedKey};
 use crate::store::codes::DbCode as _;
 use crate::store::{
-    Delivery, Envelope, NewMessage, PeerStateRecord, QueuedEntry, StoreError, StoreResult, WriteOp, WriteOutcome,
+    Delivery, Envelope, NewMessage, PeerStateRecord, QueueSlot, QueuedEntry, StoreError, StoreResult, WriteOp,
+    WriteOutcome,
 };
 
 /// What the batch's jobs are told when its transaction could not begin or commit.
@@ -38,7 +39,8 @@ impl Statements {
                         priority, enc, nonce, ciphertext, body_seq, key_nonce, key_ciphertext, created_at)
                  VALUES ($1, nextval('queue_seq'), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
                         $17, $18)
-                 RETURNING seq",
+                 RETURNING seq, (SELECT coalesce(max(q.seq), 0) FROM queue q
+                                 WHERE q.member_id = $1 AND (q.priority = $19) = ($11 = $19))",
             )?,
             body: client.prepare(
                 "INSERT INTO bodies (seq, nonce, ciphertext, created_at) VALUES (nextval('queue_seq'), $1, $2, $3)
@@ -111,6 +113,9 @@ fn run_batch(connection: &mut Connection, ops: &[&WriteOp]) -> Batch {
             Err(_) => return Batch::JobFailed,
         }
     }
+    if let Err(error) = notify_batch(&mut tx, ops.iter().copied().zip(&outcomes)) {
+        return Batch::Failed(Arc::new(error));
+    }
     match tx.commit() {
         Ok(()) => Batch::Committed(outcomes),
         Err(error) => Batch::Failed(Arc::new(error)),
@@ -121,9 +126,22 @@ fn run_batch(connection: &mut Connection, ops: &[&WriteOp]) -> Batch {
 fn run_alone(connection: &mut Connection, op: &WriteOp) -> StoreResult<WriteOutcome> {
     let Connection { client, statements } = connection;
     let mut tx = client.transaction()?;
-    let outcome = apply_guarded(&mut tx, statements, &mut Scopes::default(), op)?;
+    let outcome = Ok(apply_guarded(&mut tx, statements, &mut Scopes::default(), op)?);
+    notify_batch(&mut tx, std::iter::once((op, &outcome)))?;
     tx.commit()?;
-    Ok(outcome)
+    outcome
+}
+
+/// Tells the other broker processes what the transaction queued or released (sent when it
+/// commits; see `notices`).
+fn notify_batch<'a>(
+    tx: &mut Transaction<'_>,
+    writes: impl Iterator<Item = (&'a WriteOp, &'a StoreResult<WriteOutcome>)>,
+) -> Result<(), postgres::Error> {
+    for body in notices::batch_bodies(writes) {
+        notices::notify(tx, &body)?;
+    }
+    Ok(())
 }
 
 pub(super) fn run_writer(client: Client, config: Config, mut jobs: mpsc::UnboundedReceiver<Job>, commits: &AtomicU64) {
@@ -222,7 +240,7 @@ fn apply_write(
     match op {
         WriteOp::Enqueue(message) => enqueue(db, statements, scopes, message).map(WriteOutcome::Enqueued),
         WriteOp::Acknowledge(entries) => acknowledge(db, statements, entries).map(WriteOutcome::Changed),
-        WriteOp::ReleaseSession { member_id, session_pubkey } => Ok(WriteOutcome::Changed(db.execute(
+        WriteOp::ReleaseSession { member_id, session_pubkey, .. } => Ok(WriteOutcome::Changed(db.execute(
             "UPDATE queue SET session_pubkey = NULL WHERE member_id = $1 AND session_pubkey = $2",
             &[member_id, session_pubkey],
         )?)),
@@ -243,7 +261,7 @@ fn enqueue(
     statements: &Statements,
     scopes: &mut Scopes,
     message: &NewMessage,
-) -> StoreResult<Vec<u64>> {
+) -> StoreResult<Vec<QueueSlot>> {
     let env = &message.envelope;
     let created_at = env.created_at as i64;
     let shared_body: Option<i64> = if message.deliveries.len() > 1 {
@@ -280,9 +298,10 @@ fn enqueue(
                 &delivery.key.as_ref().map(|k| k.nonce.as_str()),
                 &delivery.key.as_ref().map(|k| k.ciphertext.as_str()),
                 &created_at,
+                &Priority::Now.to_db(),
             ],
         )?;
-        seqs.push(row.try_get::<_, i64>(0)? as u64);
+        seqs.push(QueueSlot { seq: row.try_get::<_, i64>(0)? as u64, after: row.try_get::<_, i64>(1)? as u64 });
     }
     audit::append_all_with(db, &message.audit, env.created_at, scopes)?;
     Ok(seqs)

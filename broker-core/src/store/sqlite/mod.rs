@@ -30,7 +30,7 @@ use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,
     DeviceRecord, EmailCodeOutcome, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS, MemberRecord,
     MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, Redemption,
-    Store, StoreError, StoreResult, WriteOp,
+    Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
 use crate::protocol::{Priority, Role, WrappedKey};
 
@@ -299,6 +299,15 @@ impl Store for SqliteStore {
 
     fn ping(&self) -> StoreResult<()> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
+    /// The broker that holds the data directory's lock is its only process.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreNotice>> {
+        None
+    }
+
+    fn announce(&self, _text: &str) -> StoreResult<()> {
+        Ok(())
     }
 
     fn applied_migrations(&self) -> StoreResult<Vec<String>> {

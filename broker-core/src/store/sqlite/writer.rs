@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{BatchResult, Finisher, Job, MAX_BATCH, audit};
 use crate::store::codes::DbCode as _;
-use crate::store::{NewMessage, PeerStateRecord, StoreError, StoreResult, WriteOp, WriteOutcome};
+use crate::store::{NewMessage, PeerStateRecord, QueueSlot, StoreError, StoreResult, WriteOp, WriteOutcome};
 
 /// A job's own outcome, unless the batch's commit failed.
 pub(super) fn after_commit<T>(outcome: StoreResult<T>, commit: &BatchResult) -> StoreResult<T> {
@@ -94,7 +94,7 @@ fn apply_write(conn: &Connection, op: WriteOp, next_seq: &mut u64) -> StoreResul
     match op {
         WriteOp::Enqueue(message) => enqueue(conn, &message, next_seq).map(WriteOutcome::Enqueued),
         WriteOp::Acknowledge(entries) => acknowledge(conn, &entries).map(WriteOutcome::Changed),
-        WriteOp::ReleaseSession { member_id, session_pubkey } => conn
+        WriteOp::ReleaseSession { member_id, session_pubkey, .. } => conn
             .prepare_cached("UPDATE queue SET session_pubkey = NULL WHERE member_id = ?1 AND session_pubkey = ?2")
             .and_then(|mut stmt| stmt.execute(params![member_id, session_pubkey]))
             .map(|n| WriteOutcome::Changed(n as u64))
@@ -114,7 +114,8 @@ fn apply_write(conn: &Connection, op: WriteOp, next_seq: &mut u64) -> StoreResul
     }
 }
 
-fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> StoreResult<Vec<u64>> {
+/// Assigns sequence numbers in commit order (one writer): `after` is always 0.
+fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> StoreResult<Vec<QueueSlot>> {
     let env = &message.envelope;
     let shared_body = if message.deliveries.len() > 1 {
         let body_seq = *next_seq;
@@ -162,7 +163,7 @@ fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> Store
             delivery.key.as_ref().map(|k| k.ciphertext.as_str()),
             env.created_at as i64,
         ])?;
-        seqs.push(seq);
+        seqs.push(QueueSlot { seq, after: 0 });
     }
     audit::append_all(conn, &message.audit, env.created_at)?;
     Ok(seqs)
