@@ -17,7 +17,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{
     ClientConfig, ClientError, ClientEvent, ClientStats, Command, Correlation, DesiredState, InboundMessage, KeyRing,
-    RecentIds, websocket_url,
+    RecentIds, broker_urls,
 };
 use crate::crypto;
 use crate::protocol::{
@@ -70,6 +70,10 @@ struct Task {
     seen: RecentIds,
     acknowledged: RecentIds,
     started: Instant,
+    /// The broker's WebSocket URLs (`broker_url` may list several replicas, comma-separated),
+    /// and the one to try next: a connection that could not be made moves to the next.
+    urls: Vec<String>,
+    next_url: usize,
 }
 
 pub(super) async fn run(
@@ -80,7 +84,10 @@ pub(super) async fn run(
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<ClientEvent>,
 ) {
+    let urls = broker_urls(&config.broker_url);
     let mut task = Task {
+        urls,
+        next_url: 0,
         config,
         keys,
         desired,
@@ -100,7 +107,10 @@ pub(super) async fn run(
                 task.emit(ClientEvent::Connected(ack)).await;
                 task.session(socket, &mut commands).await
             }
-            Err(ended) => ended,
+            Err(ended) => {
+                task.next_url = (task.next_url + 1) % task.urls.len();
+                ended
+            }
         };
         task.fail_awaiting();
         match ended {
@@ -118,7 +128,9 @@ pub(super) async fn run(
             }
             Ended::Lost(reason) => task.emit(ClientEvent::Disconnected { reason }).await,
         }
-        let delay = task.config.backoff.delay(attempt, rand::thread_rng().r#gen::<f64>());
+        // The backoff grows once per round over every URL: the next replica is tried soon.
+        let round = attempt / task.urls.len() as u32;
+        let delay = task.config.backoff.delay(round, rand::thread_rng().r#gen::<f64>());
         attempt = attempt.saturating_add(1);
         if task.wait(delay, &mut commands).await.is_err() {
             return;
@@ -236,7 +248,7 @@ impl Task {
     }
 
     async fn connect(&mut self) -> Result<(Socket, HelloAck), Ended> {
-        let url = websocket_url(&self.config.broker_url);
+        let url = self.urls[self.next_url].clone();
         let hello_timeout = self.config.hello_timeout;
         let connecting = async {
             // Frames are small and latency matters: no Nagle delay on the socket.

@@ -60,7 +60,8 @@ pub struct PeerListing {
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `ws://host:port/ws`, or the broker's `http(s)://` base URL.
+    /// `ws://host:port/ws`, or the broker's `http(s)://` base URL; several replicas' URLs
+    /// separated by commas are tried in turn (see [`broker_urls`]).
     pub broker_url: String,
     pub mesh_id: String,
     pub member_id: String,
@@ -108,6 +109,14 @@ impl ClientConfig {
 }
 
 /// `http(s)://host[:port][/]` → `ws(s)://host[:port]/ws`; a `ws(s)://` URL is kept as is.
+/// The WebSocket URLs of `broker_url`: one, or several replicas of one broker separated by
+/// commas (`wss://a.example,wss://b.example`), tried in turn. Never empty.
+pub fn broker_urls(broker_url: &str) -> Vec<String> {
+    let urls: Vec<String> =
+        broker_url.split(',').map(str::trim).filter(|url| !url.is_empty()).map(websocket_url).collect();
+    if urls.is_empty() { vec![websocket_url(broker_url)] } else { urls }
+}
+
 pub fn websocket_url(broker_url: &str) -> String {
     let url = broker_url.trim().trim_end_matches('/');
     if url.starts_with("ws://") || url.starts_with("wss://") {
@@ -599,5 +608,20 @@ impl MeshClient {
         if self.command(Command::Shutdown(done)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_url_may_list_several_replicas() {
+        assert_eq!(broker_urls("https://mesh.example.com"), vec!["wss://mesh.example.com/ws"]);
+        assert_eq!(
+            broker_urls("https://a.example.com, http://10.0.0.2:7900/ ,"),
+            vec!["wss://a.example.com/ws", "ws://10.0.0.2:7900/ws"]
+        );
+        assert_eq!(broker_urls(" , "), vec!["ws://,/ws"], "never empty: the text itself, to fail with a clear error");
     }
 }

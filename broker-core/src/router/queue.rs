@@ -254,12 +254,7 @@ impl MemberQueue {
 
     /// Merges a finished load (`None` when it failed; it will be retried); `keep` tells which
     /// entries this process holds.
-    pub fn finish_load(
-        &mut self,
-        request: LoadRequest,
-        rows: Option<Vec<QueuedEntry>>,
-        keep: impl Fn(&Entry) -> bool,
-    ) {
+    pub fn finish_load(&mut self, request: LoadRequest, rows: Option<Vec<QueuedEntry>>, keep: impl Fn(&Entry) -> bool) {
         if request.generation != self.generation {
             return;
         }

@@ -265,7 +265,9 @@ pub fn other_processes_hear_what_one_queued_changed_and_announced<D: TestDatabas
             match heard.try_recv() {
                 Ok(StoreNotice::Directory) if skip_directory => {}
                 Ok(notice) => return notice,
-                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
                 Err(error) => panic!("no notice of {what}: {error}"),
             }
         }
@@ -273,7 +275,8 @@ pub fn other_processes_hear_what_one_queued_changed_and_announced<D: TestDatabas
     two.announce("my own").expect("announces");
     let (mesh, alice, bob, carol) = mesh_of_three(&*one, "notices");
     assert_eq!(next("the mesh's creation", false), StoreNotice::Directory, "its own announcement is not news");
-    let seqs = enqueue(&*one, message(envelope(1, &mesh, &alice, Priority::Now, Enc::Multi), vec![to(&bob), to(&carol)]));
+    let seqs =
+        enqueue(&*one, message(envelope(1, &mesh, &alice, Priority::Now, Enc::Multi), vec![to(&bob), to(&carol)]));
     let mut queued = vec![next("a queued entry", true), next("a queued entry", true)];
     queued.sort_by_key(|notice| format!("{notice:?}"));
     let expected = |member: &MemberRecord, seq| StoreNotice::Queued {
@@ -295,7 +298,8 @@ pub fn other_processes_hear_what_one_queued_changed_and_announced<D: TestDatabas
         ),
     );
     assert!(matches!(next("a session's entry", true), StoreNotice::Queued { urgent: false, .. }));
-    let release = WriteOp::ReleaseSession { mesh_id: mesh.id.clone(), member_id: bob.id.clone(), session_pubkey: session };
+    let release =
+        WriteOp::ReleaseSession { mesh_id: mesh.id.clone(), member_id: bob.id.clone(), session_pubkey: session };
     assert_eq!(changed(&*one, release), 1);
     assert_eq!(next("a release", true), StoreNotice::Released { mesh_id: mesh.id.clone(), member_id: bob.id.clone() });
     one.announce("{\"hello\": \"there\"}").expect("announces");

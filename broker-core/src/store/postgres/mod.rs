@@ -250,8 +250,9 @@ impl Store for PostgresStore {
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<StoreNotice>> {
         let (sender, receiver) = mpsc::unbounded_channel();
         let (config, origin) = (self.config.clone(), self.origin.clone());
-        let started =
-            std::thread::Builder::new().name("store-notices".into()).spawn(move || notices::listen(config, origin, sender));
+        let started = std::thread::Builder::new()
+            .name("store-notices".into())
+            .spawn(move || notices::listen(config, origin, sender));
         if let Err(error) = started {
             tracing::error!(%error, "cannot start the thread that listens for other broker processes");
         }

@@ -112,14 +112,15 @@ pub(super) fn decode(payload: &str, own_origin: &str) -> Vec<StoreNotice> {
 pub(super) fn listen(config: Config, origin: String, notices: mpsc::UnboundedSender<StoreNotice>) {
     let mut connected_before = false;
     while !notices.is_closed() {
-        let mut client = match super::connect(&config).and_then(|mut c| Ok(c.batch_execute("LISTEN claudemesh").map(|()| c)?)) {
-            Ok(client) => client,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for other broker processes' notices; retrying");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
+        let mut client =
+            match super::connect(&config).and_then(|mut c| Ok(c.batch_execute("LISTEN claudemesh").map(|()| c)?)) {
+                Ok(client) => client,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for other broker processes' notices; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
         if connected_before && notices.send(StoreNotice::Resync).is_err() {
             return;
         }

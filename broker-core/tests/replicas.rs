@@ -1,0 +1,167 @@
+//! Two `claudemesh-broker serve` processes on one PostgreSQL database: messages between
+//! sessions on different replicas, a replica killed with SIGKILL in the middle of a burst (its
+//! clients move to the other; nothing acknowledged is lost, nothing arrives twice), and a member
+//! that leaves through one replica cut off on the other at once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use broker_core::client::{ClientConfig, ClientEvent};
+use broker_core::crypto::Keypair;
+use broker_core::protocol::{ErrorCode, Priority};
+use broker_core::testing::postgres::PostgresServer;
+use common::process::{BrokerProcess, free_port, operator, send_until_cut_off, wait_ready};
+
+/// A replica: a broker process serving `database_url` on its own port.
+struct Replica {
+    port: u16,
+    process: BrokerProcess,
+}
+
+impl Replica {
+    fn start(data_dir: &Path, database_url: &str, log: &Path) -> Replica {
+        let port = free_port();
+        let env = [
+            ("DATABASE_URL", database_url),
+            ("RATE_LIMIT_BURST", "100000"),
+            ("RATE_LIMIT_PER_MINUTE", "6000000"),
+            ("PAIR_BURST", "100000"),
+            ("PAIR_PER_MINUTE", "6000000"),
+            ("PAIR_LOOP_TURNS", "100000"),
+        ];
+        Replica { port, process: BrokerProcess::start(data_dir, port, log, &env) }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A mesh with members on the database; their ids and keys by name.
+fn mesh(data_dir: &Path, url: &str, names: &[&str]) -> (String, HashMap<String, (String, Keypair)>) {
+    let on_db = |args: &[&str]| {
+        let mut all = vec!["--database-url", url];
+        all.extend_from_slice(args);
+        operator(data_dir, &all)
+    };
+    let mesh_id = on_db(&["mesh", "create", "--name", "replicated"])["id"].as_str().expect("id").to_owned();
+    let members = names
+        .iter()
+        .map(|name| {
+            let key = Keypair::generate();
+            let added =
+                on_db(&["member", "add", "--mesh", "replicated", "--pubkey", &key.public_hex(), "--name", name]);
+            (name.to_string(), (added["memberId"].as_str().expect("member id").to_owned(), key))
+        })
+        .collect();
+    (mesh_id, members)
+}
+
+fn config(broker_url: &str, mesh_id: &str, member: &(String, Keypair)) -> ClientConfig {
+    let key = Keypair::from_secret_hex(&member.1.seed_hex()).expect("key");
+    let mut config = ClientConfig::new(broker_url, mesh_id, &member.0, key);
+    config.backoff.initial = Duration::from_millis(50);
+    config.backoff.max = Duration::from_millis(200);
+    config
+}
+
+/// Receives and acknowledges until every id of `expected` arrived (or 20 s passed) and a quiet
+/// moment followed; how often each message id arrived.
+async fn receive_all(peer: &mut common::Peer, expected: &HashMap<String, String>) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = expected.keys().all(|id| ids.contains_key(id));
+        let wait = if done {
+            Duration::from_millis(300)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        let Ok(Some(event)) = tokio::time::timeout(wait, peer.events.recv()).await else { break };
+        let ClientEvent::Message(message) = event else { continue };
+        assert_eq!(expected.get(&message.message_id).map(String::as_str), message.text().as_deref());
+        peer.client.acknowledge(vec![message.message_id.clone()]).await.expect("ack");
+        *ids.entry(message.message_id.clone()).or_insert(0) += 1;
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_replicas_and_survive_the_loss_of_one() {
+    let database = PostgresServer::start();
+    let url = database.create_database("claudemesh");
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob"]);
+    let log = data.path().join("replicas.log");
+    let one = Replica::start(data.path(), &url, &log);
+    let mut two = Replica::start(data.path(), &url, &log);
+    wait_ready(one.port).await;
+    wait_ready(two.port).await;
+
+    let mut alice = common::Peer::connect(config(&one.url(), &mesh_id, &members["alice"])).await;
+    // Bob knows both replicas and starts on the second.
+    let both = format!("{},{}", two.url(), one.url());
+    let mut bob = common::Peer::connect(config(&both, &mesh_id, &members["bob"])).await;
+    let (alice_key, bob_key) = (members["alice"].1.public_hex(), members["bob"].1.public_hex());
+
+    // One message each way, from one replica to the other, without waiting for a poll.
+    let started = Instant::now();
+    alice.client.send(&bob_key, b"hello bob", Priority::Now).await.expect("queued");
+    let message = bob.message().await;
+    let crossed = started.elapsed();
+    assert_eq!(message.text().expect("opens"), "hello bob");
+    assert!(crossed < Duration::from_millis(500), "a message crossed replicas in {crossed:?}");
+    bob.client.send(&alice_key, b"hello alice", Priority::Next).await.expect("queued");
+    assert_eq!(alice.message().await.text().expect("opens"), "hello alice");
+
+    // A burst from alice (on the first replica) to bob (on the second), which is killed midway:
+    // bob moves to the first replica and gets every acknowledged message once.
+    let sender = send_until_cut_off(alice.client.clone(), bob_key.clone(), 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    two.process.kill();
+    let outcomes = sender.await.expect("sender");
+    let acknowledged: HashMap<String, String> = outcomes
+        .iter()
+        .filter_map(|(text, outcome)| outcome.as_ref().ok().map(|receipt| (receipt.message_id.clone(), text.clone())))
+        .collect();
+    assert_eq!(acknowledged.len(), 400, "alice's replica kept acknowledging: {} of 400", acknowledged.len());
+    let arrived = receive_all(&mut bob, &acknowledged).await;
+    let missing = acknowledged.keys().filter(|id| !arrived.contains_key(*id)).count();
+    assert_eq!(missing, 0, "every acknowledged message reached bob");
+    let twice: Vec<_> = arrived.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "nothing reached bob's application twice: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_leaves_through_one_replica_is_cut_off_on_the_other() {
+    let database = PostgresServer::start();
+    let url = database.create_database("claudemesh");
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob"]);
+    let log = data.path().join("replicas.log");
+    let (one, two) = (Replica::start(data.path(), &url, &log), Replica::start(data.path(), &url, &log));
+    wait_ready(one.port).await;
+    wait_ready(two.port).await;
+
+    let leaving = common::Peer::connect(config(&one.url(), &mesh_id, &members["bob"])).await;
+    let mut elsewhere = common::Peer::connect(config(&two.url(), &mesh_id, &members["bob"])).await;
+    let started = Instant::now();
+    leaving.client.leave_mesh().await.expect("left");
+    let cut = loop {
+        match tokio::time::timeout(Duration::from_secs(10), elsewhere.events.recv()).await {
+            Ok(Some(ClientEvent::Refused { code, .. })) => break code,
+            Ok(Some(_)) => continue,
+            other => panic!("the other replica never cut bob's session: {other:?}"),
+        }
+    };
+    assert_eq!(cut, ErrorCode::Revoked);
+    assert!(started.elapsed() < Duration::from_secs(3), "cut after {:?}", started.elapsed());
+
+    // Alice, on the other replica, can no longer reach bob.
+    let alice = common::Peer::connect(config(&two.url(), &mesh_id, &members["alice"])).await;
+    let refused = alice.client.send(&members["bob"].1.public_hex(), b"still there?", Priority::Now).await;
+    assert!(refused.is_err(), "a send to a member that left is refused: {refused:?}");
+}
