@@ -165,3 +165,68 @@ async fn a_member_that_leaves_through_one_replica_is_cut_off_on_the_other() {
     let refused = alice.client.send(&members["bob"].1.public_hex(), b"still there?", Priority::Now).await;
     assert!(refused.is_err(), "a send to a member that left is refused: {refused:?}");
 }
+
+/// Waits until `peer`'s listing, by display name, satisfies `wanted` (presence travels
+/// asynchronously between replicas).
+async fn listing_until(peer: &common::Peer, wanted: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut names: Vec<String> =
+            peer.client.list_peers().await.expect("lists").peers.into_iter().map(|p| p.display_name).collect();
+        names.sort();
+        if wanted(&names) || Instant::now() > deadline {
+            return names;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_mesh_wide() {
+    let database = PostgresServer::start();
+    let url = database.create_database("claudemesh");
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob", "carol"]);
+    let log = data.path().join("replicas.log");
+    let one = Replica::start(data.path(), &url, &log);
+    let mut two = Replica::start(data.path(), &url, &log);
+    wait_ready(one.port).await;
+    wait_ready(two.port).await;
+
+    let mut alice = common::Peer::connect(config(&one.url(), &mesh_id, &members["alice"])).await;
+    let mut bob = common::Peer::connect(config(&two.url(), &mesh_id, &members["bob"])).await;
+    let joined = alice.system_event("peer_joined").await;
+    assert_eq!(joined["name"], "bob", "alice hears of bob joining on the other replica: {joined}");
+    assert_eq!(listing_until(&alice, |n| n.len() == 2).await, ["alice", "bob"], "alice lists bob");
+    assert_eq!(listing_until(&bob, |n| n.len() == 2).await, ["alice", "bob"], "bob lists alice");
+
+    // A message to bob's session key (what a bridge sends to a listed peer), and to a group he
+    // joined on his replica.
+    let bob_session = bob.client.session_pubkey();
+    alice.client.send(&bob_session, b"to your session", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.text().expect("opens"), "to your session");
+    bob.client.join_group("reviewers", None).await.expect("joins");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match alice.client.send("@reviewers", b"review please", Priority::Now).await {
+            Ok(_) => break,
+            // Not yet known on alice's replica.
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(error) => panic!("the group never reached alice's replica: {error}"),
+        }
+    }
+    assert_eq!(bob.message().await.text().expect("opens"), "review please");
+
+    // Bob leaves: alice hears it. Carol's replica dies: alice hears that carol left too.
+    bob.client.shutdown().await;
+    let left = alice.system_event("peer_left").await;
+    assert_eq!(left["name"], "bob");
+    let _carol = common::Peer::connect(config(&two.url(), &mesh_id, &members["carol"])).await;
+    assert_eq!(alice.system_event("peer_joined").await["name"], "carol");
+    two.process.kill();
+    let started = Instant::now();
+    let left = alice.system_event("peer_left").await;
+    assert_eq!(left["name"], "carol", "the sessions of a dead replica leave");
+    assert!(started.elapsed() < Duration::from_secs(15), "after {:?}", started.elapsed());
+    assert_eq!(listing_until(&alice, |n| n.len() == 1).await, ["alice"]);
+}

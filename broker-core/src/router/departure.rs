@@ -61,11 +61,15 @@ impl Router {
             let departed = Departed { member_id: gone.member_id.clone(), at: Instant::now(), released: clean };
             state.departed.insert(gone.routing_key.clone(), departed);
         }
+        let routing_key = gone.routing_key.clone();
         let event = SystemEvent::PeerLeft(PeerLeft {
             name: gone.display_name,
             pubkey: gone.routing_key,
             member_pubkey: gone.member_pubkey,
         });
         self.broadcast_event(state, &gone.member_id, &event);
+        if !replaced {
+            self.announce_gone(&state.mesh.id, &routing_key, event);
+        }
     }
 }

@@ -310,13 +310,17 @@ impl Router {
         };
         let handle = SessionHandle { shard: shard.clone(), session_id: session.id, member_id: member_id.clone(), caps };
         tracing::debug!(mesh = %state.mesh.id, member = %member_id, session = session.id, "session connected");
+        // The same session, come here from another replica: the one there is stale.
+        state.remote.remove(&routing_key);
         state.by_routing_key.insert(routing_key, session.id);
         state.hold_session_name(&member_id, &session.name_skeleton);
+        let session_id = session.id;
         state.sessions.insert(session.id, session);
         if reload {
             self.reload_queue(state, &member_id);
         }
         self.broadcast_event(state, &member_id, &event);
+        self.announce_session(state, session_id, Some(event));
         Ok(handle)
     }
 }

@@ -87,6 +87,11 @@ pub struct Router {
     directory_version: AtomicI64,
     /// Other broker processes serve from the same store (it gives notices): see `replicas`.
     shared_store: bool,
+    /// This process among the replicas, and its presence announcer (with a shared store).
+    replica: String,
+    announcer: Option<Mutex<std::sync::mpsc::Sender<replicas::Presence>>>,
+    /// When each other replica was last heard from.
+    replicas_heard: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -113,6 +118,8 @@ impl Router {
             metrics.queue_depth.store(depth, Ordering::Relaxed);
         }
         let notices = store.subscribe();
+        let replica = crate::ids::new_id("rep");
+        let announcer = notices.as_ref().map(|_| Mutex::new(replicas::start_announcer(store.clone(), replica.clone())));
         let router = Arc::new_cyclic(|me| Router {
             me: me.clone(),
             uncommitted: Arc::new(Semaphore::new(config.max_uncommitted)),
@@ -125,6 +132,9 @@ impl Router {
             next_session_id: AtomicU64::new(1),
             directory_version: AtomicI64::new(version),
             shared_store: notices.is_some(),
+            replica,
+            announcer,
+            replicas_heard: Mutex::new(HashMap::new()),
         });
         if let Some(notices) = notices {
             tokio::spawn(replicas::follow(Arc::downgrade(&router), notices));
@@ -235,9 +245,11 @@ impl Router {
         }
     }
 
+    /// Changes what a session tells the mesh about itself; the other replicas hear of it.
     fn with_session(&self, session: &SessionHandle, f: impl FnOnce(&Router, &mut MeshState, u64)) {
         let mut state = session.shard.state.lock().expect("mesh lock");
         f(self, &mut state, session.session_id);
+        self.announce_session(&state, session.session_id, None);
     }
 
     fn reply(&self, session: &SessionHandle, frame: ServerFrame) {
@@ -276,12 +288,14 @@ impl Router {
         }
     }
 
-    /// Members of `mesh_id` with at least one connected session.
+    /// Members of `mesh_id` with at least one connected session (here or on another replica).
     pub fn online_members(&self, mesh_id: &str) -> HashSet<String> {
         let shard = self.meshes.lock().expect("meshes lock").get(mesh_id).cloned();
         shard
             .map(|shard| {
-                shard.state.lock().expect("mesh lock").sessions.values().map(|s| s.member_id.clone()).collect()
+                let state = shard.state.lock().expect("mesh lock");
+                let remote = state.remote.values().map(|r| r.member_id.clone());
+                state.sessions.values().map(|s| s.member_id.clone()).chain(remote).collect()
             })
             .unwrap_or_default()
     }
@@ -292,7 +306,7 @@ impl Router {
         let shard = self.meshes.lock().expect("meshes lock").get(mesh_id).cloned();
         shard.is_some_and(|shard| {
             let state = shard.state.lock().expect("mesh lock");
-            state.by_routing_key.contains_key(key) || state.departed.contains_key(key)
+            state.by_routing_key.contains_key(key) || state.departed.contains_key(key) || state.remote.contains_key(key)
         })
     }
 

@@ -77,8 +77,10 @@ pub(super) fn cover_with_keys(
 
 /// Which members (and sessions) `target` reaches from `sender`. Pure over the mesh state.
 pub(super) fn resolve_target(state: &MeshState, sender: &Session, target: &Target<'_>) -> Resolution {
-    let own_siblings =
-        || state.members.get(&sender.member_id).is_some_and(|m| m.sessions.iter().any(|id| *id != sender.id));
+    let own_siblings = || {
+        state.members.get(&sender.member_id).is_some_and(|m| m.sessions.iter().any(|id| *id != sender.id))
+            || state.remote_sessions_of(&sender.member_id).next().is_some()
+    };
     let own_copy = || Delivery {
         member_id: sender.member_id.clone(),
         session_pubkey: None,
@@ -121,7 +123,8 @@ pub(super) fn resolve_target(state: &MeshState, sender: &Session, target: &Targe
                 .by_routing_key
                 .get(*key)
                 .and_then(|id| state.sessions.get(id))
-                .map(|s| (s.member_id.clone(), false));
+                .map(|s| (s.member_id.clone(), false))
+                .or_else(|| state.remote.get(*key).map(|r| (r.member_id.clone(), false)));
             let session_member = live.or_else(|| state.departed.get(*key).map(|d| (d.member_id.clone(), d.released)));
             match session_member {
                 Some((member_id, released)) => Resolution::Deliveries(vec![Delivery {
@@ -139,21 +142,26 @@ pub(super) fn resolve_target(state: &MeshState, sender: &Session, target: &Targe
                 if !member.record.is_active() {
                     continue;
                 }
-                if *member_id == sender.member_id {
-                    let sibling_in_group = member
+                let mut remote = state.remote_sessions_of(member_id).peekable();
+                let online = !member.sessions.is_empty() || remote.peek().is_some();
+                let remote_in_group = remote.any(|r| r.in_group(name));
+                let local_in_group = |except: Option<u64>| {
+                    member
                         .sessions
                         .iter()
-                        .filter(|id| **id != sender.id)
-                        .any(|id| state.sessions.get(id).is_some_and(|s| s.in_group(name)));
-                    if sibling_in_group {
+                        .filter(|id| Some(**id) != except)
+                        .any(|id| state.sessions.get(id).is_some_and(|s| s.in_group(name)))
+                };
+                if *member_id == sender.member_id {
+                    if remote_in_group || local_in_group(Some(sender.id)) {
                         deliveries.push(own_copy());
                     }
                     continue;
                 }
-                let in_group = if member.sessions.is_empty() {
-                    member.saved.as_ref().is_some_and(|s| s.groups.iter().any(|g| group_matches(&g.name, name)))
+                let in_group = if online {
+                    remote_in_group || local_in_group(None)
                 } else {
-                    member.sessions.iter().any(|id| state.sessions.get(id).is_some_and(|s| s.in_group(name)))
+                    member.saved.as_ref().is_some_and(|s| s.groups.iter().any(|g| group_matches(&g.name, name)))
                 };
                 if in_group {
                     deliveries.push(member_copy(member_id));

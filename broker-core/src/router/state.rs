@@ -78,6 +78,22 @@ pub(super) struct Departed {
     pub(super) released: bool,
 }
 
+/// A session connected to another broker process on the same database, as that process
+/// announced it.
+#[derive(Debug, Clone)]
+pub(super) struct RemoteSession {
+    pub(super) replica: String,
+    pub(super) member_id: String,
+    pub(super) connected_at_ms: u64,
+    pub(super) info: PeerInfo,
+}
+
+impl RemoteSession {
+    pub(super) fn in_group(&self, name: &str) -> bool {
+        self.info.groups.iter().any(|g| group_matches(&g.name, name))
+    }
+}
+
 /// How long a departed session's key keeps resolving to its member.
 pub(super) const RETIRED_KEY_MEMORY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -91,6 +107,8 @@ pub(super) struct MeshState {
     /// Routing key → session id.
     pub(super) by_routing_key: HashMap<String, u64>,
     pub(super) departed: HashMap<String, Departed>,
+    /// Sessions connected to other replicas, by routing key (see `replicas`).
+    pub(super) remote: HashMap<String, RemoteSession>,
     pub(super) grants: Grants,
     /// Name skeleton of each member's own name → member id.
     pub(super) member_names: HashMap<String, String>,
@@ -109,6 +127,7 @@ impl MeshState {
             sessions: HashMap::new(),
             by_routing_key: HashMap::new(),
             departed: HashMap::new(),
+            remote: HashMap::new(),
             grants,
             member_names: HashMap::new(),
             session_names: HashMap::new(),
@@ -129,6 +148,14 @@ impl MeshState {
         let member_elsewhere = self.member_names.get(&skeleton).is_some_and(|owner| owner != member_id);
         let session_elsewhere = self.session_names.get(&skeleton).is_some_and(|(owner, _)| owner != member_id);
         if member_elsewhere || session_elsewhere { member_name.to_owned() } else { wanted }
+    }
+
+    /// Sessions of `member_id` on other replicas (not also connected here).
+    pub(super) fn remote_sessions_of<'a>(&'a self, member_id: &'a str) -> impl Iterator<Item = &'a RemoteSession> {
+        self.remote
+            .iter()
+            .filter(move |(key, r)| r.member_id == member_id && !self.by_routing_key.contains_key(*key))
+            .map(|(_, r)| r)
     }
 
     pub(super) fn hold_session_name(&mut self, member_id: &str, skeleton: &str) {

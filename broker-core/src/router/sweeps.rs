@@ -138,7 +138,10 @@ impl Router {
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = status.tick() => self.sweep_statuses(Instant::now()),
+                _ = status.tick() => {
+                    self.sweep_statuses(Instant::now());
+                    self.sweep_silent_replicas(Instant::now());
+                }
                 _ = departed.tick() => self.sweep_departed(Instant::now()),
                 _ = directory.tick() => {
                     let healthy = match self.refresh_directory().await {

@@ -532,6 +532,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// News of the other broker processes on this database, in the order it was committed;
     /// `None` when no other process can share the store. Never this process's own notices.
+    /// The first notice is `Resync`, once everything after it will be heard.
     fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreNotice>>;
     /// Tells the other broker processes' subscriptions `text` (at most
     /// [`MAX_ANNOUNCEMENT`] bytes), in the order of this process's calls. A no-op without them.

@@ -1,4 +1,5 @@
-//! `list_peers`: the connected sessions of the mesh, oldest first, within one frame.
+//! `list_peers`: the connected sessions of the mesh (on every replica), oldest first, within
+//! one frame.
 //!
 //! One member may hold many sessions with large metadata; the listing takes sessions round by
 //! round (every member's oldest first, then every member's second, …), at most
@@ -28,37 +29,63 @@ impl Router {
     }
 }
 
+/// One session a listing may show, here or on another replica.
+struct Listable<'a> {
+    member_id: &'a str,
+    /// Oldest first; ties by session id, remote sessions after local ones.
+    order: (u64, u64),
+    info: std::borrow::Cow<'a, PeerInfo>,
+}
+
 /// The listed peers (oldest first) and how many sessions were left out.
 fn fair_listing(state: &MeshState, asking: u64, budget: usize) -> (Vec<PeerInfo>, usize) {
-    let mut by_member: HashMap<&str, Vec<&Session>> = HashMap::new();
-    for session in state.sessions.values() {
-        by_member.entry(session.member_id.as_str()).or_default().push(session);
+    let local = state.sessions.values().map(|s: &Session| Listable {
+        member_id: &s.member_id,
+        order: (s.connected_at_ms, s.id),
+        info: std::borrow::Cow::Owned(peer_info(s)),
+    });
+    let remote =
+        state.remote.iter().filter(|(key, _)| !state.by_routing_key.contains_key(*key)).map(|(_, r)| Listable {
+            member_id: &r.member_id,
+            order: (r.connected_at_ms, u64::MAX),
+            info: std::borrow::Cow::Borrowed(&r.info),
+        });
+    let mut asker = None;
+    let mut by_member: HashMap<&str, Vec<Listable>> = HashMap::new();
+    for listable in local.chain(remote) {
+        if listable.order.1 == asking {
+            asker = Some(listable);
+        } else {
+            by_member.entry(listable.member_id).or_default().push(listable);
+        }
     }
-    let mut members: Vec<Vec<&Session>> = by_member.into_values().collect();
+    let total = by_member.values().map(Vec::len).sum::<usize>() + usize::from(asker.is_some());
+    let mut members: Vec<Vec<Listable>> = by_member.into_values().collect();
     for sessions in &mut members {
-        sessions.sort_by_key(|s| (s.connected_at_ms, s.id));
+        sessions.sort_by_key(|s| s.order);
     }
-    members.sort_by_key(|sessions| (sessions[0].connected_at_ms, sessions[0].id));
+    members.sort_by_key(|sessions| sessions[0].order);
 
-    let mut candidates: Vec<&Session> = state.sessions.get(&asking).into_iter().collect();
-    for round in 0..SESSIONS_LISTED_PER_MEMBER {
-        candidates.extend(members.iter().filter_map(|sessions| sessions.get(round)).filter(|s| s.id != asking));
+    // The asker first, then round by round every member's next oldest session.
+    let mut candidates: Vec<Listable> = asker.into_iter().collect();
+    let mut rounds: Vec<std::vec::IntoIter<Listable>> = members.into_iter().map(Vec::into_iter).collect();
+    for _ in 0..SESSIONS_LISTED_PER_MEMBER {
+        candidates.extend(rounds.iter_mut().filter_map(Iterator::next));
     }
-    let mut listed: Vec<(&Session, PeerInfo)> = Vec::with_capacity(candidates.len());
+    let mut listed: Vec<Listable> = Vec::with_capacity(candidates.len());
     let mut spent = 0;
-    for session in candidates {
-        let info = peer_info(session);
+    for candidate in candidates {
         // The encoded size plus its separating comma.
-        let size = serde_json::to_string(&info).map_or(usize::MAX, |json| json.len() + 1);
+        let size = serde_json::to_string(&*candidate.info).map_or(usize::MAX, |json| json.len() + 1);
         if spent + size > budget {
             break;
         }
         spent += size;
-        listed.push((session, info));
+        listed.push(candidate);
     }
-    let omitted = state.sessions.len() - listed.len();
-    listed.sort_by_key(|(s, _)| (s.connected_at_ms, s.id));
-    (listed.into_iter().map(|(_, info)| info).collect(), omitted)
+    let omitted = total - listed.len();
+    listed.sort_by_key(|s| s.order);
+    (listed.into_iter().map(|s| s.info.into_owned()).collect(), omitted)
 }
 
 #[cfg(test)]

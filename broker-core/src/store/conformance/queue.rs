@@ -241,8 +241,16 @@ pub fn other_processes_hear_what_one_queued_changed_and_announced<D: TestDatabas
         one.announce("nobody listens").expect("announcing to nobody is no error");
         return;
     };
-    // The subscription listens some time after the call: announce until it hears.
+    // The subscription listens some time after the call, and says so with `Resync`.
     let ready = std::time::Instant::now() + COMPLETION_TIMEOUT;
+    let first = loop {
+        if let Ok(notice) = heard.try_recv() {
+            break notice;
+        }
+        assert!(std::time::Instant::now() < ready, "the subscription never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(first, StoreNotice::Resync, "a subscription starts with a resync");
     loop {
         one.announce("ready").expect("announces");
         std::thread::sleep(std::time::Duration::from_millis(50));

@@ -107,10 +107,10 @@ pub(super) fn decode(payload: &str, own_origin: &str) -> Vec<StoreNotice> {
 }
 
 /// Listens on a connection of its own until `notices` is dropped, forwarding other processes'
-/// notices; after a lost connection it connects again and sends `Resync` (what was notified
-/// meanwhile is gone). Runs on a thread of its own.
+/// notices. Each time it starts listening it sends `Resync` first: after a lost connection,
+/// what was notified meanwhile is gone; the first time, the subscriber learns from when on it
+/// hears everything. Runs on a thread of its own.
 pub(super) fn listen(config: Config, origin: String, notices: mpsc::UnboundedSender<StoreNotice>) {
-    let mut connected_before = false;
     while !notices.is_closed() {
         let mut client =
             match super::connect(&config).and_then(|mut c| Ok(c.batch_execute("LISTEN claudemesh").map(|()| c)?)) {
@@ -121,10 +121,9 @@ pub(super) fn listen(config: Config, origin: String, notices: mpsc::UnboundedSen
                     continue;
                 }
             };
-        if connected_before && notices.send(StoreNotice::Resync).is_err() {
+        if notices.send(StoreNotice::Resync).is_err() {
             return;
         }
-        connected_before = true;
         loop {
             let next = client.notifications().timeout_iter(Duration::from_millis(500)).next();
             match next {
