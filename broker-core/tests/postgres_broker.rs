@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use broker_core::client::{ClientConfig, ClientEvent};
+use broker_core::client::{ClientConfig, ClientEvent, MeshClient};
 use broker_core::crypto::Keypair;
 use broker_core::protocol::Priority;
 use broker_core::testing::postgres::PostgresServer;
@@ -90,6 +90,7 @@ async fn a_broker_on_postgres_keeps_messages_across_its_own_crash_and_a_database
 
     let alice_id = alice["memberId"].as_str().expect("id").to_owned();
     let bob_id = bob["memberId"].as_str().expect("id").to_owned();
+    let alice_seed = alice_key.seed_hex();
     let alice = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_key))).await;
     let (bob_seed, bob_pubkey) = (bob_key.seed_hex(), bob_key.public_hex());
 
@@ -128,6 +129,30 @@ async fn a_broker_on_postgres_keeps_messages_across_its_own_crash_and_a_database
     }
     assert_eq!(down.0, 503, "not ready while the database is down: {}", down.1);
     assert!(down.1.contains("db_"), "{}", down.1);
+    // A new session is refused with a clear reason, not accepted with nowhere to keep what it
+    // sends (once the broker's own check noticed).
+    for _ in 0..100 {
+        if common::http(addr, "GET", "/metrics", None).await.1.contains("broker_db_healthy 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alice_again = Keypair::from_secret_hex(&alice_seed).expect("alice's key");
+    let (probe, mut probe_events) =
+        MeshClient::start(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_again)));
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), probe_events.recv()).await.expect("an answer in time") {
+            Some(ClientEvent::Refused { code, message, fatal }) => {
+                assert_eq!(code, broker_core::protocol::ErrorCode::Internal);
+                assert!(message.contains("cannot reach its database") && !fatal, "{message}");
+                break;
+            }
+            Some(ClientEvent::Connected(_)) => panic!("a session was accepted while the database is down"),
+            Some(_) => continue,
+            None => panic!("the probe stopped"),
+        }
+    }
+    probe.shutdown().await;
     database.start_again();
     wait_ready(port).await;
     let after = "secret-payload-after-restart";
@@ -179,6 +204,7 @@ async fn a_single_node_broker_moves_into_postgres_whole() {
     let mut sqlite_broker = start_broker(data.path(), port, &log, None);
     wait_ready(port).await;
     let (alice_seed, bob_pubkey) = (alice_key.seed_hex(), bob_key.public_hex());
+    let alice_seed = alice_key.seed_hex();
     let alice = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_key))).await;
     let mut queued = HashMap::new();
     for n in 0..20 {
@@ -223,6 +249,7 @@ async fn a_single_node_broker_moves_into_postgres_whole() {
     }
     assert_eq!(ids.len(), queued.len(), "nothing else arrived");
     let alice_key = Keypair::from_secret_hex(&alice_seed).expect("alice's key");
+    let alice_seed = alice_key.seed_hex();
     let alice = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_key))).await;
     let after = alice.client.send(&bob_pubkey, b"after-the-move", Priority::Next).await.expect("sent");
     let (ids, texts) =

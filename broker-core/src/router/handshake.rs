@@ -81,6 +81,14 @@ impl Router {
         outbox: Outbox,
     ) -> Result<SessionHandle, Refusal> {
         limits::clean_hello(&mut hello).map_err(|problem| Refusal::new(ErrorCode::Malformed, problem))?;
+        // A session accepted now could send nothing that would be kept: let the client retry,
+        // here later or at another replica.
+        if self.metrics.db_healthy.load(Ordering::Relaxed) == 0 {
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                "the broker cannot reach its database; retry later or at another replica",
+            ));
+        }
         // A session key equal to the member key is no session key.
         let session_key = hello.session_pubkey.clone().filter(|k| !k.is_empty() && *k != hello.pubkey);
         if let Some(key) = &session_key
