@@ -8,6 +8,7 @@
 #          iproute2 (`ip netns`: the other machines of tests/tests/other_machines.rs),
 #          the packaging tools and systemd-analyze (tests/tests/packages.rs), PostgreSQL's
 #          server binaries (the tests start servers of their own: broker_core::testing::postgres),
+#          nginx (tests/tests/replicas.rs runs packaging/nginx/claudemesh.conf in a process of its own),
 #          and the real Claude Code for tests/tests/claude_code.rs: the npm package
 #          @anthropic-ai/claude-code at $CLAUDE_CODE_VERSION, cached in
 #          ${XDG_CACHE_HOME:-~/.cache}/claudemesh/claude-code and reused by later runs.
@@ -25,7 +26,7 @@ if [ "$mode" = package ] || [ "$mode" = test ]; then
 fi
 if [ "$mode" = test ]; then
   packages+=(systemd man-db xvfb xauth dbus dbus-x11 at-spi2-core gnome-keyring dunst webkit2gtk-driver imagemagick
-    fonts-inter fonts-dejavu-core nodejs npm iproute2 postgresql)
+    fonts-inter fonts-dejavu-core nodejs npm iproute2 postgresql nginx)
 fi
 missing=()
 for package in "${packages[@]}"; do
@@ -48,8 +49,19 @@ if ((${#missing[@]})); then
     $sudo mkdir -p /etc/postgresql-common
     echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
   fi
+  # Nor should installing nginx start the system's nginx on port 80: services the packages
+  # would start stay stopped while they install (policy-rc.d), unless a policy is already set.
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    own_policy=yes
+  fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then
+    $sudo rm -f /usr/sbin/policy-rc.d
+  fi
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust from https://rustup.rs and run this again" >&2
