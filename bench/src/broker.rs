@@ -49,7 +49,8 @@ impl BrokerProcess {
     pub async fn start(options: LaunchOptions) -> Result<BrokerProcess> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log_path = options.data_dir.join("broker.log");
+        // Replicas share a data directory: each its own log.
+        let log_path = options.data_dir.join(format!("broker-{port}.log"));
         let mut broker = BrokerProcess { options, addr, child: None, log_path };
         broker.spawn()?;
         broker.wait_ready().await?;
@@ -58,6 +59,10 @@ impl BrokerProcess {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn options(&self) -> &LaunchOptions {
+        &self.options
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -82,6 +82,7 @@ impl Scenario {
         claudemesh-bench fanout --peers 200 --messages 100\n  \
         claudemesh-bench connections --peers 10000\n  \
         claudemesh-bench restart --peers 10 --messages 2000 --kill-after 0.3\n  \
+        claudemesh-bench burst --postgres --replicas 2 --cross-replicas\n  \
         claudemesh-bench burst --url http://127.0.0.1:7900 --data-dir /var/lib/claudemesh-broker\n\n\
         Exit codes: 0 the run kept every delivery guarantee; 1 the run could not be made; 2 bad usage; \
         3 acknowledged messages were lost or arrived twice (the report is still printed)."
@@ -147,6 +148,15 @@ pub struct Args {
     /// with `--durability full` (the default), and not with `normal`.
     #[arg(long, conflicts_with = "url")]
     pub postgres: bool,
+    /// Start this many broker processes (replicas) on the one database (needs --postgres or
+    /// --database-url); peers are spread over them in turn. The broker CPU reported is theirs
+    /// together; memory and descriptors are the first replica's.
+    #[arg(long, default_value_t = 1, conflicts_with = "url")]
+    pub replicas: u32,
+    /// burst, interactive: every message goes to a peer connected to another replica than its
+    /// sender's (needs --replicas 2 or more).
+    #[arg(long)]
+    pub cross_replicas: bool,
     /// With --url: the broker's pid, to sample its memory, descriptors and CPU time.
     #[arg(long, requires = "url")]
     pub broker_pid: Option<u32>,

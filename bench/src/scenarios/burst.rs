@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 
-use super::{Harness, Phase, drain, random_other, shutdown_peers};
+use super::{Harness, Phase, drain, shutdown_peers};
 use crate::measure::{LatencyHistogram, Ledger, now_us, round3};
 use crate::peer::{BenchPeer, Observations, send_until_settled};
 use crate::report::{Report, RestartDetails};
@@ -37,7 +37,8 @@ async fn run(args: &Args, mut harness: Harness, scenario: Scenario, messages: u3
     let phase = Phase::start(&harness);
     let total = count as u64 * u64::from(messages);
     let bar = progress::bar(total, scenario.name());
-    let senders = spawn_senders(&peers, messages, args.inflight, args.payload_bytes, &observations, &ack);
+    let targets = harness.targets;
+    let senders = spawn_senders(&peers, targets, messages, args.inflight, args.payload_bytes, &observations, &ack);
     let restart = match scenario {
         Scenario::Restart => {
             let kill_at = ((total as f64 * args.kill_after).ceil() as u64).max(1);
@@ -66,6 +67,7 @@ async fn run(args: &Args, mut harness: Harness, scenario: Scenario, messages: u3
 /// `inflight` sending tasks per peer, sharing that peer's sequence numbers.
 fn spawn_senders(
     peers: &Arc<Vec<BenchPeer>>,
+    targets: super::Targets,
     messages: u32,
     inflight: u32,
     payload_bytes: usize,
@@ -85,7 +87,7 @@ fn spawn_senders(
                     if seq >= messages {
                         return;
                     }
-                    let target = &peers[random_other(sender, peers.len())].member_pubkey;
+                    let target = &peers[targets.pick(sender, peers.len())].member_pubkey;
                     observations.ledger.expect(me.index, seq, 1);
                     send_until_settled(me, target, seq, payload_bytes, &observations, &ack).await;
                 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use rand::Rng as _;
 use serde_json::json;
 
-use super::{Harness, Phase, drain, random_other, shutdown_peers};
+use super::{Harness, Phase, drain, shutdown_peers};
 use crate::measure::{LatencyHistogram, Ledger};
 use crate::peer::{Observations, send_until_settled};
 use crate::report::Report;
@@ -26,6 +26,7 @@ pub async fn interactive(args: &Args, harness: Harness) -> Result<Report> {
 
     let phase = Phase::start(&harness);
     let bar = progress::bar(count as u64 * u64::from(per_peer), "interactive");
+    let targets = harness.targets;
     let mut schedules = Vec::with_capacity(count);
     for sender in 0..count {
         let (peers, observations, ack) = (peers.clone(), observations.clone(), ack.clone());
@@ -40,7 +41,7 @@ pub async fn interactive(args: &Args, harness: Harness) -> Result<Report> {
                 let (peers, observations, ack) = (peers.clone(), observations.clone(), ack.clone());
                 sends.push(tokio::spawn(async move {
                     let me = &peers[sender];
-                    let target = &peers[random_other(sender, peers.len())].member_pubkey;
+                    let target = &peers[targets.pick(sender, peers.len())].member_pubkey;
                     observations.ledger.expect(me.index, seq, 1);
                     send_until_settled(me, target, seq, payload_bytes, &observations, &ack).await;
                 }));

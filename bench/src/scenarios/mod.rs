@@ -79,6 +79,21 @@ pub fn validate(args: &Args) -> Result<()> {
     if args.scenario == Scenario::Fanout && args.senders == 0 {
         bail!("--senders must be at least 1");
     }
+    if args.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    if args.replicas > 1 && !args.postgres && args.database_url.is_none() {
+        bail!("--replicas {} share one database: add --postgres (or --database-url)", args.replicas);
+    }
+    if args.cross_replicas && args.replicas < 2 {
+        bail!("--cross-replicas needs --replicas 2 or more");
+    }
+    if args.cross_replicas && !matches!(args.scenario, Scenario::Burst | Scenario::Interactive) {
+        bail!("--cross-replicas applies to the burst and interactive scenarios");
+    }
+    if args.scenario == Scenario::Restart && args.replicas > 1 {
+        bail!("the restart scenario restarts one broker: drop --replicas");
+    }
     if args.connect_concurrency == 0 {
         bail!("--connect-concurrency must be at least 1");
     }
@@ -133,6 +148,11 @@ pub struct Harness {
     /// The broker process, when this tool started it (declared before `_temp_dir`: it stops
     /// before its data directory is removed).
     pub broker: Option<BrokerProcess>,
+    /// More replicas on the same database (`--replicas`), after `broker`.
+    replicas: Vec<BrokerProcess>,
+    /// Where peer `i` connects: `broker_urls[i % len]`.
+    broker_urls: Vec<String>,
+    pub targets: Targets,
     pub sampler: Arc<ProcSampler>,
     pub peer_options: PeerOptions,
     /// Members, mesh by mesh.
@@ -191,6 +211,15 @@ impl Harness {
                 (format!("http://{addr}"), addr, Some(process))
             }
         };
+        let mut replicas = Vec::new();
+        let mut broker_urls = vec![broker_url.clone()];
+        if let Some(first) = &broker {
+            for _ in 1..args.replicas {
+                let replica = BrokerProcess::start(first.options().clone()).await?;
+                broker_urls.push(format!("http://{}", replica.addr()));
+                replicas.push(replica);
+            }
+        }
         let pid = broker.as_ref().and_then(BrokerProcess::pid).or(args.broker_pid);
         let sampler = ProcSampler::start(pid, Duration::from_millis(args.sample_interval_ms));
         let peer_options = PeerOptions {
@@ -202,9 +231,13 @@ impl Harness {
             request_timeout: REQUEST_TIMEOUT,
         };
         let durability = broker.as_ref().map(|_| args.durability.clone());
+        let targets = Targets { replicas: broker_urls.len(), cross: args.cross_replicas };
         Ok(Harness {
             addr,
             broker,
+            replicas,
+            broker_urls,
+            targets,
             sampler,
             peer_options,
             meshes: identities,
@@ -236,7 +269,11 @@ impl Harness {
                 bar.set_position(observations.connected.load(Ordering::Relaxed));
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            peers.push(BenchPeer::start(index as u32, identity, &self.peer_options, observations));
+            let options = PeerOptions {
+                broker_url: self.broker_urls[index % self.broker_urls.len()].clone(),
+                ..self.peer_options.clone()
+            };
+            peers.push(BenchPeer::start(index as u32, identity, &options, observations));
         }
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
         crate::peer::wait_connected(observations, total, remaining, |n| bar.set_position(n)).await?;
@@ -245,10 +282,18 @@ impl Harness {
     }
 
     /// Builds the report from what the run observed.
-    pub fn report(&self, scenario: Scenario, params: serde_json::Value, run: Measured) -> Report {
+    pub fn report(&self, scenario: Scenario, mut params: serde_json::Value, run: Measured) -> Report {
+        if self.broker_urls.len() > 1 {
+            params["replicas"] = self.broker_urls.len().into();
+            params["cross_replicas"] = self.targets.cross.into();
+        }
         let summary: Option<ProcSummary> = self.sampler.known().then(|| self.sampler.finish());
         let since_start = |total: Duration, at_start: Duration| round3(total.saturating_sub(at_start).as_secs_f64());
-        let broker_cpu = summary.map(|s| since_start(s.cpu, run.broker_at_start.cpu));
+        // With replicas: all of them together (the sampler watches the first one).
+        let broker_cpu = match run.replicas_cpu {
+            Some(cpu) => Some(round3(cpu.as_secs_f64())),
+            None => summary.map(|s| since_start(s.cpu, run.broker_at_start.cpu)),
+        };
         let database_cpu = run.database_cpu.map(|cpu| round3(cpu.as_secs_f64()));
         let writer_cpu = summary.map(|s| since_start(s.writer_cpu, run.broker_at_start.writer_cpu));
         let totals = run.observations.ledger.totals();
@@ -304,6 +349,8 @@ pub struct Measured {
     pub broker_at_start: ProcReading,
     /// The database server's CPU time during the phase (`--postgres`).
     pub database_cpu: Option<Duration>,
+    /// Every replica's CPU time during the phase (`--replicas` above 1).
+    pub replicas_cpu: Option<Duration>,
 }
 
 /// `cpu_s` per delivery, in µs.
@@ -318,12 +365,41 @@ pub struct Phase {
     bench_cpu: Duration,
     broker: ProcReading,
     database_cpu: Option<Duration>,
+    replicas_cpu: Option<Duration>,
 }
 
 impl Harness {
     /// The CPU time the database server this tool started has used so far.
     fn database_cpu(&self) -> Option<Duration> {
         broker::process_tree_cpu(self.database.as_ref()?.pid()?)
+    }
+
+    /// The CPU time of every replica so far, when there are several.
+    fn replicas_cpu(&self) -> Option<Duration> {
+        if self.replicas.is_empty() {
+            return None;
+        }
+        let all = self.broker.iter().chain(&self.replicas);
+        all.map(|replica| replica.pid().and_then(broker::cpu_time)).sum()
+    }
+}
+
+/// Who a message goes to: a random other peer, and with `--cross-replicas` one connected to
+/// another replica than the sender (peer `i` is on replica `i % replicas`).
+#[derive(Debug, Clone, Copy)]
+pub struct Targets {
+    replicas: usize,
+    cross: bool,
+}
+
+impl Targets {
+    pub fn pick(self, sender: usize, peers: usize) -> usize {
+        loop {
+            let target = random_other(sender, peers);
+            if !self.cross || target % self.replicas != sender % self.replicas {
+                return target;
+            }
+        }
     }
 }
 
@@ -336,6 +412,7 @@ impl Phase {
             bench_cpu: broker::cpu_time(std::process::id()).unwrap_or_default(),
             broker,
             database_cpu: harness.database_cpu(),
+            replicas_cpu: harness.replicas_cpu(),
         }
     }
 
@@ -360,6 +437,7 @@ impl Phase {
             bench_cpu: broker::cpu_time(std::process::id()).unwrap_or_default().saturating_sub(self.bench_cpu),
             broker_at_start: self.broker,
             database_cpu: harness.database_cpu().zip(self.database_cpu).map(|(end, start)| end.saturating_sub(start)),
+            replicas_cpu: harness.replicas_cpu().zip(self.replicas_cpu).map(|(end, start)| end.saturating_sub(start)),
         }
     }
 }
@@ -437,7 +515,7 @@ fn broker_binary(explicit: Option<&PathBuf>) -> Result<PathBuf> {
 }
 
 /// A uniformly random peer index other than `sender`.
-pub fn random_other(sender: usize, peers: usize) -> usize {
+fn random_other(sender: usize, peers: usize) -> usize {
     let pick = rand::Rng::gen_range(&mut rand::thread_rng(), 0..peers - 1);
     if pick >= sender { pick + 1 } else { pick }
 }
