@@ -230,3 +230,40 @@ async fn presence_is_mesh_wide() {
     assert!(started.elapsed() < Duration::from_secs(15), "after {:?}", started.elapsed());
     assert_eq!(listing_until(&alice, |n| n.len() == 1).await, ["alice"]);
 }
+
+/// A rolling upgrade leaves replicas of two versions on one database for a while. The rules that
+/// make it work are checked here with what a newer version may add: a migration this version
+/// does not know (it keeps serving and still starts, ready for the migration it expects),
+/// notice lines and announcements of kinds it does not know (skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_serving_beside_a_newer_version() {
+    let database = PostgresServer::start();
+    let url = database.create_database("claudemesh");
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob"]);
+    let log = data.path().join("replicas.log");
+    let old = Replica::start(data.path(), &url, &log);
+    wait_ready(old.port).await;
+    let mut alice = common::Peer::connect(config(&old.url(), &mesh_id, &members["alice"])).await;
+
+    // What a newer version's first replica does on its way up: an additive migration, and news
+    // in shapes this version has never seen.
+    database.query(
+        "claudemesh",
+        "CREATE TABLE from_a_newer_version (id BIGINT PRIMARY KEY);
+         INSERT INTO schema_migrations (name, applied_at) VALUES ('9999_from_a_newer_version', 0);
+         SELECT pg_notify('claudemesh', E'brk_newer\\nz\\tsomething new\\nd');
+         SELECT pg_notify('claudemesh', E'brk_newer\\na\\t{\"kind\": \"something_new\", \"replica\": \"rep_newer\"}');",
+    );
+    let beside = Replica::start(data.path(), &url, &log);
+    wait_ready(beside.port).await;
+    let ready = common::http(format!("127.0.0.1:{}", beside.port).parse().expect("addr"), "GET", "/health/ready", None)
+        .await;
+    assert_eq!(ready.0, 200, "ready beside a schema one migration ahead: {}", ready.1);
+
+    let mut bob = common::Peer::connect(config(&beside.url(), &mesh_id, &members["bob"])).await;
+    alice.client.send(&members["bob"].1.public_hex(), b"across versions", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.text().expect("opens"), "across versions");
+    bob.client.send(&members["alice"].1.public_hex(), b"and back", Priority::Now).await.expect("queued");
+    assert_eq!(alice.message().await.text().expect("opens"), "and back");
+}
