@@ -23,8 +23,12 @@ struct Replica {
 
 impl Replica {
     fn start(data_dir: &Path, database_url: &str, log: &Path) -> Replica {
+        Replica::start_with(data_dir, database_url, log, &[])
+    }
+
+    fn start_with(data_dir: &Path, database_url: &str, log: &Path, more: &[(&str, &str)]) -> Replica {
         let port = free_port();
-        let env = [
+        let mut env = vec![
             ("DATABASE_URL", database_url),
             ("RATE_LIMIT_BURST", "100000"),
             ("RATE_LIMIT_PER_MINUTE", "6000000"),
@@ -32,6 +36,7 @@ impl Replica {
             ("PAIR_PER_MINUTE", "6000000"),
             ("PAIR_LOOP_TURNS", "100000"),
         ];
+        env.extend_from_slice(more);
         Replica { port, process: BrokerProcess::start(data_dir, port, log, &env) }
     }
 
@@ -257,8 +262,8 @@ async fn a_replica_keeps_serving_beside_a_newer_version() {
     );
     let beside = Replica::start(data.path(), &url, &log);
     wait_ready(beside.port).await;
-    let ready = common::http(format!("127.0.0.1:{}", beside.port).parse().expect("addr"), "GET", "/health/ready", None)
-        .await;
+    let ready =
+        common::http(format!("127.0.0.1:{}", beside.port).parse().expect("addr"), "GET", "/health/ready", None).await;
     assert_eq!(ready.0, 200, "ready beside a schema one migration ahead: {}", ready.1);
 
     let mut bob = common::Peer::connect(config(&beside.url(), &mesh_id, &members["bob"])).await;
@@ -266,4 +271,83 @@ async fn a_replica_keeps_serving_beside_a_newer_version() {
     assert_eq!(bob.message().await.text().expect("opens"), "across versions");
     bob.client.send(&members["alice"].1.public_hex(), b"and back", Priority::Now).await.expect("queued");
     assert_eq!(alice.message().await.text().expect("opens"), "and back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_connection_limit_counts_every_replica() {
+    let database = PostgresServer::start();
+    let url = database.create_database("claudemesh");
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob", "carol"]);
+    let log = data.path().join("replicas.log");
+    let limit = [("MAX_CONNECTIONS_PER_MESH", "2")];
+    let one = Replica::start_with(data.path(), &url, &log, &limit);
+    let two = Replica::start_with(data.path(), &url, &log, &limit);
+    wait_ready(one.port).await;
+    wait_ready(two.port).await;
+
+    let alice = common::Peer::connect(config(&one.url(), &mesh_id, &members["alice"])).await;
+    let _bob = common::Peer::connect(config(&two.url(), &mesh_id, &members["bob"])).await;
+    // Once the first replica heard of bob, the mesh is full there too.
+    assert_eq!(listing_until(&alice, |n| n.len() == 2).await, ["alice", "bob"]);
+    let (carol, mut events) = broker_core::client::MeshClient::start(config(&one.url(), &mesh_id, &members["carol"]));
+    let refused = loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an answer in time") {
+            Some(ClientEvent::Refused { code, message, .. }) => break (code, message),
+            Some(ClientEvent::Connected(_)) => panic!("a third session was let into a mesh limited to two"),
+            Some(_) => continue,
+            None => panic!("the client stopped"),
+        }
+    };
+    assert_eq!(refused.0, ErrorCode::Capacity, "{}", refused.1);
+    carol.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_chain_never_forks_when_both_replicas_write_at_once() {
+    let database = PostgresServer::start();
+    let url = database.create_database("claudemesh");
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob"]);
+    let log = data.path().join("replicas.log");
+    let (one, two) = (Replica::start(data.path(), &url, &log), Replica::start(data.path(), &url, &log));
+    wait_ready(one.port).await;
+    wait_ready(two.port).await;
+    let alice = common::Peer::connect(config(&one.url(), &mesh_id, &members["alice"])).await;
+    let bob = common::Peer::connect(config(&two.url(), &mesh_id, &members["bob"])).await;
+
+    let admin_key = Keypair::generate();
+    let admin = operator(
+        data.path(),
+        &[
+            "--database-url",
+            &url,
+            "member",
+            "add",
+            "--mesh",
+            "replicated",
+            "--pubkey",
+            &admin_key.public_hex(),
+            "--name",
+            "admin",
+            "--role",
+            "admin",
+        ],
+    );
+    let admin = (admin["memberId"].as_str().expect("member id").to_owned(), admin_key);
+
+    // Both replicas append `message_sent` entries to the mesh's one chain at the same time.
+    let to_bob = send_until_cut_off(alice.client.clone(), members["bob"].1.public_hex(), 300);
+    let to_alice = send_until_cut_off(bob.client.clone(), members["alice"].1.public_hex(), 300);
+    for sender in [to_bob, to_alice] {
+        let outcomes = sender.await.expect("sender");
+        assert!(outcomes.iter().all(|(_, outcome)| outcome.is_ok()), "every send was queued");
+    }
+    for replica in [&one, &two] {
+        let admin = common::Peer::connect(config(&replica.url(), &mesh_id, &admin)).await;
+        let verified = admin.client.audit_verify().await.expect("verifies");
+        assert!(verified.valid, "the chain verifies from either replica: {verified:?}");
+        admin.client.shutdown().await;
+        assert!(verified.entries >= 600, "every message is in it: {verified:?}");
+    }
 }

@@ -109,7 +109,7 @@ impl Router {
             }
         };
         if self.at_capacity(&shard) {
-            return Err(Refusal::new(ErrorCode::Capacity, "this mesh has reached its connection limit on this broker"));
+            return Err(Refusal::new(ErrorCode::Capacity, "this mesh has reached its connection limit"));
         }
         let now_ms = protocol::now_ms();
         if now_ms.abs_diff(hello.timestamp) > self.config.hello_skew.as_millis() as u64 {
@@ -183,7 +183,7 @@ impl Router {
     }
 
     pub(super) fn at_capacity(&self, shard: &MeshShard) -> bool {
-        shard.state.lock().expect("mesh lock").sessions.len() >= self.config.max_connections_per_mesh
+        shard.state.lock().expect("mesh lock").session_count() >= self.config.max_connections_per_mesh
     }
 
     pub(super) fn register(
@@ -208,11 +208,13 @@ impl Router {
         if member.record.id != hello.member_id {
             return Err(Refusal::new(ErrorCode::Unauthorized, "memberId does not match the member with this key"));
         }
-        if state.sessions.len() >= self.config.max_connections_per_mesh {
-            return Err(Refusal::new(ErrorCode::Capacity, "this mesh has reached its connection limit on this broker"));
+        if state.session_count() >= self.config.max_connections_per_mesh {
+            return Err(Refusal::new(ErrorCode::Capacity, "this mesh has reached its connection limit"));
         }
-        let member_sessions = state.members.get(&member_id).map_or(0, |m| m.sessions.len());
-        let replacing = session_key.as_ref().is_some_and(|k| state.by_routing_key.contains_key(k));
+        let member_sessions = state.members.get(&member_id).map_or(0, |m| m.sessions.len())
+            + state.remote_sessions_of(&member_id).count();
+        let replacing =
+            session_key.as_ref().is_some_and(|k| state.by_routing_key.contains_key(k) || state.remote.contains_key(k));
         if member_sessions >= self.config.max_sessions_per_member && !replacing {
             return Err(Refusal::new(
                 ErrorCode::Capacity,

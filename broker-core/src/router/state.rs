@@ -150,6 +150,11 @@ impl MeshState {
         if member_elsewhere || session_elsewhere { member_name.to_owned() } else { wanted }
     }
 
+    /// Sessions connected to the mesh, here and on other replicas.
+    pub(super) fn session_count(&self) -> usize {
+        self.sessions.len() + self.remote.keys().filter(|key| !self.by_routing_key.contains_key(*key)).count()
+    }
+
     /// Sessions of `member_id` on other replicas (not also connected here).
     pub(super) fn remote_sessions_of<'a>(&'a self, member_id: &'a str) -> impl Iterator<Item = &'a RemoteSession> {
         self.remote
