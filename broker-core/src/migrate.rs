@@ -23,6 +23,8 @@ use crate::operator::{DATABASE_FILE, OperatorError, OperatorResult};
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 
 /// Every table of the store, parents before children (foreign keys hold at each insert).
+/// Postgres's `queue_tails` is not among them: it is derived from `queue`, and rebuilt after a
+/// copy into Postgres.
 const TABLES: &[&str] = &[
     "settings",
     "accounts",
@@ -92,7 +94,9 @@ pub fn copy_into_postgres(path: &Path, url: &str) -> OperatorResult<Migrated> {
     // Numbers handed out after the move continue above the copied ones.
     tx.batch_execute(
         "SELECT setval('queue_seq', GREATEST((SELECT MAX(seq) FROM queue), (SELECT MAX(seq) FROM bodies), 1));
-         SELECT setval(pg_get_serial_sequence('audit_log', 'id'), GREATEST((SELECT MAX(id) FROM audit_log), 1))",
+         SELECT setval(pg_get_serial_sequence('audit_log', 'id'), GREATEST((SELECT MAX(id) FROM audit_log), 1));
+         INSERT INTO queue_tails (member_id, urgent, seq)
+             SELECT member_id, priority = 0, MAX(seq) FROM queue GROUP BY member_id, priority = 0",
     )
     .map_err(StoreError::from)?;
     tx.commit().map_err(StoreError::from)?;

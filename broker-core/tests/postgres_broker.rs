@@ -15,7 +15,7 @@ use broker_core::protocol::Priority;
 use broker_core::testing::postgres::PostgresServer;
 use common::process::{BrokerProcess, free_port, operator, send_until_cut_off, wait_ready};
 
-const LAST_MIGRATION: &str = "0005_email_codes";
+const LAST_MIGRATION: &str = "0006_queue_tails";
 
 /// A broker on the Postgres database `database_url`, or on the data directory's SQLite file,
 /// with limits out of the way of a burst.
@@ -204,7 +204,6 @@ async fn a_single_node_broker_moves_into_postgres_whole() {
     let mut sqlite_broker = start_broker(data.path(), port, &log, None);
     wait_ready(port).await;
     let (alice_seed, bob_pubkey) = (alice_key.seed_hex(), bob_key.public_hex());
-    let alice_seed = alice_key.seed_hex();
     let alice = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_key))).await;
     let mut queued = HashMap::new();
     for n in 0..20 {
@@ -249,7 +248,6 @@ async fn a_single_node_broker_moves_into_postgres_whole() {
     }
     assert_eq!(ids.len(), queued.len(), "nothing else arrived");
     let alice_key = Keypair::from_secret_hex(&alice_seed).expect("alice's key");
-    let alice_seed = alice_key.seed_hex();
     let alice = common::Peer::connect(quick(ClientConfig::new(&broker_url, &mesh_id, &alice_id, alice_key))).await;
     let after = alice.client.send(&bob_pubkey, b"after-the-move", Priority::Next).await.expect("sent");
     let (ids, texts) =

@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_hardening", include_str!("migrations/0003_hardening.sql")),
     ("0004_confirm_keys", include_str!("migrations/0004_confirm_keys.sql")),
     ("0005_email_codes", include_str!("migrations/0005_email_codes.sql")),
+    ("0006_queue_tails", include_str!("migrations/0006_queue_tails.sql")),
 ];
 
 /// Lowercase ASCII letters, digits and single dashes; never empty.

@@ -19,11 +19,25 @@ use crate::store::{AuditEntry, AuditEvent, AuditVerification, StoreResult};
 
 /// The audit scopes one transaction holds: the ones it locked (until it ends), and the latest
 /// hash of each it appended to, so that within a transaction (a writer batch) no scope is locked
-/// twice and appends after a scope's first read no row.
+/// twice and appends after a scope's first read no row. A writer batch defers its rows
+/// ([`Scopes::deferred`]) and inserts them at once ([`Scopes::flush`]).
 #[derive(Debug, Default)]
 pub(super) struct Scopes {
     locked: HashSet<String>,
     tails: HashMap<String, String>,
+    /// Rows appended but not inserted yet, in chain order; `None`: inserted as appended.
+    deferred: Option<Vec<AuditRow>>,
+}
+
+#[derive(Debug)]
+struct AuditRow {
+    scope: String,
+    event_type: String,
+    actor: Option<String>,
+    payload: String,
+    prev_hash: String,
+    hash: String,
+    created_at: String,
 }
 
 impl Scopes {
@@ -41,6 +55,37 @@ impl Scopes {
         }
         Ok(())
     }
+
+    /// Scopes whose appended rows wait for [`Scopes::flush`].
+    pub(super) fn deferred() -> Scopes {
+        Scopes { deferred: Some(Vec::new()), ..Scopes::default() }
+    }
+
+    /// Inserts the deferred rows in one statement, in the order they were appended (their ids
+    /// follow that order, which is the chain's).
+    pub(super) fn flush(&mut self, db: &mut impl GenericClient) -> Result<(), postgres::Error> {
+        let Some(rows) = self.deferred.as_mut().filter(|rows| !rows.is_empty()) else { return Ok(()) };
+        let column = |f: fn(&AuditRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+        let actors: Vec<Option<&str>> = rows.iter().map(|row| row.actor.as_deref()).collect();
+        db.execute(
+            "INSERT INTO audit_log (mesh_id, event_type, actor, payload, prev_hash, hash, created_at)
+             SELECT t.mesh_id, t.event_type, t.actor, t.payload, t.prev_hash, t.hash, t.created_at
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+                  WITH ORDINALITY AS t(mesh_id, event_type, actor, payload, prev_hash, hash, created_at, n)
+             ORDER BY t.n",
+            &[
+                &column(|row| &row.scope),
+                &column(|row| &row.event_type),
+                &actors,
+                &column(|row| &row.payload),
+                &column(|row| &row.prev_hash),
+                &column(|row| &row.hash),
+                &column(|row| &row.created_at),
+            ],
+        )?;
+        rows.clear();
+        Ok(())
+    }
 }
 
 /// Appends `event` to its scope, whose lock this transaction holds.
@@ -55,12 +100,26 @@ fn append_locked(db: &mut impl GenericClient, event: &AuditEvent, now_ms: u64, s
     };
     let created_at = iso8601_ms(now_ms);
     let hash = audit_hash(&prev, &event.scope, &event.event_type, event.actor.as_deref(), &event.payload, &created_at);
-    db.execute(
-        "INSERT INTO audit_log (mesh_id, event_type, actor, payload, prev_hash, hash, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&event.scope, &event.event_type, &event.actor, &canonical_json(&event.payload), &prev, &hash, &created_at],
-    )?;
-    scopes.tails.insert(event.scope.clone(), hash);
+    scopes.tails.insert(event.scope.clone(), hash.clone());
+    let row = AuditRow {
+        scope: event.scope.clone(),
+        event_type: event.event_type.clone(),
+        actor: event.actor.clone(),
+        payload: canonical_json(&event.payload),
+        prev_hash: prev,
+        hash,
+        created_at,
+    };
+    match &mut scopes.deferred {
+        Some(rows) => rows.push(row),
+        None => {
+            db.execute(
+                "INSERT INTO audit_log (mesh_id, event_type, actor, payload, prev_hash, hash, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&row.scope, &row.event_type, &row.actor, &row.payload, &row.prev_hash, &row.hash, &row.created_at],
+            )?;
+        }
+    }
     Ok(())
 }
 

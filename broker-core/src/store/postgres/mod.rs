@@ -21,6 +21,7 @@ mod audit;
 mod codes;
 mod directory;
 mod notices;
+mod rows;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_hardening", include_str!("../migrations/postgres/0003_hardening.sql")),
     ("0004_confirm_keys", include_str!("../migrations/postgres/0004_confirm_keys.sql")),
     ("0005_email_codes", include_str!("../migrations/postgres/0005_email_codes.sql")),
+    ("0006_queue_tails", include_str!("../migrations/postgres/0006_queue_tails.sql")),
 ];
 
 /// Idle connections kept for reads and control-plane changes.

@@ -9,13 +9,11 @@ use postgres::{Client, Config, GenericClient, Statement, Transaction};
 use tokio::sync::mpsc;
 
 use super::audit::{self, Scopes};
+use super::rows::{BatchRows, RowStatements};
 use super::{Job, MAX_BATCH, codes, notices};
 use crate::protocol::{Priority, WrappedKey};
 use crate::store::codes::DbCode as _;
-use crate::store::{
-    Delivery, Envelope, NewMessage, PeerStateRecord, QueueSlot, QueuedEntry, StoreError, StoreResult, WriteOp,
-    WriteOutcome,
-};
+use crate::store::{Delivery, Envelope, PeerStateRecord, QueuedEntry, StoreError, StoreResult, WriteOp, WriteOutcome};
 
 /// What the batch's jobs are told when its transaction could not begin or commit.
 fn batch_error(error: &Arc<postgres::Error>) -> StoreError {
@@ -24,31 +22,21 @@ fn batch_error(error: &Arc<postgres::Error>) -> StoreError {
 
 /// The hot path's statements, prepared once per connection (each use is then one round trip).
 pub(super) struct Statements {
-    enqueue: Statement,
-    body: Statement,
+    rows: RowStatements,
     acknowledge: Statement,
-    drop_body: Statement,
+    drop_bodies: Statement,
 }
 
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
         Ok(Statements {
-            enqueue: client.prepare(
-                "INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session,
-                        sender_member_id, sender_member_pubkey, sender_pubkey, sender_session_sig, target_spec,
-                        priority, enc, nonce, ciphertext, body_seq, key_nonce, key_ciphertext, created_at)
-                 VALUES ($1, nextval('queue_seq'), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                        $17, $18)
-                 RETURNING seq, (SELECT coalesce(max(q.seq), 0) FROM queue q
-                                 WHERE q.member_id = $1 AND (q.priority = $19) = ($11 = $19))",
-            )?,
-            body: client.prepare(
-                "INSERT INTO bodies (seq, nonce, ciphertext, created_at) VALUES (nextval('queue_seq'), $1, $2, $3)
-                 RETURNING seq",
-            )?,
+            rows: RowStatements::prepare(client)?,
+            // One row per statement: a join with the acknowledged pairs may be planned as a scan
+            // of the whole queue.
             acknowledge: client.prepare("DELETE FROM queue WHERE member_id = $1 AND seq = $2 RETURNING body_seq")?,
-            drop_body: client.prepare(
-                "DELETE FROM bodies WHERE seq = $1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = $1)",
+            drop_bodies: client.prepare(
+                "DELETE FROM bodies b WHERE b.seq = ANY($1::bigint[])
+                 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = b.seq)",
             )?,
         })
     }
@@ -81,14 +69,38 @@ enum Batch {
     Failed(Arc<postgres::Error>),
 }
 
+/// What one transaction writes besides its ops' own statements: audit rows and queue rows,
+/// inserted several per statement at its end.
+struct Deferred<'a> {
+    scopes: Scopes,
+    rows: BatchRows<'a>,
+}
+
+impl<'a> Deferred<'a> {
+    /// Locks the scopes of `ops` (all at once, in sorted order: taken message by message, in each
+    /// batch's own order, two broker processes whose batches touch the same meshes could
+    /// deadlock), then draws the sequence numbers their messages need.
+    fn begin(tx: &mut Transaction<'_>, statements: &Statements, ops: &[&'a WriteOp]) -> Result<Self, postgres::Error> {
+        let mut scopes = Scopes::deferred();
+        scopes.lock(tx, ops.iter().flat_map(|op| audit_scopes(op)))?;
+        let rows = BatchRows::prepare(tx, &statements.rows, ops.iter().copied())?;
+        Ok(Deferred { scopes, rows })
+    }
+
+    fn flush(&mut self, tx: &mut Transaction<'_>, statements: &Statements) -> Result<(), postgres::Error> {
+        self.rows.flush(tx, &statements.rows)?;
+        self.scopes.flush(tx)
+    }
+}
+
 /// Runs `op` and catches a panic as the job's error.
-fn apply_guarded(
-    db: &mut Transaction<'_>,
+fn apply_guarded<'a>(
+    tx: &mut Transaction<'_>,
     statements: &Statements,
-    scopes: &mut Scopes,
-    op: &WriteOp,
+    deferred: &mut Deferred<'a>,
+    op: &'a WriteOp,
 ) -> StoreResult<WriteOutcome> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(db, statements, scopes, op)))
+    std::panic::catch_unwind(AssertUnwindSafe(|| apply_write(tx, statements, deferred, op)))
         .unwrap_or_else(|_| Err(StoreError::Database("a write panicked inside the store".into())))
 }
 
@@ -100,19 +112,22 @@ fn run_batch(connection: &mut Connection, ops: &[&WriteOp]) -> Batch {
         Ok(tx) => tx,
         Err(error) => return Batch::Failed(Arc::new(error)),
     };
-    // All the batch's scopes at once, in sorted order: taken message by message, in each batch's
-    // own order, two broker processes whose batches touch the same meshes could deadlock.
-    let mut scopes = Scopes::default();
-    if let Err(error) = scopes.lock(&mut tx, ops.iter().flat_map(|op| audit_scopes(op))) {
-        return Batch::Failed(Arc::new(error));
-    }
+    let mut deferred = match Deferred::begin(&mut tx, statements, ops) {
+        Ok(deferred) => deferred,
+        Err(error) => return Batch::Failed(Arc::new(error)),
+    };
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
-        match apply_guarded(&mut tx, statements, &mut scopes, op) {
+        match apply_guarded(&mut tx, statements, &mut deferred, op) {
             Ok(outcome) => outcomes.push(Ok(outcome)),
             Err(_) => return Batch::JobFailed,
         }
     }
+    // A deferred row that fails names no job: run them one by one.
+    if deferred.flush(&mut tx, statements).is_err() {
+        return Batch::JobFailed;
+    }
+
     if let Err(error) = notify_batch(&mut tx, ops.iter().copied().zip(&outcomes)) {
         return Batch::Failed(Arc::new(error));
     }
@@ -126,7 +141,9 @@ fn run_batch(connection: &mut Connection, ops: &[&WriteOp]) -> Batch {
 fn run_alone(connection: &mut Connection, op: &WriteOp) -> StoreResult<WriteOutcome> {
     let Connection { client, statements } = connection;
     let mut tx = client.transaction()?;
-    let outcome = Ok(apply_guarded(&mut tx, statements, &mut Scopes::default(), op)?);
+    let mut deferred = Deferred::begin(&mut tx, statements, &[op])?;
+    let outcome = Ok(apply_guarded(&mut tx, statements, &mut deferred, op)?);
+    deferred.flush(&mut tx, statements)?;
     notify_batch(&mut tx, std::iter::once((op, &outcome)))?;
     tx.commit()?;
     outcome
@@ -231,80 +248,40 @@ fn fail_all(batch: &mut Vec<Job>, error: &dyn std::fmt::Display) -> bool {
     stopping
 }
 
-fn apply_write(
-    db: &mut impl GenericClient,
+fn apply_write<'a>(
+    tx: &mut Transaction<'_>,
     statements: &Statements,
-    scopes: &mut Scopes,
-    op: &WriteOp,
+    deferred: &mut Deferred<'a>,
+    op: &'a WriteOp,
 ) -> StoreResult<WriteOutcome> {
     match op {
-        WriteOp::Enqueue(message) => enqueue(db, statements, scopes, message).map(WriteOutcome::Enqueued),
-        WriteOp::Acknowledge(entries) => acknowledge(db, statements, entries).map(WriteOutcome::Changed),
-        WriteOp::ReleaseSession { member_id, session_pubkey, .. } => Ok(WriteOutcome::Changed(db.execute(
-            "UPDATE queue SET session_pubkey = NULL WHERE member_id = $1 AND session_pubkey = $2",
-            &[member_id, session_pubkey],
-        )?)),
-        WriteOp::SavePeerState(state) => save_peer_state(db, state).map(WriteOutcome::Changed),
-        WriteOp::RecordSessionKey { mesh_id, member_id, pubkey, at_ms } => Ok(WriteOutcome::Changed(db.execute(
+        WriteOp::Enqueue(message) => {
+            let slots = deferred.rows.place(message);
+            audit::append_all_with(tx, &message.audit, message.envelope.created_at, &mut deferred.scopes)?;
+            Ok(WriteOutcome::Enqueued(slots))
+        }
+        WriteOp::Acknowledge(entries) => acknowledge(tx, statements, entries).map(WriteOutcome::Changed),
+        WriteOp::ReleaseSession { member_id, session_pubkey, .. } => {
+            // It must reach the rows this batch placed before it too.
+            deferred.flush(tx, statements)?;
+            Ok(WriteOutcome::Changed(tx.execute(
+                "UPDATE queue SET session_pubkey = NULL WHERE member_id = $1 AND session_pubkey = $2",
+                &[member_id, session_pubkey],
+            )?))
+        }
+        WriteOp::SavePeerState(state) => save_peer_state(tx, state).map(WriteOutcome::Changed),
+        WriteOp::RecordSessionKey { mesh_id, member_id, pubkey, at_ms } => Ok(WriteOutcome::Changed(tx.execute(
             "INSERT INTO mesh_keys (mesh_id, pubkey, member_id, kind, first_seen_at)
              VALUES ($1, $2, $3, 'session', $4) ON CONFLICT DO NOTHING",
             &[mesh_id, pubkey, member_id, &(*at_ms as i64)],
         )?)),
-        WriteOp::ExpireBefore(cutoff_ms) => expire(db, *cutoff_ms).map(WriteOutcome::Changed),
-        WriteOp::Audit(events) => audit::append_all_with(db, events, crate::protocol::now_ms(), scopes)
+        WriteOp::ExpireBefore(cutoff_ms) => {
+            deferred.flush(tx, statements)?;
+            expire(tx, *cutoff_ms).map(WriteOutcome::Changed)
+        }
+        WriteOp::Audit(events) => audit::append_all_with(tx, events, crate::protocol::now_ms(), &mut deferred.scopes)
             .map(|()| WriteOutcome::Changed(events.len() as u64)),
     }
-}
-
-fn enqueue(
-    db: &mut impl GenericClient,
-    statements: &Statements,
-    scopes: &mut Scopes,
-    message: &NewMessage,
-) -> StoreResult<Vec<QueueSlot>> {
-    let env = &message.envelope;
-    let created_at = env.created_at as i64;
-    let shared_body: Option<i64> = if message.deliveries.len() > 1 {
-        let row = db.query_one(&statements.body, &[&env.nonce, &env.ciphertext, &created_at])?;
-        Some(row.try_get(0)?)
-    } else {
-        None
-    };
-    let insert = &statements.enqueue;
-    let (inline_nonce, inline_ciphertext) = match shared_body {
-        Some(_) => ("", None),
-        None => (env.nonce.as_str(), Some(env.ciphertext.as_str())),
-    };
-    let mut seqs = Vec::with_capacity(message.deliveries.len());
-    for delivery in &message.deliveries {
-        let row = db.query_one(
-            insert,
-            &[
-                &delivery.member_id,
-                &env.message_id,
-                &env.mesh_id,
-                &delivery.session_pubkey,
-                &delivery.exclude_session,
-                &env.sender_member_id,
-                &env.sender_member_pubkey,
-                &env.sender_pubkey,
-                &env.sender_session_sig,
-                &env.target_spec,
-                &env.priority.to_db(),
-                &env.enc.to_db(),
-                &inline_nonce,
-                &inline_ciphertext,
-                &shared_body,
-                &delivery.key.as_ref().map(|k| k.nonce.as_str()),
-                &delivery.key.as_ref().map(|k| k.ciphertext.as_str()),
-                &created_at,
-                &Priority::Now.to_db(),
-            ],
-        )?;
-        seqs.push(QueueSlot { seq: row.try_get::<_, i64>(0)? as u64, after: row.try_get::<_, i64>(1)? as u64 });
-    }
-    audit::append_all_with(db, &message.audit, env.created_at, scopes)?;
-    Ok(seqs)
 }
 
 fn acknowledge(db: &mut impl GenericClient, statements: &Statements, entries: &[(String, u64)]) -> StoreResult<u64> {
@@ -316,10 +293,10 @@ fn acknowledge(db: &mut impl GenericClient, statements: &Statements, entries: &[
             bodies.extend(row.try_get::<_, Option<i64>>(0)?);
         }
     }
-    bodies.sort_unstable();
-    bodies.dedup();
-    for body in bodies {
-        db.execute(&statements.drop_body, &[&body])?;
+    if !bodies.is_empty() {
+        bodies.sort_unstable();
+        bodies.dedup();
+        db.execute(&statements.drop_bodies, &[&bodies])?;
     }
     Ok(removed)
 }

@@ -1,0 +1,3 @@
+-- Nothing to do: Postgres keeps the newest queue entry per member and lane for its several
+-- writers (migrations/postgres/0006_queue_tails.sql); SQLite's one writer commits in sequence
+-- order. The name is kept so that EXPECTED_MIGRATION means the same on either store.
