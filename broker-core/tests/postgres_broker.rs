@@ -13,7 +13,7 @@ use broker_core::client::{ClientConfig, ClientEvent, MeshClient};
 use broker_core::crypto::Keypair;
 use broker_core::protocol::Priority;
 use broker_core::testing::postgres::PostgresServer;
-use common::process::{BrokerProcess, free_port, operator, send_until_cut_off, wait_ready};
+use common::process::{BrokerProcess, free_port, operator, receive_all, send_until_cut_off, wait_ready};
 
 const LAST_MIGRATION: &str = "0006_queue_tails";
 
@@ -36,30 +36,6 @@ fn quick(mut config: ClientConfig) -> ClientConfig {
     config.backoff.initial = Duration::from_millis(50);
     config.backoff.max = Duration::from_millis(200);
     config
-}
-
-/// Receives until every id in `expected` arrived (or 20 s passed) and a quiet moment followed;
-/// how often each message id and each text arrived.
-async fn receive_all(
-    bob: &mut common::Peer,
-    expected: &HashMap<String, String>,
-) -> (HashMap<String, usize>, HashMap<String, usize>) {
-    let (mut ids, mut texts) = (HashMap::new(), HashMap::new());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let done = expected.keys().all(|id| ids.contains_key(id));
-        let wait = if done {
-            Duration::from_millis(300)
-        } else {
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-        };
-        let Ok(Some(event)) = tokio::time::timeout(wait, bob.events.recv()).await else { break };
-        let ClientEvent::Message(message) = event else { continue };
-        bob.client.acknowledge(vec![message.message_id.clone()]).await.expect("ack");
-        *ids.entry(message.message_id.clone()).or_insert(0) += 1;
-        *texts.entry(message.text().expect("opens")).or_insert(0) += 1;
-    }
-    (ids, texts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use broker_core::client::{ClientConfig, ClientEvent};
 use broker_core::crypto::Keypair;
 use broker_core::protocol::{ErrorCode, Priority};
 use broker_core::testing::postgres::PostgresServer;
-use common::process::{BrokerProcess, free_port, operator, send_until_cut_off, wait_ready};
+use common::process::{BrokerProcess, free_port, operator, receive_all, send_until_cut_off, wait_ready};
 
 /// A replica: a broker process serving `database_url` on its own port.
 struct Replica {
@@ -65,6 +65,42 @@ fn mesh(data_dir: &Path, url: &str, names: &[&str]) -> (String, HashMap<String, 
     (mesh_id, members)
 }
 
+/// A database with a mesh of `names`, and two replicas serving it (with `env` set).
+struct Cluster {
+    /// Runs as long as the cluster lives.
+    _database: PostgresServer,
+    url: String,
+    data: tempfile::TempDir,
+    mesh_id: String,
+    members: HashMap<String, (String, Keypair)>,
+    one: Replica,
+    two: Replica,
+}
+
+impl Cluster {
+    async fn start(names: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let database = PostgresServer::start();
+        let url = database.create_database("claudemesh");
+        let data = tempfile::tempdir().expect("tempdir");
+        let (mesh_id, members) = mesh(data.path(), &url, names);
+        let log = data.path().join("replicas.log");
+        let one = Replica::start_with(data.path(), &url, &log, env);
+        let two = Replica::start_with(data.path(), &url, &log, env);
+        wait_ready(one.port).await;
+        wait_ready(two.port).await;
+        Cluster { _database: database, url, data, mesh_id, members, one, two }
+    }
+
+    /// A session of member `name` at `broker_url` (one replica's, or several comma-separated).
+    async fn connect(&self, broker_url: &str, name: &str) -> common::Peer {
+        common::Peer::connect(config(broker_url, &self.mesh_id, &self.members[name])).await
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.members[name].1.public_hex()
+    }
+}
+
 fn config(broker_url: &str, mesh_id: &str, member: &(String, Keypair)) -> ClientConfig {
     let key = Keypair::from_secret_hex(&member.1.seed_hex()).expect("key");
     let mut config = ClientConfig::new(broker_url, mesh_id, &member.0, key);
@@ -73,44 +109,13 @@ fn config(broker_url: &str, mesh_id: &str, member: &(String, Keypair)) -> Client
     config
 }
 
-/// Receives and acknowledges until every id of `expected` arrived (or 20 s passed) and a quiet
-/// moment followed; how often each message id arrived.
-async fn receive_all(peer: &mut common::Peer, expected: &HashMap<String, String>) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let done = expected.keys().all(|id| ids.contains_key(id));
-        let wait = if done {
-            Duration::from_millis(300)
-        } else {
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-        };
-        let Ok(Some(event)) = tokio::time::timeout(wait, peer.events.recv()).await else { break };
-        let ClientEvent::Message(message) = event else { continue };
-        assert_eq!(expected.get(&message.message_id).map(String::as_str), message.text().as_deref());
-        peer.client.acknowledge(vec![message.message_id.clone()]).await.expect("ack");
-        *ids.entry(message.message_id.clone()).or_insert(0) += 1;
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cross_replicas_and_survive_the_loss_of_one() {
-    let database = PostgresServer::start();
-    let url = database.create_database("claudemesh");
-    let data = tempfile::tempdir().expect("tempdir");
-    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob"]);
-    let log = data.path().join("replicas.log");
-    let one = Replica::start(data.path(), &url, &log);
-    let mut two = Replica::start(data.path(), &url, &log);
-    wait_ready(one.port).await;
-    wait_ready(two.port).await;
-
-    let mut alice = common::Peer::connect(config(&one.url(), &mesh_id, &members["alice"])).await;
+    let mut cluster = Cluster::start(&["alice", "bob"], &[]).await;
+    let mut alice = cluster.connect(&cluster.one.url(), "alice").await;
     // Bob knows both replicas and starts on the second.
-    let both = format!("{},{}", two.url(), one.url());
-    let mut bob = common::Peer::connect(config(&both, &mesh_id, &members["bob"])).await;
-    let (alice_key, bob_key) = (members["alice"].1.public_hex(), members["bob"].1.public_hex());
+    let mut bob = cluster.connect(&format!("{},{}", cluster.two.url(), cluster.one.url()), "bob").await;
+    let (alice_key, bob_key) = (cluster.key("alice"), cluster.key("bob"));
 
     // One message each way, from one replica to the other, without waiting for a poll.
     let started = Instant::now();
@@ -126,14 +131,15 @@ async fn messages_cross_replicas_and_survive_the_loss_of_one() {
     // bob moves to the first replica and gets every acknowledged message once.
     let sender = send_until_cut_off(alice.client.clone(), bob_key.clone(), 400);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    two.process.kill();
+    cluster.two.process.kill();
     let outcomes = sender.await.expect("sender");
     let acknowledged: HashMap<String, String> = outcomes
         .iter()
         .filter_map(|(text, outcome)| outcome.as_ref().ok().map(|receipt| (receipt.message_id.clone(), text.clone())))
         .collect();
     assert_eq!(acknowledged.len(), 400, "alice's replica kept acknowledging: {} of 400", acknowledged.len());
-    let arrived = receive_all(&mut bob, &acknowledged).await;
+    let (arrived, texts) = receive_all(&mut bob, &acknowledged).await;
+    assert!(texts.values().all(|n| *n == 1), "no text arrived twice");
     let missing = acknowledged.keys().filter(|id| !arrived.contains_key(*id)).count();
     assert_eq!(missing, 0, "every acknowledged message reached bob");
     let twice: Vec<_> = arrived.iter().filter(|(_, n)| **n > 1).collect();
@@ -142,17 +148,9 @@ async fn messages_cross_replicas_and_survive_the_loss_of_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_leaves_through_one_replica_is_cut_off_on_the_other() {
-    let database = PostgresServer::start();
-    let url = database.create_database("claudemesh");
-    let data = tempfile::tempdir().expect("tempdir");
-    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob"]);
-    let log = data.path().join("replicas.log");
-    let (one, two) = (Replica::start(data.path(), &url, &log), Replica::start(data.path(), &url, &log));
-    wait_ready(one.port).await;
-    wait_ready(two.port).await;
-
-    let leaving = common::Peer::connect(config(&one.url(), &mesh_id, &members["bob"])).await;
-    let mut elsewhere = common::Peer::connect(config(&two.url(), &mesh_id, &members["bob"])).await;
+    let cluster = Cluster::start(&["alice", "bob"], &[]).await;
+    let leaving = cluster.connect(&cluster.one.url(), "bob").await;
+    let mut elsewhere = cluster.connect(&cluster.two.url(), "bob").await;
     let started = Instant::now();
     leaving.client.leave_mesh().await.expect("left");
     let cut = loop {
@@ -166,8 +164,8 @@ async fn a_member_that_leaves_through_one_replica_is_cut_off_on_the_other() {
     assert!(started.elapsed() < Duration::from_secs(3), "cut after {:?}", started.elapsed());
 
     // Alice, on the other replica, can no longer reach bob.
-    let alice = common::Peer::connect(config(&two.url(), &mesh_id, &members["alice"])).await;
-    let refused = alice.client.send(&members["bob"].1.public_hex(), b"still there?", Priority::Now).await;
+    let alice = cluster.connect(&cluster.two.url(), "alice").await;
+    let refused = alice.client.send(&cluster.key("bob"), b"still there?", Priority::Now).await;
     assert!(refused.is_err(), "a send to a member that left is refused: {refused:?}");
 }
 
@@ -188,18 +186,9 @@ async fn listing_until(peer: &common::Peer, wanted: impl Fn(&[String]) -> bool) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_mesh_wide() {
-    let database = PostgresServer::start();
-    let url = database.create_database("claudemesh");
-    let data = tempfile::tempdir().expect("tempdir");
-    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob", "carol"]);
-    let log = data.path().join("replicas.log");
-    let one = Replica::start(data.path(), &url, &log);
-    let mut two = Replica::start(data.path(), &url, &log);
-    wait_ready(one.port).await;
-    wait_ready(two.port).await;
-
-    let mut alice = common::Peer::connect(config(&one.url(), &mesh_id, &members["alice"])).await;
-    let mut bob = common::Peer::connect(config(&two.url(), &mesh_id, &members["bob"])).await;
+    let mut cluster = Cluster::start(&["alice", "bob", "carol"], &[]).await;
+    let mut alice = cluster.connect(&cluster.one.url(), "alice").await;
+    let mut bob = cluster.connect(&cluster.two.url(), "bob").await;
     let joined = alice.system_event("peer_joined").await;
     assert_eq!(joined["name"], "bob", "alice hears of bob joining on the other replica: {joined}");
     assert_eq!(listing_until(&alice, |n| n.len() == 2).await, ["alice", "bob"], "alice lists bob");
@@ -226,9 +215,9 @@ async fn presence_is_mesh_wide() {
     bob.client.shutdown().await;
     let left = alice.system_event("peer_left").await;
     assert_eq!(left["name"], "bob");
-    let _carol = common::Peer::connect(config(&two.url(), &mesh_id, &members["carol"])).await;
+    let _carol = cluster.connect(&cluster.two.url(), "carol").await;
     assert_eq!(alice.system_event("peer_joined").await["name"], "carol");
-    two.process.kill();
+    cluster.two.process.kill();
     let started = Instant::now();
     let left = alice.system_event("peer_left").await;
     assert_eq!(left["name"], "carol", "the sessions of a dead replica leave");
@@ -275,22 +264,13 @@ async fn a_replica_keeps_serving_beside_a_newer_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_connection_limit_counts_every_replica() {
-    let database = PostgresServer::start();
-    let url = database.create_database("claudemesh");
-    let data = tempfile::tempdir().expect("tempdir");
-    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob", "carol"]);
-    let log = data.path().join("replicas.log");
-    let limit = [("MAX_CONNECTIONS_PER_MESH", "2")];
-    let one = Replica::start_with(data.path(), &url, &log, &limit);
-    let two = Replica::start_with(data.path(), &url, &log, &limit);
-    wait_ready(one.port).await;
-    wait_ready(two.port).await;
-
-    let alice = common::Peer::connect(config(&one.url(), &mesh_id, &members["alice"])).await;
-    let _bob = common::Peer::connect(config(&two.url(), &mesh_id, &members["bob"])).await;
+    let cluster = Cluster::start(&["alice", "bob", "carol"], &[("MAX_CONNECTIONS_PER_MESH", "2")]).await;
+    let alice = cluster.connect(&cluster.one.url(), "alice").await;
+    let _bob = cluster.connect(&cluster.two.url(), "bob").await;
     // Once the first replica heard of bob, the mesh is full there too.
     assert_eq!(listing_until(&alice, |n| n.len() == 2).await, ["alice", "bob"]);
-    let (carol, mut events) = broker_core::client::MeshClient::start(config(&one.url(), &mesh_id, &members["carol"]));
+    let carol_config = config(&cluster.one.url(), &cluster.mesh_id, &cluster.members["carol"]);
+    let (carol, mut events) = broker_core::client::MeshClient::start(carol_config);
     let refused = loop {
         match tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an answer in time") {
             Some(ClientEvent::Refused { code, message, .. }) => break (code, message),
@@ -305,23 +285,13 @@ async fn a_mesh_connection_limit_counts_every_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_chain_never_forks_when_both_replicas_write_at_once() {
-    let database = PostgresServer::start();
-    let url = database.create_database("claudemesh");
-    let data = tempfile::tempdir().expect("tempdir");
-    let (mesh_id, members) = mesh(data.path(), &url, &["alice", "bob"]);
-    let log = data.path().join("replicas.log");
-    let (one, two) = (Replica::start(data.path(), &url, &log), Replica::start(data.path(), &url, &log));
-    wait_ready(one.port).await;
-    wait_ready(two.port).await;
-    let alice = common::Peer::connect(config(&one.url(), &mesh_id, &members["alice"])).await;
-    let bob = common::Peer::connect(config(&two.url(), &mesh_id, &members["bob"])).await;
-
+    let cluster = Cluster::start(&["alice", "bob"], &[]).await;
     let admin_key = Keypair::generate();
     let admin = operator(
-        data.path(),
+        cluster.data.path(),
         &[
             "--database-url",
-            &url,
+            &cluster.url,
             "member",
             "add",
             "--mesh",
@@ -335,16 +305,18 @@ async fn the_audit_chain_never_forks_when_both_replicas_write_at_once() {
         ],
     );
     let admin = (admin["memberId"].as_str().expect("member id").to_owned(), admin_key);
+    let alice = cluster.connect(&cluster.one.url(), "alice").await;
+    let bob = cluster.connect(&cluster.two.url(), "bob").await;
 
     // Both replicas append `message_sent` entries to the mesh's one chain at the same time.
-    let to_bob = send_until_cut_off(alice.client.clone(), members["bob"].1.public_hex(), 300);
-    let to_alice = send_until_cut_off(bob.client.clone(), members["alice"].1.public_hex(), 300);
+    let to_bob = send_until_cut_off(alice.client.clone(), cluster.key("bob"), 300);
+    let to_alice = send_until_cut_off(bob.client.clone(), cluster.key("alice"), 300);
     for sender in [to_bob, to_alice] {
         let outcomes = sender.await.expect("sender");
         assert!(outcomes.iter().all(|(_, outcome)| outcome.is_ok()), "every send was queued");
     }
-    for replica in [&one, &two] {
-        let admin = common::Peer::connect(config(&replica.url(), &mesh_id, &admin)).await;
+    for replica in [&cluster.one, &cluster.two] {
+        let admin = common::Peer::connect(config(&replica.url(), &cluster.mesh_id, &admin)).await;
         let verified = admin.client.audit_verify().await.expect("verifies");
         assert!(verified.valid, "the chain verifies from either replica: {verified:?}");
         admin.client.shutdown().await;

@@ -1,9 +1,11 @@
 //! The `claudemesh-broker` binary as a real process: operator commands, and `serve` on a free port.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use broker_core::client::ClientEvent;
 use serde_json::Value;
 
 pub const BROKER: &str = env!("CARGO_BIN_EXE_claudemesh-broker");
@@ -98,4 +100,28 @@ pub fn send_until_cut_off(
         }
         outcomes
     })
+}
+
+/// Receives until every id in `expected` arrived (or 20 s passed) and a quiet moment followed;
+/// how often each message id and each text arrived.
+pub async fn receive_all(
+    bob: &mut super::Peer,
+    expected: &HashMap<String, String>,
+) -> (HashMap<String, usize>, HashMap<String, usize>) {
+    let (mut ids, mut texts) = (HashMap::new(), HashMap::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = expected.keys().all(|id| ids.contains_key(id));
+        let wait = if done {
+            Duration::from_millis(300)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        let Ok(Some(event)) = tokio::time::timeout(wait, bob.events.recv()).await else { break };
+        let ClientEvent::Message(message) = event else { continue };
+        bob.client.acknowledge(vec![message.message_id.clone()]).await.expect("ack");
+        *ids.entry(message.message_id.clone()).or_insert(0) += 1;
+        *texts.entry(message.text().expect("opens")).or_insert(0) += 1;
+    }
+    (ids, texts)
 }
