@@ -1,7 +1,9 @@
 //! Two `claudemesh-broker serve` processes on one PostgreSQL database: messages between
 //! sessions on different replicas, a replica killed with SIGKILL in the middle of a burst (its
-//! clients move to the other; nothing acknowledged is lost, nothing arrives twice), and a member
-//! that leaves through one replica cut off on the other at once.
+//! clients move to the other; nothing acknowledged is lost, nothing arrives twice), a member
+//! that leaves through one replica cut off on the other at once, mesh-wide presence and limits,
+//! one audit chain under concurrent writers, device sign-in across replicas, and a replica
+//! beside a newer version's schema.
 
 mod common;
 
@@ -322,4 +324,36 @@ async fn the_audit_chain_never_forks_when_both_replicas_write_at_once() {
         admin.client.shutdown().await;
         assert!(verified.entries >= 600, "every message is in it: {verified:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_signs_in_whichever_replica_each_request_reaches() {
+    let cluster = Cluster::start(&["alice"], &[]).await;
+    let on_db = |args: &[&str]| {
+        let mut all = vec!["--database-url", cluster.url.as_str()];
+        all.extend_from_slice(args);
+        operator(cluster.data.path(), &all)
+    };
+    on_db(&["account", "create", "--name", "alice"]);
+    let addr = |replica: &Replica| format!("127.0.0.1:{}", replica.port).parse().expect("addr");
+    let (one, two) = (addr(&cluster.one), addr(&cluster.two));
+
+    // The device asks the first replica; the operator approves in the database; the device
+    // polls the second; its token works on the first.
+    let request = serde_json::json!({"hostname": "laptop", "platform": "linux", "arch": "x86_64", "app_version": "0.1.0",
+                                     "confirm_key": Keypair::generate().public_hex()});
+    let (status, code) = common::api(one, "POST", "/v1/device/code", None, Some(request)).await;
+    assert_eq!(status, 200, "{code}");
+    on_db(&["device", "approve", code["user_code"].as_str().expect("user code"), "--account", "alice"]);
+    let form = format!(
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code={}",
+        code["device_code"].as_str().expect("device code")
+    );
+    let form_type = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, token) = common::http_with(two, "POST", "/v1/device/token", &form_type, Some(&form)).await;
+    assert_eq!(status, 200, "{token}");
+    let token: serde_json::Value = serde_json::from_str(&token).expect("json");
+    let token = token["access_token"].as_str().expect("a token");
+    let (status, account) = common::api(one, "GET", "/v1/account", Some(token), None).await;
+    assert_eq!((status, &account["account"]["name"]), (200, &serde_json::json!("alice")), "{account}");
 }
