@@ -1,8 +1,8 @@
 //! A writer batch's queue rows, written several per statement: the batch draws all its sequence
-//! numbers in one statement, reads the newest entry of each recipient lane (`queue_tails`) in
-//! one more, places
-//! every enqueued message in memory (assigning sequence numbers in the batch's order and each
-//! entry's `after`), and inserts the bodies and queue rows at the end with one statement each.
+//! numbers and reads the newest entry of each recipient lane (`queue_tails`) in one statement,
+//! places every enqueued message in memory (assigning sequence numbers in the batch's order and
+//! each entry's `after`), and at the end inserts the bodies in one statement and the queue rows,
+//! with the lanes' new newest entries, in another.
 //! A message then costs the database a few array elements instead of two or three statements.
 
 use std::collections::{BTreeSet, HashMap};
@@ -15,9 +15,7 @@ use crate::store::{NewMessage, QueueSlot, WriteOp};
 
 /// The statements of [`BatchRows`], prepared once per connection.
 pub(super) struct RowStatements {
-    draw: Statement,
-    tails: Statement,
-    save_tails: Statement,
+    begin: Statement,
     bodies: Statement,
     queue: Statement,
 }
@@ -25,23 +23,27 @@ pub(super) struct RowStatements {
 impl RowStatements {
     pub(super) fn prepare(client: &mut postgres::Client) -> Result<RowStatements, postgres::Error> {
         Ok(RowStatements {
-            draw: client.prepare("SELECT nextval('queue_seq') FROM generate_series(1, $1::bigint)")?,
-            tails: client.prepare(
-                "SELECT t.member_id, t.urgent, t.seq
-                 FROM unnest($1::text[], $2::bool[]) AS l(member_id, urgent)
-                 JOIN queue_tails t ON t.member_id = l.member_id AND t.urgent = l.urgent",
-            )?,
-            save_tails: client.prepare(
-                "INSERT INTO queue_tails (member_id, urgent, seq)
-                 SELECT * FROM unnest($1::text[], $2::bool[], $3::bigint[])
-                 ON CONFLICT (member_id, urgent) DO UPDATE SET seq = excluded.seq",
+            // One round trip: the batch's sequence numbers, and its lanes' newest entries.
+            begin: client.prepare(
+                "WITH lanes AS MATERIALIZED (
+                     SELECT t.member_id, t.urgent, t.seq
+                     FROM unnest($2::text[], $3::bool[]) AS l(member_id, urgent)
+                     JOIN queue_tails t ON t.member_id = l.member_id AND t.urgent = l.urgent)
+                 SELECT ARRAY(SELECT nextval('queue_seq') FROM generate_series(1, $1::bigint)),
+                        ARRAY(SELECT member_id FROM lanes), ARRAY(SELECT urgent FROM lanes),
+                        ARRAY(SELECT seq FROM lanes)",
             )?,
             bodies: client.prepare(
                 "INSERT INTO bodies (seq, nonce, ciphertext, created_at)
                  SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])",
             )?,
+            // One round trip: the lanes' new newest entries, and the rows.
             queue: client.prepare(
-                "INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session,
+                "WITH tails AS (
+                     INSERT INTO queue_tails (member_id, urgent, seq)
+                     SELECT * FROM unnest($20::text[], $21::bool[], $22::bigint[])
+                     ON CONFLICT (member_id, urgent) DO UPDATE SET seq = excluded.seq)
+                 INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session,
                         sender_member_id, sender_member_pubkey, sender_pubkey, sender_session_sig, target_spec,
                         priority, enc, nonce, ciphertext, body_seq, key_nonce, key_ciphertext, created_at)
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -98,10 +100,6 @@ impl<'a> BatchRows<'a> {
         if needed == 0 {
             return Ok(rows);
         }
-        let mut seqs: Vec<i64> =
-            db.query(&statements.draw, &[&needed])?.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?;
-        seqs.sort_unstable();
-        rows.seqs = seqs.into_iter();
         // Only the lanes the batch writes to: the other lane's newest entry may lie behind all of
         // this one's rows.
         let lanes: BTreeSet<(&str, bool)> = messages
@@ -112,9 +110,14 @@ impl<'a> BatchRows<'a> {
             })
             .collect();
         let (members, urgent): (Vec<&str>, Vec<bool>) = lanes.into_iter().unzip();
-        for row in db.query(&statements.tails, &[&members, &urgent])? {
-            let seq: i64 = row.try_get(2)?;
-            rows.tails.insert((row.try_get(0)?, row.try_get(1)?), seq as u64);
+        let drawn = db.query_one(&statements.begin, &[&needed, &members, &urgent])?;
+        let mut seqs: Vec<i64> = drawn.try_get(0)?;
+        seqs.sort_unstable();
+        rows.seqs = seqs.into_iter();
+        let (tail_members, tail_urgent, tail_seqs): (Vec<String>, Vec<bool>, Vec<i64>) =
+            (drawn.try_get(1)?, drawn.try_get(2)?, drawn.try_get(3)?);
+        for ((member, urgent), seq) in tail_members.into_iter().zip(tail_urgent).zip(tail_seqs) {
+            rows.tails.insert((member, urgent), seq as u64);
         }
         Ok(rows)
     }
@@ -161,10 +164,9 @@ impl<'a> BatchRows<'a> {
             return Ok(());
         }
         let moved = std::mem::take(&mut self.moved);
-        let members: Vec<&str> = moved.iter().map(|(member, _)| member.as_str()).collect();
-        let urgent: Vec<bool> = moved.iter().map(|(_, urgent)| *urgent).collect();
-        let tails: Vec<i64> = moved.iter().map(|lane| self.tails[lane] as i64).collect();
-        db.execute(&statements.save_tails, &[&members, &urgent, &tails])?;
+        let tail_members: Vec<&str> = moved.iter().map(|(member, _)| member.as_str()).collect();
+        let tail_urgent: Vec<bool> = moved.iter().map(|(_, urgent)| *urgent).collect();
+        let tail_seqs: Vec<i64> = moved.iter().map(|lane| self.tails[lane] as i64).collect();
         let rows = &self.queue;
         let text = |f: &dyn Fn(&QueueRow<'a>) -> &'a str| rows.iter().map(f).collect::<Vec<&str>>();
         let optional = |f: &dyn Fn(&QueueRow<'a>) -> Option<&'a str>| rows.iter().map(f).collect::<Vec<Option<&str>>>();
@@ -193,6 +195,9 @@ impl<'a> BatchRows<'a> {
                 &optional(&|r| delivery(r).key.as_ref().map(|k| k.nonce.as_str())),
                 &optional(&|r| delivery(r).key.as_ref().map(|k| k.ciphertext.as_str())),
                 &rows.iter().map(|r| r.message.envelope.created_at as i64).collect::<Vec<i64>>(),
+                &tail_members,
+                &tail_urgent,
+                &tail_seqs,
             ],
         )?;
         self.queue.clear();
