@@ -64,6 +64,12 @@ const MIGRATIONS: &[&str] = &[
         sent_at INTEGER NOT NULL
     );
     CREATE INDEX sent_at ON sent (sent_at);",
+    // Receipts that arrived before their message was recorded as sent: the broker's receipt can
+    // overtake the send's own answer on its way through the app. Applied when it is recorded.
+    "CREATE TABLE early_receipts (
+        id TEXT PRIMARY KEY,
+        count INTEGER NOT NULL
+    );",
 ];
 
 /// How a message was addressed.
@@ -325,11 +331,13 @@ impl Inbox {
         Ok(())
     }
 
-    /// Records a message the person sent (queued, or refused with `error`).
+    /// Records a message the person sent (queued, or refused with `error`); returns it as it
+    /// stands, with the receipts that came before it counted.
     #[cfg_attr(not(feature = "gui"), allow(dead_code))]
-    pub fn record_sent(&self, sent: &SentMessage) -> Result<(), InboxError> {
-        let conn = self.conn.lock().expect("inbox lock");
-        conn.execute(
+    pub fn record_sent(&self, sent: &SentMessage) -> Result<SentMessage, InboxError> {
+        let mut conn = self.conn.lock().expect("inbox lock");
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO sent (id, mesh_id, mesh_slug, target_spec, conversation, recipient_label, body,
                 recipients, delivered, error, sent_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -347,14 +355,35 @@ impl Inbox {
                 sent.sent_at as i64,
             ],
         )?;
-        Ok(())
+        let early: Option<i64> = tx
+            .query_row("DELETE FROM early_receipts WHERE id = ?1 RETURNING count", [&sent.id], |row| row.get(0))
+            .optional()?;
+        if let Some(count) = early {
+            tx.execute(
+                "UPDATE sent SET delivered = MIN(delivered + ?2, recipients) WHERE id = ?1",
+                params![sent.id, count],
+            )?;
+        }
+        let sql = format!("SELECT {SENT_COLUMNS} FROM sent WHERE id = ?1");
+        let recorded = tx.query_row(&sql, [&sent.id], row_to_sent)?;
+        tx.commit()?;
+        Ok(recorded)
     }
 
-    /// One recipient member stored a sent message; returns it as it stands now.
+    /// One recipient member stored a sent message; returns it as it stands now (`None` when it
+    /// is not recorded yet: the receipt waits for it).
     #[cfg_attr(not(feature = "gui"), allow(dead_code))]
     pub fn mark_delivered(&self, id: &str) -> Result<Option<SentMessage>, InboxError> {
         let conn = self.conn.lock().expect("inbox lock");
-        conn.execute("UPDATE sent SET delivered = MIN(delivered + 1, recipients) WHERE id = ?1", [id])?;
+        let changed = conn.execute("UPDATE sent SET delivered = MIN(delivered + 1, recipients) WHERE id = ?1", [id])?;
+        if changed == 0 {
+            conn.execute(
+                "INSERT INTO early_receipts (id, count) VALUES (?1, 1)
+                 ON CONFLICT (id) DO UPDATE SET count = count + 1",
+                [id],
+            )?;
+            return Ok(None);
+        }
         let sql = format!("SELECT {SENT_COLUMNS} FROM sent WHERE id = ?1");
         Ok(conn.query_row(&sql, [id], row_to_sent).optional()?)
     }
@@ -600,12 +629,34 @@ mod tests {
             error: None,
             sent_at: 5,
         };
-        inbox.record_sent(&sent).expect("record");
+        assert_eq!(inbox.record_sent(&sent).expect("record"), sent);
         assert_eq!(inbox.mark_delivered("msg_1").expect("mark").map(|s| s.delivered), Some(1));
         assert_eq!(inbox.mark_delivered("msg_1").expect("mark").map(|s| s.delivered), Some(2));
         assert_eq!(inbox.mark_delivered("msg_1").expect("mark").map(|s| s.delivered), Some(2), "capped");
         assert_eq!(inbox.mark_delivered("unknown").expect("mark"), None);
         assert_eq!(inbox.sent_history(10).expect("history"), [SentMessage { delivered: 2, ..sent }]);
+    }
+
+    #[test]
+    fn a_receipt_that_overtakes_its_message_counts_once_the_message_is_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = Inbox::open(&dir.path().join("inbox.db")).expect("opens");
+        assert_eq!(inbox.mark_delivered("msg_early").expect("mark"), None, "not recorded yet");
+        let sent = SentMessage {
+            id: "msg_early".into(),
+            mesh_id: "mesh_1".into(),
+            mesh_slug: "acme".into(),
+            target_spec: "b".repeat(64),
+            conversation: "peer".into(),
+            recipient_label: "bob".into(),
+            text: "hello".into(),
+            recipients: 1,
+            delivered: 0,
+            error: None,
+            sent_at: 5,
+        };
+        assert_eq!(inbox.record_sent(&sent).expect("record").delivered, 1, "the early receipt counts");
+        assert_eq!(inbox.mark_delivered("msg_early").expect("mark").map(|s| s.delivered), Some(1), "capped");
     }
 
     #[test]

@@ -63,6 +63,7 @@ impl Desktop {
                     self.refresh_peers(&mesh_id).await;
                 }
                 LinkEvent::Delivered { message_id, .. } => {
+                    let _order = self.sent_order.lock().await;
                     let inbox = self.inbox.clone();
                     let updated = blocking(move || Ok(inbox.mark_delivered(&message_id)?)).await;
                     if let Ok(Some(sent)) = updated {

@@ -83,8 +83,10 @@ impl Desktop {
             error: outcome.error.map(|e| e.to_string()),
             sent_at,
         };
-        let (inbox, row) = (self.inbox.clone(), sent.clone());
-        blocking(move || Ok(inbox.record_sent(&row)?)).await?;
+        let inbox = self.inbox.clone();
+        let _order = self.sent_order.lock().await;
+        // Receipts may have come first: the recorded message counts them.
+        let sent = blocking(move || Ok(inbox.record_sent(&sent)?)).await?;
         let message = conversations::sent(&sent);
         self.send(Output::Ui(UiEvent::Message(message.clone())));
         Ok(message)

@@ -105,6 +105,10 @@ pub struct Desktop {
     config_dir: ConfigDir,
     keystore: Arc<dyn KeyStore>,
     inbox: Arc<Inbox>,
+    /// Held while a sent message is recorded and shown, and while a receipt updates it: the
+    /// window then hears of both in the order the inbox saw them (a receipt can overtake the
+    /// send's own answer).
+    sent_order: tokio::sync::Mutex<()>,
     settings: Mutex<DesktopSettings>,
     state: Mutex<DesktopState>,
     policy: Mutex<NotificationPolicy>,
@@ -197,6 +201,7 @@ impl Desktop {
             config_dir,
             keystore,
             inbox,
+            sent_order: tokio::sync::Mutex::new(()),
             settings: Mutex::new(settings),
             state: Mutex::new(state),
             policy: Mutex::new(NotificationPolicy::default()),
