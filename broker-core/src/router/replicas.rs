@@ -1,6 +1,7 @@
 //! Several broker processes (replicas) on one database: what the others did reaches this one as
 //! store notices (`StoreNotice`), and each is applied here — entries another replica queued for a
-//! member connected here are read from the store and pushed, directory changes take effect at
+//! member connected here are offered to its queue like this replica's own commits (or, too large
+//! to travel in a notice, read from the store) and pushed, directory changes take effect at
 //! once (revocations cut sessions on every replica), and after a gap in the notices everything
 //! held is read again.
 //!
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::state::{MeshState, RemoteSession, peer_info};
-use super::{Lane, Router};
+use super::{Entry, Lane, Router};
 use crate::protocol::{PeerInfo, PeerLeft, SystemEvent};
 use crate::store::{MAX_ANNOUNCEMENT, Store, StoreNotice};
 
@@ -126,6 +127,18 @@ pub(super) async fn follow(router: Weak<Router>, mut notices: mpsc::UnboundedRec
 impl Router {
     async fn apply_notice(self: &Arc<Self>, notice: StoreNotice) {
         match notice {
+            StoreNotice::Entry { slot, entry } => {
+                let Some(shard) = self.loaded_shard(&entry.envelope.mesh_id) else { return };
+                let mut guard = shard.state.lock().expect("mesh lock");
+                let state = &mut *guard;
+                let member_id = entry.delivery.member_id.clone();
+                let keep = self.holds(&state.by_routing_key, &state.departed, entry.delivery.session_pubkey.as_deref());
+                let Some(queue) = state.members.get_mut(&member_id).and_then(|m| m.queue.as_mut()) else { return };
+                let (_, entry) = Entry::from_queued(entry);
+                queue.offer(slot, entry, keep);
+                // Pushes it, or (the lane spilled, or a gap before it) starts reading the store.
+                self.pump_member(state, &member_id);
+            }
             StoreNotice::Queued { mesh_id, member_id, urgent, seq } => {
                 let Some(shard) = self.loaded_shard(&mesh_id) else { return };
                 let mut state = shard.state.lock().expect("mesh lock");

@@ -409,7 +409,7 @@ pub struct NewMessage {
 }
 
 /// A queue entry as loaded back from storage.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEntry {
     pub seq: u64,
     pub envelope: Arc<Envelope>,
@@ -468,7 +468,10 @@ pub struct QueueSlot {
 /// that one process owns (SQLite) have no such news.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreNotice {
-    /// Entries were committed to a member's queue, the newest with `seq` in its lane.
+    /// An entry was committed to a member's queue (whole, to be pushed without reading it back).
+    Entry { slot: QueueSlot, entry: QueuedEntry },
+    /// Entries were committed to a member's queue, the newest with `seq` in its lane (entries too
+    /// large to carry whole, or not readable by this version): read them from the store.
     Queued { mesh_id: String, member_id: String, urgent: bool, seq: u64 },
     /// A member's session-only entries became member-wide (`WriteOp::ReleaseSession`).
     Released { mesh_id: String, member_id: String },

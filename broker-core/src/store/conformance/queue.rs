@@ -231,8 +231,8 @@ pub fn each_entry_knows_the_newest_entry_before_it_in_its_lane<D: TestDatabase>(
 }
 
 /// With several processes on one database (a store whose `subscribe` gives notices), each hears
-/// what another queued (member, lane, newest sequence number), released, changed in the
-/// directory and announced, and never its own notices. A store that one process owns has none
+/// what another queued (each entry whole, or its member, lane and sequence number), released,
+/// changed in the directory and announced, and never its own notices. A store that one process owns has none
 /// to give.
 pub fn other_processes_hear_what_one_queued_changed_and_announced<D: TestDatabase>(database: &D) {
     let (one, two) = (database.open(), database.open());
@@ -283,19 +283,21 @@ pub fn other_processes_hear_what_one_queued_changed_and_announced<D: TestDatabas
     two.announce("my own").expect("announces");
     let (mesh, alice, bob, carol) = mesh_of_three(&*one, "notices");
     assert_eq!(next("the mesh's creation", false), StoreNotice::Directory, "its own announcement is not news");
-    let seqs =
-        enqueue(&*one, message(envelope(1, &mesh, &alice, Priority::Now, Enc::Multi), vec![to(&bob), to(&carol)]));
-    let mut queued = vec![next("a queued entry", true), next("a queued entry", true)];
-    queued.sort_by_key(|notice| format!("{notice:?}"));
-    let expected = |member: &MemberRecord, seq| StoreNotice::Queued {
-        mesh_id: mesh.id.clone(),
-        member_id: member.id.clone(),
-        urgent: true,
-        seq,
-    };
-    let mut wanted = vec![expected(&bob, seqs[0]), expected(&carol, seqs[1])];
-    wanted.sort_by_key(|notice| format!("{notice:?}"));
-    assert_eq!(queued, wanted);
+    let sent = message(envelope(1, &mesh, &alice, Priority::Now, Enc::Multi), vec![wrapped(&bob), wrapped(&carol)]);
+    let slots = enqueue_slots(&*one, sent.clone());
+    // Each entry whole, or (too large to carry) its member's lane and number.
+    for (delivery, slot) in sent.deliveries.iter().zip(&slots) {
+        match next("a queued entry", true) {
+            StoreNotice::Entry { slot: heard, entry } => {
+                assert_eq!(heard, *slot);
+                assert_eq!((entry.seq, &entry.envelope, &entry.delivery), (slot.seq, &sent.envelope, delivery));
+            }
+            StoreNotice::Queued { mesh_id, member_id, urgent, seq } => {
+                assert_eq!((mesh_id, &member_id, urgent, seq), (mesh.id.clone(), &delivery.member_id, true, slot.seq));
+            }
+            other => panic!("expected a queued entry, heard {other:?}"),
+        }
+    }
 
     let session = pubkey(77);
     enqueue(
@@ -305,7 +307,12 @@ pub fn other_processes_hear_what_one_queued_changed_and_announced<D: TestDatabas
             vec![Delivery { session_pubkey: Some(session.clone()), ..to(&bob) }],
         ),
     );
-    assert!(matches!(next("a session's entry", true), StoreNotice::Queued { urgent: false, .. }));
+    let heard = next("a session's entry", true);
+    assert!(
+        matches!(&heard, StoreNotice::Entry { entry, .. } if entry.delivery.session_pubkey.as_ref() == Some(&session))
+            || matches!(&heard, StoreNotice::Queued { urgent: false, .. }),
+        "{heard:?}"
+    );
     let release =
         WriteOp::ReleaseSession { mesh_id: mesh.id.clone(), member_id: bob.id.clone(), session_pubkey: session };
     assert_eq!(changed(&*one, release), 1);

@@ -73,7 +73,7 @@ pub(super) fn bump_directory_version(db: &mut impl GenericClient) -> StoreResult
          ON CONFLICT (key) DO UPDATE SET value = (settings.value::bigint + 1)::text",
         &[],
     )?;
-    super::notices::notify(db, "d")?;
+    super::notices::notify(db, &["d".to_owned()])?;
     Ok(())
 }
 

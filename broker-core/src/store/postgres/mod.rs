@@ -265,7 +265,7 @@ impl Store for PostgresStore {
         if text.len() > super::MAX_ANNOUNCEMENT {
             return Err(StoreError::Invalid(format!("an announcement of {} bytes is too long", text.len())));
         }
-        self.with_client(|client| Ok(notices::notify(client, &format!("a\t{text}"))?))
+        self.with_client(|client| Ok(notices::notify(client, &[format!("a\t{text}")])?))
     }
 
     fn applied_migrations(&self) -> StoreResult<Vec<String>> {

@@ -7,53 +7,142 @@
 //! listening — is covered by `StoreNotice::Resync` after every reconnection: the router then
 //! reloads what it holds from the tables, which stay the truth.
 //!
-//! The channel is `claudemesh`. A notification's payload is the sending process's origin (the `claudemesh.origin` setting of
-//! each of its connections), then one notice per line, tab-separated:
-//! `q MESH MEMBER u|n SEQ` (queued; `u`: the `now` lane), `r MESH MEMBER` (released),
-//! `d` (directory), `a TEXT` (an announcement, alone in its notification, to the end of the
+//! The channel is `claudemesh`. A notification's payload is the sending process's origin (the
+//! `claudemesh.origin` setting of each of its connections), then one notice per line,
+//! tab-separated: `e MESH MEMBER JSON` (a queued entry, whole, so that the replica holding its
+//! member pushes it without reading it back), `q MESH MEMBER u|n SEQ` (entries queued up to SEQ
+//! in a lane, `u` the `now` lane: an entry too large to carry), `r MESH MEMBER` (released), `d`
+//! (directory), `a TEXT` (an announcement, alone in its notification, to the end of the
 //! payload). A line of a kind this version does not know is skipped, so an older replica keeps
 //! working beside a newer one during a rolling upgrade.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Config, GenericClient};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::protocol::Priority;
-use crate::store::{StoreNotice, StoreResult, WriteOp, WriteOutcome};
+use crate::protocol::{Enc, Priority, WrappedKey};
+use crate::store::codes::DbCode as _;
+use crate::store::{
+    Delivery, Envelope, NewMessage, QueueSlot, QueuedEntry, StoreNotice, StoreResult, WriteOp, WriteOutcome,
+};
 
 /// The connection setting naming the process that sent a notification.
 pub(super) const ORIGIN_SETTING: &str = "claudemesh.origin";
 /// Room for a notification's lines: Postgres allows 8000 bytes, the origin takes some.
 const MAX_LINES_BYTES: usize = 7_600;
+/// A queued entry larger than this is announced by its sequence number only (`q`), and read
+/// from the store where it is needed.
+const MAX_ENTRY_LINE: usize = 3_000;
 
-/// `NOTIFY` of `body`, prefixed with this connection's origin (part of the caller's transaction).
-pub(super) fn notify(db: &mut impl GenericClient, body: &str) -> Result<(), postgres::Error> {
+/// `NOTIFY` of each of `bodies`, in order, prefixed with this connection's origin, in one
+/// statement (part of the caller's transaction).
+pub(super) fn notify(db: &mut impl GenericClient, bodies: &[String]) -> Result<(), postgres::Error> {
     db.execute(
-        "SELECT pg_notify('claudemesh', coalesce(current_setting('claudemesh.origin', true), '?') || E'\\n' || $1)",
-        &[&body],
+        "SELECT pg_notify('claudemesh', coalesce(current_setting('claudemesh.origin', true), '?') || E'\\n' || b)
+         FROM unnest($1::text[]) WITH ORDINALITY AS t(b, n) ORDER BY n",
+        &[&bodies],
     )?;
     Ok(())
 }
 
-/// The notice lines of one committed batch: the newest sequence number per member and lane, and
-/// every release, in notifications of at most [`MAX_LINES_BYTES`].
+/// A queued entry as an `e` line carries it (its mesh and member are on the line).
+#[derive(Serialize, Deserialize)]
+struct WireEntry {
+    seq: u64,
+    after: u64,
+    message_id: String,
+    sender_member_id: String,
+    sender_member_pubkey: String,
+    sender_pubkey: String,
+    sender_session_sig: Option<String>,
+    target_spec: String,
+    priority: i64,
+    enc: String,
+    nonce: String,
+    ciphertext: String,
+    created_at: u64,
+    session_pubkey: Option<String>,
+    exclude_session: Option<String>,
+    key: Option<(String, String)>,
+}
+
+/// The `e` line of one delivery, or its `q` line when the entry is too large to carry.
+fn entry_line(message: &NewMessage, delivery: &Delivery, slot: QueueSlot) -> String {
+    let env = &message.envelope;
+    let wire = WireEntry {
+        seq: slot.seq,
+        after: slot.after,
+        message_id: env.message_id.clone(),
+        sender_member_id: env.sender_member_id.clone(),
+        sender_member_pubkey: env.sender_member_pubkey.clone(),
+        sender_pubkey: env.sender_pubkey.clone(),
+        sender_session_sig: env.sender_session_sig.clone(),
+        target_spec: env.target_spec.clone(),
+        priority: env.priority.to_db(),
+        enc: env.enc.to_db().to_owned(),
+        nonce: env.nonce.clone(),
+        ciphertext: env.ciphertext.clone(),
+        created_at: env.created_at,
+        session_pubkey: delivery.session_pubkey.clone(),
+        exclude_session: delivery.exclude_session.clone(),
+        key: delivery.key.as_ref().map(|k| (k.nonce.clone(), k.ciphertext.clone())),
+    };
+    let line = format!(
+        "e\t{}\t{}\t{}",
+        env.mesh_id,
+        delivery.member_id,
+        serde_json::to_string(&wire).expect("an entry serializes")
+    );
+    if line.len() <= MAX_ENTRY_LINE {
+        return line;
+    }
+    let lane = if env.priority == Priority::Now { 'u' } else { 'n' };
+    format!("q\t{}\t{}\t{lane}\t{}", env.mesh_id, delivery.member_id, slot.seq)
+}
+
+/// An `e` line's entry; `None` when it does not read as one.
+fn read_entry(mesh_id: &str, member_id: &str, json: &str) -> Option<StoreNotice> {
+    let wire: WireEntry = serde_json::from_str(json).ok()?;
+    let entry = QueuedEntry {
+        seq: wire.seq,
+        envelope: Arc::new(Envelope {
+            message_id: wire.message_id,
+            mesh_id: mesh_id.to_owned(),
+            sender_member_id: wire.sender_member_id,
+            sender_member_pubkey: wire.sender_member_pubkey,
+            sender_pubkey: wire.sender_pubkey,
+            sender_session_sig: wire.sender_session_sig,
+            target_spec: wire.target_spec,
+            priority: Priority::from_db(&wire.priority)?,
+            enc: Enc::from_db(&wire.enc)?,
+            nonce: wire.nonce,
+            ciphertext: wire.ciphertext,
+            created_at: wire.created_at,
+        }),
+        delivery: Delivery {
+            member_id: member_id.to_owned(),
+            session_pubkey: wire.session_pubkey,
+            exclude_session: wire.exclude_session,
+            key: wire.key.map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
+        },
+    };
+    Some(StoreNotice::Entry { slot: QueueSlot { seq: wire.seq, after: wire.after }, entry })
+}
+
+/// The notice lines of one committed batch, in its order: every queued entry, and every release,
+/// in notifications of at most [`MAX_LINES_BYTES`].
 pub(super) fn batch_bodies<'a>(
     writes: impl Iterator<Item = (&'a WriteOp, &'a StoreResult<WriteOutcome>)>,
 ) -> Vec<String> {
-    let mut newest: BTreeMap<(&str, &str, bool), u64> = BTreeMap::new();
     let mut lines = Vec::new();
     for (op, outcome) in writes {
         match (op, outcome) {
             (WriteOp::Enqueue(message), Ok(WriteOutcome::Enqueued(slots))) => {
-                let urgent = message.envelope.priority == Priority::Now;
-                for (delivery, slot) in message.deliveries.iter().zip(slots) {
-                    let key = (message.envelope.mesh_id.as_str(), delivery.member_id.as_str(), urgent);
-                    let seq = newest.entry(key).or_default();
-                    *seq = (*seq).max(slot.seq);
-                }
+                lines.extend(message.deliveries.iter().zip(slots).map(|(d, slot)| entry_line(message, d, *slot)));
             }
             (WriteOp::ReleaseSession { mesh_id, member_id, .. }, Ok(WriteOutcome::Changed(n))) if *n > 0 => {
                 lines.push(format!("r\t{mesh_id}\t{member_id}"));
@@ -61,9 +150,6 @@ pub(super) fn batch_bodies<'a>(
             _ => {}
         }
     }
-    lines.extend(newest.into_iter().map(|((mesh, member, urgent), seq)| {
-        format!("q\t{mesh}\t{member}\t{}\t{seq}", if urgent { 'u' } else { 'n' })
-    }));
     let mut bodies: Vec<String> = Vec::new();
     for line in lines {
         match bodies.last_mut() {
@@ -87,21 +173,39 @@ pub(super) fn decode(payload: &str, own_origin: &str) -> Vec<StoreNotice> {
         return vec![StoreNotice::Announcement(text.to_owned())];
     }
     body.lines()
-        .filter_map(|line| {
+        .flat_map(|line| -> Vec<StoreNotice> {
+            if let Some(rest) = line.strip_prefix("e\t") {
+                let mut fields = rest.splitn(3, '\t');
+                let (Some(mesh), Some(member), Some(json)) = (fields.next(), fields.next(), fields.next()) else {
+                    return Vec::new();
+                };
+                // An entry this version cannot read (a newer one's): both lanes read the store.
+                return read_entry(mesh, member, json).map(|entry| vec![entry]).unwrap_or_else(|| {
+                    [true, false]
+                        .map(|urgent| StoreNotice::Queued {
+                            mesh_id: mesh.to_owned(),
+                            member_id: member.to_owned(),
+                            urgent,
+                            seq: u64::MAX,
+                        })
+                        .into()
+                });
+            }
             let fields: Vec<&str> = line.split('\t').collect();
-            match fields[..] {
-                ["q", mesh, member, lane @ ("u" | "n"), seq] => Some(StoreNotice::Queued {
+            let notice = match fields[..] {
+                ["q", mesh, member, lane @ ("u" | "n"), seq] => seq.parse().ok().map(|seq| StoreNotice::Queued {
                     mesh_id: mesh.to_owned(),
                     member_id: member.to_owned(),
                     urgent: lane == "u",
-                    seq: seq.parse().ok()?,
+                    seq,
                 }),
                 ["r", mesh, member] => {
                     Some(StoreNotice::Released { mesh_id: mesh.to_owned(), member_id: member.to_owned() })
                 }
                 ["d"] => Some(StoreNotice::Directory),
                 _ => None,
-            }
+            };
+            notice.into_iter().collect()
         })
         .collect()
 }
@@ -151,13 +255,15 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::protocol::Enc;
-    use crate::store::{Delivery, Envelope, NewMessage, QueueSlot};
 
     fn enqueue(mesh: &str, members: &[&str], priority: Priority) -> WriteOp {
+        enqueue_sized(mesh, members, priority, 0)
+    }
+
+    fn enqueue_sized(mesh: &str, members: &[&str], priority: Priority, ciphertext_bytes: usize) -> WriteOp {
         WriteOp::Enqueue(NewMessage {
             envelope: Arc::new(Envelope {
-                message_id: "m".into(),
+                message_id: format!("m{ciphertext_bytes}"),
                 mesh_id: mesh.into(),
                 sender_member_id: "a".into(),
                 sender_member_pubkey: String::new(),
@@ -166,57 +272,67 @@ mod tests {
                 target_spec: "*".into(),
                 priority,
                 enc: Enc::Multi,
-                nonce: String::new(),
-                ciphertext: String::new(),
-                created_at: 0,
+                nonce: "nonce".into(),
+                ciphertext: "c".repeat(ciphertext_bytes),
+                created_at: 7,
             }),
             deliveries: members
                 .iter()
-                .map(|m| Delivery { member_id: (*m).into(), session_pubkey: None, exclude_session: None, key: None })
+                .map(|m| Delivery {
+                    member_id: (*m).into(),
+                    session_pubkey: Some("session".into()),
+                    exclude_session: None,
+                    key: Some(WrappedKey { nonce: "n".into(), ciphertext: format!("key for {m}") }),
+                })
                 .collect(),
             audit: Vec::new(),
         })
     }
 
     fn slots(seqs: &[u64]) -> StoreResult<WriteOutcome> {
-        Ok(WriteOutcome::Enqueued(seqs.iter().map(|&seq| QueueSlot { seq, after: 0 }).collect()))
+        Ok(WriteOutcome::Enqueued(seqs.iter().map(|&seq| QueueSlot { seq, after: seq - 1 }).collect()))
+    }
+
+    /// (member, seq, after) of an entry notice.
+    fn entry_of(notice: &StoreNotice) -> Option<(&str, u64, u64)> {
+        match notice {
+            StoreNotice::Entry { slot, entry } => Some((&entry.delivery.member_id, entry.seq, slot.after)),
+            _ => None,
+        }
     }
 
     #[test]
-    fn a_batch_names_each_member_lane_once_with_its_newest_entry() {
+    fn a_batch_carries_its_entries_whole_in_order() {
         let ops = [
             enqueue("mesh1", &["bob", "carol"], Priority::Next),
-            enqueue("mesh1", &["bob"], Priority::Next),
-            enqueue("mesh1", &["bob"], Priority::Now),
             enqueue("mesh1", &["dave"], Priority::Low),
             WriteOp::ReleaseSession { mesh_id: "mesh1".into(), member_id: "bob".into(), session_pubkey: "k".into() },
+            enqueue_sized("mesh1", &["bob"], Priority::Now, 4_000),
         ];
-        let outcomes = [
-            slots(&[1, 2]),
-            slots(&[3]),
-            slots(&[4]),
-            Err(crate::store::StoreError::Closed),
-            Ok(WriteOutcome::Changed(1)),
-        ];
+        let outcomes =
+            [slots(&[1, 2]), Err(crate::store::StoreError::Closed), Ok(WriteOutcome::Changed(1)), slots(&[4])];
         let bodies = batch_bodies(ops.iter().zip(&outcomes));
-        assert_eq!(bodies.len(), 1);
-        let notices = decode(&format!("other\n{}", bodies[0]), "me");
-        let queued = |member: &str, urgent, seq| StoreNotice::Queued {
-            mesh_id: "mesh1".into(),
-            member_id: member.into(),
-            urgent,
-            seq,
-        };
-        assert_eq!(
-            notices,
-            vec![
-                StoreNotice::Released { mesh_id: "mesh1".into(), member_id: "bob".into() },
-                queued("bob", false, 3),
-                queued("bob", true, 4),
-                queued("carol", false, 2),
-            ],
-            "a failed write is not announced"
-        );
+        let notices: Vec<StoreNotice> = bodies.iter().flat_map(|b| decode(&format!("other\n{b}"), "me")).collect();
+        assert_eq!(notices.len(), 4, "a failed write is not announced: {notices:?}");
+        assert_eq!(entry_of(&notices[0]), Some(("bob", 1, 0)));
+        assert_eq!(entry_of(&notices[1]), Some(("carol", 2, 1)));
+        assert_eq!(notices[2], StoreNotice::Released { mesh_id: "mesh1".into(), member_id: "bob".into() });
+        let queued = StoreNotice::Queued { mesh_id: "mesh1".into(), member_id: "bob".into(), urgent: true, seq: 4 };
+        assert_eq!(notices[3], queued, "an entry too large to carry is announced by its number");
+
+        // The entry arrives as it was queued.
+        let WriteOp::Enqueue(message) = &ops[0] else { unreachable!() };
+        let StoreNotice::Entry { entry, .. } = &notices[1] else { unreachable!() };
+        assert_eq!(entry.envelope, message.envelope);
+        assert_eq!(entry.delivery, message.deliveries[1]);
+    }
+
+    #[test]
+    fn an_entry_this_version_cannot_read_makes_both_lanes_read_the_store() {
+        let notices = decode("other\ne\tmesh1\tbob\t{\"seq\": \"not a number\"}", "me");
+        let lane =
+            |urgent| StoreNotice::Queued { mesh_id: "mesh1".into(), member_id: "bob".into(), urgent, seq: u64::MAX };
+        assert_eq!(notices, vec![lane(true), lane(false)]);
     }
 
     #[test]

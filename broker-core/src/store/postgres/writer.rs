@@ -155,8 +155,9 @@ fn notify_batch<'a>(
     tx: &mut Transaction<'_>,
     writes: impl Iterator<Item = (&'a WriteOp, &'a StoreResult<WriteOutcome>)>,
 ) -> Result<(), postgres::Error> {
-    for body in notices::batch_bodies(writes) {
-        notices::notify(tx, &body)?;
+    let bodies = notices::batch_bodies(writes);
+    if !bodies.is_empty() {
+        notices::notify(tx, &bodies)?;
     }
     Ok(())
 }
