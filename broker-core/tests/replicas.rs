@@ -128,6 +128,10 @@ async fn messages_cross_replicas_and_survive_the_loss_of_one() {
     assert!(crossed < Duration::from_millis(500), "a message crossed replicas in {crossed:?}");
     bob.client.send(&alice_key, b"hello alice", Priority::Next).await.expect("queued");
     assert_eq!(alice.message().await.text().expect("opens"), "hello alice");
+    // Too large to travel inside a notification: announced by its number, read from the store.
+    let large = "x".repeat(6_000);
+    alice.client.send(&bob_key, large.as_bytes(), Priority::Next).await.expect("queued");
+    assert_eq!(bob.message().await.text().expect("opens"), large);
 
     // A burst from alice (on the first replica) to bob (on the second), which is killed midway:
     // bob moves to the first replica and gets every acknowledged message once.
