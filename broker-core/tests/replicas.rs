@@ -361,3 +361,17 @@ async fn a_device_signs_in_whichever_replica_each_request_reaches() {
     let (status, account) = common::api(one, "GET", "/v1/account", Some(token), None).await;
     assert_eq!((status, &account["account"]["name"]), (200, &serde_json::json!("alice")), "{account}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_hears_the_receipt_of_a_recipient_on_another_replica() {
+    let cluster = Cluster::start(&["alice", "bob"], &[]).await;
+    let mut alice_config = config(&cluster.one.url(), &cluster.mesh_id, &cluster.members["alice"]);
+    alice_config.delivery_receipts = true;
+    let mut alice = common::Peer::connect(alice_config).await;
+    let mut bob = cluster.connect(&cluster.two.url(), "bob").await;
+    // Once alice's replica announced her, with her wish for receipts.
+    listing_until(&bob, |n| n.len() == 2).await;
+    let sent = alice.client.send(&cluster.key("bob"), b"tell me when", Priority::Now).await.expect("queued");
+    assert_eq!(bob.message().await.text().expect("opens"), "tell me when");
+    assert_eq!(alice.receipt().await, (sent.message_id, cluster.key("bob")));
+}

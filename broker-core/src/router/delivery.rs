@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::state::{Departed, MemberEntry, MeshShard, MeshState, Session, SessionHandle};
+use super::state::{Departed, MemberEntry, MeshShard, MeshState, RemoteSession, Session, SessionHandle};
 use super::{Entry, Lane, LoadRequest, MemberQueue, Router, WindowLimits, frame_text};
 use crate::protocol::{self, Capabilities, Capability, Enc, Priority, PushRef, ServerFrame, SystemEvent};
 use crate::store::{Delivery, Envelope, QueueSlot, QueuedEntry, WriteOp, WriteOutcome};
@@ -146,7 +146,7 @@ impl Router {
 
     /// Pushes whatever each session of `member_id` may receive now.
     pub(super) fn pump_member(&self, state: &mut MeshState, member_id: &str) {
-        let MeshState { members, sessions, mesh, by_routing_key, .. } = state;
+        let MeshState { members, sessions, mesh, by_routing_key, remote, .. } = state;
         let Some(member) = members.get_mut(member_id) else { return };
         let Some(queue) = member.queue.as_mut() else { return };
         let mut delivered_on_write = Vec::new();
@@ -181,7 +181,8 @@ impl Router {
         if !delivered_on_write.is_empty() {
             let removed = remove_acknowledged(members, sessions, member_id, &delivered_on_write);
             let recipient = members.get(member_id).map(|m| m.record.pubkey.as_str()).unwrap_or_default();
-            let seqs = self.send_receipts(sessions, by_routing_key, member_id, recipient, removed);
+            let senders = Senders { mesh_id: &mesh.id, sessions, by_routing_key, remote };
+            let seqs = self.send_receipts(&senders, member_id, recipient, removed);
             self.persist_acknowledged(member_id, seqs);
         }
         // The window drained (or the member just came online): fetch what waits in the store.
@@ -201,18 +202,23 @@ impl Router {
             return;
         }
         let recipient = state.members.get(&session.member_id).map(|m| m.record.pubkey.as_str()).unwrap_or_default();
-        let seqs = self.send_receipts(&state.sessions, &state.by_routing_key, &session.member_id, recipient, removed);
+        let senders = Senders {
+            mesh_id: &state.mesh.id,
+            sessions: &state.sessions,
+            by_routing_key: &state.by_routing_key,
+            remote: &state.remote,
+        };
+        let seqs = self.send_receipts(&senders, &session.member_id, recipient, removed);
         self.persist_acknowledged(&session.member_id, seqs);
         self.pump_member(state, &session.member_id);
     }
 
-    /// Tells the session that sent each removed message (when it is connected and asked for
-    /// receipts) that `member_id` stored it; a member's copies of its own messages get none.
-    /// Returns the removed entries' sequence numbers.
+    /// Tells the session that sent each removed message (when it is connected, here or on
+    /// another replica, and asked for receipts) that `member_id` stored it; a member's copies of
+    /// its own messages get none. Returns the removed entries' sequence numbers.
     pub(super) fn send_receipts(
         &self,
-        sessions: &HashMap<u64, Session>,
-        by_routing_key: &HashMap<String, u64>,
+        senders: &Senders<'_>,
         member_id: &str,
         member_pubkey: &str,
         removed: Vec<(u64, Arc<Envelope>)>,
@@ -222,18 +228,26 @@ impl Router {
         let mut seqs = Vec::with_capacity(removed.len());
         for (seq, envelope) in removed {
             seqs.push(seq);
-            let sender = by_routing_key.get(&envelope.sender_pubkey).and_then(|id| sessions.get(id));
-            if let Some(sender) = sender
-                && sender.caps.has(Capability::DeliveryReceipt)
-                && envelope.sender_member_id != member_id
-            {
-                let delivered_at = delivered_at.get_or_insert_with(|| protocol::iso8601_ms(protocol::now_ms()));
-                let receipt = ServerFrame::Receipt(protocol::Receipt {
-                    message_id: envelope.message_id.clone(),
-                    member_pubkey: member_pubkey.to_owned(),
-                    delivered_at: delivered_at.clone(),
-                });
-                self.send_to(sender, frame_text(&receipt));
+            if envelope.sender_member_id == member_id {
+                continue;
+            }
+            let here = senders.by_routing_key.get(&envelope.sender_pubkey).and_then(|id| senders.sessions.get(id));
+            let wants = match here {
+                Some(sender) => sender.caps.has(Capability::DeliveryReceipt),
+                None => senders.remote.get(&envelope.sender_pubkey).is_some_and(|r| r.wants_receipts),
+            };
+            if !wants {
+                continue;
+            }
+            let delivered_at = delivered_at.get_or_insert_with(|| protocol::iso8601_ms(protocol::now_ms()));
+            let receipt = protocol::Receipt {
+                message_id: envelope.message_id.clone(),
+                member_pubkey: member_pubkey.to_owned(),
+                delivered_at: delivered_at.clone(),
+            };
+            match here {
+                Some(sender) => self.send_to(sender, frame_text(&ServerFrame::Receipt(receipt))),
+                None => self.forward_receipt(senders.mesh_id, &envelope.sender_pubkey, receipt),
             }
         }
         seqs
@@ -282,6 +296,14 @@ impl Router {
             self.pump_member(state, member_id);
         }
     }
+}
+
+/// Where the senders of acknowledged messages are: this replica's sessions, and the others'.
+pub(super) struct Senders<'a> {
+    pub(super) mesh_id: &'a str,
+    pub(super) sessions: &'a HashMap<u64, Session>,
+    pub(super) by_routing_key: &'a HashMap<String, u64>,
+    pub(super) remote: &'a HashMap<String, RemoteSession>,
 }
 
 /// Removes acknowledged entries of `member_id`; frees the window of every session that had

@@ -9,7 +9,8 @@
 //! connected with the event its mesh was told, profile changed, gone) through
 //! `Store::announce`, in order, from one thread. The others keep them as `RemoteSession`s
 //! (listed by `list_peers`, resolved as targets, counted as a member's sessions) and tell their
-//! own sessions the same `peer_joined`/`peer_returned`/`peer_left`. Presence is soft state: a
+//! own sessions the same `peer_joined`/`peer_returned`/`peer_left`; a delivery receipt for a
+//! sender connected elsewhere travels the same way to its replica. Presence is soft state: a
 //! replica that starts, or missed notices, says `Hello` and every other replica announces its
 //! sessions again; a replica not heard from for [`REPLICA_SILENCE`] (it announces at least
 //! every [`HEARTBEAT`]) is taken for dead, and its sessions leave.
@@ -23,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::state::{MeshState, RemoteSession, peer_info};
-use super::{Entry, Lane, Router};
-use crate::protocol::{PeerInfo, PeerLeft, SystemEvent};
+use super::{Entry, Lane, Router, frame_text};
+use crate::protocol::{Capability, PeerInfo, PeerLeft, Receipt, ServerFrame, SystemEvent};
 use crate::store::{MAX_ANNOUNCEMENT, Store, StoreNotice};
 
 /// A replica announces something at least this often.
@@ -43,6 +44,9 @@ pub(super) enum Presence {
         member_id: String,
         connected_at_ms: u64,
         peer: PeerInfo,
+        /// It asked for delivery receipts (older replicas do not say: none).
+        #[serde(default)]
+        wants_receipts: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<SystemEvent>,
     },
@@ -54,6 +58,8 @@ pub(super) enum Presence {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<SystemEvent>,
     },
+    /// A receipt for a session of the announcing replica's mesh, connected to another replica.
+    Receipt { replica: String, mesh_id: String, to: String, receipt: Receipt },
     /// Nothing else to say for a while.
     Alive { replica: String },
     /// This replica (re)started listening: everyone, announce your sessions again.
@@ -65,6 +71,7 @@ impl Presence {
         match self {
             Presence::Up { replica, .. }
             | Presence::Down { replica, .. }
+            | Presence::Receipt { replica, .. }
             | Presence::Alive { replica }
             | Presence::Hello { replica } => replica,
         }
@@ -184,7 +191,7 @@ impl Router {
         let replica = presence.replica().to_owned();
         self.replicas_heard.lock().expect("replicas lock").insert(replica.clone(), Instant::now());
         match presence {
-            Presence::Up { replica, mesh_id, member_id, connected_at_ms, peer, event } => {
+            Presence::Up { replica, mesh_id, member_id, connected_at_ms, peer, wants_receipts, event } => {
                 let shard = match self.shard(&mesh_id).await {
                     Ok(Some(shard)) => shard,
                     Ok(None) => return,
@@ -194,9 +201,14 @@ impl Router {
                 };
                 let mut state = shard.state.lock().expect("mesh lock");
                 let key = peer.pubkey.clone();
-                state
-                    .remote
-                    .insert(key, RemoteSession { replica, member_id: member_id.clone(), connected_at_ms, info: peer });
+                let session = RemoteSession {
+                    replica,
+                    member_id: member_id.clone(),
+                    connected_at_ms,
+                    info: peer,
+                    wants_receipts,
+                };
+                state.remote.insert(key, session);
                 if let Some(event) = event {
                     self.broadcast_event(&state, &member_id, &event);
                 }
@@ -209,6 +221,14 @@ impl Router {
                     && !state.by_routing_key.contains_key(&routing_key)
                 {
                     self.broadcast_event(&state, &gone.member_id, &event);
+                }
+            }
+            Presence::Receipt { mesh_id, to, receipt, .. } => {
+                let Some(shard) = self.loaded_shard(&mesh_id) else { return };
+                let state = shard.state.lock().expect("mesh lock");
+                let sender = state.by_routing_key.get(&to).and_then(|id| state.sessions.get(id));
+                if let Some(sender) = sender.filter(|s| s.caps.has(Capability::DeliveryReceipt)) {
+                    self.send_to(sender, frame_text(&ServerFrame::Receipt(receipt)));
                 }
             }
             Presence::Alive { .. } => {}
@@ -232,7 +252,18 @@ impl Router {
             member_id: session.member_id.clone(),
             connected_at_ms: session.connected_at_ms,
             peer: peer_info(session),
+            wants_receipts: session.caps.has(Capability::DeliveryReceipt),
             event,
+        });
+    }
+
+    /// Hands a receipt to the replica where its sender is connected.
+    pub(super) fn forward_receipt(&self, mesh_id: &str, to: &str, receipt: Receipt) {
+        self.announce(Presence::Receipt {
+            replica: self.replica.clone(),
+            mesh_id: mesh_id.to_owned(),
+            to: to.to_owned(),
+            receipt,
         });
     }
 

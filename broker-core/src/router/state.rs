@@ -86,6 +86,8 @@ pub(super) struct RemoteSession {
     pub(super) member_id: String,
     pub(super) connected_at_ms: u64,
     pub(super) info: PeerInfo,
+    /// It asked for delivery receipts: they are forwarded to its replica.
+    pub(super) wants_receipts: bool,
 }
 
 impl RemoteSession {
