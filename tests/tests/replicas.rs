@@ -64,7 +64,8 @@ async fn start_nginx(dir: &Path, port: u16, replicas: &[u16]) -> Result<Child> {
     std::fs::write(
         dir.join("nginx.conf"),
         format!(
-            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log stderr warn;\nevents {{ worker_connections 1024; }}\n\
+            // One process, no master and workers: killed with the test, nothing of it outlives it.
+            "daemon off;\nmaster_process off;\npid {pid};\nerror_log stderr warn;\nevents {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {temp}/body;\n  proxy_temp_path {temp}/proxy;\n  \
              fastcgi_temp_path {temp}/fastcgi;\n  uwsgi_temp_path {temp}/uwsgi;\n  scgi_temp_path {temp}/scgi;\n  \
              include {site};\n}}\n",
