@@ -134,7 +134,7 @@ impl Router {
             if rows.is_none() {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
-            let Some(shard) = router.meshes.lock().expect("meshes lock").get(&mesh_id).cloned() else { return };
+            let Some(shard) = router.loaded_shard(&mesh_id) else { return };
             let mut guard = shard.state.lock().expect("mesh lock");
             let MeshState { members, by_routing_key, departed, .. } = &mut *guard;
             let Some(queue) = members.get_mut(&member_id).and_then(|m| m.queue.as_mut()) else { return };

@@ -89,7 +89,7 @@ pub struct Router {
     shared_store: bool,
     /// This process among the replicas, and its presence announcer (with a shared store).
     replica: String,
-    announcer: Option<Mutex<std::sync::mpsc::Sender<replicas::Presence>>>,
+    announcer: Option<std::sync::mpsc::Sender<replicas::Presence>>,
     /// When each other replica was last heard from.
     replicas_heard: Mutex<HashMap<String, Instant>>,
 }
@@ -119,7 +119,7 @@ impl Router {
         }
         let notices = store.subscribe();
         let replica = crate::ids::new_id("rep");
-        let announcer = notices.as_ref().map(|_| Mutex::new(replicas::start_announcer(store.clone(), replica.clone())));
+        let announcer = notices.as_ref().map(|_| replicas::start_announcer(store.clone(), replica.clone()));
         let router = Arc::new_cyclic(|me| Router {
             me: me.clone(),
             uncommitted: Arc::new(Semaphore::new(config.max_uncommitted)),
@@ -164,10 +164,16 @@ impl Router {
             .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
     }
 
+    /// The shard of `mesh_id` if this process has it loaded (a mesh with sessions here, or that
+    /// other replicas' sessions made it load).
+    fn loaded_shard(&self, mesh_id: &str) -> Option<Arc<MeshShard>> {
+        self.meshes.lock().expect("meshes lock").get(mesh_id).cloned()
+    }
+
     /// The shard for `mesh_id`, loading the mesh's directory on first use.
     async fn shard(&self, mesh_id: &str) -> Result<Option<Arc<MeshShard>>, StoreError> {
-        if let Some(shard) = self.meshes.lock().expect("meshes lock").get(mesh_id) {
-            return Ok(Some(shard.clone()));
+        if let Some(shard) = self.loaded_shard(mesh_id) {
+            return Ok(Some(shard));
         }
         let id = mesh_id.to_owned();
         let loaded = self
@@ -290,8 +296,7 @@ impl Router {
 
     /// Members of `mesh_id` with at least one connected session (here or on another replica).
     pub fn online_members(&self, mesh_id: &str) -> HashSet<String> {
-        let shard = self.meshes.lock().expect("meshes lock").get(mesh_id).cloned();
-        shard
+        self.loaded_shard(mesh_id)
             .map(|shard| {
                 let state = shard.state.lock().expect("mesh lock");
                 let remote = state.remote.values().map(|r| r.member_id.clone());
@@ -303,8 +308,7 @@ impl Router {
     /// Whether a live or recently departed session of `mesh_id` uses `key` as its routing key
     /// (the store learns a session key when its session ends: see `WriteOp::RecordSessionKey`).
     pub fn session_key_in_use(&self, mesh_id: &str, key: &str) -> bool {
-        let shard = self.meshes.lock().expect("meshes lock").get(mesh_id).cloned();
-        shard.is_some_and(|shard| {
+        self.loaded_shard(mesh_id).is_some_and(|shard| {
             let state = shard.state.lock().expect("mesh lock");
             state.by_routing_key.contains_key(key) || state.departed.contains_key(key) || state.remote.contains_key(key)
         })
@@ -323,7 +327,7 @@ impl Router {
         let key = pair_limits_setting(mesh_id);
         self.blocking(move |store| store.set_setting(&key, &stored)).await?;
         let effective = limits.unwrap_or(self.config.pair_limits);
-        if let Some(shard) = self.meshes.lock().expect("meshes lock").get(mesh_id) {
+        if let Some(shard) = self.loaded_shard(mesh_id) {
             shard.state.lock().expect("mesh lock").breaker.set_limits(effective);
         }
         Ok(effective)

@@ -280,7 +280,7 @@ impl Router {
     fn announce(&self, presence: Presence) {
         if let Some(announcer) = &self.announcer {
             // The thread is gone only when the router is.
-            let _ = announcer.lock().expect("announcer lock").send(presence);
+            let _ = announcer.send(presence);
         }
     }
 
@@ -305,7 +305,8 @@ impl Router {
             let gone: HashMap<String, RemoteSession> =
                 state.remote.extract_if(|_, r| silent.contains(&r.replica)).collect();
             for (key, session) in gone {
-                if state.by_routing_key.contains_key(&key) || state.remote.contains_key(&key) {
+                // The session came here since: it did not leave.
+                if state.by_routing_key.contains_key(&key) {
                     continue;
                 }
                 let event = SystemEvent::PeerLeft(PeerLeft {
@@ -323,10 +324,5 @@ impl Router {
         if let Err(error) = self.refresh_directory().await {
             tracing::warn!(%error, "reloading the directory after another replica changed it failed");
         }
-    }
-
-    /// The shard of `mesh_id` if this process has it loaded (only then can a session here care).
-    fn loaded_shard(&self, mesh_id: &str) -> Option<Arc<super::MeshShard>> {
-        self.meshes.lock().expect("meshes lock").get(mesh_id).cloned()
     }
 }

@@ -152,17 +152,20 @@ impl MeshState {
         if member_elsewhere || session_elsewhere { member_name.to_owned() } else { wanted }
     }
 
+    /// Sessions on other replicas that are not also connected here (a session that moved here
+    /// may still be announced by the replica it left, until that one notices).
+    pub(super) fn remote_elsewhere(&self) -> impl Iterator<Item = &RemoteSession> {
+        self.remote.iter().filter(|(key, _)| !self.by_routing_key.contains_key(*key)).map(|(_, r)| r)
+    }
+
     /// Sessions connected to the mesh, here and on other replicas.
     pub(super) fn session_count(&self) -> usize {
-        self.sessions.len() + self.remote.keys().filter(|key| !self.by_routing_key.contains_key(*key)).count()
+        self.sessions.len() + self.remote_elsewhere().count()
     }
 
     /// Sessions of `member_id` on other replicas (not also connected here).
     pub(super) fn remote_sessions_of<'a>(&'a self, member_id: &'a str) -> impl Iterator<Item = &'a RemoteSession> {
-        self.remote
-            .iter()
-            .filter(move |(key, r)| r.member_id == member_id && !self.by_routing_key.contains_key(*key))
-            .map(|(_, r)| r)
+        self.remote_elsewhere().filter(move |r| r.member_id == member_id)
     }
 
     pub(super) fn hold_session_name(&mut self, member_id: &str, skeleton: &str) {

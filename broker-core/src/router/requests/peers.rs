@@ -44,12 +44,11 @@ fn fair_listing(state: &MeshState, asking: u64, budget: usize) -> (Vec<PeerInfo>
         order: (s.connected_at_ms, s.id),
         info: std::borrow::Cow::Owned(peer_info(s)),
     });
-    let remote =
-        state.remote.iter().filter(|(key, _)| !state.by_routing_key.contains_key(*key)).map(|(_, r)| Listable {
-            member_id: &r.member_id,
-            order: (r.connected_at_ms, u64::MAX),
-            info: std::borrow::Cow::Borrowed(&r.info),
-        });
+    let remote = state.remote_elsewhere().map(|r| Listable {
+        member_id: &r.member_id,
+        order: (r.connected_at_ms, u64::MAX),
+        info: std::borrow::Cow::Borrowed(&r.info),
+    });
     let mut asker = None;
     let mut by_member: HashMap<&str, Vec<Listable>> = HashMap::new();
     for listable in local.chain(remote) {
