@@ -16,6 +16,7 @@
 //! payload). A line of a kind this version does not know is skipped, so an older replica keeps
 //! working beside a newer one during a rolling upgrade.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,47 +50,52 @@ pub(super) fn notify(db: &mut impl GenericClient, bodies: &[String]) -> Result<(
     Ok(())
 }
 
-/// A queued entry as an `e` line carries it (its mesh and member are on the line).
+/// A queued entry as an `e` line carries it (its mesh and member are on the line). Borrowed
+/// from the batch's message when written (the writer thread writes one per delivery), owned
+/// when read.
 #[derive(Serialize, Deserialize)]
-struct WireEntry {
+struct WireEntry<'a> {
     seq: u64,
     after: u64,
-    message_id: String,
-    sender_member_id: String,
-    sender_member_pubkey: String,
-    sender_pubkey: String,
-    sender_session_sig: Option<String>,
-    target_spec: String,
+    message_id: Cow<'a, str>,
+    sender_member_id: Cow<'a, str>,
+    sender_member_pubkey: Cow<'a, str>,
+    sender_pubkey: Cow<'a, str>,
+    sender_session_sig: Option<Cow<'a, str>>,
+    target_spec: Cow<'a, str>,
     priority: i64,
-    enc: String,
-    nonce: String,
-    ciphertext: String,
+    enc: Cow<'a, str>,
+    nonce: Cow<'a, str>,
+    ciphertext: Cow<'a, str>,
     created_at: u64,
-    session_pubkey: Option<String>,
-    exclude_session: Option<String>,
-    key: Option<(String, String)>,
+    session_pubkey: Option<Cow<'a, str>>,
+    exclude_session: Option<Cow<'a, str>>,
+    key: Option<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 /// The `e` line of one delivery, or its `q` line when the entry is too large to carry.
 fn entry_line(message: &NewMessage, delivery: &Delivery, slot: QueueSlot) -> String {
     let env = &message.envelope;
+    fn text(s: &str) -> Cow<'_, str> {
+        Cow::Borrowed(s)
+    }
     let wire = WireEntry {
         seq: slot.seq,
         after: slot.after,
-        message_id: env.message_id.clone(),
-        sender_member_id: env.sender_member_id.clone(),
-        sender_member_pubkey: env.sender_member_pubkey.clone(),
-        sender_pubkey: env.sender_pubkey.clone(),
-        sender_session_sig: env.sender_session_sig.clone(),
-        target_spec: env.target_spec.clone(),
+        message_id: text(&env.message_id),
+        sender_member_id: text(&env.sender_member_id),
+        sender_member_pubkey: text(&env.sender_member_pubkey),
+        sender_pubkey: text(&env.sender_pubkey),
+        sender_session_sig: env.sender_session_sig.as_deref().map(text),
+        target_spec: text(&env.target_spec),
         priority: env.priority.to_db(),
-        enc: env.enc.to_db().to_owned(),
-        nonce: env.nonce.clone(),
-        ciphertext: env.ciphertext.clone(),
+        enc: text(env.enc.to_db()),
+        nonce: text(&env.nonce),
+        ciphertext: text(&env.ciphertext),
         created_at: env.created_at,
-        session_pubkey: delivery.session_pubkey.clone(),
-        exclude_session: delivery.exclude_session.clone(),
-        key: delivery.key.as_ref().map(|k| (k.nonce.clone(), k.ciphertext.clone())),
+        session_pubkey: delivery.session_pubkey.as_deref().map(text),
+        exclude_session: delivery.exclude_session.as_deref().map(text),
+        key: delivery.key.as_ref().map(|k| (text(&k.nonce), text(&k.ciphertext))),
     };
     let line = format!(
         "e\t{}\t{}\t{}",
@@ -107,27 +113,28 @@ fn entry_line(message: &NewMessage, delivery: &Delivery, slot: QueueSlot) -> Str
 /// An `e` line's entry; `None` when it does not read as one.
 fn read_entry(mesh_id: &str, member_id: &str, json: &str) -> Option<StoreNotice> {
     let wire: WireEntry = serde_json::from_str(json).ok()?;
+    let owned = |s: Cow<'_, str>| s.into_owned();
     let entry = QueuedEntry {
         seq: wire.seq,
         envelope: Arc::new(Envelope {
-            message_id: wire.message_id,
+            message_id: owned(wire.message_id),
             mesh_id: mesh_id.to_owned(),
-            sender_member_id: wire.sender_member_id,
-            sender_member_pubkey: wire.sender_member_pubkey,
-            sender_pubkey: wire.sender_pubkey,
-            sender_session_sig: wire.sender_session_sig,
-            target_spec: wire.target_spec,
+            sender_member_id: owned(wire.sender_member_id),
+            sender_member_pubkey: owned(wire.sender_member_pubkey),
+            sender_pubkey: owned(wire.sender_pubkey),
+            sender_session_sig: wire.sender_session_sig.map(owned),
+            target_spec: owned(wire.target_spec),
             priority: Priority::from_db(&wire.priority)?,
-            enc: Enc::from_db(&wire.enc)?,
-            nonce: wire.nonce,
-            ciphertext: wire.ciphertext,
+            enc: Enc::from_db(&owned(wire.enc))?,
+            nonce: owned(wire.nonce),
+            ciphertext: owned(wire.ciphertext),
             created_at: wire.created_at,
         }),
         delivery: Delivery {
             member_id: member_id.to_owned(),
-            session_pubkey: wire.session_pubkey,
-            exclude_session: wire.exclude_session,
-            key: wire.key.map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
+            session_pubkey: wire.session_pubkey.map(owned),
+            exclude_session: wire.exclude_session.map(owned),
+            key: wire.key.map(|(nonce, ciphertext)| WrappedKey { nonce: owned(nonce), ciphertext: owned(ciphertext) }),
         },
     };
     Some(StoreNotice::Entry { slot: QueueSlot { seq: wire.seq, after: wire.after }, entry })

@@ -100,8 +100,7 @@ impl<'a> BatchRows<'a> {
         if needed == 0 {
             return Ok(rows);
         }
-        // Only the lanes the batch writes to: the other lane's newest entry may lie behind all of
-        // this one's rows.
+        // The lanes the batch writes to.
         let lanes: BTreeSet<(&str, bool)> = messages
             .iter()
             .flat_map(|m| {
