@@ -102,8 +102,9 @@ pub fn send_until_cut_off(
     })
 }
 
-/// Receives until every id in `expected` arrived (or 20 s passed) and a quiet moment followed;
-/// how often each message id and each text arrived.
+/// Receives and acknowledges until every id in `expected` arrived (or 20 s passed) and a quiet
+/// moment followed, checking that each expected id opens to its text; how often each message id
+/// and each text arrived.
 pub async fn receive_all(
     bob: &mut super::Peer,
     expected: &HashMap<String, String>,
@@ -120,8 +121,12 @@ pub async fn receive_all(
         let Ok(Some(event)) = tokio::time::timeout(wait, bob.events.recv()).await else { break };
         let ClientEvent::Message(message) = event else { continue };
         bob.client.acknowledge(vec![message.message_id.clone()]).await.expect("ack");
+        let text = message.text().expect("opens");
+        if let Some(sent) = expected.get(&message.message_id) {
+            assert_eq!(&text, sent, "message {} opens to what was sent", message.message_id);
+        }
         *ids.entry(message.message_id.clone()).or_insert(0) += 1;
-        *texts.entry(message.text().expect("opens")).or_insert(0) += 1;
+        *texts.entry(text).or_insert(0) += 1;
     }
     (ids, texts)
 }
