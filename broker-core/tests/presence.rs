@@ -251,3 +251,49 @@ async fn a_client_that_asks_and_never_reads_is_closed_with_1013() {
     // Everyone else carries on.
     assert!(alice.client.list_peers().await.is_ok());
 }
+
+#[tokio::test]
+async fn sessions_that_follow_peers_hear_every_profile_change_and_no_one_else_does() {
+    let config = BrokerConfig { status_ttl: Duration::from_millis(400), ..BrokerConfig::default() };
+    let broker = TestBroker::start_with(config).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol"]);
+    let mut follower = broker.client_config(&mesh, &members[0], "alice");
+    follower.peer_updates = true;
+    let mut alice = common::Peer::connect(follower).await;
+    let mut carol = broker.connect(&mesh, &members[2], "carol").await;
+    let mut bob_config = broker.client_config(&mesh, &members[1], "bob");
+    bob_config.stats_interval = Duration::from_millis(100);
+    let bob = common::Peer::connect(bob_config).await;
+    alice.system_event("peer_joined").await;
+
+    bob.client.set_summary("reviewing #42").await.expect("summary");
+    let updated = alice.system_event("peer_updated").await;
+    assert_eq!(updated["displayName"], "bob");
+    assert_eq!(updated["pubkey"], bob.client.session_pubkey());
+    assert_eq!(updated["summary"], "reviewing #42");
+
+    bob.client.join_group("qa", Some("lead")).await.expect("join");
+    assert_eq!(alice.system_event("peer_updated").await["groups"][0]["name"], "qa");
+
+    // A status from a hook, then its decay after the status TTL: both are changes.
+    bob.client.set_status(Status::Working, StatusSource::Hook).await.expect("status");
+    assert_eq!(alice.system_event("peer_updated").await["status"], "working");
+    assert_eq!(alice.system_event("peer_updated").await["status"], "idle", "the decay is a change too");
+
+    bob.client.stats().tool_calls.store(3, std::sync::atomic::Ordering::Relaxed);
+    loop {
+        let updated = alice.system_event("peer_updated").await;
+        if updated["stats"]["toolCalls"] == 3 {
+            break;
+        }
+    }
+
+    // The same summary again changes nothing.
+    bob.client.set_summary("reviewing #42").await.expect("summary");
+    bob.client.list_peers().await.expect("round trip");
+    let events = alice.system_events_within(Duration::from_millis(300)).await;
+    assert!(!events.iter().any(|e| e == "peer_updated"), "an unchanged profile was announced: {events:?}");
+    // Carol did not ask: she hears none of it.
+    let events = carol.system_events_within(Duration::from_millis(100)).await;
+    assert!(!events.iter().any(|e| e == "peer_updated"), "carol was told without asking: {events:?}");
+}

@@ -375,3 +375,17 @@ async fn a_sender_hears_the_receipt_of_a_recipient_on_another_replica() {
     assert_eq!(bob.message().await.text().expect("opens"), "tell me when");
     assert_eq!(alice.receipt().await, (sent.message_id, cluster.key("bob")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_hears_profile_changes_made_on_another_replica() {
+    let cluster = Cluster::start(&["alice", "bob"], &[]).await;
+    let mut follower = config(&cluster.one.url(), &cluster.mesh_id, &cluster.members["alice"]);
+    follower.peer_updates = true;
+    let mut alice = common::Peer::connect(follower).await;
+    let bob = cluster.connect(&cluster.two.url(), "bob").await;
+    assert_eq!(alice.system_event("peer_joined").await["name"], "bob");
+    bob.client.set_summary("on replica two").await.expect("summary");
+    let updated = alice.system_event("peer_updated").await;
+    assert_eq!(updated["displayName"], "bob");
+    assert_eq!(updated["summary"], "on replica two");
+}

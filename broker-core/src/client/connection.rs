@@ -29,6 +29,8 @@ type Reply = oneshot::Sender<Result<ServerFrame, ClientError>>;
 
 /// Message ids remembered for de-duplication.
 const RECENT_IDS: usize = 16 * 1024;
+/// How soon changed stats counters reach the broker (and peers that follow them).
+const STATS_CHANGE_CHECK: Duration = Duration::from_secs(5);
 /// A message handed to the consumer less than this long ago and not yet acknowledged is taken to
 /// be in hand; after that, a re-push hands it over again (its first handling failed).
 const STILL_HANDLING: Duration = Duration::from_secs(30);
@@ -237,7 +239,11 @@ impl Task {
             protocol_version: Some(protocol::PROTOCOL_VERSION),
             capabilities: Capability::ALL
                 .into_iter()
-                .filter(|c| config.delivery_receipts || *c != Capability::DeliveryReceipt)
+                .filter(|c| match c {
+                    Capability::DeliveryReceipt => config.delivery_receipts,
+                    Capability::PeerUpdates => config.peer_updates,
+                    _ => true,
+                })
                 .map(|c| c.as_str().to_owned())
                 .collect(),
             timestamp,
@@ -295,8 +301,11 @@ impl Task {
         if let Err(ended) = self.restore(&mut socket).await {
             return ended;
         }
-        let mut stats_tick =
-            tokio::time::interval_at(Instant::now() + self.config.stats_interval, self.config.stats_interval);
+        // Counters that changed go out within STATS_CHANGE_CHECK; the uptime alone, every
+        // `stats_interval`.
+        let check = self.config.stats_interval.min(STATS_CHANGE_CHECK);
+        let mut stats_tick = tokio::time::interval_at(Instant::now() + check, check);
+        let mut reported: Option<(Stats, Instant)> = None;
         let mut last_heard = Instant::now();
         let mut silence_check = tokio::time::interval(self.config.silence_timeout / 3);
         loop {
@@ -325,8 +334,15 @@ impl Task {
                     }
                 }
                 _ = stats_tick.tick() => {
-                    if let Err(e) = self.write(&mut socket, &ClientFrame::SetStats(protocol::SetStats { stats: self.current_stats() })).await {
-                        return e;
+                    let stats = self.current_stats();
+                    let due = reported.is_none_or(|(last, at)| {
+                        Stats { uptime: 0, ..last } != Stats { uptime: 0, ..stats } || at.elapsed() >= self.config.stats_interval
+                    });
+                    if due {
+                        if let Err(e) = self.write(&mut socket, &ClientFrame::SetStats(protocol::SetStats { stats })).await {
+                            return e;
+                        }
+                        reported = Some((stats, Instant::now()));
                     }
                 }
                 _ = silence_check.tick() => {

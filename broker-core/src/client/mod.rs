@@ -77,7 +77,8 @@ pub struct ClientConfig {
     pub hello_timeout: Duration,
     /// Acknowledge each message as soon as it is handed to the consumer.
     pub auto_acknowledge: bool,
-    /// How often self-reported stats go to the broker.
+    /// How often self-reported stats go to the broker when only the uptime changed (changed
+    /// counters go within five seconds).
     pub stats_interval: Duration,
     /// Reconnect when nothing (not even a ping) came from the broker for this long.
     pub silence_timeout: Duration,
@@ -85,6 +86,10 @@ pub struct ClientConfig {
     /// default: a receipt is one more frame per recipient, and only a front end that shows
     /// delivery states reads them.
     pub delivery_receipts: bool,
+    /// Ask for `peer_updated` events (`ClientEvent::System`) whenever another session of the
+    /// mesh changes its status, summary, groups or stats. Off by default: only a front end that
+    /// shows peers live reads them.
+    pub peer_updates: bool,
 }
 
 impl ClientConfig {
@@ -104,6 +109,7 @@ impl ClientConfig {
             stats_interval: Duration::from_secs(60),
             silence_timeout: Duration::from_secs(90),
             delivery_receipts: false,
+            peer_updates: false,
         }
     }
 }

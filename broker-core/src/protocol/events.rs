@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::GroupMembership;
+use super::{GroupMembership, PeerInfo};
 
 /// A broker event: a `push` with `subtype: "system"`, its name in `event` and its data in
 /// `eventData`. The wire keeps the reference protocol's shapes; this type is how both ends
@@ -21,6 +21,9 @@ pub enum SystemEvent {
     PairHeld(PairHold),
     /// Ours: a person released a held pair.
     PairReleased(PairHold),
+    /// Ours, with `peer_updates`: a session changed its status, summary, groups or stats; the
+    /// data is its whole `peers_list` entry.
+    PeerUpdated(PeerInfo),
 }
 
 /// The `push.subtype` of broker events.
@@ -35,6 +38,7 @@ impl SystemEvent {
             SystemEvent::PeerLeft(_) => "peer_left",
             SystemEvent::PairHeld(_) => "pair_held",
             SystemEvent::PairReleased(_) => "pair_released",
+            SystemEvent::PeerUpdated(_) => "peer_updated",
         }
     }
 
@@ -45,6 +49,7 @@ impl SystemEvent {
             SystemEvent::PeerReturned(data) => serde_json::to_value(data),
             SystemEvent::PeerLeft(data) => serde_json::to_value(data),
             SystemEvent::PairHeld(data) | SystemEvent::PairReleased(data) => serde_json::to_value(data),
+            SystemEvent::PeerUpdated(data) => serde_json::to_value(data),
         };
         data.expect("event data serializes")
     }
@@ -61,6 +66,7 @@ impl SystemEvent {
             SystemEvent::PeerJoined(p) => Some((&p.name, &p.pubkey, &p.member_pubkey)),
             SystemEvent::PeerReturned(p) => Some((&p.name, &p.pubkey, &p.member_pubkey)),
             SystemEvent::PeerLeft(p) => Some((&p.name, &p.pubkey, &p.member_pubkey)),
+            SystemEvent::PeerUpdated(p) => Some((&p.display_name, &p.pubkey, &p.member_pubkey)),
             SystemEvent::PairHeld(_) | SystemEvent::PairReleased(_) => None,
         }
     }

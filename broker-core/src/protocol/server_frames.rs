@@ -174,8 +174,8 @@ pub struct Receipt {
     pub delivered_at: String,
 }
 
-/// One connected session, as `peers_list` shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// One connected session, as `peers_list` and `peer_updated` show it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerInfo {
     /// Session key when the session has one, else the member key.

@@ -26,11 +26,14 @@ pub enum Capability {
     /// The hello signature covers the session key and the announced capabilities
     /// (`crypto::hello_v2_signed_bytes`). A hello announcing any known capability must use it.
     HelloV2,
+    /// The session hears `peer_updated` whenever another session of its mesh changes its status,
+    /// summary, groups or stats (a front end that shows peers live, instead of polling).
+    PeerUpdates,
 }
 
 impl Capability {
     /// Every capability this implementation supports, in the order `hello_ack` lists them.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::SessionSig,
         Capability::DeliveryAck,
         Capability::Enc,
@@ -38,6 +41,7 @@ impl Capability {
         Capability::DeliveryReceipt,
         Capability::RefusalCode,
         Capability::HelloV2,
+        Capability::PeerUpdates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +53,7 @@ impl Capability {
             Capability::DeliveryReceipt => "delivery_receipt",
             Capability::RefusalCode => "refusal_code",
             Capability::HelloV2 => "hello_v2",
+            Capability::PeerUpdates => "peer_updates",
         }
     }
 
@@ -57,12 +62,12 @@ impl Capability {
     }
 }
 
-// `Capabilities` keeps one bit per capability in a `u8`.
-const _: () = assert!(Capability::ALL.len() <= 8);
+// `Capabilities` keeps one bit per capability in a `u16`.
+const _: () = assert!(Capability::ALL.len() <= 16);
 
 /// A set of [`Capability`]s: what a session announced, or what it negotiated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Capabilities(u8);
+pub struct Capabilities(u16);
 
 impl Capabilities {
     /// The known capabilities among `names`; unknown names are ignored.
@@ -79,9 +84,9 @@ impl Capabilities {
         Capability::ALL.into_iter().filter(|c| self.has(*c)).map(|c| c.as_str().to_owned()).collect()
     }
 
-    /// One bit per variant (fewer than eight), by its discriminant: `has` runs for every push.
-    fn bit(capability: Capability) -> u8 {
-        1 << capability as u8
+    /// One bit per variant (at most sixteen), by its discriminant: `has` runs for every push.
+    fn bit(capability: Capability) -> u16 {
+        1 << capability as u16
     }
 }
 

@@ -6,15 +6,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::state::{Departed, MemberEntry, MeshShard, MeshState, RemoteSession, Session, SessionHandle};
+use super::state::{Departed, MemberEntry, MeshShard, MeshState, RemoteSession, Session, SessionHandle, peer_info};
 use super::{Entry, Lane, LoadRequest, MemberQueue, Router, WindowLimits, frame_text};
-use crate::protocol::{self, Capabilities, Capability, Enc, Priority, PushRef, ServerFrame, SystemEvent};
+use crate::protocol::{self, Capabilities, Capability, Enc, PeerInfo, Priority, PushRef, ServerFrame, SystemEvent};
 use crate::store::{Delivery, Envelope, QueueSlot, QueuedEntry, WriteOp, WriteOutcome};
 
 impl Router {
     /// Sends a broker event to every session of the mesh except those of `except_member`.
     pub(super) fn broadcast_event(&self, state: &MeshState, except_member: &str, event: &SystemEvent) {
         self.push_event(state, event, |session| session.member_id != except_member);
+    }
+
+    /// A session's profile (status, summary, groups, stats) changed: the other replicas and
+    /// every other session here that follows peers (`peer_updates`) hear it.
+    pub(super) fn profile_changed(&self, state: &MeshState, session_id: u64) {
+        let Some(session) = state.sessions.get(&session_id) else { return };
+        self.announce_session(state, session_id, None);
+        self.push_peer_updated(state, peer_info(session), Some(session_id));
+    }
+
+    /// `peer_updated` to the sessions that asked for it, but `except`.
+    pub(super) fn push_peer_updated(&self, state: &MeshState, peer: PeerInfo, except: Option<u64>) {
+        let event = SystemEvent::PeerUpdated(peer);
+        self.push_event(state, &event, |s| s.caps.has(Capability::PeerUpdates) && Some(s.id) != except);
     }
 
     /// Pushes a broker event to the sessions `to` picks.

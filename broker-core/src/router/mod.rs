@@ -252,10 +252,16 @@ impl Router {
     }
 
     /// Changes what a session tells the mesh about itself; the other replicas hear of it.
+    /// Runs a change of what a session says about itself; when its `peers_list` entry changed,
+    /// the other replicas and the sessions that follow peers hear it.
     fn with_session(&self, session: &SessionHandle, f: impl FnOnce(&Router, &mut MeshState, u64)) {
         let mut state = session.shard.state.lock().expect("mesh lock");
+        let before = state.sessions.get(&session.session_id).map(state::peer_info);
         f(self, &mut state, session.session_id);
-        self.announce_session(&state, session.session_id, None);
+        let after = state.sessions.get(&session.session_id).map(state::peer_info);
+        if before != after {
+            self.profile_changed(&state, session.session_id);
+        }
     }
 
     fn reply(&self, session: &SessionHandle, frame: ServerFrame) {

@@ -205,12 +205,14 @@ impl Router {
                     replica,
                     member_id: member_id.clone(),
                     connected_at_ms,
-                    info: peer,
+                    info: peer.clone(),
                     wants_receipts,
                 };
-                state.remote.insert(key, session);
-                if let Some(event) = event {
-                    self.broadcast_event(&state, &member_id, &event);
+                let before = state.remote.insert(key, session).map(|r| r.info);
+                match event {
+                    Some(event) => self.broadcast_event(&state, &member_id, &event),
+                    None if before.is_some_and(|before| before != peer) => self.push_peer_updated(&state, peer, None),
+                    None => {}
                 }
             }
             Presence::Down { replica, mesh_id, routing_key, event } => {

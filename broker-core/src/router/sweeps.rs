@@ -16,13 +16,14 @@ impl Router {
     pub fn sweep_statuses(&self, now: Instant) {
         for shard in self.shards() {
             let mut state = shard.state.lock().expect("mesh lock");
-            let decayed: Vec<String> = state
+            let decayed: Vec<(u64, String)> = state
                 .sessions
                 .values_mut()
-                .filter_map(|s| s.status.decay(now, self.config.status_ttl).then(|| s.member_id.clone()))
+                .filter_map(|s| s.status.decay(now, self.config.status_ttl).then(|| (s.id, s.member_id.clone())))
                 .collect();
-            for member_id in decayed {
+            for (session_id, member_id) in decayed {
                 self.pump_member(&mut state, &member_id);
+                self.profile_changed(&state, session_id);
             }
         }
     }
