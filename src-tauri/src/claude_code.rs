@@ -34,7 +34,7 @@ pub const HOOKS: [(&str, &str); 5] = [
 /// The bridge's tools that install pre-approves: they read, or send a message the person asked
 /// for. The others (`set_summary`, `set_status`, `join_group`, `leave_group`) change what the
 /// mesh sees or where messages go, and stay the person's choice.
-pub const APPROVED_TOOLS: [&str; 4] = ["list_peers", "check_messages", "whoami", "send_message"];
+pub const APPROVED_TOOLS: [&str; 5] = ["list_peers", "check_messages", "whoami", "send_message", "mesh_stats"];
 
 /// Claude Code's name for one of our tools in permission rules and `--allowedTools`.
 pub fn tool_rule(tool: &str) -> String {

@@ -91,6 +91,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Usage counters of the peers in your meshes, as each session reports them: messages in
+    /// and out, tool calls, uptime, errors; per peer and summed per mesh.
+    Stats {
+        /// Only this mesh (slug).
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Let messages between you and PEER flow again after the broker held them (it holds a
     /// pair when one sends the other far more direct messages than a session needs, or when the
     /// two answer each other in a loop; every session of both is told). PEER is a name or a key
@@ -374,6 +383,7 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Join { link, name, json } => cli::join(&link, name, json).await,
         Command::Meshes { json } => cli::meshes(json),
         Command::Peers { mesh, json } => cli::peers(mesh, json).await,
+        Command::Stats { mesh, json } => cli::stats(mesh, json).await,
         Command::Release { peer, json } => cli::release(peer, json).await,
         Command::Send { target, message, priority, json } => cli::send(target, message, priority.into(), json).await,
         Command::Inbox { all, limit, json } => cli::inbox(all, limit, json).await,

@@ -12,7 +12,7 @@ use claudemesh_e2e::{Bridge, Broker, Device, WAIT, message_texts, peer_status};
 use serde_json::{Value, json};
 
 /// What `claudemesh install` pre-approves in Claude Code's permission settings.
-const APPROVED: [&str; 4] = ["list_peers", "check_messages", "whoami", "send_message"];
+const APPROVED: [&str; 5] = ["list_peers", "check_messages", "whoami", "send_message", "mesh_stats"];
 
 /// A broker with one mesh, `alice` as a stdio-driven bridge, and `bob`'s Claude Code with
 /// claudemesh installed.
@@ -276,6 +276,45 @@ async fn the_claude_code_plugin_loads_the_bridge_and_the_status_hooks() -> Resul
     assert_eq!(answered.len(), 1, "{answered:?}");
     assert!(!answered[0].is_error, "{answered:?}");
     assert_eq!(answered[0].json()?["sessions"][0]["displayName"], "bob", "{answered:?}");
+    session.end().await?;
+    Ok(())
+}
+
+/// The stats of a mesh: a bridge counts its tool calls and reports them; `claudemesh stats`
+/// shows them, and a turn reads the same through `mesh_stats` (pre-approved: it only reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_reads_the_counters_each_peer_reported() -> Result<()> {
+    let mut mesh = Mesh::start().await?;
+    mesh.alice.call("list_peers", json!({})).await?;
+    let alice_tool_calls = |meshes: &Value| {
+        meshes["meshes"][0]["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|p| p["name"] == "alice"))
+            .and_then(|alice| alice["stats"]["toolCalls"].as_u64())
+    };
+    // Alice's bridge answered whoami and list_peers: two tool calls, reported within seconds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let shown = loop {
+        let shown = mesh.bob.claudemesh(&["stats"]).await?;
+        if alice_tool_calls(&shown) == Some(2) {
+            break shown;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "alice's tool calls never showed: {shown}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(shown["meshes"][0]["total"]["toolCalls"].as_u64() >= Some(2), "{shown}");
+
+    mesh.api.script("how busy is the mesh", vec![Step::call("mesh_stats", json!({})), Step::text("busy")]);
+    let mut session = mesh.bob.session(&[]).await?;
+    let result = session.turn("how busy is the mesh").await?;
+    assert_eq!(result["is_error"], false, "{result}");
+    let answered = mesh.api.results_of("mesh_stats");
+    assert!(!answered[0].is_error, "{answered:?}");
+    let stats = answered[0].json()?;
+    assert_eq!(alice_tool_calls(&stats), Some(2), "{stats}");
+    let alice = &stats["meshes"][0]["peers"].as_array().context("peers")?.iter().find(|p| p["name"] == "alice");
+    assert!(alice.is_some_and(|a| a["stats"]["uptime"].as_u64().is_some()), "{stats}");
+    assert_eq!(stats["meshes"][0]["mesh"], "claude-code", "{stats}");
     session.end().await?;
     Ok(())
 }

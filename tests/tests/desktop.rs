@@ -44,6 +44,17 @@ async fn first_run_local_broker_then_a_bridge_joins_and_is_seen_and_notified() -
     assert_eq!(alice["peerType"], "human");
     assert_eq!(alice["channel"], "desktop");
 
+    // What bob says about himself shows at once (the broker's peer_updated; nothing polls),
+    // and so do the counters his bridge reports (every tool call counts; set_summary is one).
+    bridge.call("set_summary", json!({"summary": "porting the parser"})).await?;
+    app.wait_text("[data-testid=peer-row][data-name=bob] .peer-summary", |t| t == "porting the parser").await?;
+    let tool_calls =
+        |line: &str| line.split(" · ").find_map(|part| part.strip_suffix(" tool calls")?.parse::<u32>().ok());
+    app.wait_text("[data-testid=peer-row][data-name=bob] [data-testid=peer-stats]", |t| {
+        tool_calls(t).is_some_and(|n| n >= 2)
+    })
+    .await?;
+
     // Leaving is seen live too.
     bridge.call("whoami", json!({})).await?;
     bridge.kill().await?;

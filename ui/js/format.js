@@ -88,3 +88,14 @@ export function stateDot(state) {
 export function shortPath(path) {
   return String(path ?? "").replace(/^\/home\/[^/]+/, "~").replace(/^\/root/, "~");
 }
+
+/** A peer's reported counters in one short line ("3 in · 5 out · 12 tool calls · up 1 h"). */
+export function statsLine(stats) {
+  if (!stats) return "";
+  const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+  const minutes = Math.floor(stats.uptime / 60);
+  const up = minutes < 1 ? "up <1 min" : minutes < 60 ? `up ${minutes} min` : `up ${Math.floor(minutes / 60)} h`;
+  const parts = [`${stats.messagesIn} in`, `${stats.messagesOut} out`, plural(stats.toolCalls, "tool call", "tool calls"), up];
+  if (stats.errors > 0) parts.push(plural(stats.errors, "error", "errors"));
+  return parts.join(" · ");
+}

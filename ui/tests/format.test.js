@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ago, initials, deliveryLabel, statusPill, stateDot, shortPath, isoMs } from "../js/format.js";
+import { ago, initials, deliveryLabel, statusPill, stateDot, shortPath, isoMs, statsLine } from "../js/format.js";
 
 test("relative times read naturally", () => {
   const now = 1_000_000_000;
@@ -31,4 +31,12 @@ test("status and state map to their colours", () => {
   assert.equal(stateDot("connected"), "ok");
   assert.equal(stateDot("expired"), "bad");
   assert.equal(shortPath("/home/alice/src/app"), "~/src/app");
+});
+
+test("a peer's counters read in one line, errors only when there are some", () => {
+  const stats = { messagesIn: 3, messagesOut: 1, toolCalls: 1, uptime: 30, errors: 0 };
+  assert.equal(statsLine(stats), "3 in · 1 out · 1 tool call · up <1 min");
+  assert.equal(statsLine({ ...stats, toolCalls: 12, uptime: 7200, errors: 2 }), "3 in · 1 out · 12 tool calls · up 2 h · 2 errors");
+  assert.equal(statsLine({ ...stats, uptime: 600 }), "3 in · 1 out · 1 tool call · up 10 min");
+  assert.equal(statsLine(undefined), "");
 });

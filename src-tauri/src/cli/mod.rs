@@ -280,6 +280,55 @@ pub async fn peers(mesh: Option<String>, json_output: bool) -> CliResult {
     Ok(())
 }
 
+pub async fn stats(mesh: Option<String>, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, mesh.as_deref()).await?;
+    let result = async {
+        require_connected(&supervisor)?;
+        supervisor.stats(mesh.as_deref()).await.map_err(mesh_failure)
+    }
+    .await;
+    supervisor.shutdown().await;
+    let meshes = result?;
+    if json_output {
+        print_json(json!({ "meshes": meshes }));
+        return Ok(());
+    }
+    for mesh in &meshes {
+        println!("{}: {} peer(s) online", mesh.mesh, mesh.peers.len());
+        println!(
+            "  {:<24} {:>8} {:>8} {:>10} {:>8} {:>7}",
+            "peer", "msgs in", "msgs out", "tool calls", "uptime", "errors"
+        );
+        let line = |name: &str, s: &broker_core::protocol::Stats| {
+            let uptime = uptime_text(s.uptime);
+            println!(
+                "  {name:<24} {:>8} {:>8} {:>10} {uptime:>8} {:>7}",
+                s.messages_in, s.messages_out, s.tool_calls, s.errors
+            );
+        };
+        for peer in &mesh.peers {
+            match &peer.stats {
+                Some(stats) => line(&peer.name, stats),
+                None => println!("  {:<24} (nothing reported yet)", peer.name),
+            }
+        }
+        line("total", &mesh.total);
+    }
+    Ok(())
+}
+
+/// `45s`, `12m`, `3h05m`, `2d04h`: the two largest units.
+fn uptime_text(seconds: u64) -> String {
+    let (days, hours, minutes) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60);
+    match () {
+        _ if days > 0 => format!("{days}d{hours:02}h"),
+        _ if hours > 0 => format!("{hours}h{minutes:02}m"),
+        _ if minutes > 0 => format!("{minutes}m"),
+        _ => format!("{seconds}s"),
+    }
+}
+
 pub async fn release(peer: String, json_output: bool) -> CliResult {
     let config_dir = ConfigDir::from_env()?;
     let (supervisor, _incoming) = connect(&config_dir, None).await?;
@@ -618,6 +667,14 @@ mod tests {
 
     fn broker(source: ClientError) -> MeshError {
         MeshError::Broker { mesh: "acme".into(), source }
+    }
+
+    #[test]
+    fn uptimes_read_in_their_two_largest_units() {
+        let cases = [(0, "0s"), (59, "59s"), (60, "1m"), (3599, "59m"), (3600, "1h00m"), (3 * 3600 + 300, "3h05m")];
+        for (seconds, text) in cases.into_iter().chain([(2 * 86_400 + 4 * 3600 + 59, "2d04h")]) {
+            assert_eq!(uptime_text(seconds), text, "{seconds} s");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod tray;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tauri::{AppHandle, Emitter as _, Manager as _, RunEvent, Runtime, WindowEvent};
+use tauri::{AppHandle, Emitter as _, Manager as _, RunEvent, Runtime};
 use tokio::sync::mpsc;
 
 use crate::config::ConfigDir;
@@ -60,54 +60,42 @@ pub struct Launch {
 /// Registers the commands and the window behaviour: closing the window destroys it (with its
 /// WebKit process and memory) while the app lives on in the tray; Open builds it again.
 pub fn build_app<R: Runtime>(builder: tauri::Builder<R>, desktop: Arc<Desktop>) -> tauri::Builder<R> {
-    builder
-        .manage(desktop)
-        .invoke_handler(tauri::generate_handler![
-            commands::snapshot,
-            commands::setup_local,
-            commands::start_sign_in,
-            commands::cancel_sign_in,
-            commands::sign_in_with_token,
-            commands::sign_out,
-            commands::create_mesh,
-            commands::create_invite,
-            commands::join_mesh,
-            commands::leave_mesh,
-            commands::members,
-            commands::set_blocked,
-            commands::moderate,
-            commands::conversations,
-            commands::conversation,
-            commands::send_message,
-            commands::release_pair,
-            commands::devices,
-            commands::revoke_device,
-            commands::lookup_device,
-            commands::decide_device,
-            commands::settings,
-            commands::set_paused,
-            commands::set_mesh_notifications,
-            commands::set_start_at_login,
-            commands::configure_local_broker,
-            commands::local_broker_running,
-            commands::claude_integration,
-            commands::register_claude,
-            commands::open_link,
-            commands::quit,
-        ])
-        .on_window_event(|window, event| {
-            if let WindowEvent::Destroyed = event
-                && let Some(desktop) = window.try_state::<Arc<Desktop>>()
-            {
-                desktop.set_window_visible(false);
-            }
-        })
+    builder.manage(desktop).invoke_handler(tauri::generate_handler![
+        commands::snapshot,
+        commands::setup_local,
+        commands::start_sign_in,
+        commands::cancel_sign_in,
+        commands::sign_in_with_token,
+        commands::sign_out,
+        commands::create_mesh,
+        commands::create_invite,
+        commands::join_mesh,
+        commands::leave_mesh,
+        commands::members,
+        commands::set_blocked,
+        commands::moderate,
+        commands::conversations,
+        commands::conversation,
+        commands::send_message,
+        commands::release_pair,
+        commands::devices,
+        commands::revoke_device,
+        commands::lookup_device,
+        commands::decide_device,
+        commands::settings,
+        commands::set_paused,
+        commands::set_mesh_notifications,
+        commands::set_start_at_login,
+        commands::configure_local_broker,
+        commands::local_broker_running,
+        commands::claude_integration,
+        commands::register_claude,
+        commands::open_link,
+        commands::quit,
+    ])
 }
 
 pub fn show_window<R: Runtime>(app: &AppHandle<R>) {
-    if let Some(desktop) = app.try_state::<Arc<Desktop>>() {
-        desktop.set_window_visible(true);
-    }
     let window = match app.get_webview_window(MAIN_WINDOW) {
         Some(window) => window,
         None => match build_window(app) {
@@ -183,9 +171,7 @@ pub fn run(launch: Launch, started: Instant) -> std::process::ExitCode {
                 }
             });
             tauri::async_runtime::spawn(instance::serve(listener, handle.clone(), core.clone()));
-            if launch.minimized {
-                core.set_window_visible(false);
-            } else {
+            if !launch.minimized {
                 show_window(&handle);
             }
             Ok(())

@@ -30,9 +30,10 @@ current turn ends. `low` also waits for the recipient to be idle; use it for FYI
 Good habits: call list_peers early to see who is around and what they work on; keep a one-line \
 set_summary of your current task; join_group for teams you belong to; keep messages short and \
 self-contained (peers do not see your conversation or your files unless they run on the same \
-machine, which list_peers shows as location \"local\").
+machine, which list_peers shows as location \"local\"). mesh_stats shows what each peer \
+reported of its activity (messages, tool calls, uptime, errors), per peer and summed.
 
 These tools (list_peers, send_message, check_messages, set_summary, set_status, join_group, \
-leave_group, whoami) belong to claudemesh. They are distinct from any built-in messaging, \
+leave_group, whoami, mesh_stats) belong to claudemesh. They are distinct from any built-in messaging, \
 team, agent or task tools your client has: use these to talk to mesh peers, and the built-in \
 ones for what they are for.";

@@ -189,6 +189,8 @@ impl Bridge {
         match supervisor {
             Some(Ok(supervisor)) => {
                 supervisor.wait_connected(CONNECT_WAIT).await;
+                // Every tool starts here: one tool call in this session's stats.
+                supervisor.count_tool_call();
                 Ok(supervisor)
             }
             Some(Err(reason)) => Err(error_result(reason)),
@@ -212,6 +214,20 @@ impl Bridge {
                 let omitted = supervisor.peers_left_out(args.mesh.as_deref());
                 json_result(&serde_json::json!({ "peers": peers, "omitted": omitted }))
             }
+            Err(error) => mesh_error_result(error),
+        })
+    }
+
+    #[tool(
+        description = "Usage counters of the peers in your claudemesh meshes, as each session reports them: messages in and out, tool calls, uptime in seconds, errors; per peer and summed per mesh. `mesh` (slug) narrows to one mesh."
+    )]
+    async fn mesh_stats(&self, Parameters(args): Parameters<ListPeersArgs>) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        Ok(match supervisor.stats(args.mesh.as_deref()).await {
+            Ok(meshes) => json_result(&serde_json::json!({ "meshes": meshes })),
             Err(error) => mesh_error_result(error),
         })
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use broker_core::client::{ClientConfig, MeshClient, SessionProfile};
 use broker_core::crypto::Keypair;
-use broker_core::protocol::{GroupMembership, PeerInfo, PeerType, Priority, Status, StatusSource, SystemEvent};
+use broker_core::protocol::{GroupMembership, PeerInfo, PeerType, Priority, Stats, Status, StatusSource, SystemEvent};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -107,6 +107,31 @@ pub struct PeerRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub connected_at: String,
+    /// What the session reported of itself (messages, tool calls, uptime, errors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+}
+
+/// `mesh_stats` for one mesh: each peer's self-reported counters and their sum.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshStats {
+    pub mesh: String,
+    pub peers: Vec<PeerStats>,
+    /// The counters summed over `peers` (uptime too: session-seconds).
+    pub total: Stats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStats {
+    pub name: String,
+    pub pubkey: String,
+    pub status: Status,
+    pub location: &'static str,
+    /// Absent until the session first reported (within seconds of connecting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
 }
 
 /// The result of sending to one recipient.
@@ -254,8 +279,9 @@ impl Supervisor {
                 model: options.model.clone(),
                 groups: vec![],
             };
-            // Only an observer (the desktop app) shows delivery states.
+            // Only an observer (the desktop app) shows delivery states and peers live.
             config.delivery_receipts = observer.is_some();
+            config.peer_updates = observer.is_some();
             let session_lock = link::lock_session(&run_dir, &config.session_key.public_hex());
             let (client, events) = MeshClient::start(config);
             let (state, _) = watch::channel(LinkState::Connecting);
@@ -337,7 +363,7 @@ impl Supervisor {
                 Ok(peers) => {
                     let own = link.session_pubkey();
                     for peer in peers.into_iter().filter(|p| p.pubkey != own) {
-                        rows.push(self.row(&link, peer));
+                        rows.push(self.peer_row(&link, peer));
                     }
                 }
                 Err(error) => errors.push(link.broker_error(error)),
@@ -377,7 +403,8 @@ impl Supervisor {
         self.select(mesh).map_or(0, |links| links.iter().map(|l| l.peers_left_out()).sum())
     }
 
-    fn row(&self, link: &MeshLink, peer: PeerInfo) -> PeerRow {
+    /// A peer as front ends show it.
+    pub fn peer_row(&self, link: &MeshLink, peer: PeerInfo) -> PeerRow {
         let local = peer.hostname.as_deref() == Some(self.hostname.as_str());
         PeerRow {
             mesh: link.entry.slug.clone(),
@@ -395,6 +422,36 @@ impl Supervisor {
             channel: peer.channel,
             model: peer.model,
             connected_at: peer.connected_at,
+            stats: peer.stats,
+        }
+    }
+
+    /// The peers' self-reported counters, per peer and summed, for each selected mesh.
+    pub async fn stats(&self, mesh: Option<&str>) -> Result<Vec<MeshStats>, MeshError> {
+        let rows = self.list_peers(mesh).await?;
+        let mut meshes: Vec<MeshStats> = Vec::new();
+        for link in self.select(mesh)? {
+            let peers: Vec<PeerStats> = rows
+                .iter()
+                .filter(|row| row.mesh == link.entry.slug)
+                .map(|row| PeerStats {
+                    name: row.name.clone(),
+                    pubkey: row.pubkey.clone(),
+                    status: row.status,
+                    location: row.location,
+                    stats: row.stats,
+                })
+                .collect();
+            let total = peers.iter().filter_map(|p| p.stats).fold(Stats::default(), Stats::plus);
+            meshes.push(MeshStats { mesh: link.entry.slug.clone(), peers, total });
+        }
+        Ok(meshes)
+    }
+
+    /// Counts one tool call of this session (the MCP bridge's), reported in its stats.
+    pub fn count_tool_call(&self) {
+        for link in &self.links {
+            link.client.stats().tool_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

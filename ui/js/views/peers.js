@@ -1,8 +1,8 @@
 // Who is online, per mesh, live: name, status, summary, groups, host (this machine or remote),
-// working directory, peer type and model.
+// working directory, peer type, model and the counters each session reports.
 
 import { h, setChildren, avatar } from "../dom.js";
-import { statusPill, shortPath, ago, isoMs } from "../format.js";
+import { statusPill, shortPath, ago, isoMs, statsLine } from "../format.js";
 import { icon } from "../icons.js";
 import { peerConversation } from "../store.js";
 
@@ -131,6 +131,7 @@ function peerRow(ctx, mesh, peer) {
         peer.channel ? h("span", {}, `via ${peer.channel}`) : null,
         peer.connectedAt ? h("span", {}, `online since ${ago(isoMs(peer.connectedAt))}`) : null,
       ),
+      peer.stats ? h("div", { class: "peer-meta", testid: "peer-stats" }, statsLine(peer.stats)) : null,
     ),
     peer.sameMember
       ? null

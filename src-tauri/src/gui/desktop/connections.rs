@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use broker_core::protocol::PeerType;
+use broker_core::protocol::{PeerInfo, PeerType};
 
 use super::{DESKTOP_CHANNEL, Desktop, Output, UiEvent, lock};
 use crate::config::MeshEntry;
@@ -101,6 +101,37 @@ impl Desktop {
         if changed {
             self.send(Output::Ui(UiEvent::Peers { mesh_id: mesh_id.to_owned(), peers }));
             self.emit_status();
+        }
+    }
+}
+
+impl Desktop {
+    /// A peer changed its status, summary, groups or stats: its row is replaced in place (a row
+    /// not listed yet means the list is behind, and it is fetched again).
+    pub(super) async fn peer_updated(&self, mesh_id: &str, peer: PeerInfo) {
+        let Ok(supervisor) = self.supervisor(mesh_id) else { return };
+        let Some(link) = supervisor.links().first() else { return };
+        if peer.pubkey == link.session_pubkey() {
+            return;
+        }
+        let row = supervisor.peer_row(link, peer);
+        let peers = {
+            let mut state = lock(&self.state);
+            let Some(mesh) = state.meshes.get_mut(mesh_id) else { return };
+            match mesh.peers.iter_mut().find(|p| p.pubkey == row.pubkey) {
+                Some(listed) => {
+                    *listed = row;
+                    Some(mesh.peers.clone())
+                }
+                None => None,
+            }
+        };
+        match peers {
+            Some(peers) => {
+                self.send(Output::Ui(UiEvent::Peers { mesh_id: mesh_id.to_owned(), peers }));
+                self.emit_status();
+            }
+            None => self.refresh_peers(mesh_id).await,
         }
     }
 }

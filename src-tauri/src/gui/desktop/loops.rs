@@ -1,7 +1,7 @@
 //! The background loops, started by [`Desktop::start`] and aborted on shutdown: link events
 //! (connection states, presence, delivery receipts), incoming messages, device logins waiting
-//! for approval, the sign-in's expiry, this machine's Claude Code sessions, join storms, and
-//! peer lists while the window shows.
+//! for approval, the sign-in's expiry, this machine's Claude Code sessions, and join storms.
+//! Peer lists follow the broker's presence events (`peer_updated` included): nothing polls them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,9 +26,6 @@ const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 /// How often this machine's session files are looked at (a Claude Code session of this device
 /// starting or ending sends no broker event to the device's own sessions).
 const LOCAL_SESSIONS_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the peer lists are fetched while the window shows (status, summary and group
-/// changes of peers send no broker event).
-const PEER_REFRESH_INTERVAL: Duration = Duration::from_secs(3);
 
 impl Desktop {
     /// Starts every background loop; the handles abort them.
@@ -41,7 +38,6 @@ impl Desktop {
             tokio::spawn(self.clone().token_loop()).abort_handle(),
             tokio::spawn(self.clone().local_sessions_loop()).abort_handle(),
             tokio::spawn(self.clone().storm_loop()).abort_handle(),
-            tokio::spawn(self.clone().peer_refresh_loop()).abort_handle(),
         ]
     }
 
@@ -57,6 +53,9 @@ impl Desktop {
                     if connected {
                         self.refresh_peers(&mesh_id).await;
                     }
+                }
+                LinkEvent::Presence { mesh_id, event: SystemEvent::PeerUpdated(peer) } => {
+                    self.peer_updated(&mesh_id, peer).await;
                 }
                 LinkEvent::Presence { mesh_id, event } => {
                     self.presence(&mesh_id, &event);
@@ -105,7 +104,7 @@ impl Desktop {
                 toast
             }
             SystemEvent::PeerLeft(_) => lock(&self.policy).peer_left(&settings, mesh, name, own_member),
-            SystemEvent::PairHeld(_) | SystemEvent::PairReleased(_) => None,
+            SystemEvent::PairHeld(_) | SystemEvent::PairReleased(_) | SystemEvent::PeerUpdated(_) => None,
         };
         if let Some(toast) = toast {
             self.send(Output::Toast(toast));
@@ -221,19 +220,6 @@ impl Desktop {
             let toasts = lock(&self.policy).flush(&settings, Instant::now());
             for toast in toasts {
                 self.send(Output::Toast(toast));
-            }
-        }
-    }
-
-    async fn peer_refresh_loop(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(PEER_REFRESH_INTERVAL).await;
-            if !self.window_visible.load(std::sync::atomic::Ordering::Relaxed) {
-                continue;
-            }
-            let meshes: Vec<String> = lock(&self.state).meshes.keys().cloned().collect();
-            for mesh_id in meshes {
-                self.refresh_peers(&mesh_id).await;
             }
         }
     }

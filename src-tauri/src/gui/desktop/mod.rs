@@ -122,8 +122,6 @@ pub struct Desktop {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Wakes the join-storm flusher when a storm starts.
     storm_started: Notify,
-    /// The window is on screen (set by the shell): peer lists are then kept fresh by polling.
-    window_visible: std::sync::atomic::AtomicBool,
     /// Outputs go to the shell (which holds the app handle).
     out: mpsc::UnboundedSender<Output>,
     /// Cloned into every supervisor; read by the link-event loop.
@@ -210,7 +208,6 @@ impl Desktop {
             sign_in: Mutex::new((None, None)),
             tasks: Mutex::new(Vec::new()),
             storm_started: Notify::new(),
-            window_visible: std::sync::atomic::AtomicBool::new(true),
             out,
             link_events,
             incoming,
@@ -315,10 +312,6 @@ impl Desktop {
         let exe = std::env::current_exe().map_err(|e| CommandError::new(ErrorKind::Storage, e.to_string()))?;
         super::autostart::set(enabled, &exe).map_err(|e| CommandError::new(ErrorKind::Storage, e))?;
         self.save_settings(|s| s.start_at_login = enabled)
-    }
-
-    pub fn set_window_visible(&self, visible: bool) {
-        self.window_visible.store(visible, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Opens a `claudemesh://` link: an invite (the Meshes view, ready to join) or a device code
