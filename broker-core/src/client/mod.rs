@@ -494,6 +494,16 @@ impl MeshClient {
         }
     }
 
+    /// Every active member of the mesh, online or not, in name order.
+    pub async fn list_members(&self) -> Result<Vec<protocol::MemberInfo>, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::ListMembers(protocol::ListMembers { req_id: Some(req_id.clone()) });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::MembersList(list) => Ok(list.members),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
     /// Changes this member's grants (`None` resets a peer to the mesh defaults, `Some([])`
     /// blocks it); returns the member's explicit grants afterwards.
     pub async fn set_grants(&self, grants: protocol::GrantMap) -> Result<BTreeMap<String, Vec<String>>, ClientError> {

@@ -20,6 +20,9 @@ pub enum ClientFrame {
     JoinGroup(JoinGroup),
     LeaveGroup(LeaveGroup),
     ListPeers(ListPeers),
+    /// Ours: every active member of the mesh, online or not (a name typed for an offline
+    /// member still reaches its queue).
+    ListMembers(ListMembers),
     /// Ours (`sealed_multicast`): which members a target reaches, so the sender can seal to each.
     Resolve(Resolve),
     /// Ours: change this member's grants for other members.
@@ -50,6 +53,7 @@ impl ClientFrame {
             ClientFrame::JoinGroup(_) => "join_group",
             ClientFrame::LeaveGroup(_) => "leave_group",
             ClientFrame::ListPeers(_) => "list_peers",
+            ClientFrame::ListMembers(_) => "list_members",
             ClientFrame::Resolve(_) => "resolve",
             ClientFrame::SetGrants(_) => "set_grants",
             ClientFrame::GetGrants(_) => "get_grants",
@@ -204,6 +208,12 @@ pub struct LeaveGroup {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListPeers {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListMembers {
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

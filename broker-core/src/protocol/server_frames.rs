@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Enc, GroupMembership, PeerType, Priority, Stats, Status, WrappedKey};
+use super::{Enc, GroupMembership, PeerType, Priority, Role, Stats, Status, WrappedKey};
 
 /// Every frame the broker may send.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -12,6 +12,8 @@ pub enum ServerFrame {
     Ack(Ack),
     Push(Push),
     PeersList(PeersList),
+    /// Ours: the answer to `list_members`.
+    MembersList(MembersList),
     Resolved(Resolved),
     /// Ours: a member's grants, after `set_grants` or `get_grants`.
     Grants(GrantsFrame),
@@ -32,6 +34,7 @@ impl ServerFrame {
     pub fn req_id(&self) -> Option<&str> {
         match self {
             ServerFrame::PeersList(f) => f.req_id.as_deref(),
+            ServerFrame::MembersList(f) => f.req_id.as_deref(),
             ServerFrame::Resolved(f) => f.req_id.as_deref(),
             ServerFrame::Grants(f) => f.req_id.as_deref(),
             ServerFrame::AuditResult(f) => f.req_id.as_deref(),
@@ -216,6 +219,28 @@ pub struct PeersList {
     pub omitted: Option<usize>,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
+}
+
+/// The mesh's active members, as `members_list` shows them (name order).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MembersList {
+    pub members: Vec<MemberInfo>,
+    /// Members left out so that the reply stays within one frame (absent when none were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<usize>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberInfo {
+    pub pubkey: String,
+    /// The name its sessions use (the one it last used while offline).
+    pub display_name: String,
+    pub role: Role,
+    /// It has a session connected (to any replica).
+    pub online: bool,
 }
 
 /// A member a target reaches, as `resolved` lists it.

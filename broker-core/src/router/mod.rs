@@ -241,6 +241,7 @@ impl Router {
             ClientFrame::JoinGroup(join) => self.join_group(session, join),
             ClientFrame::LeaveGroup(leave) => self.leave_group(session, leave),
             ClientFrame::ListPeers(list) => self.list_peers(session, list),
+            ClientFrame::ListMembers(list) => self.list_members(session, list),
             ClientFrame::Resolve(resolve) => self.resolve_for_client(session, resolve).await,
             ClientFrame::SetGrants(set) => self.set_grants(session, set).await,
             ClientFrame::GetGrants(get) => self.get_grants(session, get),

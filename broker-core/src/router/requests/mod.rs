@@ -4,6 +4,7 @@
 mod audit;
 mod grants;
 mod leave;
+mod members;
 mod peers;
 mod profile;
 mod resolve;
