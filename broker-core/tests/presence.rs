@@ -297,3 +297,22 @@ async fn sessions_that_follow_peers_hear_every_profile_change_and_no_one_else_do
     let events = carol.system_events_within(Duration::from_millis(100)).await;
     assert!(!events.iter().any(|e| e == "peer_updated"), "carol was told without asking: {events:?}");
 }
+
+#[tokio::test]
+async fn list_members_shows_every_active_member_and_who_is_online() {
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol"]);
+    let alice = broker.connect(&mesh, &members[0], "alice").await;
+    let bob = broker.connect(&mesh, &members[1], "bob").await;
+    let listed = alice.client.list_members().await.expect("members");
+    let seen: Vec<(&str, bool)> = listed.iter().map(|m| (m.display_name.as_str(), m.online)).collect();
+    assert_eq!(seen, [("alice", true), ("bob", true), ("carol", false)]);
+    assert_eq!(listed[2].pubkey, members[2].key.public_hex());
+
+    bob.client.shutdown().await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while alice.client.list_members().await.expect("members")[1].online {
+        assert!(tokio::time::Instant::now() < deadline, "bob stayed online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::Result;
 use claudemesh_e2e::{Broker, Device, WAIT, message_texts, peer_names};
 use serde_json::json;
 
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 9] = [
     "list_peers",
     "send_message",
     "check_messages",
@@ -17,6 +17,7 @@ const TOOLS: [&str; 8] = [
     "join_group",
     "leave_group",
     "whoami",
+    "mesh_stats",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,10 +143,18 @@ async fn bridges_message_each_other_end_to_end_and_the_broker_never_sees_plainte
     let while_down = "e2e-plaintext-sent-while-bob-was-down";
     let sent = alice.call("send_message", json!({"to": bob_member_key, "message": while_down})).await?;
     assert_eq!(sent["results"][0]["ok"], true, "queued for an offline member: {sent}");
+    // By name too, once alice's bridge knows bob has no session: the member's queue, said so.
+    alice.call_until("list_peers", json!({}), |list| !peer_names(list).contains(&"bob".to_owned())).await?;
+    let by_name = "e2e-plaintext-sent-by-name-while-bob-was-down";
+    let sent = alice.call("send_message", json!({"to": "bob", "message": by_name})).await?;
+    assert_eq!(sent["results"][0]["ok"], true, "{sent}");
+    assert_eq!(sent["results"][0]["targetSpec"], bob_member_key.as_str(), "{sent}");
+    assert_eq!(sent["results"][0]["note"], "bob is offline; it will be delivered when bob connects", "{sent}");
     let mut bob = bob_dev.bridge().await?;
     bob.channel_message(while_down, WAIT).await.expect("queued message pushed after the restart");
+    bob.channel_message(by_name, WAIT).await.expect("the message sent by name is pushed too");
     let texts = message_texts(&bob.call("check_messages", json!({})).await?);
-    assert_eq!(texts, [unread, while_down], "nothing acknowledged was lost");
+    assert_eq!(texts, [unread, while_down, by_name], "nothing acknowledged was lost");
 
     // Clean shutdown on stdin close.
     for bridge in [alice, bob, carol] {
@@ -156,7 +165,7 @@ async fn bridges_message_each_other_end_to_end_and_the_broker_never_sees_plainte
     broker.kill().await?;
     let stored = String::from_utf8_lossy(&broker.stored_bytes()).into_owned();
     assert!(stored.contains(&mesh_id), "sanity: the broker's database was read");
-    for text in [hello, reply, to_group, to_all, unread, while_down] {
+    for text in [hello, reply, to_group, to_all, unread, while_down, by_name] {
         assert!(!stored.contains(text), "plaintext {text:?} found in the broker's files");
     }
     assert!(!stored.contains("e2e-plaintext"), "no plaintext fragment in the broker's files");

@@ -372,6 +372,9 @@ pub async fn send(target: String, message: String, priority: Priority, json_outp
                         o.message_id.as_deref().unwrap_or("?"),
                         o.recipients.unwrap_or(0)
                     );
+                    if let Some(note) = &o.note {
+                        println!("{note}");
+                    }
                 }
             }
             Ok(())

@@ -233,7 +233,7 @@ impl Bridge {
     }
 
     #[tool(
-        description = "Send a message to claudemesh peers, end-to-end encrypted. `to` is a display name (exact, else a unique partial match), a member or session key, `@group`, `*` (everyone), or a list of these; prefix `mesh:` when several meshes are joined. Returns one result per recipient with the message id, or an error that says what to do (for an ambiguous name it lists the candidates)."
+        description = "Send a message to claudemesh peers, end-to-end encrypted. `to` is a display name (exact, else a unique partial match), a member or session key, `@group`, `*` (everyone), or a list of these; prefix `mesh:` when several meshes are joined. A member who is offline is found by name too: the message waits for it (the result's note says so). Returns one result per recipient with the message id, or an error that says what to do (for an ambiguous name it lists the candidates)."
     )]
     async fn send_message(&self, Parameters(args): Parameters<SendMessageArgs>) -> Result<CallToolResult, ErrorData> {
         let supervisor = match self.supervisor().await {

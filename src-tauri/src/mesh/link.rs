@@ -135,6 +135,7 @@ impl MeshLink {
                 .into_iter()
                 .map(|p| PeerView { display_name: p.display_name, pubkey: p.pubkey, member_pubkey: p.member_pubkey })
                 .collect(),
+            offline: Vec::new(),
         }
     }
 

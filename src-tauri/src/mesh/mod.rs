@@ -153,6 +153,9 @@ pub struct SendOutcome {
     /// Members it was queued for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipients: Option<u32>,
+    /// What the sender should know ("bob is offline; …").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Why it was not sent; serialized as its text.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
     pub error: Option<MeshError>,
@@ -168,6 +171,7 @@ impl SendOutcome {
             target_spec: None,
             message_id: None,
             recipients: None,
+            note: None,
             error: Some(error),
         }
     }
@@ -468,6 +472,27 @@ impl Supervisor {
         views
     }
 
+    /// Fills each connected mesh's view with its members that have no session online.
+    async fn add_offline_members(&self, views: &mut [MeshView]) {
+        for (view, link) in views.iter_mut().zip(&self.links) {
+            if link.state() != LinkState::Connected {
+                continue;
+            }
+            let Ok(members) = link.client.list_members().await else { continue };
+            let online: HashSet<&str> = view.peers.iter().map(|p| p.member_pubkey.as_str()).collect();
+            let offline = members
+                .into_iter()
+                .filter(|m| !m.online && !online.contains(m.pubkey.as_str()))
+                .map(|m| resolve::PeerView {
+                    display_name: m.display_name,
+                    pubkey: m.pubkey.clone(),
+                    member_pubkey: m.pubkey,
+                })
+                .collect();
+            view.offline = offline;
+        }
+    }
+
     /// Resolves and sends `text` to each of `targets`; one outcome per distinct recipient.
     pub async fn send(&self, targets: &[String], text: &str, priority: Priority) -> Vec<SendOutcome> {
         let mut views = self.views(PEER_CACHE_TTL).await;
@@ -478,6 +503,11 @@ impl Supervisor {
             .any(|(_, r)| matches!(r, Err(ResolveError::NotFound { .. } | ResolveError::Ambiguous { .. })))
         {
             views = self.views(Duration::ZERO).await;
+            resolved = resolve::resolve_all(targets, &views);
+        }
+        // A name no session goes by may be a member that is offline: the broker queues for it.
+        if resolved.iter().any(|(_, r)| matches!(r, Err(ResolveError::NotFound { .. }))) {
+            self.add_offline_members(&mut views).await;
             resolved = resolve::resolve_all(targets, &views);
         }
         let mut outcomes = Vec::new();
@@ -512,9 +542,12 @@ impl Supervisor {
             Ok(receipt) => (Some(receipt.message_id), Some(receipt.recipients), None),
             Err(error) => (None, None, Some(error)),
         };
+        let note = (resolution.offline && error.is_none())
+            .then(|| format!("{0} is offline; it will be delivered when {0} connects", resolution.label));
         SendOutcome {
             to: to.to_owned(),
             ok: error.is_none(),
+            note,
             mesh: Some(resolution.slug),
             recipient: Some(resolution.label),
             target_spec: Some(resolution.target_spec),

@@ -5,7 +5,8 @@
 //! joined. Display names match case-insensitively: an exact match first, then a unique partial
 //! (substring) match; otherwise the error lists the candidates. Several sessions of one member
 //! that match resolve to the member key (the broker reaches each of its sessions); one matching
-//! session resolves to its session key.
+//! session resolves to its session key. A member with no session online matches by the name it
+//! last used and resolves to its member key (the broker queues for it): `Resolution::offline`.
 
 use std::fmt;
 
@@ -26,6 +27,9 @@ pub struct MeshView {
     /// This session's own key, never a recipient.
     pub own_session: String,
     pub peers: Vec<PeerView>,
+    /// Members with no session online (filled only when a name was not found among `peers`);
+    /// each `pubkey` is the member key.
+    pub offline: Vec<PeerView>,
 }
 
 /// Where one recipient goes.
@@ -36,6 +40,8 @@ pub struct Resolution {
     pub target_spec: String,
     /// What to call the recipient in replies (`alice`, `@dev`, `*`).
     pub label: String,
+    /// A member with no session online: the message waits in its queue.
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +135,7 @@ pub fn resolve(target: &str, meshes: &[MeshView]) -> Result<Resolution, ResolveE
             slug: mesh.slug.clone(),
             target_spec: spec.to_owned(),
             label: spec.to_owned(),
+            offline: false,
         });
     }
 
@@ -155,6 +162,7 @@ pub fn resolve(target: &str, meshes: &[MeshView]) -> Result<Resolution, ResolveE
             slug: mesh.slug.clone(),
             target_spec: rest.to_owned(),
             label,
+            offline: false,
         });
     }
 
@@ -163,10 +171,11 @@ pub fn resolve(target: &str, meshes: &[MeshView]) -> Result<Resolution, ResolveE
         let own = mesh.own_session.clone();
         mesh.peers.clone().into_iter().filter(move |p| p.pubkey != own)
     };
+    let candidates = |mesh: &'_ MeshView| others(mesh).chain(mesh.offline.clone());
     let matching = |exact: bool| -> Vec<(&MeshView, PeerView)> {
         scope
             .iter()
-            .flat_map(|mesh| others(mesh).map(move |p| (*mesh, p)))
+            .flat_map(|mesh| candidates(mesh).map(move |p| (*mesh, p)))
             .filter(|(_, p)| {
                 let name = p.display_name.to_lowercase();
                 if exact { name == wanted } else { name.contains(&wanted) }
@@ -203,6 +212,7 @@ pub fn resolve(target: &str, meshes: &[MeshView]) -> Result<Resolution, ResolveE
                 slug: mesh.slug.clone(),
                 target_spec: spec,
                 label: sessions[0].display_name.clone(),
+                offline: mesh.offline.iter().any(|m| m.member_pubkey == *member),
             })
         }
         _ => {
@@ -262,7 +272,7 @@ mod tests {
     }
 
     fn mesh(slug: &str, own: char, peers: Vec<PeerView>) -> MeshView {
-        MeshView { mesh_id: format!("mesh_{slug}"), slug: slug.into(), own_session: key(own), peers }
+        MeshView { mesh_id: format!("mesh_{slug}"), slug: slug.into(), own_session: key(own), peers, offline: vec![] }
     }
 
     /// One mesh: me (session 0), alice (1), alicia (2), bob with two sessions (3, 4), and
@@ -324,6 +334,27 @@ mod tests {
         let ResolveError::NotFound { known, .. } = &error else { panic!("{error:?}") };
         assert!(known.contains(&"alice".to_owned()) && !known.contains(&"me".to_owned()), "{known:?}");
         check("me", &acme(), Err("no peer matches"));
+    }
+
+    #[test]
+    fn an_offline_member_is_found_by_name_after_every_online_exact_match() {
+        let mut meshes = acme();
+        meshes[0].offline = vec![peer("carol", 'g', 'g'), peer("alfred", 'h', 'h'), peer("Bobby", 'i', 'i')];
+        let carol = resolve("carol", &meshes).expect("an offline member resolves");
+        assert_eq!(
+            (carol.target_spec.as_str(), carol.label.as_str(), carol.offline),
+            (key('g').as_str(), "carol", true)
+        );
+        let alice = resolve("alice", &meshes).expect("online");
+        assert!(!alice.offline, "{alice:?}");
+        // "bob" is an exact online match; "bobb" only the offline Bobby's partial one.
+        check("bob", &meshes, Ok(&key('d')));
+        check("bobb", &meshes, Ok(&key('i')));
+        // A partial match online and offline alike is ambiguous and lists both.
+        let error = resolve("alf", &meshes).map(|r| r.target_spec);
+        assert_eq!(error, Ok(key('h')), "only alfred contains alf");
+        check("al", &meshes, Err("matches several peers"));
+        check("zed", &meshes, Err("no peer matches"));
     }
 
     #[test]

@@ -587,7 +587,13 @@ impl Connector {
             Ok(supervisor) => supervisor,
             Err(answer) => return answer,
         };
-        let resolution = Resolution { mesh_id: to.mesh_id, slug: to.slug, target_spec: to.target_spec, label: to.name };
+        let resolution = Resolution {
+            mesh_id: to.mesh_id,
+            slug: to.slug,
+            target_spec: to.target_spec,
+            label: to.name,
+            offline: false,
+        };
         outcome_line(&supervisor.send_resolved(resolution, typed, Priority::Next).await)
     }
 }

@@ -199,6 +199,7 @@ mod tests {
             channel: None,
             model: None,
             connected_at: String::new(),
+            stats: None,
         };
         assert_eq!(peers(&[row], 2), "bob · team (working) — fixing CI\n…and 2 more sessions");
         assert_eq!(peers(&[], 0), "Nobody else is online.");

@@ -46,7 +46,8 @@ impl Desktop {
             conversations::target_of(conversation).ok_or_else(|| CommandError::invalid("not a conversation"))?;
         let entry = self.mesh_entry(&mesh_id)?;
         let supervisor = self.supervisor(&mesh_id)?;
-        let resolution = Resolution { mesh_id, slug: entry.slug, label: target.clone(), target_spec: target };
+        let resolution =
+            Resolution { mesh_id, slug: entry.slug, label: target.clone(), target_spec: target, offline: false };
         Ok(supervisor.release_resolved(&resolution).await?)
     }
 
@@ -68,6 +69,7 @@ impl Desktop {
             slug: entry.slug.clone(),
             target_spec: target.clone(),
             label: label.clone(),
+            offline: false,
         };
         let outcome = supervisor.send_resolved(resolution, text, Priority::Next).await;
         let sent = SentMessage {
