@@ -41,6 +41,7 @@ const TABLES: &[&str] = &[
     "audit_log",
     "bodies",
     "queue",
+    "receipts",
 ];
 
 /// What was copied.

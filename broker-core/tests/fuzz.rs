@@ -375,6 +375,7 @@ fn client_samples() -> Vec<Value> {
             ciphertext: "aGVsbG8=".into(),
             enc: Some(Enc::Box),
             keys: vec![],
+            track: true,
             req_id: Some("r1".into()),
         }),
         ClientFrame::Send(protocol::Send {
@@ -385,6 +386,7 @@ fn client_samples() -> Vec<Value> {
             ciphertext: "aGVsbG8=".into(),
             enc: Some(Enc::Multi),
             keys: vec![KeyWrap { to: hex_key(0xef), nonce: "bm9uY2U=".into(), ciphertext: "a2V5".into() }],
+            track: false,
             req_id: None,
         }),
         ClientFrame::Delivered(Delivered { message_ids: vec!["msg_1".into(), "msg_2".into()] }),

@@ -518,3 +518,62 @@ async fn two_sessions_answering_each_other_in_a_loop_are_held_both_ways() {
         ));
     }
 }
+
+/// Polls `message_status` until `done` accepts it.
+async fn status_until(
+    peer: &Peer,
+    message_id: &str,
+    done: impl Fn(&[protocol::RecipientStatus]) -> bool,
+) -> Vec<protocol::RecipientStatus> {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let status = peer.client.message_status(message_id).await.expect("status");
+        if done(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the status never got there: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_tracked_message_shows_each_recipient_queued_delivered_and_read_to_its_sender_only() {
+    use protocol::DeliveryState::{Delivered, Queued, Read};
+    let broker = TestBroker::start().await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol"]);
+    let mut config = broker.client_config(&mesh, &members[0], "alice");
+    config.track_messages = true;
+    let alice = Peer::connect(config).await;
+    let mut carol = broker.connect(&mesh, &members[2], "carol").await;
+
+    // Bob is offline: his copy waits; carol's client stores hers.
+    let sent = alice.client.send("*", b"release at five", Priority::Now).await.expect("queued");
+    carol.message().await;
+    let status = status_until(&alice, &sent.message_id, |s| s.iter().any(|r| r.state == Delivered)).await;
+    let state_of = |status: &[protocol::RecipientStatus], name: &str| {
+        status.iter().find(|r| r.display_name == name).map(|r| r.state)
+    };
+    assert_eq!(status.len(), 2, "one per recipient member: {status:?}");
+    assert_eq!(state_of(&status, "bob"), Some(Queued));
+    assert_eq!(state_of(&status, "carol"), Some(Delivered));
+    let carol_row = status.iter().find(|r| r.display_name == "carol").expect("carol");
+    assert_eq!(carol_row.member_pubkey, members[2].key.public_hex());
+    assert!(carol_row.delivered_at.is_some() && carol_row.read_at.is_none());
+
+    carol.client.mark_read(vec![sent.message_id.clone()]).await.expect("marks read");
+    let status = status_until(&alice, &sent.message_id, |s| state_of(s, "carol") == Some(Read)).await;
+    assert!(status.iter().any(|r| r.display_name == "carol" && r.read_at.is_some()));
+
+    // Bob connects and stores it.
+    let mut bob = broker.connect(&mesh, &members[1], "bob").await;
+    bob.message().await;
+    status_until(&alice, &sent.message_id, |s| state_of(s, "bob") == Some(Delivered)).await;
+
+    // Nobody else sees alice's receipts, and an untracked message has none.
+    assert!(carol.client.message_status(&sent.message_id).await.expect("answers").is_empty());
+    let untracked = carol.client.send(&members[0].key.public_hex(), b"ok", Priority::Now).await.expect("queued");
+    assert!(carol.client.message_status(&untracked.message_id).await.expect("answers").is_empty());
+    let too_many = vec!["m".to_owned(); protocol::MAX_MARK_READ + 1];
+    carol.client.mark_read(too_many).await.expect("sent in chunks the broker accepts");
+    assert!(carol.client.list_peers().await.is_ok(), "the connection is fine");
+}

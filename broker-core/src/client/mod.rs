@@ -90,6 +90,10 @@ pub struct ClientConfig {
     /// mesh changes its status, summary, groups or stats. Off by default: only a front end that
     /// shows peers live reads them.
     pub peer_updates: bool,
+    /// Ask the broker to keep each sent message's delivery status per recipient
+    /// ([`MeshClient::message_status`]). Off by default: it costs the broker a row per
+    /// recipient, which a front end that never asks need not pay.
+    pub track_messages: bool,
 }
 
 impl ClientConfig {
@@ -110,6 +114,7 @@ impl ClientConfig {
             silence_timeout: Duration::from_secs(90),
             delivery_receipts: false,
             peer_updates: false,
+            track_messages: false,
         }
     }
 }
@@ -267,6 +272,8 @@ struct Shared {
     member_of: Mutex<HashMap<String, String>>,
     next_correlation: AtomicU64,
     request_timeout: Duration,
+    /// Every send asks the broker to keep its delivery status (`ClientConfig::track_messages`).
+    track_messages: bool,
 }
 
 /// Handle on one mesh session. Clones share the connection.
@@ -299,6 +306,7 @@ impl MeshClient {
             member_of: Mutex::new(HashMap::new()),
             next_correlation: AtomicU64::new(1),
             request_timeout: config.request_timeout,
+            track_messages: config.track_messages,
         });
         tokio::spawn(connection::run(config, keys, desired, stats, command_rx, events));
         (MeshClient { shared }, event_rx)
@@ -357,6 +365,7 @@ impl MeshClient {
             id: Some(id.clone()),
             target_spec: target_spec.to_owned(),
             priority,
+            track: self.shared.track_messages,
             ..protocol::Send::default()
         };
         let mut unusable = Vec::new();
@@ -492,6 +501,30 @@ impl MeshClient {
             }
             _ => Err(ClientError::UnexpectedReply),
         }
+    }
+
+    /// Where each recipient's copy of a message this member sent with tracking stands (empty:
+    /// not sent by this member with tracking, or older than the queue's TTL).
+    pub async fn message_status(&self, message_id: &str) -> Result<Vec<protocol::RecipientStatus>, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::MessageStatus(protocol::MessageStatus {
+            message_id: message_id.to_owned(),
+            req_id: Some(req_id.clone()),
+        });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::MessageStatusResult(result) => Ok(result.recipients),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// Tells the senders of these messages (through their `message_status`) that this member
+    /// read them.
+    pub async fn mark_read(&self, message_ids: Vec<String>) -> Result<(), ClientError> {
+        for chunk in message_ids.chunks(protocol::MAX_MARK_READ) {
+            self.fire(ClientFrame::MarkRead(protocol::MarkRead { message_ids: chunk.to_vec() })).await?;
+        }
+        Ok(())
     }
 
     /// Every active member of the mesh, online or not, in name order.

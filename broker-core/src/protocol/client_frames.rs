@@ -38,6 +38,11 @@ pub enum ClientFrame {
     /// Ours: a person lets messages between this member and `peer` flow again after the
     /// broker held them (see `pair_held`).
     ReleasePair(ReleasePair),
+    /// Ours: where each recipient's copy of a tracked message this member sent stands.
+    MessageStatus(MessageStatus),
+    /// Ours: a session of this member read these messages (their senders' `message_status`
+    /// shows it). No reply.
+    MarkRead(MarkRead),
 }
 
 impl ClientFrame {
@@ -61,6 +66,8 @@ impl ClientFrame {
             ClientFrame::AuditVerify(_) => "audit_verify",
             ClientFrame::LeaveMesh(_) => "leave_mesh",
             ClientFrame::ReleasePair(_) => "release_pair",
+            ClientFrame::MessageStatus(_) => "message_status",
+            ClientFrame::MarkRead(_) => "mark_read",
         }
     }
 }
@@ -165,6 +172,9 @@ pub struct Send {
     /// `enc: "multi"` only: the content key wrapped for each recipient member.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyWrap>,
+    /// Ours: keep this message's delivery status per recipient for `message_status`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track: bool,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }
@@ -210,6 +220,23 @@ pub struct LeaveGroup {
 pub struct ListPeers {
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatus {
+    pub message_id: String,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// At most this many ids in one `mark_read`.
+pub const MAX_MARK_READ: usize = 1000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MarkRead {
+    pub message_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

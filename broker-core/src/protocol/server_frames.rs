@@ -23,6 +23,8 @@ pub enum ServerFrame {
     Left(Left),
     /// Ours: the answer to `release_pair`.
     Released(Released),
+    /// Ours: the answer to `message_status`.
+    MessageStatusResult(MessageStatusResult),
     /// Ours (`delivery_receipt`): one recipient member acknowledged a message this session sent.
     Receipt(Receipt),
     Error(ErrorFrame),
@@ -41,6 +43,7 @@ impl ServerFrame {
             ServerFrame::AuditVerifyResult(f) => f.req_id.as_deref(),
             ServerFrame::Left(f) => f.req_id.as_deref(),
             ServerFrame::Released(f) => f.req_id.as_deref(),
+            ServerFrame::MessageStatusResult(f) => f.req_id.as_deref(),
             ServerFrame::Error(f) => f.req_id.as_deref(),
             ServerFrame::Ack(f) => f.req_id.as_deref(),
             ServerFrame::HelloAck(_) | ServerFrame::Push(_) | ServerFrame::Receipt(_) => None,
@@ -219,6 +222,46 @@ pub struct PeersList {
     pub omitted: Option<usize>,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
+}
+
+/// Where each recipient's copy of a tracked message stands. No recipients: the asking member
+/// did not send that message with `track`, or its status expired with the queue (7 days).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatusResult {
+    pub message_id: String,
+    pub recipients: Vec<RecipientStatus>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipientStatus {
+    pub member_pubkey: String,
+    pub display_name: String,
+    pub state: DeliveryState,
+    pub queued_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<String>,
+}
+
+/// One recipient's copy of a message, from queued to read, or why it was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting in the recipient's queue (it is offline, busy, or has not acknowledged yet).
+    Queued,
+    /// The recipient's client stored it.
+    Delivered,
+    /// A session of the recipient read it.
+    Read,
+    /// Never delivered: it outlived the queue's TTL (7 days).
+    Expired,
+    /// Never delivered: the recipient left or was removed from the mesh.
+    Removed,
 }
 
 /// The mesh's active members, as `members_list` shows them (name order).

@@ -242,6 +242,8 @@ impl Router {
             ClientFrame::LeaveGroup(leave) => self.leave_group(session, leave),
             ClientFrame::ListPeers(list) => self.list_peers(session, list),
             ClientFrame::ListMembers(list) => self.list_members(session, list),
+            ClientFrame::MessageStatus(ask) => self.message_status(session, ask).await,
+            ClientFrame::MarkRead(read) => self.mark_read(session, read),
             ClientFrame::Resolve(resolve) => self.resolve_for_client(session, resolve).await,
             ClientFrame::SetGrants(set) => self.set_grants(session, set).await,
             ClientFrame::GetGrants(get) => self.get_grants(session, get),

@@ -337,6 +337,7 @@ mod tests {
             nonce: String::new(),
             ciphertext: "x".repeat(size),
             created_at: 0,
+            tracked: false,
         })
     }
 

@@ -148,6 +148,7 @@ impl Router {
             nonce: send.nonce,
             ciphertext: send.ciphertext,
             created_at: protocol::now_ms(),
+            tracked: send.track,
         });
         let router = self.clone();
         let handle = session.clone();

@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_confirm_keys", include_str!("migrations/0004_confirm_keys.sql")),
     ("0005_email_codes", include_str!("migrations/0005_email_codes.sql")),
     ("0006_queue_tails", include_str!("migrations/0006_queue_tails.sql")),
+    ("0007_receipts", include_str!("migrations/0007_receipts.sql")),
 ];
 
 /// Lowercase ASCII letters, digits and single dashes; never empty.
@@ -385,6 +386,9 @@ pub struct Envelope {
     pub ciphertext: String,
     /// Milliseconds since the epoch.
     pub created_at: u64,
+    /// The sender asked for its delivery status (`send.track`): each recipient's copy has a
+    /// receipt row, stamped when it is acknowledged and when it is read.
+    pub tracked: bool,
 }
 
 /// Where one recipient member's copy goes.
@@ -416,6 +420,21 @@ pub struct QueuedEntry {
     pub delivery: Delivery,
 }
 
+/// Where one recipient's copy of a tracked message stands, as the sender may ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRecord {
+    /// The recipient member.
+    pub member_id: String,
+    pub queued_at: u64,
+    /// When its client acknowledged (stored) it.
+    pub delivered_at: Option<u64>,
+    /// When one of its sessions marked it read.
+    pub read_at: Option<u64>,
+    /// Its queue entry is still there (false and undelivered: it expired, or the member was
+    /// removed).
+    pub queued: bool,
+}
+
 /// Hot-path writes, batched and committed together.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -438,7 +457,15 @@ pub enum WriteOp {
         pubkey: String,
         at_ms: u64,
     },
-    /// Drop undelivered entries created before this time (ms).
+    /// Sessions of `member_id` read these messages: their receipts (if their senders tracked
+    /// them) are stamped read, and delivered if they were not yet.
+    MarkRead {
+        mesh_id: String,
+        member_id: String,
+        message_ids: Vec<String>,
+        at_ms: u64,
+    },
+    /// Drop undelivered entries, and receipts, created before this time (ms).
     ExpireBefore(u64),
     Audit(Vec<AuditEvent>),
 }
@@ -561,6 +588,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<QueuedEntry>>;
     /// Undelivered queue entries in total.
     fn queue_depth(&self) -> StoreResult<u64>;
+    /// The receipts of a tracked message `sender_member_id` sent, one per recipient member
+    /// (empty for a message it did not send, did not track, or whose receipts expired).
+    fn receipts(&self, mesh_id: &str, sender_member_id: &str, message_id: &str) -> StoreResult<Vec<ReceiptRecord>>;
     fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>>;
 
     // --- meshes and members ------------------------------------------------------------------

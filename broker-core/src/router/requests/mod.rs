@@ -8,5 +8,6 @@ mod members;
 mod peers;
 mod profile;
 mod resolve;
+mod status;
 
 pub use audit::audit_record;

@@ -66,6 +66,7 @@ macro_rules! store_conformance_tests {
             a_shared_body_outlives_each_acknowledgement,
             pending_entries_page_by_lane_and_sequence,
             acknowledge_removes_exactly_the_named_entries,
+            receipts_follow_a_tracked_message_from_queue_to_read,
             releasing_a_session_hands_its_entries_to_every_session,
             expiry_drops_only_entries_created_before_the_cutoff,
             an_enqueue_appends_its_audit_entries,

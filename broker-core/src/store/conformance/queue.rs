@@ -34,6 +34,7 @@ fn envelope(n: u32, mesh: &MeshRecord, sender: &MemberRecord, priority: Priority
         nonce,
         ciphertext,
         created_at: NOW_MS + u64::from(n),
+        tracked: false,
     }
 }
 
@@ -349,6 +350,58 @@ pub fn acknowledge_removes_exactly_the_named_entries<D: TestDatabase>(database: 
     assert_eq!(changed(&*store, WriteOp::Acknowledge(vec![(bob.id.clone(), bob_seqs[0])])), 0, "already gone");
     assert_eq!(changed(&*store, WriteOp::Acknowledge(Vec::new())), 0);
     assert_eq!(store.queue_depth().expect("counts"), 2);
+}
+
+/// A tracked message has a receipt per recipient, stamped at its acknowledgement and when it is
+/// read; only its sender sees them; an untracked message has none; expiry takes them too.
+pub fn receipts_follow_a_tracked_message_from_queue_to_read<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "receipts");
+    let tracked = Envelope { tracked: true, ..envelope(1, &mesh, &alice, Priority::Next, Enc::Multi) };
+    let seqs = enqueue(&*store, message(tracked.clone(), vec![wrapped(&bob), wrapped(&carol)]));
+    // Loaded back, the entry says it is tracked; an untracked one has no receipts at all.
+    assert!(lane(&*store, &bob, false, 10)[0].envelope.tracked);
+    let untracked = envelope(2, &mesh, &alice, Priority::Next, Enc::Box);
+    let untracked_seq = enqueue(&*store, message(untracked.clone(), vec![to(&bob)]))[0];
+    let receipts = |sender: &MemberRecord, message_id: &str| {
+        store.receipts(&mesh.id, &sender.id, message_id).expect("reads receipts")
+    };
+    assert!(receipts(&alice, &untracked.message_id).is_empty());
+
+    let queued = receipts(&alice, &tracked.message_id);
+    let members: Vec<&str> = queued.iter().map(|r| r.member_id.as_str()).collect();
+    let mut expected = vec![bob.id.as_str(), carol.id.as_str()];
+    expected.sort();
+    assert_eq!(members, expected, "one receipt per recipient, by member id");
+    assert!(queued.iter().all(|r| r.queued && r.delivered_at.is_none() && r.read_at.is_none()), "{queued:?}");
+    assert_eq!(queued[0].queued_at, tracked.created_at);
+    assert!(receipts(&bob, &tracked.message_id).is_empty(), "only the sender reads them");
+
+    // Bob's client stores it; then one of his sessions reads it. Carol reads hers without an
+    // acknowledgement first (reading implies delivery).
+    let acked = vec![(bob.id.clone(), seqs[0]), (bob.id.clone(), untracked_seq)];
+    assert_eq!(changed(&*store, WriteOp::Acknowledge(acked)), 2);
+    let after_ack = receipts(&alice, &tracked.message_id);
+    let bob_receipt = after_ack.iter().find(|r| r.member_id == bob.id).expect("bob's receipt");
+    assert!(!bob_receipt.queued && bob_receipt.delivered_at.is_some() && bob_receipt.read_at.is_none());
+    let read = |member: &MemberRecord, at_ms: u64| WriteOp::MarkRead {
+        mesh_id: mesh.id.clone(),
+        member_id: member.id.clone(),
+        message_ids: vec![tracked.message_id.clone(), untracked.message_id.clone(), "msg-unknown".to_owned()],
+        at_ms,
+    };
+    assert_eq!(changed(&*store, read(&bob, NOW_MS + 5)), 1, "only the tracked message has a receipt");
+    assert_eq!(changed(&*store, read(&carol, NOW_MS + 6)), 1);
+    assert_eq!(changed(&*store, read(&bob, NOW_MS + 9)), 0, "read once");
+    let after_read = receipts(&alice, &tracked.message_id);
+    let by_member = |member: &MemberRecord| after_read.iter().find(|r| r.member_id == member.id).expect("receipt");
+    assert_eq!(by_member(&bob).read_at, Some(NOW_MS + 5));
+    assert_eq!(by_member(&bob).delivered_at, bob_receipt.delivered_at, "the first delivery time stays");
+    assert_eq!((by_member(&carol).delivered_at, by_member(&carol).read_at), (Some(NOW_MS + 6), Some(NOW_MS + 6)));
+    assert!(by_member(&carol).queued, "carol's client never acknowledged: the entry is still queued");
+
+    changed(&*store, WriteOp::ExpireBefore(tracked.created_at + 1));
+    assert!(receipts(&alice, &tracked.message_id).is_empty(), "receipts expire with the queue");
 }
 
 /// Releasing a session clears the session restriction of that member's entries for it, and

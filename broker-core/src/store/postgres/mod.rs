@@ -36,8 +36,8 @@ use tokio::sync::mpsc;
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, DeviceCodeRecord, DeviceInfo, DeviceRecord,
     EmailCodeOutcome, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
-    NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, Redemption, Store, StoreError, StoreNotice,
-    StoreResult, WriteOp,
+    NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord, Redemption, Store, StoreError,
+    StoreNotice, StoreResult, WriteOp,
 };
 use crate::protocol::Role;
 
@@ -50,6 +50,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_confirm_keys", include_str!("../migrations/postgres/0004_confirm_keys.sql")),
     ("0005_email_codes", include_str!("../migrations/postgres/0005_email_codes.sql")),
     ("0006_queue_tails", include_str!("../migrations/postgres/0006_queue_tails.sql")),
+    ("0007_receipts", include_str!("../migrations/postgres/0007_receipts.sql")),
 ];
 
 /// Idle connections kept for reads and control-plane changes.
@@ -314,6 +315,10 @@ impl Store for PostgresStore {
 
     fn queue_depth(&self) -> StoreResult<u64> {
         self.with_client(|client| Ok(client.query_one("SELECT COUNT(*) FROM queue", &[])?.try_get::<_, i64>(0)? as u64))
+    }
+
+    fn receipts(&self, mesh_id: &str, sender_member_id: &str, message_id: &str) -> StoreResult<Vec<ReceiptRecord>> {
+        self.with_client(|client| writer::receipts(client, mesh_id, sender_member_id, message_id))
     }
 
     fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>> {

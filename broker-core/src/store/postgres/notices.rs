@@ -71,6 +71,8 @@ struct WireEntry<'a> {
     session_pubkey: Option<Cow<'a, str>>,
     exclude_session: Option<Cow<'a, str>>,
     key: Option<(Cow<'a, str>, Cow<'a, str>)>,
+    #[serde(default)]
+    tracked: bool,
 }
 
 /// The `e` line of one delivery, or its `q` line when the entry is too large to carry.
@@ -96,6 +98,7 @@ fn entry_line(message: &NewMessage, delivery: &Delivery, slot: QueueSlot) -> Str
         session_pubkey: delivery.session_pubkey.as_deref().map(text),
         exclude_session: delivery.exclude_session.as_deref().map(text),
         key: delivery.key.as_ref().map(|k| (text(&k.nonce), text(&k.ciphertext))),
+        tracked: env.tracked,
     };
     let line = format!(
         "e\t{}\t{}\t{}",
@@ -129,6 +132,7 @@ fn read_entry(mesh_id: &str, member_id: &str, json: &str) -> Option<StoreNotice>
             nonce: owned(wire.nonce),
             ciphertext: owned(wire.ciphertext),
             created_at: wire.created_at,
+            tracked: wire.tracked,
         }),
         delivery: Delivery {
             member_id: member_id.to_owned(),
@@ -282,6 +286,7 @@ mod tests {
                 nonce: "nonce".into(),
                 ciphertext: "c".repeat(ciphertext_bytes),
                 created_at: 7,
+                tracked: true,
             }),
             deliveries: members
                 .iter()

@@ -45,10 +45,11 @@ impl RowStatements {
                      ON CONFLICT (member_id, urgent) DO UPDATE SET seq = excluded.seq)
                  INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session,
                         sender_member_id, sender_member_pubkey, sender_pubkey, sender_session_sig, target_spec,
-                        priority, enc, nonce, ciphertext, body_seq, key_nonce, key_ciphertext, created_at)
+                        priority, enc, nonce, ciphertext, body_seq, key_nonce, key_ciphertext, created_at, tracked)
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
-                        $14::text[], $15::text[], $16::bigint[], $17::text[], $18::text[], $19::bigint[])",
+                        $14::text[], $15::text[], $16::bigint[], $17::text[], $18::text[], $19::bigint[],
+                        $23::bigint[])",
             )?,
         })
     }
@@ -197,6 +198,7 @@ impl<'a> BatchRows<'a> {
                 &tail_members,
                 &tail_urgent,
                 &tail_seqs,
+                &rows.iter().map(|r| i64::from(r.message.envelope.tracked)).collect::<Vec<i64>>(),
             ],
         )?;
         self.queue.clear();

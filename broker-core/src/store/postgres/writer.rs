@@ -13,7 +13,10 @@ use super::rows::{BatchRows, RowStatements};
 use super::{Job, MAX_BATCH, codes, notices};
 use crate::protocol::{Priority, WrappedKey};
 use crate::store::codes::DbCode as _;
-use crate::store::{Delivery, Envelope, PeerStateRecord, QueuedEntry, StoreError, StoreResult, WriteOp, WriteOutcome};
+use crate::store::{
+    Delivery, Envelope, NewMessage, PeerStateRecord, QueuedEntry, ReceiptRecord, StoreError, StoreResult, WriteOp,
+    WriteOutcome,
+};
 
 /// What the batch's jobs are told when its transaction could not begin or commit.
 fn batch_error(error: &Arc<postgres::Error>) -> StoreError {
@@ -33,7 +36,10 @@ impl Statements {
             rows: RowStatements::prepare(client)?,
             // One row per statement: a join with the acknowledged pairs may be planned as a scan
             // of the whole queue.
-            acknowledge: client.prepare("DELETE FROM queue WHERE member_id = $1 AND seq = $2 RETURNING body_seq")?,
+            acknowledge: client.prepare(
+                "DELETE FROM queue WHERE member_id = $1 AND seq = $2
+                 RETURNING body_seq, tracked, mesh_id, sender_member_id, message_id",
+            )?,
             drop_bodies: client.prepare(
                 "DELETE FROM bodies b WHERE b.seq = ANY($1::bigint[])
                  AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = b.seq)",
@@ -259,6 +265,9 @@ fn apply_write<'a>(
         WriteOp::Enqueue(message) => {
             let slots = deferred.rows.place(message);
             audit::append_all_with(tx, &message.audit, message.envelope.created_at, &mut deferred.scopes)?;
+            if message.envelope.tracked {
+                insert_receipts(tx, message)?;
+            }
             Ok(WriteOutcome::Enqueued(slots))
         }
         WriteOp::Acknowledge(entries) => acknowledge(tx, statements, entries).map(WriteOutcome::Changed),
@@ -276,6 +285,11 @@ fn apply_write<'a>(
              VALUES ($1, $2, $3, 'session', $4) ON CONFLICT DO NOTHING",
             &[mesh_id, pubkey, member_id, &(*at_ms as i64)],
         )?)),
+        WriteOp::MarkRead { mesh_id, member_id, message_ids, at_ms } => Ok(WriteOutcome::Changed(tx.execute(
+            "UPDATE receipts SET read_at = $4, delivered_at = COALESCE(delivered_at, $4)
+             WHERE mesh_id = $1 AND member_id = $2 AND message_id = ANY($3::text[]) AND read_at IS NULL",
+            &[mesh_id, member_id, message_ids, &(*at_ms as i64)],
+        )?)),
         WriteOp::ExpireBefore(cutoff_ms) => {
             deferred.flush(tx, statements)?;
             expire(tx, *cutoff_ms).map(WriteOutcome::Changed)
@@ -285,13 +299,36 @@ fn apply_write<'a>(
     }
 }
 
+/// A tracked message's receipts, one per recipient member (a sender reusing a message id of its
+/// own keeps the first message's).
+fn insert_receipts(db: &mut impl GenericClient, message: &NewMessage) -> StoreResult<()> {
+    let env = &message.envelope;
+    let members: Vec<&str> = message.deliveries.iter().map(|d| d.member_id.as_str()).collect();
+    db.execute(
+        "INSERT INTO receipts (mesh_id, sender_member_id, message_id, member_id, queued_at)
+         SELECT $1, $2, $3, member_id, $5 FROM unnest($4::text[]) AS m(member_id) ON CONFLICT DO NOTHING",
+        &[&env.mesh_id, &env.sender_member_id, &env.message_id, &members, &(env.created_at as i64)],
+    )?;
+    Ok(())
+}
+
 fn acknowledge(db: &mut impl GenericClient, statements: &Statements, entries: &[(String, u64)]) -> StoreResult<u64> {
     let mut bodies = Vec::new();
     let mut removed = 0;
+    let now = crate::protocol::now_ms() as i64;
     for (member_id, seq) in entries {
         if let Some(row) = db.query_opt(&statements.acknowledge, &[member_id, &(*seq as i64)])? {
             removed += 1;
             bodies.extend(row.try_get::<_, Option<i64>>(0)?);
+            if row.try_get::<_, i64>(1)? != 0 {
+                let (mesh_id, sender, message_id): (String, String, String) =
+                    (row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+                db.execute(
+                    "UPDATE receipts SET delivered_at = $5 WHERE mesh_id = $1 AND sender_member_id = $2
+                     AND message_id = $3 AND member_id = $4 AND delivered_at IS NULL",
+                    &[&mesh_id, &sender, &message_id, member_id, &now],
+                )?;
+            }
         }
     }
     if !bodies.is_empty() {
@@ -305,6 +342,7 @@ fn acknowledge(db: &mut impl GenericClient, statements: &Statements, entries: &[
 fn expire(db: &mut impl GenericClient, cutoff_ms: u64) -> StoreResult<u64> {
     let cutoff = cutoff_ms as i64;
     let removed = db.execute("DELETE FROM queue WHERE created_at < $1", &[&cutoff])?;
+    db.execute("DELETE FROM receipts WHERE queued_at < $1", &[&cutoff])?;
     db.execute(
         "DELETE FROM bodies WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = bodies.seq)",
         &[&cutoff],
@@ -336,7 +374,8 @@ pub(super) fn pending_for_member(
         "SELECT q.seq, q.message_id, q.mesh_id, q.session_pubkey, q.exclude_session, q.sender_member_id,
                 q.sender_pubkey, q.target_spec, q.priority, q.enc,
                 COALESCE(b.nonce, q.nonce), COALESCE(b.ciphertext, q.ciphertext),
-                q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig
+                q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig,
+                q.tracked
          FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
          WHERE q.member_id = $1 AND q.seq > $2 AND (q.priority = $5) = $4 ORDER BY q.seq LIMIT $3",
         &[&member_id, &(after_seq as i64), &(limit as i64), &urgent, &Priority::Now.to_db()],
@@ -360,6 +399,7 @@ pub(super) fn pending_for_member(
                     nonce: row.try_get(10)?,
                     ciphertext: row.try_get::<_, Option<String>>(11)?.unwrap_or_default(),
                     created_at: row.try_get::<_, i64>(14)? as u64,
+                    tracked: row.try_get::<_, i64>(17)? != 0,
                 }),
                 delivery: Delivery {
                     member_id: member_id.to_owned(),
@@ -367,6 +407,32 @@ pub(super) fn pending_for_member(
                     exclude_session: row.try_get(4)?,
                     key: key_nonce.zip(key_ciphertext).map(|(nonce, ciphertext)| WrappedKey { nonce, ciphertext }),
                 },
+            })
+        })
+        .collect()
+}
+
+pub(super) fn receipts(
+    db: &mut impl GenericClient,
+    mesh_id: &str,
+    sender_member_id: &str,
+    message_id: &str,
+) -> StoreResult<Vec<ReceiptRecord>> {
+    let rows = db.query(
+        "SELECT r.member_id, r.queued_at, r.delivered_at, r.read_at,
+                EXISTS (SELECT 1 FROM queue q WHERE q.member_id = r.member_id AND q.message_id = r.message_id)
+         FROM receipts r WHERE r.mesh_id = $1 AND r.sender_member_id = $2 AND r.message_id = $3
+         ORDER BY r.member_id",
+        &[&mesh_id, &sender_member_id, &message_id],
+    )?;
+    rows.iter()
+        .map(|row| {
+            Ok(ReceiptRecord {
+                member_id: row.try_get(0)?,
+                queued_at: row.try_get::<_, i64>(1)? as u64,
+                delivered_at: row.try_get::<_, Option<i64>>(2)?.map(|at| at as u64),
+                read_at: row.try_get::<_, Option<i64>>(3)?.map(|at| at as u64),
+                queued: row.try_get(4)?,
             })
         })
         .collect()

@@ -29,8 +29,8 @@ use crate::store::records::MESH_COLUMNS;
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,
     DeviceRecord, EmailCodeOutcome, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS, MemberRecord,
-    MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, Redemption,
-    Store, StoreError, StoreNotice, StoreResult, WriteOp,
+    MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord,
+    Redemption, Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
 use crate::protocol::{Priority, Role, WrappedKey};
 
@@ -359,6 +359,27 @@ impl Store for SqliteStore {
         self.read(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |row| row.get::<_, i64>(0))).map(|n| n as u64)
     }
 
+    fn receipts(&self, mesh_id: &str, sender_member_id: &str, message_id: &str) -> StoreResult<Vec<ReceiptRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT r.member_id, r.queued_at, r.delivered_at, r.read_at,
+                        EXISTS (SELECT 1 FROM queue q WHERE q.member_id = r.member_id AND q.message_id = r.message_id)
+                 FROM receipts r WHERE r.mesh_id = ?1 AND r.sender_member_id = ?2 AND r.message_id = ?3
+                 ORDER BY r.member_id",
+            )?;
+            stmt.query_map(params![mesh_id, sender_member_id, message_id], |row| {
+                Ok(ReceiptRecord {
+                    member_id: row.get(0)?,
+                    queued_at: row.get::<_, i64>(1)? as u64,
+                    delivered_at: row.get::<_, Option<i64>>(2)?.map(|at| at as u64),
+                    read_at: row.get::<_, Option<i64>>(3)?.map(|at| at as u64),
+                    queued: row.get(4)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
     fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>> {
         self.read(|conn| peer_states(conn, mesh_id))
     }
@@ -649,7 +670,8 @@ fn pending_for_member(
         "SELECT q.seq, q.message_id, q.mesh_id, q.session_pubkey, q.exclude_session, q.sender_member_id,
                 q.sender_pubkey, q.target_spec, q.priority, q.enc,
                 COALESCE(b.nonce, q.nonce), COALESCE(b.ciphertext, q.ciphertext),
-                q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig
+                q.key_nonce, q.key_ciphertext, q.created_at, q.sender_member_pubkey, q.sender_session_sig,
+                q.tracked
          FROM queue q LEFT JOIN bodies b ON b.seq = q.body_seq
          WHERE q.member_id = ?1 AND q.seq > ?2 AND (q.priority = ?5) = ?4 ORDER BY q.seq LIMIT ?3",
     )?;
@@ -672,6 +694,7 @@ fn pending_for_member(
                 nonce: row.get(10)?,
                 ciphertext: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
                 created_at: row.get::<_, i64>(14)? as u64,
+                tracked: row.get::<_, i64>(17)? != 0,
             }),
             delivery: Delivery {
                 member_id: member_id.to_owned(),

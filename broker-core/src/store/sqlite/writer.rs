@@ -108,6 +108,9 @@ fn apply_write(conn: &Connection, op: WriteOp, next_seq: &mut u64) -> StoreResul
             .and_then(|mut stmt| stmt.execute(params![mesh_id, pubkey, member_id, at_ms as i64]))
             .map(|n| WriteOutcome::Changed(n as u64))
             .map_err(StoreError::from),
+        WriteOp::MarkRead { mesh_id, member_id, message_ids, at_ms } => {
+            mark_read(conn, &mesh_id, &member_id, &message_ids, at_ms).map(WriteOutcome::Changed)
+        }
         WriteOp::ExpireBefore(cutoff_ms) => expire(conn, cutoff_ms).map(WriteOutcome::Changed),
         WriteOp::Audit(events) => audit::append_all(conn, &events, crate::protocol::now_ms())
             .map(|()| WriteOutcome::Changed(events.len() as u64)),
@@ -131,8 +134,8 @@ fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> Store
     let mut insert = conn.prepare_cached(
         "INSERT INTO queue (member_id, seq, message_id, mesh_id, session_pubkey, exclude_session, sender_member_id,
                 sender_member_pubkey, sender_pubkey, sender_session_sig, target_spec, priority, enc, nonce, ciphertext,
-                body_seq, key_nonce, key_ciphertext, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                body_seq, key_nonce, key_ciphertext, created_at, tracked)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?;
     let mut seqs = Vec::with_capacity(message.deliveries.len());
     for delivery in &message.deliveries {
@@ -162,23 +165,56 @@ fn enqueue(conn: &Connection, message: &NewMessage, next_seq: &mut u64) -> Store
             delivery.key.as_ref().map(|k| k.nonce.as_str()),
             delivery.key.as_ref().map(|k| k.ciphertext.as_str()),
             env.created_at as i64,
+            env.tracked,
         ])?;
         seqs.push(QueueSlot { seq, after: 0 });
+    }
+    if env.tracked {
+        // A sender reusing a message id of its own keeps the first message's receipts.
+        let mut receipt = conn.prepare_cached(
+            "INSERT OR IGNORE INTO receipts (mesh_id, sender_member_id, message_id, member_id, queued_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for delivery in &message.deliveries {
+            receipt.execute(params![
+                env.mesh_id,
+                env.sender_member_id,
+                env.message_id,
+                delivery.member_id,
+                env.created_at as i64
+            ])?;
+        }
     }
     audit::append_all(conn, &message.audit, env.created_at)?;
     Ok(seqs)
 }
 
 fn acknowledge(conn: &Connection, entries: &[(String, u64)]) -> StoreResult<u64> {
-    let mut delete = conn.prepare_cached("DELETE FROM queue WHERE member_id = ?1 AND seq = ?2 RETURNING body_seq")?;
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM queue WHERE member_id = ?1 AND seq = ?2
+         RETURNING body_seq, tracked, mesh_id, sender_member_id, message_id",
+    )?;
     let mut bodies = Vec::new();
     let mut removed = 0;
+    let now = crate::protocol::now_ms() as i64;
     for (member_id, seq) in entries {
-        let body: Option<Option<i64>> =
-            delete.query_row(params![member_id, *seq as i64], |row| row.get(0)).optional()?;
-        if let Some(body) = body {
-            removed += 1;
-            bodies.extend(body);
+        let deleted = delete
+            .query_row(params![member_id, *seq as i64], |row| {
+                let body: Option<i64> = row.get(0)?;
+                let receipt: Option<(String, String, String)> =
+                    if row.get::<_, i64>(1)? != 0 { Some((row.get(2)?, row.get(3)?, row.get(4)?)) } else { None };
+                Ok((body, receipt))
+            })
+            .optional()?;
+        let Some((body, receipt)) = deleted else { continue };
+        removed += 1;
+        bodies.extend(body);
+        if let Some((mesh_id, sender_member_id, message_id)) = receipt {
+            conn.prepare_cached(
+                "UPDATE receipts SET delivered_at = ?5 WHERE mesh_id = ?1 AND sender_member_id = ?2
+                 AND message_id = ?3 AND member_id = ?4 AND delivered_at IS NULL",
+            )?
+            .execute(params![mesh_id, sender_member_id, message_id, member_id, now])?;
         }
     }
     let mut drop_body = conn
@@ -191,8 +227,28 @@ fn acknowledge(conn: &Connection, entries: &[(String, u64)]) -> StoreResult<u64>
     Ok(removed)
 }
 
+/// Stamps the receipts of `message_ids` for `member_id` read (and delivered, if not yet).
+fn mark_read(
+    conn: &Connection,
+    mesh_id: &str,
+    member_id: &str,
+    message_ids: &[String],
+    at_ms: u64,
+) -> StoreResult<u64> {
+    let mut update = conn.prepare_cached(
+        "UPDATE receipts SET read_at = ?4, delivered_at = COALESCE(delivered_at, ?4)
+         WHERE mesh_id = ?1 AND member_id = ?2 AND message_id = ?3 AND read_at IS NULL",
+    )?;
+    let mut changed = 0;
+    for message_id in message_ids {
+        changed += update.execute(params![mesh_id, member_id, message_id, at_ms as i64])? as u64;
+    }
+    Ok(changed)
+}
+
 fn expire(conn: &Connection, cutoff_ms: u64) -> StoreResult<u64> {
     let removed = conn.execute("DELETE FROM queue WHERE created_at < ?1", [cutoff_ms as i64])?;
+    conn.execute("DELETE FROM receipts WHERE queued_at < ?1", [cutoff_ms as i64])?;
     conn.execute(
         "DELETE FROM bodies WHERE created_at < ?1 AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = bodies.seq)",
         [cutoff_ms as i64],
