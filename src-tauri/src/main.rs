@@ -91,6 +91,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Where a message you sent stands for each recipient: queued, delivered (its claudemesh
+    /// stored it), read (a session of it read it), or why not (expired, removed). MESSAGE_ID is
+    /// what `claudemesh send` printed.
+    MessageStatus {
+        message_id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Usage counters of the peers in your meshes, as each session reports them: messages in
     /// and out, tool calls, uptime, errors; per peer and summed per mesh.
     Stats {
@@ -384,6 +392,7 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Meshes { json } => cli::meshes(json),
         Command::Peers { mesh, json } => cli::peers(mesh, json).await,
         Command::Stats { mesh, json } => cli::stats(mesh, json).await,
+        Command::MessageStatus { message_id, json } => cli::message_status(message_id, json).await,
         Command::Release { peer, json } => cli::release(peer, json).await,
         Command::Send { target, message, priority, json } => cli::send(target, message, priority.into(), json).await,
         Command::Inbox { all, limit, json } => cli::inbox(all, limit, json).await,

@@ -12,7 +12,7 @@ use claudemesh_e2e::{Bridge, Broker, Device, WAIT, message_texts, peer_status};
 use serde_json::{Value, json};
 
 /// What `claudemesh install` pre-approves in Claude Code's permission settings.
-const APPROVED: [&str; 5] = ["list_peers", "check_messages", "whoami", "send_message", "mesh_stats"];
+const APPROVED: [&str; 6] = ["list_peers", "check_messages", "whoami", "send_message", "mesh_stats", "message_status"];
 
 /// A broker with one mesh, `alice` as a stdio-driven bridge, and `bob`'s Claude Code with
 /// claudemesh installed.
@@ -315,6 +315,41 @@ async fn a_turn_reads_the_counters_each_peer_reported() -> Result<()> {
     let alice = &stats["meshes"][0]["peers"].as_array().context("peers")?.iter().find(|p| p["name"] == "alice");
     assert!(alice.is_some_and(|a| a["stats"]["uptime"].as_u64().is_some()), "{stats}");
     assert_eq!(stats["meshes"][0]["mesh"], "claude-code", "{stats}");
+    session.end().await?;
+    Ok(())
+}
+
+/// A turn asks whether a message was read: bob's device sent it (its CLI), alice's session read
+/// it; `claudemesh message-status` and the tool `message_status` say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_asks_whether_a_sent_message_was_read() -> Result<()> {
+    let mut mesh = Mesh::start().await?;
+    let text = "the build is green again";
+    let sent = mesh.bob.claudemesh(&["send", "alice", text]).await?;
+    let message_id = sent["results"][0]["messageId"].as_str().context("a message id")?.to_owned();
+    mesh.alice.channel_message(text, WAIT).await.context("alice is notified")?;
+    assert_eq!(message_texts(&mesh.alice.call("check_messages", json!({})).await?), [text]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = mesh.bob.claudemesh(&["message-status", &message_id]).await?;
+        if status["recipients"][0]["state"] == "read" {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never read: {status}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let ask = "did alice read my message";
+    mesh.api.script(ask, vec![Step::call("message_status", json!({"message_id": message_id})), Step::text("yes")]);
+    let mut session = mesh.bob.session(&[]).await?;
+    let result = session.turn(ask).await?;
+    assert_eq!(result["is_error"], false, "{result}");
+    let answered = mesh.api.results_of("message_status");
+    assert!(!answered[0].is_error, "{answered:?}");
+    let status = answered[0].json()?;
+    assert_eq!(status["recipients"][0]["displayName"], "alice", "{status}");
+    assert_eq!(status["recipients"][0]["state"], "read", "{status}");
+    assert_eq!(status["mesh"], "claude-code", "{status}");
     session.end().await?;
     Ok(())
 }

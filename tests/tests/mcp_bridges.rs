@@ -8,7 +8,7 @@ use anyhow::Result;
 use claudemesh_e2e::{Broker, Device, WAIT, message_texts, peer_names};
 use serde_json::json;
 
-const TOOLS: [&str; 9] = [
+const TOOLS: [&str; 10] = [
     "list_peers",
     "send_message",
     "check_messages",
@@ -18,6 +18,7 @@ const TOOLS: [&str; 9] = [
     "leave_group",
     "whoami",
     "mesh_stats",
+    "message_status",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,6 +87,15 @@ async fn bridges_message_each_other_end_to_end_and_the_broker_never_sees_plainte
     let inbox = bob.call("check_messages", json!({})).await?;
     assert_eq!(message_texts(&inbox), [hello]);
     assert_eq!(inbox["messages"][0]["from"], "alice");
+    // Read: alice's message_status says so.
+    let hello_id = sent["results"][0]["messageId"].as_str().expect("message id").to_owned();
+    let status = alice
+        .call_until("message_status", json!({"message_id": hello_id}), |s| s["recipients"][0]["state"] == "read")
+        .await?;
+    assert_eq!(status["recipients"][0]["displayName"], "bob", "{status}");
+    assert!(status["recipients"][0]["readAt"].is_string(), "{status}");
+    let error = bob.call_error("message_status", json!({"message_id": hello_id})).await?;
+    assert!(error.contains("no message"), "only its sender sees a message's status: {error}");
     assert!(
         message_texts(&bob.call("check_messages", json!({})).await?).is_empty(),
         "read messages are not returned again"

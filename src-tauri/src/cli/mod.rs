@@ -76,7 +76,7 @@ fn http_exit(error: &crate::http::HttpError) -> Exit {
 /// The exit code of a failed mesh operation: the one place the CLI reads a [`MeshError`].
 fn mesh_exit(error: &MeshError) -> Exit {
     match error {
-        MeshError::UnknownMesh { .. } | MeshError::Resolve(_) => Exit::NotFound,
+        MeshError::UnknownMesh { .. } | MeshError::Resolve(_) | MeshError::UnknownMessage(_) => Exit::NotFound,
         MeshError::NotConnected { state: LinkState::Failed(_), .. } => Exit::Refused,
         MeshError::NotConnected { .. } => Exit::Unreachable,
         MeshError::Broker { source, .. } | MeshError::NotSent(source) => match BrokerFault::of(source) {
@@ -314,6 +314,29 @@ pub async fn stats(mesh: Option<String>, json_output: bool) -> CliResult {
             }
         }
         line("total", &mesh.total);
+    }
+    Ok(())
+}
+
+pub async fn message_status(message_id: String, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, None).await?;
+    let result = async {
+        require_connected(&supervisor)?;
+        supervisor.message_status(message_id.trim()).await.map_err(mesh_failure)
+    }
+    .await;
+    supervisor.shutdown().await;
+    let status = result?;
+    if json_output {
+        print_json(json!(status));
+        return Ok(());
+    }
+    println!("message {} in {}:", status.message_id, status.mesh);
+    for recipient in &status.recipients {
+        let when = recipient.read_at.as_ref().or(recipient.delivered_at.as_ref()).unwrap_or(&recipient.queued_at);
+        let state = serde_json::to_value(recipient.state).ok().and_then(|v| v.as_str().map(str::to_owned));
+        println!("  {:<24} {:<10} {when}", recipient.display_name, state.unwrap_or_default());
     }
     Ok(())
 }
@@ -699,6 +722,7 @@ mod tests {
             (MeshError::NotSent(ClientError::NoRecipient("nobody @dev reaches is in the mesh".into())), Exit::Refused),
             (MeshError::NotSent(ClientError::ConnectionLost), Exit::Unreachable),
             (MeshError::NotSent(ClientError::Crypto(broker_core::crypto::CryptoError::MalformedKey)), Exit::Failure),
+            (MeshError::UnknownMessage("msg_1".into()), Exit::NotFound),
             (MeshError::MemberKeyMismatch, Exit::Failure),
             (MeshError::MemberKeyMissing { mesh: "acme".into(), keystore: "file" }, Exit::Failure),
             (

@@ -31,9 +31,11 @@ Good habits: call list_peers early to see who is around and what they work on; k
 set_summary of your current task; join_group for teams you belong to; keep messages short and \
 self-contained (peers do not see your conversation or your files unless they run on the same \
 machine, which list_peers shows as location \"local\"). mesh_stats shows what each peer \
-reported of its activity (messages, tool calls, uptime, errors), per peer and summed.
+reported of its activity (messages, tool calls, uptime, errors), per peer and summed. \
+message_status tells whether a message you sent was delivered or read, per recipient; a name \
+of a peer who is offline still reaches it (send_message says so, and it waits for them).
 
 These tools (list_peers, send_message, check_messages, set_summary, set_status, join_group, \
-leave_group, whoami, mesh_stats) belong to claudemesh. They are distinct from any built-in messaging, \
+leave_group, whoami, mesh_stats, message_status) belong to claudemesh. They are distinct from any built-in messaging, \
 team, agent or task tools your client has: use these to talk to mesh peers, and the built-in \
 ones for what they are for.";

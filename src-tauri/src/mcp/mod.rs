@@ -149,6 +149,12 @@ struct JoinGroupArgs {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct MessageStatusArgs {
+    /// The `messageId` send_message returned.
+    message_id: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct LeaveGroupArgs {
     name: String,
     #[serde(default)]
@@ -214,6 +220,23 @@ impl Bridge {
                 let omitted = supervisor.peers_left_out(args.mesh.as_deref());
                 json_result(&serde_json::json!({ "peers": peers, "omitted": omitted }))
             }
+            Err(error) => mesh_error_result(error),
+        })
+    }
+
+    #[tool(
+        description = "Where a message you sent stands for each recipient: queued (waiting: the recipient is offline or busy), delivered (its claudemesh stored it), read (its session read it), or why not (expired after 7 days, removed from the mesh). `message_id` is the messageId send_message returned."
+    )]
+    async fn message_status(
+        &self,
+        Parameters(args): Parameters<MessageStatusArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        Ok(match supervisor.message_status(args.message_id.trim()).await {
+            Ok(status) => json_result(&status),
             Err(error) => mesh_error_result(error),
         })
     }

@@ -41,6 +41,11 @@ pub enum MeshError {
     KeyStore(#[from] KeyStoreError),
     #[error("cannot read the inbox: {0}")]
     Inbox(#[from] InboxError),
+    /// No joined mesh knows a message by that id as one this member sent.
+    #[error(
+        "no message {0:?} sent from this device's meshes has a status: check the id (send_message returns it); a status is kept for 7 days"
+    )]
+    UnknownMessage(String),
     /// Every selected mesh failed, each for its own reason (never empty).
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Each(Vec<MeshError>),

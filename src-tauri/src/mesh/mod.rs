@@ -112,6 +112,15 @@ pub struct PeerRow {
     pub stats: Option<Stats>,
 }
 
+/// `message_status`: each recipient member's copy of a sent message.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatus {
+    pub message_id: String,
+    pub mesh: String,
+    pub recipients: Vec<broker_core::protocol::RecipientStatus>,
+}
+
 /// `mesh_stats` for one mesh: each peer's self-reported counters and their sum.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -283,9 +292,11 @@ impl Supervisor {
                 model: options.model.clone(),
                 groups: vec![],
             };
-            // Only an observer (the desktop app) shows delivery states and peers live.
+            // Only an observer (the desktop app) shows delivery states and peers live; every
+            // front end's messages keep their status for `message_status`.
             config.delivery_receipts = observer.is_some();
             config.peer_updates = observer.is_some();
+            config.track_messages = true;
             let session_lock = link::lock_session(&run_dir, &config.session_key.public_hex());
             let (client, events) = MeshClient::start(config);
             let (state, _) = watch::channel(LinkState::Connecting);
@@ -636,7 +647,53 @@ impl Supervisor {
         })
         .await
         .unwrap_or_else(|e| Err(crate::inbox::InboxError::Open { path: "inbox".into(), message: e.to_string() }));
-        Ok(taken?)
+        let taken = taken?;
+        self.tell_read(&taken).await;
+        Ok(taken)
+    }
+
+    /// Tells the senders (through their `message_status`) that these messages were read. Best
+    /// effort: a status that could not be sent only stays at "delivered".
+    pub async fn tell_read(&self, messages: &[StoredMessage]) {
+        for link in &self.links {
+            let ids: Vec<String> = messages
+                .iter()
+                .filter(|m| m.mesh_id == link.entry.mesh_id && m.kind != crate::inbox::MessageKind::Notice)
+                .map(|m| m.id.clone())
+                .collect();
+            if !ids.is_empty()
+                && let Err(error) = link.client.mark_read(ids).await
+            {
+                tracing::debug!(mesh = %link.entry.slug, %error, "could not tell the senders what was read");
+            }
+        }
+    }
+
+    /// Where each recipient's copy of a message this member sent stands: the first joined mesh
+    /// that knows the message answers (the broker shows a message's status to its sender only).
+    pub async fn message_status(&self, message_id: &str) -> Result<MessageStatus, MeshError> {
+        let mut errors = Vec::new();
+        for link in &self.links {
+            if let Err(error) = link.require_connected() {
+                errors.push(error);
+                continue;
+            }
+            match link.client.message_status(message_id).await {
+                Ok(recipients) if recipients.is_empty() => {}
+                Ok(recipients) => {
+                    return Ok(MessageStatus {
+                        message_id: message_id.to_owned(),
+                        mesh: link.entry.slug.clone(),
+                        recipients,
+                    });
+                }
+                Err(error) => errors.push(link.broker_error(error)),
+            }
+        }
+        if !errors.is_empty() && errors.len() == self.links.len() {
+            return Err(MeshError::each(errors));
+        }
+        Err(MeshError::UnknownMessage(message_id.to_owned()))
     }
 
     /// Closes every session cleanly (the broker hands session-addressed mail to the member's

@@ -30,8 +30,15 @@ impl Desktop {
         let unseen: Vec<String> = thread.iter().filter(|m| !m.seen).map(|m| m.id.clone()).collect();
         if !unseen.is_empty() {
             let inbox = self.inbox.clone();
-            blocking(move || Ok(inbox.mark_seen(&unseen, now_ms())?)).await?;
+            let seen = unseen.clone();
+            blocking(move || Ok(inbox.mark_seen(&seen, now_ms())?)).await?;
             self.recount_unread().await;
+            // The senders' message_status shows that the person read them.
+            let read: Vec<_> = received.into_iter().map(|m| m.message).filter(|m| unseen.contains(&m.id)).collect();
+            let supervisors: Vec<_> = lock(&self.links).values().cloned().collect();
+            for supervisor in supervisors {
+                supervisor.tell_read(&read).await;
+            }
         }
         Ok(thread)
     }
