@@ -42,6 +42,7 @@ const TABLES: &[&str] = &[
     "bodies",
     "queue",
     "receipts",
+    "schedules",
 ];
 
 /// What was copied.

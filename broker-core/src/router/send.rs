@@ -156,7 +156,7 @@ impl Router {
         let routed = deliveries.clone();
         let routed_envelope = envelope.clone();
         self.store.submit(
-            WriteOp::Enqueue(NewMessage { envelope, deliveries, audit }),
+            WriteOp::Enqueue(NewMessage { envelope, deliveries, audit, fire: None }),
             Some(Box::new(move |result| {
                 drop(permit);
                 let error = match result {

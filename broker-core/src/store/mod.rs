@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_email_codes", include_str!("migrations/0005_email_codes.sql")),
     ("0006_queue_tails", include_str!("migrations/0006_queue_tails.sql")),
     ("0007_receipts", include_str!("migrations/0007_receipts.sql")),
+    ("0008_schedules", include_str!("migrations/0008_schedules.sql")),
 ];
 
 /// Lowercase ASCII letters, digits and single dashes; never empty.
@@ -391,8 +392,9 @@ pub struct Envelope {
     pub tracked: bool,
 }
 
-/// Where one recipient member's copy goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where one recipient member's copy goes (stored as JSON with a schedule).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Delivery {
     pub member_id: String,
     /// Only this session may receive it (a DM to a session key).
@@ -410,6 +412,46 @@ pub struct NewMessage {
     pub envelope: Arc<Envelope>,
     pub deliveries: Vec<Delivery>,
     pub audit: Vec<AuditEvent>,
+    /// This message is an occurrence of a schedule: queued only together with moving the
+    /// schedule past it (else the write fails with `Conflict`, and nothing is queued).
+    pub fire: Option<ScheduleFire>,
+}
+
+/// Moving a schedule past the occurrence `due_at` that is being queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleFire {
+    pub schedule_id: String,
+    /// The occurrence being queued: the schedule's `next_fire_at` must still be this.
+    pub due_at: u64,
+    /// The occurrence after it; `None` ends the schedule (a one-shot).
+    pub next: Option<u64>,
+}
+
+/// A scheduled or recurring message: the sealed envelope and its recipients as resolved when it
+/// was scheduled, and when it fires next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRecord {
+    pub id: String,
+    pub mesh_id: String,
+    pub sender_member_id: String,
+    pub sender_member_pubkey: String,
+    pub sender_pubkey: String,
+    pub sender_session_sig: Option<String>,
+    pub target_spec: String,
+    pub priority: Priority,
+    pub enc: Enc,
+    pub nonce: String,
+    pub ciphertext: String,
+    pub deliveries: Vec<Delivery>,
+    /// Five-field cron expression of a recurring message (`None`: once).
+    pub cron: Option<String>,
+    /// IANA time zone the cron expression reads in.
+    pub tz: Option<String>,
+    /// Milliseconds since the epoch.
+    pub next_fire_at: u64,
+    /// Occurrences queued so far.
+    pub fired: u64,
+    pub created_at: u64,
 }
 
 /// A queue entry as loaded back from storage.
@@ -588,6 +630,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<QueuedEntry>>;
     /// Undelivered queue entries in total.
     fn queue_depth(&self) -> StoreResult<u64>;
+    // --- scheduled messages ------------------------------------------------------------------
+
+    /// Stores a schedule, with its `schedule_created` audit entry; `Conflict("schedule_limit")`
+    /// when its sender already has `max_per_member` schedules in the mesh.
+    fn create_schedule(&self, schedule: &ScheduleRecord, max_per_member: u64) -> StoreResult<()>;
+    /// The mesh's schedules, soonest first.
+    fn schedules(&self, mesh_id: &str) -> StoreResult<Vec<ScheduleRecord>>;
+    /// Deletes a schedule of the mesh, with its `schedule_cancelled` audit entry by `actor`;
+    /// `false` when there is none by that id.
+    fn cancel_schedule(&self, mesh_id: &str, schedule_id: &str, actor: Option<&str>) -> StoreResult<bool>;
+    /// Schedules due at `now_ms` (their next occurrence at or before it), soonest first, at
+    /// most `limit`.
+    fn due_schedules(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<ScheduleRecord>>;
+
     /// The receipts of a tracked message `sender_member_id` sent, one per recipient member
     /// (empty for a message it did not send, did not track, or whose receipts expired).
     fn receipts(&self, mesh_id: &str, sender_member_id: &str, message_id: &str) -> StoreResult<Vec<ReceiptRecord>>;

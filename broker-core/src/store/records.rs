@@ -19,6 +19,23 @@ pub(super) const DEVICE_COLUMNS: &str = "id, account_id, hostname, platform, arc
 pub(super) const CODE_COLUMNS: &str = "user_code, hostname, platform, arch, app_version, ip, created_at, expires_at, \
                                         interval_ms, status, account_id, attempts, confirm_key";
 
+pub(super) const SCHEDULE_COLUMNS: &str = "id, mesh_id, sender_member_id, sender_member_pubkey, sender_pubkey, \
+                                            sender_session_sig, target_spec, priority, enc, nonce, ciphertext, \
+                                            deliveries, cron, tz, next_fire_at, fired, created_at";
+
+/// The audit entry of a new schedule: who scheduled what kind of message to whom, when. Never
+/// content.
+pub(super) fn schedule_created(schedule: &super::ScheduleRecord) -> AuditEvent {
+    event(
+        &schedule.mesh_id,
+        "schedule_created",
+        Some(&schedule.sender_member_id),
+        json!({"scheduleId": schedule.id, "target": schedule.target_spec, "nextFireAt": schedule.next_fire_at,
+               "cron": schedule.cron, "tz": schedule.tz, "recipients": schedule.deliveries.len(),
+               "bytes": schedule.ciphertext.len()}),
+    )
+}
+
 /// RFC 8628: a `slow_down` adds this to the polling interval for all later polls.
 pub(super) const SLOW_DOWN_STEP_MS: u64 = 5_000;
 

@@ -67,6 +67,7 @@ macro_rules! store_conformance_tests {
             pending_entries_page_by_lane_and_sequence,
             acknowledge_removes_exactly_the_named_entries,
             receipts_follow_a_tracked_message_from_queue_to_read,
+            schedules_fire_each_occurrence_once_and_are_cancelled,
             releasing_a_session_hands_its_entries_to_every_session,
             expiry_drops_only_entries_created_before_the_cutoff,
             an_enqueue_appends_its_audit_entries,

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::protocol::{Enc, GroupMembership, Priority, Stats, WrappedKey};
 use crate::store::{
-    Delivery, Envelope, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueueSlot, QueuedEntry, Store,
-    StoreNotice, StoreResult, WriteOp, WriteOutcome,
+    Delivery, Envelope, MemberRecord, MeshRecord, NewMessage, PeerStateRecord, QueueSlot, QueuedEntry, ScheduleFire,
+    ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp, WriteOutcome,
 };
 
 /// A sealed message from `sender`; `n` makes its ids and opaque bytes distinct.
@@ -58,7 +58,7 @@ fn wrapped(member: &MemberRecord) -> Delivery {
 }
 
 fn message(envelope: Envelope, deliveries: Vec<Delivery>) -> NewMessage {
-    NewMessage { envelope: Arc::new(envelope), deliveries, audit: Vec::new() }
+    NewMessage { envelope: Arc::new(envelope), deliveries, audit: Vec::new(), fire: None }
 }
 
 /// Enqueues and returns the assigned sequence numbers.
@@ -653,4 +653,123 @@ pub fn peer_state_is_saved_per_member_and_replaced<D: TestDatabase>(database: &D
     expected.sort_by(|a, b| a.member_id.cmp(&b.member_id));
     assert_eq!(states, expected);
     assert!(store.peer_states(&other_mesh.id).expect("reads").is_empty());
+}
+
+/// A schedule of `sender` to `recipients`, first due at `next_fire_at`.
+fn schedule(
+    n: u32,
+    mesh: &MeshRecord,
+    sender: &MemberRecord,
+    recipients: &[&MemberRecord],
+    next_fire_at: u64,
+    cron: Option<&str>,
+) -> ScheduleRecord {
+    let sealed = envelope(n, mesh, sender, Priority::Now, Enc::Multi);
+    ScheduleRecord {
+        id: format!("sched-{n}"),
+        mesh_id: mesh.id.clone(),
+        sender_member_id: sender.id.clone(),
+        sender_member_pubkey: sender.pubkey.clone(),
+        sender_pubkey: sealed.sender_pubkey,
+        sender_session_sig: sealed.sender_session_sig,
+        target_spec: "*".to_owned(),
+        priority: Priority::Now,
+        enc: Enc::Multi,
+        nonce: sealed.nonce,
+        ciphertext: sealed.ciphertext,
+        deliveries: recipients.iter().map(|member| wrapped(member)).collect(),
+        cron: cron.map(str::to_owned),
+        tz: cron.map(|_| "Europe/Berlin".to_owned()),
+        next_fire_at,
+        fired: 0,
+        created_at: NOW_MS,
+    }
+}
+
+/// The occurrence `due_at` of `schedule`, as the broker queues it.
+fn occurrence(schedule: &ScheduleRecord, due_at: u64, next: Option<u64>) -> WriteOp {
+    let envelope = Envelope {
+        message_id: format!("{}-{due_at}", schedule.id),
+        mesh_id: schedule.mesh_id.clone(),
+        sender_member_id: schedule.sender_member_id.clone(),
+        sender_member_pubkey: schedule.sender_member_pubkey.clone(),
+        sender_pubkey: schedule.sender_pubkey.clone(),
+        sender_session_sig: schedule.sender_session_sig.clone(),
+        target_spec: schedule.target_spec.clone(),
+        priority: schedule.priority,
+        enc: schedule.enc,
+        nonce: schedule.nonce.clone(),
+        ciphertext: schedule.ciphertext.clone(),
+        created_at: due_at,
+        tracked: false,
+    };
+    WriteOp::Enqueue(NewMessage {
+        envelope: Arc::new(envelope),
+        deliveries: schedule.deliveries.clone(),
+        audit: Vec::new(),
+        fire: Some(ScheduleFire { schedule_id: schedule.id.clone(), due_at, next }),
+    })
+}
+
+/// Schedules are stored whole, listed, limited per member, found when due, fired exactly once
+/// per occurrence (queueing and moving on in one write), and cancelled, each audited.
+pub fn schedules_fire_each_occurrence_once_and_are_cancelled<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let (mesh, alice, bob, carol) = mesh_of_three(&*store, "schedules");
+    let once = schedule(1, &mesh, &alice, &[&bob, &carol], NOW_MS + 1_000, None);
+    let weekly = schedule(2, &mesh, &alice, &[&bob], NOW_MS + 500, Some("0 9 * * 1"));
+    store.create_schedule(&once, 2).expect("stores a schedule");
+    store.create_schedule(&weekly, 2).expect("stores a recurring one");
+    let third = schedule(3, &mesh, &alice, &[&bob], NOW_MS, None);
+    assert!(
+        matches!(store.create_schedule(&third, 2), Err(StoreError::Conflict(code)) if code == "schedule_limit"),
+        "a member's third schedule is over a limit of two"
+    );
+    store.create_schedule(&schedule(4, &mesh, &bob, &[&alice], NOW_MS + 9_000, None), 2).expect("bob's own limit");
+    let listed = store.schedules(&mesh.id).expect("lists");
+    assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["sched-2", "sched-1", "sched-4"]);
+    assert_eq!(listed[1], once, "stored whole, recipients and their keys included");
+
+    let due = store.due_schedules(NOW_MS + 1_000, 10).expect("finds due ones");
+    assert_eq!(due.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["sched-2", "sched-1"], "soonest first");
+    assert_eq!(store.due_schedules(NOW_MS + 1_000, 1).expect("limited").len(), 1);
+
+    // The recurring one fires and moves on; firing the same occurrence again queues nothing.
+    let next_week = NOW_MS + 7 * 86_400_000;
+    let slots = enqueue_slots(
+        &*store,
+        match occurrence(&weekly, NOW_MS + 500, Some(next_week)) {
+            WriteOp::Enqueue(message) => message,
+            _ => unreachable!(),
+        },
+    );
+    assert_eq!(slots.len(), 1);
+    assert!(
+        matches!(write(&*store, occurrence(&weekly, NOW_MS + 500, Some(next_week))), Err(StoreError::Conflict(_))),
+        "an occurrence is queued once"
+    );
+    assert_eq!(lane(&*store, &bob, true, 10).len(), 1, "the refused second firing left nothing queued");
+    let moved = store.schedules(&mesh.id).expect("lists").into_iter().find(|s| s.id == "sched-2").expect("kept");
+    assert_eq!((moved.next_fire_at, moved.fired), (next_week, 1));
+
+    // The one-shot fires once and is gone.
+    enqueue(
+        &*store,
+        match occurrence(&once, NOW_MS + 1_000, None) {
+            WriteOp::Enqueue(message) => message,
+            _ => unreachable!(),
+        },
+    );
+    assert!(matches!(write(&*store, occurrence(&once, NOW_MS + 1_000, None)), Err(StoreError::Conflict(_))));
+    assert_eq!(lane(&*store, &carol, true, 10).len(), 1);
+    assert!(store.schedules(&mesh.id).expect("lists").iter().all(|s| s.id != "sched-1"), "a one-shot ends");
+
+    // Cancelled: gone, and a cancelled schedule cannot fire.
+    assert!(store.cancel_schedule(&mesh.id, "sched-2", Some(&alice.id)).expect("cancels"));
+    assert!(!store.cancel_schedule(&mesh.id, "sched-2", Some(&alice.id)).expect("answers"), "already gone");
+    assert!(!store.cancel_schedule("another-mesh", "sched-4", None).expect("answers"), "only within its mesh");
+    assert!(matches!(write(&*store, occurrence(&weekly, next_week, None)), Err(StoreError::Conflict(_))));
+    let types: Vec<String> = audit_log(&*store, &mesh.id).into_iter().map(|e| e.event_type).collect();
+    assert_eq!(types.iter().filter(|t| *t == "schedule_created").count(), 3, "{types:?}");
+    assert_eq!(types.iter().filter(|t| *t == "schedule_cancelled").count(), 1, "{types:?}");
 }

@@ -22,6 +22,7 @@ mod codes;
 mod directory;
 mod notices;
 mod rows;
+mod schedules;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,8 +37,8 @@ use tokio::sync::mpsc;
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, DeviceCodeRecord, DeviceInfo, DeviceRecord,
     EmailCodeOutcome, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
-    NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord, Redemption, Store, StoreError,
-    StoreNotice, StoreResult, WriteOp,
+    NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord, Redemption, ScheduleRecord,
+    Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
 use crate::protocol::Role;
 
@@ -51,6 +52,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_email_codes", include_str!("../migrations/postgres/0005_email_codes.sql")),
     ("0006_queue_tails", include_str!("../migrations/postgres/0006_queue_tails.sql")),
     ("0007_receipts", include_str!("../migrations/postgres/0007_receipts.sql")),
+    ("0008_schedules", include_str!("../migrations/postgres/0008_schedules.sql")),
 ];
 
 /// Idle connections kept for reads and control-plane changes.
@@ -323,6 +325,22 @@ impl Store for PostgresStore {
 
     fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>> {
         self.with_client(|client| writer::peer_states(client, mesh_id))
+    }
+
+    fn create_schedule(&self, schedule: &ScheduleRecord, max_per_member: u64) -> StoreResult<()> {
+        self.transaction(|tx| schedules::create(tx, schedule, max_per_member, crate::protocol::now_ms()))
+    }
+
+    fn schedules(&self, mesh_id: &str) -> StoreResult<Vec<ScheduleRecord>> {
+        self.with_client(|client| schedules::of_mesh(client, mesh_id))
+    }
+
+    fn cancel_schedule(&self, mesh_id: &str, schedule_id: &str, actor: Option<&str>) -> StoreResult<bool> {
+        self.transaction(|tx| schedules::cancel(tx, mesh_id, schedule_id, actor, crate::protocol::now_ms()))
+    }
+
+    fn due_schedules(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<ScheduleRecord>> {
+        self.with_client(|client| schedules::due(client, now_ms, limit))
     }
 
     fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>> {

@@ -298,6 +298,7 @@ mod tests {
                 })
                 .collect(),
             audit: Vec::new(),
+            fire: None,
         })
     }
 

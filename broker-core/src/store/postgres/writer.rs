@@ -263,6 +263,9 @@ fn apply_write<'a>(
 ) -> StoreResult<WriteOutcome> {
     match op {
         WriteOp::Enqueue(message) => {
+            if let Some(fire) = &message.fire {
+                super::schedules::advance(tx, &fire.schedule_id, fire.due_at, fire.next)?;
+            }
             let slots = deferred.rows.place(message);
             audit::append_all_with(tx, &message.audit, message.envelope.created_at, &mut deferred.scopes)?;
             if message.envelope.tracked {

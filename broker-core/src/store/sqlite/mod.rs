@@ -19,6 +19,7 @@ mod accounts;
 mod audit;
 mod codes;
 mod directory;
+mod schedules;
 mod writer;
 
 use writer::{after_commit, in_savepoint, run_writer};
@@ -30,7 +31,7 @@ use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,
     DeviceRecord, EmailCodeOutcome, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS, MemberRecord,
     MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord,
-    Redemption, Store, StoreError, StoreNotice, StoreResult, WriteOp,
+    Redemption, ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
 use crate::protocol::{Priority, Role, WrappedKey};
 
@@ -382,6 +383,26 @@ impl Store for SqliteStore {
 
     fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>> {
         self.read(|conn| peer_states(conn, mesh_id))
+    }
+
+    fn create_schedule(&self, schedule: &ScheduleRecord, max_per_member: u64) -> StoreResult<()> {
+        let schedule = schedule.clone();
+        self.call(move |conn| schedules::create(conn, &schedule, max_per_member, crate::protocol::now_ms()))
+    }
+
+    fn schedules(&self, mesh_id: &str) -> StoreResult<Vec<ScheduleRecord>> {
+        self.read(|conn| schedules::of_mesh(conn, mesh_id))
+    }
+
+    fn cancel_schedule(&self, mesh_id: &str, schedule_id: &str, actor: Option<&str>) -> StoreResult<bool> {
+        let (mesh_id, schedule_id, actor) = (mesh_id.to_owned(), schedule_id.to_owned(), actor.map(str::to_owned));
+        self.call(move |conn| {
+            schedules::cancel(conn, &mesh_id, &schedule_id, actor.as_deref(), crate::protocol::now_ms())
+        })
+    }
+
+    fn due_schedules(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<ScheduleRecord>> {
+        self.read(|conn| schedules::due(conn, now_ms, limit))
     }
 
     fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>> {

@@ -92,7 +92,12 @@ pub(super) fn run_writer(
 
 fn apply_write(conn: &Connection, op: WriteOp, next_seq: &mut u64) -> StoreResult<WriteOutcome> {
     match op {
-        WriteOp::Enqueue(message) => enqueue(conn, &message, next_seq).map(WriteOutcome::Enqueued),
+        WriteOp::Enqueue(message) => {
+            if let Some(fire) = &message.fire {
+                super::schedules::advance(conn, &fire.schedule_id, fire.due_at, fire.next)?;
+            }
+            enqueue(conn, &message, next_seq).map(WriteOutcome::Enqueued)
+        }
         WriteOp::Acknowledge(entries) => acknowledge(conn, &entries).map(WriteOutcome::Changed),
         WriteOp::ReleaseSession { member_id, session_pubkey, .. } => conn
             .prepare_cached("UPDATE queue SET session_pubkey = NULL WHERE member_id = ?1 AND session_pubkey = ?2")
