@@ -117,6 +117,9 @@ pub(super) struct MeshState {
     /// Name skeleton of live sessions → the member whose sessions use it, and how many do.
     pub(super) session_names: HashMap<String, (String, usize)>,
     pub(super) breaker: PairBreaker,
+    /// Members whose `leave_mesh` is being stored: their sessions stay open until they heard
+    /// `left` (a directory reload in between must not cut them off first).
+    pub(super) leaving: std::collections::HashSet<String>,
 }
 
 impl MeshState {
@@ -134,6 +137,7 @@ impl MeshState {
             member_names: HashMap::new(),
             session_names: HashMap::new(),
             breaker: PairBreaker::new(pair_limits),
+            leaving: std::collections::HashSet::new(),
         }
     }
 

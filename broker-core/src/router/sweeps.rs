@@ -11,6 +11,9 @@ use super::{Grants, Router, close_code, frame_text};
 use crate::protocol::{self, ErrorCode, ServerFrame};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 
+/// Passes of the scheduler per tick while it finds occurrences due.
+const CATCH_UP_PASSES: usize = 8;
+
 impl Router {
     /// Decays stale `working` statuses and releases what they held.
     pub fn sweep_statuses(&self, now: Instant) {
@@ -86,7 +89,7 @@ impl Router {
             state.mesh = mesh;
             for session in state.sessions.values() {
                 let active = state.members.get(&session.member_id).is_some_and(|m| m.record.is_active());
-                if archived || !active {
+                if archived || (!active && !state.leaving.contains(&session.member_id)) {
                     let error = protocol::ErrorFrame {
                         code: ErrorCode::Revoked,
                         message: if archived { "the mesh was archived" } else { "your membership was revoked" }
@@ -132,7 +135,8 @@ impl Router {
             tokio::time::interval((config.session_rebind_grace / 4).max(std::time::Duration::from_millis(250)));
         let mut directory = tokio::time::interval(config.directory_poll_interval);
         let mut expiry = tokio::time::interval(config.expiry_sweep_interval);
-        for interval in [&mut status, &mut departed, &mut directory, &mut expiry] {
+        let mut schedules = tokio::time::interval(config.schedule_poll_interval);
+        for interval in [&mut status, &mut departed, &mut directory, &mut expiry, &mut schedules] {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         tokio::pin!(shutdown);
@@ -156,6 +160,15 @@ impl Router {
                     self.metrics.store_batches_total.store(self.store.commits(), Ordering::Relaxed);
                 }
                 _ = expiry.tick() => self.expire_old_messages(),
+                _ = schedules.tick() => {
+                    // Occurrences missed while the broker was down come one per schedule per
+                    // pass: a few passes at once catch up without holding the other sweeps.
+                    for _ in 0..CATCH_UP_PASSES {
+                        if self.fire_due_schedules().await == 0 {
+                            break;
+                        }
+                    }
+                }
             }
         }
     }
