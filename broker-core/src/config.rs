@@ -82,6 +82,11 @@ pub struct BrokerConfig {
     pub status_fresh_window: Duration,
     /// Undelivered entries older than this are dropped by the sweep.
     pub message_ttl: Duration,
+    /// Scheduled messages one member may have pending in a mesh.
+    pub max_schedules_per_member: u64,
+    /// How often due scheduled messages are looked for (an occurrence is queued at most this
+    /// late, while the broker runs).
+    pub schedule_poll_interval: Duration,
     pub expiry_sweep_interval: Duration,
     /// Pushes a session may have unacknowledged at once.
     pub delivery_window: usize,
@@ -156,6 +161,8 @@ impl Default for BrokerConfig {
             status_ttl: Duration::from_secs(60),
             status_fresh_window: Duration::from_secs(30),
             message_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_schedules_per_member: 1000,
+            schedule_poll_interval: Duration::from_millis(250),
             expiry_sweep_interval: Duration::from_secs(3600),
             delivery_window: 256,
             member_window: 1024,

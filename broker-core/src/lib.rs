@@ -59,6 +59,7 @@ pub mod operator;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod router;
+pub mod schedule;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

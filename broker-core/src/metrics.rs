@@ -23,7 +23,7 @@ const CONNECTION_REJECT_REASONS: [ErrorCode; 8] = [
     ErrorCode::NoHello,
 ];
 
-const MESSAGE_REJECT_REASONS: [SendRejection; 8] = [
+const MESSAGE_REJECT_REASONS: [SendRejection; 9] = [
     SendRejection::RateLimit,
     SendRejection::TooLarge,
     SendRejection::UnknownRecipient,
@@ -32,6 +32,7 @@ const MESSAGE_REJECT_REASONS: [SendRejection; 8] = [
     SendRejection::Malformed,
     SendRejection::Unavailable,
     SendRejection::Held,
+    SendRejection::ScheduleLimit,
 ];
 
 /// Capabilities a grant can deny at send time.
@@ -54,6 +55,9 @@ pub struct Metrics {
     /// Member pairs the pair breaker held.
     pub pairs_held_total: AtomicU64,
     pub expired_total: AtomicU64,
+    /// Occurrences of scheduled messages queued, and how many of them late.
+    pub schedules_fired_total: AtomicU64,
+    pub schedules_late_total: AtomicU64,
     hello_buckets: [AtomicU64; 10],
     hello_count: AtomicU64,
     hello_sum_micros: AtomicU64,
@@ -179,6 +183,18 @@ impl Metrics {
             "counter",
             "Undelivered queue entries dropped by the TTL sweep.",
             &plain(&self.expired_total),
+        );
+        family(
+            "broker_schedules_fired_total",
+            "counter",
+            "Occurrences of scheduled messages queued.",
+            &plain(&self.schedules_fired_total),
+        );
+        family(
+            "broker_schedules_late_total",
+            "counter",
+            "Occurrences queued more than 10 s after their time (the broker was down or behind).",
+            &plain(&self.schedules_late_total),
         );
         let mut hello = Vec::new();
         for (bound, bucket) in HELLO_BUCKETS.iter().zip(&self.hello_buckets) {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use broker_core::client::ClientConfig;
+use broker_core::client::{ClientConfig, When};
 use broker_core::crypto::Keypair;
 use common::process::{BrokerProcess, free_port, operator, receive_all, send_until_cut_off, wait_ready};
 
@@ -115,4 +115,80 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
     assert!(!log.contains("secret-payload"), "no plaintext in the logs");
     let seed = bob_seed.as_str();
     assert!(!log.contains(seed), "no secret key in the logs");
+}
+
+/// Scheduled messages fall due every 100 ms for three seconds while the broker is killed with
+/// SIGKILL three times (before, among and after fire times): each is queued exactly once (the
+/// database, read directly, holds one entry per occurrence) and arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_scheduled_message_is_queued_exactly_once_across_sigkill() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mesh = operator(data.path(), &["mesh", "create", "--name", "crash"]);
+    let mesh_id = mesh["id"].as_str().expect("id").to_owned();
+    let (alice_key, bob_key) = (Keypair::generate(), Keypair::generate());
+    let alice = operator(
+        data.path(),
+        &["member", "add", "--mesh", "crash", "--pubkey", &alice_key.public_hex(), "--name", "alice"],
+    );
+    let bob = operator(
+        data.path(),
+        &["member", "add", "--mesh", "crash", "--pubkey", &bob_key.public_hex(), "--name", "bob"],
+    );
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("broker.log");
+    let mut broker = start_broker(data.path(), port, &log);
+    wait_ready(port).await;
+
+    let mut alice_config = ClientConfig::new(&url, &mesh_id, alice["memberId"].as_str().expect("id"), alice_key);
+    alice_config.backoff.initial = Duration::from_millis(50);
+    alice_config.backoff.max = Duration::from_millis(200);
+    let alice = common::Peer::connect(alice_config).await;
+    let start = broker_core::protocol::now_ms() + 1_000;
+    let mut expected = HashMap::new();
+    for n in 0..30u64 {
+        let (text, due) = (format!("scheduled {n}"), start + n * 100);
+        let scheduled = alice
+            .client
+            .schedule(&bob_key.public_hex(), text.as_bytes(), broker_core::protocol::Priority::Now, When::At(due))
+            .await
+            .expect("scheduled");
+        expected.insert(broker_core::schedule::occurrence_id(&scheduled.schedule_id, due), text);
+    }
+
+    // Killed just before the first occurrence, then among the middle ones, then near the end.
+    for kill_at in [start - 200, start + 1_250, start + 2_300] {
+        tokio::time::sleep(Duration::from_millis(kill_at.saturating_sub(broker_core::protocol::now_ms()))).await;
+        broker.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        broker = start_broker(data.path(), port, &log);
+        wait_ready(port).await;
+    }
+    tokio::time::sleep(Duration::from_millis((start + 3_500).saturating_sub(broker_core::protocol::now_ms()))).await;
+    broker.kill();
+    let db = rusqlite::Connection::open(data.path().join("broker.db")).expect("opens the database");
+    let left: i64 = db.query_row("SELECT COUNT(*) FROM schedules", [], |row| row.get(0)).expect("counts");
+    assert_eq!(left, 0, "every one-time schedule fired and ended");
+    let mut queued = db.prepare("SELECT message_id, COUNT(*) FROM queue GROUP BY message_id").expect("query");
+    let counts: HashMap<String, i64> = queued
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("reads")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(counts.len(), expected.len(), "one queue entry per occurrence: {counts:?}");
+    for id in expected.keys() {
+        assert_eq!(counts.get(id), Some(&1), "occurrence {id} queued exactly once");
+    }
+    drop(queued);
+    drop(db);
+
+    let _broker = start_broker(data.path(), port, &log);
+    wait_ready(port).await;
+    let mut bob_config = ClientConfig::new(&url, &mesh_id, bob["memberId"].as_str().expect("id"), bob_key);
+    bob_config.backoff.initial = Duration::from_millis(50);
+    let mut bob = common::Peer::connect(bob_config).await;
+    let (received, _) = receive_all(&mut bob, &expected).await;
+    assert_eq!(received.len(), expected.len());
+    assert!(received.values().all(|n| *n == 1), "each arrived once: {received:?}");
 }

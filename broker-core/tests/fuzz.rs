@@ -490,6 +490,7 @@ fn server_samples() -> Vec<Value> {
             error_code: Some(SendRejection::RateLimit),
             recipients: Some(0),
             uncovered: vec![hex_key(0x13)],
+            schedule: None,
             req_id: Some("r1".into()),
         }),
         ServerFrame::PeersList(PeersList {

@@ -101,6 +101,15 @@ impl Cluster {
     fn key(&self, name: &str) -> String {
         self.members[name].1.public_hex()
     }
+
+    /// A new admin member of the mesh: its id and key.
+    fn add_admin(&self) -> (String, Keypair) {
+        let key = Keypair::generate();
+        let pubkey = key.public_hex();
+        let args = ["member", "add", "--mesh", "replicated", "--pubkey", &pubkey, "--name", "admin", "--role", "admin"];
+        let added = operator(self.data.path(), &[&["--database-url", &self.url][..], &args[..]].concat());
+        (added["memberId"].as_str().expect("member id").to_owned(), key)
+    }
 }
 
 fn config(broker_url: &str, mesh_id: &str, member: &(String, Keypair)) -> ClientConfig {
@@ -292,25 +301,7 @@ async fn a_mesh_connection_limit_counts_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_chain_never_forks_when_both_replicas_write_at_once() {
     let cluster = Cluster::start(&["alice", "bob"], &[]).await;
-    let admin_key = Keypair::generate();
-    let admin = operator(
-        cluster.data.path(),
-        &[
-            "--database-url",
-            &cluster.url,
-            "member",
-            "add",
-            "--mesh",
-            "replicated",
-            "--pubkey",
-            &admin_key.public_hex(),
-            "--name",
-            "admin",
-            "--role",
-            "admin",
-        ],
-    );
-    let admin = (admin["memberId"].as_str().expect("member id").to_owned(), admin_key);
+    let admin = cluster.add_admin();
     let alice = cluster.connect(&cluster.one.url(), "alice").await;
     let bob = cluster.connect(&cluster.two.url(), "bob").await;
 
@@ -388,4 +379,29 @@ async fn a_follower_hears_profile_changes_made_on_another_replica() {
     let updated = alice.system_event("peer_updated").await;
     assert_eq!(updated["displayName"], "bob");
     assert_eq!(updated["summary"], "on replica two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_replicas_watch_the_schedules_and_each_occurrence_is_queued_once() {
+    let cluster = Cluster::start(&["alice", "bob"], &[]).await;
+    let admin = cluster.add_admin();
+    let alice = cluster.connect(&cluster.one.url(), "alice").await;
+    let mut bob = cluster.connect(&cluster.two.url(), "bob").await;
+    let start = broker_core::protocol::now_ms() + 500;
+    let mut expected = HashMap::new();
+    for n in 0..20u64 {
+        let (text, due) = (format!("scheduled {n}"), start + n * 50);
+        let when = broker_core::client::When::At(due);
+        let scheduled = alice.client.schedule(&cluster.key("bob"), text.as_bytes(), Priority::Now, when).await;
+        let id = scheduled.expect("scheduled").schedule_id;
+        expected.insert(broker_core::schedule::occurrence_id(&id, due), text);
+    }
+    let (received, _) = receive_all(&mut bob, &expected).await;
+    assert_eq!(received.len(), expected.len(), "every occurrence reached bob on the other replica");
+    assert!(received.values().all(|n| *n == 1), "{received:?}");
+    // Both replicas polled the same schedules: one queued each occurrence, the other found it
+    // moved on (one audit entry per occurrence, written only with the queue entry).
+    let admin = common::Peer::connect(config(&cluster.two.url(), &cluster.mesh_id, &admin)).await;
+    let audited = admin.client.audit_query(Some("scheduled_message_queued"), 100, 0).await.expect("reads");
+    assert_eq!(audited.total, 20);
 }

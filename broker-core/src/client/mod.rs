@@ -209,6 +209,15 @@ pub struct SendReceipt {
     pub unusable: Vec<String>,
 }
 
+/// When a scheduled message is queued: once, or at every occurrence of a recurrence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum When {
+    /// Milliseconds since the epoch.
+    At(u64),
+    /// Five-field cron, read in an IANA time zone (UTC when `None`).
+    Cron { expression: String, tz: Option<String> },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     #[error("the outbound queue is full ({0} frames wait for the connection); retry once the broker is reachable")]
@@ -359,6 +368,81 @@ impl MeshClient {
         plaintext: &[u8],
         priority: Priority,
     ) -> Result<SendReceipt, ClientError> {
+        let (send, unusable) = self.seal(target_spec, plaintext, priority).await?;
+        let id = send.id.clone().unwrap_or_default();
+        let ack = self.acked(self.exchange(ClientFrame::Send(send), Correlation::Ack(id)).await?)?;
+        self.shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        // The broker lists the skipped members as uncovered too; say each once.
+        let uncovered = ack.uncovered.into_iter().filter(|k| !unusable.contains(k)).collect();
+        Ok(SendReceipt { message_id: ack.message_id, recipients: ack.recipients.unwrap_or(0), uncovered, unusable })
+    }
+
+    /// Seals `plaintext` for `target_spec` now, for the recipients it reaches now, and has the
+    /// broker queue it `when` says (as from this member; its own member key reaches all its
+    /// sessions, this one too). Returns the schedule as the broker stored it.
+    pub async fn schedule(
+        &self,
+        target_spec: &str,
+        plaintext: &[u8],
+        priority: Priority,
+        when: When,
+    ) -> Result<protocol::ScheduleInfo, ClientError> {
+        let (send, _) = self.seal(target_spec, plaintext, priority).await?;
+        let id = send.id.clone().unwrap_or_default();
+        let (at, cron, tz) = match when {
+            When::At(at) => (Some(at), None, None),
+            When::Cron { expression, tz } => (None, Some(expression), tz),
+        };
+        let frame = ClientFrame::Schedule(protocol::ScheduleSend { send, at, cron, tz });
+        let ack = self.acked(self.exchange(frame, Correlation::Ack(id)).await?)?;
+        ack.schedule.ok_or(ClientError::UnexpectedReply)
+    }
+
+    /// This member's scheduled messages (every member's, for an admin), soonest first.
+    pub async fn list_scheduled(&self) -> Result<Vec<protocol::ScheduleInfo>, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::ListScheduled(protocol::ListScheduled { req_id: Some(req_id.clone()) });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::ScheduledList(list) => Ok(list.schedules),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// Cancels a scheduled message (this member's, or any as an admin).
+    pub async fn cancel_scheduled(&self, schedule_id: &str) -> Result<(), ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::CancelScheduled(protocol::CancelScheduled {
+            schedule_id: schedule_id.to_owned(),
+            req_id: Some(req_id.clone()),
+        });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::ScheduleCancelled(_) => Ok(()),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// An `ack` that says queued, or the refusal it carries.
+    fn acked(&self, frame: ServerFrame) -> Result<protocol::Ack, ClientError> {
+        match frame {
+            ServerFrame::Ack(ack) if ack.queued => Ok(ack),
+            ServerFrame::Ack(ack) => {
+                let message = ack.error.unwrap_or_else(|| "refused without a reason".to_owned());
+                Err(ClientError::Rejected { reason: ack.error_code, message })
+            }
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// A `send` frame sealing `plaintext` for the members `target_spec` reaches now, and the
+    /// members skipped for an unusable key.
+    async fn seal(
+        &self,
+        target_spec: &str,
+        plaintext: &[u8],
+        priority: Priority,
+    ) -> Result<(protocol::Send, Vec<String>), ClientError> {
         let target = Target::parse(target_spec).ok_or_else(|| ClientError::BadTarget(target_spec.to_owned()))?;
         let id = self.correlation_id();
         let mut send = protocol::Send {
@@ -397,24 +481,7 @@ impl MeshClient {
                 send.keys = sealed.keys;
             }
         }
-        match self.exchange(ClientFrame::Send(send), Correlation::Ack(id)).await? {
-            ServerFrame::Ack(ack) if ack.queued => {
-                self.shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                // The broker lists the skipped members as uncovered too; say each once.
-                let uncovered = ack.uncovered.into_iter().filter(|k| !unusable.contains(k)).collect();
-                Ok(SendReceipt {
-                    message_id: ack.message_id,
-                    recipients: ack.recipients.unwrap_or(0),
-                    uncovered,
-                    unusable,
-                })
-            }
-            ServerFrame::Ack(ack) => {
-                let message = ack.error.unwrap_or_else(|| "refused without a reason".to_owned());
-                Err(ClientError::Rejected { reason: ack.error_code, message })
-            }
-            _ => Err(ClientError::UnexpectedReply),
-        }
+        Ok((send, unusable))
     }
 
     /// The member key to seal to for a key target: the member itself, or the member behind a

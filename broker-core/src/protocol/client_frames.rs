@@ -12,6 +12,13 @@ use super::{Capability, Enc, GroupMembership, PeerType, Priority, Stats, Status,
 pub enum ClientFrame {
     Hello(Hello),
     Send(Send),
+    /// Ours: a message sealed now and queued later, once (`at`) or at every occurrence of
+    /// `cron`; answered with an `ack` carrying `scheduleId`.
+    Schedule(ScheduleSend),
+    /// Ours: this member's scheduled messages (every member's, for an admin).
+    ListScheduled(ListScheduled),
+    /// Ours: cancel a scheduled message (its scheduler, or an admin).
+    CancelScheduled(CancelScheduled),
     /// Ours (`delivery_ack`): the client has safely stored these pushes.
     Delivered(Delivered),
     SetStatus(SetStatus),
@@ -51,6 +58,9 @@ impl ClientFrame {
         match self {
             ClientFrame::Hello(_) => "hello",
             ClientFrame::Send(_) => "send",
+            ClientFrame::Schedule(_) => "schedule",
+            ClientFrame::ListScheduled(_) => "list_scheduled",
+            ClientFrame::CancelScheduled(_) => "cancel_scheduled",
             ClientFrame::Delivered(_) => "delivered",
             ClientFrame::SetStatus(_) => "set_status",
             ClientFrame::SetSummary(_) => "set_summary",
@@ -175,6 +185,35 @@ pub struct Send {
     /// Ours: keep this message's delivery status per recipient for `message_status`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub track: bool,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// A `send` to queue later: at `at` (ms since the epoch), or at every occurrence of `cron` (five
+/// fields) read in `tz` (IANA; UTC when absent). Exactly one of `at` and `cron`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSend {
+    #[serde(flatten)]
+    pub send: Send,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListScheduled {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelScheduled {
+    pub schedule_id: String,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

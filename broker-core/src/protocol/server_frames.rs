@@ -25,6 +25,10 @@ pub enum ServerFrame {
     Released(Released),
     /// Ours: the answer to `message_status`.
     MessageStatusResult(MessageStatusResult),
+    /// Ours: the answer to `list_scheduled`.
+    ScheduledList(ScheduledList),
+    /// Ours: the answer to `cancel_scheduled`.
+    ScheduleCancelled(ScheduleCancelled),
     /// Ours (`delivery_receipt`): one recipient member acknowledged a message this session sent.
     Receipt(Receipt),
     Error(ErrorFrame),
@@ -44,6 +48,8 @@ impl ServerFrame {
             ServerFrame::Left(f) => f.req_id.as_deref(),
             ServerFrame::Released(f) => f.req_id.as_deref(),
             ServerFrame::MessageStatusResult(f) => f.req_id.as_deref(),
+            ServerFrame::ScheduledList(f) => f.req_id.as_deref(),
+            ServerFrame::ScheduleCancelled(f) => f.req_id.as_deref(),
             ServerFrame::Error(f) => f.req_id.as_deref(),
             ServerFrame::Ack(f) => f.req_id.as_deref(),
             ServerFrame::HelloAck(_) | ServerFrame::Push(_) | ServerFrame::Receipt(_) => None,
@@ -95,6 +101,46 @@ pub struct Ack {
     /// did not get the message. The sender may `resolve` again and send them a copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uncovered: Vec<String>,
+    /// Ours: the acknowledged frame was a `schedule`: its id and first occurrence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleInfo>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// A scheduled message as its scheduler (or an admin) sees it: never its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleInfo {
+    pub schedule_id: String,
+    pub target_spec: String,
+    pub priority: Priority,
+    /// ISO 8601 UTC.
+    pub next_fire_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+    /// Occurrences queued so far.
+    pub fired: u64,
+    /// Recipient members, as resolved when it was scheduled.
+    pub recipients: u32,
+    pub created_at: String,
+    pub sender_member_pubkey: String,
+    pub sender_name: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScheduledList {
+    pub schedules: Vec<ScheduleInfo>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleCancelled {
+    pub schedule_id: String,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }
@@ -399,6 +445,8 @@ pub enum ErrorCode {
     Revoked,
     /// Ours: the request needs a role this member does not have (for example admin).
     Forbidden,
+    /// Ours: the request names something that does not exist (for example a schedule).
+    NotFound,
 }
 
 impl ErrorCode {
@@ -417,6 +465,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::Revoked => "revoked",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
         }
     }
 }
@@ -436,6 +485,8 @@ pub enum SendRejection {
     /// The broker holds messages from this sender to this recipient (a runaway exchange); a
     /// person releases them.
     Held,
+    /// A `schedule` past the member's limit of pending scheduled messages.
+    ScheduleLimit,
 }
 
 impl SendRejection {
@@ -449,6 +500,7 @@ impl SendRejection {
             SendRejection::Malformed => "malformed",
             SendRejection::Unavailable => "unavailable",
             SendRejection::Held => "held",
+            SendRejection::ScheduleLimit => "schedule_limit",
         }
     }
 

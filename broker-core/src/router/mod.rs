@@ -42,6 +42,7 @@ mod rate_limit;
 mod replicas;
 mod requests;
 mod resolve;
+mod schedules;
 mod send;
 mod state;
 mod status;
@@ -233,7 +234,10 @@ impl Router {
             ClientFrame::Hello(_) => {
                 self.reply_error(session, ErrorCode::AlreadyHello, "this connection already said hello", None)
             }
-            ClientFrame::Send(send) => self.send(session, send).await,
+            ClientFrame::Send(send) => self.send(session, send, None).await,
+            ClientFrame::Schedule(schedule) => self.schedule(session, schedule).await,
+            ClientFrame::ListScheduled(list) => self.list_scheduled(session, list).await,
+            ClientFrame::CancelScheduled(cancel) => self.cancel_scheduled(session, cancel).await,
             ClientFrame::Delivered(delivered) => self.acknowledge(session, &delivered.message_ids),
             ClientFrame::SetStatus(set) => self.set_status(session, set),
             ClientFrame::SetSummary(set) => self.set_summary(session, set),

@@ -1,5 +1,6 @@
 //! `send`: size, envelope shape, rate limit, resolution and grants under the mesh lock, then
 //! the store commits the queue entries and the completion acknowledges the sender and routes.
+//! A `schedule` passes the same checks and is stored for later instead (`schedules`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,12 +10,14 @@ use tokio::time::Instant;
 
 use super::Router;
 use super::resolve::{Resolution, check_envelope, cover_with_keys, grant_cap_for, resolve_target};
+use super::schedules::Later;
 use super::state::{MeshShard, SessionHandle};
 use crate::protocol::{self, Ack, Capability, SendRejection, ServerFrame, Target};
 use crate::store::{AuditEvent, Delivery, Envelope, NewMessage, StoreError, WriteOp, WriteOutcome};
 
 impl Router {
-    pub(super) async fn send(self: &Arc<Self>, session: &SessionHandle, send: protocol::Send) {
+    /// Checks and queues a message now, or, with `later`, stores it as a schedule.
+    pub(super) async fn send(self: &Arc<Self>, session: &SessionHandle, send: protocol::Send, later: Option<Later>) {
         let reject = |reason: SendRejection, detail: String| {
             self.metrics.message_rejected(reason);
             let ack = refused_ack(session, send.id.clone(), send.req_id.clone(), reason, &detail);
@@ -63,7 +66,18 @@ impl Router {
                     }
                 }
                 let Some(sender) = state.sessions.get(&session.session_id) else { return };
-                let resolution = resolve_target(state, sender, &target);
+                let resolution = match target {
+                    // A reminder to oneself reaches every session of the member, this one too.
+                    Target::Key(key) if later.is_some() && key == sender.member_pubkey => {
+                        Resolution::Deliveries(vec![Delivery {
+                            member_id: sender.member_id.clone(),
+                            session_pubkey: None,
+                            exclude_session: None,
+                            key: None,
+                        }])
+                    }
+                    _ => resolve_target(state, sender, &target),
+                };
                 (resolution, (sender.member_pubkey.clone(), sender.routing_key.clone(), sender.session_sig.clone()))
             };
             match outcome {
@@ -119,6 +133,13 @@ impl Router {
             }
         };
 
+        if let Some(later) = later {
+            if deliveries.is_empty() {
+                return reject(SendRejection::Blocked, "no recipient accepts messages from you".into());
+            }
+            let sealed = (enc, sender_member_pubkey, sender_pubkey, sender_session_sig);
+            return self.store_schedule(session, send, sealed, later, deliveries, uncovered).await;
+        }
         let message_id = crate::ids::new_id("msg");
         let audit = message_audit(session, &message_id, &send, deliveries.len(), grant_cap_for(&target), &dropped);
         if deliveries.is_empty() {
@@ -247,7 +268,7 @@ fn message_audit(
 
 /// The ack of a refused send: the human text always, the typed code for sessions that
 /// negotiated `refusal_code`.
-fn refused_ack(
+pub(super) fn refused_ack(
     session: &SessionHandle,
     id: Option<String>,
     req_id: Option<String>,
