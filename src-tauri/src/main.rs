@@ -126,6 +126,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Schedule MESSAGE for later: to yourself, or to a peer with --to. Say when with exactly one
+    /// of --at, --in and --cron. It is sealed now for the members it reaches now and arrives as
+    /// a message from you; a --cron one recurs until cancelled (`claudemesh scheduled --cancel`).
+    Remind {
+        message: String,
+        /// The recipient, as `send` takes it (name, key, @group, *); yourself when omitted.
+        #[arg(long)]
+        to: Option<String>,
+        /// Once, at this RFC 3339 time (2026-12-01T09:00:00+01:00).
+        #[arg(long, group = "when")]
+        at: Option<String>,
+        /// Once, after this long (30s, 10m, 2h, 1d).
+        #[arg(long = "in", group = "when")]
+        in_: Option<String>,
+        /// Recurring: a five-field cron expression, such as "0 9 * * 1-5".
+        #[arg(long, group = "when")]
+        cron: Option<String>,
+        /// The IANA time zone --cron is read in (default: this machine's).
+        #[arg(long, requires = "cron")]
+        tz: Option<String>,
+        /// The mesh (slug), when several are joined and --to does not say.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long, value_enum, default_value_t = PriorityArg::Next)]
+        priority: PriorityArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List your scheduled messages (every member's, as an admin), or cancel one.
+    Scheduled {
+        /// Cancel this schedule (its id, as listed).
+        #[arg(long, value_name = "SCHEDULE_ID")]
+        cancel: Option<String>,
+        /// Only this mesh (slug).
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show unread messages (and mark them read); --all shows history.
     Inbox {
         #[arg(long)]
@@ -395,6 +434,17 @@ async fn run(command: Command) -> cli::CliResult {
         Command::MessageStatus { message_id, json } => cli::message_status(message_id, json).await,
         Command::Release { peer, json } => cli::release(peer, json).await,
         Command::Send { target, message, priority, json } => cli::send(target, message, priority.into(), json).await,
+        Command::Remind { message, to, at, in_, cron, tz, mesh, priority, json } => {
+            let when = crate::mesh::when_of(
+                at.as_deref(),
+                in_.as_deref(),
+                cron.as_deref(),
+                tz.as_deref(),
+                broker_core::protocol::now_ms(),
+            );
+            cli::remind(message, to, when, mesh, priority.into(), json).await
+        }
+        Command::Scheduled { cancel, mesh, json } => cli::scheduled(cancel, mesh, json).await,
         Command::Inbox { all, limit, json } => cli::inbox(all, limit, json).await,
         Command::Watch { json } => cli::watch(json).await,
         Command::Status { json } => cli::status(json).await,

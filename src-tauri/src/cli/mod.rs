@@ -76,7 +76,10 @@ fn http_exit(error: &crate::http::HttpError) -> Exit {
 /// The exit code of a failed mesh operation: the one place the CLI reads a [`MeshError`].
 fn mesh_exit(error: &MeshError) -> Exit {
     match error {
-        MeshError::UnknownMesh { .. } | MeshError::Resolve(_) | MeshError::UnknownMessage(_) => Exit::NotFound,
+        MeshError::UnknownMesh { .. }
+        | MeshError::Resolve(_)
+        | MeshError::UnknownMessage(_)
+        | MeshError::UnknownSchedule(_) => Exit::NotFound,
         MeshError::NotConnected { state: LinkState::Failed(_), .. } => Exit::Refused,
         MeshError::NotConnected { .. } => Exit::Unreachable,
         MeshError::Broker { source, .. } | MeshError::NotSent(source) => match BrokerFault::of(source) {
@@ -314,6 +317,77 @@ pub async fn stats(mesh: Option<String>, json_output: bool) -> CliResult {
             }
         }
         line("total", &mesh.total);
+    }
+    Ok(())
+}
+
+pub async fn remind(
+    message: String,
+    to: Option<String>,
+    when: Result<broker_core::client::When, String>,
+    mesh: Option<String>,
+    priority: Priority,
+    json_output: bool,
+) -> CliResult {
+    let when = when.map_err(|problem| Failure::new(Exit::Usage, problem))?;
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, None).await?;
+    let reminder = crate::mesh::Reminder { to, mesh, text: message, priority, when };
+    let result = async {
+        require_connected(&supervisor)?;
+        supervisor.schedule(reminder).await.map_err(mesh_failure)
+    }
+    .await;
+    supervisor.shutdown().await;
+    let scheduled = result?;
+    if json_output {
+        print_json(json!(scheduled));
+    } else {
+        let recurs = scheduled
+            .info
+            .cron
+            .as_ref()
+            .map(|cron| format!(", then at every \"{cron}\" ({})", scheduled.info.tz.as_deref().unwrap_or("UTC")));
+        println!(
+            "scheduled {} for {} in {}: first at {}{}",
+            scheduled.info.schedule_id,
+            scheduled.to,
+            scheduled.mesh,
+            scheduled.info.next_fire_at,
+            recurs.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub async fn scheduled(cancel: Option<String>, mesh: Option<String>, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, mesh.as_deref()).await?;
+    let result = async {
+        require_connected(&supervisor)?;
+        match &cancel {
+            Some(id) => supervisor.cancel_scheduled(id.trim()).await.map(|mesh| (Some(mesh), Vec::new())),
+            None => supervisor.scheduled(mesh.as_deref()).await.map(|rows| (None, rows)),
+        }
+        .map_err(mesh_failure)
+    }
+    .await;
+    supervisor.shutdown().await;
+    let (cancelled_in, rows) = result?;
+    match (cancel, json_output) {
+        (Some(id), true) => print_json(json!({ "cancelled": id, "mesh": cancelled_in })),
+        (Some(id), false) => println!("cancelled {id} in {}", cancelled_in.unwrap_or_default()),
+        (None, true) => print_json(json!({ "scheduled": rows })),
+        (None, false) if rows.is_empty() => println!("nothing scheduled"),
+        (None, false) => {
+            for row in &rows {
+                let recurs = row.info.cron.as_ref().map(|cron| format!(" every \"{cron}\"")).unwrap_or_default();
+                println!(
+                    "{}\t{}:{}\tnext {}{}\tfired {}",
+                    row.info.schedule_id, row.mesh, row.to, row.info.next_fire_at, recurs, row.info.fired
+                );
+            }
+        }
     }
     Ok(())
 }

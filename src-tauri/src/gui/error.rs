@@ -100,7 +100,9 @@ impl From<MeshError> for CommandError {
 fn mesh_kind(error: &MeshError) -> ErrorKind {
     use crate::mesh::resolve::ResolveError;
     match error {
-        MeshError::UnknownMesh { .. } | MeshError::UnknownMessage(_) => ErrorKind::NotFound,
+        MeshError::UnknownMesh { .. } | MeshError::UnknownMessage(_) | MeshError::UnknownSchedule(_) => {
+            ErrorKind::NotFound
+        }
         MeshError::NotConnected { state: LinkState::Failed(_), .. } => ErrorKind::Refused,
         MeshError::NotConnected { .. } => ErrorKind::Unreachable,
         MeshError::Broker { source, .. } | MeshError::NotSent(source) => match BrokerFault::of(source) {

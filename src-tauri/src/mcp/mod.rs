@@ -149,6 +149,41 @@ struct JoinGroupArgs {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct ScheduleReminderArgs {
+    /// Who gets it, as send_message takes it (a name, a key, `@group`, `*`); yourself when
+    /// omitted or `me`.
+    #[serde(default)]
+    to: Option<String>,
+    /// The text delivered when it fires.
+    message: String,
+    /// Once, at this RFC 3339 time (`2026-12-01T09:00:00+01:00`).
+    #[serde(default)]
+    at: Option<String>,
+    /// Once, after this long (`30s`, `10m`, `2h`, `1d`).
+    #[serde(default, rename = "in")]
+    in_: Option<String>,
+    /// Recurring, at every occurrence of this five-field cron expression (minute hour
+    /// day-of-month month day-of-week), for example `0 9 * * 1-5`.
+    #[serde(default)]
+    cron: Option<String>,
+    /// The IANA time zone `cron` is read in (`Europe/Berlin`); this machine's by default.
+    #[serde(default)]
+    tz: Option<String>,
+    /// `now`, `next` (default) or `low`, as for send_message.
+    #[serde(default)]
+    priority: Option<PriorityArg>,
+    /// The mesh (slug), when several are joined and `to` does not say.
+    #[serde(default)]
+    mesh: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct CancelScheduledArgs {
+    /// The `scheduleId` schedule_reminder or list_scheduled returned.
+    schedule_id: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct MessageStatusArgs {
     /// The `messageId` send_message returned.
     message_id: String,
@@ -220,6 +255,70 @@ impl Bridge {
                 let omitted = supervisor.peers_left_out(args.mesh.as_deref());
                 json_result(&serde_json::json!({ "peers": peers, "omitted": omitted }))
             }
+            Err(error) => mesh_error_result(error),
+        })
+    }
+
+    #[tool(
+        description = "Schedule a message for later: to yourself (a reminder; omit `to`) or to peers (`to` as for send_message). Say when with exactly one of `at` (RFC 3339 time), `in` (a delay such as 10m) or `cron` (five fields, recurring until cancelled; `tz` an IANA zone, default this machine's). It is sealed now for the recipients who are members now (someone joining later does not get it) and arrives as a message from you. Returns the scheduleId and next time."
+    )]
+    async fn schedule_reminder(
+        &self,
+        Parameters(args): Parameters<ScheduleReminderArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        let now = broker_core::protocol::now_ms();
+        let when = match crate::mesh::when_of(
+            args.at.as_deref(),
+            args.in_.as_deref(),
+            args.cron.as_deref(),
+            args.tz.as_deref(),
+            now,
+        ) {
+            Ok(when) => when,
+            Err(problem) => return Ok(error_result(problem)),
+        };
+        let reminder = crate::mesh::Reminder {
+            to: args.to,
+            mesh: args.mesh,
+            text: args.message,
+            priority: args.priority.unwrap_or(PriorityArg::Next).into(),
+            when,
+        };
+        Ok(match supervisor.schedule(reminder).await {
+            Ok(scheduled) => json_result(&scheduled),
+            Err(error) => mesh_error_result(error),
+        })
+    }
+
+    #[tool(
+        description = "Your scheduled messages and reminders (every member's, if you are an admin of the mesh): scheduleId, who it is for, next time, cron and time zone for recurring ones, how often it fired. Not their text: that is sealed for the recipients."
+    )]
+    async fn list_scheduled(&self, Parameters(args): Parameters<ListPeersArgs>) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        Ok(match supervisor.scheduled(args.mesh.as_deref()).await {
+            Ok(scheduled) => json_result(&serde_json::json!({ "scheduled": scheduled })),
+            Err(error) => mesh_error_result(error),
+        })
+    }
+
+    #[tool(description = "Cancel a scheduled message or reminder by its scheduleId (yours; any, as an admin).")]
+    async fn cancel_scheduled(
+        &self,
+        Parameters(args): Parameters<CancelScheduledArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let supervisor = match self.supervisor().await {
+            Ok(s) => s,
+            Err(result) => return Ok(result),
+        };
+        Ok(match supervisor.cancel_scheduled(args.schedule_id.trim()).await {
+            Ok(mesh) => json_result(&serde_json::json!({ "cancelled": args.schedule_id.trim(), "mesh": mesh })),
             Err(error) => mesh_error_result(error),
         })
     }

@@ -46,6 +46,9 @@ pub enum MeshError {
         "no message {0:?} sent from this device's meshes has a status: check the id (send_message returns it); a status is kept for 7 days"
     )]
     UnknownMessage(String),
+    /// No joined mesh has a scheduled message by that id (that this member may cancel).
+    #[error("no scheduled message {0:?} in your meshes (it may have fired already); list_scheduled shows them")]
+    UnknownSchedule(String),
     /// Every selected mesh failed, each for its own reason (never empty).
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Each(Vec<MeshError>),

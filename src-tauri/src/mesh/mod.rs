@@ -16,6 +16,7 @@ mod error;
 mod link;
 mod receive;
 pub mod resolve;
+mod scheduled;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ pub use error::{BrokerFault, MeshError};
 pub use link::MeshLink;
 use link::{PeerCache, Presence};
 use resolve::{MeshView, Resolution, ResolveError};
+pub use scheduled::{Reminder, when_of};
 
 /// How long a mesh's peer list is trusted for name resolution before it is fetched again.
 pub const PEER_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -506,6 +508,19 @@ impl Supervisor {
 
     /// Resolves and sends `text` to each of `targets`; one outcome per distinct recipient.
     pub async fn send(&self, targets: &[String], text: &str, priority: Priority) -> Vec<SendOutcome> {
+        let mut outcomes = Vec::new();
+        for (to, resolution) in self.resolve_targets(targets).await {
+            outcomes.push(match resolution {
+                Ok(resolution) => self.send_to(&to, resolution, text, priority).await,
+                Err(error) => SendOutcome::failed(&to, error.into()),
+            });
+        }
+        outcomes
+    }
+
+    /// Each of `targets` resolved against the peer lists (fetched again when a name is not
+    /// found in the cached ones), then, for a name still not found, the offline members.
+    async fn resolve_targets(&self, targets: &[String]) -> Vec<(String, Result<Resolution, ResolveError>)> {
         let mut views = self.views(PEER_CACHE_TTL).await;
         let mut resolved = resolve::resolve_all(targets, &views);
         // A name that was not found (or is ambiguous) may just be news the cache has not seen.
@@ -521,14 +536,7 @@ impl Supervisor {
             self.add_offline_members(&mut views).await;
             resolved = resolve::resolve_all(targets, &views);
         }
-        let mut outcomes = Vec::new();
-        for (to, resolution) in resolved {
-            outcomes.push(match resolution {
-                Ok(resolution) => self.send_to(&to, resolution, text, priority).await,
-                Err(error) => SendOutcome::failed(&to, error.into()),
-            });
-        }
-        outcomes
+        resolved
     }
 
     /// Sends `text` to a recipient resolved before (a conversation of the desktop app knows its
