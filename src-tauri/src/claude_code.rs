@@ -32,10 +32,19 @@ pub const HOOKS: [(&str, &str); 5] = [
 ];
 
 /// The bridge's tools that install pre-approves: they read, or send a message the person asked
-/// for. The others (`set_summary`, `set_status`, `join_group`, `leave_group`) change what the
-/// mesh sees or where messages go, and stay the person's choice.
-pub const APPROVED_TOOLS: [&str; 6] =
-    ["list_peers", "check_messages", "whoami", "send_message", "mesh_stats", "message_status"];
+/// for (now or later). The others (`set_summary`, `set_status`, `join_group`, `leave_group`,
+/// `cancel_scheduled`) change what the mesh sees or where messages go, and stay the person's
+/// choice.
+pub const APPROVED_TOOLS: [&str; 8] = [
+    "list_peers",
+    "check_messages",
+    "whoami",
+    "send_message",
+    "mesh_stats",
+    "message_status",
+    "schedule_reminder",
+    "list_scheduled",
+];
 
 /// Claude Code's name for one of our tools in permission rules and `--allowedTools`.
 pub fn tool_rule(tool: &str) -> String {

@@ -12,7 +12,16 @@ use claudemesh_e2e::{Bridge, Broker, Device, WAIT, message_texts, peer_status};
 use serde_json::{Value, json};
 
 /// What `claudemesh install` pre-approves in Claude Code's permission settings.
-const APPROVED: [&str; 6] = ["list_peers", "check_messages", "whoami", "send_message", "mesh_stats", "message_status"];
+const APPROVED: [&str; 8] = [
+    "list_peers",
+    "check_messages",
+    "whoami",
+    "send_message",
+    "mesh_stats",
+    "message_status",
+    "schedule_reminder",
+    "list_scheduled",
+];
 
 /// A broker with one mesh, `alice` as a stdio-driven bridge, and `bob`'s Claude Code with
 /// claudemesh installed.
@@ -351,5 +360,50 @@ async fn a_turn_asks_whether_a_sent_message_was_read() -> Result<()> {
     assert_eq!(status["recipients"][0]["state"], "read", "{status}");
     assert_eq!(status["mesh"], "claude-code", "{status}");
     session.end().await?;
+    Ok(())
+}
+
+/// A turn schedules a message for a peer in a few seconds and a recurring reminder for itself,
+/// and lists them: the peer's message arrives when due, as from bob; the recurring one is
+/// listed until a person cancels it from the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_schedules_messages_that_arrive_when_due_and_lists_them() -> Result<()> {
+    let mut mesh = Mesh::start().await?;
+    let text = "the release train leaves now";
+    let prompt = "remind alice about the release, and me every weekday morning";
+    mesh.api.script(
+        prompt,
+        vec![
+            Step::call("schedule_reminder", json!({"to": "alice", "message": text, "in": "3s"})),
+            Step::call(
+                "schedule_reminder",
+                json!({"message": "stand-up", "cron": "0 9 * * 1-5", "tz": "Europe/Berlin"}),
+            ),
+            Step::call("list_scheduled", json!({})),
+            Step::text("scheduled"),
+        ],
+    );
+    let mut session = mesh.bob.session(&[]).await?;
+    let result = session.turn(prompt).await?;
+    assert_eq!(result["is_error"], false, "{result}");
+    let scheduled = mesh.api.results_of("schedule_reminder");
+    assert!(scheduled.iter().all(|r| !r.is_error), "{scheduled:?}");
+    let (to_alice, to_me) = (scheduled[0].json()?, scheduled[1].json()?);
+    assert_eq!(to_alice["to"], "alice", "{to_alice}");
+    assert_eq!((to_me["to"].as_str(), to_me["cron"].as_str()), (Some("you"), Some("0 9 * * 1-5")), "{to_me}");
+    let listed = mesh.api.results_of("list_scheduled")[0].json()?;
+    let ids: Vec<&str> =
+        listed["scheduled"].as_array().context("a list")?.iter().filter_map(|s| s["scheduleId"].as_str()).collect();
+    assert!(ids.contains(&to_me["scheduleId"].as_str().context("an id")?), "{listed}");
+
+    let pushed = mesh.alice.channel_message(text, WAIT).await.context("alice gets it when due")?;
+    assert_eq!(pushed.params["meta"]["from_name"], "bob");
+    assert!(pushed.params["meta"]["scheduled_for"].is_string(), "{:?}", pushed.params);
+    session.end().await?;
+
+    let recurring = to_me["scheduleId"].as_str().context("an id")?;
+    mesh.bob.claudemesh(&["scheduled", "--cancel", recurring]).await?;
+    let left = mesh.bob.claudemesh(&["scheduled"]).await?;
+    assert_eq!(left["scheduled"], json!([]), "{left}");
     Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use claudemesh_e2e::{Broker, Device, WAIT, message_texts, peer_names};
 use serde_json::json;
 
-const TOOLS: [&str; 10] = [
+const TOOLS: [&str; 13] = [
     "list_peers",
     "send_message",
     "check_messages",
@@ -19,6 +19,9 @@ const TOOLS: [&str; 10] = [
     "whoami",
     "mesh_stats",
     "message_status",
+    "schedule_reminder",
+    "list_scheduled",
+    "cancel_scheduled",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

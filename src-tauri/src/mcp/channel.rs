@@ -36,6 +36,15 @@ pub fn params(message: &StoredMessage) -> Value {
         put("to", target);
     }
     put("sent_at", &message.sent_at);
+    // An occurrence of a scheduled message: when it was meant for, and whether it came late
+    // (the broker was down at the time).
+    if let Some((_, due_at)) = broker_core::schedule::occurrence_of(&message.id) {
+        put("scheduled_for", &broker_core::protocol::iso8601_ms(due_at));
+        let queued_at = broker_core::schedule::parse_at(&message.sent_at).unwrap_or(due_at);
+        if broker_core::schedule::lateness(due_at, queued_at).is_some() {
+            put("late", "true");
+        }
+    }
     put("message_id", &message.id);
     put("verified", if message.verified { "true" } else { "false" });
     json!({ "content": content, "meta": meta })
@@ -90,5 +99,21 @@ mod tests {
         broken.text = None;
         broken.error = Some("decryption failed".into());
         assert!(params(&broken)["content"].as_str().expect("text").contains("could not open"));
+    }
+
+    #[test]
+    fn an_occurrence_of_a_scheduled_message_says_when_it_was_meant_for_and_if_late() {
+        let due = 1_796_112_000_000;
+        let on_time = StoredMessage {
+            id: broker_core::schedule::occurrence_id("sch_1", due),
+            sent_at: broker_core::protocol::iso8601_ms(due + 300),
+            ..message()
+        };
+        let meta = params(&on_time)["meta"].clone();
+        assert_eq!(meta["scheduled_for"], "2026-12-01T08:00:00.000Z");
+        assert!(meta.get("late").is_none(), "{meta}");
+        let late = StoredMessage { sent_at: broker_core::protocol::iso8601_ms(due + 3_600_000), ..on_time };
+        assert_eq!(params(&late)["meta"]["late"], "true");
+        assert!(params(&message())["meta"].get("scheduled_for").is_none());
     }
 }

@@ -33,9 +33,13 @@ self-contained (peers do not see your conversation or your files unless they run
 machine, which list_peers shows as location \"local\"). mesh_stats shows what each peer \
 reported of its activity (messages, tool calls, uptime, errors), per peer and summed. \
 message_status tells whether a message you sent was delivered or read, per recipient; a name \
-of a peer who is offline still reaches it (send_message says so, and it waits for them).
+of a peer who is offline still reaches it (send_message says so, and it waits for them). \
+schedule_reminder sends a message later, once or recurring (to yourself when `to` is omitted: \
+a reminder); it arrives like any message, with scheduled_for (and late=\"true\" when it came \
+late); list_scheduled and cancel_scheduled manage them.
 
 These tools (list_peers, send_message, check_messages, set_summary, set_status, join_group, \
-leave_group, whoami, mesh_stats, message_status) belong to claudemesh. They are distinct from any built-in messaging, \
+leave_group, whoami, mesh_stats, message_status, schedule_reminder, list_scheduled, \
+cancel_scheduled) belong to claudemesh. They are distinct from any built-in messaging, \
 team, agent or task tools your client has: use these to talk to mesh peers, and the built-in \
 ones for what they are for.";
