@@ -45,6 +45,9 @@ pub enum Scenario {
     /// A burst during which the broker is killed with SIGKILL and restarted on the same port and
     /// data directory (default 10 peers × 2,000 messages, killed at 30% acknowledged).
     Restart,
+    /// Scheduled messages: many pending at once (default 10,000 by 10 peers to one), falling
+    /// due evenly over --duration seconds; broker memory while pending, and lateness (e2e).
+    Schedules,
 }
 
 impl Scenario {
@@ -55,6 +58,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Connections => "connections",
             Scenario::Restart => "restart",
+            Scenario::Schedules => "schedules",
         }
     }
 }
@@ -82,6 +86,7 @@ impl Scenario {
         claudemesh-bench fanout --peers 200 --messages 100\n  \
         claudemesh-bench connections --peers 10000\n  \
         claudemesh-bench restart --peers 10 --messages 2000 --kill-after 0.3\n  \
+        claudemesh-bench schedules --messages 10000 --duration 10\n  \
         claudemesh-bench burst --postgres --replicas 2 --cross-replicas\n  \
         claudemesh-bench burst --url http://127.0.0.1:7900 --data-dir /var/lib/claudemesh-broker\n\n\
         Exit codes: 0 the run kept every delivery guarantee; 1 the run could not be made; 2 bad usage; \
@@ -95,11 +100,13 @@ pub struct Args {
     /// connections 10000, restart 10.
     #[arg(long)]
     pub peers: Option<u32>,
-    /// Messages per peer (burst, restart, interactive), or broadcasts in all (fanout). Default:
-    /// burst 1000, restart 2000, fanout 200; interactive: rate × duration.
+    /// Messages per peer (burst, restart, interactive), broadcasts in all (fanout), or scheduled
+    /// messages in all (schedules). Default: burst 1000, restart 2000, fanout 200, schedules
+    /// 10000; interactive: rate × duration.
     #[arg(long)]
     pub messages: Option<u32>,
-    /// interactive: seconds of sending (ignored when --messages is given).
+    /// interactive: seconds of sending (ignored when --messages is given); schedules: the seconds
+    /// over which the scheduled messages fall due.
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
     /// interactive: messages per second per peer.

@@ -55,6 +55,20 @@ pub struct Report {
     pub connections: Option<ConnectionDetails>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<ScheduleDetails>,
+}
+
+/// The schedules scenario: memory while every schedule is pending (`e2e_ms` is lateness).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleDetails {
+    pub schedules: u64,
+    /// Making every schedule (each acknowledged after its commit).
+    pub scheduling_s: f64,
+    pub broker_rss_before_mb: Option<f64>,
+    /// Once every schedule was made, before the first fell due.
+    pub broker_rss_pending_mb: Option<f64>,
+    pub rss_per_schedule_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -183,6 +197,19 @@ impl Report {
                     ms(c.broker_rss_before_mb),
                     ms(c.broker_rss_idle_mb),
                     ms(c.rss_per_session_kb)
+                ),
+            ));
+        }
+        if let Some(s) = &self.schedules {
+            rows.push((
+                "schedules".into(),
+                format!(
+                    "{} made in {:.3} s; broker memory before {} MB, all pending {} MB ({} bytes each); e2e ms = late",
+                    s.schedules,
+                    s.scheduling_s,
+                    ms(s.broker_rss_before_mb),
+                    ms(s.broker_rss_pending_mb),
+                    s.rss_per_schedule_bytes.map_or_else(|| "-".to_owned(), |b| b.to_string())
                 ),
             ));
         }

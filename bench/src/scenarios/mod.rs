@@ -5,6 +5,7 @@ mod burst;
 mod connections;
 mod fanout;
 mod interactive;
+mod schedules;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,6 +118,8 @@ pub fn peers(args: &Args) -> u32 {
         Scenario::Fanout => 200,
         Scenario::Connections => 10_000,
         Scenario::Restart => 10,
+        // One receiver and ten schedulers (a member has at most 1,000 pending by default).
+        Scenario::Schedules => 11,
     })
 }
 
@@ -139,6 +142,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         Scenario::Interactive => interactive::interactive(args, harness).await,
         Scenario::Fanout => fanout::fanout(args, harness).await,
         Scenario::Connections => connections::connections(args, harness).await,
+        Scenario::Schedules => schedules::schedules(args, harness).await,
     }
 }
 
@@ -333,6 +337,7 @@ impl Harness {
             errors: run.observations.errors(),
             fanout: None,
             connections: None,
+            schedules: None,
             restart: None,
         }
     }
