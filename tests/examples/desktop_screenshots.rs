@@ -73,6 +73,8 @@ async fn main() -> Result<()> {
     app.wait_present("[data-testid=peer-row][data-name=bob]").await?;
     app.wait_text("[data-testid=peer-row][data-name=api-refactor]", |t| t.contains("billing")).await?;
     app.wait_text("[data-testid=peer-row][data-name=test-runner]", |t| t.contains("working")).await?;
+    // The counters each session reports (within seconds of a change).
+    app.wait_text("[data-testid=peer-row][data-name=api-refactor]", |t| t.contains("2 tool calls")).await?;
     save(&app, "peers").await?;
 
     // A conversation with one session, delivered both ways.
@@ -91,6 +93,23 @@ async fn main() -> Result<()> {
     app.wait_present("[data-testid=message]:last-child [data-testid=delivery][data-state=delivered]").await?;
     runner.call("send_message", json!({"to": "*", "message": "Suite finished: 412 passed, 3 failed (auth)."})).await?;
     save(&app, "messages").await?;
+
+    // A weekday reminder of the person's own, and a message to bob for later.
+    app.cli(&[
+        "remind",
+        "Stand-up in 5 minutes",
+        "--mesh",
+        "personal",
+        "--cron",
+        "55 8 * * 1-5",
+        "--tz",
+        "Europe/Berlin",
+    ])
+    .await?;
+    app.cli(&["remind", "Release notes are due today", "--to", "bob", "--mesh", "acme", "--in", "3h"]).await?;
+    app.open("scheduled").await?;
+    app.wait_present("[data-testid=scheduled-row]:nth-child(2)").await?;
+    save(&app, "scheduled").await?;
 
     app.open("meshes").await?;
     save(&app, "meshes").await?;

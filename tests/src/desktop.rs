@@ -96,6 +96,23 @@ impl DesktopApp {
         self.home.path().join("claudemesh")
     }
 
+    /// Runs `claudemesh ARGS --json` as the person at this app (its config directory and
+    /// keychain) and returns what it printed.
+    pub async fn cli(&self, args: &[&str]) -> Result<Value> {
+        let output = Command::new(claudemesh_bin())
+            .envs(app_env(self.home.path())?)
+            .args(args)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        if !output.status.success() {
+            bail!("claudemesh {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("claudemesh {args:?} printed: {}", String::from_utf8_lossy(&output.stdout)))
+    }
+
     async fn http(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
         let driver = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let stream = match &self.namespace {

@@ -274,6 +274,35 @@ async fn quit_from_the_tray_ends_the_app_and_loses_nothing_queued() -> Result<()
     app.close().await
 }
 
+/// A reminder a peer's session scheduled for the person notifies when it fires; the person's
+/// own recurring reminder (made with the CLI) is listed in Scheduled and cancelled there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_notify_when_they_fire_and_the_scheduled_view_cancels_them() -> Result<()> {
+    let (app, _laptop, mut bob) = app_with_a_session_of_bob().await?;
+    let notifications = NotificationMonitor::start().await?;
+    let reminder = json!({"to": "alice", "message": "time to review #42", "in": "1s"});
+    let scheduled = bob.call("schedule_reminder", reminder).await?;
+    assert_eq!(scheduled["to"], "alice", "{scheduled}");
+    let shown = notifications.wait_for("Reminder from bob in acme").await?;
+    assert_eq!(shown.body, "time to review #42");
+
+    let own = app
+        .cli(&["remind", "water the plants", "--mesh", "acme", "--cron", "0 9 * * *", "--tz", "Europe/Berlin"])
+        .await?;
+    let id = own["scheduleId"].as_str().context("a schedule id")?.to_owned();
+    app.open("scheduled").await?;
+    let row = format!("[data-testid=scheduled-row][data-id={id}]");
+    app.wait_text(&format!("{row} [data-testid=scheduled-when]"), |t| t.contains("every 0 9 * * * (Europe/Berlin)"))
+        .await?;
+    app.click(&format!("{row} [data-testid=scheduled-cancel]")).await?;
+    app.click("[data-testid=scheduled-cancel-confirm]").await?;
+    app.wait_absent(&row).await?;
+    let left = app.cli(&["scheduled"]).await?;
+    assert_eq!(left["scheduled"], json!([]), "cancelled at the broker: {left}");
+    notifications.stop().await;
+    app.close().await
+}
+
 /// The app set up locally as alice with a mesh `acme`, and a CLI device that joined it as bob
 /// with a Claude Code session's bridge.
 async fn app_with_a_session_of_bob() -> Result<(DesktopApp, Device, claudemesh_e2e::Bridge)> {

@@ -14,8 +14,9 @@ import * as meshes from "./views/meshes.js";
 import * as devices from "./views/devices.js";
 import * as approve from "./views/approve.js";
 import * as settings from "./views/settings.js";
+import * as scheduled from "./views/scheduled.js";
 
-const VIEWS = { welcome, signIn: signin, peers, messages, meshes, devices, approve, settings };
+const VIEWS = { welcome, signIn: signin, peers, messages, meshes, scheduled, devices, approve, settings };
 /** Views that work without an account. */
 const SIGNED_OUT_VIEWS = new Set(["welcome", "signIn", "settings"]);
 

@@ -89,13 +89,23 @@ export function shortPath(path) {
   return String(path ?? "").replace(/^\/home\/[^/]+/, "~").replace(/^\/root/, "~");
 }
 
-/** A peer's reported counters in one short line ("3 in · 5 out · 12 tool calls · up 1 h"). */
+/** A peer's reported counters in one short line ("3 in · 5 out · 12 tool calls · up 1 h"); empty
+ * until the session reported any (a report always carries its uptime). */
 export function statsLine(stats) {
-  if (!stats) return "";
+  if (!stats || stats.uptime === 0) return "";
   const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
   const minutes = Math.floor(stats.uptime / 60);
   const up = minutes < 1 ? "up <1 min" : minutes < 60 ? `up ${minutes} min` : `up ${Math.floor(minutes / 60)} h`;
   const parts = [`${stats.messagesIn} in`, `${stats.messagesOut} out`, plural(stats.toolCalls, "tool call", "tool calls"), up];
   if (stats.errors > 0) parts.push(plural(stats.errors, "error", "errors"));
+  return parts.join(" · ");
+}
+
+/** When a schedule fires: "next 01 Dec 2026, 09:00 · every 0 9 * * 1-5 (Europe/Berlin) · fired 3×". */
+export function scheduleLine(row, locale = undefined) {
+  const next = new Date(isoMs(row.nextFireAt)).toLocaleString(locale, { dateStyle: "medium", timeStyle: "short" });
+  const parts = [`next ${next}`];
+  if (row.cron) parts.push(`every ${row.cron} (${row.tz ?? "UTC"})`);
+  if (row.fired > 0) parts.push(`fired ${row.fired}×`);
   return parts.join(" · ");
 }

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ago, initials, deliveryLabel, statusPill, stateDot, shortPath, isoMs, statsLine } from "../js/format.js";
+import { ago, initials, deliveryLabel, statusPill, stateDot, shortPath, isoMs, statsLine, scheduleLine } from "../js/format.js";
 
 test("relative times read naturally", () => {
   const now = 1_000_000_000;
@@ -39,4 +39,13 @@ test("a peer's counters read in one line, errors only when there are some", () =
   assert.equal(statsLine({ ...stats, toolCalls: 12, uptime: 7200, errors: 2 }), "3 in · 1 out · 12 tool calls · up 2 h · 2 errors");
   assert.equal(statsLine({ ...stats, uptime: 600 }), "3 in · 1 out · 1 tool call · up 10 min");
   assert.equal(statsLine(undefined), "");
+  assert.equal(statsLine({ ...stats, uptime: 0 }), "", "nothing reported yet");
+});
+
+test("a schedule's line says when it fires next, how it recurs and how often it fired", () => {
+  const once = { nextFireAt: "2026-12-01T08:00:00.000Z", fired: 0 };
+  assert.match(scheduleLine(once, "en-GB"), /^next 1 Dec 2026, \d\d:00$/);
+  const weekly = { ...once, cron: "0 9 * * 1-5", tz: "Europe/Berlin", fired: 3 };
+  assert.match(scheduleLine(weekly, "en-GB"), / · every 0 9 \* \* 1-5 \(Europe\/Berlin\) · fired 3×$/);
+  assert.match(scheduleLine({ ...weekly, tz: undefined }, "en-GB"), /\(UTC\)/);
 });

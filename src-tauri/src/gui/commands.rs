@@ -13,6 +13,7 @@ use super::error::CommandResult;
 use super::settings::{DesktopSettings, MeshNotifications};
 use super::state::StatusView;
 use crate::account::Moderation;
+use crate::mesh::ScheduledRow;
 
 type Core<'a> = State<'a, Arc<Desktop>>;
 
@@ -90,6 +91,16 @@ pub async fn leave_mesh(desktop: Core<'_>, mesh_id: String) -> CommandResult<Sta
 #[tauri::command]
 pub async fn members(desktop: Core<'_>, mesh_id: String) -> CommandResult<MembersView> {
     desktop.members(&mesh_id).await
+}
+
+#[tauri::command]
+pub async fn scheduled(desktop: Core<'_>) -> CommandResult<Vec<ScheduledRow>> {
+    desktop.scheduled().await
+}
+
+#[tauri::command]
+pub async fn cancel_scheduled(desktop: Core<'_>, schedule_id: String) -> CommandResult<Vec<ScheduledRow>> {
+    desktop.cancel_scheduled(&schedule_id).await
 }
 
 #[tauri::command]

@@ -72,6 +72,8 @@ pub fn build_app<R: Runtime>(builder: tauri::Builder<R>, desktop: Arc<Desktop>) 
         commands::join_mesh,
         commands::leave_mesh,
         commands::members,
+        commands::scheduled,
+        commands::cancel_scheduled,
         commands::set_blocked,
         commands::moderate,
         commands::conversations,

@@ -170,6 +170,36 @@ impl NotificationPolicy {
         })
     }
 
+    /// A scheduled message (a reminder) reached this person: one they or their sessions
+    /// scheduled (`from` none), or a peer's. Shown unless notifications are paused: someone
+    /// asked for it to interrupt at that time, whatever the message setting says.
+    pub fn reminder(
+        &mut self,
+        settings: &NotificationSettings,
+        mesh: MeshLabel<'_>,
+        from: Option<&str>,
+        text: &str,
+        conversation: &str,
+    ) -> Option<Toast> {
+        if settings.paused {
+            return None;
+        }
+        let summary = match from {
+            Some(from) => format!("Reminder from {from} in {}", mesh.name),
+            None => format!("Reminder in {}", mesh.name),
+        };
+        let mut body: String = text.chars().take(140).collect();
+        if text.chars().count() > 140 {
+            body.push('…');
+        }
+        Some(Toast {
+            key: format!("reminder:{conversation}"),
+            summary,
+            body,
+            open: Some(Navigate { view: View::Messages, param: Some(conversation.to_owned()) }),
+        })
+    }
+
     /// Device logins waiting for this account: one toast per request, the first time it is seen.
     /// The listing carries no user code (the approver types the one the device shows), so a
     /// request is known by its device and time, and the toast opens an empty Approve view.
@@ -325,6 +355,19 @@ mod tests {
         assert_eq!(held.open.and_then(|n| n.param).as_deref(), Some("peer:x"));
         let paused = NotificationSettings { paused: true, ..defaults.clone() };
         assert_eq!(policy.pair_held(&paused, ACME, "bob sent alice too much", "peer:x"), None);
+    }
+
+    #[test]
+    fn a_reminder_says_whose_it_is_and_shows_unless_paused() {
+        let mut settings = NotificationSettings::default();
+        let mut policy = NotificationPolicy::default();
+        assert_eq!(policy.message(&settings, ACME, "bob", "hi", "conv"), None, "messages are off by default");
+        let own = policy.reminder(&settings, ACME, None, "stand-up", "conv").expect("reminders are not");
+        assert_eq!((own.summary.as_str(), own.body.as_str()), ("Reminder in acme", "stand-up"));
+        let from_bob = policy.reminder(&settings, ACME, Some("bob"), "release", "conv").expect("shown");
+        assert_eq!(from_bob.summary, "Reminder from bob in acme");
+        settings.paused = true;
+        assert_eq!(policy.reminder(&settings, ACME, None, "stand-up", "conv"), None, "quiet mode");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use error::{BrokerFault, MeshError};
 pub use link::MeshLink;
 use link::{PeerCache, Presence};
 use resolve::{MeshView, Resolution, ResolveError};
-pub use scheduled::{Reminder, when_of};
+pub use scheduled::{Reminder, ScheduledRow, when_of};
 
 /// How long a mesh's peer list is trusted for name resolution before it is fetched again.
 pub const PEER_CACHE_TTL: Duration = Duration::from_secs(5);

@@ -104,15 +104,23 @@ impl Supervisor {
             }
             match link.client.list_scheduled().await {
                 Ok(schedules) => {
-                    let names = link.client.list_members().await.unwrap_or_default();
+                    // A key target is named by its member (member key), or by its session while
+                    // that is online (session key).
+                    let mut names: Vec<(String, String)> = Vec::new();
+                    if schedules.iter().any(|s| broker_core::protocol::is_key_hex(&s.target_spec)) {
+                        let members = link.client.list_members().await.unwrap_or_default();
+                        names.extend(members.into_iter().map(|m| (m.pubkey, m.display_name)));
+                        let peers = link.peers(super::PEER_CACHE_TTL).await.unwrap_or_default();
+                        names.extend(peers.into_iter().map(|p| (p.pubkey, p.display_name)));
+                    }
                     for info in schedules {
                         let to = if info.target_spec == link.entry.member_pubkey {
                             "you".to_owned()
                         } else {
                             names
                                 .iter()
-                                .find(|m| m.pubkey == info.target_spec)
-                                .map_or_else(|| info.target_spec.clone(), |m| m.display_name.clone())
+                                .find(|(key, _)| *key == info.target_spec)
+                                .map_or_else(|| info.target_spec.clone(), |(_, name)| name.clone())
                         };
                         rows.push(ScheduledRow { mesh: link.entry.slug.clone(), to, info });
                     }

@@ -131,7 +131,7 @@ function peerRow(ctx, mesh, peer) {
         peer.channel ? h("span", {}, `via ${peer.channel}`) : null,
         peer.connectedAt ? h("span", {}, `online since ${ago(isoMs(peer.connectedAt))}`) : null,
       ),
-      peer.stats ? h("div", { class: "peer-meta", testid: "peer-stats" }, statsLine(peer.stats)) : null,
+      statsLine(peer.stats) ? h("div", { class: "peer-meta", testid: "peer-stats" }, statsLine(peer.stats)) : null,
     ),
     peer.sameMember
       ? null

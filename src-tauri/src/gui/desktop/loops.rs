@@ -122,13 +122,19 @@ impl Desktop {
                 let settings = lock(&self.settings).notifications.clone();
                 let mesh = MeshLabel { id: &person.message.mesh_id, name: &mesh_name };
                 let text = person.message.text.as_deref().unwrap_or("(a message that could not be opened)");
-                let toast = lock(&self.policy).message(
-                    &settings,
-                    mesh,
-                    &person.message.from,
-                    text,
-                    &thread_message.conversation,
-                );
+                let conversation = &thread_message.conversation;
+                let toast = if broker_core::schedule::occurrence_of(&person.message.id).is_some() {
+                    let own = person.message.from_member_pubkey.as_ref().is_some_and(|member| {
+                        lock(&self.state)
+                            .meshes
+                            .get(&person.message.mesh_id)
+                            .is_some_and(|m| m.entry.member_pubkey == *member)
+                    });
+                    let from = (!own).then_some(person.message.from.as_str());
+                    lock(&self.policy).reminder(&settings, mesh, from, text, conversation)
+                } else {
+                    lock(&self.policy).message(&settings, mesh, &person.message.from, text, conversation)
+                };
                 if let Some(toast) = toast {
                     self.send(Output::Toast(toast));
                 }

@@ -27,6 +27,7 @@ mod embedded_broker;
 mod loops;
 mod meshes;
 mod messages;
+mod scheduled;
 mod sign_in;
 
 use std::collections::{BTreeMap, HashMap};
