@@ -33,7 +33,7 @@ async fn a_scheduled_message_arrives_once_when_due_as_from_its_scheduler() {
     assert_eq!(scheduled.next_fire_at, protocol::iso8601_ms(due));
     assert_eq!(scheduled.sender_name, "alice");
     let listed = alice.client.list_scheduled().await.expect("lists");
-    assert_eq!(listed, [scheduled.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&scheduled));
     assert!(bob.client.list_scheduled().await.expect("lists").is_empty(), "a member sees its own only");
 
     let arrived = bob.message().await;

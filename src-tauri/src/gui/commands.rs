@@ -13,7 +13,7 @@ use super::error::CommandResult;
 use super::settings::{DesktopSettings, MeshNotifications};
 use super::state::StatusView;
 use crate::account::Moderation;
-use crate::mesh::ScheduledRow;
+use crate::mesh::scheduled::ScheduledRow;
 
 type Core<'a> = State<'a, Arc<Desktop>>;
 

@@ -16,7 +16,7 @@ mod error;
 mod link;
 mod receive;
 pub mod resolve;
-mod scheduled;
+pub mod scheduled;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -36,7 +36,7 @@ pub use error::{BrokerFault, MeshError};
 pub use link::MeshLink;
 use link::{PeerCache, Presence};
 use resolve::{MeshView, Resolution, ResolveError};
-pub use scheduled::{Reminder, ScheduledRow, when_of};
+pub use scheduled::{Reminder, when_of};
 
 /// How long a mesh's peer list is trusted for name resolution before it is fetched again.
 pub const PEER_CACHE_TTL: Duration = Duration::from_secs(5);

@@ -3,7 +3,7 @@
 
 use super::{Desktop, lock};
 use crate::gui::error::{CommandError, CommandResult};
-use crate::mesh::ScheduledRow;
+use crate::mesh::scheduled::ScheduledRow;
 
 impl Desktop {
     pub async fn scheduled(&self) -> CommandResult<Vec<ScheduledRow>> {
