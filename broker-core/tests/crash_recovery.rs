@@ -12,6 +12,60 @@ use broker_core::client::{ClientConfig, When};
 use broker_core::crypto::Keypair;
 use common::process::{BrokerProcess, free_port, operator, receive_all, send_until_cut_off, wait_ready};
 
+/// A data directory holding the mesh `crash` with members alice and bob, and the port and log
+/// file of the broker serving it.
+struct Crash {
+    data: tempfile::TempDir,
+    mesh_id: String,
+    /// Member id and key of alice, then bob.
+    members: [(String, Keypair); 2],
+    port: u16,
+    _logs: tempfile::TempDir,
+    log: std::path::PathBuf,
+}
+
+impl Crash {
+    fn new() -> Crash {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mesh = operator(data.path(), &["mesh", "create", "--name", "crash"]);
+        let mesh_id = mesh["id"].as_str().expect("id").to_owned();
+        let member = |name: &str| {
+            let key = Keypair::generate();
+            let added = operator(
+                data.path(),
+                &["member", "add", "--mesh", "crash", "--pubkey", &key.public_hex(), "--name", name],
+            );
+            assert_eq!(added["meshId"], mesh_id);
+            (added["memberId"].as_str().expect("id").to_owned(), key)
+        };
+        let members = [member("alice"), member("bob")];
+        let logs = tempfile::tempdir().expect("tempdir");
+        let log = logs.path().join("broker.log");
+        Crash { data, mesh_id, members, port: free_port(), _logs: logs, log }
+    }
+
+    async fn start_broker(&self) -> BrokerProcess {
+        let broker = start_broker(self.data.path(), self.port, &self.log);
+        wait_ready(self.port).await;
+        broker
+    }
+
+    /// A session of alice (0) or bob (1) that reconnects quickly.
+    async fn connect(&self, member: usize) -> common::Peer {
+        let (id, key) = &self.members[member];
+        let key = Keypair::from_secret_hex(&key.seed_hex()).expect("key");
+        let url = format!("http://127.0.0.1:{}", self.port);
+        let mut config = ClientConfig::new(&url, &self.mesh_id, id, key);
+        config.backoff.initial = Duration::from_millis(50);
+        config.backoff.max = Duration::from_millis(200);
+        common::Peer::connect(config).await
+    }
+
+    fn key(&self, member: usize) -> String {
+        self.members[member].1.public_hex()
+    }
+}
+
 /// Starts the broker with debug logs appended to `log` (checked for secrets afterwards).
 fn start_broker(data_dir: &Path, port: u16, log: &Path) -> BrokerProcess {
     BrokerProcess::start(
@@ -31,35 +85,14 @@ fn start_broker(data_dir: &Path, port: u16, log: &Path) -> BrokerProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_holds_no_plaintext() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mesh = operator(data.path(), &["mesh", "create", "--name", "crash"]);
-    let mesh_id = mesh["id"].as_str().expect("id").to_owned();
-    let (alice_key, bob_key) = (Keypair::generate(), Keypair::generate());
-    let bob_seed = bob_key.seed_hex();
-    let alice = operator(
-        data.path(),
-        &["member", "add", "--mesh", "crash", "--pubkey", &alice_key.public_hex(), "--name", "alice"],
-    );
-    let bob = operator(
-        data.path(),
-        &["member", "add", "--mesh", "crash", "--pubkey", &bob_key.public_hex(), "--name", "bob"],
-    );
-    assert_eq!(alice["meshId"], mesh_id);
-
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let logs = tempfile::tempdir().expect("tempdir");
-    let log = logs.path().join("broker.log");
-    let mut broker = start_broker(data.path(), port, &log);
-    wait_ready(port).await;
-
-    let mut alice_config = ClientConfig::new(&url, &mesh_id, alice["memberId"].as_str().expect("id"), alice_key);
-    alice_config.backoff.initial = Duration::from_millis(50);
-    alice_config.backoff.max = Duration::from_millis(200);
-    let alice = common::Peer::connect(alice_config).await;
+    let crash = Crash::new();
+    let (data, mesh_id, log) = (&crash.data, &crash.mesh_id, &crash.log);
+    let bob_seed = crash.members[1].1.seed_hex();
+    let mut broker = crash.start_broker().await;
+    let alice = crash.connect(0).await;
 
     // Bob is offline: everything queues. Send in the background and kill the broker mid-way.
-    let sender = send_until_cut_off(alice.client.clone(), bob_key.public_hex(), 400);
+    let sender = send_until_cut_off(alice.client.clone(), crash.key(1), 400);
     tokio::time::sleep(Duration::from_millis(150)).await;
     broker.kill();
     let outcomes = sender.await.expect("sender");
@@ -69,11 +102,8 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
         .collect();
     assert!(acknowledged.len() >= 10, "the broker acknowledged messages before the kill ({})", acknowledged.len());
 
-    let mut broker = start_broker(data.path(), port, &log);
-    wait_ready(port).await;
-    let mut bob_config = ClientConfig::new(&url, &mesh_id, bob["memberId"].as_str().expect("id"), bob_key);
-    bob_config.backoff.initial = Duration::from_millis(50);
-    let mut bob = common::Peer::connect(bob_config).await;
+    let mut broker = crash.start_broker().await;
+    let mut bob = crash.connect(1).await;
 
     // Every acknowledged message arrives exactly once. A send whose ack the kill cut off may or
     // may not have been committed: it may arrive too (once), but nothing else may.
@@ -98,14 +128,14 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
         }
     }
     let stored = String::from_utf8_lossy(&stored);
-    assert!(stored.contains(&mesh_id), "sanity: the database was read");
+    assert!(stored.contains(mesh_id.as_str()), "sanity: the database was read");
     for (text, _) in &outcomes {
         assert!(!stored.contains(text.as_str()), "plaintext {text} found in the broker's files");
     }
     assert!(!stored.contains("secret-payload"), "no plaintext fragment in the broker's files");
 
     // The broker's logs, at debug level, are JSON lines without any message content or secret.
-    let log = std::fs::read_to_string(&log).expect("log");
+    let log = std::fs::read_to_string(log).expect("log");
     assert!(log.lines().count() > 2, "the broker logged");
     for line in log.lines() {
         let entry: serde_json::Value =
@@ -122,36 +152,16 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_the_database_hol
 /// database, read directly, holds one entry per occurrence) and arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_scheduled_message_is_queued_exactly_once_across_sigkill() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mesh = operator(data.path(), &["mesh", "create", "--name", "crash"]);
-    let mesh_id = mesh["id"].as_str().expect("id").to_owned();
-    let (alice_key, bob_key) = (Keypair::generate(), Keypair::generate());
-    let alice = operator(
-        data.path(),
-        &["member", "add", "--mesh", "crash", "--pubkey", &alice_key.public_hex(), "--name", "alice"],
-    );
-    let bob = operator(
-        data.path(),
-        &["member", "add", "--mesh", "crash", "--pubkey", &bob_key.public_hex(), "--name", "bob"],
-    );
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let logs = tempfile::tempdir().expect("tempdir");
-    let log = logs.path().join("broker.log");
-    let mut broker = start_broker(data.path(), port, &log);
-    wait_ready(port).await;
-
-    let mut alice_config = ClientConfig::new(&url, &mesh_id, alice["memberId"].as_str().expect("id"), alice_key);
-    alice_config.backoff.initial = Duration::from_millis(50);
-    alice_config.backoff.max = Duration::from_millis(200);
-    let alice = common::Peer::connect(alice_config).await;
+    let crash = Crash::new();
+    let mut broker = crash.start_broker().await;
+    let alice = crash.connect(0).await;
     let start = broker_core::protocol::now_ms() + 1_000;
     let mut expected = HashMap::new();
     for n in 0..30u64 {
         let (text, due) = (format!("scheduled {n}"), start + n * 100);
         let scheduled = alice
             .client
-            .schedule(&bob_key.public_hex(), text.as_bytes(), broker_core::protocol::Priority::Now, When::At(due))
+            .schedule(&crash.key(1), text.as_bytes(), broker_core::protocol::Priority::Now, When::At(due))
             .await
             .expect("scheduled");
         expected.insert(broker_core::schedule::occurrence_id(&scheduled.schedule_id, due), text);
@@ -162,12 +172,11 @@ async fn each_scheduled_message_is_queued_exactly_once_across_sigkill() {
         tokio::time::sleep(Duration::from_millis(kill_at.saturating_sub(broker_core::protocol::now_ms()))).await;
         broker.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        broker = start_broker(data.path(), port, &log);
-        wait_ready(port).await;
+        broker = crash.start_broker().await;
     }
     tokio::time::sleep(Duration::from_millis((start + 3_500).saturating_sub(broker_core::protocol::now_ms()))).await;
     broker.kill();
-    let db = rusqlite::Connection::open(data.path().join("broker.db")).expect("opens the database");
+    let db = rusqlite::Connection::open(crash.data.path().join("broker.db")).expect("opens the database");
     let left: i64 = db.query_row("SELECT COUNT(*) FROM schedules", [], |row| row.get(0)).expect("counts");
     assert_eq!(left, 0, "every one-time schedule fired and ended");
     let mut queued = db.prepare("SELECT message_id, COUNT(*) FROM queue GROUP BY message_id").expect("query");
@@ -183,11 +192,8 @@ async fn each_scheduled_message_is_queued_exactly_once_across_sigkill() {
     drop(queued);
     drop(db);
 
-    let _broker = start_broker(data.path(), port, &log);
-    wait_ready(port).await;
-    let mut bob_config = ClientConfig::new(&url, &mesh_id, bob["memberId"].as_str().expect("id"), bob_key);
-    bob_config.backoff.initial = Duration::from_millis(50);
-    let mut bob = common::Peer::connect(bob_config).await;
+    let _broker = crash.start_broker().await;
+    let mut bob = crash.connect(1).await;
     let (received, _) = receive_all(&mut bob, &expected).await;
     assert_eq!(received.len(), expected.len());
     assert!(received.values().all(|n| *n == 1), "each arrived once: {received:?}");

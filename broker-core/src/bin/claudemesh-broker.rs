@@ -184,6 +184,9 @@ struct ServeArgs {
     /// Seconds an undelivered message waits for its recipient before it is dropped.
     #[arg(long, env = "MESSAGE_TTL_SECONDS", default_value_t = BrokerConfig::default().message_ttl.as_secs())]
     message_ttl_seconds: u64,
+    /// Scheduled messages one member may have pending in a mesh (`schedule_limit` beyond).
+    #[arg(long, env = "MAX_SCHEDULES_PER_MEMBER", default_value_t = BrokerConfig::default().max_schedules_per_member)]
+    max_schedules_per_member: u64,
     /// `/health/ready` answers 503 until this migration is applied.
     #[arg(long, env = "EXPECTED_MIGRATION")]
     expected_migration: Option<String>,
@@ -383,6 +386,7 @@ fn serve(data_dir: PathBuf, database_url: Option<String>, args: ServeArgs) -> Re
             },
             status_ttl: Duration::from_secs(args.status_ttl_seconds),
             message_ttl: Duration::from_secs(args.message_ttl_seconds),
+            max_schedules_per_member: args.max_schedules_per_member,
             token_ttl: Duration::from_secs(args.token_ttl_seconds),
             device_poll_interval: Duration::from_secs(args.device_poll_interval_seconds),
             email_code_ttl: Duration::from_secs(args.email_code_ttl_seconds),

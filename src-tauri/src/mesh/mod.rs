@@ -548,14 +548,11 @@ impl Supervisor {
     }
 
     async fn send_to(&self, to: &str, resolution: Resolution, text: &str, priority: Priority) -> SendOutcome {
-        let sent = match self.links.iter().find(|l| l.entry.mesh_id == resolution.mesh_id) {
-            Some(link) => {
+        let sent = match self.link_of(&resolution) {
+            Ok(link) => {
                 link.client.send(&resolution.target_spec, text.as_bytes(), priority).await.map_err(MeshError::NotSent)
             }
-            None => Err(MeshError::UnknownMesh {
-                name: resolution.slug.clone(),
-                joined: self.links.iter().map(|l| l.entry.slug.clone()).collect(),
-            }),
+            Err(error) => Err(error),
         };
         let (message_id, recipients, error) = match sent {
             Ok(receipt) => (Some(receipt.message_id), Some(receipt.recipients), None),
@@ -574,6 +571,14 @@ impl Supervisor {
             recipients,
             error,
         }
+    }
+
+    /// The link of the mesh a resolution is in.
+    fn link_of(&self, resolution: &Resolution) -> Result<&Arc<MeshLink>, MeshError> {
+        self.links.iter().find(|l| l.entry.mesh_id == resolution.mesh_id).ok_or_else(|| MeshError::UnknownMesh {
+            name: resolution.slug.clone(),
+            joined: self.links.iter().map(|l| l.entry.slug.clone()).collect(),
+        })
     }
 
     /// Sets the status on the selected meshes.

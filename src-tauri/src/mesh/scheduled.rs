@@ -7,7 +7,7 @@ use broker_core::protocol::{Priority, ScheduleInfo};
 use serde::Serialize;
 
 use super::resolve::{Resolution, ResolveError};
-use super::{LinkState, MeshError, MeshLink, Supervisor};
+use super::{LinkState, MeshError, Supervisor};
 
 /// A reminder to schedule: to `to` (a peer as `send_message` takes it; yourself when absent).
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ impl Supervisor {
                 resolved?
             }
         };
-        let link = self.link_of(&resolution.mesh_id)?;
+        let link = self.link_of(&resolution)?;
         link.require_connected()?;
         let info = link
             .client
@@ -165,13 +165,6 @@ impl Supervisor {
             target_spec: link.entry.member_pubkey.clone(),
             label: "you".to_owned(),
             offline: false,
-        })
-    }
-
-    fn link_of(&self, mesh_id: &str) -> Result<&std::sync::Arc<MeshLink>, MeshError> {
-        self.links.iter().find(|l| l.entry.mesh_id == mesh_id).ok_or_else(|| MeshError::UnknownMesh {
-            name: mesh_id.to_owned(),
-            joined: self.links.iter().map(|l| l.entry.slug.clone()).collect(),
         })
     }
 }
