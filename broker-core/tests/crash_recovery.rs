@@ -158,7 +158,7 @@ async fn each_scheduled_message_is_queued_exactly_once_across_sigkill() {
     let start = broker_core::protocol::now_ms() + 1_000;
     let mut expected = HashMap::new();
     for n in 0..30u64 {
-        let (text, due) = (format!("scheduled {n}"), start + n * 100);
+        let (text, due) = (format!("secret-reminder-{n}"), start + n * 100);
         let scheduled = alice
             .client
             .schedule(&crash.key(1), text.as_bytes(), broker_core::protocol::Priority::Now, When::At(due))
@@ -197,4 +197,16 @@ async fn each_scheduled_message_is_queued_exactly_once_across_sigkill() {
     let (received, _) = receive_all(&mut bob, &expected).await;
     assert_eq!(received.len(), expected.len());
     assert!(received.values().all(|n| *n == 1), "each arrived once: {received:?}");
+
+    // What was scheduled was sealed: neither the database nor the debug logs hold its text.
+    let mut stored = std::fs::read_to_string(&crash.log).expect("log").into_bytes();
+    for entry in std::fs::read_dir(crash.data.path()).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            stored.extend(std::fs::read(&path).expect("reads"));
+        }
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(stored.contains("schedule_created"), "sanity: the audit log was read");
+    assert!(!stored.contains("secret-reminder"), "scheduled text found in the broker's files or logs");
 }
