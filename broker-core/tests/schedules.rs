@@ -94,3 +94,39 @@ async fn only_the_scheduler_or_an_admin_cancels_and_each_member_has_a_limit() {
     assert!(bob.client.schedule(&carol_key, b"x", Priority::Next, zone).await.is_err());
     carol.no_message_within(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn a_member_who_leaves_or_is_removed_sends_and_receives_no_more_scheduled_messages() {
+    use broker_core::store::{MembershipAction, Store as _};
+    let broker = TestBroker::start_with(config()).await;
+    let (mesh, members) = broker.mesh("acme", &["alice", "bob", "carol"]);
+    let mut alice = broker.connect(&mesh, &members[0], "alice").await;
+    let bob = broker.connect(&mesh, &members[1], "bob").await;
+    let carol = broker.connect(&mesh, &members[2], "carol").await;
+    let due = When::At(protocol::now_ms() + 500);
+    bob.client.schedule("*", b"from bob to everyone", Priority::Now, due.clone()).await.expect("ok");
+    let to_both = alice.client.schedule("*", b"from alice", Priority::Now, due).await.expect("ok");
+    assert_eq!(to_both.recipients, 2);
+
+    // Carol leaves; an admin kicks bob. Nothing scheduled reaches or comes from either.
+    carol.client.leave_mesh().await.expect("leaves");
+    let (bob_id, admin_id) = (members[1].record.id.clone(), members[0].record.id.clone());
+    let store = broker.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.change_membership(&bob_id, MembershipAction::Kick, Some(&admin_id), protocol::now_ms())
+    })
+    .await
+    .expect("task")
+    .expect("kicks bob");
+    alice.no_message_within(Duration::from_millis(1_200)).await;
+    assert!(alice.client.list_scheduled().await.expect("an admin lists all").is_empty(), "both ended");
+    let store = broker.store.clone();
+    let mesh_id = mesh.clone();
+    let (cancelled, _) =
+        tokio::task::spawn_blocking(move || store.audit_entries(&mesh_id, Some("schedule_cancelled"), 10, 0))
+            .await
+            .expect("task")
+            .expect("audit");
+    assert_eq!(cancelled.len(), 1, "bob's schedule ended by the broker: {cancelled:?}");
+    assert_eq!(cancelled[0].actor, None);
+}

@@ -7,6 +7,7 @@
 //! whatever crashes, and whichever replica gets there first; it arrives as from the scheduler,
 //! with the message id `<schedule id>@<due time>` (`schedule::occurrence_id`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -208,15 +209,41 @@ impl Router {
     /// queued, after their commits.
     pub async fn fire_due_schedules(self: &Arc<Self>) -> usize {
         let now = protocol::now_ms();
-        let due = match self.blocking(move |store| store.due_schedules(now, FIRE_BATCH)).await {
-            Ok(due) => due,
+        let found = self
+            .blocking(move |store| {
+                let due = store.due_schedules(now, FIRE_BATCH)?;
+                // Who is still a member of each mesh, as the store says now.
+                let mut active: HashMap<String, HashSet<String>> = HashMap::new();
+                for schedule in &due {
+                    if !active.contains_key(&schedule.mesh_id) {
+                        let members = store.members(&schedule.mesh_id)?;
+                        let ids = members.into_iter().filter(|m| m.is_active()).map(|m| m.id).collect();
+                        active.insert(schedule.mesh_id.clone(), ids);
+                    }
+                }
+                Ok((due, active))
+            })
+            .await;
+        let (due, active) = match found {
+            Ok(found) => found,
             Err(error) => {
                 tracing::warn!(%error, "looking for due schedules failed");
                 return 0;
             }
         };
         let mut committed = Vec::with_capacity(due.len());
-        for schedule in due {
+        for mut schedule in due {
+            let members = &active[&schedule.mesh_id];
+            // A member who left or was removed sends nothing more: its schedules end.
+            if !members.contains(&schedule.sender_member_id) {
+                let (mesh_id, id) = (schedule.mesh_id.clone(), schedule.id.clone());
+                if let Err(error) = self.blocking(move |store| store.cancel_schedule(&mesh_id, &id, None)).await {
+                    tracing::warn!(%error, "ending the schedule of a removed member failed");
+                }
+                continue;
+            }
+            // Nor does anyone receive after leaving.
+            schedule.deliveries.retain(|d| members.contains(&d.member_id));
             let (done, waiting) = tokio::sync::oneshot::channel();
             self.fire(schedule, now, done);
             committed.push(waiting);
