@@ -471,11 +471,15 @@ mod tests {
                 "mcp__claudemesh__list_peers",
                 "mcp__claudemesh__check_messages",
                 "mcp__claudemesh__whoami",
-                "mcp__claudemesh__send_message"
+                "mcp__claudemesh__send_message",
+                "mcp__claudemesh__mesh_stats",
+                "mcp__claudemesh__message_status",
+                "mcp__claudemesh__schedule_reminder",
+                "mcp__claudemesh__list_scheduled"
             ]
         );
         assert!(add_permissions(&mut settings).expect("adds again").is_empty(), "nothing added twice");
-        assert_eq!(settings["permissions"]["allow"].as_array().map(Vec::len), Some(6));
+        assert_eq!(settings["permissions"]["allow"].as_array().map(Vec::len), Some(10));
 
         assert_eq!(remove_permissions(&mut settings), added);
         assert_eq!(

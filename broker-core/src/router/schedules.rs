@@ -255,6 +255,21 @@ impl Router {
         fired
     }
 
+    /// When the scheduler should look again: at the next occurrence if one falls due within the
+    /// poll interval, else after it (schedules made meanwhile, here or on another replica, are
+    /// found by then).
+    pub(super) async fn next_schedule_wake(&self) -> tokio::time::Instant {
+        let poll = self.config.schedule_poll_interval;
+        let now = protocol::now_ms();
+        let horizon = now + poll.as_millis() as u64;
+        let soonest = self.blocking(move |store| store.due_schedules(horizon, 1)).await;
+        let wait = match soonest.ok().as_deref() {
+            Some([next, ..]) => std::time::Duration::from_millis(next.next_fire_at.saturating_sub(now)),
+            _ => poll,
+        };
+        tokio::time::Instant::now() + wait
+    }
+
     /// Queues the due occurrence of `schedule` and moves it on, in one write; `done` hears
     /// whether it was queued by this call.
     fn fire(self: &Arc<Self>, schedule: ScheduleRecord, now: u64, done: tokio::sync::oneshot::Sender<bool>) {

@@ -135,8 +135,8 @@ impl Router {
             tokio::time::interval((config.session_rebind_grace / 4).max(std::time::Duration::from_millis(250)));
         let mut directory = tokio::time::interval(config.directory_poll_interval);
         let mut expiry = tokio::time::interval(config.expiry_sweep_interval);
-        let mut schedules = tokio::time::interval(config.schedule_poll_interval);
-        for interval in [&mut status, &mut departed, &mut directory, &mut expiry, &mut schedules] {
+        let mut next_schedule = Instant::now() + config.schedule_poll_interval;
+        for interval in [&mut status, &mut departed, &mut directory, &mut expiry] {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         tokio::pin!(shutdown);
@@ -160,7 +160,7 @@ impl Router {
                     self.metrics.store_batches_total.store(self.store.commits(), Ordering::Relaxed);
                 }
                 _ = expiry.tick() => self.expire_old_messages(),
-                _ = schedules.tick() => {
+                _ = tokio::time::sleep_until(next_schedule) => {
                     // Occurrences missed while the broker was down come one per schedule per
                     // pass: a few passes at once catch up without holding the other sweeps.
                     for _ in 0..CATCH_UP_PASSES {
@@ -168,6 +168,7 @@ impl Router {
                             break;
                         }
                     }
+                    next_schedule = self.next_schedule_wake().await;
                 }
             }
         }
