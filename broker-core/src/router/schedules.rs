@@ -24,6 +24,9 @@ use crate::store::{
 
 /// Due schedules read at a time by the scheduler.
 const FIRE_BATCH: usize = 512;
+/// The scheduler looks again at the earliest this long after a pass: occurrences falling due
+/// close together are queued together, rather than a pass (three reads) for each.
+const MIN_WAKE_GAP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// When a checked `schedule` fires: first at `first`, then at every occurrence of `cron`.
 #[derive(Debug, Clone)]
@@ -267,7 +270,7 @@ impl Router {
             Some([next, ..]) => std::time::Duration::from_millis(next.next_fire_at.saturating_sub(now)),
             _ => poll,
         };
-        tokio::time::Instant::now() + wait
+        tokio::time::Instant::now() + wait.max(MIN_WAKE_GAP)
     }
 
     /// Queues the due occurrence of `schedule` and moves it on, in one write; `done` hears
