@@ -140,15 +140,12 @@ impl Router {
 
     pub(super) async fn list_scheduled(self: &Arc<Self>, session: &SessionHandle, list: protocol::ListScheduled) {
         let mesh_id = session.mesh_id().to_owned();
-        match self.blocking(move |store| store.schedules(&mesh_id)).await {
+        // An admin sees every member's; anyone else their own.
+        let sender = (!self.is_admin(session)).then(|| session.member_id.clone());
+        match self.blocking(move |store| store.schedules(&mesh_id, sender.as_deref())).await {
             Ok(schedules) => {
-                let admin = self.is_admin(session);
                 let state = session.shard.state.lock().expect("mesh lock");
-                let schedules = schedules
-                    .iter()
-                    .filter(|s| admin || s.sender_member_id == session.member_id)
-                    .map(|s| schedule_info(&state, s))
-                    .collect();
+                let schedules = schedules.iter().map(|s| schedule_info(&state, s)).collect();
                 drop(state);
                 let list = protocol::ScheduledList { schedules, req_id: list.req_id };
                 self.reply(session, ServerFrame::ScheduledList(list));
@@ -171,7 +168,7 @@ impl Router {
         let member_id = session.member_id.clone();
         let outcome = self
             .blocking(move |store| {
-                let Some(schedule) = store.schedules(&mesh_id)?.into_iter().find(|s| s.id == schedule_id) else {
+                let Some(schedule) = store.schedules(&mesh_id, None)?.into_iter().find(|s| s.id == schedule_id) else {
                     return Ok(Err(ErrorCode::NotFound));
                 };
                 if !admin && schedule.sender_member_id != member_id {

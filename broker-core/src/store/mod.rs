@@ -635,8 +635,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a schedule, with its `schedule_created` audit entry; `Conflict("schedule_limit")`
     /// when its sender already has `max_per_member` schedules in the mesh.
     fn create_schedule(&self, schedule: &ScheduleRecord, max_per_member: u64) -> StoreResult<()>;
-    /// The mesh's schedules, soonest first.
-    fn schedules(&self, mesh_id: &str) -> StoreResult<Vec<ScheduleRecord>>;
+    /// The mesh's schedules (only `sender_member_id`'s when given), soonest first.
+    fn schedules(&self, mesh_id: &str, sender_member_id: Option<&str>) -> StoreResult<Vec<ScheduleRecord>>;
     /// Deletes a schedule of the mesh, with its `schedule_cancelled` audit entry by `actor`;
     /// `false` when there is none by that id.
     fn cancel_schedule(&self, mesh_id: &str, schedule_id: &str, actor: Option<&str>) -> StoreResult<bool>;

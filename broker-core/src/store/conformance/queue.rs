@@ -726,9 +726,11 @@ pub fn schedules_fire_each_occurrence_once_and_are_cancelled<D: TestDatabase>(da
         "a member's third schedule is over a limit of two"
     );
     store.create_schedule(&schedule(4, &mesh, &bob, &[&alice], NOW_MS + 9_000, None), 2).expect("bob's own limit");
-    let listed = store.schedules(&mesh.id).expect("lists");
+    let listed = store.schedules(&mesh.id, None).expect("lists");
     assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["sched-2", "sched-1", "sched-4"]);
     assert_eq!(listed[1], once, "stored whole, recipients and their keys included");
+    let bobs = store.schedules(&mesh.id, Some(&bob.id)).expect("lists one member's");
+    assert_eq!(bobs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["sched-4"]);
 
     let due = store.due_schedules(NOW_MS + 1_000, 10).expect("finds due ones");
     assert_eq!(due.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["sched-2", "sched-1"], "soonest first");
@@ -749,7 +751,7 @@ pub fn schedules_fire_each_occurrence_once_and_are_cancelled<D: TestDatabase>(da
         "an occurrence is queued once"
     );
     assert_eq!(lane(&*store, &bob, true, 10).len(), 1, "the refused second firing left nothing queued");
-    let moved = store.schedules(&mesh.id).expect("lists").into_iter().find(|s| s.id == "sched-2").expect("kept");
+    let moved = store.schedules(&mesh.id, None).expect("lists").into_iter().find(|s| s.id == "sched-2").expect("kept");
     assert_eq!((moved.next_fire_at, moved.fired), (next_week, 1));
 
     // The one-shot fires once and is gone.
@@ -762,7 +764,7 @@ pub fn schedules_fire_each_occurrence_once_and_are_cancelled<D: TestDatabase>(da
     );
     assert!(matches!(write(&*store, occurrence(&once, NOW_MS + 1_000, None)), Err(StoreError::Conflict(_))));
     assert_eq!(lane(&*store, &carol, true, 10).len(), 1);
-    assert!(store.schedules(&mesh.id).expect("lists").iter().all(|s| s.id != "sched-1"), "a one-shot ends");
+    assert!(store.schedules(&mesh.id, None).expect("lists").iter().all(|s| s.id != "sched-1"), "a one-shot ends");
 
     // Cancelled: gone, and a cancelled schedule cannot fire.
     assert!(store.cancel_schedule(&mesh.id, "sched-2", Some(&alice.id)).expect("cancels"));

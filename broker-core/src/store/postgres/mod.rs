@@ -331,8 +331,8 @@ impl Store for PostgresStore {
         self.transaction(|tx| schedules::create(tx, schedule, max_per_member, crate::protocol::now_ms()))
     }
 
-    fn schedules(&self, mesh_id: &str) -> StoreResult<Vec<ScheduleRecord>> {
-        self.with_client(|client| schedules::of_mesh(client, mesh_id))
+    fn schedules(&self, mesh_id: &str, sender_member_id: Option<&str>) -> StoreResult<Vec<ScheduleRecord>> {
+        self.with_client(|client| schedules::of_mesh(client, mesh_id, sender_member_id))
     }
 
     fn cancel_schedule(&self, mesh_id: &str, schedule_id: &str, actor: Option<&str>) -> StoreResult<bool> {

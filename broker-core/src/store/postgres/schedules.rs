@@ -56,10 +56,17 @@ pub(super) fn create(
     audit::append(db, &schedule_created(schedule), now_ms)
 }
 
-pub(super) fn of_mesh(db: &mut impl GenericClient, mesh_id: &str) -> StoreResult<Vec<ScheduleRecord>> {
+pub(super) fn of_mesh(
+    db: &mut impl GenericClient,
+    mesh_id: &str,
+    sender_member_id: Option<&str>,
+) -> StoreResult<Vec<ScheduleRecord>> {
     let rows = db.query(
-        &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE mesh_id = $1 ORDER BY next_fire_at, id"),
-        &[&mesh_id],
+        &format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE mesh_id = $1 AND ($2::text IS NULL OR sender_member_id = $2)
+             ORDER BY next_fire_at, id"
+        ),
+        &[&mesh_id, &sender_member_id],
     )?;
     rows.iter().map(row_to_schedule).collect()
 }

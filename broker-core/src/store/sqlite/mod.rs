@@ -390,8 +390,8 @@ impl Store for SqliteStore {
         self.call(move |conn| schedules::create(conn, &schedule, max_per_member, crate::protocol::now_ms()))
     }
 
-    fn schedules(&self, mesh_id: &str) -> StoreResult<Vec<ScheduleRecord>> {
-        self.read(|conn| schedules::of_mesh(conn, mesh_id))
+    fn schedules(&self, mesh_id: &str, sender_member_id: Option<&str>) -> StoreResult<Vec<ScheduleRecord>> {
+        self.read(|conn| schedules::of_mesh(conn, mesh_id, sender_member_id))
     }
 
     fn cancel_schedule(&self, mesh_id: &str, schedule_id: &str, actor: Option<&str>) -> StoreResult<bool> {

@@ -53,10 +53,16 @@ pub(super) fn create(
     audit::append(conn, &schedule_created(schedule), now_ms)
 }
 
-pub(super) fn of_mesh(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<ScheduleRecord>> {
-    let mut stmt = conn
-        .prepare(&format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE mesh_id = ?1 ORDER BY next_fire_at, id"))?;
-    stmt.query_map([mesh_id], row_to_schedule)?.collect()
+pub(super) fn of_mesh(
+    conn: &Connection,
+    mesh_id: &str,
+    sender_member_id: Option<&str>,
+) -> rusqlite::Result<Vec<ScheduleRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE mesh_id = ?1 AND (?2 IS NULL OR sender_member_id = ?2)
+         ORDER BY next_fire_at, id"
+    ))?;
+    stmt.query_map(params![mesh_id, sender_member_id], row_to_schedule)?.collect()
 }
 
 pub(super) fn due(conn: &Connection, now_ms: u64, limit: usize) -> rusqlite::Result<Vec<ScheduleRecord>> {
