@@ -258,7 +258,6 @@ impl Router {
         }
     }
 
-    /// Changes what a session tells the mesh about itself; the other replicas hear of it.
     /// Runs a change of what a session says about itself; when its `peers_list` entry changed,
     /// the other replicas and the sessions that follow peers hear it.
     fn with_session(&self, session: &SessionHandle, f: impl FnOnce(&Router, &mut MeshState, u64)) {

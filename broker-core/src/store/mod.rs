@@ -630,6 +630,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<QueuedEntry>>;
     /// Undelivered queue entries in total.
     fn queue_depth(&self) -> StoreResult<u64>;
+    /// The receipts of a tracked message `sender_member_id` sent, one per recipient member
+    /// (empty for a message it did not send, did not track, or whose receipts expired).
+    fn receipts(&self, mesh_id: &str, sender_member_id: &str, message_id: &str) -> StoreResult<Vec<ReceiptRecord>>;
+    fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>>;
+
     // --- scheduled messages ------------------------------------------------------------------
 
     /// Stores a schedule, with its `schedule_created` audit entry; `Conflict("schedule_limit")`
@@ -643,11 +648,6 @@ pub trait Store: Send + Sync + 'static {
     /// Schedules due at `now_ms` (their next occurrence at or before it), soonest first, at
     /// most `limit`.
     fn due_schedules(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<ScheduleRecord>>;
-
-    /// The receipts of a tracked message `sender_member_id` sent, one per recipient member
-    /// (empty for a message it did not send, did not track, or whose receipts expired).
-    fn receipts(&self, mesh_id: &str, sender_member_id: &str, message_id: &str) -> StoreResult<Vec<ReceiptRecord>>;
-    fn peer_states(&self, mesh_id: &str) -> StoreResult<Vec<PeerStateRecord>>;
 
     // --- meshes and members ------------------------------------------------------------------
 

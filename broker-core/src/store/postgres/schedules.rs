@@ -1,5 +1,6 @@
 //! Scheduled messages in Postgres: created and cancelled with their audit entries (under the
-//! mesh's lock), listed, and found when due. Firing one is a queue write (`writer`).
+//! mesh's lock), listed, and found when due. Firing one is a queue write that also `advance`s
+//! its schedule.
 
 use postgres::{GenericClient, Row};
 use serde_json::json;

@@ -1,5 +1,5 @@
 //! Scheduled messages in SQLite: created and cancelled with their audit entries, listed, and
-//! found when due. Firing one is a queue write (`writer::fire`).
+//! found when due. Firing one is a queue write that also `advance`s its schedule.
 
 use rusqlite::{Connection, Row, params};
 use serde_json::json;
