@@ -14,8 +14,7 @@ use super::{Job, MAX_BATCH, codes, notices};
 use crate::protocol::{Priority, WrappedKey};
 use crate::store::codes::DbCode as _;
 use crate::store::{
-    Delivery, Envelope, NewMessage, PeerStateRecord, QueuedEntry, ReceiptRecord, StoreError, StoreResult, WriteOp,
-    WriteOutcome,
+    Delivery, Envelope, PeerStateRecord, QueuedEntry, ReceiptRecord, StoreError, StoreResult, WriteOp, WriteOutcome,
 };
 
 /// What the batch's jobs are told when its transaction could not begin or commit.
@@ -28,6 +27,10 @@ pub(super) struct Statements {
     rows: RowStatements,
     acknowledge: Statement,
     drop_bodies: Statement,
+    /// A tracked message's receipts, one per recipient member.
+    insert_receipts: Statement,
+    /// A tracked entry's receipt, at its acknowledgement.
+    receipt_delivered: Statement,
 }
 
 impl Statements {
@@ -43,6 +46,15 @@ impl Statements {
             drop_bodies: client.prepare(
                 "DELETE FROM bodies b WHERE b.seq = ANY($1::bigint[])
                  AND NOT EXISTS (SELECT 1 FROM queue WHERE body_seq = b.seq)",
+            )?,
+            // A sender reusing a message id of its own keeps the first message's receipts.
+            insert_receipts: client.prepare(
+                "INSERT INTO receipts (mesh_id, sender_member_id, message_id, member_id, queued_at)
+                 SELECT $1, $2, $3, member_id, $5 FROM unnest($4::text[]) AS m(member_id) ON CONFLICT DO NOTHING",
+            )?,
+            receipt_delivered: client.prepare(
+                "UPDATE receipts SET delivered_at = $5 WHERE mesh_id = $1 AND sender_member_id = $2
+                 AND message_id = $3 AND member_id = $4 AND delivered_at IS NULL",
             )?,
         })
     }
@@ -269,7 +281,13 @@ fn apply_write<'a>(
             let slots = deferred.rows.place(message);
             audit::append_all_with(tx, &message.audit, message.envelope.created_at, &mut deferred.scopes)?;
             if message.envelope.tracked {
-                insert_receipts(tx, message)?;
+                let env = &message.envelope;
+                let members: Vec<&str> = message.deliveries.iter().map(|d| d.member_id.as_str()).collect();
+                let queued_at = env.created_at as i64;
+                tx.execute(
+                    &statements.insert_receipts,
+                    &[&env.mesh_id, &env.sender_member_id, &env.message_id, &members, &queued_at],
+                )?;
             }
             Ok(WriteOutcome::Enqueued(slots))
         }
@@ -302,19 +320,6 @@ fn apply_write<'a>(
     }
 }
 
-/// A tracked message's receipts, one per recipient member (a sender reusing a message id of its
-/// own keeps the first message's).
-fn insert_receipts(db: &mut impl GenericClient, message: &NewMessage) -> StoreResult<()> {
-    let env = &message.envelope;
-    let members: Vec<&str> = message.deliveries.iter().map(|d| d.member_id.as_str()).collect();
-    db.execute(
-        "INSERT INTO receipts (mesh_id, sender_member_id, message_id, member_id, queued_at)
-         SELECT $1, $2, $3, member_id, $5 FROM unnest($4::text[]) AS m(member_id) ON CONFLICT DO NOTHING",
-        &[&env.mesh_id, &env.sender_member_id, &env.message_id, &members, &(env.created_at as i64)],
-    )?;
-    Ok(())
-}
-
 fn acknowledge(db: &mut impl GenericClient, statements: &Statements, entries: &[(String, u64)]) -> StoreResult<u64> {
     let mut bodies = Vec::new();
     let mut removed = 0;
@@ -326,11 +331,7 @@ fn acknowledge(db: &mut impl GenericClient, statements: &Statements, entries: &[
             if row.try_get::<_, i64>(1)? != 0 {
                 let (mesh_id, sender, message_id): (String, String, String) =
                     (row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
-                db.execute(
-                    "UPDATE receipts SET delivered_at = $5 WHERE mesh_id = $1 AND sender_member_id = $2
-                     AND message_id = $3 AND member_id = $4 AND delivered_at IS NULL",
-                    &[&mesh_id, &sender, &message_id, member_id, &now],
-                )?;
+                db.execute(&statements.receipt_delivered, &[&mesh_id, &sender, &message_id, member_id, &now])?;
             }
         }
     }
