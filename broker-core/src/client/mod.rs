@@ -409,15 +409,17 @@ impl MeshClient {
         }
     }
 
-    /// Cancels a scheduled message (this member's, or any as an admin).
-    pub async fn cancel_scheduled(&self, schedule_id: &str) -> Result<(), ClientError> {
+    /// Cancels a scheduled message (this member's, or any as an admin); `false` when the mesh has
+    /// none by that id.
+    pub async fn cancel_scheduled(&self, schedule_id: &str) -> Result<bool, ClientError> {
         let req_id = self.correlation_id();
         let frame = ClientFrame::CancelScheduled(protocol::CancelScheduled {
             schedule_id: schedule_id.to_owned(),
             req_id: Some(req_id.clone()),
         });
         match self.exchange(frame, Correlation::Request(req_id)).await? {
-            ServerFrame::ScheduleCancelled(_) => Ok(()),
+            ServerFrame::ScheduleCancelled(_) => Ok(true),
+            ServerFrame::Error(error) if error.code == ErrorCode::NotFound => Ok(false),
             ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
             _ => Err(ClientError::UnexpectedReply),
         }

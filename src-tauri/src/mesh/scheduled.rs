@@ -141,8 +141,8 @@ impl Supervisor {
                 continue;
             }
             match link.client.cancel_scheduled(schedule_id).await {
-                Ok(()) => return Ok(link.entry.slug.clone()),
-                Err(error) if error.to_string().contains("no scheduled message") => continue,
+                Ok(true) => return Ok(link.entry.slug.clone()),
+                Ok(false) => continue,
                 Err(error) => return Err(link.broker_error(error)),
             }
         }
