@@ -50,7 +50,7 @@ pub struct Bridge {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-struct ListPeersArgs {
+struct MeshArgs {
     /// Only this mesh (slug); all joined meshes when omitted.
     #[serde(default)]
     mesh: Option<String>,
@@ -245,7 +245,7 @@ impl Bridge {
     #[tool(
         description = "List the peers of your claudemesh meshes (other AI sessions and people): name, status (idle/working/dnd), summary, groups, working directory, host, and whether each runs on this machine (location local) or elsewhere (remote)."
     )]
-    async fn list_peers(&self, Parameters(args): Parameters<ListPeersArgs>) -> Result<CallToolResult, ErrorData> {
+    async fn list_peers(&self, Parameters(args): Parameters<MeshArgs>) -> Result<CallToolResult, ErrorData> {
         let supervisor = match self.supervisor().await {
             Ok(s) => s,
             Err(result) => return Ok(result),
@@ -297,7 +297,7 @@ impl Bridge {
     #[tool(
         description = "Your scheduled messages and reminders (every member's, if you are an admin of the mesh): scheduleId, who it is for, next time, cron and time zone for recurring ones, how often it fired. Not their text: that is sealed for the recipients."
     )]
-    async fn list_scheduled(&self, Parameters(args): Parameters<ListPeersArgs>) -> Result<CallToolResult, ErrorData> {
+    async fn list_scheduled(&self, Parameters(args): Parameters<MeshArgs>) -> Result<CallToolResult, ErrorData> {
         let supervisor = match self.supervisor().await {
             Ok(s) => s,
             Err(result) => return Ok(result),
@@ -343,7 +343,7 @@ impl Bridge {
     #[tool(
         description = "Usage counters of the peers in your claudemesh meshes, as each session reports them: messages in and out, tool calls, uptime in seconds, errors; per peer and summed per mesh. `mesh` (slug) narrows to one mesh."
     )]
-    async fn mesh_stats(&self, Parameters(args): Parameters<ListPeersArgs>) -> Result<CallToolResult, ErrorData> {
+    async fn mesh_stats(&self, Parameters(args): Parameters<MeshArgs>) -> Result<CallToolResult, ErrorData> {
         let supervisor = match self.supervisor().await {
             Ok(s) => s,
             Err(result) => return Ok(result),
