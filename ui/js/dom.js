@@ -75,6 +75,25 @@ export function dialog({ title, body, foot = [], wide = false, testid }) {
   return close;
 }
 
+/** A dialog asking to confirm `action` (the primary button, labelled `label`): clicking it runs
+ * the action (the button busy meanwhile) and closes the dialog once it succeeded. */
+export function confirmDialog({ title, text, label, testid, action }) {
+  const confirm = h(
+    "button",
+    {
+      class: "btn primary",
+      testid,
+      onclick: (event) =>
+        busy(event.currentTarget, async () => {
+          await action();
+          close();
+        }),
+    },
+    label,
+  );
+  const close = dialog({ title, body: h("p", { class: "muted" }, text), foot: [confirm] });
+}
+
 /** A labelled switch. */
 export function toggle({ checked, onchange, testid }) {
   return h(

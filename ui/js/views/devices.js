@@ -1,7 +1,7 @@
 // The account's signed-in devices with when each was last seen; revoke one (its live sessions
 // are cut at once).
 
-import { h, setChildren, busy, dialog } from "../dom.js";
+import { h, setChildren, confirmDialog } from "../dom.js";
 import { ago, isoMs } from "../format.js";
 import { icon } from "../icons.js";
 
@@ -59,23 +59,12 @@ export function mount(container, ctx) {
     );
   }
   function confirmRevoke(device) {
-    const revoke = h(
-      "button",
-      {
-        class: "btn primary",
-        testid: "device-revoke-confirm",
-        onclick: (event) =>
-          busy(event.currentTarget, async () => {
-            draw(await ctx.call("revoke_device", { deviceId: device.id }));
-            close();
-          }),
-      },
-      "Revoke",
-    );
-    const close = dialog({
+    confirmDialog({
       title: `Revoke ${device.hostname}?`,
-      body: h("p", { class: "muted" }, "Its sign-in and its member keys stop working now, and its live sessions are closed."),
-      foot: [revoke],
+      text: "Its sign-in and its member keys stop working now, and its live sessions are closed.",
+      label: "Revoke",
+      testid: "device-revoke-confirm",
+      action: async () => draw(await ctx.call("revoke_device", { deviceId: device.id })),
     });
   }
   load();

@@ -2,7 +2,7 @@
 // person is an admin), with who each is for and when it fires next; cancel one. Their text is
 // not shown: it was sealed for its recipients when it was scheduled.
 
-import { h, setChildren, busy, dialog } from "../dom.js";
+import { h, setChildren, confirmDialog } from "../dom.js";
 import { ago, isoMs, scheduleLine } from "../format.js";
 import { icon } from "../icons.js";
 
@@ -82,23 +82,12 @@ export function mount(container, ctx) {
   }
 
   function confirmCancel(row) {
-    const cancel = h(
-      "button",
-      {
-        class: "btn primary",
-        testid: "scheduled-cancel-confirm",
-        onclick: (event) =>
-          busy(event.currentTarget, async () => {
-            draw(await ctx.call("cancel_scheduled", { scheduleId: row.scheduleId }));
-            close();
-          }),
-      },
-      "Cancel it",
-    );
-    const close = dialog({
+    confirmDialog({
       title: `Cancel the message to ${row.to}?`,
-      body: h("p", { class: "muted" }, row.cron ? "It will not be sent again." : "It will not be sent."),
-      foot: [cancel],
+      text: row.cron ? "It will not be sent again." : "It will not be sent.",
+      label: "Cancel it",
+      testid: "scheduled-cancel-confirm",
+      action: async () => draw(await ctx.call("cancel_scheduled", { scheduleId: row.scheduleId })),
     });
   }
 
