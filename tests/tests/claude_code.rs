@@ -364,8 +364,8 @@ async fn a_turn_asks_whether_a_sent_message_was_read() -> Result<()> {
 }
 
 /// A turn schedules a message for a peer in a few seconds and a recurring reminder for itself,
-/// and lists them: the peer's message arrives when due, as from bob; the recurring one is
-/// listed until a person cancels it from the CLI.
+/// and lists them: the peer's message arrives when due, as from bob; a later turn cancels the
+/// recurring one, and the person schedules and cancels one from the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_schedules_messages_that_arrive_when_due_and_lists_them() -> Result<()> {
     let mut mesh = Mesh::start().await?;
@@ -401,8 +401,22 @@ async fn a_turn_schedules_messages_that_arrive_when_due_and_lists_them() -> Resu
     assert!(pushed.params["meta"]["scheduled_for"].is_string(), "{:?}", pushed.params);
     session.end().await?;
 
+    // A later turn, allowed to (cancelling is not pre-approved), stops the weekday reminder.
     let recurring = to_me["scheduleId"].as_str().context("an id")?;
-    mesh.bob.claudemesh(&["scheduled", "--cancel", recurring]).await?;
+    let stop = "stop my weekday reminder";
+    mesh.api.script(stop, vec![Step::call("cancel_scheduled", json!({"schedule_id": recurring})), Step::text("ok")]);
+    let mut allowed = mesh.bob.session(&["cancel_scheduled"]).await?;
+    allowed.turn(stop).await?;
+    let cancelled = mesh.api.results_of("cancel_scheduled");
+    assert!(!cancelled[0].is_error, "{cancelled:?}");
+    assert_eq!(cancelled[0].json()?["cancelled"], recurring, "{cancelled:?}");
+    allowed.end().await?;
+    assert_eq!(mesh.bob.claudemesh(&["scheduled"]).await?["scheduled"], json!([]));
+
+    // The person does the same from the CLI.
+    let later = mesh.bob.claudemesh(&["remind", "check the release", "--in", "1h"]).await?;
+    let id = later["scheduleId"].as_str().context("an id")?;
+    mesh.bob.claudemesh(&["scheduled", "--cancel", id]).await?;
     let left = mesh.bob.claudemesh(&["scheduled"]).await?;
     assert_eq!(left["scheduled"], json!([]), "{left}");
     Ok(())
