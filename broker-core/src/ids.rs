@@ -18,6 +18,13 @@ pub fn new_id(prefix: &str) -> String {
     id
 }
 
+/// Whether `text` has the shape [`new_id`] gives with `prefix` (an id a client chose).
+pub fn is_valid(prefix: &str, text: &str) -> bool {
+    text.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| ALPHABET.contains(&b)))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -26,5 +33,11 @@ mod tests {
         let b = super::new_id("msg");
         assert!(a.starts_with("msg_") && a.len() == 20, "{a}");
         assert_ne!(a, b);
+        assert!(super::is_valid("msg", &a));
+        for wrong in
+            ["msg_", "mesh_abcdefghijkmnpqr", "msg_abcdefghijkmnpq1", "msg_abcdefghijkmnpqrs", "msg-abcdefghijkmnpqr"]
+        {
+            assert!(!super::is_valid("msg", wrong), "{wrong}");
+        }
     }
 }

@@ -49,6 +49,7 @@ pub mod crypto;
 pub mod email;
 pub mod ids;
 pub mod invite;
+pub mod membership;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

@@ -43,6 +43,7 @@ const TABLES: &[&str] = &[
     "queue",
     "receipts",
     "schedules",
+    "membership_log",
 ];
 
 /// What was copied.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::crypto::{Keypair, PublicKey};
 use crate::invite::{Invite, InviteTerms};
+use crate::membership::{self, Admission};
 use crate::protocol::account::normalize_user_code;
 use crate::protocol::{self, Role};
 use crate::store::{
@@ -101,11 +102,16 @@ impl Operator {
         // The key is on disk before the member that holds it exists, so no mesh is ever left
         // with an operator member whose key was lost.
         self.write_operator_key(&operator_key)?;
+        // The operator key signs the genesis of the membership log: members of an operator-made
+        // mesh trust the operator to admit members (docs/security.md).
+        let mesh_id = crate::ids::new_id("mesh");
+        let signature =
+            operator_key.sign_hex(membership::genesis_bytes(&mesh_id, &operator_key.public_hex()).as_bytes());
         let creator = NewMember {
             pubkey: operator_key.public_hex(),
             display_name: OPERATOR_NAME.to_owned(),
-            account_id: None,
-            device_id: None,
+            admission: Some(Admission::Genesis { mesh_id, signature }),
+            ..NewMember::default()
         };
         let (mesh, operator) =
             self.store.create_mesh(name, slug.unwrap_or_default(), None, &creator, protocol::now_ms())?;
@@ -129,9 +135,24 @@ impl Operator {
             return Err(OperatorError::Invalid("--name is empty".into()));
         }
         let mesh = self.mesh(mesh)?;
-        let member = NewMember { pubkey: pubkey.to_owned(), display_name: name.to_owned(), ..NewMember::default() };
+        let admission = self.operator_admission(&mesh, pubkey, role)?;
+        let member =
+            NewMember { pubkey: pubkey.to_owned(), display_name: name.to_owned(), admission, ..NewMember::default() };
         let member = self.store.add_member(&mesh.id, &member, role, None, protocol::now_ms())?;
         Ok((mesh, member))
+    }
+
+    /// The operator key's signed admission of `pubkey`, for a mesh that keeps a membership log
+    /// and whose operator key this data directory holds; otherwise the broker's word alone.
+    fn operator_admission(&self, mesh: &MeshRecord, pubkey: &str, role: Role) -> OperatorResult<Option<Admission>> {
+        let log = self.store.membership_log(&mesh.id, 0, i64::MAX as usize)?;
+        if log.is_empty() {
+            return Ok(None);
+        }
+        let Ok((_, key)) = self.operator_member(mesh) else { return Ok(None) };
+        let after = log.len() as u64;
+        let signature = key.sign_hex(membership::admission_bytes(&mesh.id, pubkey, role, after).as_bytes());
+        Ok(Some(Admission::Admin { by: key.public_hex(), after, signature }))
     }
 
     pub fn members(&self, mesh: &str) -> OperatorResult<(MeshRecord, Vec<MemberRecord>)> {

@@ -435,7 +435,7 @@ async fn a_member_with_an_unusable_key_is_skipped_and_the_rest_get_the_broadcast
     // A member stored before keys were checked at the door: the identity point, which no box
     // can be sealed to.
     let weak = format!("01{}", "00".repeat(31));
-    let legacy = NewMember { pubkey: weak.clone(), display_name: "legacy".into(), account_id: None, device_id: None };
+    let legacy = NewMember { pubkey: weak.clone(), display_name: "legacy".into(), ..NewMember::default() };
     broker.store.add_member(&mesh, &legacy, Role::Member, None, protocol::now_ms()).expect("stored");
     let alice = broker.connect(&mesh, &members[0], "alice").await;
     let mut bob = broker.connect(&mesh, &members[1], "bob").await;

@@ -546,9 +546,12 @@ pub async fn create_mesh(
     // Stored under a name that does not know the mesh id yet, then moved once it exists.
     let pending = format!("pending:{pubkey}");
     store_key(keystore, &pending, &key).await?;
-    let created: Result<CreateMeshResponse, _> = api
-        .call(Method::POST, "/v1/meshes", Some(json!({"name": name, "pubkey": pubkey, "displayName": display_name})))
-        .await;
+    // The creator key signs the start of the mesh's membership log, for a mesh id chosen here.
+    let mesh_id = broker_core::ids::new_id("mesh");
+    let genesis = key.sign_hex(broker_core::membership::genesis_bytes(&mesh_id, &pubkey).as_bytes());
+    let request =
+        json!({"name": name, "pubkey": pubkey, "displayName": display_name, "id": mesh_id, "genesis": genesis});
+    let created: Result<CreateMeshResponse, _> = api.call(Method::POST, "/v1/meshes", Some(request)).await;
     let created = match created {
         Ok(created) => created,
         Err(error) => {
@@ -558,6 +561,11 @@ pub async fn create_mesh(
     };
     store_key(keystore, &key_account(&created.id, &pubkey), &key).await?;
     forget_key(keystore, &pending).await;
+    // This device made the mesh: its log must start with this key, whatever a broker says later.
+    let pin = crate::mesh::members::LogPin { creator: pubkey.clone(), head: None };
+    if let Err(error) = crate::mesh::members::LogPins::new(config_dir.root()).set(&created.id, &pin) {
+        tracing::warn!(%error, "could not pin the new mesh's creator key");
+    }
     let entry = MeshEntry {
         mesh_id: created.id,
         slug: created.slug,

@@ -99,6 +99,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The members of your meshes, online or not, each with how its admission checks out in
+    /// the mesh's signed membership log (verified here back to the mesh creator's key):
+    /// verified, vouched (only the broker says so: an account's device enrolling, an unban),
+    /// or missing (listed by the broker, never admitted). Exits 5 when the log does not verify.
+    Members {
+        /// Only this mesh (slug).
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Usage counters of the peers in your meshes, as each session reports them: messages in
     /// and out, tool calls, uptime, errors; per peer and summed per mesh.
     Stats {
@@ -431,6 +442,7 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Meshes { json } => cli::meshes(json),
         Command::Peers { mesh, json } => cli::peers(mesh, json).await,
         Command::Stats { mesh, json } => cli::stats(mesh, json).await,
+        Command::Members { mesh, json } => cli::members(mesh, json).await,
         Command::MessageStatus { message_id, json } => cli::message_status(message_id, json).await,
         Command::Release { peer, json } => cli::release(peer, json).await,
         Command::Send { target, message, priority, json } => cli::send(target, message, priority.into(), json).await,

@@ -145,3 +145,70 @@ async fn a_denied_login_fails_and_wrong_codes_are_refused() -> Result<()> {
     login.child.kill()?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_checked_against_the_signed_membership_log() -> Result<()> {
+    let broker = Broker::start().await?;
+    broker.operator(&["account", "create", "--name", "alice"])?;
+    let (laptop, server, carol) = (Device::new()?, Device::new()?, Device::new()?);
+    let login = laptop.start_login(&broker.url(), None, "alice-laptop")?;
+    broker.operator(&["device", "approve", &login.code, "--account", "alice"])?;
+    login.finish()?;
+    json_of(&run(&laptop, &["create", "team", "--as", "alice", "--json"]));
+    let invite = json_of(&run(&laptop, &["invite", "--mesh", "team", "--max-uses", "1", "--json"]));
+    carol.join(invite["link"].as_str().context("link")?, "carol")?;
+    let login = server.start_login(&broker.url(), None, "alice-server")?;
+    json_of(&run(&laptop, &["device", "approve", &login.code, "--yes", "--json"]));
+    login.finish()?;
+
+    // Carol checks the log herself: the creator and she are signed in, the enrolled device is
+    // the broker's word.
+    let admissions = |device: &Device| -> Result<(Value, Vec<(String, String)>)> {
+        let members = json_of(&run(device, &["members", "--mesh", "team", "--json"]));
+        let mesh = members["meshes"][0].clone();
+        let rows = mesh["members"].as_array().context("members")?;
+        let mut pairs: Vec<(String, String)> = rows
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or_default().to_owned(),
+                    m["admission"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        pairs.sort();
+        Ok((mesh["log"].clone(), pairs))
+    };
+    let (log, members) = admissions(&carol)?;
+    assert_eq!(log["state"], "verified", "{log}");
+    assert_eq!(log["entries"], 3);
+    let of = |members: &[(String, String)], name: &str| {
+        members.iter().find(|(n, _)| n == name).map(|(_, a)| a.clone()).unwrap_or_default()
+    };
+    assert_eq!((of(&members, "alice"), of(&members, "carol")), ("verified".into(), "verified".into()), "{members:?}");
+    assert_eq!(members.iter().filter(|(_, a)| a == "vouched").count(), 1, "the enrolled device: {members:?}");
+
+    // The broker's operator slips in a key of its own: listed, never verified.
+    let mallory = broker_core::crypto::Keypair::generate().public_hex();
+    broker
+        .operator(&["member", "add", "--mesh", "team", "--pubkey", &mallory, "--name", "mallory", "--role", "admin"])?;
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = admissions(&carol)?.1;
+        if !of(&seen, "mallory").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(of(&seen, "mallory"), "vouched", "{seen:?}");
+
+    // Then it cuts the log's tail to hide that: carol saw it, and refuses the shorter log.
+    let db = rusqlite::Connection::open(broker.data.path().join("broker.db"))?;
+    let cut = db.execute("DELETE FROM membership_log WHERE seq = (SELECT MAX(seq) FROM membership_log)", [])?;
+    assert_eq!(cut, 1);
+    let refused = run(&carol, &["members", "--mesh", "team"]);
+    assert_eq!(refused.status.code(), Some(5), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("MEMBERSHIP LOG DOES NOT VERIFY"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not verify"));
+    Ok(())
+}

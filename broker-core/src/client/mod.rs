@@ -596,6 +596,28 @@ impl MeshClient {
         Ok(())
     }
 
+    /// The mesh's membership log from entry `after + 1` to its end, page by page, unverified:
+    /// check it with `membership::verify`.
+    pub async fn membership_log(&self, after: u64) -> Result<Vec<crate::membership::LogEntry>, ClientError> {
+        let mut entries: Vec<crate::membership::LogEntry> = Vec::new();
+        loop {
+            let req_id = self.correlation_id();
+            let from = entries.last().map_or(after, |e| e.seq);
+            let frame =
+                ClientFrame::MembershipLog(protocol::MembershipLog { after: from, req_id: Some(req_id.clone()) });
+            match self.exchange(frame, Correlation::Request(req_id)).await? {
+                ServerFrame::MembershipLogPage(page) => {
+                    let progressed = !page.entries.is_empty();
+                    entries.extend(page.entries);
+                    if !page.more || !progressed {
+                        return Ok(entries);
+                    }
+                }
+                _ => return Err(ClientError::UnexpectedReply),
+            }
+        }
+    }
+
     /// Every active member of the mesh, online or not, in name order.
     pub async fn list_members(&self) -> Result<Vec<protocol::MemberInfo>, ClientError> {
         let req_id = self.correlation_id();

@@ -241,6 +241,13 @@ pub struct CreateMeshRequest {
     pub pubkey: String,
     #[serde(default)]
     pub display_name: Option<String>,
+    /// The mesh id the creator chose (`mesh_` and 16 base32 characters), with `genesis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The creator key's signature over `membership::genesis_bytes(id, pubkey)`: the start of
+    /// the mesh's membership log. Without it the mesh keeps no log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genesis: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -50,6 +50,8 @@ pub enum ClientFrame {
     /// Ours: a session of this member read these messages (their senders' `message_status`
     /// shows it). No reply.
     MarkRead(MarkRead),
+    /// Ours: a page of the mesh's signed membership log, for the client to verify.
+    MembershipLog(MembershipLog),
 }
 
 impl ClientFrame {
@@ -78,6 +80,7 @@ impl ClientFrame {
             ClientFrame::ReleasePair(_) => "release_pair",
             ClientFrame::MessageStatus(_) => "message_status",
             ClientFrame::MarkRead(_) => "mark_read",
+            ClientFrame::MembershipLog(_) => "membership_log",
         }
     }
 }
@@ -276,6 +279,19 @@ pub const MAX_MARK_READ: usize = 1000;
 #[serde(rename_all = "camelCase")]
 pub struct MarkRead {
     pub message_ids: Vec<String>,
+}
+
+/// At most this many entries in one `membership_log_page` (an entry holding an invite is about
+/// 1.5 KB: a page stays far below the frame limit).
+pub const MEMBERSHIP_LOG_PAGE: usize = 256;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MembershipLog {
+    /// Entries after this `seq` (0: from the start).
+    #[serde(default)]
+    pub after: u64,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -29,6 +29,8 @@ pub enum ServerFrame {
     ScheduledList(ScheduledList),
     /// Ours: the answer to `cancel_scheduled`.
     ScheduleCancelled(ScheduleCancelled),
+    /// Ours: the answer to `membership_log`.
+    MembershipLogPage(MembershipLogPage),
     /// Ours (`delivery_receipt`): one recipient member acknowledged a message this session sent.
     Receipt(Receipt),
     Error(ErrorFrame),
@@ -50,6 +52,7 @@ impl ServerFrame {
             ServerFrame::MessageStatusResult(f) => f.req_id.as_deref(),
             ServerFrame::ScheduledList(f) => f.req_id.as_deref(),
             ServerFrame::ScheduleCancelled(f) => f.req_id.as_deref(),
+            ServerFrame::MembershipLogPage(f) => f.req_id.as_deref(),
             ServerFrame::Error(f) => f.req_id.as_deref(),
             ServerFrame::Ack(f) => f.req_id.as_deref(),
             ServerFrame::HelloAck(_) | ServerFrame::Push(_) | ServerFrame::Receipt(_) => None,
@@ -308,6 +311,16 @@ pub enum DeliveryState {
     Expired,
     /// Never delivered: the recipient left or was removed from the mesh.
     Removed,
+}
+
+/// A page of the mesh's membership log (`membership::LogEntry`), oldest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MembershipLogPage {
+    pub entries: Vec<crate::membership::LogEntry>,
+    /// More entries follow: ask again with `after` the last one's `seq`.
+    pub more: bool,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
 }
 
 /// The mesh's active members, as `members_list` shows them (name order).

@@ -248,6 +248,7 @@ impl Router {
             ClientFrame::ListMembers(list) => self.list_members(session, list),
             ClientFrame::MessageStatus(ask) => self.message_status(session, ask).await,
             ClientFrame::MarkRead(read) => self.mark_read(session, read),
+            ClientFrame::MembershipLog(query) => self.membership_log(session, query).await,
             ClientFrame::Resolve(resolve) => self.resolve_for_client(session, resolve).await,
             ClientFrame::SetGrants(set) => self.set_grants(session, set).await,
             ClientFrame::GetGrants(get) => self.get_grants(session, get),

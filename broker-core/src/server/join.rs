@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, Broker};
 use crate::crypto::{self, PublicKey};
 use crate::invite::{Invite, InviteError};
+use crate::membership::Admission;
 use crate::protocol::{self, Role};
 use crate::store::{NewMember, StoreError};
 
@@ -104,6 +105,8 @@ pub(super) async fn redeem(
         display_name,
         account_id: signed_in.as_ref().map(|a| a.account.id.clone()),
         device_id: signed_in.as_ref().map(|a| a.device.id.clone()),
+        // The membership log keeps what lets every member check this admission itself.
+        admission: Some(Admission::Invite { token: invite.to_token(), proof: request.proof.clone() }),
     };
     let result = broker
         .blocking(move |store| {

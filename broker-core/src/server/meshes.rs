@@ -17,6 +17,7 @@ use super::{ApiError, Broker};
 use crate::crypto::PublicKey;
 use crate::email::InviteEmail;
 use crate::invite::Invite;
+use crate::membership::{self, Admission};
 use crate::protocol::account::{
     CreateInviteRequest, CreateInviteResponse, CreateMeshRequest, CreateMeshResponse, EnrolRequest, EnrolResponse,
     GrantsRequest, InviteView, MemberView, MeshView, RenameMeshRequest,
@@ -114,6 +115,7 @@ pub(super) async fn create(
     if request.name.trim().is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "the mesh needs a name"));
     }
+    let admission = genesis(&request)?;
     let creator = NewMember {
         pubkey: request.pubkey,
         display_name: request
@@ -122,6 +124,7 @@ pub(super) async fn create(
             .unwrap_or_else(|| auth.account.name.clone()),
         account_id: Some(auth.account.id.clone()),
         device_id: Some(auth.device.id.clone()),
+        admission,
     };
     let (name, slug, owner) = (request.name, request.slug.unwrap_or_default(), auth.account.id.clone());
     let (mesh, member) = broker
@@ -129,6 +132,22 @@ pub(super) async fn create(
         .await?;
     let body = CreateMeshResponse { id: mesh.id, slug: mesh.slug, name: mesh.name, member_id: member.id };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The creator's signed genesis of the mesh's membership log, when the request carries one:
+/// the client chose the mesh id and signed it with the creator key.
+fn genesis(request: &CreateMeshRequest) -> Result<Option<Admission>, ApiError> {
+    let Some(signature) = &request.genesis else { return Ok(None) };
+    let invalid = |why: &str| ApiError::new(StatusCode::BAD_REQUEST, "genesis_invalid", why.to_owned());
+    let mesh_id = request.id.clone().ok_or_else(|| invalid("a genesis needs the mesh id it signs (id)"))?;
+    if !crate::ids::is_valid("mesh", &mesh_id) {
+        return Err(invalid("id must be mesh_ and 16 base32 characters"));
+    }
+    let bytes = membership::genesis_bytes(&mesh_id, &request.pubkey);
+    PublicKey::from_hex(&request.pubkey).and_then(|key| key.verify_hex(bytes.as_bytes(), signature)).map_err(|_| {
+        invalid("genesis must be the creator key's signature over claudemesh-membership/v1|genesis|<id>|<pubkey>")
+    })?;
+    Ok(Some(Admission::Genesis { mesh_id, signature: signature.clone() }))
 }
 
 pub(super) async fn rename(
@@ -298,6 +317,8 @@ pub(super) async fn enrol(
             .unwrap_or_else(|| auth.device.info.hostname.clone()),
         account_id: Some(auth.account.id.clone()),
         device_id: Some(auth.device.id.clone()),
+        // Only the broker vouches that this key is the account's new device.
+        admission: None,
     };
     let (mesh_id, actor) = (access.mesh.id.clone(), actor(&access));
     let record = broker

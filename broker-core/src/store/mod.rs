@@ -18,6 +18,7 @@ mod sqlite;
 
 use std::sync::Arc;
 
+use crate::membership::{Admission, AdmittedVia, Change, LogEntry, RemovalReason};
 use crate::protocol::{Enc, GroupMembership, Priority, Role, Stats, WrappedKey};
 
 pub use self::postgres::PostgresStore;
@@ -36,6 +37,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0006_queue_tails", include_str!("migrations/0006_queue_tails.sql")),
     ("0007_receipts", include_str!("migrations/0007_receipts.sql")),
     ("0008_schedules", include_str!("migrations/0008_schedules.sql")),
+    ("0009_membership_log", include_str!("migrations/0009_membership_log.sql")),
 ];
 
 /// Lowercase ASCII letters, digits and single dashes; never empty.
@@ -161,6 +163,9 @@ pub struct NewMember {
     pub display_name: String,
     pub account_id: Option<String>,
     pub device_id: Option<String>,
+    /// The signatures that admit it, for the mesh's membership log; `None` when only the broker
+    /// vouches for it (an account's device enrolling).
+    pub admission: Option<Admission>,
 }
 
 /// What a member's last session left behind, restored on its next hello.
@@ -346,6 +351,30 @@ pub enum MembershipAction {
 }
 
 impl MembershipAction {
+    /// The membership-log entry for this action, when it changed whether `before` is a member.
+    fn log_change(self, before: &MemberRecord, after: &MemberRecord) -> Option<Change> {
+        let member = after.pubkey.clone();
+        match (before.is_active(), after.is_active()) {
+            (true, false) => Some(Change::Removed {
+                member,
+                reason: match self {
+                    MembershipAction::Ban => RemovalReason::Ban,
+                    MembershipAction::Leave => RemovalReason::Leave,
+                    MembershipAction::Kick | MembershipAction::Unban => RemovalReason::Kick,
+                },
+            }),
+            (false, true) => Some(Change::Admitted {
+                member,
+                role: after.role,
+                via: AdmittedVia::Unban,
+                by: None,
+                after: None,
+                signature: None,
+            }),
+            _ => None,
+        }
+    }
+
     pub fn event(self) -> &'static str {
         match self {
             MembershipAction::Kick => "member_kicked",
@@ -354,6 +383,33 @@ impl MembershipAction {
             MembershipAction::Leave => "member_left",
         }
     }
+}
+
+/// The membership-log entry for `member`, just added to the directory `how` (`create`,
+/// `invite`, `added`) with the signatures in `admission`. `None` for a mesh's first member
+/// without a genesis signature: such a mesh keeps no log.
+fn admission_change(member: &MemberRecord, how: &str, admission: Option<&Admission>) -> Option<Change> {
+    let (pubkey, role) = (member.pubkey.clone(), member.role);
+    let vouched = |via| Change::Admitted { member: pubkey.clone(), role, via, by: None, after: None, signature: None };
+    Some(match (how, admission) {
+        ("create", Some(Admission::Genesis { signature, .. })) => {
+            Change::Genesis { creator: pubkey.clone(), signature: signature.clone() }
+        }
+        ("create", _) => return None,
+        (_, Some(Admission::Invite { token, proof })) => {
+            Change::Invited { member: pubkey.clone(), role, invite: token.clone(), proof: proof.clone() }
+        }
+        (_, Some(Admission::Admin { by, after, signature })) => Change::Admitted {
+            member: pubkey.clone(),
+            role,
+            via: AdmittedVia::Admin,
+            by: Some(by.clone()),
+            after: Some(*after),
+            signature: Some(signature.clone()),
+        },
+        ("invite", _) => vouched(AdmittedVia::Invite),
+        _ => vouched(AdmittedVia::Enrolment),
+    })
 }
 
 /// A member's grant for one peer: `None` resets to the mesh defaults, `Some([])` blocks.
@@ -689,6 +745,9 @@ pub trait Store: Send + Sync + 'static {
         actor: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<MemberRecord>;
+    /// The mesh's membership log from entry `after + 1` on, at most `limit` entries; empty for
+    /// a mesh that keeps none.
+    fn membership_log(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;
     /// Meshes where `account_id` has an active member, in creation order.
     fn account_meshes(&self, account_id: &str) -> StoreResult<Vec<AccountMesh>>;
 

@@ -123,9 +123,10 @@ pub async fn approve(broker: &TestBroker, approver_token: &str, user_code: &str)
 /// member key.
 pub async fn create_mesh(broker: &TestBroker, token: &str, name: &str) -> (String, broker_core::crypto::Keypair) {
     let key = broker_core::crypto::Keypair::generate();
-    let (status, mesh) =
-        api(broker.addr, "POST", "/v1/meshes", Some(token), Some(json!({"name": name, "pubkey": key.public_hex()})))
-            .await;
+    let id = broker_core::ids::new_id("mesh");
+    let genesis = key.sign_hex(broker_core::membership::genesis_bytes(&id, &key.public_hex()).as_bytes());
+    let body = json!({"name": name, "pubkey": key.public_hex(), "id": id, "genesis": genesis});
+    let (status, mesh) = api(broker.addr, "POST", "/v1/meshes", Some(token), Some(body)).await;
     assert_eq!(status, 201, "{mesh}");
     (mesh["id"].as_str().expect("id").to_owned(), key)
 }

@@ -321,6 +321,58 @@ pub async fn stats(mesh: Option<String>, json_output: bool) -> CliResult {
     Ok(())
 }
 
+pub async fn members(mesh: Option<String>, json_output: bool) -> CliResult {
+    use crate::mesh::members::{Admission, LogStatus};
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, mesh.as_deref()).await?;
+    let result = async {
+        require_connected(&supervisor)?;
+        supervisor.members(mesh.as_deref()).await.map_err(mesh_failure)
+    }
+    .await;
+    supervisor.shutdown().await;
+    let meshes = result?;
+    if json_output {
+        print_json(json!({ "meshes": meshes }));
+    } else {
+        for mesh in &meshes {
+            let log = match &mesh.log {
+                LogStatus::Verified { entries, .. } => format!("membership log verified ({entries} entries)"),
+                LogStatus::Absent => "no membership log (the mesh predates it): admissions cannot be checked".into(),
+                LogStatus::Failed { error } => format!("MEMBERSHIP LOG DOES NOT VERIFY: {error}"),
+            };
+            println!("{}: {} member(s); {log}", mesh.mesh, mesh.members.len());
+            for member in &mesh.members {
+                let admission = match member.admission {
+                    Admission::Verified => "verified",
+                    Admission::Vouched => "vouched by the broker only",
+                    Admission::Missing => "NOT ADMITTED in the log",
+                    Admission::Unknown => "-",
+                };
+                let me = if member.me { " (you)" } else { "" };
+                let online = if member.online { "online" } else { "offline" };
+                println!(
+                    "  {:<24} {:<6} {online:<7} {admission}  {}{me}",
+                    member.name,
+                    member.role.as_str(),
+                    &member.pubkey[..16]
+                );
+            }
+        }
+    }
+    if let Some(failed) = meshes.iter().find(|m| matches!(m.log, LogStatus::Failed { .. })) {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!(
+                "the membership log of {} does not verify: the broker may have added, hidden or rewritten members; \
+                 do not trust its member list until this is explained",
+                failed.mesh
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn remind(
     message: String,
     to: Option<String>,

@@ -14,6 +14,7 @@
 
 mod error;
 mod link;
+pub mod members;
 mod receive;
 pub mod resolve;
 pub mod scheduled;
@@ -220,6 +221,7 @@ pub struct Supervisor {
     inbox: Arc<Inbox>,
     run_dir: PathBuf,
     hostname: String,
+    log_pins: members::LogPins,
 }
 
 impl Supervisor {
@@ -314,7 +316,7 @@ impl Supervisor {
             tokio::spawn(receive::receive(link.clone(), events, inbox.clone(), incoming.clone(), observer.clone()));
             links.push(link);
         }
-        Supervisor { links, failed, inbox, run_dir, hostname }
+        Supervisor { links, failed, inbox, run_dir, hostname, log_pins: members::LogPins::new(config_dir.root()) }
     }
 
     pub fn links(&self) -> &[Arc<MeshLink>] {

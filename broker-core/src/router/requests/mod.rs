@@ -5,6 +5,7 @@ mod audit;
 mod grants;
 mod leave;
 mod members;
+mod membership;
 mod peers;
 mod profile;
 mod resolve;

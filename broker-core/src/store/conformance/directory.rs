@@ -146,6 +146,7 @@ pub fn members_are_added_and_found<D: TestDatabase>(database: &D) {
         display_name: "Bob".into(),
         account_id: Some(account.id.clone()),
         device_id: Some(device.id.clone()),
+        admission: None,
     };
 
     let bob = store.add_member(&mesh.id, &joining, Role::Member, Some(&admin.id), NOW_MS + 2).expect("adds");

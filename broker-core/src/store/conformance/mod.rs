@@ -17,12 +17,14 @@ mod accounts;
 mod audit;
 mod basics;
 mod directory;
+mod membership;
 mod queue;
 
 pub use accounts::*;
 pub use audit::*;
 pub use basics::*;
 pub use directory::*;
+pub use membership::*;
 pub use queue::*;
 
 use std::sync::Arc;
@@ -83,6 +85,9 @@ macro_rules! store_conformance_tests {
             members_are_added_and_found,
             member_names_are_unique_and_keys_never_change_hands,
             membership_changes_kick_ban_unban_and_leave,
+            the_membership_log_records_every_change_verifiably,
+            a_mesh_without_a_genesis_keeps_no_log,
+            concurrent_membership_changes_keep_one_chain,
             account_meshes_list_active_memberships_with_the_highest_role,
             directory_version_moves_with_every_directory_change,
             invites_are_created_listed_and_revoked,
@@ -127,7 +132,7 @@ fn pubkey(n: u32) -> String {
 }
 
 fn new_member(n: u32, name: &str) -> NewMember {
-    NewMember { pubkey: pubkey(n), display_name: name.to_owned(), account_id: None, device_id: None }
+    NewMember { pubkey: pubkey(n), display_name: name.to_owned(), ..NewMember::default() }
 }
 
 /// A mesh created at `now_ms` by an admin with key `pubkey(n)`.

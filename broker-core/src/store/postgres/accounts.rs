@@ -10,6 +10,7 @@ use serde_json::json;
 use super::codes;
 use super::directory::{bump_directory_version, member_from_row};
 use super::{audit, conflict_on_duplicate};
+use crate::membership::{Change, RemovalReason};
 use crate::store::codes::DbCode as _;
 use crate::store::records::{
     ACCOUNT_COLUMNS, CODE_COLUMNS, DEVICE_COLUMNS, MEMBER_COLUMNS, SLOW_DOWN_STEP_MS, account_event, device_added,
@@ -212,7 +213,12 @@ pub(super) fn revoke_device(
 ) -> StoreResult<Vec<MemberRecord>> {
     let mut events = Vec::new();
     let members = revoke_device_rows(db, device_id, actor, now_ms, &mut events)?;
+    // The audit entries took the meshes' scope locks: the log appends below hold them.
     audit::append_all(db, &events, now_ms)?;
+    for member in &members {
+        let removal = Change::Removed { member: member.pubkey.clone(), reason: RemovalReason::Revoked };
+        super::membership::append(db, &member.mesh_id, removal, now_ms)?;
+    }
     if !members.is_empty() {
         bump_directory_version(db)?;
     }
@@ -254,6 +260,12 @@ fn revoke_device_rows(
         .iter()
         .map(member_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
+    events.extend(members.iter().map(|member| AuditEvent {
+        scope: member.mesh_id.clone(),
+        event_type: "member_device_revoked".to_owned(),
+        actor: None,
+        payload: json!({"memberId": member.id, "name": member.display_name}),
+    }));
     events.push(account_event(
         &device.account_id,
         "device_revoked",
@@ -281,12 +293,6 @@ fn revoke_device_rows(
         ));
         members.append(&mut child_members);
     }
-    events.extend(members.iter().map(|member| AuditEvent {
-        scope: member.mesh_id.clone(),
-        event_type: "member_device_revoked".to_owned(),
-        actor: None,
-        payload: json!({"memberId": member.id, "name": member.display_name}),
-    }));
     Ok(members)
 }
 

@@ -7,13 +7,14 @@
 use postgres::{GenericClient, Row};
 use serde_json::json;
 
-use super::{audit, codes, conflict_on_duplicate, lock_scope};
+use super::{audit, codes, conflict_on_duplicate, lock_scope, membership};
+use crate::membership::Admission;
 use crate::protocol::Role;
 use crate::store::codes::DbCode as _;
 use crate::store::records::{INVITE_COLUMNS, MEMBER_COLUMNS, MESH_COLUMNS, check_name_free, event, new_member_record};
 use crate::store::{
     AccountMesh, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord, NewMember,
-    Redemption, StoreError, StoreResult,
+    Redemption, StoreError, StoreResult, admission_change,
 };
 
 fn millis(row: &Row, index: usize) -> StoreResult<u64> {
@@ -135,6 +136,7 @@ fn insert_member(
     member: &MemberRecord,
     actor: Option<&str>,
     how: &str,
+    admission: Option<&Admission>,
     now_ms: u64,
 ) -> StoreResult<()> {
     if key_owner(db, &member.mesh_id, &member.pubkey)?.is_some_and(|owner| owner != member.id) {
@@ -168,6 +170,9 @@ fn insert_member(
         ),
         now_ms,
     )?;
+    if let Some(change) = admission_change(member, how, admission) {
+        membership::append(db, &member.mesh_id, change, now_ms)?;
+    }
     bump_directory_version(db)
 }
 
@@ -190,8 +195,16 @@ pub(super) fn create_mesh(
         slug = format!("{base_slug}-{suffix}");
         suffix += 1;
     }
+    // A creator that signs the genesis chose the mesh id it signed.
+    let id = match &creator.admission {
+        Some(Admission::Genesis { mesh_id, .. }) => mesh_id.clone(),
+        _ => crate::ids::new_id("mesh"),
+    };
+    if mesh(db, &id)?.is_some_and(|m| m.id == id) {
+        return Err(StoreError::Conflict("a mesh with this id already exists".into()));
+    }
     let mesh = MeshRecord {
-        id: crate::ids::new_id("mesh"),
+        id,
         slug,
         name: name.to_owned(),
         created_at: now_ms,
@@ -209,7 +222,7 @@ pub(super) fn create_mesh(
         &event(&mesh.id, "mesh_created", Some(&admin.id), json!({"name": mesh.name, "slug": mesh.slug})),
         now_ms,
     )?;
-    insert_member(db, &admin, Some(&admin.id), "create", now_ms)?;
+    insert_member(db, &admin, Some(&admin.id), "create", creator.admission.as_ref(), now_ms)?;
     Ok((mesh, admin))
 }
 
@@ -259,7 +272,7 @@ pub(super) fn add_member(
         return Err(StoreError::Conflict("a member with this public key is already in the mesh".into()));
     }
     let record = new_member_record(mesh_id, member, role, now_ms);
-    insert_member(db, &record, actor, "added", now_ms)?;
+    insert_member(db, &record, actor, "added", member.admission.as_ref(), now_ms)?;
     Ok(record)
 }
 
@@ -287,7 +300,11 @@ pub(super) fn change_membership(
         now_ms,
     )?;
     bump_directory_version(db)?;
-    member(db, member_id)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))
+    let changed = member(db, member_id)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))?;
+    if let Some(change) = action.log_change(&current, &changed) {
+        membership::append(db, &current.mesh_id, change, now_ms)?;
+    }
+    Ok(changed)
 }
 
 pub(super) fn account_meshes(db: &mut impl GenericClient, account_id: &str) -> StoreResult<Vec<AccountMesh>> {
@@ -402,7 +419,7 @@ pub(super) fn redeem_invite(
         return Err(StoreError::Conflict("invite_exhausted".into()));
     }
     let record = new_member_record(&invite.mesh_id, member, invite.role, now_ms);
-    insert_member(db, &record, Some(&record.id), "invite", now_ms)?;
+    insert_member(db, &record, Some(&record.id), "invite", member.admission.as_ref(), now_ms)?;
     db.execute(
         "INSERT INTO invite_redemptions (invite_id, member_id, redeemed_at) VALUES ($1, $2, $3)",
         &[&invite_id, &record.id, &(now_ms as i64)],

@@ -20,6 +20,7 @@ mod accounts;
 mod audit;
 mod codes;
 mod directory;
+mod membership;
 mod notices;
 mod rows;
 mod schedules;
@@ -40,6 +41,7 @@ use super::{
     NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord, Redemption, ScheduleRecord,
     Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
+use crate::membership::LogEntry;
 use crate::protocol::Role;
 
 /// The migrations, under the same names as SQLite's: `EXPECTED_MIGRATION` means the same on
@@ -53,6 +55,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0006_queue_tails", include_str!("../migrations/postgres/0006_queue_tails.sql")),
     ("0007_receipts", include_str!("../migrations/postgres/0007_receipts.sql")),
     ("0008_schedules", include_str!("../migrations/postgres/0008_schedules.sql")),
+    ("0009_membership_log", include_str!("../migrations/postgres/0009_membership_log.sql")),
 ];
 
 /// Idle connections kept for reads and control-plane changes.
@@ -394,6 +397,10 @@ impl Store for PostgresStore {
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
         self.with_client(|client| directory::key_owner(client, mesh_id, pubkey))
+    }
+
+    fn membership_log(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        self.with_client(|client| membership::log(client, mesh_id, after, limit))
     }
 
     fn add_member(

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::codes;
 use super::directory::{bump_directory_version, member_from_row};
 use super::{audit, conflict_on_duplicate};
+use crate::membership::{Change, RemovalReason};
 use crate::store::codes::DbCode as _;
 use crate::store::records::{
     ACCOUNT_COLUMNS, CODE_COLUMNS, DEVICE_COLUMNS, MEMBER_COLUMNS, SLOW_DOWN_STEP_MS, account_event, device_added,
@@ -211,6 +212,18 @@ pub(super) fn revoke_device(
     )?;
     for member in &mut members {
         member.revoked_at = Some(now_ms);
+        audit::append(
+            conn,
+            &AuditEvent {
+                scope: member.mesh_id.clone(),
+                event_type: "member_device_revoked".to_owned(),
+                actor: None,
+                payload: json!({"memberId": member.id, "name": member.display_name}),
+            },
+            now_ms,
+        )?;
+        let removal = Change::Removed { member: member.pubkey.clone(), reason: RemovalReason::Revoked };
+        super::membership::append(conn, &member.mesh_id, removal, now_ms)?;
     }
     audit::append(
         conn,
@@ -242,18 +255,6 @@ pub(super) fn revoke_device(
             now_ms,
         )?;
         members.append(&mut child_members);
-    }
-    for member in &members {
-        audit::append(
-            conn,
-            &AuditEvent {
-                scope: member.mesh_id.clone(),
-                event_type: "member_device_revoked".to_owned(),
-                actor: None,
-                payload: json!({"memberId": member.id, "name": member.display_name}),
-            },
-            now_ms,
-        )?;
     }
     if !members.is_empty() {
         bump_directory_version(conn)?;

@@ -5,13 +5,14 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
 use super::codes;
-use super::{audit, conflict_on_duplicate};
+use super::{audit, conflict_on_duplicate, membership};
+use crate::membership::Admission;
 use crate::protocol::Role;
 use crate::store::codes::DbCode as _;
 use crate::store::records::{INVITE_COLUMNS, MEMBER_COLUMNS, MESH_COLUMNS, check_name_free, event, new_member_record};
 use crate::store::{
     AccountMesh, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord, NewMember,
-    Redemption, StoreError, StoreResult,
+    Redemption, StoreError, StoreResult, admission_change,
 };
 
 pub(super) fn mesh_from_row(row: &Row<'_>) -> rusqlite::Result<MeshRecord> {
@@ -122,6 +123,7 @@ fn insert_member(
     member: &MemberRecord,
     actor: Option<&str>,
     how: &str,
+    admission: Option<&Admission>,
     now_ms: u64,
 ) -> StoreResult<()> {
     if key_owner(conn, &member.mesh_id, &member.pubkey)?.is_some_and(|owner| owner != member.id) {
@@ -155,6 +157,9 @@ fn insert_member(
         ),
         now_ms,
     )?;
+    if let Some(change) = admission_change(member, how, admission) {
+        membership::append(conn, &member.mesh_id, change, now_ms)?;
+    }
     bump_directory_version(conn)
 }
 
@@ -174,8 +179,16 @@ pub(super) fn create_mesh(
         slug = format!("{base_slug}-{suffix}");
         suffix += 1;
     }
+    // A creator that signs the genesis chose the mesh id it signed.
+    let id = match &creator.admission {
+        Some(Admission::Genesis { mesh_id, .. }) => mesh_id.clone(),
+        _ => crate::ids::new_id("mesh"),
+    };
+    if mesh(conn, &id)?.is_some_and(|m| m.id == id) {
+        return Err(StoreError::Conflict("a mesh with this id already exists".into()));
+    }
     let mesh = MeshRecord {
-        id: crate::ids::new_id("mesh"),
+        id,
         slug,
         name: name.to_owned(),
         created_at: now_ms,
@@ -192,7 +205,7 @@ pub(super) fn create_mesh(
         &event(&mesh.id, "mesh_created", Some(&admin.id), json!({"name": mesh.name, "slug": mesh.slug})),
         now_ms,
     )?;
-    insert_member(conn, &admin, Some(&admin.id), "create", now_ms)?;
+    insert_member(conn, &admin, Some(&admin.id), "create", creator.admission.as_ref(), now_ms)?;
     Ok((mesh, admin))
 }
 
@@ -239,7 +252,7 @@ pub(super) fn add_member(
         return Err(StoreError::Conflict("a member with this public key is already in the mesh".into()));
     }
     let record = new_member_record(mesh_id, member, role, now_ms);
-    insert_member(conn, &record, actor, "added", now_ms)?;
+    insert_member(conn, &record, actor, "added", member.admission.as_ref(), now_ms)?;
     Ok(record)
 }
 
@@ -265,7 +278,11 @@ pub(super) fn change_membership(
         now_ms,
     )?;
     bump_directory_version(conn)?;
-    member(conn, member_id)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))
+    let changed = member(conn, member_id)?.ok_or_else(|| StoreError::NotFound(format!("member {member_id}")))?;
+    if let Some(change) = action.log_change(&current, &changed) {
+        membership::append(conn, &current.mesh_id, change, now_ms)?;
+    }
+    Ok(changed)
 }
 
 pub(super) fn account_meshes(conn: &Connection, account_id: &str) -> rusqlite::Result<Vec<AccountMesh>> {
@@ -373,7 +390,7 @@ pub(super) fn redeem_invite(
         return Err(StoreError::Conflict("invite_exhausted".into()));
     }
     let record = new_member_record(&invite.mesh_id, member, invite.role, now_ms);
-    insert_member(conn, &record, Some(&record.id), "invite", now_ms)?;
+    insert_member(conn, &record, Some(&record.id), "invite", member.admission.as_ref(), now_ms)?;
     conn.execute(
         "INSERT INTO invite_redemptions (invite_id, member_id, redeemed_at) VALUES (?1, ?2, ?3)",
         params![invite_id, record.id, now_ms as i64],

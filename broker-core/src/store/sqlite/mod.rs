@@ -19,6 +19,7 @@ mod accounts;
 mod audit;
 mod codes;
 mod directory;
+mod membership;
 mod schedules;
 mod writer;
 
@@ -33,6 +34,7 @@ use super::{
     MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord,
     Redemption, ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
+use crate::membership::LogEntry;
 use crate::protocol::{Priority, Role, WrappedKey};
 
 /// Most jobs committed in one transaction.
@@ -465,6 +467,10 @@ impl Store for SqliteStore {
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
         self.read(|conn| directory::key_owner(conn, mesh_id, pubkey))
+    }
+
+    fn membership_log(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        self.read(|conn| membership::rows(conn, mesh_id, after, limit))?.into_iter().map(membership::entry).collect()
     }
 
     fn add_member(

@@ -1,0 +1,48 @@
+//! The membership log's SQL: appended in the transaction that changes a mesh's members, under
+//! the mesh's scope lock that change already holds (so two processes never append at one seq).
+
+use postgres::GenericClient;
+
+use crate::membership::{Change, LOG_START, LogEntry};
+use crate::store::{StoreError, StoreResult};
+
+/// Appends `change` to the mesh's log. A mesh keeps a log only from a genesis on: anything
+/// else for a mesh without one is not recorded.
+pub(super) fn append(db: &mut impl GenericClient, mesh_id: &str, change: Change, now_ms: u64) -> StoreResult<()> {
+    let tail =
+        db.query_opt("SELECT seq, hash FROM membership_log WHERE mesh_id = $1 ORDER BY seq DESC LIMIT 1", &[&mesh_id])?;
+    let (seq, prev) = match (tail, &change) {
+        (None, Change::Genesis { .. }) => (1, LOG_START.to_owned()),
+        (None, _) => return Ok(()),
+        (Some(_), Change::Genesis { .. }) => return Err(StoreError::Conflict("the mesh already has a genesis".into())),
+        (Some(row), _) => (row.try_get::<_, i64>(0)? as u64 + 1, row.try_get::<_, String>(1)?),
+    };
+    let entry = LogEntry::new(seq, now_ms, &prev, change);
+    let change = serde_json::to_string(&entry.change).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    db.execute(
+        "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&mesh_id, &(seq as i64), &(now_ms as i64), &entry.prev, &change, &entry.hash],
+    )?;
+    Ok(())
+}
+
+pub(super) fn log(db: &mut impl GenericClient, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
+    let rows = db.query(
+        "SELECT seq, at, prev, change, hash FROM membership_log WHERE mesh_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        &[&mesh_id, &(after as i64), &(limit as i64)],
+    )?;
+    rows.iter()
+        .map(|row| {
+            let change: String = row.try_get(3)?;
+            let parsed = serde_json::from_str(&change)
+                .map_err(|_| StoreError::Unreadable { column: "membership_log.change", value: change.clone() })?;
+            Ok(LogEntry {
+                seq: row.try_get::<_, i64>(0)? as u64,
+                at: row.try_get::<_, i64>(1)? as u64,
+                prev: row.try_get(2)?,
+                change: parsed,
+                hash: row.try_get(4)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,50 @@
+//! The membership log's SQL: appended in the transaction that changes a mesh's members.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::membership::{Change, LOG_START, LogEntry};
+use crate::store::{StoreError, StoreResult};
+
+/// Appends `change` to the mesh's log. A mesh keeps a log only from a genesis on: anything
+/// else for a mesh without one is not recorded.
+pub(super) fn append(conn: &Connection, mesh_id: &str, change: Change, now_ms: u64) -> StoreResult<()> {
+    let tail: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM membership_log WHERE mesh_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [mesh_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match (tail, &change) {
+        (None, Change::Genesis { .. }) => (1, LOG_START.to_owned()),
+        (None, _) => return Ok(()),
+        (Some(_), Change::Genesis { .. }) => return Err(StoreError::Conflict("the mesh already has a genesis".into())),
+        (Some((seq, hash)), _) => (seq as u64 + 1, hash),
+    };
+    let entry = LogEntry::new(seq, now_ms, &prev, change);
+    let change = serde_json::to_string(&entry.change).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![mesh_id, seq as i64, now_ms as i64, entry.prev, change, entry.hash],
+    )?;
+    Ok(())
+}
+
+/// A stored entry whose change is still JSON text.
+pub(super) type StoredEntry = (i64, i64, String, String, String);
+
+pub(super) fn rows(conn: &Connection, mesh_id: &str, after: u64, limit: usize) -> rusqlite::Result<Vec<StoredEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at, prev, change, hash FROM membership_log WHERE mesh_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    stmt.query_map(params![mesh_id, after as i64, limit as i64], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+    })?
+    .collect()
+}
+
+pub(super) fn entry((seq, at, prev, change, hash): StoredEntry) -> StoreResult<LogEntry> {
+    let parsed = serde_json::from_str(&change)
+        .map_err(|_| StoreError::Unreadable { column: "membership_log.change", value: change.clone() })?;
+    Ok(LogEntry { seq: seq as u64, at: at as u64, prev, change: parsed, hash })
+}

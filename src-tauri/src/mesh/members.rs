@@ -1,0 +1,178 @@
+//! The mesh's members as this device checks them: the broker's list, and the signed membership
+//! log verified here back to the creator key this device pinned the first time it looked.
+//!
+//! The pin (`membership/<mesh id>.json` in the config directory: creator key and the last
+//! verified entry) makes a later log that starts elsewhere, or no longer holds what was seen,
+//! an error instead of a new truth.
+
+use std::path::{Path, PathBuf};
+
+use broker_core::membership::{self, Head, LogError, Roster, Standing};
+use broker_core::protocol::Role;
+use serde::{Deserialize, Serialize};
+
+use super::{MeshError, Supervisor};
+use crate::config::write_private_atomic;
+
+/// What this device pinned of a mesh's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPin {
+    pub creator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
+}
+
+/// Where pins live: one file per mesh under `<config dir>/membership/`.
+#[derive(Debug, Clone)]
+pub struct LogPins {
+    dir: PathBuf,
+}
+
+impl LogPins {
+    pub fn new(config_root: &Path) -> LogPins {
+        LogPins { dir: config_root.join("membership") }
+    }
+
+    fn path(&self, mesh_id: &str) -> PathBuf {
+        self.dir.join(format!("{mesh_id}.json"))
+    }
+
+    pub fn get(&self, mesh_id: &str) -> Option<LogPin> {
+        let text = std::fs::read(self.path(mesh_id)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Keeps `pin` unless a head already pinned is further along (another process of this
+    /// device verified more meanwhile).
+    pub fn set(&self, mesh_id: &str, pin: &LogPin) -> std::io::Result<()> {
+        if self.get(mesh_id).and_then(|p| p.head).is_some_and(|h| pin.head.as_ref().is_none_or(|new| h.seq > new.seq)) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let json = serde_json::to_vec_pretty(pin).expect("a pin serializes");
+        write_private_atomic(&self.path(mesh_id), &json).map_err(std::io::Error::other)
+    }
+}
+
+/// How a member came to be in the mesh, as this device can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    /// Its admission is signed back to the creator (an invite, an admin, the creator itself).
+    Verified,
+    /// Only the broker says so (an account's device enrolling, an unban).
+    Vouched,
+    /// The broker lists it as a member, but the log never admitted it.
+    Missing,
+    /// The mesh keeps no membership log (created before there was one).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRow {
+    pub name: String,
+    pub pubkey: String,
+    pub role: Role,
+    pub online: bool,
+    pub admission: Admission,
+    /// This device's own member.
+    pub me: bool,
+}
+
+/// One mesh's members and what its log said.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshMembers {
+    pub mesh: String,
+    /// `verified` (with the creator and the number of entries), `absent`, or the reason the log
+    /// failed to verify.
+    pub log: LogStatus,
+    pub members: Vec<MemberRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum LogStatus {
+    Verified { creator: String, entries: u64 },
+    Absent,
+    Failed { error: String },
+}
+
+impl Supervisor {
+    /// Each selected mesh's active members, each with how its admission checks out in the
+    /// mesh's membership log (fetched and verified now against this device's pin, which it
+    /// then moves on).
+    pub async fn members(&self, mesh: Option<&str>) -> Result<Vec<MeshMembers>, MeshError> {
+        let mut out = Vec::new();
+        for link in self.select(mesh)? {
+            link.require_connected()?;
+            let listed = link.client.list_members().await.map_err(|e| link.broker_error(e))?;
+            let entries = link.client.membership_log(0).await.map_err(|e| link.broker_error(e))?;
+            let mesh_id = &link.entry.mesh_id;
+            let pin = self.log_pins.get(mesh_id);
+            let verified = membership::verify(
+                mesh_id,
+                pin.as_ref().map(|p| p.creator.as_str()),
+                pin.as_ref().and_then(|p| p.head.as_ref()),
+                &entries,
+            );
+            let log = match &verified {
+                Ok(roster) => {
+                    let pin = LogPin { creator: roster.creator.clone(), head: Some(roster.head.clone()) };
+                    if let Err(error) = self.log_pins.set(mesh_id, &pin) {
+                        tracing::warn!(%error, mesh = %link.entry.slug, "could not keep the membership log's pin");
+                    }
+                    LogStatus::Verified { creator: roster.creator.clone(), entries: roster.head.seq }
+                }
+                // A mesh this device saw with a log cannot lose it.
+                Err(LogError::Absent) if pin.is_none() => LogStatus::Absent,
+                Err(error) => LogStatus::Failed { error: error.to_string() },
+            };
+            let members = listed
+                .into_iter()
+                .map(|m| MemberRow {
+                    admission: admission_of(&verified, &m.pubkey),
+                    me: m.pubkey == link.entry.member_pubkey,
+                    name: m.display_name,
+                    pubkey: m.pubkey,
+                    role: m.role,
+                    online: m.online,
+                })
+                .collect();
+            out.push(MeshMembers { mesh: link.entry.slug.clone(), log, members });
+        }
+        Ok(out)
+    }
+}
+
+fn admission_of(verified: &Result<Roster, LogError>, pubkey: &str) -> Admission {
+    match verified {
+        Ok(roster) => match roster.members.get(pubkey) {
+            Some(member) if member.active && member.standing == Standing::Verified => Admission::Verified,
+            Some(member) if member.active => Admission::Vouched,
+            _ => Admission::Missing,
+        },
+        // The log's failure is the mesh's news (`LogStatus::Failed`); no member can be told.
+        Err(_) => Admission::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_only_moves_forward() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let pins = LogPins::new(dir.path());
+        assert_eq!(pins.get("mesh_a"), None);
+        let at = |seq: u64| LogPin { creator: "c".into(), head: Some(Head { seq, hash: format!("h{seq}") }) };
+        pins.set("mesh_a", &at(3)).expect("keeps the pin");
+        pins.set("mesh_a", &at(2)).expect("keeps the pin");
+        assert_eq!(pins.get("mesh_a"), Some(at(3)), "a stale process does not move it back");
+        pins.set("mesh_a", &at(5)).expect("keeps the pin");
+        assert_eq!(pins.get("mesh_a"), Some(at(5)));
+        assert_eq!(pins.get("mesh_b"), None);
+    }
+}
