@@ -10,8 +10,12 @@
 //!   same `claudemesh-join/v1` proof `POST /join` checks);
 //! - `admitted` with a signature: an admin's member key over [`admission_bytes`], which names
 //!   the log position the admin saw, so the statement cannot be replayed after a removal;
-//! - `admitted` without one (an account's new device enrolling, an unban): the broker's word
-//!   only. Such a member is [`Standing::Vouched`]: shown, never counted as verified.
+//! - `endorsed`: an account's new device, endorsed by a member of that account when it approved
+//!   the device's sign-in (the member's key over the device's confirmation key), and the
+//!   device's confirmation key over its new member key;
+//! - `admitted` without a signature (a device signed in by emailed code or login token, an
+//!   unban): the broker's word only. Such a member is [`Standing::Vouched`]: shown, never
+//!   counted as verified.
 //!
 //! Removals (`removed`: leave, kick, ban, revocation) need no signature: they only take away,
 //! and a broker can always refuse a member service. Entries are hash-chained (each hash covers
@@ -39,6 +43,19 @@ pub fn genesis_bytes(mesh_id: &str, creator_pubkey: &str) -> String {
 /// entries. A statement made before the member's last removal does not admit it again.
 pub fn admission_bytes(mesh_id: &str, member_pubkey: &str, role: Role, after: u64) -> String {
     format!("claudemesh-membership/v1|admit|{mesh_id}|{member_pubkey}|{}|{after}", role.as_str())
+}
+
+/// What a member signs, with its own member key, when the device it approves may bring this
+/// account's keys into the mesh: the new device's confirmation key (the one it showed when it
+/// asked to sign in).
+pub fn endorsement_bytes(mesh_id: &str, device_key: &str) -> String {
+    format!("claudemesh-membership/v1|endorse|{mesh_id}|{device_key}")
+}
+
+/// What an endorsed device signs with its confirmation key to make `member_pubkey` its member
+/// key in the mesh.
+pub fn device_key_bytes(mesh_id: &str, member_pubkey: &str) -> String {
+    format!("claudemesh-membership/v1|device-key|{mesh_id}|{member_pubkey}")
 }
 
 /// Why a member left the mesh.
@@ -96,6 +113,18 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature: Option<String>,
     },
+    /// A new device of a member's account, endorsed by that member when it approved the
+    /// device's sign-in.
+    Endorsed {
+        member: String,
+        role: Role,
+        /// The endorsing member's key and its signature over [`endorsement_bytes`].
+        sponsor: String,
+        endorsement: String,
+        /// The new device's confirmation key and its signature over [`device_key_bytes`].
+        device: String,
+        binding: String,
+    },
     Removed {
         member: String,
         reason: RemovalReason,
@@ -111,6 +140,8 @@ pub enum Admission {
     Invite { token: String, proof: String },
     /// An admin's signature over [`admission_bytes`].
     Admin { by: String, after: u64, signature: String },
+    /// A member's endorsement of the device that holds the key, and that device's binding.
+    Endorsed { sponsor: String, endorsement: String, device: String, binding: String },
 }
 
 /// One entry of a mesh's log.
@@ -316,6 +347,29 @@ fn apply(mesh_id: &str, roster: &mut Roster, entry: &LogEntry, used: &mut Used) 
             Err(invalid(seq, "a signed admission needs its admin, log position and signature"))
         }
         Change::Admitted { member, role, .. } => admit(roster, member, *role, Standing::Vouched),
+        Change::Endorsed { member, role, sponsor, endorsement, device, binding } => {
+            let Some(sponsor_role) =
+                roster.members.get(sponsor).filter(|_| roster.is_verified_member(sponsor)).map(|m| m.role)
+            else {
+                return Err(invalid(seq, "endorsed by a key that is not a verified member"));
+            };
+            if *role == Role::Admin && sponsor_role != Role::Admin {
+                return Err(invalid(seq, "a member endorsed a device as an admin"));
+            }
+            check_signature(
+                seq,
+                sponsor,
+                &endorsement_bytes(mesh_id, device),
+                endorsement,
+                "the sponsor's endorsement",
+            )?;
+            let bytes = device_key_bytes(mesh_id, member);
+            check_signature(seq, device, &bytes, binding, "the device's binding of its member key")?;
+            if roster.members.contains_key(member) || !used.statements.insert(bytes) {
+                return Err(invalid(seq, "an endorsed key is admitted once, and never a key that left"));
+            }
+            admit(roster, member, *role, Standing::Verified)
+        }
         Change::Removed { member, reason } => {
             let Some(current) = roster.members.get_mut(member) else {
                 return Err(invalid(seq, "removes a key that was never admitted"));

@@ -44,6 +44,7 @@ const TABLES: &[&str] = &[
     "receipts",
     "schedules",
     "membership_log",
+    "endorsements",
 ];
 
 /// What was copied.

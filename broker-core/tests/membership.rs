@@ -9,7 +9,9 @@ use broker_core::invite::Invite;
 use broker_core::membership::{self, LogError, RemovalReason, Standing};
 use broker_core::protocol::{self, Role};
 use broker_core::store::Store;
-use common::accounts::{approved_device, create_mesh, first_device, generous};
+use common::accounts::{
+    approved_device, confirm_key_of, confirmed_api, create_mesh, first_device, generous, poll, start_login,
+};
 use common::{TestBroker, TestMember, api};
 use serde_json::json;
 
@@ -134,4 +136,54 @@ async fn a_genesis_must_be_the_creators_signature_over_the_id_it_chose() {
     assert_eq!((status, created["id"].as_str()), (201, Some(id.as_str())), "{created}");
     let (status, again) = api(broker.addr, "POST", "/v1/meshes", Some(&alice), Some(body)).await;
     assert_eq!(status, 409, "the id is taken: {again}");
+}
+
+#[tokio::test]
+async fn a_device_its_account_endorsed_when_approving_it_enrols_verifiably() {
+    let broker = TestBroker::start_with(generous()).await;
+    let alice = first_device(&broker, "alice").await;
+    let (mesh_id, creator) = create_mesh(&broker, &alice, "acme").await;
+    let (device_code, user_code) = start_login(&broker, "alice-desk").await;
+    let device_key = confirm_key_of("alice-desk");
+
+    // The approver sees the device's confirmation key and endorses it with its member key.
+    let path = format!("/v1/device/requests/{user_code}");
+    let (status, shown) = api(broker.addr, "GET", &path, Some(&alice), None).await;
+    assert_eq!((status, shown["confirmKey"].as_str()), (200, Some(device_key.public_hex().as_str())), "{shown}");
+    let endorse = |signer: &Keypair, device: &str| {
+        json!({"meshId": mesh_id, "sponsor": signer.public_hex(),
+               "signature": signer.sign_hex(membership::endorsement_bytes(&mesh_id, device).as_bytes())})
+    };
+    // A key that is no member of the approver's account, or one signed for another device, is refused.
+    for wrong in
+        [endorse(&Keypair::generate(), &device_key.public_hex()), endorse(&creator, &Keypair::generate().public_hex())]
+    {
+        let body = json!({"userCode": user_code, "endorsements": [wrong]});
+        let (status, refused) = confirmed_api(&broker, "POST", "/v1/device/approve", &alice, Some(body)).await;
+        assert_eq!((status, refused["error"].as_str()), (400, Some("endorsement_invalid")), "{refused}");
+    }
+    let body = json!({"userCode": user_code, "endorsements": [endorse(&creator, &device_key.public_hex())]});
+    let (status, approved) = confirmed_api(&broker, "POST", "/v1/device/approve", &alice, Some(body)).await;
+    assert_eq!(status, 200, "{approved}");
+    let (status, token) = poll(&broker, &device_code).await;
+    assert_eq!(status, 200, "{token}");
+    let desk = token["access_token"].as_str().expect("token").to_owned();
+
+    // The new device binds its member key with its confirmation key.
+    let member = Keypair::generate();
+    let path = format!("/v1/meshes/{mesh_id}/enrol");
+    let bad = Keypair::generate().sign_hex(membership::device_key_bytes(&mesh_id, &member.public_hex()).as_bytes());
+    let body = json!({"pubkey": member.public_hex(), "binding": bad});
+    let (status, refused) = api(broker.addr, "POST", &path, Some(&desk), Some(body)).await;
+    assert_eq!((status, refused["error"].as_str()), (400, Some("binding_invalid")), "{refused}");
+    let binding = device_key.sign_hex(membership::device_key_bytes(&mesh_id, &member.public_hex()).as_bytes());
+    let body = json!({"pubkey": member.public_hex(), "binding": binding});
+    let (status, enrolled) = api(broker.addr, "POST", &path, Some(&desk), Some(body)).await;
+    assert_eq!(status, 200, "{enrolled}");
+
+    let client = broker.connect(&mesh_id, &creator_member(&broker, &mesh_id, &creator), "alice").await;
+    let entries = client.client.membership_log(0).await.expect("fetches the log");
+    let roster = membership::verify(&mesh_id, Some(&creator.public_hex()), None, &entries).expect("verifies");
+    assert!(roster.is_verified_member(&member.public_hex()), "{roster:?}");
+    assert_eq!(roster.members[&member.public_hex()].role, Role::Admin, "the sponsor's role");
 }

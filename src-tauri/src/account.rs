@@ -17,7 +17,7 @@ use broker_core::crypto::{Keypair, confirmation_header};
 use broker_core::invite::{Invite, InviteTerms};
 use broker_core::protocol::account::{
     CONFIRMATION_HEADER, CreateInviteResponse, CreateMeshResponse, DeviceCodeRequest, DeviceCodeResponse, DeviceView,
-    EmailCodeRequest, EmailCodeVerify, EnrolResponse, LoginTokenResponse, MeshView, PendingDevice, TokenError,
+    EmailCodeRequest, EmailCodeVerify, Endorsement, EnrolResponse, LoginTokenResponse, MeshView, PendingDevice, TokenError,
     TokenResponse,
 };
 use broker_core::protocol::{self, Role};
@@ -179,8 +179,14 @@ impl Api {
     }
 
     /// Approves (with a fresh confirmation: ask the person first) or denies a device's sign-in.
-    pub async fn decide_device(&self, user_code: &str, approve: bool) -> Result<PendingDevice, AccountError> {
-        let body = json!({"userCode": user_code});
+    /// An approval carries this device's endorsements of the new device ([`endorsements`]).
+    pub async fn decide_device(
+        &self,
+        user_code: &str,
+        approve: bool,
+        endorsements: &[Endorsement],
+    ) -> Result<PendingDevice, AccountError> {
+        let body = json!({"userCode": user_code, "endorsements": endorsements});
         if approve {
             self.confirmed_call(Method::POST, "/v1/device/approve", Some(body)).await
         } else {
@@ -434,6 +440,31 @@ pub async fn enrol_all(
     Ok((enrolled, failures))
 }
 
+/// This device's endorsements of a device asking to sign in (its confirmation key
+/// `device_key`), one per mesh joined here on `broker_url` whose member key the keystore holds:
+/// the member keys that device enrols are then admitted verifiably in each mesh's membership
+/// log. A mesh whose key cannot be read is left out (that device's key there stays vouched).
+pub async fn endorsements(
+    config_dir: &ConfigDir,
+    keystore: &Arc<dyn KeyStore>,
+    broker_url: &str,
+    device_key: &str,
+) -> Result<Vec<Endorsement>, AccountError> {
+    let mut endorsements = Vec::new();
+    for entry in config_dir.load()?.meshes.into_iter().filter(|m| crate::http::same_broker(&m.broker_url, broker_url)) {
+        let (store, name) = (keystore.clone(), entry.key_account());
+        let Ok(Some(seed)) = blocking(move || store.get(&name)).await else { continue };
+        let Ok(key) = Keypair::from_secret_hex(&seed) else { continue };
+        let bytes = broker_core::membership::endorsement_bytes(&entry.mesh_id, device_key);
+        endorsements.push(Endorsement {
+            signature: key.sign_hex(bytes.as_bytes()),
+            mesh_id: entry.mesh_id,
+            sponsor: key.public_hex(),
+        });
+    }
+    Ok(endorsements)
+}
+
 async fn enrol(
     config_dir: &ConfigDir,
     keystore: &Arc<dyn KeyStore>,
@@ -445,11 +476,16 @@ async fn enrol(
     let pubkey = key.public_hex();
     let key_name = key_account(&mesh.id, &pubkey);
     store_key(keystore, &key_name, &key).await?;
+    // The confirmation key binds the new member key to this device: where the approving device
+    // endorsed it, the membership log can verify the admission.
+    let binding = stored_confirm_key(keystore)
+        .await?
+        .map(|confirm| confirm.sign_hex(broker_core::membership::device_key_bytes(&mesh.id, &pubkey).as_bytes()));
     let answer: Result<EnrolResponse, _> = api
         .call(
             Method::POST,
             &format!("/v1/meshes/{}/enrol", mesh.id),
-            Some(json!({"pubkey": pubkey, "displayName": display_name})),
+            Some(json!({"pubkey": pubkey, "displayName": display_name, "binding": binding})),
         )
         .await;
     let enrolled = match answer {

@@ -234,3 +234,53 @@ fn entries_travel_as_camel_case_json() {
     let back: LogEntry = serde_json::from_value(json).expect("parses");
     assert_eq!(back, log.entries[0]);
 }
+
+fn endorsed(sponsor: &Keypair, device: &Keypair, member: &Keypair, role: Role) -> Change {
+    Change::Endorsed {
+        member: member.public_hex(),
+        role,
+        sponsor: sponsor.public_hex(),
+        endorsement: sponsor.sign_hex(endorsement_bytes(MESH, &device.public_hex()).as_bytes()),
+        device: device.public_hex(),
+        binding: device.sign_hex(device_key_bytes(MESH, &member.public_hex()).as_bytes()),
+    }
+}
+
+#[test]
+fn a_device_a_member_endorsed_is_verified_within_the_sponsors_role() {
+    let (creator, alice, device, key) =
+        (Keypair::generate(), Keypair::generate(), Keypair::generate(), Keypair::generate());
+    let mut base = Log::new(&creator);
+    base.invite(&creator, &alice, "inv_a", 1);
+
+    let mut log = Log { entries: base.entries.clone() };
+    log.push(endorsed(&alice, &device, &key, Role::Member));
+    assert!(log.verify().expect("the log verifies").is_verified_member(&key.public_hex()));
+    // The same binding again is a replay.
+    let replay = log.entries[2].change.clone();
+    log.remove(&key, RemovalReason::Revoked);
+    log.push(replay);
+    assert!(matches!(log.verify(), Err(LogError::Invalid { seq: 5, .. })));
+
+    // A member cannot make its device an admin; an admin can.
+    let mut log = Log { entries: base.entries.clone() };
+    log.push(endorsed(&alice, &device, &key, Role::Admin));
+    assert!(matches!(log.verify(), Err(LogError::Invalid { seq: 3, .. })));
+    let mut log = Log { entries: base.entries.clone() };
+    log.push(endorsed(&creator, &device, &key, Role::Admin));
+    assert!(log.verify().expect("the log verifies").is_verified_member(&key.public_hex()));
+
+    // A sponsor the broker invented, an endorsement of another device, a binding by another key.
+    let intruder = Keypair::generate();
+    let mut log = Log { entries: base.entries.clone() };
+    log.push(vouched(&intruder, AdmittedVia::Enrolment));
+    log.push(endorsed(&intruder, &device, &key, Role::Member));
+    assert!(matches!(log.verify(), Err(LogError::Invalid { seq: 4, .. })));
+    let mut swapped = endorsed(&alice, &device, &key, Role::Member);
+    if let Change::Endorsed { device: shown, .. } = &mut swapped {
+        *shown = intruder.public_hex();
+    }
+    let mut log = Log { entries: base.entries.clone() };
+    log.push(swapped);
+    assert!(matches!(log.verify(), Err(LogError::Invalid { seq: 3, .. })));
+}

@@ -152,6 +152,10 @@ pub struct PendingDevice {
     pub expires_at: String,
     /// `pending`, `approved`, `denied` or `consumed`.
     pub status: String,
+    /// The confirmation key the device showed when it asked: an approver endorses it in the
+    /// meshes it is in (`DeviceDecision::endorsements`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_key: Option<String>,
 }
 
 /// `POST /v1/device/approve` and `/deny`.
@@ -160,6 +164,20 @@ pub struct PendingDevice {
 pub struct DeviceDecision {
     #[serde(alias = "user_code")]
     pub user_code: String,
+    /// With an approval: the approver's members' endorsements of the device's confirmation key,
+    /// one per mesh, so that the member keys it enrols are admitted verifiably.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endorsements: Vec<Endorsement>,
+}
+
+/// A member's signature (`membership::endorsement_bytes`) over a device's confirmation key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endorsement {
+    pub mesh_id: String,
+    /// The endorsing member's key (held by the approving device).
+    pub sponsor: String,
+    pub signature: String,
 }
 
 /// A signed-in device of the account.
@@ -288,6 +306,10 @@ pub struct EnrolRequest {
     pub pubkey: String,
     #[serde(default)]
     pub display_name: Option<String>,
+    /// The device's confirmation key's signature over `membership::device_key_bytes` for this
+    /// key: with the approver's endorsement, the admission is verifiable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -23,16 +23,21 @@ use super::confirm::Confirmation;
 use super::{ApiError, Broker};
 use crate::config::RateLimit;
 use crate::crypto::PublicKey;
+use crate::membership;
 use crate::protocol::account::{
-    AccountInfo, DEVICE_CODE_GRANT, DeviceCodeRequest, DeviceCodeResponse, DeviceDecision, DeviceView,
+    AccountInfo, DEVICE_CODE_GRANT, DeviceCodeRequest, DeviceCodeResponse, DeviceDecision, DeviceView, Endorsement,
     LoginTokenResponse, PendingDevice, SignupRequest, TokenError, TokenRequest, TokenResponse, format_user_code,
     new_user_code, normalize_user_code, token_error,
 };
 use crate::protocol::{self, iso8601_ms};
 use crate::router::TokenBucket;
 use crate::store::{
-    AccountRecord, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, NewDeviceCode, PollOutcome, StoreError,
+    AccountRecord, DeviceCodeRecord, DeviceCodeStatus, DeviceInfo, DeviceRecord, EndorsementRecord, NewDeviceCode,
+    PollOutcome, StoreError,
 };
+
+/// Endorsements one approval may carry: one per mesh the approving device is in.
+const MAX_ENDORSEMENTS: usize = 256;
 
 /// Token buckets of device-login attempts (wrong user codes per client address and per account,
 /// logins started per address): brute force on the
@@ -335,6 +340,7 @@ fn pending_view(code: &DeviceCodeRecord) -> PendingDevice {
         requested_at: iso8601_ms(code.created_at),
         expires_at: iso8601_ms(code.expires_at),
         status: code.status.as_str().to_owned(),
+        confirm_key: code.info.confirm_key.clone(),
     }
 }
 
@@ -429,6 +435,8 @@ async fn decide(
             format!("that sign-in is already {}", record.status.as_str()),
         ));
     }
+    let endorsements =
+        if approve { checked_endorsements(&broker, &auth, &record, decision.endorsements).await? } else { Vec::new() };
     let (code, account, device) = (record.user_code.clone(), auth.account.id.clone(), auth.device.id.clone());
     let decided = broker
         .blocking(move |store| store.decide_device_code(&code, approve, &account, Some(&device), protocol::now_ms()))
@@ -441,8 +449,59 @@ async fn decide(
             ),
             other => other.into(),
         })?;
+    if !endorsements.is_empty() {
+        broker.blocking(move |store| store.add_endorsements(&endorsements)).await?;
+    }
     tracing::info!(account = %auth.account.id, approved = approve, hostname = %decided.info.hostname, "device login decided");
     Ok(Json(pending_view(&decided)))
+}
+
+/// The endorsements an approval carries, each by an active member of the approver's account
+/// over the confirmation key the device showed; refused whole when one does not check out.
+async fn checked_endorsements(
+    broker: &Broker,
+    auth: &Authenticated,
+    code: &DeviceCodeRecord,
+    endorsements: Vec<Endorsement>,
+) -> Result<Vec<EndorsementRecord>, ApiError> {
+    if endorsements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let invalid = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "endorsement_invalid", why);
+    let device_key = code
+        .info
+        .confirm_key
+        .clone()
+        .ok_or_else(|| invalid("the device showed no confirmation key to endorse".into()))?;
+    if endorsements.len() > MAX_ENDORSEMENTS {
+        return Err(invalid(format!("at most {MAX_ENDORSEMENTS} endorsements")));
+    }
+    let mut records = Vec::new();
+    for endorsement in endorsements {
+        let bytes = membership::endorsement_bytes(&endorsement.mesh_id, &device_key);
+        let signed = PublicKey::from_hex(&endorsement.sponsor)
+            .and_then(|key| key.verify_hex(bytes.as_bytes(), &endorsement.signature))
+            .is_ok();
+        if !signed {
+            return Err(invalid(format!("the endorsement for mesh {} does not verify", endorsement.mesh_id)));
+        }
+        let (mesh_id, sponsor) = (endorsement.mesh_id.clone(), endorsement.sponsor.clone());
+        let member = broker.blocking(move |store| store.member_by_pubkey(&mesh_id, &sponsor)).await?;
+        if !member.is_some_and(|m| m.is_active() && m.account_id.as_deref() == Some(auth.account.id.as_str())) {
+            return Err(invalid(format!(
+                "the sponsor is not a member of your account in mesh {}",
+                endorsement.mesh_id
+            )));
+        }
+        records.push(EndorsementRecord {
+            mesh_id: endorsement.mesh_id,
+            device_key: device_key.clone(),
+            sponsor: endorsement.sponsor,
+            signature: endorsement.signature,
+            created_at: protocol::now_ms(),
+        });
+    }
+    Ok(records)
 }
 
 /// Approving lets a device in: it needs a fresh confirmation (denying does not).

@@ -308,7 +308,9 @@ pub(super) async fn enrol(
             ),
         ));
     }
-    let role = if access.admin { Role::Admin } else { Role::Member };
+    let (admission, sponsor_role) = endorsed_admission(&broker, &auth, &access.mesh.id, &request).await?;
+    // An endorsed key takes its sponsor's role (what the log lets the sponsor give).
+    let role = sponsor_role.unwrap_or(if access.admin { Role::Admin } else { Role::Member });
     let member = NewMember {
         pubkey: request.pubkey,
         display_name: request
@@ -317,14 +319,51 @@ pub(super) async fn enrol(
             .unwrap_or_else(|| auth.device.info.hostname.clone()),
         account_id: Some(auth.account.id.clone()),
         device_id: Some(auth.device.id.clone()),
-        // Only the broker vouches that this key is the account's new device.
-        admission: None,
+        admission,
     };
     let (mesh_id, actor) = (access.mesh.id.clone(), actor(&access));
     let record = broker
         .blocking(move |store| store.add_member(&mesh_id, &member, role, actor.as_deref(), protocol::now_ms()))
         .await?;
     Ok(Json(EnrolResponse { mesh_id: access.mesh.id, member_id: record.id, role, already_member: false }))
+}
+
+/// The admission of an enrolling key that a member of the account endorsed when it approved
+/// this device (and the sponsor's role), when the request binds the key to the device's
+/// confirmation key; otherwise none, and only the broker vouches that this key is the account's
+/// new device.
+async fn endorsed_admission(
+    broker: &Broker,
+    auth: &Authenticated,
+    mesh_id: &str,
+    request: &EnrolRequest,
+) -> Result<(Option<Admission>, Option<Role>), ApiError> {
+    let (Some(binding), Some(device)) = (&request.binding, auth.device.info.confirm_key.clone()) else {
+        return Ok((None, None));
+    };
+    let bytes = membership::device_key_bytes(mesh_id, &request.pubkey);
+    if PublicKey::from_hex(&device).and_then(|key| key.verify_hex(bytes.as_bytes(), binding)).is_err() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "binding_invalid",
+            "binding must be this device's confirmation key's signature over \
+             claudemesh-membership/v1|device-key|<meshId>|<pubkey>",
+        ));
+    }
+    let (mesh, key) = (mesh_id.to_owned(), device.clone());
+    let Some(endorsement) = broker.blocking(move |store| store.endorsement(&mesh, &key)).await? else {
+        return Ok((None, None));
+    };
+    let (mesh, sponsor) = (mesh_id.to_owned(), endorsement.sponsor.clone());
+    let sponsor = broker.blocking(move |store| store.member_by_pubkey(&mesh, &sponsor)).await?;
+    let Some(sponsor) = sponsor.filter(|m| m.is_active()) else { return Ok((None, None)) };
+    let admission = Admission::Endorsed {
+        sponsor: endorsement.sponsor,
+        endorsement: endorsement.signature,
+        device,
+        binding: binding.clone(),
+    };
+    Ok((Some(admission), Some(sponsor.role)))
 }
 
 fn invite_view(record: &InviteRecord) -> InviteView {

@@ -338,6 +338,17 @@ pub struct AuditVerification {
     pub broken_at: Option<i64>,
 }
 
+/// A member's endorsement of a device's confirmation key in a mesh, made when it approved the
+/// device's sign-in (`membership::endorsement_bytes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndorsementRecord {
+    pub mesh_id: String,
+    pub device_key: String,
+    pub sponsor: String,
+    pub signature: String,
+    pub created_at: u64,
+}
+
 /// What an admin or the member itself does to a membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MembershipAction {
@@ -406,6 +417,14 @@ fn admission_change(member: &MemberRecord, how: &str, admission: Option<&Admissi
             by: Some(by.clone()),
             after: Some(*after),
             signature: Some(signature.clone()),
+        },
+        (_, Some(Admission::Endorsed { sponsor, endorsement, device, binding })) => Change::Endorsed {
+            member: pubkey.clone(),
+            role,
+            sponsor: sponsor.clone(),
+            endorsement: endorsement.clone(),
+            device: device.clone(),
+            binding: binding.clone(),
         },
         ("invite", _) => vouched(AdmittedVia::Invite),
         _ => vouched(AdmittedVia::Enrolment),
@@ -748,6 +767,9 @@ pub trait Store: Send + Sync + 'static {
     /// The mesh's membership log from entry `after + 1` on, at most `limit` entries; empty for
     /// a mesh that keeps none.
     fn membership_log(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;
+    /// Keeps endorsements of device keys (one per mesh and device key: a newer one replaces it).
+    fn add_endorsements(&self, endorsements: &[EndorsementRecord]) -> StoreResult<()>;
+    fn endorsement(&self, mesh_id: &str, device_key: &str) -> StoreResult<Option<EndorsementRecord>>;
     /// Meshes where `account_id` has an active member, in creation order.
     fn account_meshes(&self, account_id: &str) -> StoreResult<Vec<AccountMesh>>;
 

@@ -329,7 +329,7 @@ fn describe(pending: &PendingDevice) -> String {
 
 /// Shows which device asks, asks for confirmation (unless `yes`), then approves or denies.
 pub async fn decide(code: String, approve: bool, yes: bool, json_output: bool) -> CliResult {
-    let (_, _, api, _) = signed_in().await?;
+    let (config_dir, keystore, api, _) = signed_in().await?;
     let pending = api.pending_device(&code).await.map_err(account_failure)?;
     if pending.status != "pending" {
         return Err(Failure::new(Exit::AlreadyExists, format!("that sign-in is already {}", pending.status)));
@@ -340,7 +340,13 @@ pub async fn decide(code: String, approve: bool, yes: bool, json_output: bool) -
             return Err(Failure::new(Exit::Refused, "not approved (answer y to approve, or pass --yes)"));
         }
     }
-    let decided = api.decide_device(&pending.user_code, approve).await.map_err(account_failure)?;
+    let endorsements = match (&pending.confirm_key, approve) {
+        (Some(device_key), true) => account::endorsements(&config_dir, &keystore, &api.broker_url, device_key)
+            .await
+            .map_err(account_failure)?,
+        _ => Vec::new(),
+    };
+    let decided = api.decide_device(&pending.user_code, approve, &endorsements).await.map_err(account_failure)?;
     if json_output {
         print_json(serde_json::to_value(&decided).expect("serializes"));
     } else {

@@ -391,6 +391,7 @@ mod tests {
             requested_at: "2026-11-28T10:00:00.000Z".into(),
             expires_at: String::new(),
             status: "pending".into(),
+            confirm_key: None,
         };
         let toasts = policy.pending_devices(&settings, std::slice::from_ref(&request));
         assert_eq!(toasts.len(), 1);

@@ -181,3 +181,20 @@ pub fn concurrent_membership_changes_keep_one_chain<D: TestDatabase>(database: &
     let roster = verified(&*store, &mesh_id);
     assert_eq!((roster.members.len(), roster.head.seq), (21, 21));
 }
+
+pub fn endorsements_are_kept_per_mesh_and_device_key<D: TestDatabase>(database: &D) {
+    let store = database.open();
+    let record = |mesh: &str, device: &str, signature: &str| crate::store::EndorsementRecord {
+        mesh_id: mesh.to_owned(),
+        device_key: device.to_owned(),
+        sponsor: key(1).public_hex(),
+        signature: signature.to_owned(),
+        created_at: NOW_MS,
+    };
+    store.add_endorsements(&[record("mesh_a", "device-1", "s1"), record("mesh_b", "device-1", "s2")]).expect("keeps");
+    assert_eq!(store.endorsement("mesh_a", "device-1").expect("reads"), Some(record("mesh_a", "device-1", "s1")));
+    assert_eq!(store.endorsement("mesh_b", "device-1").expect("reads"), Some(record("mesh_b", "device-1", "s2")));
+    assert_eq!(store.endorsement("mesh_a", "device-2").expect("reads"), None);
+    store.add_endorsements(&[record("mesh_a", "device-1", "s3")]).expect("replaces");
+    assert_eq!(store.endorsement("mesh_a", "device-1").expect("reads"), Some(record("mesh_a", "device-1", "s3")));
+}

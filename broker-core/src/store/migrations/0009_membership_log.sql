@@ -10,3 +10,14 @@ CREATE TABLE membership_log (
     hash    TEXT NOT NULL,
     PRIMARY KEY (mesh_id, seq)
 ) WITHOUT ROWID;
+
+-- Endorsements of a new device's confirmation key by a member of its account, made when that
+-- member's device approved the sign-in; the device's enrolments cite them.
+CREATE TABLE endorsements (
+    mesh_id    TEXT NOT NULL,
+    device_key TEXT NOT NULL,
+    sponsor    TEXT NOT NULL,
+    signature  TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (mesh_id, device_key)
+) WITHOUT ROWID;

@@ -4,7 +4,7 @@
 use postgres::GenericClient;
 
 use crate::membership::{Change, LOG_START, LogEntry};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{EndorsementRecord, StoreError, StoreResult};
 
 /// Appends `change` to the mesh's log. A mesh keeps a log only from a genesis on: anything
 /// else for a mesh without one is not recorded.
@@ -45,4 +45,37 @@ pub(super) fn log(db: &mut impl GenericClient, mesh_id: &str, after: u64, limit:
             })
         })
         .collect()
+}
+
+pub(super) fn add_endorsements(db: &mut impl GenericClient, endorsements: &[EndorsementRecord]) -> StoreResult<()> {
+    for e in endorsements {
+        db.execute(
+            "INSERT INTO endorsements (mesh_id, device_key, sponsor, signature, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (mesh_id, device_key) DO UPDATE SET sponsor = excluded.sponsor, signature = excluded.signature,
+                                                            created_at = excluded.created_at",
+            &[&e.mesh_id, &e.device_key, &e.sponsor, &e.signature, &(e.created_at as i64)],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn endorsement(
+    db: &mut impl GenericClient,
+    mesh_id: &str,
+    device_key: &str,
+) -> StoreResult<Option<EndorsementRecord>> {
+    let row = db.query_opt(
+        "SELECT mesh_id, device_key, sponsor, signature, created_at FROM endorsements WHERE mesh_id = $1 AND device_key = $2",
+        &[&mesh_id, &device_key],
+    )?;
+    row.map(|row| {
+        Ok(EndorsementRecord {
+            mesh_id: row.try_get(0)?,
+            device_key: row.try_get(1)?,
+            sponsor: row.try_get(2)?,
+            signature: row.try_get(3)?,
+            created_at: row.try_get::<_, i64>(4)? as u64,
+        })
+    })
+    .transpose()
 }

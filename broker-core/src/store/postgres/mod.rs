@@ -37,9 +37,9 @@ use tokio::sync::mpsc;
 
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, DeviceCodeRecord, DeviceInfo, DeviceRecord,
-    EmailCodeOutcome, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction, MeshRecord,
-    NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord, Redemption, ScheduleRecord,
-    Store, StoreError, StoreNotice, StoreResult, WriteOp,
+    EmailCodeOutcome, EndorsementRecord, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction,
+    MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord, Redemption,
+    ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
 use crate::membership::LogEntry;
 use crate::protocol::Role;
@@ -397,6 +397,14 @@ impl Store for PostgresStore {
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
         self.with_client(|client| directory::key_owner(client, mesh_id, pubkey))
+    }
+
+    fn add_endorsements(&self, endorsements: &[EndorsementRecord]) -> StoreResult<()> {
+        self.transaction(|tx| membership::add_endorsements(tx, endorsements))
+    }
+
+    fn endorsement(&self, mesh_id: &str, device_key: &str) -> StoreResult<Option<EndorsementRecord>> {
+        self.with_client(|client| membership::endorsement(client, mesh_id, device_key))
     }
 
     fn membership_log(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {

@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::membership::{Change, LOG_START, LogEntry};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{EndorsementRecord, StoreError, StoreResult};
 
 /// Appends `change` to the mesh's log. A mesh keeps a log only from a genesis on: anything
 /// else for a mesh without one is not recorded.
@@ -47,4 +47,37 @@ pub(super) fn entry((seq, at, prev, change, hash): StoredEntry) -> StoreResult<L
     let parsed = serde_json::from_str(&change)
         .map_err(|_| StoreError::Unreadable { column: "membership_log.change", value: change.clone() })?;
     Ok(LogEntry { seq: seq as u64, at: at as u64, prev, change: parsed, hash })
+}
+
+pub(super) fn add_endorsements(conn: &Connection, endorsements: &[EndorsementRecord]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO endorsements (mesh_id, device_key, sponsor, signature, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (mesh_id, device_key) DO UPDATE SET sponsor = excluded.sponsor, signature = excluded.signature,
+                                                        created_at = excluded.created_at",
+    )?;
+    for e in endorsements {
+        stmt.execute(params![e.mesh_id, e.device_key, e.sponsor, e.signature, e.created_at as i64])?;
+    }
+    Ok(())
+}
+
+pub(super) fn endorsement(
+    conn: &Connection,
+    mesh_id: &str,
+    device_key: &str,
+) -> rusqlite::Result<Option<EndorsementRecord>> {
+    conn.query_row(
+        "SELECT mesh_id, device_key, sponsor, signature, created_at FROM endorsements WHERE mesh_id = ?1 AND device_key = ?2",
+        [mesh_id, device_key],
+        |row| {
+            Ok(EndorsementRecord {
+                mesh_id: row.get(0)?,
+                device_key: row.get(1)?,
+                sponsor: row.get(2)?,
+                signature: row.get(3)?,
+                created_at: row.get::<_, i64>(4)? as u64,
+            })
+        },
+    )
+    .optional()
 }

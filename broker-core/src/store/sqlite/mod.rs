@@ -30,9 +30,9 @@ use crate::store::records::MESH_COLUMNS;
 
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,
-    DeviceRecord, EmailCodeOutcome, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS, MemberRecord,
-    MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord,
-    Redemption, ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
+    DeviceRecord, EmailCodeOutcome, EndorsementRecord, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS,
+    MemberRecord, MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry,
+    ReceiptRecord, Redemption, ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
 use crate::membership::LogEntry;
 use crate::protocol::{Priority, Role, WrappedKey};
@@ -467,6 +467,15 @@ impl Store for SqliteStore {
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
         self.read(|conn| directory::key_owner(conn, mesh_id, pubkey))
+    }
+
+    fn add_endorsements(&self, endorsements: &[EndorsementRecord]) -> StoreResult<()> {
+        let endorsements = endorsements.to_vec();
+        self.call(move |conn| Ok(membership::add_endorsements(conn, &endorsements)?))
+    }
+
+    fn endorsement(&self, mesh_id: &str, device_key: &str) -> StoreResult<Option<EndorsementRecord>> {
+        self.read(|conn| membership::endorsement(conn, mesh_id, device_key))
     }
 
     fn membership_log(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {

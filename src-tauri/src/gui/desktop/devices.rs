@@ -5,6 +5,7 @@ use broker_core::protocol::account::{DeviceView, PendingDevice};
 
 use super::{Desktop, lock};
 use crate::gui::error::{CommandError, CommandResult};
+use crate::account;
 use crate::gui::notify::request_id;
 
 impl Desktop {
@@ -34,7 +35,16 @@ impl Desktop {
         if pending.status != "pending" {
             return Err(CommandError::invalid(format!("that sign-in is already {}", pending.status)));
         }
-        let decided = api.decide_device(&pending.user_code, approve).await.map_err(CommandError::from);
+        // Endorsing the device in this device's meshes lets its member keys be admitted
+        // verifiably (docs/security.md, "The membership log").
+        let endorsements = match (&pending.confirm_key, approve) {
+            (Some(device_key), true) => {
+                let found = account::endorsements(&self.config_dir, &self.keystore, &api.broker_url, device_key).await;
+                self.checked(found.map_err(CommandError::from)).await?
+            }
+            _ => Vec::new(),
+        };
+        let decided = api.decide_device(&pending.user_code, approve, &endorsements).await.map_err(CommandError::from);
         let decided = self.checked(decided).await?;
         let decided_id = request_id(&decided);
         lock(&self.state).pending.retain(|p| request_id(p) != decided_id);
