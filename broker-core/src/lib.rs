@@ -50,6 +50,7 @@ pub mod email;
 pub mod ids;
 pub mod invite;
 pub mod membership;
+pub mod meshkey;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

@@ -45,6 +45,8 @@ const TABLES: &[&str] = &[
     "schedules",
     "membership_log",
     "endorsements",
+    "mesh_epochs",
+    "epoch_wraps",
 ];
 
 /// What was copied.

@@ -17,8 +17,8 @@ use broker_core::crypto::{Keypair, confirmation_header};
 use broker_core::invite::{Invite, InviteTerms};
 use broker_core::protocol::account::{
     CONFIRMATION_HEADER, CreateInviteResponse, CreateMeshResponse, DeviceCodeRequest, DeviceCodeResponse, DeviceView,
-    EmailCodeRequest, EmailCodeVerify, Endorsement, EnrolResponse, LoginTokenResponse, MeshView, PendingDevice, TokenError,
-    TokenResponse,
+    EmailCodeRequest, EmailCodeVerify, Endorsement, EnrolResponse, LoginTokenResponse, MeshView, PendingDevice,
+    TokenError, TokenResponse,
 };
 use broker_core::protocol::{self, Role};
 use hyper::Method;

@@ -16,6 +16,7 @@ mod connection;
 mod dedup;
 pub mod device_login;
 mod keys;
+mod mesh_keys;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use backoff::Backoff;
 pub use dedup::RecentIds;
 pub use keys::{KeyRing, OpenError};
+pub use mesh_keys::{MeshKeyError, MeshKeyStatus};
 
 use crate::crypto::{CryptoError, Keypair};
 use crate::protocol::{
@@ -283,6 +285,8 @@ struct Shared {
     request_timeout: Duration,
     /// Every send asks the broker to keep its delivery status (`ClientConfig::track_messages`).
     track_messages: bool,
+    /// The mesh's content keys this member opened or made (`mesh_keys`).
+    epoch_keys: mesh_keys::EpochKeys,
 }
 
 /// Handle on one mesh session. Clones share the connection.
@@ -316,6 +320,7 @@ impl MeshClient {
             next_correlation: AtomicU64::new(1),
             request_timeout: config.request_timeout,
             track_messages: config.track_messages,
+            epoch_keys: mesh_keys::EpochKeys::default(),
         });
         tokio::spawn(connection::run(config, keys, desired, stats, command_rx, events));
         (MeshClient { shared }, event_rx)

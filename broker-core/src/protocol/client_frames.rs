@@ -52,6 +52,12 @@ pub enum ClientFrame {
     MarkRead(MarkRead),
     /// Ours: a page of the mesh's signed membership log, for the client to verify.
     MembershipLog(MembershipLog),
+    /// Ours: the mesh's epoch records and this member's wraps of their keys.
+    MeshKeys(MeshKeys),
+    /// Ours: the next epoch of the mesh's key, with a wrap for each entitled member.
+    NewEpoch(NewEpoch),
+    /// Ours: wraps of existing epochs' keys for members that have none.
+    AddWraps(AddWraps),
 }
 
 impl ClientFrame {
@@ -81,6 +87,9 @@ impl ClientFrame {
             ClientFrame::MessageStatus(_) => "message_status",
             ClientFrame::MarkRead(_) => "mark_read",
             ClientFrame::MembershipLog(_) => "membership_log",
+            ClientFrame::MeshKeys(_) => "mesh_keys",
+            ClientFrame::NewEpoch(_) => "new_epoch",
+            ClientFrame::AddWraps(_) => "add_wraps",
         }
     }
 }
@@ -290,6 +299,31 @@ pub struct MembershipLog {
     /// Entries after this `seq` (0: from the start).
     #[serde(default)]
     pub after: u64,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MeshKeys {
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// At most this many wraps in one `new_epoch` or `add_wraps`.
+pub const MAX_WRAPS: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewEpoch {
+    pub record: crate::meshkey::EpochRecord,
+    #[serde(default)]
+    pub wraps: Vec<crate::meshkey::Wrap>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AddWraps {
+    pub wraps: Vec<crate::meshkey::Wrap>,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

@@ -31,6 +31,10 @@ pub enum ServerFrame {
     ScheduleCancelled(ScheduleCancelled),
     /// Ours: the answer to `membership_log`.
     MembershipLogPage(MembershipLogPage),
+    /// Ours: the answer to `mesh_keys`.
+    MeshKeysResult(MeshKeysResult),
+    /// Ours: the answer to `new_epoch` and `add_wraps`.
+    KeysStored(KeysStored),
     /// Ours (`delivery_receipt`): one recipient member acknowledged a message this session sent.
     Receipt(Receipt),
     Error(ErrorFrame),
@@ -53,6 +57,8 @@ impl ServerFrame {
             ServerFrame::ScheduledList(f) => f.req_id.as_deref(),
             ServerFrame::ScheduleCancelled(f) => f.req_id.as_deref(),
             ServerFrame::MembershipLogPage(f) => f.req_id.as_deref(),
+            ServerFrame::MeshKeysResult(f) => f.req_id.as_deref(),
+            ServerFrame::KeysStored(f) => f.req_id.as_deref(),
             ServerFrame::Error(f) => f.req_id.as_deref(),
             ServerFrame::Ack(f) => f.req_id.as_deref(),
             ServerFrame::HelloAck(_) | ServerFrame::Push(_) | ServerFrame::Receipt(_) => None,
@@ -323,6 +329,25 @@ pub struct MembershipLogPage {
     pub req_id: Option<String>,
 }
 
+/// The mesh's epoch records, this member's wraps, and the active members without a wrap of the
+/// newest epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MeshKeysResult {
+    pub epochs: Vec<crate::meshkey::EpochRecord>,
+    pub wraps: Vec<crate::meshkey::Wrap>,
+    pub unwrapped: Vec<String>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeysStored {
+    /// The mesh's newest epoch now.
+    pub epoch: u64,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
 /// The mesh's active members, as `members_list` shows them (name order).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MembersList {
@@ -460,6 +485,8 @@ pub enum ErrorCode {
     Forbidden,
     /// Ours: the request names something that does not exist (for example a schedule).
     NotFound,
+    /// Ours: another client got there first (an epoch of the mesh's key was taken).
+    Conflict,
 }
 
 impl ErrorCode {
@@ -479,6 +506,7 @@ impl ErrorCode {
             ErrorCode::Revoked => "revoked",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }

@@ -19,6 +19,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use crate::membership::{Admission, AdmittedVia, Change, LogEntry, RemovalReason};
+use crate::meshkey::{EpochRecord, Wrap};
 use crate::protocol::{Enc, GroupMembership, Priority, Role, Stats, WrappedKey};
 
 pub use self::postgres::PostgresStore;
@@ -37,7 +38,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0006_queue_tails", include_str!("migrations/0006_queue_tails.sql")),
     ("0007_receipts", include_str!("migrations/0007_receipts.sql")),
     ("0008_schedules", include_str!("migrations/0008_schedules.sql")),
-    ("0009_membership_log", include_str!("migrations/0009_membership_log.sql")),
+    ("0009_membership", include_str!("migrations/0009_membership.sql")),
 ];
 
 /// Lowercase ASCII letters, digits and single dashes; never empty.
@@ -767,6 +768,17 @@ pub trait Store: Send + Sync + 'static {
     /// The mesh's membership log from entry `after + 1` on, at most `limit` entries; empty for
     /// a mesh that keeps none.
     fn membership_log(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;
+    /// The mesh's epoch records, oldest first.
+    fn mesh_epochs(&self, mesh_id: &str) -> StoreResult<Vec<EpochRecord>>;
+    /// Stores `record` with its wraps, with an `epoch_created` audit entry, if its epoch follows
+    /// the newest one (1 for the first); `Conflict("epoch_taken")` otherwise.
+    fn create_epoch(&self, mesh_id: &str, record: &EpochRecord, wraps: &[Wrap], now_ms: u64) -> StoreResult<()>;
+    /// Adds wraps of existing epochs; a recipient's wrap of an epoch already there is kept.
+    fn add_wraps(&self, mesh_id: &str, wraps: &[Wrap], now_ms: u64) -> StoreResult<()>;
+    /// Every wrap addressed to `recipient` in the mesh, by epoch.
+    fn wraps_for(&self, mesh_id: &str, recipient: &str) -> StoreResult<Vec<Wrap>>;
+    /// The recipients holding a wrap of `epoch`.
+    fn wrapped(&self, mesh_id: &str, epoch: u64) -> StoreResult<Vec<String>>;
     /// Keeps endorsements of device keys (one per mesh and device key: a newer one replaces it).
     fn add_endorsements(&self, endorsements: &[EndorsementRecord]) -> StoreResult<()>;
     fn endorsement(&self, mesh_id: &str, device_key: &str) -> StoreResult<Option<EndorsementRecord>>;

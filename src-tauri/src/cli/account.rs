@@ -341,9 +341,9 @@ pub async fn decide(code: String, approve: bool, yes: bool, json_output: bool) -
         }
     }
     let endorsements = match (&pending.confirm_key, approve) {
-        (Some(device_key), true) => account::endorsements(&config_dir, &keystore, &api.broker_url, device_key)
-            .await
-            .map_err(account_failure)?,
+        (Some(device_key), true) => {
+            account::endorsements(&config_dir, &keystore, &api.broker_url, device_key).await.map_err(account_failure)?
+        }
         _ => Vec::new(),
     };
     let decided = api.decide_device(&pending.user_code, approve, &endorsements).await.map_err(account_failure)?;

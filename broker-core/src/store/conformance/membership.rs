@@ -198,3 +198,45 @@ pub fn endorsements_are_kept_per_mesh_and_device_key<D: TestDatabase>(database: 
     store.add_endorsements(&[record("mesh_a", "device-1", "s3")]).expect("replaces");
     assert_eq!(store.endorsement("mesh_a", "device-1").expect("reads"), Some(record("mesh_a", "device-1", "s3")));
 }
+
+pub fn epochs_advance_by_compare_and_set_with_their_wraps<D: TestDatabase>(database: &D) {
+    use crate::meshkey::{EpochRecord, Wrap, new_key};
+    let store = database.open();
+    let (creator, other) = (key(1), key(2));
+    let (mesh, _) = store.create_mesh("keys", "", None, &member(&creator, "creator", None), NOW_MS).expect("creates");
+    let head = membership::Head { seq: 1, hash: "h".into() };
+    let epoch = |n: u64| EpochRecord::sign(&mesh.id, n, &new_key(), &head, &creator);
+    let wraps = |n: u64| {
+        let key = new_key();
+        [Wrap::seal(n, &key, &creator, &creator.public()), Wrap::seal(n, &key, &creator, &other.public())]
+    };
+
+    assert_eq!(store.mesh_epochs(&mesh.id).expect("reads"), []);
+    assert_conflict(store.create_epoch(&mesh.id, &epoch(2), &[], NOW_MS), "epoch_taken");
+    let first = epoch(1);
+    store.create_epoch(&mesh.id, &first, &wraps(1), NOW_MS).expect("the first epoch");
+    assert_conflict(store.create_epoch(&mesh.id, &epoch(1), &wraps(1), NOW_MS), "epoch_taken");
+    assert_eq!(store.wrapped(&mesh.id, 1).expect("reads").len(), 2);
+
+    // Two processes race for epoch 2: exactly one wins.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, mesh_id, record) = (database.open(), mesh.id.clone(), epoch(2));
+            std::thread::spawn(move || store.create_epoch(&mesh_id, &record, &[], NOW_MS + 1))
+        })
+        .collect();
+    let results: Vec<_> = racers.into_iter().map(|t| t.join().expect("the thread finishes")).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert_eq!(store.mesh_epochs(&mesh.id).expect("reads").len(), 2);
+    assert_eq!(store.mesh_epochs(&mesh.id).expect("reads")[0], first);
+
+    // Wraps added later; a recipient's first wrap of an epoch is kept.
+    let late = wraps(2);
+    store.add_wraps(&mesh.id, &late, NOW_MS + 2).expect("adds");
+    store.add_wraps(&mesh.id, &wraps(2), NOW_MS + 3).expect("adds again");
+    let mine = store.wraps_for(&mesh.id, &other.public_hex()).expect("reads");
+    assert_eq!(mine.iter().map(|w| w.epoch).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(mine[1], late[1]);
+    let audited = super::audit_types(&*store, &mesh.id).iter().filter(|t| *t == "epoch_created").count();
+    assert_eq!(audited, 2);
+}

@@ -89,6 +89,7 @@ macro_rules! store_conformance_tests {
             a_mesh_without_a_genesis_keeps_no_log,
             concurrent_membership_changes_keep_one_chain,
             endorsements_are_kept_per_mesh_and_device_key,
+            epochs_advance_by_compare_and_set_with_their_wraps,
             account_meshes_list_active_memberships_with_the_highest_role,
             directory_version_moves_with_every_directory_change,
             invites_are_created_listed_and_revoked,

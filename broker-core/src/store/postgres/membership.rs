@@ -2,8 +2,11 @@
 //! the mesh's scope lock that change already holds (so two processes never append at one seq).
 
 use postgres::GenericClient;
+use serde_json::json;
 
 use crate::membership::{Change, LOG_START, LogEntry};
+use crate::meshkey::{EpochRecord, Wrap};
+use crate::store::records::event;
 use crate::store::{EndorsementRecord, StoreError, StoreResult};
 
 /// Appends `change` to the mesh's log. A mesh keeps a log only from a genesis on: anything
@@ -78,4 +81,79 @@ pub(super) fn endorsement(
         })
     })
     .transpose()
+}
+
+pub(super) fn epochs(db: &mut impl GenericClient, mesh_id: &str) -> StoreResult<Vec<EpochRecord>> {
+    db.query("SELECT record FROM mesh_epochs WHERE mesh_id = $1 ORDER BY epoch", &[&mesh_id])?
+        .iter()
+        .map(|row| {
+            let text: String = row.try_get(0)?;
+            serde_json::from_str(&text)
+                .map_err(|_| StoreError::Unreadable { column: "mesh_epochs.record", value: text })
+        })
+        .collect()
+}
+
+pub(super) fn create_epoch(
+    db: &mut impl GenericClient,
+    mesh_id: &str,
+    record: &EpochRecord,
+    wraps: &[Wrap],
+    now_ms: u64,
+) -> StoreResult<()> {
+    // The mesh's lock: of two processes making the same epoch, one sees the other's.
+    super::lock_scope(db, mesh_id)?;
+    let newest: i64 =
+        db.query_one("SELECT COALESCE(MAX(epoch), 0) FROM mesh_epochs WHERE mesh_id = $1", &[&mesh_id])?.try_get(0)?;
+    if record.epoch != newest as u64 + 1 {
+        return Err(StoreError::Conflict("epoch_taken".into()));
+    }
+    let text = serde_json::to_string(record).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    db.execute(
+        "INSERT INTO mesh_epochs (mesh_id, epoch, record, created_at) VALUES ($1, $2, $3, $4)",
+        &[&mesh_id, &(record.epoch as i64), &text, &(now_ms as i64)],
+    )?;
+    add_wraps(db, mesh_id, wraps, now_ms)?;
+    super::audit::append(
+        db,
+        &event(mesh_id, "epoch_created", None, json!({"epoch": record.epoch, "by": record.by})),
+        now_ms,
+    )
+}
+
+pub(super) fn add_wraps(db: &mut impl GenericClient, mesh_id: &str, wraps: &[Wrap], now_ms: u64) -> StoreResult<()> {
+    for w in wraps {
+        db.execute(
+            "INSERT INTO epoch_wraps (mesh_id, epoch, recipient, wrapper, nonce, ciphertext, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            &[&mesh_id, &(w.epoch as i64), &w.recipient, &w.wrapper, &w.nonce, &w.ciphertext, &(now_ms as i64)],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn wraps_for(db: &mut impl GenericClient, mesh_id: &str, recipient: &str) -> StoreResult<Vec<Wrap>> {
+    db.query(
+        "SELECT epoch, recipient, wrapper, nonce, ciphertext FROM epoch_wraps WHERE mesh_id = $1 AND recipient = $2
+         ORDER BY epoch",
+        &[&mesh_id, &recipient],
+    )?
+    .iter()
+    .map(|row| {
+        Ok(Wrap {
+            epoch: row.try_get::<_, i64>(0)? as u64,
+            recipient: row.try_get(1)?,
+            wrapper: row.try_get(2)?,
+            nonce: row.try_get(3)?,
+            ciphertext: row.try_get(4)?,
+        })
+    })
+    .collect()
+}
+
+pub(super) fn wrapped(db: &mut impl GenericClient, mesh_id: &str, epoch: u64) -> StoreResult<Vec<String>> {
+    db.query("SELECT recipient FROM epoch_wraps WHERE mesh_id = $1 AND epoch = $2", &[&mesh_id, &(epoch as i64)])?
+        .iter()
+        .map(|row| Ok(row.try_get(0)?))
+        .collect()
 }

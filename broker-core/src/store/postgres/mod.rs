@@ -42,6 +42,7 @@ use super::{
     ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
 use crate::membership::LogEntry;
+use crate::meshkey::{EpochRecord, Wrap};
 use crate::protocol::Role;
 
 /// The migrations, under the same names as SQLite's: `EXPECTED_MIGRATION` means the same on
@@ -55,7 +56,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0006_queue_tails", include_str!("../migrations/postgres/0006_queue_tails.sql")),
     ("0007_receipts", include_str!("../migrations/postgres/0007_receipts.sql")),
     ("0008_schedules", include_str!("../migrations/postgres/0008_schedules.sql")),
-    ("0009_membership_log", include_str!("../migrations/postgres/0009_membership_log.sql")),
+    ("0009_membership", include_str!("../migrations/postgres/0009_membership.sql")),
 ];
 
 /// Idle connections kept for reads and control-plane changes.
@@ -397,6 +398,26 @@ impl Store for PostgresStore {
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
         self.with_client(|client| directory::key_owner(client, mesh_id, pubkey))
+    }
+
+    fn mesh_epochs(&self, mesh_id: &str) -> StoreResult<Vec<EpochRecord>> {
+        self.with_client(|client| membership::epochs(client, mesh_id))
+    }
+
+    fn create_epoch(&self, mesh_id: &str, record: &EpochRecord, wraps: &[Wrap], now_ms: u64) -> StoreResult<()> {
+        self.transaction(|tx| membership::create_epoch(tx, mesh_id, record, wraps, now_ms))
+    }
+
+    fn add_wraps(&self, mesh_id: &str, wraps: &[Wrap], now_ms: u64) -> StoreResult<()> {
+        self.transaction(|tx| membership::add_wraps(tx, mesh_id, wraps, now_ms))
+    }
+
+    fn wraps_for(&self, mesh_id: &str, recipient: &str) -> StoreResult<Vec<Wrap>> {
+        self.with_client(|client| membership::wraps_for(client, mesh_id, recipient))
+    }
+
+    fn wrapped(&self, mesh_id: &str, epoch: u64) -> StoreResult<Vec<String>> {
+        self.with_client(|client| membership::wrapped(client, mesh_id, epoch))
     }
 
     fn add_endorsements(&self, endorsements: &[EndorsementRecord]) -> StoreResult<()> {

@@ -1,8 +1,11 @@
 //! The membership log's SQL: appended in the transaction that changes a mesh's members.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
 
 use crate::membership::{Change, LOG_START, LogEntry};
+use crate::meshkey::{EpochRecord, Wrap};
+use crate::store::records::event;
 use crate::store::{EndorsementRecord, StoreError, StoreResult};
 
 /// Appends `change` to the mesh's log. A mesh keeps a log only from a genesis on: anything
@@ -80,4 +83,75 @@ pub(super) fn endorsement(
         },
     )
     .optional()
+}
+
+pub(super) fn epochs(conn: &Connection, mesh_id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT record FROM mesh_epochs WHERE mesh_id = ?1 ORDER BY epoch")?;
+    stmt.query_map([mesh_id], |row| row.get(0))?.collect()
+}
+
+pub(super) fn create_epoch(
+    conn: &Connection,
+    mesh_id: &str,
+    record: &EpochRecord,
+    wraps: &[Wrap],
+    now_ms: u64,
+) -> StoreResult<()> {
+    let newest: i64 =
+        conn.query_row("SELECT COALESCE(MAX(epoch), 0) FROM mesh_epochs WHERE mesh_id = ?1", [mesh_id], |row| {
+            row.get(0)
+        })?;
+    if record.epoch != newest as u64 + 1 {
+        return Err(StoreError::Conflict("epoch_taken".into()));
+    }
+    let text = serde_json::to_string(record).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO mesh_epochs (mesh_id, epoch, record, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![mesh_id, record.epoch as i64, text, now_ms as i64],
+    )?;
+    add_wraps(conn, mesh_id, wraps, now_ms)?;
+    super::audit::append(
+        conn,
+        &event(mesh_id, "epoch_created", None, json!({"epoch": record.epoch, "by": record.by})),
+        now_ms,
+    )?;
+    Ok(())
+}
+
+pub(super) fn add_wraps(conn: &Connection, mesh_id: &str, wraps: &[Wrap], now_ms: u64) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO epoch_wraps (mesh_id, epoch, recipient, wrapper, nonce, ciphertext, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+    )?;
+    for w in wraps {
+        stmt.execute(params![mesh_id, w.epoch as i64, w.recipient, w.wrapper, w.nonce, w.ciphertext, now_ms as i64])?;
+    }
+    Ok(())
+}
+
+pub(super) fn wraps_for(conn: &Connection, mesh_id: &str, recipient: &str) -> rusqlite::Result<Vec<Wrap>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT epoch, recipient, wrapper, nonce, ciphertext FROM epoch_wraps WHERE mesh_id = ?1 AND recipient = ?2
+         ORDER BY epoch",
+    )?;
+    stmt.query_map([mesh_id, recipient], |row| {
+        Ok(Wrap {
+            epoch: row.get::<_, i64>(0)? as u64,
+            recipient: row.get(1)?,
+            wrapper: row.get(2)?,
+            nonce: row.get(3)?,
+            ciphertext: row.get(4)?,
+        })
+    })?
+    .collect()
+}
+
+pub(super) fn wrapped(conn: &Connection, mesh_id: &str, epoch: u64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT recipient FROM epoch_wraps WHERE mesh_id = ?1 AND epoch = ?2")?;
+    stmt.query_map(params![mesh_id, epoch as i64], |row| row.get(0))?.collect()
+}
+
+/// An epoch record as stored.
+pub(super) fn epoch_record(text: String) -> StoreResult<EpochRecord> {
+    serde_json::from_str(&text).map_err(|_| StoreError::Unreadable { column: "mesh_epochs.record", value: text })
 }

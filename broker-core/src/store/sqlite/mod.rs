@@ -35,6 +35,7 @@ use super::{
     ReceiptRecord, Redemption, ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
 };
 use crate::membership::LogEntry;
+use crate::meshkey::{EpochRecord, Wrap};
 use crate::protocol::{Priority, Role, WrappedKey};
 
 /// Most jobs committed in one transaction.
@@ -467,6 +468,28 @@ impl Store for SqliteStore {
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
         self.read(|conn| directory::key_owner(conn, mesh_id, pubkey))
+    }
+
+    fn mesh_epochs(&self, mesh_id: &str) -> StoreResult<Vec<EpochRecord>> {
+        self.read(|conn| membership::epochs(conn, mesh_id))?.into_iter().map(membership::epoch_record).collect()
+    }
+
+    fn create_epoch(&self, mesh_id: &str, record: &EpochRecord, wraps: &[Wrap], now_ms: u64) -> StoreResult<()> {
+        let (mesh_id, record, wraps) = (mesh_id.to_owned(), record.clone(), wraps.to_vec());
+        self.call(move |conn| membership::create_epoch(conn, &mesh_id, &record, &wraps, now_ms))
+    }
+
+    fn add_wraps(&self, mesh_id: &str, wraps: &[Wrap], now_ms: u64) -> StoreResult<()> {
+        let (mesh_id, wraps) = (mesh_id.to_owned(), wraps.to_vec());
+        self.call(move |conn| membership::add_wraps(conn, &mesh_id, &wraps, now_ms))
+    }
+
+    fn wraps_for(&self, mesh_id: &str, recipient: &str) -> StoreResult<Vec<Wrap>> {
+        self.read(|conn| membership::wraps_for(conn, mesh_id, recipient))
+    }
+
+    fn wrapped(&self, mesh_id: &str, epoch: u64) -> StoreResult<Vec<String>> {
+        self.read(|conn| membership::wrapped(conn, mesh_id, epoch))
     }
 
     fn add_endorsements(&self, endorsements: &[EndorsementRecord]) -> StoreResult<()> {

@@ -4,8 +4,8 @@
 use broker_core::protocol::account::{DeviceView, PendingDevice};
 
 use super::{Desktop, lock};
-use crate::gui::error::{CommandError, CommandResult};
 use crate::account;
+use crate::gui::error::{CommandError, CommandResult};
 use crate::gui::notify::request_id;
 
 impl Desktop {

@@ -21,3 +21,24 @@ CREATE TABLE endorsements (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (mesh_id, device_key)
 );
+
+-- Mesh content keys (meshkey.rs): each epoch's record, signed by the member that made its key,
+-- and each member's copy of an epoch key, sealed to it by another member. Epoch n + 1 is only
+-- accepted while n is the newest.
+CREATE TABLE mesh_epochs (
+    mesh_id    TEXT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    record     TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (mesh_id, epoch)
+);
+CREATE TABLE epoch_wraps (
+    mesh_id    TEXT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    recipient  TEXT NOT NULL,
+    wrapper    TEXT NOT NULL,
+    nonce      TEXT NOT NULL,
+    ciphertext TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (mesh_id, recipient, epoch)
+);

@@ -1,0 +1,199 @@
+//! The mesh's content keys as one client keeps them: fetched, checked against the verified
+//! membership log, opened, and passed on. A refresh (on connecting, when a peer arrives or
+//! leaves, or when asked) does what an online member's client owes the mesh: it makes the first
+//! epoch, starts a new one when the log removed a member since the newest was made, and wraps
+//! the keys it holds for verified members that have none. Members the broker only vouches for,
+//! or invented, never get a wrap from it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use zeroize::Zeroizing;
+
+use super::{ClientError, Correlation, MeshClient};
+use crate::membership::{self, Head, LogError, Roster};
+use crate::meshkey::{self, EpochError, EpochKey, EpochRecord, Wrap};
+use crate::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
+
+/// Epoch → key, for the epochs this member could open.
+#[derive(Default)]
+pub(super) struct EpochKeys(Mutex<BTreeMap<u64, Zeroizing<EpochKey>>>);
+
+/// What a refresh found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshKeyStatus {
+    /// The verified log's creator and head (a caller pins them).
+    pub creator: String,
+    pub head: Head,
+    /// The mesh's newest epoch, and whether this member holds its key.
+    pub epoch: Option<u64>,
+    pub holds_newest: bool,
+    /// An epoch this refresh made (the first, or one after a removal).
+    pub made: Option<u64>,
+    /// Members this refresh wrapped keys for.
+    pub wrapped_for: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshKeyError {
+    #[error("the mesh has no membership log, so it cannot have mesh keys")]
+    NoLog,
+    #[error("the membership log does not verify: {0}")]
+    Log(LogError),
+    #[error(
+        "this member's own admission is not verified in the log (the broker alone vouches for it): no member hands it a mesh key"
+    )]
+    NotVerified,
+    #[error("the mesh's epoch records do not verify: {0}")]
+    Epochs(#[from] EpochError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Tries a refresh this often when another client keeps winning the race for an epoch.
+const RACES: usize = 3;
+
+impl MeshClient {
+    /// The key of `epoch`, when this member holds it.
+    pub fn mesh_key(&self, epoch: u64) -> Option<EpochKey> {
+        self.shared.epoch_keys.0.lock().expect("epoch keys lock").get(&epoch).map(|key| **key)
+    }
+
+    /// Brings this member's mesh keys up to date (see the module docs). `pinned_creator` and
+    /// `pinned_head` are what the caller verified before; the status carries the new ones.
+    pub async fn refresh_mesh_keys(
+        &self,
+        pinned_creator: Option<&str>,
+        pinned_head: Option<&Head>,
+    ) -> Result<MeshKeyStatus, MeshKeyError> {
+        let mesh_id = self.mesh_id().to_owned();
+        let me = self.shared.keys.member.clone();
+        for _ in 0..RACES {
+            let entries = self.membership_log(0).await?;
+            let roster = match membership::verify(&mesh_id, pinned_creator, pinned_head, &entries) {
+                Ok(roster) => roster,
+                Err(LogError::Absent) => return Err(MeshKeyError::NoLog),
+                Err(error) => return Err(MeshKeyError::Log(error)),
+            };
+            if !roster.is_verified_member(&me.public_hex()) {
+                return Err(MeshKeyError::NotVerified);
+            }
+            let keys = self.mesh_keys_now().await?;
+            meshkey::verify_records(&mesh_id, &keys.epochs, &entries)?;
+            self.open_wraps(&mesh_id, &keys.wraps, &keys.epochs, &roster);
+            let mut status = MeshKeyStatus {
+                creator: roster.creator.clone(),
+                head: roster.head.clone(),
+                epoch: keys.epochs.last().map(|r| r.epoch),
+                holds_newest: false,
+                made: None,
+                wrapped_for: Vec::new(),
+            };
+            let newest = keys.epochs.last();
+            if newest.is_none_or(|record| meshkey::outdated(record, &entries)) {
+                let epoch = newest.map_or(1, |record| record.epoch + 1);
+                match self.make_epoch(&mesh_id, epoch, &roster).await? {
+                    true => {
+                        status.epoch = Some(epoch);
+                        status.made = Some(epoch);
+                    }
+                    // Another client made it first: read everything again.
+                    false => continue,
+                }
+            } else {
+                status.wrapped_for = self.wrap_for_newcomers(&keys.unwrapped, &roster).await?;
+            }
+            status.holds_newest = status.epoch.is_some_and(|epoch| self.mesh_key(epoch).is_some());
+            return Ok(status);
+        }
+        Err(MeshKeyError::Client(ClientError::Rejected {
+            reason: None,
+            message: "other clients kept changing the mesh's keys; try again".into(),
+        }))
+    }
+
+    async fn mesh_keys_now(&self) -> Result<protocol::MeshKeysResult, ClientError> {
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::MeshKeys(protocol::MeshKeys { req_id: Some(req_id.clone()) });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::MeshKeysResult(result) => Ok(result),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// Keeps the keys of the wraps that check out; a wrap that does not is logged and left.
+    fn open_wraps(&self, mesh_id: &str, wraps: &[Wrap], records: &[EpochRecord], roster: &Roster) {
+        let me = &self.shared.keys.member;
+        let mut held = self.shared.epoch_keys.0.lock().expect("epoch keys lock");
+        for wrap in wraps {
+            let Some(record) = wrap.epoch.checked_sub(1).and_then(|i| records.get(i as usize)) else { continue };
+            match meshkey::accept(mesh_id, wrap, record, roster, me) {
+                Ok(key) => {
+                    held.insert(wrap.epoch, Zeroizing::new(key));
+                }
+                Err(error) => tracing::warn!(%error, "a wrapped mesh key was refused"),
+            }
+        }
+    }
+
+    /// Makes epoch `epoch` with a fresh key wrapped for every verified active member; `false`
+    /// when another client made that epoch first.
+    async fn make_epoch(&self, mesh_id: &str, epoch: u64, roster: &Roster) -> Result<bool, ClientError> {
+        let me = &self.shared.keys.member;
+        let key = Zeroizing::new(meshkey::new_key());
+        let record = EpochRecord::sign(mesh_id, epoch, &key, &roster.head, me);
+        let wraps = entitled(roster)
+            .filter_map(|member| crate::crypto::PublicKey::from_hex(member).ok())
+            .map(|recipient| Wrap::seal(epoch, &key, me, &recipient))
+            .collect();
+        let req_id = self.correlation_id();
+        let frame = ClientFrame::NewEpoch(protocol::NewEpoch { record, wraps, req_id: Some(req_id.clone()) });
+        match self.exchange(frame, Correlation::Request(req_id)).await? {
+            ServerFrame::KeysStored(_) => {
+                self.shared.epoch_keys.0.lock().expect("epoch keys lock").insert(epoch, key);
+                Ok(true)
+            }
+            ServerFrame::Error(error) if error.code == ErrorCode::Conflict => Ok(false),
+            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
+    /// Wraps every key this member holds for the verified members among `unwrapped` (the broker's
+    /// list of active members without the newest epoch's key): new members read the history.
+    async fn wrap_for_newcomers(&self, unwrapped: &[String], roster: &Roster) -> Result<Vec<String>, ClientError> {
+        let me = &self.shared.keys.member;
+        let held: Vec<(u64, Zeroizing<EpochKey>)> =
+            self.shared.epoch_keys.0.lock().expect("epoch keys lock").iter().map(|(e, k)| (*e, k.clone())).collect();
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let newcomers: Vec<String> = unwrapped.iter().filter(|m| roster.is_verified_member(m)).cloned().collect();
+        let mut wraps = Vec::new();
+        for member in &newcomers {
+            let Ok(recipient) = crate::crypto::PublicKey::from_hex(member) else { continue };
+            wraps.extend(held.iter().map(|(epoch, key)| Wrap::seal(*epoch, key, me, &recipient)));
+        }
+        if wraps.is_empty() {
+            return Ok(Vec::new());
+        }
+        for chunk in wraps.chunks(protocol::MAX_WRAPS) {
+            let req_id = self.correlation_id();
+            let frame =
+                ClientFrame::AddWraps(protocol::AddWraps { wraps: chunk.to_vec(), req_id: Some(req_id.clone()) });
+            match self.exchange(frame, Correlation::Request(req_id)).await? {
+                ServerFrame::KeysStored(_) => {}
+                ServerFrame::Error(error) => {
+                    return Err(ClientError::Rejected { reason: None, message: error.message });
+                }
+                _ => return Err(ClientError::UnexpectedReply),
+            }
+        }
+        Ok(newcomers)
+    }
+}
+
+/// The members a new epoch's key goes to: every active member whose admission verifies.
+fn entitled(roster: &Roster) -> impl Iterator<Item = &String> {
+    roster.members.keys().filter(|member| roster.is_verified_member(member))
+}

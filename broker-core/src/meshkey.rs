@@ -1,0 +1,164 @@
+//! Mesh content keys: one symmetric key per epoch, made by a member's client, announced in an
+//! epoch record that commits to it and is signed by that member, and handed to each entitled
+//! member as an authenticated wrap (`crypto_box` from the wrapping member's key to the
+//! recipient's: the recipient knows which member the key came from).
+//!
+//! The broker stores records and wraps and accepts epoch `n + 1` only while `n` is the newest
+//! (compare-and-set). A client accepts a key only when a wrap from a verified member opens to
+//! it and a record signed by a member verified at the log position the record names commits to
+//! it: the broker can neither make up a key nor hand one to a member it invented. No I/O.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{self, BoxKey, CryptoError, Keypair, PublicKey};
+use crate::membership::{Head, LogEntry, Roster};
+
+/// A content key.
+pub type EpochKey = [u8; 32];
+
+/// What an epoch's record commits to: SHA-256 (hex) of
+/// `claudemesh-epoch-key/v1|<meshId>|<epoch>|` followed by the key's 32 bytes.
+pub fn commitment(mesh_id: &str, epoch: u64, key: &EpochKey) -> String {
+    let mut hash = Sha256::new();
+    hash.update(format!("claudemesh-epoch-key/v1|{mesh_id}|{epoch}|").as_bytes());
+    hash.update(key);
+    hex::encode(hash.finalize())
+}
+
+/// The announcement of epoch `epoch`: who made its key, the key's commitment, and the
+/// membership log's head when it was made (removals before it are excluded from the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochRecord {
+    pub epoch: u64,
+    /// The member key that made the key and signed the record.
+    pub by: String,
+    pub commitment: String,
+    pub log_seq: u64,
+    pub log_hash: String,
+    pub signature: String,
+}
+
+impl EpochRecord {
+    pub fn signed_bytes(&self, mesh_id: &str) -> String {
+        format!("claudemesh-epoch/v1|{mesh_id}|{}|{}|{}|{}", self.epoch, self.commitment, self.log_seq, self.log_hash)
+    }
+
+    /// The record of `key` as epoch `epoch`, made by `member` with the log at `head`.
+    pub fn sign(mesh_id: &str, epoch: u64, key: &EpochKey, head: &Head, member: &Keypair) -> EpochRecord {
+        let mut record = EpochRecord {
+            epoch,
+            by: member.public_hex(),
+            commitment: commitment(mesh_id, epoch, key),
+            log_seq: head.seq,
+            log_hash: head.hash.clone(),
+            signature: String::new(),
+        };
+        record.signature = member.sign_hex(record.signed_bytes(mesh_id).as_bytes());
+        record
+    }
+}
+
+/// One epoch's key sealed from one member to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Wrap {
+    pub epoch: u64,
+    /// The recipient's member key.
+    pub recipient: String,
+    /// The wrapping member's key.
+    pub wrapper: String,
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+impl Wrap {
+    /// `key` sealed from `wrapper` to `recipient` (both member keys).
+    pub fn seal(epoch: u64, key: &EpochKey, wrapper: &Keypair, recipient: &PublicKey) -> Wrap {
+        let (nonce, ciphertext) = BoxKey::new(wrapper, recipient).seal(key);
+        Wrap { epoch, recipient: recipient.to_hex(), wrapper: wrapper.public_hex(), nonce, ciphertext }
+    }
+
+    /// Opens a wrap addressed to `me`: the key, as its wrapper sealed it.
+    pub fn open(&self, me: &Keypair) -> Result<EpochKey, CryptoError> {
+        let wrapper = PublicKey::from_hex(&self.wrapper)?;
+        let key = BoxKey::new(me, &wrapper).open(&self.nonce, &self.ciphertext)?;
+        key.try_into().map_err(|_| CryptoError::DecryptionFailed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EpochError {
+    #[error("epoch {epoch}: {problem}")]
+    Invalid { epoch: u64, problem: String },
+}
+
+fn invalid(epoch: u64, problem: impl Into<String>) -> EpochError {
+    EpochError::Invalid { epoch, problem: problem.into() }
+}
+
+/// Checks a mesh's epoch records against its verified membership log: numbered 1, 2, … each
+/// signed by a member verified at the log position it names, which must be in the log as
+/// `entries` has it (so no record can hide a removal the log holds).
+pub fn verify_records(mesh_id: &str, records: &[EpochRecord], entries: &[LogEntry]) -> Result<(), EpochError> {
+    for (index, record) in records.iter().enumerate() {
+        let epoch = index as u64 + 1;
+        if record.epoch != epoch {
+            return Err(invalid(record.epoch, "epochs are not numbered 1, 2, 3, …"));
+        }
+        let Some(at) = record.log_seq.checked_sub(1).and_then(|i| entries.get(i as usize)) else {
+            return Err(invalid(epoch, "names a log position the log does not have"));
+        };
+        if at.hash != record.log_hash {
+            return Err(invalid(epoch, "names a log head this log does not hold"));
+        }
+        let roster = crate::membership::verify(mesh_id, None, None, &entries[..record.log_seq as usize])
+            .map_err(|e| invalid(epoch, e.to_string()))?;
+        if !roster.is_verified_member(&record.by) {
+            return Err(invalid(epoch, "made by a key that was not a verified member then"));
+        }
+        PublicKey::from_hex(&record.by)
+            .and_then(|key| key.verify_hex(record.signed_bytes(mesh_id).as_bytes(), &record.signature))
+            .map_err(|_| invalid(epoch, "the record's signature does not verify"))?;
+    }
+    Ok(())
+}
+
+/// A key from `wrap`, accepted only when a member the log verified sealed it and it is the key
+/// `record` commits to.
+pub fn accept(
+    mesh_id: &str,
+    wrap: &Wrap,
+    record: &EpochRecord,
+    roster: &Roster,
+    me: &Keypair,
+) -> Result<EpochKey, EpochError> {
+    let verified_ever =
+        roster.members.get(&wrap.wrapper).is_some_and(|m| m.standing == crate::membership::Standing::Verified);
+    if !verified_ever {
+        return Err(invalid(wrap.epoch, "wrapped by a key the log never verified"));
+    }
+    let key = wrap.open(me).map_err(|_| invalid(wrap.epoch, "the wrap does not open"))?;
+    if commitment(mesh_id, record.epoch, &key) != record.commitment {
+        return Err(invalid(wrap.epoch, "the key is not the one its epoch record commits to"));
+    }
+    Ok(key)
+}
+
+/// Whether the log removed a member after `record` was made: its key must not protect what is
+/// written from now on.
+pub fn outdated(record: &EpochRecord, entries: &[LogEntry]) -> bool {
+    entries
+        .iter()
+        .skip(record.log_seq as usize)
+        .any(|entry| matches!(entry.change, crate::membership::Change::Removed { .. }))
+}
+
+/// A fresh key.
+pub fn new_key() -> EpochKey {
+    crypto::random_bytes::<32>()
+}
+
+#[cfg(test)]
+mod tests;
