@@ -163,7 +163,7 @@ async fn members_are_checked_against_the_signed_membership_log() -> Result<()> {
 
     // Carol checks the log herself: the creator, she (an invite and her proof) and alice's second
     // device (endorsed by the laptop when it approved that device) are all signed for.
-    let admissions = |device: &Device| -> Result<(Value, Vec<(String, String)>)> {
+    let admissions = |device: &Device| -> Result<(Value, Vec<(String, String)>, Value)> {
         let members = json_of(&run(device, &["members", "--mesh", "team", "--json"]));
         let mesh = members["meshes"][0].clone();
         let rows = mesh["members"].as_array().context("members")?;
@@ -177,9 +177,13 @@ async fn members_are_checked_against_the_signed_membership_log() -> Result<()> {
             })
             .collect();
         pairs.sort();
-        Ok((mesh["log"].clone(), pairs))
+        Ok((mesh["log"].clone(), pairs, mesh["keys"].clone()))
     };
-    let (log, members) = admissions(&carol)?;
+    // Alice's look makes the mesh's first content key, for every verified member.
+    let (_, _, keys) = admissions(&laptop)?;
+    assert_eq!(keys, serde_json::json!({"state": "held", "epoch": 1}));
+    let (log, members, keys) = admissions(&carol)?;
+    assert_eq!(keys, serde_json::json!({"state": "held", "epoch": 1}), "alice wrapped it for carol");
     assert_eq!(log["state"], "verified", "{log}");
     assert_eq!(log["entries"], 3);
     let of = |members: &[(String, String)], name: &str| {

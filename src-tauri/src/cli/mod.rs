@@ -322,7 +322,7 @@ pub async fn stats(mesh: Option<String>, json_output: bool) -> CliResult {
 }
 
 pub async fn members(mesh: Option<String>, json_output: bool) -> CliResult {
-    use crate::mesh::members::{Admission, LogStatus};
+    use crate::mesh::members::{Admission, KeysView, LogStatus};
     let config_dir = ConfigDir::from_env()?;
     let (supervisor, _incoming) = connect(&config_dir, mesh.as_deref()).await?;
     let result = async {
@@ -341,7 +341,14 @@ pub async fn members(mesh: Option<String>, json_output: bool) -> CliResult {
                 LogStatus::Absent => "no membership log (the mesh predates it): admissions cannot be checked".into(),
                 LogStatus::Failed { error } => format!("MEMBERSHIP LOG DOES NOT VERIFY: {error}"),
             };
-            println!("{}: {} member(s); {log}", mesh.mesh, mesh.members.len());
+            let keys = match &mesh.keys {
+                KeysView::Held { epoch } => format!("mesh key: epoch {epoch}, held"),
+                KeysView::Waiting { epoch } => {
+                    format!("mesh key: epoch {epoch}, waiting for a member online to pass it on")
+                }
+                KeysView::Unavailable { reason } => format!("no mesh key: {reason}"),
+            };
+            println!("{}: {} member(s); {log}; {keys}", mesh.mesh, mesh.members.len());
             for member in &mesh.members {
                 let admission = match member.admission {
                     Admission::Verified => "verified",

@@ -47,6 +47,8 @@ pub struct MeshLink {
     /// The channel this session announced (`claude-code`, `cli`, `desktop`), recorded with each
     /// message it stores.
     pub(super) channel: String,
+    /// One refresh of the mesh's keys at a time (`members::MeshLink::refresh_keys`).
+    pub(super) key_refresh: tokio::sync::Mutex<()>,
     /// Held for the session's lifetime (see the module docs); released when the link drops.
     pub(super) _session_lock: Option<std::fs::File>,
 }

@@ -11,7 +11,9 @@ use broker_core::membership::{self, Head, LogError, Roster, Standing};
 use broker_core::protocol::Role;
 use serde::{Deserialize, Serialize};
 
-use super::{MeshError, Supervisor};
+use broker_core::client::{MeshKeyError, MeshKeyStatus};
+
+use super::{MeshError, MeshLink, Supervisor};
 use crate::config::write_private_atomic;
 
 /// What this device pinned of a mesh's log.
@@ -88,7 +90,21 @@ pub struct MeshMembers {
     /// `verified` (with the creator and the number of entries), `absent`, or the reason the log
     /// failed to verify.
     pub log: LogStatus,
+    /// This member's mesh content key (refreshed now).
+    pub keys: KeysView,
     pub members: Vec<MemberRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum KeysView {
+    /// This member holds the newest epoch's key.
+    Held { epoch: u64 },
+    /// The newest epoch's key was not passed on to this member yet (a member online with it
+    /// does so after checking this member's admission).
+    Waiting { epoch: u64 },
+    /// Why this member has no mesh key.
+    Unavailable { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -129,6 +145,12 @@ impl Supervisor {
                 Err(LogError::Absent) if pin.is_none() => LogStatus::Absent,
                 Err(error) => LogStatus::Failed { error: error.to_string() },
             };
+            let keys = match link.refresh_keys(&self.log_pins).await {
+                Ok(MeshKeyStatus { epoch: Some(epoch), holds_newest: true, .. }) => KeysView::Held { epoch },
+                Ok(MeshKeyStatus { epoch: Some(epoch), .. }) => KeysView::Waiting { epoch },
+                Ok(_) => KeysView::Unavailable { reason: "no epoch yet".into() },
+                Err(error) => KeysView::Unavailable { reason: error.to_string() },
+            };
             let members = listed
                 .into_iter()
                 .map(|m| MemberRow {
@@ -140,9 +162,26 @@ impl Supervisor {
                     online: m.online,
                 })
                 .collect();
-            out.push(MeshMembers { mesh: link.entry.slug.clone(), log, members });
+            out.push(MeshMembers { mesh: link.entry.slug.clone(), log, keys, members });
         }
         Ok(out)
+    }
+}
+
+impl MeshLink {
+    /// Brings this member's mesh keys up to date against the log's pin, and moves the pin on.
+    pub(super) async fn refresh_keys(&self, pins: &LogPins) -> Result<MeshKeyStatus, MeshKeyError> {
+        let _one_at_a_time = self.key_refresh.lock().await;
+        let pin = pins.get(&self.entry.mesh_id);
+        let status = self
+            .client
+            .refresh_mesh_keys(pin.as_ref().map(|p| p.creator.as_str()), pin.as_ref().and_then(|p| p.head.as_ref()))
+            .await?;
+        let pin = LogPin { creator: status.creator.clone(), head: Some(status.head.clone()) };
+        if let Err(error) = pins.set(&self.entry.mesh_id, &pin) {
+            tracing::warn!(%error, mesh = %self.entry.slug, "could not keep the membership log's pin");
+        }
+        Ok(status)
     }
 }
 

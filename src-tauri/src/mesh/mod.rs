@@ -311,9 +311,18 @@ impl Supervisor {
                 presence: Mutex::new(Presence { display_name, ..Presence::default() }),
                 peers: Mutex::new(PeerCache::default()),
                 channel: options.channel.clone(),
+                key_refresh: tokio::sync::Mutex::new(()),
                 _session_lock: session_lock,
             });
-            tokio::spawn(receive::receive(link.clone(), events, inbox.clone(), incoming.clone(), observer.clone()));
+            let pins = members::LogPins::new(config_dir.root());
+            tokio::spawn(receive::receive(
+                link.clone(),
+                events,
+                inbox.clone(),
+                incoming.clone(),
+                observer.clone(),
+                pins,
+            ));
             links.push(link);
         }
         Supervisor { links, failed, inbox, run_dir, hostname, log_pins: members::LogPins::new(config_dir.root()) }

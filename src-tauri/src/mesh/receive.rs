@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use broker_core::client::{ClientEvent, InboundMessage};
+use broker_core::client::{ClientEvent, InboundMessage, MeshKeyError};
 use broker_core::protocol::SystemEvent;
 use tokio::sync::mpsc;
 
+use super::members::LogPins;
 use super::{LinkEvent, LinkState, MeshLink};
 use crate::inbox::{Inbox, MessageKind, StoredMessage};
 
@@ -19,6 +20,7 @@ pub(super) async fn receive(
     inbox: Arc<Inbox>,
     incoming: mpsc::Sender<StoredMessage>,
     observer: Option<mpsc::UnboundedSender<LinkEvent>>,
+    pins: LogPins,
 ) {
     let mesh_id = link.entry.mesh_id.clone();
     let observe = |event: LinkEvent| {
@@ -37,6 +39,7 @@ pub(super) async fn receive(
                 link.presence.lock().expect("presence lock").display_name = ack.member_display_name;
                 link.invalidate_peers();
                 set_state(LinkState::Connected);
+                spawn_key_refresh(&link, &pins);
             }
             ClientEvent::Disconnected { reason } => {
                 tracing::warn!(mesh = %link.entry.slug, %reason, "disconnected; reconnecting");
@@ -56,6 +59,11 @@ pub(super) async fn receive(
                     let _ = incoming.send(stored).await;
                 }
                 link.invalidate_peers();
+                // Someone arrived (it may need keys) or left (it may have been removed).
+                if matches!(event, SystemEvent::PeerJoined(_) | SystemEvent::PeerReturned(_) | SystemEvent::PeerLeft(_))
+                {
+                    spawn_key_refresh(&link, &pins);
+                }
                 observe(LinkEvent::Presence { mesh_id: mesh_id.clone(), event });
             }
             ClientEvent::Delivered { message_id, .. } => observe(LinkEvent::Delivered { message_id }),
@@ -69,6 +77,21 @@ pub(super) async fn receive(
             }
         }
     }
+}
+
+/// Refreshes the mesh's keys in the background: what an online member's client owes the mesh
+/// (`MeshClient::refresh_mesh_keys`). A mesh without a log, or a member only vouched for, has
+/// nothing to do.
+fn spawn_key_refresh(link: &Arc<MeshLink>, pins: &LogPins) {
+    let (link, pins) = (link.clone(), pins.clone());
+    tokio::spawn(async move {
+        match link.refresh_keys(&pins).await {
+            Ok(status) => tracing::debug!(mesh = %link.entry.slug, epoch = ?status.epoch, made = ?status.made,
+                                          wrapped = status.wrapped_for.len(), "mesh keys refreshed"),
+            Err(MeshKeyError::NoLog | MeshKeyError::NotVerified) => {}
+            Err(error) => tracing::warn!(mesh = %link.entry.slug, %error, "could not refresh the mesh's keys"),
+        }
+    });
 }
 
 /// What this member's sessions (and the people and models behind them) are told when the broker
