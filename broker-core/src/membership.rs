@@ -255,36 +255,144 @@ pub fn verify(
     pinned_head: Option<&Head>,
     entries: &[LogEntry],
 ) -> Result<Roster, LogError> {
-    let Some(first) = entries.first() else { return Err(LogError::Absent) };
-    let Change::Genesis { creator, signature } = &first.change else {
-        return Err(invalid(first.seq, "the log does not start with the mesh's genesis"));
-    };
-    if let Some(pinned) = pinned_creator.filter(|pinned| *pinned != creator) {
-        return Err(LogError::CreatorChanged { pinned: pinned.to_owned(), found: creator.clone() });
+    let mut verifier = Verifier::new(mesh_id, pinned_creator);
+    verifier.extend(entries)?;
+    if let Some(head) = pinned_head {
+        verifier.check_head(head)?;
     }
-    check_signature(first.seq, creator, &genesis_bytes(mesh_id, creator), signature, "the creator's signature")?;
+    verifier.roster().cloned()
+}
 
-    let mut roster =
-        Roster { creator: creator.clone(), members: BTreeMap::new(), head: Head { seq: 0, hash: String::new() } };
-    // Invite proofs and admin statements admit once: a replayed one is refused.
-    let mut used = Used::default();
-    let mut prev = LOG_START.to_owned();
-    for (index, entry) in entries.iter().enumerate() {
-        let seq = index as u64 + 1;
-        if entry.seq != seq || entry.prev != prev || entry.hash != entry_hash(&prev, seq, entry.at, &entry.change) {
+/// A log verified so far, ready to take the entries that follow (a client fetches only those),
+/// and what was true at each earlier position (for epoch records, which name one).
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    mesh_id: String,
+    pinned_creator: Option<String>,
+    roster: Option<Roster>,
+    used: Used,
+    /// Each entry's hash, by position (`hashes[seq - 1]`).
+    hashes: Vec<String>,
+    /// Per member key, the log positions it was an active verified member: `[from, to)`.
+    verified_spans: HashMap<String, Vec<(u64, Option<u64>)>>,
+    last_removal: u64,
+}
+
+impl Verifier {
+    pub fn new(mesh_id: &str, pinned_creator: Option<&str>) -> Verifier {
+        Verifier {
+            mesh_id: mesh_id.to_owned(),
+            pinned_creator: pinned_creator.map(str::to_owned),
+            roster: None,
+            used: Used::default(),
+            hashes: Vec::new(),
+            verified_spans: HashMap::new(),
+            last_removal: 0,
+        }
+    }
+
+    /// How many entries it verified.
+    pub fn len(&self) -> u64 {
+        self.hashes.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Verifies `entries`, which must continue the log where it stopped. After an error the
+    /// verifier is spent: drop it (the log it was reading cannot be trusted).
+    pub fn extend(&mut self, entries: &[LogEntry]) -> Result<(), LogError> {
+        for entry in entries {
+            self.push(entry)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, entry: &LogEntry) -> Result<(), LogError> {
+        let seq = self.len() + 1;
+        let prev = self.hashes.last().map_or(LOG_START, String::as_str);
+        if entry.seq != seq || entry.prev != prev || entry.hash != entry_hash(prev, seq, entry.at, &entry.change) {
             return Err(invalid(seq, "the hash chain is broken (an entry was changed, removed or moved)"));
         }
-        if pinned_head.is_some_and(|head| head.seq == seq && head.hash != entry.hash) {
-            return Err(LogError::Rewritten { seq });
+        let roster = match (&mut self.roster, &entry.change) {
+            (None, Change::Genesis { creator, signature }) => {
+                if let Some(pinned) = self.pinned_creator.as_ref().filter(|pinned| *pinned != creator) {
+                    return Err(LogError::CreatorChanged { pinned: pinned.clone(), found: creator.clone() });
+                }
+                let bytes = genesis_bytes(&self.mesh_id, creator);
+                check_signature(seq, creator, &bytes, signature, "the creator's signature")?;
+                let head = Head { seq: 0, hash: String::new() };
+                self.roster.insert(Roster { creator: creator.clone(), members: BTreeMap::new(), head })
+            }
+            (None, _) => return Err(invalid(seq, "the log does not start with the mesh's genesis")),
+            (Some(roster), _) => roster,
+        };
+        let before = roster.is_verified_member(entry.change.member());
+        apply(&self.mesh_id, roster, entry, &mut self.used)?;
+        let member = entry.change.member();
+        let after = roster.is_verified_member(member);
+        let spans = self.verified_spans.entry(member.to_owned()).or_default();
+        match (before, after) {
+            (false, true) => spans.push((seq, None)),
+            (true, false) => {
+                if let Some(open) = spans.last_mut() {
+                    open.1 = Some(seq);
+                }
+            }
+            _ => {}
         }
-        apply(mesh_id, &mut roster, entry, &mut used)?;
-        prev = entry.hash.clone();
+        if matches!(entry.change, Change::Removed { .. }) {
+            self.last_removal = seq;
+        }
+        roster.head = Head { seq, hash: entry.hash.clone() };
+        self.hashes.push(entry.hash.clone());
+        Ok(())
     }
-    if let Some(head) = pinned_head.filter(|head| head.seq > entries.len() as u64) {
-        return Err(LogError::Rewritten { seq: head.seq });
+
+    /// The membership the verified entries describe.
+    pub fn roster(&self) -> Result<&Roster, LogError> {
+        self.roster.as_ref().ok_or(LogError::Absent)
     }
-    roster.head = Head { seq: entries.len() as u64, hash: prev };
-    Ok(roster)
+
+    /// A head this device saw before must be in the log, unchanged.
+    pub fn check_head(&self, head: &Head) -> Result<(), LogError> {
+        match head.seq.checked_sub(1).and_then(|index| self.hashes.get(index as usize)) {
+            Some(hash) if *hash == head.hash => Ok(()),
+            _ if head.seq == 0 => Ok(()),
+            _ => Err(LogError::Rewritten { seq: head.seq }),
+        }
+    }
+
+    /// The hash of entry `seq`.
+    pub fn hash_at(&self, seq: u64) -> Option<&str> {
+        seq.checked_sub(1).and_then(|index| self.hashes.get(index as usize)).map(String::as_str)
+    }
+
+    /// Whether `pubkey` was an active verified member once the log held `seq` entries.
+    pub fn was_verified_member(&self, pubkey: &str, seq: u64) -> bool {
+        self.verified_spans
+            .get(pubkey)
+            .is_some_and(|spans| spans.iter().any(|(from, to)| *from <= seq && to.is_none_or(|to| to > seq)))
+    }
+
+    /// The position of the last removal (0: none).
+    pub fn last_removal(&self) -> u64 {
+        self.last_removal
+    }
+}
+
+impl Change {
+    /// The member key the change is about.
+    pub fn member(&self) -> &str {
+        match self {
+            Change::Genesis { creator, .. } => creator,
+            Change::Invited { member, .. }
+            | Change::Admitted { member, .. }
+            | Change::Endorsed { member, .. }
+            | Change::Removed { member, .. } => member,
+        }
+    }
 }
 
 fn apply(mesh_id: &str, roster: &mut Roster, entry: &LogEntry, used: &mut Used) -> Result<(), LogError> {
@@ -384,7 +492,7 @@ fn apply(mesh_id: &str, roster: &mut Roster, entry: &LogEntry, used: &mut Used) 
 }
 
 /// Statements already spent, and how often each invite was redeemed.
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 struct Used {
     statements: HashSet<String>,
     invites: HashMap<String, u32>,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::crypto::{self, BoxKey, CryptoError, Keypair, PublicKey};
-use crate::membership::{Head, LogEntry, Roster};
+use crate::membership::{Head, Roster, Verifier};
 
 /// A content key.
 pub type EpochKey = [u8; 32];
@@ -99,23 +99,18 @@ fn invalid(epoch: u64, problem: impl Into<String>) -> EpochError {
 }
 
 /// Checks a mesh's epoch records against its verified membership log: numbered 1, 2, … each
-/// signed by a member verified at the log position it names, which must be in the log as
-/// `entries` has it (so no record can hide a removal the log holds).
-pub fn verify_records(mesh_id: &str, records: &[EpochRecord], entries: &[LogEntry]) -> Result<(), EpochError> {
+/// signed by a member verified at the log position it names, which must be in the log as the
+/// verifier read it (so no record can hide a removal the log holds).
+pub fn verify_records(mesh_id: &str, records: &[EpochRecord], log: &Verifier) -> Result<(), EpochError> {
     for (index, record) in records.iter().enumerate() {
         let epoch = index as u64 + 1;
         if record.epoch != epoch {
             return Err(invalid(record.epoch, "epochs are not numbered 1, 2, 3, …"));
         }
-        let Some(at) = record.log_seq.checked_sub(1).and_then(|i| entries.get(i as usize)) else {
-            return Err(invalid(epoch, "names a log position the log does not have"));
-        };
-        if at.hash != record.log_hash {
+        if log.hash_at(record.log_seq) != Some(record.log_hash.as_str()) {
             return Err(invalid(epoch, "names a log head this log does not hold"));
         }
-        let roster = crate::membership::verify(mesh_id, None, None, &entries[..record.log_seq as usize])
-            .map_err(|e| invalid(epoch, e.to_string()))?;
-        if !roster.is_verified_member(&record.by) {
+        if !log.was_verified_member(&record.by, record.log_seq) {
             return Err(invalid(epoch, "made by a key that was not a verified member then"));
         }
         PublicKey::from_hex(&record.by)
@@ -148,11 +143,8 @@ pub fn accept(
 
 /// Whether the log removed a member after `record` was made: its key must not protect what is
 /// written from now on.
-pub fn outdated(record: &EpochRecord, entries: &[LogEntry]) -> bool {
-    entries
-        .iter()
-        .skip(record.log_seq as usize)
-        .any(|entry| matches!(entry.change, crate::membership::Change::Removed { .. }))
+pub fn outdated(record: &EpochRecord, log: &Verifier) -> bool {
+    log.last_removal() > record.log_seq
 }
 
 /// A fresh key.

@@ -146,6 +146,28 @@ async fn a_denied_login_fails_and_wrong_codes_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// Mesh `team` as `claudemesh members --json` shows it on a device.
+struct TeamView {
+    log: Value,
+    /// (name, admission), by name.
+    members: Vec<(String, String)>,
+    keys: Value,
+}
+
+fn team_as_seen_by(device: &Device) -> Result<TeamView> {
+    let members = json_of(&run(device, &["members", "--mesh", "team", "--json"]));
+    let mesh = &members["meshes"][0];
+    let rows = mesh["members"].as_array().context("members")?;
+    let mut pairs: Vec<(String, String)> = rows
+        .iter()
+        .map(|m| {
+            (m["name"].as_str().unwrap_or_default().to_owned(), m["admission"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    pairs.sort();
+    Ok(TeamView { log: mesh["log"].clone(), members: pairs, keys: mesh["keys"].clone() })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_checked_against_the_signed_membership_log() -> Result<()> {
     let broker = Broker::start().await?;
@@ -163,26 +185,9 @@ async fn members_are_checked_against_the_signed_membership_log() -> Result<()> {
 
     // Carol checks the log herself: the creator, she (an invite and her proof) and alice's second
     // device (endorsed by the laptop when it approved that device) are all signed for.
-    let admissions = |device: &Device| -> Result<(Value, Vec<(String, String)>, Value)> {
-        let members = json_of(&run(device, &["members", "--mesh", "team", "--json"]));
-        let mesh = members["meshes"][0].clone();
-        let rows = mesh["members"].as_array().context("members")?;
-        let mut pairs: Vec<(String, String)> = rows
-            .iter()
-            .map(|m| {
-                (
-                    m["name"].as_str().unwrap_or_default().to_owned(),
-                    m["admission"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        pairs.sort();
-        Ok((mesh["log"].clone(), pairs, mesh["keys"].clone()))
-    };
     // Alice's look makes the mesh's first content key, for every verified member.
-    let (_, _, keys) = admissions(&laptop)?;
-    assert_eq!(keys, serde_json::json!({"state": "held", "epoch": 1}));
-    let (log, members, keys) = admissions(&carol)?;
+    assert_eq!(team_as_seen_by(&laptop)?.keys, serde_json::json!({"state": "held", "epoch": 1}));
+    let TeamView { log, members, keys } = team_as_seen_by(&carol)?;
     assert_eq!(keys, serde_json::json!({"state": "held", "epoch": 1}), "alice wrapped it for carol");
     assert_eq!(log["state"], "verified", "{log}");
     assert_eq!(log["entries"], 3);
@@ -199,7 +204,7 @@ async fn members_are_checked_against_the_signed_membership_log() -> Result<()> {
         .operator(&["member", "add", "--mesh", "team", "--pubkey", &mallory, "--name", "mallory", "--role", "admin"])?;
     let mut seen = Vec::new();
     for _ in 0..50 {
-        seen = admissions(&carol)?.1;
+        seen = team_as_seen_by(&carol)?.members;
         if !of(&seen, "mallory").is_empty() {
             break;
         }
@@ -215,5 +220,46 @@ async fn members_are_checked_against_the_signed_membership_log() -> Result<()> {
     assert_eq!(refused.status.code(), Some(5), "{}", String::from_utf8_lossy(&refused.stderr));
     assert!(String::from_utf8_lossy(&refused.stdout).contains("MEMBERSHIP LOG DOES NOT VERIFY"));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("does not verify"));
+    Ok(())
+}
+
+/// The mesh's content keys move between real processes: a bridge that stays online makes the
+/// first epoch, passes it on to a member who joins later, and starts a new epoch without a
+/// member who leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_bridge_passes_the_mesh_key_on_and_renews_it_when_a_member_leaves() -> Result<()> {
+    let broker = Broker::start().await?;
+    let (_, link) = broker.mesh_with_invite("keys", 2)?;
+    let (alice, carol) = (Device::new()?, Device::new()?);
+    alice.join(&link, "alice")?;
+    let _bridge = alice.bridge().await?;
+    let db = rusqlite::Connection::open(broker.data.path().join("broker.db"))?;
+    let epochs = |db: &rusqlite::Connection| -> Result<i64> {
+        Ok(db.query_row("SELECT COUNT(*) FROM mesh_epochs", [], |row| row.get(0))?)
+    };
+    claudemesh_e2e::wait_until("the bridge makes epoch 1", || epochs(&db).is_ok_and(|n| n == 1)).await?;
+
+    // Carol joins; nobody but alice's bridge is online to hand her the key.
+    let joined = carol.join(&link, "carol")?;
+    let carol_key = joined["memberPubkey"].as_str().context("key")?.to_owned();
+    let mut keys = Value::Null;
+    for _ in 0..50 {
+        let members = json_of(&run(&carol, &["members", "--json"]));
+        keys = members["meshes"][0]["keys"].clone();
+        if keys["state"] == "held" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(keys, serde_json::json!({"state": "held", "epoch": 1}));
+
+    // Carol leaves: the bridge starts epoch 2, which she has no wrap of.
+    json_of(&run(&carol, &["leave", "keys", "--json"]));
+    claudemesh_e2e::wait_until("the bridge makes epoch 2", || epochs(&db).is_ok_and(|n| n == 2)).await?;
+    let carols: Vec<i64> = db
+        .prepare("SELECT epoch FROM epoch_wraps WHERE recipient = ?1 ORDER BY epoch")?
+        .query_map([&carol_key], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(carols, [1]);
     Ok(())
 }

@@ -11,13 +11,14 @@ use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 use super::{ClientError, Correlation, MeshClient};
-use crate::membership::{self, Head, LogError, Roster};
+use crate::membership::{Head, LogError, Roster, Verifier};
 use crate::meshkey::{self, EpochError, EpochKey, EpochRecord, Wrap};
 use crate::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
 
-/// Epoch → key, for the epochs this member could open.
+/// Epoch → key, for the epochs this member could open, and the membership log verified so far
+/// (a refresh fetches only the entries after it).
 #[derive(Default)]
-pub(super) struct EpochKeys(Mutex<BTreeMap<u64, Zeroizing<EpochKey>>>);
+pub(super) struct EpochKeys(Mutex<BTreeMap<u64, Zeroizing<EpochKey>>>, Mutex<Option<Verifier>>);
 
 /// What a refresh found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,17 +70,13 @@ impl MeshClient {
         let mesh_id = self.mesh_id().to_owned();
         let me = self.shared.keys.member.clone();
         for _ in 0..RACES {
-            let entries = self.membership_log(0).await?;
-            let roster = match membership::verify(&mesh_id, pinned_creator, pinned_head, &entries) {
-                Ok(roster) => roster,
-                Err(LogError::Absent) => return Err(MeshKeyError::NoLog),
-                Err(error) => return Err(MeshKeyError::Log(error)),
-            };
+            let log = self.verified_log(pinned_creator, pinned_head).await?;
+            let roster = log.roster().map_err(|_| MeshKeyError::NoLog)?.clone();
             if !roster.is_verified_member(&me.public_hex()) {
                 return Err(MeshKeyError::NotVerified);
             }
             let keys = self.mesh_keys_now().await?;
-            meshkey::verify_records(&mesh_id, &keys.epochs, &entries)?;
+            meshkey::verify_records(&mesh_id, &keys.epochs, &log)?;
             self.open_wraps(&mesh_id, &keys.wraps, &keys.epochs, &roster);
             let mut status = MeshKeyStatus {
                 creator: roster.creator.clone(),
@@ -90,7 +87,7 @@ impl MeshClient {
                 wrapped_for: Vec::new(),
             };
             let newest = keys.epochs.last();
-            if newest.is_none_or(|record| meshkey::outdated(record, &entries)) {
+            if newest.is_none_or(|record| meshkey::outdated(record, &log)) {
                 let epoch = newest.map_or(1, |record| record.epoch + 1);
                 match self.make_epoch(&mesh_id, epoch, &roster).await? {
                     true => {
@@ -110,6 +107,28 @@ impl MeshClient {
             reason: None,
             message: "other clients kept changing the mesh's keys; try again".into(),
         }))
+    }
+
+    /// The membership log verified up to its newest entry: the entries after what this client
+    /// verified before, or the whole log checked against the pins the first time.
+    async fn verified_log(
+        &self,
+        pinned_creator: Option<&str>,
+        pinned_head: Option<&Head>,
+    ) -> Result<Verifier, MeshKeyError> {
+        let cached = self.shared.epoch_keys.1.lock().expect("log lock").take();
+        let fresh = cached.is_none();
+        let mut log = cached.unwrap_or_else(|| Verifier::new(self.mesh_id(), pinned_creator));
+        let entries = self.membership_log(log.len()).await?;
+        log.extend(&entries).map_err(MeshKeyError::Log)?;
+        if log.is_empty() {
+            return Err(MeshKeyError::NoLog);
+        }
+        if let Some(head) = pinned_head.filter(|_| fresh) {
+            log.check_head(head).map_err(MeshKeyError::Log)?;
+        }
+        *self.shared.epoch_keys.1.lock().expect("log lock") = Some(log.clone());
+        Ok(log)
     }
 
     async fn mesh_keys_now(&self) -> Result<protocol::MeshKeysResult, ClientError> {

@@ -284,3 +284,29 @@ fn a_device_a_member_endorsed_is_verified_within_the_sponsors_role() {
     log.push(swapped);
     assert!(matches!(log.verify(), Err(LogError::Invalid { seq: 3, .. })));
 }
+
+#[test]
+fn a_verifier_takes_the_log_in_pieces_and_remembers_who_was_a_member_when() {
+    let (creator, alice, bob) = (Keypair::generate(), Keypair::generate(), Keypair::generate());
+    let mut log = Log::new(&creator);
+    log.invite(&creator, &alice, "inv_a", 1);
+    log.remove(&alice, RemovalReason::Leave);
+    log.invite(&creator, &bob, "inv_b", 1);
+
+    let mut verifier = Verifier::new(MESH, Some(&creator.public_hex()));
+    verifier.extend(&log.entries[..2]).expect("the first half verifies");
+    verifier.extend(&log.entries[2..]).expect("the rest continues it");
+    assert_eq!(verifier.roster().expect("a roster"), &log.verify().expect("the log verifies"));
+    assert_eq!(verifier.last_removal(), 3);
+    assert!(verifier.was_verified_member(&alice.public_hex(), 2));
+    assert!(!verifier.was_verified_member(&alice.public_hex(), 3));
+    assert!(!verifier.was_verified_member(&bob.public_hex(), 3) && verifier.was_verified_member(&bob.public_hex(), 4));
+    assert_eq!(verifier.hash_at(4), Some(log.entries[3].hash.as_str()));
+    verifier.check_head(&Head { seq: 2, hash: log.entries[1].hash.clone() }).expect("holds what was seen");
+    assert_eq!(verifier.check_head(&Head { seq: 9, hash: "x".into() }), Err(LogError::Rewritten { seq: 9 }));
+
+    // Entries that do not continue where it stopped are refused.
+    let mut verifier = Verifier::new(MESH, None);
+    verifier.extend(&log.entries[..2]).expect("verifies");
+    assert!(matches!(verifier.extend(&log.entries[3..]), Err(LogError::Invalid { seq: 3, .. })));
+}

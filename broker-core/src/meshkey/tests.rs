@@ -1,5 +1,5 @@
 use super::*;
-use crate::membership::{self, AdmittedVia, Change, LOG_START, RemovalReason};
+use crate::membership::{self, AdmittedVia, Change, LOG_START, LogEntry, RemovalReason};
 use crate::protocol::Role;
 
 const MESH: &str = "mesh_keys";
@@ -33,6 +33,12 @@ fn log(creator: &Keypair, admin: &Keypair, other: &Keypair) -> Vec<LogEntry> {
     entries
 }
 
+fn verified(entries: &[LogEntry]) -> Verifier {
+    let mut verifier = Verifier::new(MESH, None);
+    verifier.extend(entries).expect("the log verifies");
+    verifier
+}
+
 fn head(entries: &[LogEntry]) -> Head {
     let last = entries.last().expect("a log");
     Head { seq: last.seq, hash: last.hash.clone() }
@@ -45,7 +51,7 @@ fn a_wrap_opens_only_for_its_recipient_to_the_committed_key() {
     let roster = membership::verify(MESH, None, None, &entries).expect("verifies");
     let key = new_key();
     let record = EpochRecord::sign(MESH, 1, &key, &head(&entries), &creator);
-    verify_records(MESH, std::slice::from_ref(&record), &entries).expect("the record verifies");
+    verify_records(MESH, std::slice::from_ref(&record), &verified(&entries)).expect("the record verifies");
 
     let wrap = Wrap::seal(1, &key, &creator, &admin.public());
     assert_eq!(accept(MESH, &wrap, &record, &roster, &admin), Ok(key));
@@ -68,9 +74,10 @@ fn records_are_consecutive_signed_by_verified_members_at_a_head_the_log_holds() 
     let entries = log(&creator, &admin, &other);
     let first = EpochRecord::sign(MESH, 1, &new_key(), &head(&entries[..1]), &creator);
     let second = EpochRecord::sign(MESH, 2, &new_key(), &head(&entries), &admin);
-    assert_eq!(verify_records(MESH, &[first.clone(), second.clone()], &entries), Ok(()));
+    let log = verified(&entries);
+    assert_eq!(verify_records(MESH, &[first.clone(), second.clone()], &log), Ok(()));
 
-    let refused = |records: &[EpochRecord]| verify_records(MESH, records, &entries).is_err();
+    let refused = |records: &[EpochRecord]| verify_records(MESH, records, &log).is_err();
     assert!(refused(std::slice::from_ref(&second)), "numbering starts at 1");
     // The admin was not yet a member at the genesis.
     assert!(refused(&[EpochRecord::sign(MESH, 1, &new_key(), &head(&entries[..1]), &admin)]));
@@ -89,7 +96,7 @@ fn a_removal_after_the_record_outdates_its_key() {
     let (creator, admin, other) = (Keypair::generate(), Keypair::generate(), Keypair::generate());
     let mut entries = log(&creator, &admin, &other);
     let record = EpochRecord::sign(MESH, 1, &new_key(), &head(&entries), &creator);
-    assert!(!outdated(&record, &entries));
+    assert!(!outdated(&record, &verified(&entries)));
     let prev = entries.last().expect("a log").hash.clone();
     entries.push(LogEntry::new(
         4,
@@ -97,5 +104,11 @@ fn a_removal_after_the_record_outdates_its_key() {
         &prev,
         Change::Removed { member: admin.public_hex(), reason: RemovalReason::Kick },
     ));
-    assert!(outdated(&record, &entries));
+    let log = verified(&entries);
+    assert!(outdated(&record, &log));
+    // The admin can make no valid record for the log after its removal.
+    let late = EpochRecord::sign(MESH, 1, &new_key(), &head(&entries), &admin);
+    assert!(verify_records(MESH, &[late], &log).is_err());
+    assert!(log.was_verified_member(&admin.public_hex(), 3));
+    assert!(!log.was_verified_member(&admin.public_hex(), 4));
 }

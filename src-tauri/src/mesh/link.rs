@@ -47,8 +47,10 @@ pub struct MeshLink {
     /// The channel this session announced (`claude-code`, `cli`, `desktop`), recorded with each
     /// message it stores.
     pub(super) channel: String,
-    /// One refresh of the mesh's keys at a time (`members::MeshLink::refresh_keys`).
+    /// One refresh of the mesh's keys at a time (`members::MeshLink::refresh_keys`), and
+    /// whether one is asked for and not started yet (`receive::spawn_key_refresh`).
     pub(super) key_refresh: tokio::sync::Mutex<()>,
+    pub(super) key_refresh_wanted: std::sync::atomic::AtomicBool,
     /// Held for the session's lifetime (see the module docs); released when the link drops.
     pub(super) _session_lock: Option<std::fs::File>,
 }

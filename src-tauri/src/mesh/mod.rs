@@ -312,6 +312,7 @@ impl Supervisor {
                 peers: Mutex::new(PeerCache::default()),
                 channel: options.channel.clone(),
                 key_refresh: tokio::sync::Mutex::new(()),
+                key_refresh_wanted: std::sync::atomic::AtomicBool::new(false),
                 _session_lock: session_lock,
             });
             let pins = members::LogPins::new(config_dir.root());

@@ -4,6 +4,8 @@
 //! the broker pushes it again after a reconnect.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use broker_core::client::{ClientEvent, InboundMessage, MeshKeyError};
 use broker_core::protocol::SystemEvent;
@@ -39,7 +41,7 @@ pub(super) async fn receive(
                 link.presence.lock().expect("presence lock").display_name = ack.member_display_name;
                 link.invalidate_peers();
                 set_state(LinkState::Connected);
-                spawn_key_refresh(&link, &pins);
+                spawn_key_refresh(&link, &pins, false);
             }
             ClientEvent::Disconnected { reason } => {
                 tracing::warn!(mesh = %link.entry.slug, %reason, "disconnected; reconnecting");
@@ -62,7 +64,7 @@ pub(super) async fn receive(
                 // Someone arrived (it may need keys) or left (it may have been removed).
                 if matches!(event, SystemEvent::PeerJoined(_) | SystemEvent::PeerReturned(_) | SystemEvent::PeerLeft(_))
                 {
-                    spawn_key_refresh(&link, &pins);
+                    spawn_key_refresh(&link, &pins, true);
                 }
                 observe(LinkEvent::Presence { mesh_id: mesh_id.clone(), event });
             }
@@ -80,11 +82,22 @@ pub(super) async fn receive(
 }
 
 /// Refreshes the mesh's keys in the background: what an online member's client owes the mesh
-/// (`MeshClient::refresh_mesh_keys`). A mesh without a log, or a member only vouched for, has
-/// nothing to do.
-fn spawn_key_refresh(link: &Arc<MeshLink>, pins: &LogPins) {
+/// (`MeshClient::refresh_mesh_keys`). Requests that arrive while one waits to start are one
+/// refresh; after a peer event it waits up to a second first, so that of the members online
+/// only the first wraps for a newcomer (the others find it wrapped). A mesh without a log, or a
+/// member only vouched for, has nothing to do.
+fn spawn_key_refresh(link: &Arc<MeshLink>, pins: &LogPins, jitter: bool) {
+    if link.key_refresh_wanted.swap(true, Ordering::SeqCst) {
+        return;
+    }
     let (link, pins) = (link.clone(), pins.clone());
     tokio::spawn(async move {
+        if jitter {
+            let [a, b] = broker_core::crypto::random_bytes::<2>();
+            tokio::time::sleep(Duration::from_millis(u64::from(u16::from_le_bytes([a, b])) % 1000)).await;
+        }
+        // From here on, a change starts another refresh after this one.
+        link.key_refresh_wanted.store(false, Ordering::SeqCst);
         match link.refresh_keys(&pins).await {
             Ok(status) => tracing::debug!(mesh = %link.entry.slug, epoch = ?status.epoch, made = ?status.made,
                                           wrapped = status.wrapped_for.len(), "mesh keys refreshed"),
