@@ -7,11 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
+use broker_core::client::{MeshKeyError, MeshKeyStatus};
 use broker_core::membership::{self, Head, LogError, Roster, Standing};
 use broker_core::protocol::Role;
 use serde::{Deserialize, Serialize};
-
-use broker_core::client::{MeshKeyError, MeshKeyStatus};
 
 use super::{MeshError, MeshLink, Supervisor};
 use crate::config::write_private_atomic;
@@ -60,9 +59,10 @@ impl LogPins {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Admission {
-    /// Its admission is signed back to the creator (an invite, an admin, the creator itself).
+    /// Its admission is signed back to the creator (the creator itself, an invite, an admin, a
+    /// member endorsing its new device).
     Verified,
-    /// Only the broker says so (an account's device enrolling, an unban).
+    /// Only the broker says so (a device signed in without an endorsement, an unban).
     Vouched,
     /// The broker lists it as a member, but the log never admitted it.
     Missing,

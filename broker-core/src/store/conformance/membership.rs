@@ -16,6 +16,13 @@ fn member(key: &Keypair, name: &str, admission: Option<Admission>) -> NewMember 
     NewMember { pubkey: key.public_hex(), display_name: name.to_owned(), admission, ..NewMember::default() }
 }
 
+/// A new mesh id and `creator`'s genesis for it.
+fn genesis_by(creator: &Keypair) -> (String, Admission) {
+    let mesh_id = crate::ids::new_id("mesh");
+    let signature = creator.sign_hex(membership::genesis_bytes(&mesh_id, &creator.public_hex()).as_bytes());
+    (mesh_id.clone(), Admission::Genesis { mesh_id, signature })
+}
+
 fn whole_log<S: Store>(store: &S, mesh_id: &str) -> Vec<LogEntry> {
     store.membership_log(mesh_id, 0, 1000).expect("reads the log")
 }
@@ -27,9 +34,7 @@ fn verified<S: Store>(store: &S, mesh_id: &str) -> Roster {
 pub fn the_membership_log_records_every_change_verifiably<D: TestDatabase>(database: &D) {
     let store = database.open();
     let creator = key(1);
-    let mesh_id = crate::ids::new_id("mesh");
-    let signature = creator.sign_hex(membership::genesis_bytes(&mesh_id, &creator.public_hex()).as_bytes());
-    let genesis = Admission::Genesis { mesh_id: mesh_id.clone(), signature };
+    let (mesh_id, genesis) = genesis_by(&creator);
     let (mesh, admin) =
         store.create_mesh("logged", "", None, &member(&creator, "creator", Some(genesis)), NOW_MS).expect("creates");
     assert_eq!(mesh.id, mesh_id, "the creator chose the id it signed");
@@ -155,9 +160,7 @@ pub fn a_mesh_without_a_genesis_keeps_no_log<D: TestDatabase>(database: &D) {
 pub fn concurrent_membership_changes_keep_one_chain<D: TestDatabase>(database: &D) {
     let store = database.open();
     let creator = key(1);
-    let mesh_id = crate::ids::new_id("mesh");
-    let signature = creator.sign_hex(membership::genesis_bytes(&mesh_id, &creator.public_hex()).as_bytes());
-    let genesis = Admission::Genesis { mesh_id: mesh_id.clone(), signature };
+    let (mesh_id, genesis) = genesis_by(&creator);
     store.create_mesh("busy", "", None, &member(&creator, "creator", Some(genesis)), NOW_MS).expect("creates");
 
     // Two stores on one database (two broker processes) enrol members at once.
