@@ -154,6 +154,15 @@ async fn a_created_mesh_invites_a_cli_and_messages_flow_both_ways_with_delivery_
     let mut bob = laptop.bridge().await?;
     bob.channel_message("are you there?", WAIT).await.context("bob gets it when back")?;
     app.wait_absent("[data-testid=delivery][data-state=queued]").await?;
+
+    // The app checks the mesh's signed membership log: alice made the mesh, bob came with an
+    // invite alice signed and his own proof; both are verified.
+    app.open("meshes").await?;
+    app.click("[data-testid=mesh-row][data-slug=acme] [data-testid=members-open]").await?;
+    for name in ["alice", "bob"] {
+        let selector = format!("[data-testid=member-row][data-name={name}] [data-testid=member-admission]");
+        app.wait_text(&selector, |t| t == "verified").await?;
+    }
     app.close().await
 }
 

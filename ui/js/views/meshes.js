@@ -246,6 +246,7 @@ function memberRow(ctx, mesh, view, member, reload) {
         member.mine ? h("span", { class: "pill" }, "you") : null,
         member.banned ? h("span", { class: "pill bad" }, "banned") : null,
         member.blocked ? h("span", { class: "pill warn" }, "blocked by you") : null,
+        admissionPill(member.admission),
       ),
       h("div", { class: "detail mono" }, `${member.pubkey.slice(0, 16)}…${member.joinedAt ? " · joined " + new Date(member.joinedAt).toLocaleDateString() : ""}`),
     ),
@@ -263,6 +264,20 @@ function memberRow(ctx, mesh, view, member, reload) {
         : act("Ban", "member-ban", () => ctx.call("moderate", { meshId: mesh.id, memberId: member.id, action: "ban" }), "danger")
       : null,
   );
+}
+
+// How the member's admission checks out in the mesh's signed membership log (docs/security.md).
+function admissionPill(admission) {
+  switch (admission) {
+    case "verified":
+      return h("span", { class: "pill ok", testid: "member-admission", title: "Its admission is signed back to the mesh's creator" }, "verified");
+    case "vouched":
+      return h("span", { class: "pill warn", testid: "member-admission", title: "Only the broker says it was admitted (a device signed in without an approval from this mesh, or an unban)" }, "vouched");
+    case "missing":
+      return h("span", { class: "pill bad", testid: "member-admission", title: "The broker lists it, but the membership log never admitted it" }, "not admitted");
+    default:
+      return null;
+  }
 }
 
 function confirmLeave(ctx, mesh) {

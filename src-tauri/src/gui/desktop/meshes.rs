@@ -11,6 +11,7 @@ use super::{Desktop, blocking, lock, qr_svg};
 use crate::account::{self, InviteOptions, Moderation};
 use crate::gui::error::{CommandError, CommandResult, ErrorKind};
 use crate::gui::state::StatusView;
+use crate::mesh::members::{Admission, LogStatus, MeshMembers};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +41,9 @@ pub struct MemberRow {
     pub mine: bool,
     /// This member's grants block that one (`[]`).
     pub blocked: bool,
+    /// How its admission checks out in the mesh's signed membership log (absent when the mesh's
+    /// session is down or the member is not active).
+    pub admission: Option<Admission>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,7 +52,7 @@ pub struct MembersView {
     pub members: Vec<MemberRow>,
     /// This device may kick and ban (an admin, with the account on the mesh's broker).
     pub can_moderate: bool,
-    /// Why the list shows only who is online.
+    /// Why the list shows only who is online, or that the mesh's membership log does not verify.
     pub note: Option<String>,
 }
 
@@ -166,6 +170,17 @@ impl Desktop {
             Err(error) if error.kind == ErrorKind::NotSignedIn => None,
             Err(error) => return Err(error),
         };
+        let checked = self.checked_members(mesh_id).await;
+        let admission = |pubkey: &str| {
+            checked.as_ref().and_then(|c| c.members.iter().find(|m| m.pubkey == pubkey)).map(|m| m.admission)
+        };
+        let log_note = match checked.as_ref().map(|c| &c.log) {
+            Some(LogStatus::Failed { error }) => Some(format!(
+                "The mesh's membership log does not verify ({error}): the broker may have added, hidden or \
+                 rewritten members. Do not trust this list until that is explained."
+            )),
+            _ => None,
+        };
         if let Some(api) = api {
             let members = api.members(mesh_id).await.map_err(CommandError::from);
             let members = self.checked(members).await?;
@@ -175,6 +190,7 @@ impl Desktop {
                     .filter(|m| m.active || m.banned)
                     .map(|m| MemberRow {
                         blocked: blocked(&m.pubkey),
+                        admission: admission(&m.pubkey),
                         id: Some(m.id),
                         pubkey: m.pubkey,
                         display_name: m.display_name,
@@ -186,7 +202,7 @@ impl Desktop {
                     })
                     .collect(),
                 can_moderate: entry.role == Role::Admin.as_str(),
-                note: None,
+                note: log_note,
             });
         }
         let peers = lock(&self.state).meshes.get(mesh_id).map(|m| m.peers.clone()).unwrap_or_default();
@@ -197,6 +213,7 @@ impl Desktop {
                 .filter(|p| seen.insert(p.member_pubkey.clone()))
                 .map(|p| MemberRow {
                     blocked: blocked(&p.member_pubkey),
+                    admission: admission(&p.member_pubkey),
                     id: None,
                     mine: p.same_member,
                     pubkey: p.member_pubkey,
@@ -208,10 +225,23 @@ impl Desktop {
                 })
                 .collect(),
             can_moderate: false,
-            note: Some(
+            note: log_note.or(Some(
                 "This mesh is on a broker this device is not signed in to: only members online now are listed.".into(),
-            ),
+            )),
         })
+    }
+
+    /// The mesh's members as this device checks them against the signed membership log; `None`
+    /// when its session cannot ask now (the list still shows, without admissions).
+    async fn checked_members(&self, mesh_id: &str) -> Option<MeshMembers> {
+        let supervisor = self.supervisor(mesh_id).ok()?;
+        match supervisor.members(None).await {
+            Ok(meshes) => meshes.into_iter().next(),
+            Err(error) => {
+                tracing::debug!(%error, "could not check the membership log");
+                None
+            }
+        }
     }
 
     /// Blocks a member (it may do nothing to this member) or gives it the mesh defaults again.
