@@ -117,3 +117,29 @@ async fn a_key_the_broker_makes_up_is_refused() {
     assert!(matches!(refused, Err(MeshKeyError::Epochs(_))), "{refused:?}");
     assert_eq!(client.mesh_key(1), None);
 }
+
+#[tokio::test]
+async fn a_mesh_larger_than_a_frame_of_wraps_has_every_member_wrapped() {
+    let broker = TestBroker::start_with(generous()).await;
+    let token = first_device(&broker, "alice").await;
+    let (mesh_id, creator) = create_mesh(&broker, &token, "big").await;
+    // Members the creator admitted with its signature, more than one `new_epoch` holds.
+    let count = protocol::MAX_WRAPS + 60;
+    for n in 0..count {
+        let key = Keypair::generate();
+        let after = n as u64 + 1;
+        let statement = broker_core::membership::admission_bytes(&mesh_id, &key.public_hex(), Role::Member, after);
+        let admission = broker_core::membership::Admission::Admin {
+            by: creator.public_hex(),
+            after,
+            signature: creator.sign_hex(statement.as_bytes()),
+        };
+        let new =
+            broker_core::store::NewMember { admission: Some(admission), ..common::new_member(&key, &format!("m{n}")) };
+        broker.store.add_member(&mesh_id, &new, Role::Member, None, protocol::now_ms()).expect("adds");
+    }
+    let alice = broker.connect(&mesh_id, &member(&broker, &mesh_id, &creator), "alice").await.client;
+    let status = alice.refresh_mesh_keys(None, None).await.expect("refreshes");
+    assert_eq!(status.made, Some(1));
+    assert_eq!(broker.store.wrapped(&mesh_id, 1).expect("reads").len(), count + 1);
+}

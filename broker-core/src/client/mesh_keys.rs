@@ -161,21 +161,41 @@ impl MeshClient {
         let me = &self.shared.keys.member;
         let key = Zeroizing::new(meshkey::new_key());
         let record = EpochRecord::sign(mesh_id, epoch, &key, &roster.head, me);
-        let wraps = entitled(roster)
+        let mut wraps: Vec<Wrap> = entitled(roster)
             .filter_map(|member| crate::crypto::PublicKey::from_hex(member).ok())
             .map(|recipient| Wrap::seal(epoch, &key, me, &recipient))
             .collect();
+        // One frame holds `MAX_WRAPS`; a larger mesh gets the rest right after.
+        let rest = wraps.split_off(wraps.len().min(protocol::MAX_WRAPS));
         let req_id = self.correlation_id();
         let frame = ClientFrame::NewEpoch(protocol::NewEpoch { record, wraps, req_id: Some(req_id.clone()) });
         match self.exchange(frame, Correlation::Request(req_id)).await? {
             ServerFrame::KeysStored(_) => {
                 self.shared.epoch_keys.0.lock().expect("epoch keys lock").insert(epoch, key);
-                Ok(true)
             }
-            ServerFrame::Error(error) if error.code == ErrorCode::Conflict => Ok(false),
-            ServerFrame::Error(error) => Err(ClientError::Rejected { reason: None, message: error.message }),
-            _ => Err(ClientError::UnexpectedReply),
+            ServerFrame::Error(error) if error.code == ErrorCode::Conflict => return Ok(false),
+            ServerFrame::Error(error) => return Err(ClientError::Rejected { reason: None, message: error.message }),
+            _ => return Err(ClientError::UnexpectedReply),
         }
+        self.store_wraps(rest).await?;
+        Ok(true)
+    }
+
+    /// Stores wraps of existing epochs, a frame's worth at a time.
+    async fn store_wraps(&self, wraps: Vec<Wrap>) -> Result<(), ClientError> {
+        for chunk in wraps.chunks(protocol::MAX_WRAPS) {
+            let req_id = self.correlation_id();
+            let frame =
+                ClientFrame::AddWraps(protocol::AddWraps { wraps: chunk.to_vec(), req_id: Some(req_id.clone()) });
+            match self.exchange(frame, Correlation::Request(req_id)).await? {
+                ServerFrame::KeysStored(_) => {}
+                ServerFrame::Error(error) => {
+                    return Err(ClientError::Rejected { reason: None, message: error.message });
+                }
+                _ => return Err(ClientError::UnexpectedReply),
+            }
+        }
+        Ok(())
     }
 
     /// Wraps every key this member holds for the verified members among `unwrapped` (the broker's
@@ -196,18 +216,7 @@ impl MeshClient {
         if wraps.is_empty() {
             return Ok(Vec::new());
         }
-        for chunk in wraps.chunks(protocol::MAX_WRAPS) {
-            let req_id = self.correlation_id();
-            let frame =
-                ClientFrame::AddWraps(protocol::AddWraps { wraps: chunk.to_vec(), req_id: Some(req_id.clone()) });
-            match self.exchange(frame, Correlation::Request(req_id)).await? {
-                ServerFrame::KeysStored(_) => {}
-                ServerFrame::Error(error) => {
-                    return Err(ClientError::Rejected { reason: None, message: error.message });
-                }
-                _ => return Err(ClientError::UnexpectedReply),
-            }
-        }
+        self.store_wraps(wraps).await?;
         Ok(newcomers)
     }
 }

@@ -309,8 +309,9 @@ pub struct MeshKeys {
     pub req_id: Option<String>,
 }
 
-/// At most this many wraps in one `new_epoch` or `add_wraps`.
-pub const MAX_WRAPS: usize = 4096;
+/// At most this many wraps in one `new_epoch` or `add_wraps` (a wrap is about 300 bytes of
+/// JSON: a frame stays well within the 1 MiB limit).
+pub const MAX_WRAPS: usize = 2048;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewEpoch {

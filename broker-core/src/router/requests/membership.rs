@@ -4,6 +4,7 @@
 //! verify all of it themselves; the broker stores, orders (compare-and-set on epochs) and hands
 //! out.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::meshkey::Wrap;
@@ -44,6 +45,9 @@ impl Router {
     }
 }
 
+/// At most this many members in `mesh_keys_result.unwrapped`.
+const MAX_UNWRAPPED: usize = 1024;
+
 impl Router {
     /// This member's key and the active members' keys, from the directory in memory.
     fn member_keys(&self, session: &SessionHandle) -> (Option<String>, Vec<String>) {
@@ -72,10 +76,12 @@ impl Router {
             .await;
         match read {
             Ok((epochs, wraps, wrapped)) => {
+                // Capped to keep the reply within a frame: the rest are listed once these are wrapped.
                 let unwrapped = if epochs.is_empty() {
                     Vec::new()
                 } else {
-                    active.into_iter().filter(|key| !wrapped.contains(key)).collect()
+                    let wrapped: HashSet<&String> = wrapped.iter().collect();
+                    active.into_iter().filter(|key| !wrapped.contains(key)).take(MAX_UNWRAPPED).collect()
                 };
                 let result = MeshKeysResult { epochs, wraps, unwrapped, req_id: query.req_id };
                 self.reply(session, ServerFrame::MeshKeysResult(result));
