@@ -23,6 +23,8 @@ use broker_core::client::KeyRing;
 use broker_core::config::BrokerConfig;
 use broker_core::crypto::{self, Keypair, PublicKey, audit_hashed_text, canonical_json};
 use broker_core::invite::{Invite, InviteError, InviteTerms};
+use broker_core::membership::{self, Change, LogEntry};
+use broker_core::meshkey::{self, EpochRecord, Wrap};
 use broker_core::protocol::account::{
     CreateInviteRequest, CreateMeshRequest, DEVICE_CODE_GRANT, DeviceCodeRequest, DeviceDecision, EnrolRequest,
     GrantsRequest, RenameMeshRequest, SignupRequest, TokenRequest,
@@ -412,8 +414,86 @@ fn client_samples() -> Vec<Value> {
         }),
         ClientFrame::AuditVerify(AuditVerify { req_id: Some("r7".into()) }),
         ClientFrame::LeaveMesh(LeaveMesh { req_id: Some("r8".into()) }),
+        ClientFrame::MembershipLog(protocol::MembershipLog { after: 3, req_id: Some("r9".into()) }),
+        ClientFrame::MeshKeys(protocol::MeshKeys { req_id: Some("r10".into()) }),
+        ClientFrame::NewEpoch(protocol::NewEpoch {
+            record: KEYS.record.clone(),
+            wraps: vec![KEYS.wrap.clone()],
+            req_id: Some("r11".into()),
+        }),
+        ClientFrame::AddWraps(protocol::AddWraps { wraps: vec![KEYS.wrap.clone()], req_id: Some("r12".into()) }),
     ])
 }
+
+/// A membership log with every kind of entry, as an honest broker serves it.
+/// The mesh's creator in [`LOG`].
+static CREATOR: LazyLock<Keypair> = LazyLock::new(|| Keypair::from_seed(&[30; 32]));
+
+static LOG: LazyLock<Vec<LogEntry>> = LazyLock::new(|| {
+    let (creator, joiner, admitted) = (&CREATOR, Keypair::from_seed(&[31; 32]), Keypair::from_seed(&[32; 32]));
+    let (device, endorsed) = (Keypair::from_seed(&[33; 32]), Keypair::from_seed(&[34; 32]));
+    let mut entries: Vec<LogEntry> = Vec::new();
+    let mut push = |change: Change| {
+        let prev = entries.last().map_or(membership::LOG_START.to_owned(), |e| e.hash.clone());
+        entries.push(LogEntry::new(entries.len() as u64 + 1, 1_750_000_000_000, &prev, change));
+    };
+    push(Change::Genesis {
+        creator: creator.public_hex(),
+        signature: creator.sign_hex(membership::genesis_bytes(MESH, &creator.public_hex()).as_bytes()),
+    });
+    let terms = InviteTerms {
+        mesh_id: MESH.into(),
+        mesh_slug: "fuzz".into(),
+        mesh_name: "Fuzz".into(),
+        broker_url: "http://127.0.0.1:7900".into(),
+        invite_id: "inv_abcdefghijkmnpqr".into(),
+        role: Role::Member,
+        max_uses: 1,
+        expires_at: 1_750_000_000 + 3600,
+    };
+    let invite = Invite::sign(terms, creator);
+    push(Change::Invited {
+        member: joiner.public_hex(),
+        role: Role::Member,
+        invite: invite.to_token(),
+        proof: joiner.sign_hex(crypto::join_proof_bytes(&invite.invite_id, MESH, &joiner.public_hex()).as_bytes()),
+    });
+    let statement = membership::admission_bytes(MESH, &admitted.public_hex(), Role::Admin, 2);
+    push(Change::Admitted {
+        member: admitted.public_hex(),
+        role: Role::Admin,
+        via: membership::AdmittedVia::Admin,
+        by: Some(creator.public_hex()),
+        after: Some(2),
+        signature: Some(creator.sign_hex(statement.as_bytes())),
+    });
+    push(Change::Endorsed {
+        member: endorsed.public_hex(),
+        role: Role::Member,
+        sponsor: joiner.public_hex(),
+        endorsement: joiner.sign_hex(membership::endorsement_bytes(MESH, &device.public_hex()).as_bytes()),
+        device: device.public_hex(),
+        binding: device.sign_hex(membership::device_key_bytes(MESH, &endorsed.public_hex()).as_bytes()),
+    });
+    push(Change::Removed { member: joiner.public_hex(), reason: membership::RemovalReason::Kick });
+    entries
+});
+
+/// An epoch of the log above, and its key wrapped for the joiner.
+struct Keys {
+    record: EpochRecord,
+    wrap: Wrap,
+}
+
+static KEYS: LazyLock<Keys> = LazyLock::new(|| {
+    let key = meshkey::new_key();
+    let last = LOG.last().expect("a log");
+    let head = membership::Head { seq: last.seq, hash: last.hash.clone() };
+    Keys {
+        record: EpochRecord::sign(MESH, 1, &key, &head, &CREATOR),
+        wrap: Wrap::seal(1, &key, &CREATOR, &Keypair::from_seed(&[32; 32]).public()),
+    }
+});
 
 /// Pushes the sender really sealed for the receiver: a direct one and a multicast one.
 fn sealed_pushes() -> Vec<Push> {
@@ -546,6 +626,18 @@ fn server_samples() -> Vec<Value> {
             req_id: Some("r6".into()),
         }),
         ServerFrame::Left(Left { member_id: "mem_abcdefghijkmnpqr".into(), req_id: Some("r7".into()) }),
+        ServerFrame::MembershipLogPage(protocol::MembershipLogPage {
+            entries: LOG.clone(),
+            more: false,
+            req_id: Some("r9".into()),
+        }),
+        ServerFrame::MeshKeysResult(protocol::MeshKeysResult {
+            epochs: vec![KEYS.record.clone()],
+            wraps: vec![KEYS.wrap.clone()],
+            unwrapped: vec![hex_key(0x21)],
+            req_id: Some("r10".into()),
+        }),
+        ServerFrame::KeysStored(protocol::KeysStored { epoch: 1, req_id: Some("r11".into()) }),
         ServerFrame::Receipt(Receipt {
             message_id: "msg_1".into(),
             member_pubkey: hex_key(0x12),
@@ -561,6 +653,36 @@ fn server_samples() -> Vec<Value> {
     encode(&frames)
 }
 
+// --- the membership log ---------------------------------------------------------------------
+
+proptest! {
+    // Cheap cases, and many nodes to change: a large budget.
+    #![proptest_config(budget(4096))]
+
+    /// A log changed anywhere (a field, an entry dropped or added, a value blown up) never
+    /// verifies as another membership: it is refused, or it still means exactly the same.
+    #[test]
+    fn a_changed_membership_log_never_verifies_as_another_membership(
+        node in any::<Index>(),
+        change in mutation(),
+    ) {
+        let honest = membership::verify(MESH, None, None, &LOG).expect("the honest log verifies");
+        let text = mutate(serde_json::to_value(&*LOG).expect("serializes"), node, change);
+        if let Ok(entries) = serde_json::from_str::<Vec<LogEntry>>(&text) {
+            let mut verifier = membership::Verifier::new(MESH, None);
+            if verifier.extend(&entries).is_ok() && verifier.roster().is_ok() {
+                // A prefix of the honest log (a cut tail, which only a pinned head catches) is all
+                // a change can leave verified; the whole of it means the honest membership.
+                prop_assert!(entries.len() <= LOG.len());
+                prop_assert_eq!(&entries[..], &LOG[..entries.len()]);
+                if entries.len() == LOG.len() {
+                    prop_assert_eq!(verifier.roster().expect("a roster"), &honest);
+                }
+            }
+        }
+    }
+}
+
 // --- frames ---------------------------------------------------------------------------------
 
 #[test]
@@ -569,10 +691,10 @@ fn every_sample_is_valid_and_every_frame_type_has_one() {
         .into_iter()
         .map(|sample| serde_json::from_value::<ClientFrame>(sample).expect("a client sample decodes").kind())
         .collect();
-    assert_eq!(client_kinds.len(), 15, "one sample per client frame type: {client_kinds:?}");
+    assert_eq!(client_kinds.len(), 19, "one sample per client frame type: {client_kinds:?}");
     let server_types: std::collections::BTreeSet<String> =
         server_samples().into_iter().map(|sample| sample["type"].as_str().expect("tagged").to_owned()).collect();
-    assert_eq!(server_types.len(), 11, "one sample per server frame type: {server_types:?}");
+    assert_eq!(server_types.len(), 14, "one sample per server frame type: {server_types:?}");
     for push in sealed_pushes() {
         let (plaintext, verified) = RECEIVER.open(&push).expect("a sealed sample opens");
         assert_eq!((plaintext.as_slice(), verified), (PLAINTEXT, true));
