@@ -1,12 +1,56 @@
 //! What both stores build the same way: the column lists their queries read rows in, the audit
-//! entries of control-plane changes, new member records, and the rule for display names. Only
-//! the SQL around them differs (`sqlite/`, `postgres/`).
+//! entries of control-plane changes, new member records, the rule for display names, the next
+//! membership-log entry and epoch, and the JSON columns they read back. Only the SQL around them
+//! differs (`sqlite/`, `postgres/`).
 
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::{AuditEvent, DeviceRecord, MemberRecord, NewMember, StoreError, StoreResult};
+use crate::membership::{Change, LOG_START, LogEntry};
+use crate::meshkey::EpochRecord;
 use crate::names;
 use crate::protocol::Role;
+
+/// The entry that appends `change` to a mesh's log whose newest entry is `tail` (seq, hash).
+/// A mesh keeps a log only from a genesis on: anything else for a mesh without one gets no
+/// entry (`None`); a second genesis is a conflict.
+pub(super) fn next_log_entry(
+    tail: Option<(u64, String)>,
+    change: Change,
+    now_ms: u64,
+) -> StoreResult<Option<LogEntry>> {
+    let (seq, prev) = match (tail, &change) {
+        (None, Change::Genesis { .. }) => (1, LOG_START.to_owned()),
+        (None, _) => return Ok(None),
+        (Some(_), Change::Genesis { .. }) => return Err(StoreError::Conflict("the mesh already has a genesis".into())),
+        (Some((seq, hash)), _) => (seq + 1, hash),
+    };
+    Ok(Some(LogEntry::new(seq, now_ms, &prev, change)))
+}
+
+/// Epochs only go forward one at a time: `record` must follow the mesh's `newest` (0: none).
+pub(super) fn check_next_epoch(newest: u64, record: &EpochRecord) -> StoreResult<()> {
+    if record.epoch != newest + 1 {
+        return Err(StoreError::Conflict("epoch_taken".into()));
+    }
+    Ok(())
+}
+
+/// The audit entry of a new epoch of the mesh's key (who made it, never the key).
+pub(super) fn epoch_created(mesh_id: &str, record: &EpochRecord) -> AuditEvent {
+    event(mesh_id, "epoch_created", None, json!({"epoch": record.epoch, "by": record.by}))
+}
+
+/// JSON a store wrote into `column`, read back; `Unreadable` when it no longer parses.
+pub(super) fn stored_json<T: DeserializeOwned>(column: &'static str, text: String) -> StoreResult<T> {
+    serde_json::from_str(&text).map_err(|_| StoreError::Unreadable { column, value: text })
+}
+
+/// A value as a JSON column keeps it.
+pub(super) fn json_text<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Invalid(e.to_string()))
+}
 
 pub(super) const MESH_COLUMNS: &str = "id, slug, name, created_at, archived_at, owner_account_id";
 pub(super) const MEMBER_COLUMNS: &str =

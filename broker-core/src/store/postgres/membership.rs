@@ -2,29 +2,24 @@
 //! the mesh's scope lock that change already holds (so two processes never append at one seq).
 
 use postgres::GenericClient;
-use serde_json::json;
 
-use crate::membership::{Change, LOG_START, LogEntry};
+use crate::membership::{Change, LogEntry};
 use crate::meshkey::{EpochRecord, Wrap};
-use crate::store::records::event;
-use crate::store::{EndorsementRecord, StoreError, StoreResult};
+use crate::store::records::{check_next_epoch, epoch_created, json_text, next_log_entry, stored_json};
+use crate::store::{EndorsementRecord, StoreResult};
 
-/// Appends `change` to the mesh's log. A mesh keeps a log only from a genesis on: anything
-/// else for a mesh without one is not recorded.
+/// Appends `change` to the mesh's log (`records::next_log_entry`).
 pub(super) fn append(db: &mut impl GenericClient, mesh_id: &str, change: Change, now_ms: u64) -> StoreResult<()> {
     let tail =
         db.query_opt("SELECT seq, hash FROM membership_log WHERE mesh_id = $1 ORDER BY seq DESC LIMIT 1", &[&mesh_id])?;
-    let (seq, prev) = match (tail, &change) {
-        (None, Change::Genesis { .. }) => (1, LOG_START.to_owned()),
-        (None, _) => return Ok(()),
-        (Some(_), Change::Genesis { .. }) => return Err(StoreError::Conflict("the mesh already has a genesis".into())),
-        (Some(row), _) => (row.try_get::<_, i64>(0)? as u64 + 1, row.try_get::<_, String>(1)?),
+    let tail = match tail {
+        Some(row) => Some((row.try_get::<_, i64>(0)? as u64, row.try_get(1)?)),
+        None => None,
     };
-    let entry = LogEntry::new(seq, now_ms, &prev, change);
-    let change = serde_json::to_string(&entry.change).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let Some(entry) = next_log_entry(tail, change, now_ms)? else { return Ok(()) };
     db.execute(
         "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&mesh_id, &(seq as i64), &(now_ms as i64), &entry.prev, &change, &entry.hash],
+        &[&mesh_id, &(entry.seq as i64), &(now_ms as i64), &entry.prev, &json_text(&entry.change)?, &entry.hash],
     )?;
     Ok(())
 }
@@ -36,14 +31,11 @@ pub(super) fn log(db: &mut impl GenericClient, mesh_id: &str, after: u64, limit:
     )?;
     rows.iter()
         .map(|row| {
-            let change: String = row.try_get(3)?;
-            let parsed = serde_json::from_str(&change)
-                .map_err(|_| StoreError::Unreadable { column: "membership_log.change", value: change.clone() })?;
             Ok(LogEntry {
                 seq: row.try_get::<_, i64>(0)? as u64,
                 at: row.try_get::<_, i64>(1)? as u64,
                 prev: row.try_get(2)?,
-                change: parsed,
+                change: stored_json("membership_log.change", row.try_get(3)?)?,
                 hash: row.try_get(4)?,
             })
         })
@@ -86,11 +78,7 @@ pub(super) fn endorsement(
 pub(super) fn epochs(db: &mut impl GenericClient, mesh_id: &str) -> StoreResult<Vec<EpochRecord>> {
     db.query("SELECT record FROM mesh_epochs WHERE mesh_id = $1 ORDER BY epoch", &[&mesh_id])?
         .iter()
-        .map(|row| {
-            let text: String = row.try_get(0)?;
-            serde_json::from_str(&text)
-                .map_err(|_| StoreError::Unreadable { column: "mesh_epochs.record", value: text })
-        })
+        .map(|row| stored_json("mesh_epochs.record", row.try_get(0)?))
         .collect()
 }
 
@@ -105,20 +93,13 @@ pub(super) fn create_epoch(
     super::lock_scope(db, mesh_id)?;
     let newest: i64 =
         db.query_one("SELECT COALESCE(MAX(epoch), 0) FROM mesh_epochs WHERE mesh_id = $1", &[&mesh_id])?.try_get(0)?;
-    if record.epoch != newest as u64 + 1 {
-        return Err(StoreError::Conflict("epoch_taken".into()));
-    }
-    let text = serde_json::to_string(record).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    check_next_epoch(newest as u64, record)?;
     db.execute(
         "INSERT INTO mesh_epochs (mesh_id, epoch, record, created_at) VALUES ($1, $2, $3, $4)",
-        &[&mesh_id, &(record.epoch as i64), &text, &(now_ms as i64)],
+        &[&mesh_id, &(record.epoch as i64), &json_text(record)?, &(now_ms as i64)],
     )?;
     add_wraps(db, mesh_id, wraps, now_ms)?;
-    super::audit::append(
-        db,
-        &event(mesh_id, "epoch_created", None, json!({"epoch": record.epoch, "by": record.by})),
-        now_ms,
-    )
+    super::audit::append(db, &epoch_created(mesh_id, record), now_ms)
 }
 
 pub(super) fn add_wraps(db: &mut impl GenericClient, mesh_id: &str, wraps: &[Wrap], now_ms: u64) -> StoreResult<()> {

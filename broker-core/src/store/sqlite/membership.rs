@@ -1,15 +1,13 @@
 //! The membership log's SQL: appended in the transaction that changes a mesh's members.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::json;
 
-use crate::membership::{Change, LOG_START, LogEntry};
+use crate::membership::{Change, LogEntry};
 use crate::meshkey::{EpochRecord, Wrap};
-use crate::store::records::event;
-use crate::store::{EndorsementRecord, StoreError, StoreResult};
+use crate::store::records::{check_next_epoch, epoch_created, json_text, next_log_entry, stored_json};
+use crate::store::{EndorsementRecord, StoreResult};
 
-/// Appends `change` to the mesh's log. A mesh keeps a log only from a genesis on: anything
-/// else for a mesh without one is not recorded.
+/// Appends `change` to the mesh's log (`records::next_log_entry`).
 pub(super) fn append(conn: &Connection, mesh_id: &str, change: Change, now_ms: u64) -> StoreResult<()> {
     let tail: Option<(i64, String)> = conn
         .query_row(
@@ -18,17 +16,12 @@ pub(super) fn append(conn: &Connection, mesh_id: &str, change: Change, now_ms: u
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    let (seq, prev) = match (tail, &change) {
-        (None, Change::Genesis { .. }) => (1, LOG_START.to_owned()),
-        (None, _) => return Ok(()),
-        (Some(_), Change::Genesis { .. }) => return Err(StoreError::Conflict("the mesh already has a genesis".into())),
-        (Some((seq, hash)), _) => (seq as u64 + 1, hash),
+    let Some(entry) = next_log_entry(tail.map(|(seq, hash)| (seq as u64, hash)), change, now_ms)? else {
+        return Ok(());
     };
-    let entry = LogEntry::new(seq, now_ms, &prev, change);
-    let change = serde_json::to_string(&entry.change).map_err(|e| StoreError::Invalid(e.to_string()))?;
     conn.execute(
         "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![mesh_id, seq as i64, now_ms as i64, entry.prev, change, entry.hash],
+        params![mesh_id, entry.seq as i64, now_ms as i64, entry.prev, json_text(&entry.change)?, entry.hash],
     )?;
     Ok(())
 }
@@ -47,9 +40,8 @@ pub(super) fn rows(conn: &Connection, mesh_id: &str, after: u64, limit: usize) -
 }
 
 pub(super) fn entry((seq, at, prev, change, hash): StoredEntry) -> StoreResult<LogEntry> {
-    let parsed = serde_json::from_str(&change)
-        .map_err(|_| StoreError::Unreadable { column: "membership_log.change", value: change.clone() })?;
-    Ok(LogEntry { seq: seq as u64, at: at as u64, prev, change: parsed, hash })
+    let change = stored_json("membership_log.change", change)?;
+    Ok(LogEntry { seq: seq as u64, at: at as u64, prev, change, hash })
 }
 
 pub(super) fn add_endorsements(conn: &Connection, endorsements: &[EndorsementRecord]) -> rusqlite::Result<()> {
@@ -101,20 +93,13 @@ pub(super) fn create_epoch(
         conn.query_row("SELECT COALESCE(MAX(epoch), 0) FROM mesh_epochs WHERE mesh_id = ?1", [mesh_id], |row| {
             row.get(0)
         })?;
-    if record.epoch != newest as u64 + 1 {
-        return Err(StoreError::Conflict("epoch_taken".into()));
-    }
-    let text = serde_json::to_string(record).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    check_next_epoch(newest as u64, record)?;
     conn.execute(
         "INSERT INTO mesh_epochs (mesh_id, epoch, record, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![mesh_id, record.epoch as i64, text, now_ms as i64],
+        params![mesh_id, record.epoch as i64, json_text(record)?, now_ms as i64],
     )?;
     add_wraps(conn, mesh_id, wraps, now_ms)?;
-    super::audit::append(
-        conn,
-        &event(mesh_id, "epoch_created", None, json!({"epoch": record.epoch, "by": record.by})),
-        now_ms,
-    )?;
+    super::audit::append(conn, &epoch_created(mesh_id, record), now_ms)?;
     Ok(())
 }
 
@@ -149,9 +134,4 @@ pub(super) fn wraps_for(conn: &Connection, mesh_id: &str, recipient: &str) -> ru
 pub(super) fn wrapped(conn: &Connection, mesh_id: &str, epoch: u64) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT recipient FROM epoch_wraps WHERE mesh_id = ?1 AND epoch = ?2")?;
     stmt.query_map(params![mesh_id, epoch as i64], |row| row.get(0))?.collect()
-}
-
-/// An epoch record as stored.
-pub(super) fn epoch_record(text: String) -> StoreResult<EpochRecord> {
-    serde_json::from_str(&text).map_err(|_| StoreError::Unreadable { column: "mesh_epochs.record", value: text })
 }

@@ -471,7 +471,10 @@ impl Store for SqliteStore {
     }
 
     fn mesh_epochs(&self, mesh_id: &str) -> StoreResult<Vec<EpochRecord>> {
-        self.read(|conn| membership::epochs(conn, mesh_id))?.into_iter().map(membership::epoch_record).collect()
+        self.read(|conn| membership::epochs(conn, mesh_id))?
+            .into_iter()
+            .map(|text| super::records::stored_json("mesh_epochs.record", text))
+            .collect()
     }
 
     fn create_epoch(&self, mesh_id: &str, record: &EpochRecord, wraps: &[Wrap], now_ms: u64) -> StoreResult<()> {
