@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::crypto::{self, PublicKey, canonical_json};
+use crate::crypto::{self, canonical_json};
 use crate::invite::Invite;
 use crate::protocol::Role;
 
@@ -241,8 +241,7 @@ fn invalid(seq: u64, problem: impl Into<String>) -> LogError {
 }
 
 fn check_signature(seq: u64, signer: &str, bytes: &str, signature: &str, what: &str) -> Result<(), LogError> {
-    PublicKey::from_hex(signer)
-        .and_then(|key| key.verify_hex(bytes.as_bytes(), signature))
+    crypto::verify_signed(signer, bytes.as_bytes(), signature)
         .map_err(|_| invalid(seq, format!("{what} does not verify")))
 }
 
@@ -328,9 +327,9 @@ impl Verifier {
             (None, _) => return Err(invalid(seq, "the log does not start with the mesh's genesis")),
             (Some(roster), _) => roster,
         };
-        let before = roster.is_verified_member(entry.change.member());
-        apply(&self.mesh_id, roster, entry, &mut self.used)?;
         let member = entry.change.member();
+        let before = roster.is_verified_member(member);
+        apply(&self.mesh_id, roster, entry, &mut self.used)?;
         let after = roster.is_verified_member(member);
         let spans = self.verified_spans.entry(member.to_owned()).or_default();
         match (before, after) {

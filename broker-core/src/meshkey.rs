@@ -113,8 +113,7 @@ pub fn verify_records(mesh_id: &str, records: &[EpochRecord], log: &Verifier) ->
         if !log.was_verified_member(&record.by, record.log_seq) {
             return Err(invalid(epoch, "made by a key that was not a verified member then"));
         }
-        PublicKey::from_hex(&record.by)
-            .and_then(|key| key.verify_hex(record.signed_bytes(mesh_id).as_bytes(), &record.signature))
+        crypto::verify_signed(&record.by, record.signed_bytes(mesh_id).as_bytes(), &record.signature)
             .map_err(|_| invalid(epoch, "the record's signature does not verify"))?;
     }
     Ok(())

@@ -94,6 +94,12 @@ impl PublicKey {
     }
 }
 
+/// Checks a signature (hex) over `message` by the key spelled `pubkey_hex`, as signed statements
+/// arrive on the wire: a malformed key and a bad signature are both a refusal.
+pub fn verify_signed(pubkey_hex: &str, message: &[u8], signature_hex: &str) -> Result<(), CryptoError> {
+    PublicKey::from_hex(pubkey_hex)?.verify_hex(message, signature_hex)
+}
+
 fn parse_signature(signature_hex: &str) -> Result<ed25519_dalek::Signature, CryptoError> {
     if !crate::protocol::is_signature_hex(signature_hex) {
         return Err(CryptoError::MalformedSignature);

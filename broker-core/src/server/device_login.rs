@@ -479,9 +479,8 @@ async fn checked_endorsements(
     let mut records = Vec::new();
     for endorsement in endorsements {
         let bytes = membership::endorsement_bytes(&endorsement.mesh_id, &device_key);
-        let signed = PublicKey::from_hex(&endorsement.sponsor)
-            .and_then(|key| key.verify_hex(bytes.as_bytes(), &endorsement.signature))
-            .is_ok();
+        let signed =
+            crate::crypto::verify_signed(&endorsement.sponsor, bytes.as_bytes(), &endorsement.signature).is_ok();
         if !signed {
             return Err(invalid(format!("the endorsement for mesh {} does not verify", endorsement.mesh_id)));
         }

@@ -83,15 +83,13 @@ pub(super) async fn redeem(
     })?;
 
     let proof = crypto::join_proof_bytes(&invite.invite_id, &invite.mesh_id, &request.pubkey);
-    PublicKey::from_hex(&request.pubkey).and_then(|key| key.verify_hex(proof.as_bytes(), &request.proof)).map_err(
-        |_| {
-            refused(
-                StatusCode::BAD_REQUEST,
-                "proof_invalid",
-                "proof must be the joining key's signature over claudemesh-join/v1|<inviteId>|<meshId>|<pubkey>",
-            )
-        },
-    )?;
+    crypto::verify_signed(&request.pubkey, proof.as_bytes(), &request.proof).map_err(|_| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            "proof_invalid",
+            "proof must be the joining key's signature over claudemesh-join/v1|<inviteId>|<meshId>|<pubkey>",
+        )
+    })?;
     if broker.router().session_key_in_use(&invite.mesh_id, &request.pubkey) {
         return Err(ApiError::key_taken());
     }

@@ -144,7 +144,7 @@ fn genesis(request: &CreateMeshRequest) -> Result<Option<Admission>, ApiError> {
         return Err(invalid("id must be mesh_ and 16 base32 characters"));
     }
     let bytes = membership::genesis_bytes(&mesh_id, &request.pubkey);
-    PublicKey::from_hex(&request.pubkey).and_then(|key| key.verify_hex(bytes.as_bytes(), signature)).map_err(|_| {
+    crate::crypto::verify_signed(&request.pubkey, bytes.as_bytes(), signature).map_err(|_| {
         invalid("genesis must be the creator key's signature over claudemesh-membership/v1|genesis|<id>|<pubkey>")
     })?;
     Ok(Some(Admission::Genesis { mesh_id, signature: signature.clone() }))
@@ -308,7 +308,7 @@ pub(super) async fn enrol(
             ),
         ));
     }
-    let (admission, sponsor_role) = endorsed_admission(&broker, &auth, &access.mesh.id, &request).await?;
+    let (admission, sponsor_role) = endorsed_admission(&broker, &auth, &access, &request).await?;
     // An endorsed key takes its sponsor's role (what the log lets the sponsor give).
     let role = sponsor_role.unwrap_or(if access.admin { Role::Admin } else { Role::Member });
     let member = NewMember {
@@ -335,14 +335,15 @@ pub(super) async fn enrol(
 async fn endorsed_admission(
     broker: &Broker,
     auth: &Authenticated,
-    mesh_id: &str,
+    access: &MeshAccess,
     request: &EnrolRequest,
 ) -> Result<(Option<Admission>, Option<Role>), ApiError> {
+    let mesh_id = access.mesh.id.as_str();
     let (Some(binding), Some(device)) = (&request.binding, auth.device.info.confirm_key.clone()) else {
         return Ok((None, None));
     };
     let bytes = membership::device_key_bytes(mesh_id, &request.pubkey);
-    if PublicKey::from_hex(&device).and_then(|key| key.verify_hex(bytes.as_bytes(), binding)).is_err() {
+    if crate::crypto::verify_signed(&device, bytes.as_bytes(), binding).is_err() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "binding_invalid",
@@ -354,16 +355,17 @@ async fn endorsed_admission(
     let Some(endorsement) = broker.blocking(move |store| store.endorsement(&mesh, &key)).await? else {
         return Ok((None, None));
     };
-    let (mesh, sponsor) = (mesh_id.to_owned(), endorsement.sponsor.clone());
-    let sponsor = broker.blocking(move |store| store.member_by_pubkey(&mesh, &sponsor)).await?;
-    let Some(sponsor) = sponsor.filter(|m| m.is_active()) else { return Ok((None, None)) };
+    let Some(sponsor) = access.members.iter().find(|m| m.pubkey == endorsement.sponsor && m.is_active()) else {
+        return Ok((None, None));
+    };
+    let sponsor_role = sponsor.role;
     let admission = Admission::Endorsed {
         sponsor: endorsement.sponsor,
         endorsement: endorsement.signature,
         device,
         binding: binding.clone(),
     };
-    Ok((Some(admission), Some(sponsor.role)))
+    Ok((Some(admission), Some(sponsor_role)))
 }
 
 fn invite_view(record: &InviteRecord) -> InviteView {
