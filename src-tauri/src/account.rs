@@ -440,17 +440,19 @@ pub async fn enrol_all(
     Ok((enrolled, failures))
 }
 
-/// This device's endorsements of a device asking to sign in (its confirmation key
-/// `device_key`), one per mesh joined here on `broker_url` whose member key the keystore holds:
-/// the member keys that device enrols are then admitted verifiably in each mesh's membership
-/// log. A mesh whose key cannot be read is left out (that device's key there stays vouched).
+/// This device's endorsements of the device asking to sign in (of the confirmation key it
+/// showed; none when it showed none), one per mesh joined here on `broker_url` whose member key
+/// the keystore holds: the member keys that device enrols are then admitted verifiably in each
+/// mesh's membership log. A mesh whose key cannot be read is left out (that device's key there
+/// stays vouched).
 pub async fn endorsements(
     config_dir: &ConfigDir,
     keystore: &Arc<dyn KeyStore>,
     broker_url: &str,
-    device_key: &str,
+    pending: &PendingDevice,
 ) -> Result<Vec<Endorsement>, AccountError> {
     let mut endorsements = Vec::new();
+    let Some(device_key) = pending.confirm_key.as_deref() else { return Ok(endorsements) };
     for entry in config_dir.load()?.meshes.into_iter().filter(|m| crate::http::same_broker(&m.broker_url, broker_url)) {
         let (store, name) = (keystore.clone(), entry.key_account());
         let Ok(Some(seed)) = blocking(move || store.get(&name)).await else { continue };

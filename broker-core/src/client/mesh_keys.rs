@@ -6,7 +6,7 @@
 //! or invented, never get a wrap from it.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
@@ -15,10 +15,14 @@ use crate::membership::{Head, LogError, Roster, Verifier};
 use crate::meshkey::{self, EpochError, EpochKey, EpochRecord, Wrap};
 use crate::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
 
-/// Epoch → key, for the epochs this member could open, and the membership log verified so far
-/// (a refresh fetches only the entries after it).
+/// What a client keeps between refreshes.
 #[derive(Default)]
-pub(super) struct EpochKeys(Mutex<BTreeMap<u64, Zeroizing<EpochKey>>>, Mutex<Option<Verifier>>);
+pub(super) struct EpochKeys {
+    /// Epoch → key, for the epochs this member could open or made.
+    keys: Mutex<BTreeMap<u64, Zeroizing<EpochKey>>>,
+    /// The membership log verified so far: a refresh fetches only the entries after it.
+    log: Mutex<Option<Arc<Verifier>>>,
+}
 
 /// What a refresh found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +61,7 @@ const RACES: usize = 3;
 impl MeshClient {
     /// The key of `epoch`, when this member holds it.
     pub fn mesh_key(&self, epoch: u64) -> Option<EpochKey> {
-        self.shared.epoch_keys.0.lock().expect("epoch keys lock").get(&epoch).map(|key| **key)
+        self.shared.epoch_keys.keys.lock().expect("epoch keys lock").get(&epoch).map(|key| **key)
     }
 
     /// Brings this member's mesh keys up to date (see the module docs). `pinned_creator` and
@@ -71,13 +75,13 @@ impl MeshClient {
         let me = self.shared.keys.member.clone();
         for _ in 0..RACES {
             let log = self.verified_log(pinned_creator, pinned_head).await?;
-            let roster = log.roster().map_err(|_| MeshKeyError::NoLog)?.clone();
+            let roster = log.roster().map_err(|_| MeshKeyError::NoLog)?;
             if !roster.is_verified_member(&me.public_hex()) {
                 return Err(MeshKeyError::NotVerified);
             }
             let keys = self.mesh_keys_now().await?;
             meshkey::verify_records(&mesh_id, &keys.epochs, &log)?;
-            self.open_wraps(&mesh_id, &keys.wraps, &keys.epochs, &roster);
+            self.open_wraps(&mesh_id, &keys.wraps, &keys.epochs, roster);
             let mut status = MeshKeyStatus {
                 creator: roster.creator.clone(),
                 head: roster.head.clone(),
@@ -89,7 +93,7 @@ impl MeshClient {
             let newest = keys.epochs.last();
             if newest.is_none_or(|record| meshkey::outdated(record, &log)) {
                 let epoch = newest.map_or(1, |record| record.epoch + 1);
-                match self.make_epoch(&mesh_id, epoch, &roster).await? {
+                match self.make_epoch(&mesh_id, epoch, roster).await? {
                     true => {
                         status.epoch = Some(epoch);
                         status.made = Some(epoch);
@@ -98,7 +102,7 @@ impl MeshClient {
                     false => continue,
                 }
             } else {
-                status.wrapped_for = self.wrap_for_newcomers(&keys.unwrapped, &roster).await?;
+                status.wrapped_for = self.wrap_for_newcomers(&keys.unwrapped, roster).await?;
             }
             status.holds_newest = status.epoch.is_some_and(|epoch| self.mesh_key(epoch).is_some());
             return Ok(status);
@@ -115,10 +119,13 @@ impl MeshClient {
         &self,
         pinned_creator: Option<&str>,
         pinned_head: Option<&Head>,
-    ) -> Result<Verifier, MeshKeyError> {
-        let cached = self.shared.epoch_keys.1.lock().expect("log lock").take();
+    ) -> Result<Arc<Verifier>, MeshKeyError> {
+        let cached = self.shared.epoch_keys.log.lock().expect("log lock").take();
         let fresh = cached.is_none();
-        let mut log = cached.unwrap_or_else(|| Verifier::new(self.mesh_id(), pinned_creator));
+        // Taken as it is unless another refresh still holds it (then that one keeps its copy).
+        let mut log = cached
+            .map(|log| Arc::try_unwrap(log).unwrap_or_else(|shared| (*shared).clone()))
+            .unwrap_or_else(|| Verifier::new(self.mesh_id(), pinned_creator));
         let entries = self.membership_log(log.len()).await?;
         log.extend(&entries).map_err(MeshKeyError::Log)?;
         if log.is_empty() {
@@ -127,8 +134,16 @@ impl MeshClient {
         if let Some(head) = pinned_head.filter(|_| fresh) {
             log.check_head(head).map_err(MeshKeyError::Log)?;
         }
-        *self.shared.epoch_keys.1.lock().expect("log lock") = Some(log.clone());
+        let log = Arc::new(log);
+        *self.shared.epoch_keys.log.lock().expect("log lock") = Some(log.clone());
         Ok(log)
+    }
+
+    /// The membership the log this client verified last describes (by a refresh, which keeps
+    /// it even when this member itself is only vouched for); `None` before one verified it.
+    pub fn verified_roster(&self) -> Option<Roster> {
+        let log = self.shared.epoch_keys.log.lock().expect("log lock");
+        log.as_ref().and_then(|log| log.roster().ok().cloned())
     }
 
     async fn mesh_keys_now(&self) -> Result<protocol::MeshKeysResult, ClientError> {
@@ -143,7 +158,7 @@ impl MeshClient {
     /// Keeps the keys of the wraps that check out; a wrap that does not is logged and left.
     fn open_wraps(&self, mesh_id: &str, wraps: &[Wrap], records: &[EpochRecord], roster: &Roster) {
         let me = &self.shared.keys.member;
-        let mut held = self.shared.epoch_keys.0.lock().expect("epoch keys lock");
+        let mut held = self.shared.epoch_keys.keys.lock().expect("epoch keys lock");
         for wrap in wraps {
             let Some(record) = wrap.epoch.checked_sub(1).and_then(|i| records.get(i as usize)) else { continue };
             match meshkey::accept(mesh_id, wrap, record, roster, me) {
@@ -171,7 +186,7 @@ impl MeshClient {
         let frame = ClientFrame::NewEpoch(protocol::NewEpoch { record, wraps, req_id: Some(req_id.clone()) });
         match self.exchange(frame, Correlation::Request(req_id)).await? {
             ServerFrame::KeysStored(_) => {
-                self.shared.epoch_keys.0.lock().expect("epoch keys lock").insert(epoch, key);
+                self.shared.epoch_keys.keys.lock().expect("epoch keys lock").insert(epoch, key);
             }
             ServerFrame::Error(error) if error.code == ErrorCode::Conflict => return Ok(false),
             ServerFrame::Error(error) => return Err(ClientError::Rejected { reason: None, message: error.message }),
@@ -203,7 +218,7 @@ impl MeshClient {
     async fn wrap_for_newcomers(&self, unwrapped: &[String], roster: &Roster) -> Result<Vec<String>, ClientError> {
         let me = &self.shared.keys.member;
         let held: Vec<(u64, Zeroizing<EpochKey>)> =
-            self.shared.epoch_keys.0.lock().expect("epoch keys lock").iter().map(|(e, k)| (*e, k.clone())).collect();
+            self.shared.epoch_keys.keys.lock().expect("epoch keys lock").iter().map(|(e, k)| (*e, k.clone())).collect();
         if held.is_empty() {
             return Ok(Vec::new());
         }

@@ -340,11 +340,10 @@ pub async fn decide(code: String, approve: bool, yes: bool, json_output: bool) -
             return Err(Failure::new(Exit::Refused, "not approved (answer y to approve, or pass --yes)"));
         }
     }
-    let endorsements = match (&pending.confirm_key, approve) {
-        (Some(device_key), true) => {
-            account::endorsements(&config_dir, &keystore, &api.broker_url, device_key).await.map_err(account_failure)?
-        }
-        _ => Vec::new(),
+    let endorsements = if approve {
+        account::endorsements(&config_dir, &keystore, &api.broker_url, &pending).await.map_err(account_failure)?
+    } else {
+        Vec::new()
     };
     let decided = api.decide_device(&pending.user_code, approve, &endorsements).await.map_err(account_failure)?;
     if json_output {

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use broker_core::client::{MeshKeyError, MeshKeyStatus};
-use broker_core::membership::{self, Head, LogError, Roster, Standing};
+use broker_core::membership::{Head, LogError, Roster, Standing};
 use broker_core::protocol::Role;
 use serde::{Deserialize, Serialize};
 
@@ -117,35 +117,29 @@ pub enum LogStatus {
 
 impl Supervisor {
     /// Each selected mesh's active members, each with how its admission checks out in the
-    /// mesh's membership log (fetched and verified now against this device's pin, which it
-    /// then moves on).
+    /// mesh's membership log (verified now against this device's pin, which it then moves on),
+    /// and this member's mesh key (refreshed at the same time, on the same verified log).
     pub async fn members(&self, mesh: Option<&str>) -> Result<Vec<MeshMembers>, MeshError> {
         let mut out = Vec::new();
         for link in self.select(mesh)? {
             link.require_connected()?;
             let listed = link.client.list_members().await.map_err(|e| link.broker_error(e))?;
-            let entries = link.client.membership_log(0).await.map_err(|e| link.broker_error(e))?;
-            let mesh_id = &link.entry.mesh_id;
-            let pin = self.log_pins.get(mesh_id);
-            let verified = membership::verify(
-                mesh_id,
-                pin.as_ref().map(|p| p.creator.as_str()),
-                pin.as_ref().and_then(|p| p.head.as_ref()),
-                &entries,
-            );
-            let log = match &verified {
-                Ok(roster) => {
-                    let pin = LogPin { creator: roster.creator.clone(), head: Some(roster.head.clone()) };
-                    if let Err(error) = self.log_pins.set(mesh_id, &pin) {
-                        tracing::warn!(%error, mesh = %link.entry.slug, "could not keep the membership log's pin");
-                    }
-                    LogStatus::Verified { creator: roster.creator.clone(), entries: roster.head.seq }
+            let pinned = self.log_pins.get(&link.entry.mesh_id).is_some();
+            let (keys, roster) = match link.refresh_keys(&self.log_pins).await {
+                KeyRefresh { keys: Err(MeshKeyError::Client(error)), roster: None } => {
+                    return Err(link.broker_error(error));
                 }
-                // A mesh this device saw with a log cannot lose it.
-                Err(LogError::Absent) if pin.is_none() => LogStatus::Absent,
-                Err(error) => LogStatus::Failed { error: error.to_string() },
+                KeyRefresh { keys, roster } => (keys, roster),
             };
-            let keys = match link.refresh_keys(&self.log_pins).await {
+            let log = match (&roster, &keys) {
+                (Some(roster), _) => LogStatus::Verified { creator: roster.creator.clone(), entries: roster.head.seq },
+                // A mesh this device saw with a log cannot lose it.
+                (None, Err(MeshKeyError::NoLog)) if !pinned => LogStatus::Absent,
+                (None, Err(MeshKeyError::NoLog)) => LogStatus::Failed { error: LogError::Absent.to_string() },
+                (None, Err(MeshKeyError::Log(error))) => LogStatus::Failed { error: error.to_string() },
+                (None, _) => LogStatus::Failed { error: "the membership log could not be read".into() },
+            };
+            let keys = match keys {
                 Ok(MeshKeyStatus { epoch: Some(epoch), holds_newest: true, .. }) => KeysView::Held { epoch },
                 Ok(MeshKeyStatus { epoch: Some(epoch), .. }) => KeysView::Waiting { epoch },
                 Ok(_) => KeysView::Unavailable { reason: "no epoch yet".into() },
@@ -154,7 +148,7 @@ impl Supervisor {
             let members = listed
                 .into_iter()
                 .map(|m| MemberRow {
-                    admission: admission_of(&verified, &m.pubkey),
+                    admission: admission_of(roster.as_ref(), &m.pubkey),
                     me: m.pubkey == link.entry.member_pubkey,
                     name: m.display_name,
                     pubkey: m.pubkey,
@@ -168,32 +162,42 @@ impl Supervisor {
     }
 }
 
+/// A refresh of the mesh's keys, and the membership of the log it verified.
+pub(super) struct KeyRefresh {
+    pub(super) keys: Result<MeshKeyStatus, MeshKeyError>,
+    /// `None` when no log verified (the mesh has none, or `keys` says why).
+    pub(super) roster: Option<Roster>,
+}
+
 impl MeshLink {
-    /// Brings this member's mesh keys up to date against the log's pin, and moves the pin on.
-    pub(super) async fn refresh_keys(&self, pins: &LogPins) -> Result<MeshKeyStatus, MeshKeyError> {
+    /// Brings this member's mesh keys up to date against the log's pin, and moves the pin on
+    /// whenever the log verified (also when this member, only vouched for, gets no key).
+    pub(super) async fn refresh_keys(&self, pins: &LogPins) -> KeyRefresh {
         let _one_at_a_time = self.key_refresh.lock().await;
         let pin = pins.get(&self.entry.mesh_id);
-        let status = self
+        let keys = self
             .client
             .refresh_mesh_keys(pin.as_ref().map(|p| p.creator.as_str()), pin.as_ref().and_then(|p| p.head.as_ref()))
-            .await?;
-        let pin = LogPin { creator: status.creator.clone(), head: Some(status.head.clone()) };
-        if let Err(error) = pins.set(&self.entry.mesh_id, &pin) {
-            tracing::warn!(%error, mesh = %self.entry.slug, "could not keep the membership log's pin");
+            .await;
+        // Read under the lock: the log this refresh verified, not a later one's.
+        let roster = self.client.verified_roster();
+        if let Some(roster) = &roster {
+            let pin = LogPin { creator: roster.creator.clone(), head: Some(roster.head.clone()) };
+            if let Err(error) = pins.set(&self.entry.mesh_id, &pin) {
+                tracing::warn!(%error, mesh = %self.entry.slug, "could not keep the membership log's pin");
+            }
         }
-        Ok(status)
+        KeyRefresh { keys, roster }
     }
 }
 
-fn admission_of(verified: &Result<Roster, LogError>, pubkey: &str) -> Admission {
-    match verified {
-        Ok(roster) => match roster.members.get(pubkey) {
-            Some(member) if member.active && member.standing == Standing::Verified => Admission::Verified,
-            Some(member) if member.active => Admission::Vouched,
-            _ => Admission::Missing,
-        },
-        // The log's failure is the mesh's news (`LogStatus::Failed`); no member can be told.
-        Err(_) => Admission::Unknown,
+fn admission_of(roster: Option<&Roster>, pubkey: &str) -> Admission {
+    match roster.map(|roster| roster.members.get(pubkey)) {
+        Some(Some(member)) if member.active && member.standing == Standing::Verified => Admission::Verified,
+        Some(Some(member)) if member.active => Admission::Vouched,
+        Some(_) => Admission::Missing,
+        // No verified log: no member can be told (the log's state says why).
+        None => Admission::Unknown,
     }
 }
 

@@ -250,6 +250,7 @@ impl Supervisor {
         observer: Option<mpsc::UnboundedSender<LinkEvent>>,
     ) -> Supervisor {
         let run_dir = config_dir.run_dir();
+        let log_pins = members::LogPins::new(config_dir.root());
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
         let mut links = Vec::new();
@@ -315,18 +316,17 @@ impl Supervisor {
                 key_refresh_wanted: std::sync::atomic::AtomicBool::new(false),
                 _session_lock: session_lock,
             });
-            let pins = members::LogPins::new(config_dir.root());
             tokio::spawn(receive::receive(
                 link.clone(),
                 events,
                 inbox.clone(),
                 incoming.clone(),
                 observer.clone(),
-                pins,
+                log_pins.clone(),
             ));
             links.push(link);
         }
-        Supervisor { links, failed, inbox, run_dir, hostname, log_pins: members::LogPins::new(config_dir.root()) }
+        Supervisor { links, failed, inbox, run_dir, hostname, log_pins }
     }
 
     pub fn links(&self) -> &[Arc<MeshLink>] {

@@ -98,7 +98,7 @@ fn spawn_key_refresh(link: &Arc<MeshLink>, pins: &LogPins, jitter: bool) {
         }
         // From here on, a change starts another refresh after this one.
         link.key_refresh_wanted.store(false, Ordering::SeqCst);
-        match link.refresh_keys(&pins).await {
+        match link.refresh_keys(&pins).await.keys {
             Ok(status) => tracing::debug!(mesh = %link.entry.slug, epoch = ?status.epoch, made = ?status.made,
                                           wrapped = status.wrapped_for.len(), "mesh keys refreshed"),
             Err(MeshKeyError::NoLog | MeshKeyError::NotVerified) => {}

@@ -37,12 +37,11 @@ impl Desktop {
         }
         // Endorsing the device in this device's meshes lets its member keys be admitted
         // verifiably (docs/security.md, "The membership log").
-        let endorsements = match (&pending.confirm_key, approve) {
-            (Some(device_key), true) => {
-                let found = account::endorsements(&self.config_dir, &self.keystore, &api.broker_url, device_key).await;
-                self.checked(found.map_err(CommandError::from)).await?
-            }
-            _ => Vec::new(),
+        let endorsements = if approve {
+            let found = account::endorsements(&self.config_dir, &self.keystore, &api.broker_url, &pending).await;
+            self.checked(found.map_err(CommandError::from)).await?
+        } else {
+            Vec::new()
         };
         let decided = api.decide_device(&pending.user_code, approve, &endorsements).await.map_err(CommandError::from);
         let decided = self.checked(decided).await?;
