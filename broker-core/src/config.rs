@@ -87,6 +87,11 @@ pub struct BrokerConfig {
     /// How often due scheduled messages are looked for (an occurrence is queued at most this
     /// late, while the broker runs).
     pub schedule_poll_interval: Duration,
+    /// What one member may keep in a mesh's shared workspace: live state entries, memories,
+    /// and the bytes of both.
+    pub max_state_entries_per_member: u64,
+    pub max_memories_per_member: u64,
+    pub max_workspace_bytes_per_member: u64,
     pub expiry_sweep_interval: Duration,
     /// Pushes a session may have unacknowledged at once.
     pub delivery_window: usize,
@@ -163,6 +168,9 @@ impl Default for BrokerConfig {
             message_ttl: Duration::from_secs(7 * 24 * 3600),
             max_schedules_per_member: 1000,
             schedule_poll_interval: Duration::from_millis(250),
+            max_state_entries_per_member: 1000,
+            max_memories_per_member: 20_000,
+            max_workspace_bytes_per_member: 64 * 1024 * 1024,
             expiry_sweep_interval: Duration::from_secs(3600),
             delivery_window: 256,
             member_window: 1024,

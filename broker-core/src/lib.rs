@@ -68,3 +68,4 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod workspace;

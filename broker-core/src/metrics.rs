@@ -35,6 +35,9 @@ const MESSAGE_REJECT_REASONS: [SendRejection; 9] = [
     SendRejection::ScheduleLimit,
 ];
 
+/// Writes to the shared workspace, by kind.
+pub const WORKSPACE_WRITES: [&str; 4] = ["state_set", "state_delete", "remember", "forget"];
+
 /// Capabilities a grant can deny at send time.
 pub const GRANT_CAPS: [&str; 2] = ["dm", "broadcast"];
 
@@ -58,6 +61,9 @@ pub struct Metrics {
     /// Occurrences of scheduled messages queued, and how many of them late.
     pub schedules_fired_total: AtomicU64,
     pub schedules_late_total: AtomicU64,
+    workspace_writes: [AtomicU64; WORKSPACE_WRITES.len()],
+    /// Workspace writes refused for a member's quota.
+    pub workspace_quota_refusals_total: AtomicU64,
     hello_buckets: [AtomicU64; 10],
     hello_count: AtomicU64,
     hello_sum_micros: AtomicU64,
@@ -85,6 +91,11 @@ impl Metrics {
 
     pub fn dropped_by_grant(&self, cap: &str) {
         self.dropped_by_grant[index_of(&GRANT_CAPS, &cap)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A shared-state or memory write was stored (`kind` from [`WORKSPACE_WRITES`]).
+    pub fn workspace_write(&self, kind: &str) {
+        self.workspace_writes[index_of(&WORKSPACE_WRITES, &kind)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn hello_latency(&self, elapsed: Duration) {
@@ -195,6 +206,22 @@ impl Metrics {
             "counter",
             "Occurrences queued more than 10 s after their time (the broker was down or behind).",
             &plain(&self.schedules_late_total),
+        );
+        family(
+            "broker_workspace_writes_total",
+            "counter",
+            "Sealed shared-state and memory writes stored, by kind.",
+            &WORKSPACE_WRITES
+                .iter()
+                .zip(&self.workspace_writes)
+                .map(|(k, a)| (format!("{{kind=\"{k}\"}}"), load(a)))
+                .collect::<Vec<_>>(),
+        );
+        family(
+            "broker_workspace_quota_refusals_total",
+            "counter",
+            "Shared-state and memory writes refused because the member was at its quota.",
+            &plain(&self.workspace_quota_refusals_total),
         );
         let mut hello = Vec::new();
         for (bound, bucket) in HELLO_BUCKETS.iter().zip(&self.hello_buckets) {

@@ -47,6 +47,8 @@ const TABLES: &[&str] = &[
     "endorsements",
     "mesh_epochs",
     "epoch_wraps",
+    "state_entries",
+    "memories",
 ];
 
 /// What was copied.

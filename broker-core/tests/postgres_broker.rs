@@ -15,7 +15,7 @@ use broker_core::protocol::Priority;
 use broker_core::testing::postgres::PostgresServer;
 use common::process::{BrokerProcess, free_port, operator, receive_all, send_until_cut_off, wait_ready};
 
-const LAST_MIGRATION: &str = "0009_membership";
+const LAST_MIGRATION: &str = "0010_workspace";
 
 /// A broker on the Postgres database `database_url`, or on the data directory's SQLite file,
 /// with limits out of the way of a burst.

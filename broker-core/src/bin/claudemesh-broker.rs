@@ -187,6 +187,15 @@ struct ServeArgs {
     /// Scheduled messages one member may have pending in a mesh (`schedule_limit` beyond).
     #[arg(long, env = "MAX_SCHEDULES_PER_MEMBER", default_value_t = BrokerConfig::default().max_schedules_per_member)]
     max_schedules_per_member: u64,
+    /// Live shared-state entries one member may keep in a mesh (`quota_exceeded` beyond).
+    #[arg(long, env = "MAX_STATE_ENTRIES_PER_MEMBER", default_value_t = BrokerConfig::default().max_state_entries_per_member)]
+    max_state_entries_per_member: u64,
+    /// Memories one member may keep in a mesh (`quota_exceeded` beyond).
+    #[arg(long, env = "MAX_MEMORIES_PER_MEMBER", default_value_t = BrokerConfig::default().max_memories_per_member)]
+    max_memories_per_member: u64,
+    /// Bytes of sealed state entries and memories one member may keep in a mesh.
+    #[arg(long, env = "MAX_WORKSPACE_BYTES_PER_MEMBER", default_value_t = BrokerConfig::default().max_workspace_bytes_per_member)]
+    max_workspace_bytes_per_member: u64,
     /// `/health/ready` answers 503 until this migration is applied.
     #[arg(long, env = "EXPECTED_MIGRATION")]
     expected_migration: Option<String>,
@@ -387,6 +396,9 @@ fn serve(data_dir: PathBuf, database_url: Option<String>, args: ServeArgs) -> Re
             status_ttl: Duration::from_secs(args.status_ttl_seconds),
             message_ttl: Duration::from_secs(args.message_ttl_seconds),
             max_schedules_per_member: args.max_schedules_per_member,
+            max_state_entries_per_member: args.max_state_entries_per_member,
+            max_memories_per_member: args.max_memories_per_member,
+            max_workspace_bytes_per_member: args.max_workspace_bytes_per_member,
             token_ttl: Duration::from_secs(args.token_ttl_seconds),
             device_poll_interval: Duration::from_secs(args.device_poll_interval_seconds),
             email_code_ttl: Duration::from_secs(args.email_code_ttl_seconds),

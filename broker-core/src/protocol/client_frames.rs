@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Keypair};
 
-use super::{Capability, Enc, GroupMembership, PeerType, Priority, Stats, Status, StatusSource};
+use super::{
+    Capability, Forget, Memories, Remember, StateDelete, StateGet, StateList, StateSet, Enc, GroupMembership, PeerType, Priority, Stats, Status, StatusSource};
 
 /// Every frame a client may send.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +59,20 @@ pub enum ClientFrame {
     NewEpoch(NewEpoch),
     /// Ours: wraps of existing epochs' keys for members that have none.
     AddWraps(AddWraps),
+    /// Ours: write a shared-state entry (compare-and-set on its version).
+    StateSet(StateSet),
+    /// Ours: remove a shared-state entry.
+    StateDelete(StateDelete),
+    /// Ours: shared-state entries by blinded name.
+    StateGet(StateGet),
+    /// Ours: a page of the mesh's shared state.
+    StateList(StateList),
+    /// Ours: store a memory.
+    Remember(Remember),
+    /// Ours: the mesh's memories after a sequence number (a client keeps its own index).
+    Memories(Memories),
+    /// Ours: forget a memory.
+    Forget(Forget),
 }
 
 impl ClientFrame {
@@ -90,6 +105,13 @@ impl ClientFrame {
             ClientFrame::MeshKeys(_) => "mesh_keys",
             ClientFrame::NewEpoch(_) => "new_epoch",
             ClientFrame::AddWraps(_) => "add_wraps",
+            ClientFrame::StateSet(_) => "state_set",
+            ClientFrame::StateDelete(_) => "state_delete",
+            ClientFrame::StateGet(_) => "state_get",
+            ClientFrame::StateList(_) => "state_list",
+            ClientFrame::Remember(_) => "remember",
+            ClientFrame::Memories(_) => "memories",
+            ClientFrame::Forget(_) => "forget",
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{GroupMembership, PeerInfo};
+use super::{GroupMembership, PeerInfo, StateChanged};
 
 /// A broker event: a `push` with `subtype: "system"`, its name in `event` and its data in
 /// `eventData`. The wire keeps the reference protocol's shapes; this type is how both ends
@@ -24,6 +24,8 @@ pub enum SystemEvent {
     /// Ours, with `peer_updates`: a session changed its status, summary, groups or stats; the
     /// data is its whole `peers_list` entry.
     PeerUpdated(PeerInfo),
+    /// Ours, with `state_updates`: a shared-state entry was written or removed.
+    StateChanged(StateChanged),
 }
 
 /// The `push.subtype` of broker events.
@@ -39,6 +41,7 @@ impl SystemEvent {
             SystemEvent::PairHeld(_) => "pair_held",
             SystemEvent::PairReleased(_) => "pair_released",
             SystemEvent::PeerUpdated(_) => "peer_updated",
+            SystemEvent::StateChanged(_) => "state_changed",
         }
     }
 
@@ -50,6 +53,7 @@ impl SystemEvent {
             SystemEvent::PeerLeft(data) => serde_json::to_value(data),
             SystemEvent::PairHeld(data) | SystemEvent::PairReleased(data) => serde_json::to_value(data),
             SystemEvent::PeerUpdated(data) => serde_json::to_value(data),
+            SystemEvent::StateChanged(data) => serde_json::to_value(data),
         };
         data.expect("event data serializes")
     }
@@ -67,7 +71,7 @@ impl SystemEvent {
             SystemEvent::PeerReturned(p) => Some((&p.name, &p.pubkey, &p.member_pubkey)),
             SystemEvent::PeerLeft(p) => Some((&p.name, &p.pubkey, &p.member_pubkey)),
             SystemEvent::PeerUpdated(p) => Some((&p.display_name, &p.pubkey, &p.member_pubkey)),
-            SystemEvent::PairHeld(_) | SystemEvent::PairReleased(_) => None,
+            SystemEvent::PairHeld(_) | SystemEvent::PairReleased(_) | SystemEvent::StateChanged(_) => None,
         }
     }
 }

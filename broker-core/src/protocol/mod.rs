@@ -11,12 +11,14 @@ mod events;
 mod server_frames;
 mod time;
 mod values;
+mod workspace;
 
 pub use client_frames::*;
 pub use events::*;
 pub use server_frames::*;
 pub use time::{iso8601_ms, now_ms};
 pub use values::*;
+pub use workspace::*;
 
 /// Highest protocol version this implementation speaks. The reference protocol is version 1.
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Enc, GroupMembership, PeerType, Priority, Role, Stats, Status, WrappedKey};
+use super::{
+    MemoriesPage, MemoryStored, StateDeleted, StateEntries, StateStored, Enc, GroupMembership, PeerType, Priority, Role, Stats, Status, WrappedKey};
 
 /// Every frame the broker may send.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +36,16 @@ pub enum ServerFrame {
     MeshKeysResult(MeshKeysResult),
     /// Ours: the answer to `new_epoch` and `add_wraps`.
     KeysStored(KeysStored),
+    /// Ours: the answer to `state_set`.
+    StateStored(StateStored),
+    /// Ours: the answer to `state_delete`.
+    StateDeleted(StateDeleted),
+    /// Ours: the answer to `state_get` and `state_list`.
+    StateEntries(StateEntries),
+    /// Ours: the answer to `remember` and `forget`.
+    MemoryStored(MemoryStored),
+    /// Ours: the answer to `memories`.
+    MemoriesPage(MemoriesPage),
     /// Ours (`delivery_receipt`): one recipient member acknowledged a message this session sent.
     Receipt(Receipt),
     Error(ErrorFrame),
@@ -59,6 +70,11 @@ impl ServerFrame {
             ServerFrame::MembershipLogPage(f) => f.req_id.as_deref(),
             ServerFrame::MeshKeysResult(f) => f.req_id.as_deref(),
             ServerFrame::KeysStored(f) => f.req_id.as_deref(),
+            ServerFrame::StateStored(f) => f.req_id.as_deref(),
+            ServerFrame::StateDeleted(f) => f.req_id.as_deref(),
+            ServerFrame::StateEntries(f) => f.req_id.as_deref(),
+            ServerFrame::MemoryStored(f) => f.req_id.as_deref(),
+            ServerFrame::MemoriesPage(f) => f.req_id.as_deref(),
             ServerFrame::Error(f) => f.req_id.as_deref(),
             ServerFrame::Ack(f) => f.req_id.as_deref(),
             ServerFrame::HelloAck(_) | ServerFrame::Push(_) | ServerFrame::Receipt(_) => None,
@@ -485,8 +501,11 @@ pub enum ErrorCode {
     Forbidden,
     /// Ours: the request names something that does not exist (for example a schedule).
     NotFound,
-    /// Ours: another client got there first (an epoch of the mesh's key was taken).
+    /// Ours: another client got there first (an epoch of the mesh's key was taken, a state
+    /// entry moved past the version a write expected).
     Conflict,
+    /// Ours: the member is at one of its limits (shared-state entries, memories, their bytes).
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -507,6 +526,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 }

@@ -29,11 +29,14 @@ pub enum Capability {
     /// The session hears `peer_updated` whenever another session of its mesh changes its status,
     /// summary, groups or stats (a front end that shows peers live, instead of polling).
     PeerUpdates,
+    /// The session hears `state_changed` whenever a shared-state entry of its mesh is written or
+    /// removed (a client filters what reaches a model by name, which the broker cannot see).
+    StateUpdates,
 }
 
 impl Capability {
     /// Every capability this implementation supports, in the order `hello_ack` lists them.
-    pub const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 9] = [
         Capability::SessionSig,
         Capability::DeliveryAck,
         Capability::Enc,
@@ -42,6 +45,7 @@ impl Capability {
         Capability::RefusalCode,
         Capability::HelloV2,
         Capability::PeerUpdates,
+        Capability::StateUpdates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl Capability {
             Capability::RefusalCode => "refusal_code",
             Capability::HelloV2 => "hello_v2",
             Capability::PeerUpdates => "peer_updates",
+            Capability::StateUpdates => "state_updates",
         }
     }
 

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::state::{MeshState, RemoteSession, peer_info};
 use super::{Entry, Lane, Router, frame_text};
-use crate::protocol::{Capability, PeerInfo, PeerLeft, Receipt, ServerFrame, SystemEvent};
+use crate::protocol::{Capability, PeerInfo, PeerLeft, Receipt, ServerFrame, StateChanged, SystemEvent};
 use crate::store::{MAX_ANNOUNCEMENT, Store, StoreNotice};
 
 /// A replica announces something at least this often.
@@ -60,6 +60,9 @@ pub(super) enum Presence {
     },
     /// A receipt for a session of the announcing replica's mesh, connected to another replica.
     Receipt { replica: String, mesh_id: String, to: String, receipt: Receipt },
+    /// A shared-state entry of the mesh changed here: the others read it from the store (it may
+    /// be too large to announce) and tell their sessions that follow shared state.
+    State { replica: String, mesh_id: String, change: StateChanged, removed: bool },
     /// Nothing else to say for a while.
     Alive { replica: String },
     /// This replica (re)started listening: everyone, announce your sessions again.
@@ -72,6 +75,7 @@ impl Presence {
             Presence::Up { replica, .. }
             | Presence::Down { replica, .. }
             | Presence::Receipt { replica, .. }
+            | Presence::State { replica, .. }
             | Presence::Alive { replica }
             | Presence::Hello { replica } => replica,
         }
@@ -233,6 +237,7 @@ impl Router {
                     self.send_to(sender, frame_text(&ServerFrame::Receipt(receipt)));
                 }
             }
+            Presence::State { mesh_id, change, removed, .. } => self.apply_state_change(mesh_id, change, removed).await,
             Presence::Alive { .. } => {}
             Presence::Hello { .. } => {
                 for shard in self.shards() {
@@ -267,6 +272,34 @@ impl Router {
             to: to.to_owned(),
             receipt,
         });
+    }
+
+    /// Tells the other replicas that a shared-state entry changed (without the entry itself).
+    pub(super) fn announce_state(&self, mesh_id: &str, change: &StateChanged) {
+        self.announce(Presence::State {
+            replica: self.replica.clone(),
+            mesh_id: mesh_id.to_owned(),
+            change: StateChanged { entry: None, ..change.clone() },
+            removed: change.entry.is_none(),
+        });
+    }
+
+    /// Another replica stored (or removed) a state entry: the sessions here that follow shared
+    /// state hear it, with the entry as the store has it.
+    async fn apply_state_change(&self, mesh_id: String, mut change: StateChanged, removed: bool) {
+        let Some(shard) = self.loaded_shard(&mesh_id) else { return };
+        if !removed {
+            let (mesh, name) = (mesh_id.clone(), change.name.clone());
+            match self.blocking(move |store| store.state_entries(&mesh, &[name], crate::protocol::now_ms())).await {
+                // A newer version has its own announcement; a removed one is not pushed as written.
+                Ok(found) => match found.into_iter().find(|r| r.entry.version == change.version) {
+                    Some(record) => change.entry = Some(record.entry),
+                    None => return,
+                },
+                Err(error) => return tracing::warn!(%error, "reading a state entry another replica wrote failed"),
+            }
+        }
+        self.push_state_changed(&shard.state.lock().expect("mesh lock"), change, None);
     }
 
     /// Tells the other replicas that a session here ended.

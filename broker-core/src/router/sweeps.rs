@@ -125,6 +125,16 @@ impl Router {
         );
     }
 
+    /// Deletes shared-state entries past their expiry (readers stop seeing them at once; this
+    /// frees their rows).
+    async fn expire_state(&self) {
+        match self.blocking(|store| store.expire_state(protocol::now_ms())).await {
+            Ok(n) if n > 0 => tracing::info!(expired = n, "dropped shared-state entries past their expiry"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "dropping expired shared-state entries failed"),
+        }
+    }
+
     /// Runs the periodic sweeps until `shutdown` resolves.
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let config = self.config.clone();
@@ -159,7 +169,10 @@ impl Router {
                     self.metrics.db_healthy.store(healthy, Ordering::Relaxed);
                     self.metrics.store_batches_total.store(self.store.commits(), Ordering::Relaxed);
                 }
-                _ = expiry.tick() => self.expire_old_messages(),
+                _ = expiry.tick() => {
+                    self.expire_old_messages();
+                    self.expire_state().await;
+                }
                 _ = tokio::time::sleep_until(next_schedule) => {
                     // Occurrences missed while the broker was down come one per schedule per
                     // pass: a few passes at once catch up without holding the other sweeps.

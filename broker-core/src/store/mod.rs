@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::membership::{Admission, AdmittedVia, Change, LogEntry, RemovalReason};
 use crate::meshkey::{EpochRecord, Wrap};
-use crate::protocol::{Enc, GroupMembership, Priority, Role, Stats, WrappedKey};
+use crate::protocol::{Enc, GroupMembership, MemoryEntry, Priority, Role, StateEntry, Stats, WrappedKey};
 
 pub use self::postgres::PostgresStore;
 pub(crate) use self::postgres::parse_database_url;
@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0007_receipts", include_str!("migrations/0007_receipts.sql")),
     ("0008_schedules", include_str!("migrations/0008_schedules.sql")),
     ("0009_membership", include_str!("migrations/0009_membership.sql")),
+    ("0010_workspace", include_str!("migrations/0010_workspace.sql")),
 ];
 
 /// Lowercase ASCII letters, digits and single dashes; never empty.
@@ -530,6 +531,31 @@ pub struct ScheduleRecord {
     pub created_at: u64,
 }
 
+/// A shared-state entry as the store keeps it: the sealed entry and the member that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    pub mesh_id: String,
+    pub writer_member_id: String,
+    pub entry: StateEntry,
+}
+
+/// A memory as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryRecord {
+    pub mesh_id: String,
+    pub writer_member_id: String,
+    pub entry: MemoryEntry,
+}
+
+/// What one member may keep in a mesh's shared workspace: live state entries, memories, and
+/// the bytes of both (their ciphertext).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkspaceQuota {
+    pub state_entries: u64,
+    pub memories: u64,
+    pub bytes: u64,
+}
+
 /// A queue entry as loaded back from storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEntry {
@@ -724,6 +750,36 @@ pub trait Store: Send + Sync + 'static {
     /// Schedules due at `now_ms` (their next occurrence at or before it), soonest first, at
     /// most `limit`.
     fn due_schedules(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<ScheduleRecord>>;
+
+    // --- the shared workspace: sealed state entries and memories -------------------------------
+
+    /// The live entries (not expired at `now_ms`) among `names`.
+    fn state_entries(&self, mesh_id: &str, names: &[String], now_ms: u64) -> StoreResult<Vec<StateRecord>>;
+    /// Live entries named after `after`, in name order, at most `limit`.
+    fn state_page(&self, mesh_id: &str, after: Option<&str>, limit: usize, now_ms: u64)
+    -> StoreResult<Vec<StateRecord>>;
+    /// Stores `record` as its name's entry if the live entry is at `record.entry.version - 1`
+    /// (0: none is), its epoch is the mesh's newest, and its writer stays within `quota`;
+    /// `Conflict` with `version_mismatch`, `stale_epoch` or `quota_exceeded` otherwise.
+    /// Overwriting another member's entry is audited (`state_overwritten`).
+    fn put_state(&self, record: &StateRecord, quota: &WorkspaceQuota, now_ms: u64) -> StoreResult<()>;
+    /// Removes the live entry of `name` (only while at `expected`, when given:
+    /// `Conflict("version_mismatch")`), audited `state_deleted` by the member `actor`; the
+    /// version removed, 0 when none was live.
+    fn delete_state(&self, mesh_id: &str, name: &str, expected: Option<u64>, actor: &str, now_ms: u64)
+    -> StoreResult<u64>;
+    /// Deletes the entries expired at `now_ms`; how many.
+    fn expire_state(&self, now_ms: u64) -> StoreResult<u64>;
+    /// Stores a memory under the mesh's next `seq` (returned) if its epoch is the newest and its
+    /// writer stays within `quota`; `Conflict` with `stale_epoch`, `quota_exceeded`, or
+    /// `duplicate` (the id is taken).
+    fn add_memory(&self, record: &MemoryRecord, quota: &WorkspaceQuota, now_ms: u64) -> StoreResult<u64>;
+    /// The mesh's memories with `seq > after`, in order, at most `limit`.
+    fn memories(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<MemoryRecord>>;
+    fn memory(&self, mesh_id: &str, id: &str) -> StoreResult<Option<MemoryRecord>>;
+    /// Empties a memory's content and moves it to the mesh's next `seq` (returned), audited
+    /// `memory_forgotten` by the member `actor`; `None` when no memory by that id is left.
+    fn forget_memory(&self, mesh_id: &str, id: &str, actor: &str, now_ms: u64) -> StoreResult<Option<u64>>;
 
     // --- meshes and members ------------------------------------------------------------------
 

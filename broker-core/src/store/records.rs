@@ -42,6 +42,67 @@ pub(super) fn epoch_created(mesh_id: &str, record: &EpochRecord) -> AuditEvent {
     event(mesh_id, "epoch_created", None, json!({"epoch": record.epoch, "by": record.by}))
 }
 
+/// The columns of `state_entries`, in the order both stores read them.
+pub(super) const STATE_COLUMNS: &str =
+    "mesh_id, name, version, epoch, nonce, ciphertext, writer_member_id, writer_pubkey, updated_at, expires_at";
+pub(super) const MEMORY_COLUMNS: &str =
+    "mesh_id, id, seq, epoch, nonce, ciphertext, writer_member_id, writer_pubkey, created_at, forgotten_at";
+
+/// What a member keeps in a mesh's workspace now.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct WorkspaceUsage {
+    pub state_entries: u64,
+    pub memories: u64,
+    pub bytes: u64,
+}
+
+/// A write of `added` bytes (one more state entry or memory, as `adds_*` say) keeps the writer
+/// within its quota; else `Conflict("quota_exceeded")`.
+pub(super) fn check_quota(
+    usage: WorkspaceUsage,
+    quota: &super::WorkspaceQuota,
+    adds_state: bool,
+    adds_memory: bool,
+    added: u64,
+) -> StoreResult<()> {
+    let over = (adds_state && usage.state_entries >= quota.state_entries)
+        || (adds_memory && usage.memories >= quota.memories)
+        || usage.bytes + added > quota.bytes;
+    if over {
+        return Err(StoreError::Conflict("quota_exceeded".into()));
+    }
+    Ok(())
+}
+
+/// A state write finds the live entry at the version it follows, under the newest epoch.
+pub(super) fn check_state_write(live_version: u64, newest_epoch: u64, entry: &crate::protocol::StateEntry) -> StoreResult<()> {
+    if entry.epoch != newest_epoch {
+        return Err(StoreError::Conflict("stale_epoch".into()));
+    }
+    if entry.version != live_version + 1 {
+        return Err(StoreError::Conflict("version_mismatch".into()));
+    }
+    Ok(())
+}
+
+/// The audit entry of a member writing over another member's state entry (never its content).
+pub(super) fn state_overwritten(record: &super::StateRecord, previous_writer: &str) -> AuditEvent {
+    event(
+        &record.mesh_id,
+        "state_overwritten",
+        Some(&record.writer_member_id),
+        json!({"name": record.entry.name, "version": record.entry.version, "previousWriter": previous_writer}),
+    )
+}
+
+pub(super) fn state_deleted(mesh_id: &str, name: &str, version: u64, writer: &str, actor: &str) -> AuditEvent {
+    event(mesh_id, "state_deleted", Some(actor), json!({"name": name, "version": version, "writer": writer}))
+}
+
+pub(super) fn memory_forgotten(mesh_id: &str, id: &str, writer: &str, actor: &str) -> AuditEvent {
+    event(mesh_id, "memory_forgotten", Some(actor), json!({"memoryId": id, "writer": writer}))
+}
+
 /// JSON a store wrote into `column`, read back; `Unreadable` when it no longer parses.
 pub(super) fn stored_json<T: DeserializeOwned>(column: &'static str, text: String) -> StoreResult<T> {
     serde_json::from_str(&text).map_err(|_| StoreError::Unreadable { column, value: text })

@@ -10,5 +10,6 @@ mod peers;
 mod profile;
 mod resolve;
 mod status;
+mod workspace;
 
 pub use audit::audit_record;

@@ -24,6 +24,7 @@ mod membership;
 mod notices;
 mod rows;
 mod schedules;
+mod workspace;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +40,7 @@ use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, DeviceCodeRecord, DeviceInfo, DeviceRecord,
     EmailCodeOutcome, EndorsementRecord, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction,
     MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord, Redemption,
-    ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
+    MemoryRecord, ScheduleRecord, StateRecord, Store, StoreError, StoreNotice, StoreResult, WorkspaceQuota, WriteOp,
 };
 use crate::membership::LogEntry;
 use crate::meshkey::{EpochRecord, Wrap};
@@ -57,6 +58,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0007_receipts", include_str!("../migrations/postgres/0007_receipts.sql")),
     ("0008_schedules", include_str!("../migrations/postgres/0008_schedules.sql")),
     ("0009_membership", include_str!("../migrations/postgres/0009_membership.sql")),
+    ("0010_workspace", include_str!("../migrations/postgres/0010_workspace.sql")),
 ];
 
 /// Idle connections kept for reads and control-plane changes.
@@ -345,6 +347,55 @@ impl Store for PostgresStore {
 
     fn due_schedules(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<ScheduleRecord>> {
         self.with_client(|client| schedules::due(client, now_ms, limit))
+    }
+
+    fn state_entries(&self, mesh_id: &str, names: &[String], now_ms: u64) -> StoreResult<Vec<StateRecord>> {
+        self.with_client(|client| workspace::entries(client, mesh_id, names, now_ms))
+    }
+
+    fn state_page(
+        &self,
+        mesh_id: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> StoreResult<Vec<StateRecord>> {
+        self.with_client(|client| workspace::page(client, mesh_id, after, limit, now_ms))
+    }
+
+    fn put_state(&self, record: &StateRecord, quota: &WorkspaceQuota, now_ms: u64) -> StoreResult<()> {
+        self.transaction(|tx| workspace::put(tx, record, quota, now_ms))
+    }
+
+    fn delete_state(
+        &self,
+        mesh_id: &str,
+        name: &str,
+        expected: Option<u64>,
+        actor: &str,
+        now_ms: u64,
+    ) -> StoreResult<u64> {
+        self.transaction(|tx| workspace::delete(tx, mesh_id, name, expected, actor, now_ms))
+    }
+
+    fn expire_state(&self, now_ms: u64) -> StoreResult<u64> {
+        self.with_client(|client| workspace::expire(client, now_ms))
+    }
+
+    fn add_memory(&self, record: &MemoryRecord, quota: &WorkspaceQuota, now_ms: u64) -> StoreResult<u64> {
+        self.transaction(|tx| workspace::add_memory(tx, record, quota, now_ms))
+    }
+
+    fn memories(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<MemoryRecord>> {
+        self.with_client(|client| workspace::memories(client, mesh_id, after, limit))
+    }
+
+    fn memory(&self, mesh_id: &str, id: &str) -> StoreResult<Option<MemoryRecord>> {
+        self.with_client(|client| workspace::memory(client, mesh_id, id))
+    }
+
+    fn forget_memory(&self, mesh_id: &str, id: &str, actor: &str, now_ms: u64) -> StoreResult<Option<u64>> {
+        self.transaction(|tx| workspace::forget(tx, mesh_id, id, actor, now_ms))
     }
 
     fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>> {

@@ -21,6 +21,7 @@ mod codes;
 mod directory;
 mod membership;
 mod schedules;
+mod workspace;
 mod writer;
 
 use writer::{after_commit, in_savepoint, run_writer};
@@ -32,7 +33,8 @@ use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,
     DeviceRecord, EmailCodeOutcome, EndorsementRecord, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS,
     MemberRecord, MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry,
-    ReceiptRecord, Redemption, ScheduleRecord, Store, StoreError, StoreNotice, StoreResult, WriteOp,
+    MemoryRecord, ReceiptRecord, Redemption, ScheduleRecord, StateRecord, Store, StoreError, StoreNotice, StoreResult,
+    WorkspaceQuota, WriteOp,
 };
 use crate::membership::LogEntry;
 use crate::meshkey::{EpochRecord, Wrap};
@@ -406,6 +408,59 @@ impl Store for SqliteStore {
 
     fn due_schedules(&self, now_ms: u64, limit: usize) -> StoreResult<Vec<ScheduleRecord>> {
         self.read(|conn| schedules::due(conn, now_ms, limit))
+    }
+
+    fn state_entries(&self, mesh_id: &str, names: &[String], now_ms: u64) -> StoreResult<Vec<StateRecord>> {
+        self.read(|conn| workspace::entries(conn, mesh_id, names, now_ms))
+    }
+
+    fn state_page(
+        &self,
+        mesh_id: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> StoreResult<Vec<StateRecord>> {
+        self.read(|conn| workspace::page(conn, mesh_id, after, limit, now_ms))
+    }
+
+    fn put_state(&self, record: &StateRecord, quota: &WorkspaceQuota, now_ms: u64) -> StoreResult<()> {
+        let (record, quota) = (record.clone(), *quota);
+        self.call(move |conn| workspace::put(conn, &record, &quota, now_ms))
+    }
+
+    fn delete_state(
+        &self,
+        mesh_id: &str,
+        name: &str,
+        expected: Option<u64>,
+        actor: &str,
+        now_ms: u64,
+    ) -> StoreResult<u64> {
+        let (mesh_id, name, actor) = (mesh_id.to_owned(), name.to_owned(), actor.to_owned());
+        self.call(move |conn| workspace::delete(conn, &mesh_id, &name, expected, &actor, now_ms))
+    }
+
+    fn expire_state(&self, now_ms: u64) -> StoreResult<u64> {
+        self.call(move |conn| Ok(workspace::expire(conn, now_ms)?))
+    }
+
+    fn add_memory(&self, record: &MemoryRecord, quota: &WorkspaceQuota, now_ms: u64) -> StoreResult<u64> {
+        let (record, quota) = (record.clone(), *quota);
+        self.call(move |conn| workspace::add_memory(conn, &record, &quota, now_ms))
+    }
+
+    fn memories(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<MemoryRecord>> {
+        self.read(|conn| workspace::memories(conn, mesh_id, after, limit))
+    }
+
+    fn memory(&self, mesh_id: &str, id: &str) -> StoreResult<Option<MemoryRecord>> {
+        self.read(|conn| workspace::memory(conn, mesh_id, id))
+    }
+
+    fn forget_memory(&self, mesh_id: &str, id: &str, actor: &str, now_ms: u64) -> StoreResult<Option<u64>> {
+        let (mesh_id, id, actor) = (mesh_id.to_owned(), id.to_owned(), actor.to_owned());
+        self.call(move |conn| workspace::forget(conn, &mesh_id, &id, &actor, now_ms))
     }
 
     fn mesh(&self, id_or_slug: &str) -> StoreResult<Option<MeshRecord>> {
