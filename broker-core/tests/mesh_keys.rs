@@ -7,46 +7,12 @@ mod common;
 
 use broker_core::client::MeshKeyError;
 use broker_core::crypto::Keypair;
-use broker_core::invite::Invite;
 use broker_core::membership::Head;
 use broker_core::meshkey::{EpochRecord, new_key};
 use broker_core::protocol::{self, Role};
 use broker_core::store::Store;
-use common::accounts::{create_mesh, first_device, generous};
-use common::{TestBroker, TestMember, api};
-use serde_json::json;
-
-fn member(broker: &TestBroker, mesh_id: &str, key: &Keypair) -> TestMember {
-    let record = broker.store.member_by_pubkey(mesh_id, &key.public_hex()).expect("reads").expect("exists");
-    TestMember { key: key.clone(), record }
-}
-
-/// A member joined with an invite the creator signed (verified in the log).
-async fn invited(broker: &TestBroker, mesh_id: &str, creator: &Keypair, name: &str) -> TestMember {
-    let expires = protocol::now_ms() / 1000 + 600;
-    let invite = Invite::sign(common::invite_terms(broker, mesh_id, Role::Member, 1, expires), creator);
-    let alice = broker.store.member_by_pubkey(mesh_id, &creator.public_hex()).expect("reads").expect("creator");
-    broker
-        .store
-        .create_invite(&broker_core::store::InviteRecord {
-            id: invite.invite_id.clone(),
-            mesh_id: mesh_id.to_owned(),
-            role: Role::Member,
-            max_uses: 1,
-            used_count: 0,
-            expires_at: invite.expires_at,
-            issuer_member_id: alice.id,
-            created_at: protocol::now_ms(),
-            revoked_at: None,
-            email: None,
-        })
-        .expect("registers the invite");
-    let key = Keypair::generate();
-    let body = json!({"invite": invite.to_token(), "pubkey": key.public_hex(), "proof": common::join_proof(&invite, &key), "displayName": name});
-    let (status, joined) = api(broker.addr, "POST", "/join", None, Some(body)).await;
-    assert_eq!(status, 200, "{joined}");
-    member(broker, mesh_id, &key)
-}
+use common::accounts::{create_mesh, first_device, generous, invited, member};
+use common::{TestBroker, api};
 
 #[tokio::test]
 async fn keys_reach_verified_members_only_and_a_removal_starts_a_new_epoch() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use broker_core::client::{ClientConfig, ClientEvent};
 use broker_core::crypto::Keypair;
-use broker_core::protocol::{ErrorCode, Priority};
+use broker_core::protocol::{self, ErrorCode, Priority};
 use broker_core::testing::postgres::PostgresServer;
 use common::process::{BrokerProcess, free_port, operator, receive_all, send_until_cut_off, wait_ready};
 
@@ -379,6 +379,28 @@ async fn a_follower_hears_profile_changes_made_on_another_replica() {
     let updated = alice.system_event("peer_updated").await;
     assert_eq!(updated["displayName"], "bob");
     assert_eq!(updated["summary"], "on replica two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_change_on_one_replica_reaches_followers_on_the_other() {
+    let cluster = Cluster::start(&["alice", "bob"], &[]).await;
+    let mut follower = config(&cluster.two.url(), &cluster.mesh_id, &cluster.members["bob"]);
+    follower.state_updates = true;
+    let mut bob = common::Peer::connect(follower).await;
+    let alice = cluster.connect(&cluster.one.url(), "alice").await;
+    // The operator admitted both: the first to refresh makes the key, the other opens it.
+    alice.client.refresh_mesh_keys(None, None).await.expect("alice's keys");
+    bob.client.refresh_mesh_keys(None, None).await.expect("bob's keys");
+
+    let written = alice.client.set_state("board/alice", serde_json::json!("reviewing"), None, None).await;
+    let written = written.expect("writes");
+    let event: protocol::StateChanged =
+        serde_json::from_value(bob.system_event("state_changed").await).expect("a state change");
+    assert_eq!(bob.client.open_state(&event.entry.expect("the entry read from the store")).expect("opens"), written);
+    assert_eq!(alice.client.delete_state("board/alice", None).await.expect("deletes"), 1);
+    let removed: protocol::StateChanged =
+        serde_json::from_value(bob.system_event("state_changed").await).expect("a state change");
+    assert_eq!((removed.version, removed.entry), (1, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

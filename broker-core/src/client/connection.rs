@@ -242,6 +242,7 @@ impl Task {
                 .filter(|c| match c {
                     Capability::DeliveryReceipt => config.delivery_receipts,
                     Capability::PeerUpdates => config.peer_updates,
+                    Capability::StateUpdates => config.state_updates,
                     _ => true,
                 })
                 .map(|c| c.as_str().to_owned())

@@ -24,6 +24,14 @@ pub(super) struct EpochKeys {
     log: Mutex<Option<Arc<Verifier>>>,
 }
 
+impl EpochKeys {
+    /// The newest epoch held, and its key: what this client writes under.
+    pub(super) fn newest(&self) -> Option<(u64, Zeroizing<EpochKey>)> {
+        let keys = self.keys.lock().expect("epoch keys lock");
+        keys.iter().next_back().map(|(epoch, key)| (*epoch, key.clone()))
+    }
+}
+
 /// What a refresh found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshKeyStatus {

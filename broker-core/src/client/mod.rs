@@ -18,6 +18,7 @@ pub mod device_login;
 mod keys;
 mod mesh_keys;
 pub mod tls;
+mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ pub use backoff::Backoff;
 pub use dedup::RecentIds;
 pub use keys::{KeyRing, OpenError};
 pub use mesh_keys::{MeshKeyError, MeshKeyStatus};
+pub use workspace::{MemoryChange, MemoryItem, StateItem, WorkspaceError};
 
 use crate::crypto::{CryptoError, Keypair};
 use crate::protocol::{
@@ -92,6 +94,9 @@ pub struct ClientConfig {
     /// mesh changes its status, summary, groups or stats. Off by default: only a front end that
     /// shows peers live reads them.
     pub peer_updates: bool,
+    /// Ask for `state_changed` events whenever a shared-state entry of the mesh is written or
+    /// removed ([`MeshClient::open_state`] reads them). Off by default.
+    pub state_updates: bool,
     /// Ask the broker to keep each sent message's delivery status per recipient
     /// ([`MeshClient::message_status`]). Off by default: it costs the broker a row per
     /// recipient, which a front end that never asks need not pay.
@@ -116,6 +121,7 @@ impl ClientConfig {
             silence_timeout: Duration::from_secs(90),
             delivery_receipts: false,
             peer_updates: false,
+            state_updates: false,
             track_messages: false,
         }
     }

@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use broker_core::config::{BrokerConfig, RateLimit};
 use broker_core::crypto::{self, Keypair};
-use broker_core::protocol;
+use broker_core::invite::Invite;
+use broker_core::protocol::{self, Role};
 use broker_core::protocol::account::CONFIRMATION_HEADER;
 use broker_core::store::Store;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{TestBroker, api, api_with_headers};
+use super::{TestBroker, TestMember, api, api_with_headers};
 
 /// Polls may come every 50 ms (the production interval is 5 s).
 pub const POLL: Duration = Duration::from_millis(50);
@@ -129,4 +130,37 @@ pub async fn create_mesh(broker: &TestBroker, token: &str, name: &str) -> (Strin
     let (status, mesh) = api(broker.addr, "POST", "/v1/meshes", Some(token), Some(body)).await;
     assert_eq!(status, 201, "{mesh}");
     (mesh["id"].as_str().expect("id").to_owned(), key)
+}
+
+/// The member record of `key` in the mesh, with its key.
+pub fn member(broker: &TestBroker, mesh_id: &str, key: &Keypair) -> TestMember {
+    let record = broker.store.member_by_pubkey(mesh_id, &key.public_hex()).expect("reads").expect("exists");
+    TestMember { key: key.clone(), record }
+}
+
+/// A member joined with an invite the creator signed (verified in the log).
+pub async fn invited(broker: &TestBroker, mesh_id: &str, creator: &Keypair, name: &str) -> TestMember {
+    let expires = protocol::now_ms() / 1000 + 600;
+    let invite = Invite::sign(super::invite_terms(broker, mesh_id, Role::Member, 1, expires), creator);
+    let alice = broker.store.member_by_pubkey(mesh_id, &creator.public_hex()).expect("reads").expect("creator");
+    broker
+        .store
+        .create_invite(&broker_core::store::InviteRecord {
+            id: invite.invite_id.clone(),
+            mesh_id: mesh_id.to_owned(),
+            role: Role::Member,
+            max_uses: 1,
+            used_count: 0,
+            expires_at: invite.expires_at,
+            issuer_member_id: alice.id,
+            created_at: protocol::now_ms(),
+            revoked_at: None,
+            email: None,
+        })
+        .expect("registers the invite");
+    let key = Keypair::generate();
+    let body = json!({"invite": invite.to_token(), "pubkey": key.public_hex(), "proof": super::join_proof(&invite, &key), "displayName": name});
+    let (status, joined) = api(broker.addr, "POST", "/join", None, Some(body)).await;
+    assert_eq!(status, 200, "{joined}");
+    member(broker, mesh_id, &key)
 }

@@ -19,6 +19,7 @@ mod basics;
 mod directory;
 mod membership;
 mod queue;
+mod workspace;
 
 pub use accounts::*;
 pub use audit::*;
@@ -26,6 +27,7 @@ pub use basics::*;
 pub use directory::*;
 pub use membership::*;
 pub use queue::*;
+pub use workspace::*;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +92,10 @@ macro_rules! store_conformance_tests {
             concurrent_membership_changes_keep_one_chain,
             endorsements_are_kept_per_mesh_and_device_key,
             epochs_advance_by_compare_and_set_with_their_wraps,
+            state_entries_are_written_by_compare_and_set_under_the_newest_epoch,
+            state_entries_expire_and_count_against_their_writers_quota,
+            memories_are_numbered_per_mesh_and_forgotten_for_everyone,
+            two_processes_racing_for_one_state_version_never_both_win,
             account_meshes_list_active_memberships_with_the_highest_role,
             directory_version_moves_with_every_directory_change,
             invites_are_created_listed_and_revoked,
