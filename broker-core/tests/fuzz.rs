@@ -422,7 +422,46 @@ fn client_samples() -> Vec<Value> {
             req_id: Some("r11".into()),
         }),
         ClientFrame::AddWraps(protocol::AddWraps { wraps: vec![KEYS.wrap.clone()], req_id: Some("r12".into()) }),
+        ClientFrame::StateSet(protocol::StateSet {
+            name: hex_key(0x41),
+            expected_version: 2,
+            epoch: 1,
+            nonce: "A".repeat(32),
+            ciphertext: "c2VhbGVk".into(),
+            ttl_ms: Some(60_000),
+            req_id: Some("r13".into()),
+        }),
+        ClientFrame::StateDelete(protocol::StateDelete {
+            name: hex_key(0x41),
+            expected_version: Some(3),
+            req_id: Some("r14".into()),
+        }),
+        ClientFrame::StateGet(protocol::StateGet { names: vec![hex_key(0x41)], req_id: Some("r15".into()) }),
+        ClientFrame::StateList(protocol::StateList { after: Some(hex_key(0x40)), req_id: Some("r16".into()) }),
+        ClientFrame::Remember(protocol::Remember {
+            id: "mem_abcdefghijkmnpqr".into(),
+            epoch: 1,
+            nonce: "A".repeat(32),
+            ciphertext: "c2VhbGVk".into(),
+            req_id: Some("r17".into()),
+        }),
+        ClientFrame::Memories(protocol::Memories { after: 7, req_id: Some("r18".into()) }),
+        ClientFrame::Forget(protocol::Forget { id: "mem_abcdefghijkmnpqr".into(), req_id: Some("r19".into()) }),
     ])
+}
+
+/// A sealed state entry as the broker shows it.
+fn state_entry() -> protocol::StateEntry {
+    protocol::StateEntry {
+        name: hex_key(0x41),
+        version: 3,
+        epoch: 1,
+        nonce: "A".repeat(32),
+        ciphertext: "c2VhbGVk".into(),
+        writer: hex_key(0x12),
+        updated_at: 5,
+        expires_at: Some(6),
+    }
 }
 
 /// A membership log with every kind of entry, as an honest broker serves it.
@@ -547,9 +586,43 @@ fn server_samples() -> Vec<Value> {
         enc: Some(Enc::System),
         ..Push::default()
     };
+    let changed = SystemEvent::StateChanged(protocol::StateChanged {
+        name: hex_key(0x41),
+        version: 3,
+        by: hex_key(0x12),
+        entry: Some(state_entry()),
+    });
+    let state_event = Push {
+        event: Some(changed.name().into()),
+        event_data: Some(changed.data()),
+        ..event.clone()
+    };
     let mut frames: Vec<ServerFrame> = sealed_pushes().into_iter().map(ServerFrame::Push).collect();
     frames.extend([
         ServerFrame::Push(event),
+        ServerFrame::Push(state_event),
+        ServerFrame::StateStored(protocol::StateStored { entry: state_entry(), req_id: Some("r12".into()) }),
+        ServerFrame::StateDeleted(protocol::StateDeleted { name: hex_key(0x41), version: 3, req_id: Some("r13".into()) }),
+        ServerFrame::StateEntries(protocol::StateEntries {
+            entries: vec![state_entry()],
+            more: true,
+            req_id: Some("r14".into()),
+        }),
+        ServerFrame::MemoryStored(protocol::MemoryStored { id: "mem_1".into(), seq: 4, req_id: Some("r15".into()) }),
+        ServerFrame::MemoriesPage(protocol::MemoriesPage {
+            entries: vec![protocol::MemoryEntry {
+                seq: 4,
+                id: "mem_1".into(),
+                epoch: 1,
+                nonce: "A".repeat(32),
+                ciphertext: "c2VhbGVk".into(),
+                writer: hex_key(0x12),
+                created_at: 5,
+                forgotten: false,
+            }],
+            more: false,
+            req_id: Some("r16".into()),
+        }),
         ServerFrame::HelloAck(HelloAck {
             presence_id: "p1".into(),
             member_display_name: "alice".into(),
@@ -691,10 +764,10 @@ fn every_sample_is_valid_and_every_frame_type_has_one() {
         .into_iter()
         .map(|sample| serde_json::from_value::<ClientFrame>(sample).expect("a client sample decodes").kind())
         .collect();
-    assert_eq!(client_kinds.len(), 19, "one sample per client frame type: {client_kinds:?}");
+    assert_eq!(client_kinds.len(), 26, "one sample per client frame type: {client_kinds:?}");
     let server_types: std::collections::BTreeSet<String> =
         server_samples().into_iter().map(|sample| sample["type"].as_str().expect("tagged").to_owned()).collect();
-    assert_eq!(server_types.len(), 14, "one sample per server frame type: {server_types:?}");
+    assert_eq!(server_types.len(), 19, "one sample per server frame type: {server_types:?}");
     for push in sealed_pushes() {
         let (plaintext, verified) = RECEIVER.open(&push).expect("a sealed sample opens");
         assert_eq!((plaintext.as_slice(), verified), (PLAINTEXT, true));
