@@ -145,10 +145,8 @@ pub fn seal<T: Serialize>(key: &EpochKey, address: &Address, body: &T, writer: &
 /// Opens an entry the broker says sits at `address`, and checks its writer's signature. The
 /// caller still checks that the writer was a verified member of the mesh.
 pub fn open<T: DeserializeOwned>(key: &EpochKey, address: &Address, sealed: &Sealed) -> Result<Opened<T>, EntryError> {
-    let nonce: [u8; 24] = crypto::b64_decode(&sealed.nonce)
-        .ok()
-        .and_then(|n| n.try_into().ok())
-        .ok_or(EntryError::DoesNotOpen)?;
+    let nonce: [u8; 24] =
+        crypto::b64_decode(&sealed.nonce).ok().and_then(|n| n.try_into().ok()).ok_or(EntryError::DoesNotOpen)?;
     let ciphertext = crypto::b64_decode(&sealed.ciphertext).map_err(|_| EntryError::DoesNotOpen)?;
     let aad = address.associated_data();
     let plaintext = Zeroizing::new(
@@ -157,8 +155,12 @@ pub fn open<T: DeserializeOwned>(key: &EpochKey, address: &Address, sealed: &Sea
             .map_err(|_| EntryError::DoesNotOpen)?,
     );
     let plain: Plaintext = serde_json::from_slice(&plaintext).map_err(|_| EntryError::Malformed)?;
-    crypto::verify_signed(&plain.writer, address.signed_bytes(&plain.writer, plain.at, &plain.body).as_bytes(), &plain.signature)
-        .map_err(|_| EntryError::BadSignature)?;
+    crypto::verify_signed(
+        &plain.writer,
+        address.signed_bytes(&plain.writer, plain.at, &plain.body).as_bytes(),
+        &plain.signature,
+    )
+    .map_err(|_| EntryError::BadSignature)?;
     let body = serde_json::from_str(&plain.body).map_err(|_| EntryError::Malformed)?;
     Ok(Opened { body, writer: plain.writer, at: plain.at })
 }

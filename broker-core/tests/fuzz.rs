@@ -592,17 +592,17 @@ fn server_samples() -> Vec<Value> {
         by: hex_key(0x12),
         entry: Some(state_entry()),
     });
-    let state_event = Push {
-        event: Some(changed.name().into()),
-        event_data: Some(changed.data()),
-        ..event.clone()
-    };
+    let state_event = Push { event: Some(changed.name().into()), event_data: Some(changed.data()), ..event.clone() };
     let mut frames: Vec<ServerFrame> = sealed_pushes().into_iter().map(ServerFrame::Push).collect();
     frames.extend([
         ServerFrame::Push(event),
         ServerFrame::Push(state_event),
         ServerFrame::StateStored(protocol::StateStored { entry: state_entry(), req_id: Some("r12".into()) }),
-        ServerFrame::StateDeleted(protocol::StateDeleted { name: hex_key(0x41), version: 3, req_id: Some("r13".into()) }),
+        ServerFrame::StateDeleted(protocol::StateDeleted {
+            name: hex_key(0x41),
+            version: 3,
+            req_id: Some("r13".into()),
+        }),
         ServerFrame::StateEntries(protocol::StateEntries {
             entries: vec![state_entry()],
             more: true,

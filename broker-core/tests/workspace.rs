@@ -72,7 +72,10 @@ async fn shared_state_is_sealed_compare_and_set_and_follows_the_membership() {
     assert_eq!(over.version, 2);
 
     // A ttl ends the entry for readers.
-    alice_client.set_state("presence/alice", json!("here"), None, Some(Duration::from_millis(150))).await.expect("writes");
+    alice_client
+        .set_state("presence/alice", json!("here"), None, Some(Duration::from_millis(150)))
+        .await
+        .expect("writes");
     assert!(bob_client.get_state("presence/alice").await.expect("reads").is_some());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(bob_client.get_state("presence/alice").await.expect("reads"), None);
@@ -115,7 +118,10 @@ async fn shared_state_is_sealed_compare_and_set_and_follows_the_membership() {
     carol_session.client.refresh_mesh_keys(None, None).await.expect("opens carol's wraps");
     let seen = carol_session.client.get_state("lock/deploy-7f3a").await.expect("reads").expect("there");
     assert_eq!(seen.value["owner"], "alice");
-    assert_eq!(carol_session.client.get_state("plan/after-kick").await.expect("reads").map(|i| i.value), Some(json!("after")));
+    assert_eq!(
+        carol_session.client.get_state("plan/after-kick").await.expect("reads").map(|i| i.value),
+        Some(json!("after"))
+    );
 
     // A member the broker adds on its own never gets a key, so never reads or writes.
     let mallory = broker.add_member(&mesh_id, "mallory", Role::Admin);
@@ -171,7 +177,8 @@ async fn memories_sync_by_sequence_and_forgetting_reaches_everyone() {
     let bob_session = session(&broker, &mesh_id, &bob, "bob").await;
     let (alice_client, bob_client) = (alice_session.client.clone(), bob_session.client.clone());
 
-    let first = alice_client.remember("the staging database is memory-secret-91 on port 5433", vec!["infra".into()]).await;
+    let first =
+        alice_client.remember("the staging database is memory-secret-91 on port 5433", vec!["infra".into()]).await;
     let first = first.expect("remembers");
     let second = bob_client.remember("deploys need two approvals", vec!["process".into()]).await.expect("remembers");
     assert!(second.seq > first.seq);
@@ -224,6 +231,7 @@ async fn quotas_and_bad_entries_get_clear_refusals() {
     assert!(matches!(&refused, Err(WorkspaceError::Refused(m)) if m.starts_with("quota_exceeded")), "{refused:?}");
     let too_large = client.set_state("big", json!("x".repeat(100 * 1024)), None, None).await;
     assert!(matches!(&too_large, Err(WorkspaceError::Refused(m)) if m.contains("too_large")), "{too_large:?}");
-    let items: Vec<StateItem> = client.list_state("").await.expect("lists").into_iter().map(|i| i.expect("opens")).collect();
+    let items: Vec<StateItem> =
+        client.list_state("").await.expect("lists").into_iter().map(|i| i.expect("opens")).collect();
     assert_eq!(items.iter().map(|i| i.value.clone()).collect::<Vec<_>>(), [json!(1), json!(22)]);
 }

@@ -82,6 +82,9 @@ pub enum MessageKind {
     /// From claudemesh itself (`from` "claudemesh"): the broker held messages between this
     /// member and the peer whose member key is in `target`, or released them.
     Notice,
+    /// A shared-state entry this session follows (`watch_state`) changed: `from` is who
+    /// changed it, `target` the entry's name, `text` what it says now.
+    State,
 }
 
 impl MessageKind {
@@ -99,6 +102,7 @@ impl MessageKind {
             MessageKind::Group => "group",
             MessageKind::Broadcast => "broadcast",
             MessageKind::Notice => "notice",
+            MessageKind::State => "state",
         }
     }
 
@@ -107,6 +111,7 @@ impl MessageKind {
             "group" => MessageKind::Group,
             "broadcast" => MessageKind::Broadcast,
             "notice" => MessageKind::Notice,
+            "state" => MessageKind::State,
             _ => MessageKind::Direct,
         }
     }
@@ -447,7 +452,7 @@ pub struct SentMessage {
 #[cfg_attr(not(feature = "gui"), allow(dead_code))]
 pub fn for_person(message: &StoredMessage, receiving_channel: Option<&str>, own_member_keys: &[String]) -> bool {
     match message.kind {
-        MessageKind::Group | MessageKind::Broadcast | MessageKind::Notice => true,
+        MessageKind::Group | MessageKind::Broadcast | MessageKind::Notice | MessageKind::State => true,
         MessageKind::Direct => {
             receiving_channel == Some("desktop")
                 || message.target.as_ref().is_none_or(|target| own_member_keys.contains(target))

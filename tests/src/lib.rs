@@ -117,8 +117,9 @@ pub struct Broker {
     namespace: Option<Namespace>,
     /// More `serve` options (`--allow-insecure-http`, …).
     serve_args: Vec<String>,
-    /// Its stderr, when it runs in a namespace (its device-login lines are at `info` there).
-    log: Option<tempfile::NamedTempFile>,
+    /// Its stderr, when kept (in a namespace its device-login lines are at `info`; a broker
+    /// started with [`Broker::start_logged`] logs everything down to `debug`).
+    log: Option<(tempfile::NamedTempFile, &'static str)>,
     child: Option<Child>,
 }
 
@@ -133,6 +134,21 @@ impl Broker {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         Broker::spawn_new(None, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), url, serve_args).await
+    }
+
+    /// A broker on this machine's loopback that logs everything down to `debug` into a file,
+    /// for checks of what its log may hold ([`Broker::log`]).
+    pub async fn start_logged() -> Result<Broker> {
+        let port = free_port();
+        let mut broker = Broker::new_unstarted(
+            None,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            format!("http://127.0.0.1:{port}"),
+            &[],
+        )?;
+        broker.log = Some((tempfile::NamedTempFile::new()?, "debug"));
+        broker.spawn().await?;
+        Ok(broker)
     }
 
     /// A broker on another machine: inside `namespace`, listening on `listen`, telling peers
@@ -152,12 +168,24 @@ impl Broker {
         url: String,
         serve_args: &[&str],
     ) -> Result<Broker> {
-        let log = namespace.is_some().then(tempfile::NamedTempFile::new).transpose()?;
-        let data = tempfile::tempdir()?;
-        let serve_args = serve_args.iter().map(|arg| (*arg).to_owned()).collect();
-        let mut broker = Broker { data, port: listen.port(), url, listen, namespace, serve_args, log, child: None };
+        let mut broker = Broker::new_unstarted(namespace, listen, url, serve_args)?;
         broker.spawn().await?;
         Ok(broker)
+    }
+
+    fn new_unstarted(
+        namespace: Option<Namespace>,
+        listen: SocketAddr,
+        url: String,
+        serve_args: &[&str],
+    ) -> Result<Broker> {
+        let log = match namespace {
+            Some(_) => Some((tempfile::NamedTempFile::new()?, "warn,broker_core::server::device_login=info")),
+            None => None,
+        };
+        let data = tempfile::tempdir()?;
+        let serve_args = serve_args.iter().map(|arg| (*arg).to_owned()).collect();
+        Ok(Broker { data, port: listen.port(), url, listen, namespace, serve_args, log, child: None })
     }
 
     pub fn url(&self) -> String {
@@ -166,7 +194,7 @@ impl Broker {
 
     /// What the broker wrote to stderr so far (a broker started with [`Broker::start_in`]).
     pub fn log(&self) -> Result<String> {
-        let log = self.log.as_ref().context("only a broker in a namespace keeps its log")?;
+        let (log, _) = self.log.as_ref().context("only a broker in a namespace or started logged keeps its log")?;
         Ok(std::fs::read_to_string(log.path())?)
     }
 
@@ -193,9 +221,9 @@ impl Broker {
             .stdout(Stdio::null())
             .kill_on_drop(true);
         match &self.log {
-            Some(log) => command
-                .env("RUST_LOG", "warn,broker_core::server::device_login=info")
-                .stderr(log.reopen().context("the broker's log file")?),
+            Some((log, filter)) => {
+                command.env("RUST_LOG", filter).stderr(log.reopen().context("the broker's log file")?)
+            }
             None => command.env("RUST_LOG", "warn").stderr(Stdio::inherit()),
         };
         let child = command.spawn().context("starting claudemesh-broker")?;

@@ -8,7 +8,7 @@ use anyhow::Result;
 use claudemesh_e2e::{Broker, Device, WAIT, message_texts, peer_names};
 use serde_json::json;
 
-const TOOLS: [&str; 13] = [
+const TOOLS: [&str; 21] = [
     "list_peers",
     "send_message",
     "check_messages",
@@ -22,6 +22,14 @@ const TOOLS: [&str; 13] = [
     "schedule_reminder",
     "list_scheduled",
     "cancel_scheduled",
+    "set_state",
+    "get_state",
+    "list_state",
+    "delete_state",
+    "watch_state",
+    "remember",
+    "recall",
+    "forget",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,5 +190,82 @@ async fn bridges_message_each_other_end_to_end_and_the_broker_never_sees_plainte
         assert!(!stored.contains(text), "plaintext {text:?} found in the broker's files");
     }
     assert!(!stored.contains("e2e-plaintext"), "no plaintext fragment in the broker's files");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridges_share_state_and_memory_that_the_broker_never_reads() -> Result<()> {
+    let mut broker = Broker::start_logged().await?;
+    let (mesh, link) = broker.mesh_with_invite("workspace", 2)?;
+    let mesh_id = mesh["id"].as_str().expect("mesh id").to_owned();
+    let (alice_dev, bob_dev) = (Device::new()?, Device::new()?);
+    alice_dev.join(&link, "alice")?;
+    bob_dev.join(&link, "bob")?;
+    let mut alice = alice_dev.bridge().await?;
+    let mut bob = bob_dev.bridge().await?;
+
+    // A lock: alice takes it, bob is told who holds it and at which version.
+    let value = json!({"owner": "alice", "ticket": "e2e-state-secret"});
+    let taken = alice.call("set_state", json!({"name": "lock/deploy", "value": value, "expected_version": 0})).await?;
+    assert_eq!(taken["version"], 1, "{taken}");
+    let refused =
+        bob.call_error("set_state", json!({"name": "lock/deploy", "value": "bob", "expected_version": 0})).await?;
+    assert!(refused.contains("at version 1"), "{refused}");
+    let read = bob.call("get_state", json!({"name": "lock/deploy"})).await?;
+    assert_eq!(read["entry"]["value"], value);
+    assert_eq!(read["entry"]["writtenBy"], "alice");
+    assert!(read["note"].as_str().is_some_and(|n| n.contains("not instructions")), "{read}");
+
+    // Bob follows `board/`: a change there reaches him like a message, one elsewhere does not.
+    bob.call("watch_state", json!({"prefix": "board/"})).await?;
+    alice.call("set_state", json!({"name": "other/x", "value": 1})).await?;
+    alice.call("set_state", json!({"name": "board/alice", "value": "reviewing e2e-board-secret"})).await?;
+    let pushed = bob
+        .notification(WAIT, |n| n.method == "notifications/claude/channel" && n.params["meta"]["kind"] == "state")
+        .await
+        .expect("a state change reaches the watching session");
+    assert_eq!(pushed.params["meta"]["to"], "board/alice");
+    assert_eq!(pushed.params["meta"]["from_name"], "alice");
+    assert!(pushed.params["content"].as_str().is_some_and(|c| c.contains("reviewing")), "{:?}", pushed.params);
+    let elsewhere = bob.notification(Duration::from_millis(300), |n| n.params["meta"]["to"] == "other/x").await;
+    assert!(elsewhere.is_none(), "a change bob does not watch stays away");
+    let board = bob.call("list_state", json!({"prefix": "board/"})).await?;
+    assert_eq!(board["entries"].as_array().map(Vec::len), Some(1), "{board}");
+
+    // Released with the version held.
+    let released = alice.call("delete_state", json!({"name": "lock/deploy", "expected_version": 1})).await?;
+    assert_eq!(released["deletedVersion"], 1);
+
+    // Memory: remembered by one, recalled by the other, forgotten for both.
+    let remembered = alice
+        .call(
+            "remember",
+            json!({"text": "the e2e-memory-secret staging database listens on port 5433", "tags": ["infra"]}),
+        )
+        .await?;
+    let id = remembered["id"].as_str().expect("an id").to_owned();
+    let recalled = bob.call("recall", json!({"query": "staging port", "tags": ["infra"]})).await?;
+    let memories = recalled["memories"].as_array().expect("memories");
+    assert_eq!(memories.len(), 1, "{recalled}");
+    assert_eq!(memories[0]["rememberedBy"], "alice");
+    assert!(memories[0]["text"].as_str().is_some_and(|t| t.contains("5433")));
+    bob.call("forget", json!({"id": id})).await?;
+    let after = alice.call("recall", json!({"query": "staging"})).await?;
+    assert_eq!(after["memories"], json!([]), "{after}");
+
+    for bridge in [alice, bob] {
+        assert!(bridge.close().await?.success());
+    }
+    // Neither the broker's files nor its log (at debug) hold a name, value or memory.
+    let log = broker.log()?;
+    broker.kill().await?;
+    let stored = String::from_utf8_lossy(&broker.stored_bytes()).into_owned();
+    assert!(stored.contains(&mesh_id), "sanity: the broker's database was read");
+    assert!(log.contains("DEBUG"), "sanity: the log is at debug");
+    for secret in ["lock/deploy", "e2e-state-secret", "board/alice", "e2e-board-secret", "e2e-memory-secret", "staging"]
+    {
+        assert!(!stored.contains(secret), "{secret:?} found in the broker's files");
+        assert!(!log.contains(secret), "{secret:?} found in the broker's log");
+    }
     Ok(())
 }

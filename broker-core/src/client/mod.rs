@@ -16,6 +16,8 @@ mod connection;
 mod dedup;
 pub mod device_login;
 mod keys;
+#[cfg(feature = "memory-index")]
+pub mod memory_index;
 mod mesh_keys;
 pub mod tls;
 mod workspace;

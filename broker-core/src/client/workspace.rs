@@ -44,9 +44,16 @@ pub struct MemoryItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemoryChange {
     Remembered(MemoryItem),
-    Forgotten { id: String, seq: u64 },
+    Forgotten {
+        id: String,
+        seq: u64,
+    },
     /// A memory this client cannot open (no key for its epoch, or it does not check out).
-    Unreadable { id: String, seq: u64, reason: String },
+    Unreadable {
+        id: String,
+        seq: u64,
+        reason: String,
+    },
 }
 
 impl MemoryChange {
@@ -119,8 +126,13 @@ impl MeshClient {
     /// Opens a shared-state entry (from a reply or a `state_changed` event).
     pub fn open_state(&self, entry: &StateEntry) -> Result<StateItem, WorkspaceError> {
         let key = self.key_of(entry.epoch)?;
-        let address =
-            Address { kind: Kind::State, mesh_id: self.mesh_id(), id: &entry.name, version: entry.version, epoch: entry.epoch };
+        let address = Address {
+            kind: Kind::State,
+            mesh_id: self.mesh_id(),
+            id: &entry.name,
+            version: entry.version,
+            epoch: entry.epoch,
+        };
         let sealed = Sealed { nonce: entry.nonce.clone(), ciphertext: entry.ciphertext.clone() };
         let opened = workspace::open::<StateBody>(&key, &address, &sealed).map_err(unreadable)?;
         self.check_writer(&opened.writer, &entry.writer)?;
@@ -137,7 +149,11 @@ impl MeshClient {
         })
     }
 
-    async fn state_entries(&self, frame: ClientFrame, req_id: String) -> Result<(Vec<StateEntry>, bool), WorkspaceError> {
+    async fn state_entries(
+        &self,
+        frame: ClientFrame,
+        req_id: String,
+    ) -> Result<(Vec<StateEntry>, bool), WorkspaceError> {
         match self.exchange(frame, Correlation::Request(req_id)).await? {
             ServerFrame::StateEntries(reply) => Ok((reply.entries, reply.more)),
             ServerFrame::Error(error) => Err(refused(error.message)),
@@ -148,7 +164,8 @@ impl MeshClient {
     /// The live entry stored under a blinded name, as the broker has it.
     async fn raw_state(&self, blinded: &str) -> Result<Option<StateEntry>, WorkspaceError> {
         let req_id = self.correlation_id();
-        let frame = ClientFrame::StateGet(protocol::StateGet { names: vec![blinded.to_owned()], req_id: Some(req_id.clone()) });
+        let frame =
+            ClientFrame::StateGet(protocol::StateGet { names: vec![blinded.to_owned()], req_id: Some(req_id.clone()) });
         Ok(self.state_entries(frame, req_id).await?.0.into_iter().find(|e| e.name == blinded))
     }
 
@@ -165,7 +182,8 @@ impl MeshClient {
         let mut items = Vec::new();
         loop {
             let req_id = self.correlation_id();
-            let frame = ClientFrame::StateList(protocol::StateList { after: after.clone(), req_id: Some(req_id.clone()) });
+            let frame =
+                ClientFrame::StateList(protocol::StateList { after: after.clone(), req_id: Some(req_id.clone()) });
             let (entries, more) = self.state_entries(frame, req_id).await?;
             after = entries.last().map(|e| e.name.clone());
             items.extend(entries.iter().map(|entry| self.open_state(entry)));
@@ -285,9 +303,14 @@ impl MeshClient {
             req_id: Some(req_id.clone()),
         });
         match self.exchange(frame, Correlation::Request(req_id)).await? {
-            ServerFrame::MemoryStored(stored) => {
-                Ok(MemoryItem { id, seq: stored.seq, text: body.text, tags: body.tags, writer: self.member_pubkey(), at })
-            }
+            ServerFrame::MemoryStored(stored) => Ok(MemoryItem {
+                id,
+                seq: stored.seq,
+                text: body.text,
+                tags: body.tags,
+                writer: self.member_pubkey(),
+                at,
+            }),
             ServerFrame::Error(error) => Err(write_refusal(error, "", 0)),
             _ => Err(ClientError::UnexpectedReply.into()),
         }
@@ -299,7 +322,9 @@ impl MeshClient {
         let req_id = self.correlation_id();
         let frame = ClientFrame::Memories(protocol::Memories { after, req_id: Some(req_id.clone()) });
         match self.exchange(frame, Correlation::Request(req_id)).await? {
-            ServerFrame::MemoriesPage(page) => Ok((page.entries.iter().map(|e| self.open_memory(e)).collect(), page.more)),
+            ServerFrame::MemoriesPage(page) => {
+                Ok((page.entries.iter().map(|e| self.open_memory(e)).collect(), page.more))
+            }
             ServerFrame::Error(error) => Err(refused(error.message)),
             _ => Err(ClientError::UnexpectedReply.into()),
         }
@@ -310,7 +335,8 @@ impl MeshClient {
             return MemoryChange::Forgotten { id: entry.id.clone(), seq: entry.seq };
         }
         let opened = self.key_of(entry.epoch).and_then(|key| {
-            let address = Address { kind: Kind::Memory, mesh_id: self.mesh_id(), id: &entry.id, version: 1, epoch: entry.epoch };
+            let address =
+                Address { kind: Kind::Memory, mesh_id: self.mesh_id(), id: &entry.id, version: 1, epoch: entry.epoch };
             let sealed = Sealed { nonce: entry.nonce.clone(), ciphertext: entry.ciphertext.clone() };
             let opened = workspace::open::<MemoryBody>(&key, &address, &sealed).map_err(unreadable)?;
             self.check_writer(&opened.writer, &entry.writer)?;
@@ -335,7 +361,9 @@ impl MeshClient {
         let frame = ClientFrame::Forget(protocol::Forget { id: id.to_owned(), req_id: Some(req_id.clone()) });
         match self.exchange(frame, Correlation::Request(req_id)).await? {
             ServerFrame::MemoryStored(stored) => Ok(stored.seq),
-            ServerFrame::Error(error) if error.code == ErrorCode::NotFound => Err(WorkspaceError::UnknownMemory(id.to_owned())),
+            ServerFrame::Error(error) if error.code == ErrorCode::NotFound => {
+                Err(WorkspaceError::UnknownMemory(id.to_owned()))
+            }
             ServerFrame::Error(error) => Err(refused(error.message)),
             _ => Err(ClientError::UnexpectedReply.into()),
         }

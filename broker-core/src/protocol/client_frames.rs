@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{self, Keypair};
 
 use super::{
-    Capability, Forget, Memories, Remember, StateDelete, StateGet, StateList, StateSet, Enc, GroupMembership, PeerType, Priority, Stats, Status, StatusSource};
+    Capability, Enc, Forget, GroupMembership, Memories, PeerType, Priority, Remember, StateDelete, StateGet, StateList,
+    StateSet, Stats, Status, StatusSource,
+};
 
 /// Every frame a client may send.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    MemoriesPage, MemoryStored, StateDeleted, StateEntries, StateStored, Enc, GroupMembership, PeerType, Priority, Role, Stats, Status, WrappedKey};
+    Enc, GroupMembership, MemoriesPage, MemoryStored, PeerType, Priority, Role, StateDeleted, StateEntries,
+    StateStored, Stats, Status, WrappedKey,
+};
 
 /// Every frame the broker may send.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -756,8 +756,13 @@ pub trait Store: Send + Sync + 'static {
     /// The live entries (not expired at `now_ms`) among `names`.
     fn state_entries(&self, mesh_id: &str, names: &[String], now_ms: u64) -> StoreResult<Vec<StateRecord>>;
     /// Live entries named after `after`, in name order, at most `limit`.
-    fn state_page(&self, mesh_id: &str, after: Option<&str>, limit: usize, now_ms: u64)
-    -> StoreResult<Vec<StateRecord>>;
+    fn state_page(
+        &self,
+        mesh_id: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> StoreResult<Vec<StateRecord>>;
     /// Stores `record` as its name's entry if the live entry is at `record.entry.version - 1`
     /// (0: none is), its epoch is the mesh's newest, and its writer stays within `quota`;
     /// `Conflict` with `version_mismatch`, `stale_epoch` or `quota_exceeded` otherwise.
@@ -766,8 +771,14 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the live entry of `name` (only while at `expected`, when given:
     /// `Conflict("version_mismatch")`), audited `state_deleted` by the member `actor`; the
     /// version removed, 0 when none was live.
-    fn delete_state(&self, mesh_id: &str, name: &str, expected: Option<u64>, actor: &str, now_ms: u64)
-    -> StoreResult<u64>;
+    fn delete_state(
+        &self,
+        mesh_id: &str,
+        name: &str,
+        expected: Option<u64>,
+        actor: &str,
+        now_ms: u64,
+    ) -> StoreResult<u64>;
     /// Deletes the entries expired at `now_ms`; how many.
     fn expire_state(&self, now_ms: u64) -> StoreResult<u64>;
     /// Stores a memory under the mesh's next `seq` (returned) if its epoch is the newest and its

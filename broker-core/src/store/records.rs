@@ -75,7 +75,11 @@ pub(super) fn check_quota(
 }
 
 /// A state write finds the live entry at the version it follows, under the newest epoch.
-pub(super) fn check_state_write(live_version: u64, newest_epoch: u64, entry: &crate::protocol::StateEntry) -> StoreResult<()> {
+pub(super) fn check_state_write(
+    live_version: u64,
+    newest_epoch: u64,
+    entry: &crate::protocol::StateEntry,
+) -> StoreResult<()> {
     if entry.epoch != newest_epoch {
         return Err(StoreError::Conflict("stale_epoch".into()));
     }

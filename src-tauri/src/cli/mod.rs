@@ -17,7 +17,7 @@ use crate::claude_code;
 use crate::config::{ConfigDir, display_name_or_default};
 use crate::inbox::{Inbox, StoredMessage};
 use crate::keystore::KeyStore;
-use crate::mesh::{BrokerFault, LinkState, MeshError, SessionOptions, Supervisor};
+use crate::mesh::{BrokerFault, LinkState, MeshError, SessionOptions, Supervisor, WorkspaceFault};
 
 /// The `--json` schema version.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -80,6 +80,7 @@ fn mesh_exit(error: &MeshError) -> Exit {
         | MeshError::Resolve(_)
         | MeshError::UnknownMessage(_)
         | MeshError::UnknownSchedule(_) => Exit::NotFound,
+        MeshError::BadRequest(_) => Exit::Usage,
         MeshError::NotConnected { state: LinkState::Failed(_), .. } => Exit::Refused,
         MeshError::NotConnected { .. } => Exit::Unreachable,
         MeshError::Broker { source, .. } | MeshError::NotSent(source) => match BrokerFault::of(source) {
@@ -90,7 +91,15 @@ fn mesh_exit(error: &MeshError) -> Exit {
         MeshError::MemberKeyMismatch
         | MeshError::MemberKeyMissing { .. }
         | MeshError::KeyStore(_)
-        | MeshError::Inbox(_) => Exit::Failure,
+        | MeshError::Inbox(_)
+        | MeshError::MemoryIndex(_) => Exit::Failure,
+        MeshError::Workspace { source, .. } => match WorkspaceFault::of(source) {
+            WorkspaceFault::Lost => Exit::AlreadyExists,
+            WorkspaceFault::NotFound => Exit::NotFound,
+            WorkspaceFault::Fault(BrokerFault::Unreachable) => Exit::Unreachable,
+            WorkspaceFault::Fault(BrokerFault::Refused) => Exit::Refused,
+            WorkspaceFault::Fault(BrokerFault::Local) => Exit::Failure,
+        },
         MeshError::Each(errors) => errors.first().map_or(Exit::Failure, mesh_exit),
     }
 }
@@ -548,7 +557,7 @@ pub async fn send(target: String, message: String, priority: Priority, json_outp
 fn print_message(m: &StoredMessage) {
     use crate::inbox::MessageKind;
     let group = match m.kind {
-        MessageKind::Direct | MessageKind::Notice => String::new(),
+        MessageKind::Direct | MessageKind::Notice | MessageKind::State => String::new(),
         MessageKind::Group | MessageKind::Broadcast => format!(" to {}", m.target.as_deref().unwrap_or("?")),
     };
     // A sender not proven end to end is only a claim; a notice comes from claudemesh itself.

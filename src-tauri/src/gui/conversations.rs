@@ -16,7 +16,8 @@ pub fn key_of_received(message: &StoredMessage) -> String {
             peer_key(&message.mesh_id, peer)
         }
         MessageKind::Group => format!("group:{}:{}", message.mesh_id, message.target.as_deref().unwrap_or("@?")),
-        MessageKind::Broadcast => mesh_key(&message.mesh_id),
+        // The mesh's shared state is the whole mesh's.
+        MessageKind::Broadcast | MessageKind::State => mesh_key(&message.mesh_id),
         // About the pair with that peer: shown in the conversation with it.
         MessageKind::Notice => peer_key(&message.mesh_id, message.target.as_deref().unwrap_or(&message.from_pubkey)),
     }

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Refused,
     /// Something this names does not exist.
     NotFound,
+    /// Another writer changed it first (a shared-state entry moved past the version expected).
+    Conflict,
     /// The local broker could not start (port in use, data directory not writable).
     LocalBroker,
     /// The keychain, the config or the inbox failed.
@@ -103,6 +105,7 @@ fn mesh_kind(error: &MeshError) -> ErrorKind {
         MeshError::UnknownMesh { .. } | MeshError::UnknownMessage(_) | MeshError::UnknownSchedule(_) => {
             ErrorKind::NotFound
         }
+        MeshError::BadRequest(_) => ErrorKind::Invalid,
         MeshError::NotConnected { state: LinkState::Failed(_), .. } => ErrorKind::Refused,
         MeshError::NotConnected { .. } => ErrorKind::Unreachable,
         MeshError::Broker { source, .. } | MeshError::NotSent(source) => match BrokerFault::of(source) {
@@ -117,7 +120,15 @@ fn mesh_kind(error: &MeshError) -> ErrorKind {
         MeshError::MemberKeyMismatch
         | MeshError::MemberKeyMissing { .. }
         | MeshError::KeyStore(_)
-        | MeshError::Inbox(_) => ErrorKind::Storage,
+        | MeshError::Inbox(_)
+        | MeshError::MemoryIndex(_) => ErrorKind::Storage,
+        MeshError::Workspace { source, .. } => match crate::mesh::WorkspaceFault::of(source) {
+            crate::mesh::WorkspaceFault::Lost => ErrorKind::Conflict,
+            crate::mesh::WorkspaceFault::NotFound => ErrorKind::NotFound,
+            crate::mesh::WorkspaceFault::Fault(BrokerFault::Unreachable) => ErrorKind::Unreachable,
+            crate::mesh::WorkspaceFault::Fault(BrokerFault::Refused) => ErrorKind::Refused,
+            crate::mesh::WorkspaceFault::Fault(BrokerFault::Local) => ErrorKind::Storage,
+        },
         MeshError::Each(errors) => errors.first().map_or(ErrorKind::Storage, mesh_kind),
     }
 }

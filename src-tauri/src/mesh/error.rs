@@ -3,7 +3,7 @@
 //! to an exit code, the MCP bridge to a tool error, the desktop app to a `CommandError`. The
 //! texts are for people and say what to do; the variants are for code.
 
-use broker_core::client::ClientError;
+use broker_core::client::{ClientError, WorkspaceError};
 
 use super::LinkState;
 use super::resolve::ResolveError;
@@ -49,6 +49,20 @@ pub enum MeshError {
     /// No joined mesh has a scheduled message by that id (that this member may cancel).
     #[error("no scheduled message {0:?} in your meshes (it may have fired already); list_scheduled shows them")]
     UnknownSchedule(String),
+    /// A shared-state or memory request failed (a lost compare-and-set race, no mesh key yet,
+    /// a refusal, an entry that does not check out).
+    #[error("{mesh}: {source}")]
+    Workspace {
+        mesh: String,
+        #[source]
+        source: WorkspaceError,
+    },
+    /// The request itself is not acceptable (an empty name, a value too large).
+    #[error("{0}")]
+    BadRequest(String),
+    /// This device's memory index could not be opened or written.
+    #[error("the memory index: {0}")]
+    MemoryIndex(String),
     /// Every selected mesh failed, each for its own reason (never empty).
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Each(Vec<MeshError>),
@@ -84,6 +98,29 @@ impl BrokerFault {
             | ClientError::NoRecipient(_)
             | ClientError::Stopped(_)
             | ClientError::UnexpectedReply => BrokerFault::Refused,
+        }
+    }
+}
+
+/// What went wrong with a shared-state or memory request, as far as what to do next goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceFault {
+    /// Another writer got there first: read again, then decide.
+    Lost,
+    NotFound,
+    Fault(BrokerFault),
+}
+
+impl WorkspaceFault {
+    pub fn of(error: &WorkspaceError) -> WorkspaceFault {
+        match error {
+            WorkspaceError::VersionMismatch { .. } => WorkspaceFault::Lost,
+            WorkspaceError::UnknownMemory(_) => WorkspaceFault::NotFound,
+            WorkspaceError::NoKey | WorkspaceError::StaleEpoch | WorkspaceError::Refused(_) => {
+                WorkspaceFault::Fault(BrokerFault::Refused)
+            }
+            WorkspaceError::Unreadable(_) => WorkspaceFault::Fault(BrokerFault::Local),
+            WorkspaceError::Client(source) => WorkspaceFault::Fault(BrokerFault::of(source)),
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct MeshLink {
     /// whether one is asked for and not started yet (`receive::spawn_key_refresh`).
     pub(super) key_refresh: tokio::sync::Mutex<()>,
     pub(super) key_refresh_wanted: std::sync::atomic::AtomicBool,
+    /// The shared-state names this session follows (`watch_state`).
+    pub(super) state_watch: Mutex<super::workspace::StateWatch>,
     /// Held for the session's lifetime (see the module docs); released when the link drops.
     pub(super) _session_lock: Option<std::fs::File>,
 }

@@ -18,6 +18,7 @@ pub mod members;
 mod receive;
 pub mod resolve;
 pub mod scheduled;
+mod workspace;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -33,11 +34,12 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{ConfigDir, MeshEntry};
 use crate::inbox::{Inbox, StoredMessage};
 use crate::keystore::{KeyStore, KeyStoreError};
-pub use error::{BrokerFault, MeshError};
+pub use error::{BrokerFault, MeshError, WorkspaceFault};
 pub use link::MeshLink;
 use link::{PeerCache, Presence};
 use resolve::{MeshView, Resolution, ResolveError};
 pub use scheduled::{Reminder, when_of};
+pub use workspace::{MAX_RECALL, MemoryRow, StateRow};
 
 /// How long a mesh's peer list is trusted for name resolution before it is fetched again.
 pub const PEER_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -222,6 +224,9 @@ pub struct Supervisor {
     run_dir: PathBuf,
     hostname: String,
     log_pins: members::LogPins,
+    /// This device's index of its meshes' memories, opened on first use.
+    memory_index_path: PathBuf,
+    memory_index: std::sync::OnceLock<Arc<broker_core::client::memory_index::MemoryIndex>>,
 }
 
 impl Supervisor {
@@ -301,6 +306,9 @@ impl Supervisor {
             // front end's messages keep their status for `message_status`.
             config.delivery_receipts = observer.is_some();
             config.peer_updates = observer.is_some();
+            // Every front end can follow shared state (`watch_state`); what reaches a person
+            // or a model is filtered here by name.
+            config.state_updates = true;
             config.track_messages = true;
             let session_lock = link::lock_session(&run_dir, &config.session_key.public_hex());
             let (client, events) = MeshClient::start(config);
@@ -314,6 +322,7 @@ impl Supervisor {
                 channel: options.channel.clone(),
                 key_refresh: tokio::sync::Mutex::new(()),
                 key_refresh_wanted: std::sync::atomic::AtomicBool::new(false),
+                state_watch: Mutex::new(workspace::StateWatch::default()),
                 _session_lock: session_lock,
             });
             tokio::spawn(receive::receive(
@@ -326,7 +335,17 @@ impl Supervisor {
             ));
             links.push(link);
         }
-        Supervisor { links, failed, inbox, run_dir, hostname, log_pins }
+        let memory_index_path = config_dir.root().join("memories.db");
+        Supervisor {
+            links,
+            failed,
+            inbox,
+            run_dir,
+            hostname,
+            log_pins,
+            memory_index_path,
+            memory_index: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn links(&self) -> &[Arc<MeshLink>] {

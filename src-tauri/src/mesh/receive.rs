@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broker_core::client::{ClientEvent, InboundMessage, MeshKeyError};
-use broker_core::protocol::SystemEvent;
+use broker_core::protocol::{StateChanged, SystemEvent};
 use tokio::sync::mpsc;
 
 use super::members::LogPins;
@@ -55,6 +55,15 @@ pub(super) async fn receive(
             }
             ClientEvent::System { event, created_at } => {
                 tracing::debug!(mesh = %link.entry.slug, event = event.name(), "mesh event");
+                if let SystemEvent::StateChanged(change) = &event {
+                    if let Some(stored) = state_change(&link, change, &created_at).await
+                        && let Some(stored) = store_notice(&inbox, stored, &link.channel).await
+                    {
+                        let _ = incoming.send(stored).await;
+                    }
+                    observe(LinkEvent::Presence { mesh_id: mesh_id.clone(), event });
+                    continue;
+                }
                 if let Some(notice) = notice(&link, &event, &created_at)
                     && let Some(stored) = store_notice(&inbox, notice, &link.channel).await
                 {
@@ -135,6 +144,36 @@ fn notice(link: &MeshLink, event: &SystemEvent, created_at: &str) -> Option<Stor
         priority: "now".to_owned(),
         kind: MessageKind::Notice,
         target: Some(peer.to_owned()),
+        text: Some(text),
+        error: None,
+        sent_at: created_at.to_owned(),
+        received_at: broker_core::protocol::now_ms(),
+        receiving_session: session,
+        read: false,
+    })
+}
+
+/// A change of a shared-state entry this session follows, as a message from whoever made it:
+/// it reaches the model like messages do (peers' content, never instructions).
+async fn state_change(link: &MeshLink, change: &StateChanged, created_at: &str) -> Option<StoredMessage> {
+    let watched = link.watched_change(change)?;
+    let from = link.name_of(&watched.by, Some(&watched.by)).await;
+    let text = match &watched.value {
+        Some(value) => format!("shared state {:?} is now {value} (version {})", watched.name, watched.version),
+        None => format!("shared state {:?} was removed (it was at version {})", watched.name, watched.version),
+    };
+    let session = link.session_pubkey();
+    Some(StoredMessage {
+        id: format!("state_{}_{}_{}_{session}", change.name, change.version, u8::from(watched.value.is_none())),
+        mesh_id: link.entry.mesh_id.clone(),
+        mesh_slug: link.entry.slug.clone(),
+        from,
+        from_pubkey: watched.by.clone(),
+        from_member_pubkey: Some(watched.by),
+        verified: true,
+        priority: "next".to_owned(),
+        kind: MessageKind::State,
+        target: Some(watched.name),
         text: Some(text),
         error: None,
         sent_at: created_at.to_owned(),

@@ -79,7 +79,7 @@ pub fn message(message: &StoredMessage) -> String {
     let to = match message.kind {
         MessageKind::Direct => "you".to_owned(),
         MessageKind::Group => message.target.clone().unwrap_or_else(|| "a group".into()),
-        MessageKind::Broadcast => "everyone".to_owned(),
+        MessageKind::Broadcast | MessageKind::State => "everyone".to_owned(),
         MessageKind::Notice => return format!("claudemesh · {}\n{}", message.mesh_slug, body(message)),
     };
     let unverified = if message.verified { "" } else { " (sender not verified)" };

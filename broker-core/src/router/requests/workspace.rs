@@ -38,9 +38,10 @@ fn is_memory_id(id: &str) -> bool {
 fn refusal(error: &StoreError) -> Option<(ErrorCode, &'static str)> {
     let StoreError::Conflict(code) = error else { return None };
     Some(match code.as_str() {
-        "version_mismatch" => {
-            (ErrorCode::Conflict, "version_mismatch: the entry is not at the version this write expected; read it again")
-        }
+        "version_mismatch" => (
+            ErrorCode::Conflict,
+            "version_mismatch: the entry is not at the version this write expected; read it again",
+        ),
         "stale_epoch" => (
             ErrorCode::Conflict,
             "stale_epoch: the mesh's key moved to a newer epoch; refresh the mesh keys and write again",
@@ -162,7 +163,11 @@ impl Router {
         }
     }
 
-    pub(in crate::router) async fn state_delete(self: &Arc<Self>, session: &SessionHandle, delete: protocol::StateDelete) {
+    pub(in crate::router) async fn state_delete(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        delete: protocol::StateDelete,
+    ) {
         if !protocol::is_key_hex(&delete.name) {
             let problem = "a state name travels blinded: 64 lowercase hex";
             return self.reply_error(session, ErrorCode::Malformed, problem, delete.req_id);
@@ -202,7 +207,11 @@ impl Router {
                 let deleted = protocol::StateDeleted { name: delete.name, version, req_id: delete.req_id };
                 self.reply(session, ServerFrame::StateDeleted(deleted));
                 if version > 0 {
-                    self.state_changed(&session.shard.state.lock().expect("mesh lock"), change, Some(session.session_id));
+                    self.state_changed(
+                        &session.shard.state.lock().expect("mesh lock"),
+                        change,
+                        Some(session.session_id),
+                    );
                 }
             }
             Err(error) => self.workspace_failure(session, &error, "removing the entry", delete.req_id),
@@ -236,7 +245,10 @@ impl Router {
                 let more = found.len() > STATE_PAGE;
                 found.truncate(STATE_PAGE);
                 let entries = found.into_iter().map(|r| r.entry).collect();
-                self.reply(session, ServerFrame::StateEntries(protocol::StateEntries { entries, more, req_id: list.req_id }));
+                self.reply(
+                    session,
+                    ServerFrame::StateEntries(protocol::StateEntries { entries, more, req_id: list.req_id }),
+                );
             }
             Err(error) => self.workspace_failure(session, &error, "listing the entries", list.req_id),
         }
@@ -285,7 +297,10 @@ impl Router {
                 let more = found.len() > MEMORY_PAGE;
                 found.truncate(MEMORY_PAGE);
                 let entries = found.into_iter().map(|r| r.entry).collect();
-                self.reply(session, ServerFrame::MemoriesPage(protocol::MemoriesPage { entries, more, req_id: query.req_id }));
+                self.reply(
+                    session,
+                    ServerFrame::MemoriesPage(protocol::MemoriesPage { entries, more, req_id: query.req_id }),
+                );
             }
             Err(error) => self.workspace_failure(session, &error, "reading the memories", query.req_id),
         }

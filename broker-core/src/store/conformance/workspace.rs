@@ -170,7 +170,8 @@ pub fn two_processes_racing_for_one_state_version_never_both_win<D: TestDatabase
     }
     let memories: Vec<_> = (0..4)
         .map(|n| {
-            let (store, record) = (database.open(), memory(if n % 2 == 0 { &alice } else { &bob }, &format!("r{n}"), 1));
+            let (store, record) =
+                (database.open(), memory(if n % 2 == 0 { &alice } else { &bob }, &format!("r{n}"), 1));
             std::thread::spawn(move || store.add_memory(&record, &WorkspaceQuota { memories: 10, ..QUOTA }, NOW_MS))
         })
         .collect();

@@ -39,8 +39,8 @@ use tokio::sync::mpsc;
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, DeviceCodeRecord, DeviceInfo, DeviceRecord,
     EmailCodeOutcome, EndorsementRecord, GrantChange, GrantRecord, InviteRecord, MemberRecord, MembershipAction,
-    MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord, Redemption,
-    MemoryRecord, ScheduleRecord, StateRecord, Store, StoreError, StoreNotice, StoreResult, WorkspaceQuota, WriteOp,
+    MemoryRecord, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord,
+    Redemption, ScheduleRecord, StateRecord, Store, StoreError, StoreNotice, StoreResult, WorkspaceQuota, WriteOp,
 };
 use crate::membership::LogEntry;
 use crate::meshkey::{EpochRecord, Wrap};

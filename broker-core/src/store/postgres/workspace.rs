@@ -245,7 +245,10 @@ pub(super) fn memories(
 }
 
 pub(super) fn memory(db: &mut impl GenericClient, mesh_id: &str, id: &str) -> StoreResult<Option<MemoryRecord>> {
-    let row = db.query_opt(&format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE mesh_id = $1 AND id = $2"), &[&mesh_id, &id])?;
+    let row = db.query_opt(
+        &format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE mesh_id = $1 AND id = $2"),
+        &[&mesh_id, &id],
+    )?;
     Ok(row.as_ref().map(row_to_memory).transpose()?)
 }
 

@@ -32,8 +32,8 @@ use crate::store::records::MESH_COLUMNS;
 use super::{
     AccountMesh, AccountRecord, AuditEntry, AuditVerification, Completion, Delivery, DeviceCodeRecord, DeviceInfo,
     DeviceRecord, EmailCodeOutcome, EndorsementRecord, Envelope, GrantChange, GrantRecord, InviteRecord, MIGRATIONS,
-    MemberRecord, MembershipAction, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry,
-    MemoryRecord, ReceiptRecord, Redemption, ScheduleRecord, StateRecord, Store, StoreError, StoreNotice, StoreResult,
+    MemberRecord, MembershipAction, MemoryRecord, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome,
+    QueuedEntry, ReceiptRecord, Redemption, ScheduleRecord, StateRecord, Store, StoreError, StoreNotice, StoreResult,
     WorkspaceQuota, WriteOp,
 };
 use crate::membership::LogEntry;

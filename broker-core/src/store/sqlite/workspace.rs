@@ -49,9 +49,15 @@ fn row_to_memory(row: &Row<'_>) -> rusqlite::Result<MemoryRecord> {
 /// A live entry: no expiry, or one still ahead.
 const LIVE: &str = "(expires_at IS NULL OR expires_at > ?2)";
 
-pub(super) fn entries(conn: &Connection, mesh_id: &str, names: &[String], now_ms: u64) -> rusqlite::Result<Vec<StateRecord>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {STATE_COLUMNS} FROM state_entries WHERE mesh_id = ?1 AND name = ?3 AND {LIVE}"))?;
+pub(super) fn entries(
+    conn: &Connection,
+    mesh_id: &str,
+    names: &[String],
+    now_ms: u64,
+) -> rusqlite::Result<Vec<StateRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STATE_COLUMNS} FROM state_entries WHERE mesh_id = ?1 AND name = ?3 AND {LIVE}"
+    ))?;
     let mut found = Vec::new();
     for name in names {
         found.extend(stmt.query_row(params![mesh_id, now_ms as i64, name], row_to_state).optional()?);
@@ -80,7 +86,13 @@ fn newest_epoch(conn: &Connection, mesh_id: &str) -> rusqlite::Result<u64> {
 }
 
 /// What `member_id` keeps in the mesh's workspace, leaving out the state entry `except`.
-fn usage(conn: &Connection, mesh_id: &str, member_id: &str, except: &str, now_ms: u64) -> rusqlite::Result<WorkspaceUsage> {
+fn usage(
+    conn: &Connection,
+    mesh_id: &str,
+    member_id: &str,
+    except: &str,
+    now_ms: u64,
+) -> rusqlite::Result<WorkspaceUsage> {
     let (state_entries, state_bytes): (i64, i64) = conn.query_row(
         &format!(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM state_entries
@@ -115,7 +127,11 @@ fn live(conn: &Connection, mesh_id: &str, name: &str, now_ms: u64) -> rusqlite::
 pub(super) fn put(conn: &Connection, record: &StateRecord, quota: &WorkspaceQuota, now_ms: u64) -> StoreResult<()> {
     let entry = &record.entry;
     let current = live(conn, &record.mesh_id, &entry.name, now_ms)?;
-    check_state_write(current.as_ref().map_or(0, |(version, _)| *version), newest_epoch(conn, &record.mesh_id)?, entry)?;
+    check_state_write(
+        current.as_ref().map_or(0, |(version, _)| *version),
+        newest_epoch(conn, &record.mesh_id)?,
+        entry,
+    )?;
     let used = usage(conn, &record.mesh_id, &record.writer_member_id, &entry.name, now_ms)?;
     check_quota(used, quota, true, false, entry.ciphertext.len() as u64)?;
     conn.execute(
@@ -176,7 +192,12 @@ fn next_memory_seq(conn: &Connection, mesh_id: &str) -> rusqlite::Result<u64> {
     .map(|seq| seq as u64)
 }
 
-pub(super) fn add_memory(conn: &Connection, record: &MemoryRecord, quota: &WorkspaceQuota, now_ms: u64) -> StoreResult<u64> {
+pub(super) fn add_memory(
+    conn: &Connection,
+    record: &MemoryRecord,
+    quota: &WorkspaceQuota,
+    now_ms: u64,
+) -> StoreResult<u64> {
     let entry = &record.entry;
     if entry.epoch != newest_epoch(conn, &record.mesh_id)? {
         return Err(StoreError::Conflict("stale_epoch".into()));
@@ -209,9 +230,15 @@ pub(super) fn add_memory(conn: &Connection, record: &MemoryRecord, quota: &Works
     Ok(seq)
 }
 
-pub(super) fn memories(conn: &Connection, mesh_id: &str, after: u64, limit: usize) -> rusqlite::Result<Vec<MemoryRecord>> {
-    let mut stmt = conn
-        .prepare_cached(&format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE mesh_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"))?;
+pub(super) fn memories(
+    conn: &Connection,
+    mesh_id: &str,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<MemoryRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MEMORY_COLUMNS} FROM memories WHERE mesh_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    ))?;
     stmt.query_map(params![mesh_id, after as i64, limit as i64], row_to_memory)?.collect()
 }
 

@@ -104,7 +104,10 @@ impl Desktop {
                 toast
             }
             SystemEvent::PeerLeft(_) => lock(&self.policy).peer_left(&settings, mesh, name, own_member),
-            SystemEvent::PairHeld(_) | SystemEvent::PairReleased(_) | SystemEvent::PeerUpdated(_) => None,
+            SystemEvent::PairHeld(_)
+            | SystemEvent::PairReleased(_)
+            | SystemEvent::PeerUpdated(_)
+            | SystemEvent::StateChanged(_) => None,
         };
         if let Some(toast) = toast {
             self.send(Output::Toast(toast));
