@@ -165,6 +165,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The mesh's shared state: JSON values under names every member sees, end-to-end
+    /// encrypted (the broker cannot read names or values). A compare-and-set that another
+    /// writer won exits 6.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Remember TEXT for the whole mesh (end-to-end encrypted), with --tag to find it by.
+    Remember {
+        text: String,
+        /// A tag (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search the mesh's memory for QUERY (any of its words, best matches first; "" for the
+    /// newest). Searched on this device, so it works offline with what was synced.
+    Recall {
+        query: String,
+        /// Only memories with this tag (repeatable: all of them).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+        limit: u16,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a memory for the whole mesh, by the id `remember` or `recall` showed.
+    Forget {
+        id: String,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List your scheduled messages (every member's, as an admin), or cancel one.
     Scheduled {
         /// Cancel this schedule (its id, as listed).
@@ -354,6 +395,67 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum StateCommand {
+    /// Show the entry NAME: its value, version, writer and time. Exits 3 when there is none.
+    Get {
+        name: String,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write VALUE (JSON, or else taken as text) as NAME.
+    Set {
+        name: String,
+        value: String,
+        /// Only if the entry is at this version now (0: only if it does not exist): take a lock
+        /// with `--expected-version 0`. Exits 6 when it is not.
+        #[arg(long, value_name = "VERSION")]
+        expected_version: Option<u64>,
+        /// Expire the entry this long after the write (30s, 10m, 2h, 1d; at most 30d).
+        #[arg(long, value_parser = broker_core::args::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the entries (only those whose names start with PREFIX).
+    List {
+        prefix: Option<String>,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the entry NAME (release a lock with the version you hold).
+    Delete {
+        name: String,
+        /// Only if the entry is at this version now. Exits 6 when it is not.
+        #[arg(long, value_name = "VERSION")]
+        expected_version: Option<u64>,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the entries (under PREFIX), then every change to them as it happens, until Ctrl-C.
+    Watch {
+        prefix: Option<String>,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeviceCommand {
     /// Approve the device showing CODE, after checking which device it is.
     Approve {
@@ -457,6 +559,22 @@ async fn run(command: Command) -> cli::CliResult {
             cli::remind(message, to, when, mesh, priority.into(), json).await
         }
         Command::Scheduled { cancel, mesh, json } => cli::scheduled(cancel, mesh, json).await,
+        Command::State(command) => match command {
+            StateCommand::Get { name, mesh, json } => cli::workspace::get(name, mesh, json).await,
+            StateCommand::Set { name, value, expected_version, ttl, mesh, json } => {
+                cli::workspace::set(name, value, expected_version, ttl, mesh, json).await
+            }
+            StateCommand::List { prefix, mesh, json } => cli::workspace::list(prefix, mesh, json).await,
+            StateCommand::Delete { name, expected_version, mesh, json } => {
+                cli::workspace::delete(name, expected_version, mesh, json).await
+            }
+            StateCommand::Watch { prefix, mesh, json } => cli::workspace::watch(prefix, mesh, json).await,
+        },
+        Command::Remember { text, tags, mesh, json } => cli::workspace::remember(text, tags, mesh, json).await,
+        Command::Recall { query, tags, limit, mesh, json } => {
+            cli::workspace::recall(query, tags, usize::from(limit), mesh, json).await
+        }
+        Command::Forget { id, mesh, json } => cli::workspace::forget(id, mesh, json).await,
         Command::Inbox { all, limit, json } => cli::inbox(all, limit, json).await,
         Command::Watch { json } => cli::watch(json).await,
         Command::Status { json } => cli::status(json).await,

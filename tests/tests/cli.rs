@@ -220,3 +220,77 @@ async fn a_join_whose_answer_was_lost_finishes_on_retry_with_the_same_key() -> R
     assert!(keys[0].starts_with("member_"), "{keys:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_state_and_memory_from_the_command_line() -> Result<()> {
+    let broker = Broker::start().await?;
+    let (_, link) = broker.mesh_with_invite("workspace", 2)?;
+    let (alice, bob) = (Device::new()?, Device::new()?);
+    alice.join(&link, "alice")?;
+    bob.join(&link, "bob")?;
+
+    // A lock taken with --expected-version 0; the second taker exits 6 and is told the version.
+    let taken = json_of(&run(
+        alice.command(),
+        &["state", "set", "lock/deploy", r#"{"owner":"alice"}"#, "--expected-version", "0", "--json"],
+    ));
+    assert_eq!(
+        (taken["entry"]["version"].clone(), taken["entry"]["value"]["owner"].clone()),
+        (1.into(), "alice".into())
+    );
+    let lost = run(bob.command(), &["state", "set", "lock/deploy", "bob", "--expected-version", "0"]);
+    assert_eq!(code(&lost), 6, "{}", String::from_utf8_lossy(&lost.stderr));
+    assert!(String::from_utf8_lossy(&lost.stderr).contains("at version 1"));
+
+    // bob follows `board/` while alice writes there.
+    let mut watch = bob
+        .command()
+        .args(["state", "watch", "board/", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let shown = json_of(&run(bob.command(), &["state", "get", "lock/deploy", "--json"]));
+    assert_eq!(shown["entry"]["writtenBy"], "alice");
+    // Text that is not JSON is kept as text; a ttl is shown.
+    let board =
+        json_of(&run(alice.command(), &["state", "set", "board/alice", "reviewing #42", "--ttl", "1h", "--json"]));
+    assert_eq!(board["entry"]["value"], "reviewing #42");
+    assert!(board["entry"]["expiresAt"].is_string());
+    let change = tokio::task::spawn_blocking(move || {
+        lines.find_map(|line| {
+            let line: Value = serde_json::from_str(&line.ok()?).ok()?;
+            line.get("change").is_some().then_some(line)
+        })
+    })
+    .await?
+    .expect("a change line");
+    assert_eq!(change["name"], "board/alice");
+    assert!(change["change"].as_str().is_some_and(|c| c.contains("reviewing #42")), "{change}");
+    watch.kill()?;
+    watch.wait()?;
+
+    let listed = json_of(&run(bob.command(), &["state", "list", "lock/", "--json"]));
+    assert_eq!(listed["entries"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(code(&run(bob.command(), &["state", "delete", "lock/deploy", "--expected-version", "7"])), 6);
+    let deleted =
+        json_of(&run(alice.command(), &["state", "delete", "lock/deploy", "--expected-version", "1", "--json"]));
+    assert_eq!(deleted["deletedVersion"], 1);
+    assert_eq!(code(&run(bob.command(), &["state", "get", "lock/deploy"])), 3);
+    assert_eq!(code(&run(bob.command(), &["state", "set", "", "x"])), 2, "an empty name is a usage error");
+
+    // Memory.
+    let remembered = json_of(&run(
+        alice.command(),
+        &["remember", "the staging database listens on 5433", "--tag", "infra", "--json"],
+    ));
+    let id = remembered["memory"]["id"].as_str().expect("an id").to_owned();
+    let recalled = json_of(&run(bob.command(), &["recall", "staging", "--tag", "infra", "--json"]));
+    assert_eq!(recalled["memories"][0]["id"], id.as_str(), "{recalled}");
+    assert_eq!(recalled["memories"][0]["rememberedBy"], "alice");
+    json_of(&run(bob.command(), &["forget", &id, "--json"]));
+    assert_eq!(code(&run(bob.command(), &["forget", &id])), 3, "forgotten already");
+    let after = json_of(&run(alice.command(), &["recall", "staging", "--json"]));
+    assert_eq!(after["memories"], Value::Array(vec![]));
+    Ok(())
+}

@@ -5,6 +5,7 @@
 //! to stderr and say what to do next; the exit code tells the kind of failure ([`Exit`]).
 
 pub mod account;
+pub mod workspace;
 
 use std::sync::Arc;
 use std::time::Duration;
