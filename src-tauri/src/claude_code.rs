@@ -33,9 +33,9 @@ pub const HOOKS: [(&str, &str); 5] = [
 
 /// The bridge's tools that install pre-approves: they read, or send a message the person asked
 /// for (now or later). The others (`set_summary`, `set_status`, `join_group`, `leave_group`,
-/// `cancel_scheduled`) change what the mesh sees or where messages go, and stay the person's
-/// choice.
-pub const APPROVED_TOOLS: [&str; 8] = [
+/// `cancel_scheduled`, `set_state`, `delete_state`, `remember`, `forget`) change what the mesh
+/// sees or where messages go, and stay the person's choice.
+pub const APPROVED_TOOLS: [&str; 12] = [
     "list_peers",
     "check_messages",
     "whoami",
@@ -44,6 +44,10 @@ pub const APPROVED_TOOLS: [&str; 8] = [
     "message_status",
     "schedule_reminder",
     "list_scheduled",
+    "get_state",
+    "list_state",
+    "watch_state",
+    "recall",
 ];
 
 /// Claude Code's name for one of our tools in permission rules and `--allowedTools`.
@@ -475,11 +479,15 @@ mod tests {
                 "mcp__claudemesh__mesh_stats",
                 "mcp__claudemesh__message_status",
                 "mcp__claudemesh__schedule_reminder",
-                "mcp__claudemesh__list_scheduled"
+                "mcp__claudemesh__list_scheduled",
+                "mcp__claudemesh__get_state",
+                "mcp__claudemesh__list_state",
+                "mcp__claudemesh__watch_state",
+                "mcp__claudemesh__recall"
             ]
         );
         assert!(add_permissions(&mut settings).expect("adds again").is_empty(), "nothing added twice");
-        assert_eq!(settings["permissions"]["allow"].as_array().map(Vec::len), Some(10));
+        assert_eq!(settings["permissions"]["allow"].as_array().map(Vec::len), Some(14));
 
         assert_eq!(remove_permissions(&mut settings), added);
         assert_eq!(

@@ -12,7 +12,7 @@ use claudemesh_e2e::{Bridge, Broker, Device, WAIT, message_texts, peer_status};
 use serde_json::{Value, json};
 
 /// What `claudemesh install` pre-approves in Claude Code's permission settings.
-const APPROVED: [&str; 8] = [
+const APPROVED: [&str; 12] = [
     "list_peers",
     "check_messages",
     "whoami",
@@ -21,6 +21,10 @@ const APPROVED: [&str; 8] = [
     "message_status",
     "schedule_reminder",
     "list_scheduled",
+    "get_state",
+    "list_state",
+    "watch_state",
+    "recall",
 ];
 
 /// A broker with one mesh, `alice` as a stdio-driven bridge, and `bob`'s Claude Code with
@@ -419,5 +423,56 @@ async fn a_turn_schedules_messages_that_arrive_when_due_and_lists_them() -> Resu
     mesh.bob.claudemesh(&["scheduled", "--cancel", id]).await?;
     let left = mesh.bob.claudemesh(&["scheduled"]).await?;
     assert_eq!(left["scheduled"], json!([]), "{left}");
+    Ok(())
+}
+
+/// A turn uses the shared workspace: takes a lock (set_state with expected_version 0), reads it
+/// back, remembers a fact, recalls it and schedules a reminder to release the lock; the other
+/// member's session sees the lock as bob's and recalls the fact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_takes_a_lock_remembers_and_recalls_through_the_shared_workspace() -> Result<()> {
+    let mut mesh = Mesh::start().await?;
+    let prompt = "take the deploy lock, note the staging port and remind me to release the lock";
+    let fact = "the staging database listens on port 5433";
+    mesh.api.script(
+        prompt,
+        vec![
+            Step::call("set_state", json!({"name": "lock/deploy", "value": {"owner": "bob"}, "expected_version": 0})),
+            Step::call("get_state", json!({"name": "lock/deploy"})),
+            Step::call("remember", json!({"text": fact, "tags": ["infra"]})),
+            Step::call("recall", json!({"query": "staging port"})),
+            Step::call("schedule_reminder", json!({"message": "release the deploy lock", "in": "1h"})),
+            Step::text("done"),
+        ],
+    );
+    // Writing to the mesh is not pre-approved: this session is allowed to.
+    let mut session = mesh.bob.session(&["set_state", "remember"]).await?;
+    let result = session.turn(prompt).await?;
+    assert_eq!(result["is_error"], false, "{result}");
+
+    let taken = mesh.api.results_of("set_state");
+    assert!(!taken[0].is_error, "{taken:?}");
+    assert_eq!(taken[0].json()?["version"], 1);
+    let read = mesh.api.results_of("get_state")[0].json()?;
+    assert_eq!(read["entry"]["value"]["owner"], "bob", "{read}");
+    assert_eq!(read["entry"]["writtenBy"], "you", "{read}");
+    let remembered = mesh.api.results_of("remember")[0].json()?;
+    assert!(remembered["id"].is_string(), "{remembered}");
+    let recalled = mesh.api.results_of("recall")[0].json()?;
+    assert_eq!(recalled["memories"][0]["text"], fact, "{recalled}");
+    let reminder = mesh.api.results_of("schedule_reminder")[0].json()?;
+    assert_eq!(reminder["to"], "you", "{reminder}");
+    session.end().await?;
+
+    // Alice's session sees the lock held by bob, and recalls what he noted.
+    let lock = mesh.alice.call("get_state", json!({"name": "lock/deploy"})).await?;
+    assert_eq!(lock["entry"]["writtenBy"], "bob", "{lock}");
+    let refused = mesh
+        .alice
+        .call_error("set_state", json!({"name": "lock/deploy", "value": {"owner": "alice"}, "expected_version": 0}))
+        .await?;
+    assert!(refused.contains("at version 1"), "{refused}");
+    let theirs = mesh.alice.call("recall", json!({"query": "staging", "tags": ["infra"]})).await?;
+    assert_eq!(theirs["memories"][0]["rememberedBy"], "bob", "{theirs}");
     Ok(())
 }
