@@ -44,9 +44,9 @@ pub(super) fn epoch_created(mesh_id: &str, record: &EpochRecord) -> AuditEvent {
 
 /// The columns of `state_entries`, in the order both stores read them.
 pub(super) const STATE_COLUMNS: &str =
-    "mesh_id, name, version, epoch, nonce, ciphertext, writer_member_id, writer_pubkey, updated_at, expires_at";
+    "mesh_id, name, version, epoch, nonce, ciphertext, writer_member_id, writer_pubkey, updated_at, expires_at, size";
 pub(super) const MEMORY_COLUMNS: &str =
-    "mesh_id, id, seq, epoch, nonce, ciphertext, writer_member_id, writer_pubkey, created_at, forgotten_at";
+    "mesh_id, id, seq, epoch, nonce, ciphertext, writer_member_id, writer_pubkey, created_at, forgotten_at, size";
 
 /// What a member keeps in a mesh's workspace now.
 #[derive(Debug, Clone, Copy, Default)]

@@ -11,13 +11,16 @@ CREATE TABLE state_entries (
     epoch            INTEGER NOT NULL,
     nonce            TEXT NOT NULL,
     ciphertext       TEXT NOT NULL,
+    -- The ciphertext's length, which the writer's byte quota counts.
+    size             INTEGER NOT NULL,
     writer_member_id TEXT NOT NULL,
     writer_pubkey    TEXT NOT NULL,
     updated_at       INTEGER NOT NULL,
     expires_at       INTEGER,
     PRIMARY KEY (mesh_id, name)
 ) WITHOUT ROWID;
-CREATE INDEX state_entries_writer ON state_entries (mesh_id, writer_member_id);
+-- Cover the quota checks: a writer's live entries and their sizes, without reading rows.
+CREATE INDEX state_entries_writer ON state_entries (mesh_id, writer_member_id, expires_at, size, name);
 CREATE INDEX state_entries_expiry ON state_entries (expires_at) WHERE expires_at IS NOT NULL;
 
 -- Memories, numbered per mesh in the order they were stored (`seq`), which clients sync their
@@ -29,6 +32,7 @@ CREATE TABLE memories (
     epoch            INTEGER NOT NULL,
     nonce            TEXT NOT NULL,
     ciphertext       TEXT NOT NULL,
+    size             INTEGER NOT NULL,
     writer_member_id TEXT NOT NULL,
     writer_pubkey    TEXT NOT NULL,
     created_at       INTEGER NOT NULL,
@@ -36,4 +40,4 @@ CREATE TABLE memories (
     PRIMARY KEY (mesh_id, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX memories_seq ON memories (mesh_id, seq);
-CREATE INDEX memories_writer ON memories (mesh_id, writer_member_id);
+CREATE INDEX memories_writer ON memories (mesh_id, writer_member_id, forgotten_at, size);

@@ -94,13 +94,13 @@ fn usage(
 ) -> StoreResult<WorkspaceUsage> {
     let state = db.query_one(
         &format!(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0)::BIGINT FROM state_entries
+            "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM state_entries
              WHERE mesh_id = $1 AND {LIVE} AND writer_member_id = $3 AND name != $4"
         ),
         &[&mesh_id, &(now_ms as i64), &member_id, &except],
     )?;
     let memories = db.query_one(
-        "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0)::BIGINT FROM memories
+        "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM memories
          WHERE mesh_id = $1 AND writer_member_id = $2 AND forgotten_at IS NULL",
         &[&mesh_id, &member_id],
     )?;
@@ -138,11 +138,11 @@ pub(super) fn put(
     check_quota(used, quota, true, false, entry.ciphertext.len() as u64)?;
     db.execute(
         &format!(
-            "INSERT INTO state_entries ({STATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            "INSERT INTO state_entries ({STATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (mesh_id, name) DO UPDATE SET version = excluded.version, epoch = excluded.epoch,
                  nonce = excluded.nonce, ciphertext = excluded.ciphertext,
                  writer_member_id = excluded.writer_member_id, writer_pubkey = excluded.writer_pubkey,
-                 updated_at = excluded.updated_at, expires_at = excluded.expires_at"
+                 updated_at = excluded.updated_at, expires_at = excluded.expires_at, size = excluded.size"
         ),
         &[
             &record.mesh_id,
@@ -155,6 +155,7 @@ pub(super) fn put(
             &entry.writer,
             &(entry.updated_at as i64),
             &entry.expires_at.map(|at| at as i64),
+            &(entry.ciphertext.len() as i64),
         ],
     )?;
     match current {
@@ -215,7 +216,7 @@ pub(super) fn add_memory(
     check_quota(used, quota, false, true, entry.ciphertext.len() as u64)?;
     let seq = next_memory_seq(db, &record.mesh_id)?;
     db.execute(
-        &format!("INSERT INTO memories ({MEMORY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)"),
+        &format!("INSERT INTO memories ({MEMORY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)"),
         &[
             &record.mesh_id,
             &entry.id,
@@ -226,6 +227,7 @@ pub(super) fn add_memory(
             &record.writer_member_id,
             &entry.writer,
             &(entry.created_at as i64),
+            &(entry.ciphertext.len() as i64),
         ],
     )?;
     Ok(seq)
@@ -263,7 +265,7 @@ pub(super) fn forget(
     let Some(memory) = memory(db, mesh_id, id)?.filter(|m| !m.entry.forgotten) else { return Ok(None) };
     let seq = next_memory_seq(db, mesh_id)?;
     db.execute(
-        "UPDATE memories SET seq = $3, nonce = '', ciphertext = '', forgotten_at = $4 WHERE mesh_id = $1 AND id = $2",
+        "UPDATE memories SET seq = $3, nonce = '', ciphertext = '', size = 0, forgotten_at = $4 WHERE mesh_id = $1 AND id = $2",
         &[&mesh_id, &id, &(seq as i64), &(now_ms as i64)],
     )?;
     audit::append(db, &memory_forgotten(mesh_id, id, &memory.writer_member_id, actor), now_ms)?;

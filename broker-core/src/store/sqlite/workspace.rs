@@ -95,14 +95,14 @@ fn usage(
 ) -> rusqlite::Result<WorkspaceUsage> {
     let (state_entries, state_bytes): (i64, i64) = conn.query_row(
         &format!(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM state_entries
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM state_entries
              WHERE mesh_id = ?1 AND {LIVE} AND writer_member_id = ?3 AND name != ?4"
         ),
         params![mesh_id, now_ms as i64, member_id, except],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     let (memories, memory_bytes): (i64, i64) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM memories
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM memories
          WHERE mesh_id = ?1 AND writer_member_id = ?2 AND forgotten_at IS NULL",
         params![mesh_id, member_id],
         |row| Ok((row.get(0)?, row.get(1)?)),
@@ -136,7 +136,7 @@ pub(super) fn put(conn: &Connection, record: &StateRecord, quota: &WorkspaceQuot
     check_quota(used, quota, true, false, entry.ciphertext.len() as u64)?;
     conn.execute(
         &format!(
-            "INSERT OR REPLACE INTO state_entries ({STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            "INSERT OR REPLACE INTO state_entries ({STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ),
         params![
             record.mesh_id,
@@ -149,6 +149,7 @@ pub(super) fn put(conn: &Connection, record: &StateRecord, quota: &WorkspaceQuot
             entry.writer,
             entry.updated_at as i64,
             entry.expires_at.map(|at| at as i64),
+            entry.ciphertext.len() as i64,
         ],
     )?;
     match current {
@@ -214,7 +215,7 @@ pub(super) fn add_memory(
     check_quota(used, quota, false, true, entry.ciphertext.len() as u64)?;
     let seq = next_memory_seq(conn, &record.mesh_id)?;
     conn.execute(
-        &format!("INSERT INTO memories ({MEMORY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)"),
+        &format!("INSERT INTO memories ({MEMORY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)"),
         params![
             record.mesh_id,
             entry.id,
@@ -225,6 +226,7 @@ pub(super) fn add_memory(
             record.writer_member_id,
             entry.writer,
             entry.created_at as i64,
+            entry.ciphertext.len() as i64,
         ],
     )?;
     Ok(seq)
@@ -255,7 +257,7 @@ pub(super) fn forget(conn: &Connection, mesh_id: &str, id: &str, actor: &str, no
     let Some(memory) = memory(conn, mesh_id, id)?.filter(|m| !m.entry.forgotten) else { return Ok(None) };
     let seq = next_memory_seq(conn, mesh_id)?;
     conn.execute(
-        "UPDATE memories SET seq = ?3, nonce = '', ciphertext = '', forgotten_at = ?4 WHERE mesh_id = ?1 AND id = ?2",
+        "UPDATE memories SET seq = ?3, nonce = '', ciphertext = '', size = 0, forgotten_at = ?4 WHERE mesh_id = ?1 AND id = ?2",
         params![mesh_id, id, seq as i64, now_ms as i64],
     )?;
     audit::append(conn, &memory_forgotten(mesh_id, id, &memory.writer_member_id, actor), now_ms)?;
