@@ -48,6 +48,12 @@ pub enum Scenario {
     /// Scheduled messages: many pending at once (default 10,000 by 10 peers to one), falling
     /// due evenly over --duration seconds; broker memory while pending, and lateness (e2e).
     Schedules,
+    /// Shared-state writes in one mesh, each timed until every other session opened the change
+    /// (default 100 peers, 500 writes by 10 writers taking turns).
+    State,
+    /// The mesh's memory: one peer remembers --messages memories (default 10,000), another
+    /// syncs them into its own index and recalls 1,000 times (sync check + FTS5 search).
+    Recall,
 }
 
 impl Scenario {
@@ -59,6 +65,8 @@ impl Scenario {
             Scenario::Connections => "connections",
             Scenario::Restart => "restart",
             Scenario::Schedules => "schedules",
+            Scenario::State => "state",
+            Scenario::Recall => "recall",
         }
     }
 }
@@ -87,6 +95,8 @@ impl Scenario {
         claudemesh-bench connections --peers 10000\n  \
         claudemesh-bench restart --peers 10 --messages 2000 --kill-after 0.3\n  \
         claudemesh-bench schedules --messages 10000 --duration 10\n  \
+        claudemesh-bench state --peers 100 --messages 500\n  \
+        claudemesh-bench recall --messages 10000\n  \
         claudemesh-bench burst --postgres --replicas 2 --cross-replicas\n  \
         claudemesh-bench burst --url http://127.0.0.1:7900 --data-dir /var/lib/claudemesh-broker\n\n\
         Exit codes: 0 the run kept every delivery guarantee; 1 the run could not be made; 2 bad usage; \

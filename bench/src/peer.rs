@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use broker_core::client::{Backoff, ClientConfig, ClientError, ClientEvent, MeshClient, SessionProfile};
-use broker_core::protocol::{PeerType, Priority};
+use broker_core::protocol::{PeerType, Priority, SystemEvent};
 use tokio::sync::{Notify, mpsc};
 
 use crate::measure::{LatencyHistogram, Ledger, Receipt, SendState, now_us};
@@ -113,6 +113,7 @@ impl BenchPeer {
         };
         config.backoff = options.backoff;
         config.request_timeout = options.request_timeout;
+        config.state_updates = true;
         let (client, events) = MeshClient::start(config);
         let receiver = tokio::spawn(application_loop(client.clone(), events, observations.clone(), Instant::now()));
         BenchPeer { index, member_pubkey: identity.key.public_hex(), client, receiver }
@@ -163,39 +164,19 @@ async fn application_loop(
         while let Some(event) = next.take() {
             match event {
                 ClientEvent::Message(message) => {
-                    let received_us = now_us();
                     acks.push(message.message_id.clone());
                     let stamp = message.body.as_deref().ok().and_then(Stamp::decode);
-                    let Some(stamp) = stamp else {
-                        observations.ledger.unreadable();
-                        continue;
+                    record(stamp, &mut seen, &observations);
+                }
+                // A shared-state write of the state scenario: its value is the stamp, opened
+                // (decrypted, its writer's signature checked) as any front end would.
+                ClientEvent::System { event: SystemEvent::StateChanged(change), .. } => {
+                    let opened = change.entry.as_ref().map(|entry| client.open_state(entry));
+                    let stamp = match opened {
+                        Some(Ok(item)) => item.value.as_str().and_then(|v| Stamp::decode(v.as_bytes())),
+                        Some(Err(_)) | None => None,
                     };
-                    let key = (u64::from(stamp.sender) << 32) | u64::from(stamp.seq);
-                    match observations.ledger.deliver(stamp.sender, stamp.seq, seen.insert(key)) {
-                        Receipt::First { complete } => {
-                            let latency = received_us.saturating_sub(stamp.sent_us);
-                            let recording = observations.recording.load(Ordering::Relaxed);
-                            if recording {
-                                observations.e2e.record_us(latency);
-                            }
-                            if complete {
-                                if recording {
-                                    observations.complete.record_us(latency);
-                                }
-                                observations.completions.notify_one();
-                            }
-                            let marker = observations.resume_marker_us.load(Ordering::Relaxed);
-                            if marker != 0 && received_us > marker {
-                                let _ = observations.first_delivery_after_marker_us.compare_exchange(
-                                    0,
-                                    received_us,
-                                    Ordering::Relaxed,
-                                    Ordering::Relaxed,
-                                );
-                            }
-                        }
-                        Receipt::Duplicate | Receipt::Stray => {}
-                    }
+                    record(stamp, &mut seen, &observations);
                 }
                 ClientEvent::Connected(_) => {
                     if first_connection {
@@ -224,6 +205,41 @@ async fn application_loop(
         if !acks.is_empty() && client.acknowledge(std::mem::take(&mut acks)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Records one delivery (a message, or a state change) in the ledger and the latencies.
+fn record(stamp: Option<Stamp>, seen: &mut HashSet<u64>, observations: &Observations) {
+    let received_us = now_us();
+    let Some(stamp) = stamp else {
+        observations.ledger.unreadable();
+        return;
+    };
+    let key = (u64::from(stamp.sender) << 32) | u64::from(stamp.seq);
+    match observations.ledger.deliver(stamp.sender, stamp.seq, seen.insert(key)) {
+        Receipt::First { complete } => {
+            let latency = received_us.saturating_sub(stamp.sent_us);
+            let recording = observations.recording.load(Ordering::Relaxed);
+            if recording {
+                observations.e2e.record_us(latency);
+            }
+            if complete {
+                if recording {
+                    observations.complete.record_us(latency);
+                }
+                observations.completions.notify_one();
+            }
+            let marker = observations.resume_marker_us.load(Ordering::Relaxed);
+            if marker != 0 && received_us > marker {
+                let _ = observations.first_delivery_after_marker_us.compare_exchange(
+                    0,
+                    received_us,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        Receipt::Duplicate | Receipt::Stray => {}
     }
 }
 

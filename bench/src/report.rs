@@ -57,6 +57,36 @@ pub struct Report {
     pub restart: Option<RestartDetails>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedules: Option<ScheduleDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recall: Option<RecallDetails>,
+}
+
+/// The state scenario (`e2e_ms`: a write's call → one follower opened the change).
+#[derive(Debug, Clone, Serialize)]
+pub struct StateDetails {
+    pub writes: u64,
+    /// Sessions that follow the mesh's state besides the writer.
+    pub followers: u64,
+    /// A write's call → the last follower opened the change.
+    pub complete_ms: Percentiles,
+    /// The first peer making the mesh's key and every other opening its copy.
+    pub keys_s: f64,
+}
+
+/// The recall scenario (`ack_ms`: a remember's call → stored).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecallDetails {
+    pub memories: u64,
+    pub remember_s: f64,
+    /// A fresh index syncing every memory (pages of 256, each opened and indexed).
+    pub sync_s: f64,
+    /// One recall: changes since the index's mark (a round trip), then the search.
+    pub recall_ms: Percentiles,
+    /// The search alone.
+    pub search_ms: Percentiles,
+    pub results_per_recall: f64,
 }
 
 /// The schedules scenario: memory while every schedule is pending (`e2e_ms` is lateness).
@@ -182,6 +212,31 @@ impl Report {
                     fanout.recipients_per_broadcast
                 ),
             ));
+        }
+        if let Some(s) = &self.state {
+            rows.push((
+                "state change complete ms".into(),
+                format!(
+                    "{} — {} followers each; keys shared in {:.3} s",
+                    percentiles_row(&s.complete_ms),
+                    s.followers,
+                    s.keys_s
+                ),
+            ));
+        }
+        if let Some(r) = &self.recall {
+            rows.push((
+                "memories".into(),
+                format!(
+                    "{} remembered in {:.3} s; a fresh index synced them in {:.3} s",
+                    r.memories, r.remember_s, r.sync_s
+                ),
+            ));
+            rows.push((
+                "recall ms".into(),
+                format!("{} — {} results each", percentiles_row(&r.recall_ms), r.results_per_recall),
+            ));
+            rows.push(("search ms".into(), percentiles_row(&r.search_ms)));
         }
         if let Some(c) = &self.connections {
             rows.push((

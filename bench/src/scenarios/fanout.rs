@@ -16,8 +16,8 @@ use crate::peer::{BenchPeer, Observations, send_until_settled};
 use crate::report::{FanoutDetails, Report};
 use crate::{Args, Scenario, progress};
 
-/// How long one broadcast may take to reach everyone before the run moves on (it then counts
-/// as lost copies).
+/// How long one broadcast (or state change) may take to reach everyone before the run moves on
+/// (it then counts as lost copies).
 const BROADCAST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn fanout(args: &Args, harness: Harness) -> Result<Report> {
@@ -83,12 +83,18 @@ async fn broadcast(
     {
         return;
     }
+    wait_complete(observations, sender as u32, seq, recipients, "a broadcast").await;
+}
+
+/// Waits until `recipients` have message `seq` of `sender` (or the timeout passed: then the
+/// missing copies count as lost, and `what` names it in the error).
+pub(super) async fn wait_complete(observations: &Observations, sender: u32, seq: u32, recipients: u32, what: &str) {
     let deadline = Instant::now() + BROADCAST_TIMEOUT;
-    while ledger.received(sender as u32, seq) < recipients {
+    while observations.ledger.received(sender, seq) < recipients {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || tokio::time::timeout(left, observations.completions.notified()).await.is_err() {
             observations
-                .error(&format!("a broadcast did not reach all {recipients} recipients within {BROADCAST_TIMEOUT:?}"));
+                .error(&format!("{what} did not reach all {recipients} recipients within {BROADCAST_TIMEOUT:?}"));
             return;
         }
     }

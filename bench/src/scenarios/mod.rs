@@ -5,7 +5,9 @@ mod burst;
 mod connections;
 mod fanout;
 mod interactive;
+mod recall;
 mod schedules;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -120,6 +122,9 @@ pub fn peers(args: &Args) -> u32 {
         Scenario::Restart => 10,
         // One receiver and ten schedulers (a member has at most 1,000 pending by default).
         Scenario::Schedules => 11,
+        Scenario::State => 100,
+        // One remembers, one recalls.
+        Scenario::Recall => 2,
     })
 }
 
@@ -143,6 +148,8 @@ pub async fn run(args: &Args) -> Result<Report> {
         Scenario::Fanout => fanout::fanout(args, harness).await,
         Scenario::Connections => connections::connections(args, harness).await,
         Scenario::Schedules => schedules::schedules(args, harness).await,
+        Scenario::State => state::state(args, harness).await,
+        Scenario::Recall => recall::recall(args, harness).await,
     }
 }
 
@@ -338,6 +345,8 @@ impl Harness {
             fanout: None,
             connections: None,
             schedules: None,
+            state: None,
+            recall: None,
             restart: None,
         }
     }
