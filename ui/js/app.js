@@ -15,8 +15,10 @@ import * as devices from "./views/devices.js";
 import * as approve from "./views/approve.js";
 import * as settings from "./views/settings.js";
 import * as scheduled from "./views/scheduled.js";
+import * as board from "./views/board.js";
+import * as memory from "./views/memory.js";
 
-const VIEWS = { welcome, signIn: signin, peers, messages, meshes, scheduled, devices, approve, settings };
+const VIEWS = { welcome, signIn: signin, peers, messages, meshes, scheduled, board, memory, devices, approve, settings };
 /** Views that work without an account. */
 const SIGNED_OUT_VIEWS = new Set(["welcome", "signIn", "settings"]);
 

@@ -101,6 +101,13 @@ export function statsLine(stats) {
   return parts.join(" · ");
 }
 
+/** A shared-state value as the Board shows it: text as is, anything else as compact JSON, cut
+ * at 300 characters. */
+export function stateValue(value, limit = 300) {
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return text.length > limit ? `${text.slice(0, limit - 1)}…` : text;
+}
+
 /** When a schedule fires: "next 01 Dec 2026, 09:00 · every 0 9 * * 1-5 (Europe/Berlin) · fired 3×". */
 export function scheduleLine(row, locale = undefined) {
   const next = new Date(isoMs(row.nextFireAt)).toLocaleString(locale, { dateStyle: "medium", timeStyle: "short" });

@@ -14,6 +14,8 @@ export function fromSnapshot(snapshot) {
     // The open conversation's messages (loaded on demand), by conversation key.
     threads: {},
     conversationsVersion: 0,
+    // Counts shared-state changes: the Board reads the state again when it moves.
+    boardVersion: 0,
   };
 }
 
@@ -40,6 +42,8 @@ export function reduce(state, event) {
       const updated = thread.map((m) => (m.id === event.id ? { ...m, delivery: event.delivery } : m));
       return { ...state, threads: { ...state.threads, [event.conversation]: updated } };
     }
+    case "board":
+      return { ...state, boardVersion: state.boardVersion + 1 };
     default:
       return state;
   }

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ago, initials, deliveryLabel, statusPill, stateDot, shortPath, isoMs, statsLine, scheduleLine } from "../js/format.js";
+import { ago, initials, deliveryLabel, statusPill, stateDot, shortPath, isoMs, statsLine, scheduleLine, stateValue } from "../js/format.js";
 
 test("relative times read naturally", () => {
   const now = 1_000_000_000;
@@ -48,4 +48,12 @@ test("a schedule's line says when it fires next, how it recurs and how often it 
   const weekly = { ...once, cron: "0 9 * * 1-5", tz: "Europe/Berlin", fired: 3 };
   assert.match(scheduleLine(weekly, "en-GB"), / · every 0 9 \* \* 1-5 \(Europe\/Berlin\) · fired 3×$/);
   assert.match(scheduleLine({ ...weekly, tz: undefined }, "en-GB"), /\(UTC\)/);
+});
+
+test("a state value shows text as is, other JSON compact, long ones cut", () => {
+  assert.equal(stateValue("reviewing #42"), "reviewing #42");
+  assert.equal(stateValue({ owner: "alice", until: 5 }), '{"owner":"alice","until":5}');
+  assert.equal(stateValue(null), "null");
+  const long = stateValue("x".repeat(500), 10);
+  assert.equal(long, "xxxxxxxxx…");
 });

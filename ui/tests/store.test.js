@@ -35,3 +35,11 @@ test("messages land in loaded threads in time order and delivery updates their s
   assert.equal(other.threads["mesh:m1"], undefined, "threads that are not open are loaded on demand");
   assert.equal(other.conversationsVersion, 3, "but the list knows something changed");
 });
+
+test("a board event moves the board's version and nothing else", () => {
+  const state = fromSnapshot({ status: { meshes: [] }, peers: {}, settings: {} });
+  const next = reduce(state, { type: "board", meshId: "m1" });
+  assert.equal(next.boardVersion, state.boardVersion + 1);
+  assert.equal(next.peers, state.peers);
+  assert.equal(reduce(next, { type: "board", meshId: "m2" }).boardVersion, state.boardVersion + 2);
+});

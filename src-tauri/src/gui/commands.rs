@@ -8,11 +8,14 @@ use broker_core::protocol::account::{DeviceView, PendingDevice};
 use tauri::{AppHandle, Runtime, State};
 
 use super::conversations::{ConversationSummary, ThreadMessage};
-use super::desktop::{ClaudeIntegration, Desktop, InviteView, LocalBrokerChange, MembersView, SignInView, Snapshot};
+use super::desktop::{
+    BoardMesh, ClaudeIntegration, Desktop, InviteView, LocalBrokerChange, MembersView, RecallView, SignInView, Snapshot,
+};
 use super::error::CommandResult;
 use super::settings::{DesktopSettings, MeshNotifications};
 use super::state::StatusView;
 use crate::account::Moderation;
+use crate::mesh::MemoryRow;
 use crate::mesh::scheduled::ScheduledRow;
 
 type Core<'a> = State<'a, Arc<Desktop>>;
@@ -96,6 +99,26 @@ pub async fn members(desktop: Core<'_>, mesh_id: String) -> CommandResult<Member
 #[tauri::command]
 pub async fn scheduled(desktop: Core<'_>) -> CommandResult<Vec<ScheduledRow>> {
     desktop.scheduled().await
+}
+
+#[tauri::command]
+pub async fn board(desktop: Core<'_>) -> CommandResult<Vec<BoardMesh>> {
+    desktop.board().await
+}
+
+#[tauri::command]
+pub async fn recall(desktop: Core<'_>, query: String, mesh_id: Option<String>) -> CommandResult<RecallView> {
+    desktop.recall(&query, mesh_id.as_deref()).await
+}
+
+#[tauri::command]
+pub async fn remember(desktop: Core<'_>, mesh_id: String, text: String, tags: Vec<String>) -> CommandResult<MemoryRow> {
+    desktop.remember(&mesh_id, &text, tags).await
+}
+
+#[tauri::command]
+pub async fn forget(desktop: Core<'_>, mesh_id: String, id: String) -> CommandResult<()> {
+    desktop.forget(&mesh_id, &id).await
 }
 
 #[tauri::command]

@@ -42,6 +42,7 @@ pub struct StateRow {
 #[serde(rename_all = "camelCase")]
 pub struct MemoryRow {
     pub mesh: String,
+    pub mesh_id: String,
     pub id: String,
     pub text: String,
     pub tags: Vec<String>,
@@ -291,6 +292,7 @@ impl Supervisor {
         let _ = self.sync_memories(&link).await;
         Ok(MemoryRow {
             mesh: link.entry.slug.clone(),
+            mesh_id: link.entry.mesh_id.clone(),
             id: memory.id,
             text: memory.text,
             tags: memory.tags,
@@ -358,6 +360,7 @@ impl Supervisor {
             .into_iter()
             .map(|m| MemoryRow {
                 mesh: link.entry.slug.clone(),
+                mesh_id: link.entry.mesh_id.clone(),
                 remembered_by: writer_name(&names, &m.writer, &link.entry.member_pubkey),
                 writer_key: m.writer,
                 id: m.id,

@@ -57,6 +57,9 @@ impl Desktop {
                 LinkEvent::Presence { mesh_id, event: SystemEvent::PeerUpdated(peer) } => {
                     self.peer_updated(&mesh_id, peer).await;
                 }
+                LinkEvent::Presence { mesh_id, event: SystemEvent::StateChanged(_) } => {
+                    self.send(Output::Ui(UiEvent::Board { mesh_id }));
+                }
                 LinkEvent::Presence { mesh_id, event } => {
                     self.presence(&mesh_id, &event);
                     self.refresh_peers(&mesh_id).await;

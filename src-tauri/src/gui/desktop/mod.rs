@@ -28,6 +28,7 @@ mod loops;
 mod meshes;
 mod messages;
 mod scheduled;
+mod workspace;
 mod sign_in;
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,6 +53,7 @@ pub use claude_integration::ClaudeIntegration;
 pub use embedded_broker::LocalBrokerChange;
 pub use meshes::{InviteView, MembersView};
 pub use sign_in::SignInView;
+pub use workspace::{BoardMesh, RecallView};
 
 /// The channel the app's sessions announce; the inbox records it to tell the person's mail apart.
 pub const DESKTOP_CHANNEL: &str = "desktop";
@@ -82,6 +84,11 @@ pub enum UiEvent {
     },
     SignIn(SignInView),
     Navigate(Navigate),
+    /// A mesh's shared state changed: the Board reads it again.
+    #[serde(rename_all = "camelCase")]
+    Board {
+        mesh_id: String,
+    },
 }
 
 /// Everything the window needs when it (re)loads.
