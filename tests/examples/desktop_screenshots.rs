@@ -111,6 +111,30 @@ async fn main() -> Result<()> {
     app.wait_present("[data-testid=scheduled-row]:nth-child(2)").await?;
     save(&app, "scheduled").await?;
 
+    // The shared workspace: a lock, who does what, and what the meshes remember.
+    let lock =
+        json!({"name": "lock/deploy", "value": {"owner": "api-refactor", "until": "17:00"}, "expected_version": 0});
+    api.call("set_state", lock).await?;
+    runner.call("set_state", json!({"name": "board/test-runner", "value": "Running the suite on main"})).await?;
+    api.call("set_state", json!({"name": "board/api-refactor", "value": "Billing API: routes moved, tests next"}))
+        .await?;
+    bob.call("set_state", json!({"name": "release/next", "value": {"version": "2.4.0", "date": "2026-12-03"}})).await?;
+    app.open("board").await?;
+    app.wait_present("[data-testid=board-entry][data-name='release/next']").await?;
+    app.wait_present("[data-testid=board-entry][data-name='lock/deploy']").await?;
+    save(&app, "board").await?;
+    let memories = [
+        (&mut api, "The staging database listens on port 5433; its credentials are in the team vault.", "infra"),
+        (&mut runner, "The auth tests fail when TZ is not UTC: run them with TZ=UTC.", "gotcha"),
+        (&mut bob, "Release notes go in docs/releases, one file per version.", "process"),
+    ];
+    for (session, text, tag) in memories {
+        session.call("remember", json!({"text": text, "tags": [tag]})).await?;
+    }
+    app.open("memory").await?;
+    app.wait_present("[data-testid=memory-row]:nth-child(3)").await?;
+    save(&app, "memory").await?;
+
     app.open("meshes").await?;
     save(&app, "meshes").await?;
     app.click("[data-testid=mesh-row][data-slug=acme] [data-testid=invite-open]").await?;

@@ -312,6 +312,54 @@ async fn reminders_notify_when_they_fire_and_the_scheduled_view_cancels_them() -
     app.close().await
 }
 
+/// The Board shows the mesh's shared state as bob's session writes it, live; Memory finds what
+/// bob's session remembered, remembers something of the person's own (which bob's session then
+/// recalls) and forgets it for the whole mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_follows_shared_state_live_and_memory_searches_adds_and_forgets() -> Result<()> {
+    let (app, _laptop, mut bob) = app_with_a_session_of_bob().await?;
+    let lock = json!({"name": "lock/deploy", "value": {"owner": "bob"}, "expected_version": 0});
+    assert_eq!(bob.call("set_state", lock).await?["version"], 1);
+    app.open("board").await?;
+    let entry = "[data-testid=board-entry][data-name='lock/deploy']";
+    app.wait_text(&format!("{entry} [data-testid=board-value]"), |t| t.contains(r#""owner":"bob""#)).await?;
+    // Live: changes appear without a refresh.
+    bob.call("set_state", json!({"name": "board/bob", "value": "reviewing #42"})).await?;
+    let board_bob = "[data-testid=board-entry][data-name='board/bob'] [data-testid=board-value]";
+    app.wait_text(board_bob, |t| t == "reviewing #42").await?;
+    // (WebKit's driver reads this line, cut with an ellipsis when long, as empty: its content.)
+    let writer = "[data-testid=board-entry][data-name='board/bob'] [data-testid=board-writer]";
+    let writer = app.execute("return document.querySelector(arguments[0]).textContent", json!([writer])).await?;
+    assert!(writer.as_str().is_some_and(|w| w.starts_with("by bob")), "{writer}");
+    bob.call("delete_state", json!({"name": "lock/deploy", "expected_version": 1})).await?;
+    app.wait_absent(entry).await?;
+
+    bob.call("remember", json!({"text": "the staging database listens on port 5433", "tags": ["infra"]})).await?;
+    app.open("memory").await?;
+    app.fill("[data-testid=memory-query]", "staging").await?;
+    app.click("[data-testid=memory-search]").await?;
+    app.wait_text("[data-testid=memory-row-text]", |t| t.contains("5433")).await?;
+    app.fill("[data-testid=memory-text]", "release trains leave on Tuesdays").await?;
+    app.fill("[data-testid=memory-tags]", "process").await?;
+    app.click("[data-testid=memory-remember]").await?;
+    let found = |r: &serde_json::Value| r["memories"].as_array().is_some_and(|m| !m.is_empty());
+    let recalled = bob.call_until("recall", json!({"query": "release trains"}), found).await?;
+    assert_eq!(recalled["memories"][0]["rememberedBy"], "alice", "{recalled}");
+    assert_eq!(recalled["memories"][0]["tags"], json!(["process"]), "{recalled}");
+    let id = recalled["memories"][0]["id"].as_str().context("an id")?.to_owned();
+
+    app.fill("[data-testid=memory-query]", "Tuesdays").await?;
+    app.click("[data-testid=memory-search]").await?;
+    let row = format!("[data-testid=memory-row][data-id={id}]");
+    app.wait_present(&row).await?;
+    app.click(&format!("{row} [data-testid=memory-forget]")).await?;
+    app.click("[data-testid=memory-forget-confirm]").await?;
+    app.wait_absent(&row).await?;
+    let after = bob.call("recall", json!({"query": "release trains"})).await?;
+    assert_eq!(after["memories"], json!([]), "forgotten for the whole mesh: {after}");
+    app.close().await
+}
+
 /// The app set up locally as alice with a mesh `acme`, and a CLI device that joined it as bob
 /// with a Claude Code session's bridge.
 async fn app_with_a_session_of_bob() -> Result<(DesktopApp, Device, claudemesh_e2e::Bridge)> {

@@ -20,6 +20,10 @@ pub const MAX_STATE_VALUE: usize = 64 * 1024;
 pub const MAX_MEMORY_TEXT: usize = 32 * 1024;
 /// At most this many memories in one recall.
 pub const MAX_RECALL: usize = 100;
+/// A session without the mesh's keys looks for them this often, this far apart, before it says
+/// it has none.
+const KEY_WAITS: usize = 8;
+const KEY_WAIT: Duration = Duration::from_millis(250);
 
 /// A shared-state entry as front ends show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -154,10 +158,23 @@ impl Supervisor {
             }
         };
         link.require_connected()?;
-        if link.client.mesh_key(1).is_none() {
+        self.ensure_keys(&link).await;
+        Ok(link)
+    }
+
+    /// Fetches the mesh's keys when this session holds none yet. A member that just joined
+    /// waits a little for them: the members online pass keys on within a second of seeing it
+    /// arrive (after checking its admission in the log).
+    async fn ensure_keys(&self, link: &MeshLink) {
+        for attempt in 0..KEY_WAITS {
+            if link.client.mesh_key(1).is_some() {
+                return;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(KEY_WAIT).await;
+            }
             link.refresh_keys(&self.log_pins).await;
         }
-        Ok(link)
     }
 
     /// Runs `write`, and once more after refreshing the keys when the key had moved on.
@@ -343,9 +360,7 @@ impl Supervisor {
         };
         let synced = async {
             link.require_connected()?;
-            if link.client.mesh_key(1).is_none() {
-                link.refresh_keys(&self.log_pins).await;
-            }
+            self.ensure_keys(&link).await;
             self.sync_memories(&link).await
         };
         let offline =

@@ -71,7 +71,7 @@ export function mount(container, ctx) {
               h("div", { class: "board-value mono selectable", testid: "board-value" }, stateValue(entry.value)),
               h(
                 "div",
-                { class: "detail muted" },
+                { class: "detail muted", testid: "board-writer" },
                 `by ${entry.writtenBy} · ${ago(isoMs(entry.updatedAt))}`,
                 entry.expiresAt ? ` · expires ${ago(isoMs(entry.expiresAt))}` : "",
               ),

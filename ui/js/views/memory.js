@@ -33,22 +33,31 @@ export function mount(container, ctx) {
     h(
       "form",
       {
-        class: "card memory-search",
+        class: "card",
         onsubmit: (event) => {
           event.preventDefault();
           search();
         },
       },
-      query,
-      h("button", { class: "btn primary", type: "submit", testid: "memory-search" }, "Search"),
+      h("div", { class: "card-body memory-search" }, query, h("button", { class: "btn primary", type: "submit", testid: "memory-search" }, "Search")),
     ),
     results,
     h(
       "div",
-      { class: "card memory-add" },
-      h("h2", {}, "Remember"),
-      text,
-      h("div", { class: "memory-add-row" }, tags, meshes.length > 1 ? meshSelect : null, h("button", { class: "btn", testid: "memory-remember", onclick: () => remember() }, "Remember")),
+      { class: "card" },
+      h("div", { class: "card-head" }, h("h2", {}, "Remember")),
+      h(
+        "div",
+        { class: "card-body memory-add" },
+        text,
+        h(
+          "div",
+          { class: "memory-add-row" },
+          tags,
+          meshes.length > 1 ? meshSelect : null,
+          h("button", { class: "btn", testid: "memory-remember", onclick: () => remember() }, "Remember"),
+        ),
+      ),
     ),
   );
 

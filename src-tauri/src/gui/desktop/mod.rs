@@ -28,8 +28,8 @@ mod loops;
 mod meshes;
 mod messages;
 mod scheduled;
-mod workspace;
 mod sign_in;
+mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
