@@ -120,15 +120,15 @@ impl Router {
             Ok(mut found) => found.pop(),
             Err(error) => return self.workspace_failure(session, &error, "reading the entry", set.req_id),
         };
-        if let Some(current) = &current {
-            if !self.may_change(session, &current.writer_member_id) {
-                return self.reply_error(
-                    session,
-                    ErrorCode::Forbidden,
-                    "forbidden: the member that wrote this entry does not let you change its entries (grant `state`)",
-                    set.req_id,
-                );
-            }
+        if let Some(current) = &current
+            && !self.may_change(session, &current.writer_member_id)
+        {
+            return self.reply_error(
+                session,
+                ErrorCode::Forbidden,
+                "forbidden: the member that wrote this entry does not let you change its entries (grant `state`)",
+                set.req_id,
+            );
         }
         let now = protocol::now_ms();
         let record = StateRecord {
