@@ -17,6 +17,9 @@
 //!   unban): the broker's word only. Such a member is [`Standing::Vouched`]: shown, never
 //!   counted as verified.
 //!
+//! The log also carries the mesh's key history setting (`keyHistory`, signed by an admin): what
+//! a member admitted later may read of what was written before it came.
+//!
 //! Removals (`removed`: leave, kick, ban, revocation) need no signature: they only take away,
 //! and a broker can always refuse a member service. Entries are hash-chained (each hash covers
 //! the previous one), so a client that remembered a head sees a rewritten or shortened log.
@@ -56,6 +59,33 @@ pub fn endorsement_bytes(mesh_id: &str, device_key: &str) -> String {
 /// key in the mesh.
 pub fn device_key_bytes(mesh_id: &str, member_pubkey: &str) -> String {
     format!("claudemesh-membership/v1|device-key|{mesh_id}|{member_pubkey}")
+}
+
+/// What an admin signs to set the mesh's key history to `mode`, having seen the log up to
+/// `after` entries.
+pub fn key_history_bytes(mesh_id: &str, mode: KeyHistory, after: u64) -> String {
+    format!("claudemesh-membership/v1|key-history|{mesh_id}|{}|{after}", mode.as_str())
+}
+
+/// Which of the mesh's content keys a member admitted later gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyHistory {
+    /// Every epoch's key: it reads what was written before it came (the default).
+    #[default]
+    All,
+    /// Only keys made after its admission (an admission starts a new epoch): what was written
+    /// before it came stays closed to it.
+    FromAdmission,
+}
+
+impl KeyHistory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyHistory::All => "all",
+            KeyHistory::FromAdmission => "from_admission",
+        }
+    }
 }
 
 /// Why a member left the mesh.
@@ -128,6 +158,13 @@ pub enum Change {
     Removed {
         member: String,
         reason: RemovalReason,
+    },
+    /// An admin set the mesh's key history (its signature over [`key_history_bytes`]).
+    KeyHistory {
+        mode: KeyHistory,
+        by: String,
+        after: u64,
+        signature: String,
     },
 }
 
@@ -210,6 +247,8 @@ pub struct Roster {
     pub creator: String,
     pub members: BTreeMap<String, RosterMember>,
     pub head: Head,
+    /// The mesh's key history setting, as the last admin to set it signed it.
+    pub key_history: KeyHistory,
 }
 
 impl Roster {
@@ -275,6 +314,7 @@ pub struct Verifier {
     /// Per member key, the log positions it was an active verified member: `[from, to)`.
     verified_spans: HashMap<String, Vec<(u64, Option<u64>)>>,
     last_removal: u64,
+    last_admission: u64,
 }
 
 impl Verifier {
@@ -287,6 +327,7 @@ impl Verifier {
             hashes: Vec::new(),
             verified_spans: HashMap::new(),
             last_removal: 0,
+            last_admission: 0,
         }
     }
 
@@ -322,7 +363,8 @@ impl Verifier {
                 let bytes = genesis_bytes(&self.mesh_id, creator);
                 check_signature(seq, creator, &bytes, signature, "the creator's signature")?;
                 let head = Head { seq: 0, hash: String::new() };
-                self.roster.insert(Roster { creator: creator.clone(), members: BTreeMap::new(), head })
+                let members = BTreeMap::new();
+                self.roster.insert(Roster { creator: creator.clone(), members, head, key_history: KeyHistory::All })
             }
             (None, _) => return Err(invalid(seq, "the log does not start with the mesh's genesis")),
             (Some(roster), _) => roster,
@@ -333,7 +375,10 @@ impl Verifier {
         let after = roster.is_verified_member(member);
         let spans = self.verified_spans.entry(member.to_owned()).or_default();
         match (before, after) {
-            (false, true) => spans.push((seq, None)),
+            (false, true) => {
+                spans.push((seq, None));
+                self.last_admission = seq;
+            }
             (true, false) => {
                 if let Some(open) = spans.last_mut() {
                     open.1 = Some(seq);
@@ -379,6 +424,17 @@ impl Verifier {
     pub fn last_removal(&self) -> u64 {
         self.last_removal
     }
+
+    /// The position of the last admission of a verified member (0: none).
+    pub fn last_admission(&self) -> u64 {
+        self.last_admission
+    }
+
+    /// Where `pubkey`'s current verified membership began, when it is a verified member now.
+    pub fn admitted_at(&self, pubkey: &str) -> Option<u64> {
+        let (from, to) = self.verified_spans.get(pubkey)?.last()?;
+        to.is_none().then_some(*from)
+    }
 }
 
 impl Change {
@@ -390,6 +446,7 @@ impl Change {
             | Change::Admitted { member, .. }
             | Change::Endorsed { member, .. }
             | Change::Removed { member, .. } => member,
+            Change::KeyHistory { by, .. } => by,
         }
     }
 }
@@ -485,6 +542,21 @@ fn apply(mesh_id: &str, roster: &mut Roster, entry: &LogEntry, used: &mut Used) 
             current.removed = Some(*reason);
             // A later admission must be signed after this entry.
             current.changed_at = seq;
+            Ok(())
+        }
+        Change::KeyHistory { mode, by, after, signature } => {
+            if *after >= seq {
+                return Err(invalid(seq, "a key history setting signed for a later log position"));
+            }
+            if !roster.is_admin(by) {
+                return Err(invalid(seq, "the key history was set by a key that is not an admin of the mesh"));
+            }
+            let bytes = key_history_bytes(mesh_id, *mode, *after);
+            check_signature(seq, by, &bytes, signature, "the admin's key history setting")?;
+            if !used.statements.insert(bytes) {
+                return Err(invalid(seq, "a key history statement used twice"));
+            }
+            roster.key_history = *mode;
             Ok(())
         }
     }

@@ -3,6 +3,12 @@
 //! member as an authenticated wrap (`crypto_box` from the wrapping member's key to the
 //! recipient's: the recipient knows which member the key came from).
 //!
+//! Which keys a member gets follows the mesh's key history setting in the log: every epoch's
+//! (`all`, the default), or only those made after its admission (`from_admission`, where an
+//! admission starts a new epoch like a removal does). The names key that blinds shared-state
+//! names comes from epoch 1's key; a member without epoch 1 gets it wrapped on its own, as
+//! "epoch 0" ([`NAMES_EPOCH`]), from a verified member.
+//!
 //! The broker stores records and wraps and accepts epoch `n + 1` only while `n` is the newest
 //! (compare-and-set). A client accepts a key only when a wrap from a verified member opens to
 //! it and a record signed by a member verified at the log position the record names commits to
@@ -12,7 +18,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::crypto::{self, BoxKey, CryptoError, Keypair, PublicKey};
-use crate::membership::{Head, Roster, Verifier};
+use crate::membership::{Head, KeyHistory, Roster, Verifier};
+
+/// The wraps of "epoch 0" carry the mesh's names key (`workspace::names_key` of epoch 1's key)
+/// to members that do not get epoch 1. No record commits to it: it is accepted from any member
+/// the log verified, and it only blinds names.
+pub const NAMES_EPOCH: u64 = 0;
 
 /// A content key.
 pub type EpochKey = [u8; 32];
@@ -140,10 +151,30 @@ pub fn accept(
     Ok(key)
 }
 
-/// Whether the log removed a member after `record` was made: its key must not protect what is
-/// written from now on.
+/// Whether `record`'s key must not protect what is written from now on: the log removed a member
+/// after it was made, or admitted one while the key history is `from_admission`.
 pub fn outdated(record: &EpochRecord, log: &Verifier) -> bool {
-    log.last_removal() > record.log_seq
+    let from_admission = log.roster().is_ok_and(|roster| roster.key_history == KeyHistory::FromAdmission);
+    log.last_removal() > record.log_seq || (from_admission && log.last_admission() > record.log_seq)
+}
+
+/// Whether `member` is entitled to `record`'s key under the mesh's key history: always with
+/// `all`; with `from_admission`, only to keys made since its current admission.
+pub fn entitled(record: &EpochRecord, log: &Verifier, member: &str) -> bool {
+    match log.roster().map(|roster| roster.key_history) {
+        Ok(KeyHistory::FromAdmission) => log.admitted_at(member).is_some_and(|at| record.log_seq >= at),
+        _ => true,
+    }
+}
+
+/// A names key from `wrap` (epoch 0), accepted only when a member the log verified sealed it.
+pub fn accept_names_key(wrap: &Wrap, roster: &Roster, me: &Keypair) -> Result<EpochKey, EpochError> {
+    let verified_ever =
+        roster.members.get(&wrap.wrapper).is_some_and(|m| m.standing == crate::membership::Standing::Verified);
+    if !verified_ever {
+        return Err(invalid(NAMES_EPOCH, "the names key was wrapped by a key the log never verified"));
+    }
+    wrap.open(me).map_err(|_| invalid(NAMES_EPOCH, "the names key's wrap does not open"))
 }
 
 /// A fresh key.

@@ -447,6 +447,12 @@ fn client_samples() -> Vec<Value> {
         }),
         ClientFrame::Memories(protocol::Memories { after: 7, req_id: Some("r18".into()) }),
         ClientFrame::Forget(protocol::Forget { id: "mem_abcdefghijkmnpqr".into(), req_id: Some("r19".into()) }),
+        ClientFrame::SetKeyHistory(protocol::SetKeyHistory {
+            mode: membership::KeyHistory::FromAdmission,
+            after: 7,
+            signature: hex_signature(),
+            req_id: Some("r20".into()),
+        }),
     ])
 }
 
@@ -515,6 +521,14 @@ static LOG: LazyLock<Vec<LogEntry>> = LazyLock::new(|| {
         binding: device.sign_hex(membership::device_key_bytes(MESH, &endorsed.public_hex()).as_bytes()),
     });
     push(Change::Removed { member: joiner.public_hex(), reason: membership::RemovalReason::Kick });
+    let mode = membership::KeyHistory::FromAdmission;
+    let statement = membership::key_history_bytes(MESH, mode, 5);
+    push(Change::KeyHistory {
+        mode,
+        by: creator.public_hex(),
+        after: 5,
+        signature: creator.sign_hex(statement.as_bytes()),
+    });
     entries
 });
 
@@ -711,6 +725,11 @@ fn server_samples() -> Vec<Value> {
             req_id: Some("r10".into()),
         }),
         ServerFrame::KeysStored(protocol::KeysStored { epoch: 1, req_id: Some("r11".into()) }),
+        ServerFrame::KeyHistorySet(protocol::KeyHistorySet {
+            mode: membership::KeyHistory::All,
+            seq: 8,
+            req_id: Some("r17".into()),
+        }),
         ServerFrame::Receipt(Receipt {
             message_id: "msg_1".into(),
             member_pubkey: hex_key(0x12),
@@ -764,10 +783,10 @@ fn every_sample_is_valid_and_every_frame_type_has_one() {
         .into_iter()
         .map(|sample| serde_json::from_value::<ClientFrame>(sample).expect("a client sample decodes").kind())
         .collect();
-    assert_eq!(client_kinds.len(), 26, "one sample per client frame type: {client_kinds:?}");
+    assert_eq!(client_kinds.len(), 27, "one sample per client frame type: {client_kinds:?}");
     let server_types: std::collections::BTreeSet<String> =
         server_samples().into_iter().map(|sample| sample["type"].as_str().expect("tagged").to_owned()).collect();
-    assert_eq!(server_types.len(), 19, "one sample per server frame type: {server_types:?}");
+    assert_eq!(server_types.len(), 20, "one sample per server frame type: {server_types:?}");
     for push in sealed_pushes() {
         let (plaintext, verified) = RECEIVER.open(&push).expect("a sealed sample opens");
         assert_eq!((plaintext.as_slice(), verified), (PLAINTEXT, true));

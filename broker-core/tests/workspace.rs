@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use broker_core::client::{MemoryChange, StateItem, WorkspaceError};
+use broker_core::membership::KeyHistory;
 use broker_core::protocol::{self, Role, StateChanged};
 use broker_core::store::Store;
 use common::accounts::{create_mesh, first_device, generous, invited, member};
@@ -234,4 +235,44 @@ async fn quotas_and_bad_entries_get_clear_refusals() {
     let items: Vec<StateItem> =
         client.list_state("").await.expect("lists").into_iter().map(|i| i.expect("opens")).collect();
     assert_eq!(items.iter().map(|i| i.value.clone()).collect::<Vec<_>>(), [json!(1), json!(22)]);
+}
+
+#[tokio::test]
+async fn with_keys_from_admission_on_a_newcomer_reads_only_what_is_written_after_it_came() {
+    let broker = TestBroker::start_with(generous()).await;
+    let token = first_device(&broker, "alice").await;
+    let (mesh_id, creator) = create_mesh(&broker, &token, "closed-history").await;
+    let alice = member(&broker, &mesh_id, &creator);
+    let bob = invited(&broker, &mesh_id, &creator, "bob").await;
+    let alice_session = session(&broker, &mesh_id, &alice, "alice").await;
+    let bob_session = session(&broker, &mesh_id, &bob, "bob").await;
+    let (alice_client, bob_client) = (alice_session.client.clone(), bob_session.client.clone());
+    alice_client.set_state("plan/before", json!("written before carol came"), None, None).await.expect("writes");
+
+    // Only an admin sets the key history; it is in the signed log for every client to read.
+    assert!(bob_client.set_key_history(KeyHistory::FromAdmission).await.is_err(), "bob is no admin");
+    alice_client.set_key_history(KeyHistory::FromAdmission).await.expect("the admin sets it");
+
+    let carol = invited(&broker, &mesh_id, &creator, "carol").await;
+    let carol_session = session(&broker, &mesh_id, &carol, "carol").await;
+    let carol_client = carol_session.client.clone();
+    assert!(!carol_client.holds_mesh_keys(), "a newcomer holding no key leaves the next epoch to a member that does");
+    // The admission starts a new epoch; carol gets it and the names key, nothing older.
+    let status = alice_client.refresh_mesh_keys(None, None).await.expect("refreshes");
+    assert_eq!(status.made, Some(2), "{status:?}");
+    carol_client.refresh_mesh_keys(None, None).await.expect("opens its keys");
+    assert_eq!(carol_client.verified_roster().expect("a roster").key_history, KeyHistory::FromAdmission);
+    let carols: Vec<u64> =
+        broker.store.wraps_for(&mesh_id, &carol.key.public_hex()).expect("reads").iter().map(|w| w.epoch).collect();
+    assert_eq!(carols, [0, 2], "the names key and the epoch made after carol's admission");
+    assert!(matches!(carol_client.get_state("plan/before").await, Err(WorkspaceError::NoKey)));
+
+    // What is written from now on, carol reads and writes like everyone.
+    alice_client.set_state("plan/after", json!("written after"), None, None).await.expect("writes under epoch 2");
+    let after = carol_client.get_state("plan/after").await.expect("reads").expect("there");
+    assert_eq!(after.value, json!("written after"));
+    carol_client.set_state("plan/carol", json!("mine"), None, None).await.expect("carol writes");
+    bob_client.refresh_mesh_keys(None, None).await.expect("bob's keys");
+    assert_eq!(bob_client.get_state("plan/carol").await.expect("reads").map(|i| i.value), Some(json!("mine")));
+    assert_eq!(bob_client.get_state("plan/before").await.expect("reads").map(|i| i.value), Some(json!("written before carol came")));
 }

@@ -110,6 +110,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set what members admitted from now on may read of what was written before they came
+    /// (admins): `all` (the default), or `from-admission` (each admission starts a new mesh key
+    /// epoch, and a newcomer gets only the keys made after it came). A signed entry of the
+    /// mesh's membership log; `claudemesh members` shows the setting.
+    KeyHistory {
+        #[arg(value_enum)]
+        mode: KeyHistoryArg,
+        /// The mesh (slug), when several are joined.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Usage counters of the peers in your meshes, as each session reports them: messages in
     /// and out, tool calls, uptime, errors; per peer and summed per mesh.
     Stats {
@@ -394,6 +407,22 @@ enum Command {
     },
 }
 
+// The key history as `claudemesh key-history` takes it (no doc comments: clap would print them).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KeyHistoryArg {
+    All,
+    FromAdmission,
+}
+
+impl From<KeyHistoryArg> for broker_core::membership::KeyHistory {
+    fn from(mode: KeyHistoryArg) -> Self {
+        match mode {
+            KeyHistoryArg::All => broker_core::membership::KeyHistory::All,
+            KeyHistoryArg::FromAdmission => broker_core::membership::KeyHistory::FromAdmission,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum StateCommand {
     /// Show the entry NAME: its value, version, writer and time. Exits 3 when there is none.
@@ -545,6 +574,7 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Peers { mesh, json } => cli::peers(mesh, json).await,
         Command::Stats { mesh, json } => cli::stats(mesh, json).await,
         Command::Members { mesh, json } => cli::members(mesh, json).await,
+        Command::KeyHistory { mode, mesh, json } => cli::key_history(mode.into(), mesh, json).await,
         Command::MessageStatus { message_id, json } => cli::message_status(message_id, json).await,
         Command::Release { peer, json } => cli::release(peer, json).await,
         Command::Send { target, message, priority, json } => cli::send(target, message, priority.into(), json).await,

@@ -198,6 +198,14 @@ async fn members_are_checked_against_the_signed_membership_log() -> Result<()> {
     assert_eq!(members.len(), 3, "{members:?}");
     assert!(members.iter().all(|(_, a)| a == "verified"), "{members:?}");
 
+    // The admin closes the history to members admitted later; carol, no admin, cannot.
+    let refused = run(&carol, &["key-history", "all", "--mesh", "team"]);
+    assert_eq!(refused.status.code(), Some(5), "{}", String::from_utf8_lossy(&refused.stderr));
+    let set = json_of(&run(&laptop, &["key-history", "from-admission", "--mesh", "team", "--json"]));
+    assert_eq!(set["keyHistory"], "from_admission", "{set}");
+    let seen = json_of(&run(&carol, &["members", "--mesh", "team", "--json"]));
+    assert_eq!(seen["meshes"][0]["keyHistory"], "from_admission", "carol reads it in the log: {seen}");
+
     // The broker's operator slips in a key of its own: listed, never verified.
     let mallory = broker_core::crypto::Keypair::generate().public_hex();
     broker

@@ -82,7 +82,7 @@ async fn share_keys(peers: &[BenchPeer]) -> Result<()> {
             bail!("a peer could not open the mesh's key: {error}");
         }
     }
-    if let Some(peer) = peers.iter().find(|p| p.client.mesh_key(1).is_none()) {
+    if let Some(peer) = peers.iter().find(|p| !p.client.holds_mesh_keys()) {
         bail!("peer {} holds no mesh key", peer.index);
     }
     Ok(())

@@ -12,7 +12,8 @@ use zeroize::Zeroizing;
 
 use super::{ClientError, Correlation, MeshClient};
 use crate::membership::{Head, LogError, Roster, Verifier};
-use crate::meshkey::{self, EpochError, EpochKey, EpochRecord, Wrap};
+use crate::membership::KeyHistory;
+use crate::meshkey::{self, EpochError, EpochKey, EpochRecord, NAMES_EPOCH, Wrap};
 use crate::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
 
 /// What a client keeps between refreshes.
@@ -28,7 +29,16 @@ impl EpochKeys {
     /// The newest epoch held, and its key: what this client writes under.
     pub(super) fn newest(&self) -> Option<(u64, Zeroizing<EpochKey>)> {
         let keys = self.keys.lock().expect("epoch keys lock");
-        keys.iter().next_back().map(|(epoch, key)| (*epoch, key.clone()))
+        keys.range(1..).next_back().map(|(epoch, key)| (*epoch, key.clone()))
+    }
+
+    /// The mesh's names key: from epoch 1's key, or as it was handed over on its own.
+    pub(super) fn names_key(&self, mesh_id: &str) -> Option<Zeroizing<[u8; 32]>> {
+        let keys = self.keys.lock().expect("epoch keys lock");
+        match keys.get(&1) {
+            Some(first) => Some(crate::workspace::names_key(mesh_id, first)),
+            None => keys.get(&NAMES_EPOCH).map(|names| Zeroizing::new(**names)),
+        }
     }
 }
 
@@ -72,6 +82,12 @@ impl MeshClient {
         self.shared.epoch_keys.keys.lock().expect("epoch keys lock").get(&epoch).map(|key| **key)
     }
 
+    /// Whether this member can use the shared workspace: it holds the names key and a key to
+    /// write under.
+    pub fn holds_mesh_keys(&self) -> bool {
+        self.shared.epoch_keys.names_key(self.mesh_id()).is_some() && self.shared.epoch_keys.newest().is_some()
+    }
+
     /// Brings this member's mesh keys up to date (see the module docs). `pinned_creator` and
     /// `pinned_head` are what the caller verified before; the status carries the new ones.
     pub async fn refresh_mesh_keys(
@@ -99,7 +115,10 @@ impl MeshClient {
                 wrapped_for: Vec::new(),
             };
             let newest = keys.epochs.last();
-            if newest.is_none_or(|record| meshkey::outdated(record, &log)) {
+            // A member holding none of the keys yet leaves a later epoch to one that does: it
+            // could not pass the earlier keys (or the names key) on to anyone.
+            let can_make = newest.is_none() || self.shared.epoch_keys.names_key(&mesh_id).is_some();
+            if can_make && newest.is_none_or(|record| meshkey::outdated(record, &log)) {
                 let epoch = newest.map_or(1, |record| record.epoch + 1);
                 match self.make_epoch(&mesh_id, epoch, roster).await? {
                     true => {
@@ -109,8 +128,8 @@ impl MeshClient {
                     // Another client made it first: read everything again.
                     false => continue,
                 }
-            } else {
-                status.wrapped_for = self.wrap_for_newcomers(&keys.unwrapped, roster).await?;
+            } else if can_make {
+                status.wrapped_for = self.wrap_for_newcomers(&keys.unwrapped, &keys.epochs, &log).await?;
             }
             status.holds_newest = status.epoch.is_some_and(|epoch| self.mesh_key(epoch).is_some());
             return Ok(status);
@@ -147,6 +166,36 @@ impl MeshClient {
         Ok(log)
     }
 
+    /// Sets the mesh's key history (this member must be an admin): signed for the log as this
+    /// client verifies it now, retried when the log moved in between.
+    pub async fn set_key_history(&self, mode: KeyHistory) -> Result<u64, MeshKeyError> {
+        for _ in 0..RACES {
+            let log = self.verified_log(None, None).await?;
+            let after = log.len();
+            let bytes = crate::membership::key_history_bytes(self.mesh_id(), mode, after);
+            let signature = self.shared.keys.member.sign_hex(bytes.as_bytes());
+            let req_id = self.correlation_id();
+            let frame = ClientFrame::SetKeyHistory(protocol::SetKeyHistory {
+                mode,
+                after,
+                signature,
+                req_id: Some(req_id.clone()),
+            });
+            match self.exchange(frame, Correlation::Request(req_id)).await? {
+                ServerFrame::KeyHistorySet(set) => return Ok(set.seq),
+                ServerFrame::Error(error) if error.code == ErrorCode::Conflict => continue,
+                ServerFrame::Error(error) => {
+                    return Err(ClientError::Rejected { reason: None, message: error.message }.into());
+                }
+                _ => return Err(ClientError::UnexpectedReply.into()),
+            }
+        }
+        Err(MeshKeyError::Client(ClientError::Rejected {
+            reason: None,
+            message: "the membership log kept changing; try again".into(),
+        }))
+    }
+
     /// The membership the log this client verified last describes (by a refresh, which keeps
     /// it even when this member itself is only vouched for); `None` before one verified it.
     pub fn verified_roster(&self) -> Option<Roster> {
@@ -168,6 +217,15 @@ impl MeshClient {
         let me = &self.shared.keys.member;
         let mut held = self.shared.epoch_keys.keys.lock().expect("epoch keys lock");
         for wrap in wraps {
+            if wrap.epoch == NAMES_EPOCH {
+                match meshkey::accept_names_key(wrap, roster, me) {
+                    Ok(key) => {
+                        held.insert(NAMES_EPOCH, Zeroizing::new(key));
+                    }
+                    Err(error) => tracing::warn!(%error, "a wrapped names key was refused"),
+                }
+                continue;
+            }
             let Some(record) = wrap.epoch.checked_sub(1).and_then(|i| records.get(i as usize)) else { continue };
             match meshkey::accept(mesh_id, wrap, record, roster, me) {
                 Ok(key) => {
@@ -184,10 +242,17 @@ impl MeshClient {
         let me = &self.shared.keys.member;
         let key = Zeroizing::new(meshkey::new_key());
         let record = EpochRecord::sign(mesh_id, epoch, &key, &roster.head, me);
-        let mut wraps: Vec<Wrap> = entitled(roster)
-            .filter_map(|member| crate::crypto::PublicKey::from_hex(member).ok())
-            .map(|recipient| Wrap::seal(epoch, &key, me, &recipient))
-            .collect();
+        let recipients: Vec<crate::crypto::PublicKey> =
+            entitled(roster).filter_map(|member| crate::crypto::PublicKey::from_hex(member).ok()).collect();
+        let mut wraps: Vec<Wrap> = recipients.iter().map(|recipient| Wrap::seal(epoch, &key, me, recipient)).collect();
+        // Members admitted since the last epoch get no earlier key under `from_admission`: the
+        // names key goes with this one.
+        if roster.key_history == KeyHistory::FromAdmission
+            && epoch > 1
+            && let Some(names) = self.shared.epoch_keys.names_key(mesh_id)
+        {
+            wraps.extend(recipients.iter().map(|recipient| Wrap::seal(NAMES_EPOCH, &names, me, recipient)));
+        }
         // One frame holds `MAX_WRAPS`; a larger mesh gets the rest right after.
         let rest = wraps.split_off(wraps.len().min(protocol::MAX_WRAPS));
         let req_id = self.correlation_id();
@@ -221,20 +286,47 @@ impl MeshClient {
         Ok(())
     }
 
-    /// Wraps every key this member holds for the verified members among `unwrapped` (the broker's
-    /// list of active members without the newest epoch's key): new members read the history.
-    async fn wrap_for_newcomers(&self, unwrapped: &[String], roster: &Roster) -> Result<Vec<String>, ClientError> {
+    /// Wraps the keys this member holds for the verified members among `unwrapped` (the broker's
+    /// list of active members without the newest epoch's key), each as the key history entitles
+    /// it: with `all`, every key (new members read the history); with `from_admission`, the keys
+    /// made since its admission, and the names key.
+    async fn wrap_for_newcomers(
+        &self,
+        unwrapped: &[String],
+        records: &[EpochRecord],
+        log: &Verifier,
+    ) -> Result<Vec<String>, ClientError> {
+        let Ok(roster) = log.roster() else { return Ok(Vec::new()) };
         let me = &self.shared.keys.member;
-        let held: Vec<(u64, Zeroizing<EpochKey>)> =
-            self.shared.epoch_keys.keys.lock().expect("epoch keys lock").iter().map(|(e, k)| (*e, k.clone())).collect();
+        let held: Vec<(u64, Zeroizing<EpochKey>)> = self
+            .shared
+            .epoch_keys
+            .keys
+            .lock()
+            .expect("epoch keys lock")
+            .range(1..)
+            .map(|(e, k)| (*e, k.clone()))
+            .collect();
         if held.is_empty() {
             return Ok(Vec::new());
         }
+        let names = self.shared.epoch_keys.names_key(self.mesh_id());
+        let from_admission = roster.key_history == KeyHistory::FromAdmission;
         let newcomers: Vec<String> = unwrapped.iter().filter(|m| roster.is_verified_member(m)).cloned().collect();
         let mut wraps = Vec::new();
         for member in &newcomers {
             let Ok(recipient) = crate::crypto::PublicKey::from_hex(member) else { continue };
-            wraps.extend(held.iter().map(|(epoch, key)| Wrap::seal(*epoch, key, me, &recipient)));
+            let mine = held.iter().filter(|(epoch, _)| {
+                records.get(*epoch as usize - 1).is_some_and(|record| meshkey::entitled(record, log, member))
+            });
+            wraps.extend(mine.map(|(epoch, key)| Wrap::seal(*epoch, key, me, &recipient)));
+            // Without epoch 1 (ours, or theirs under `from_admission`) the names key goes alone.
+            let first_held = held.first().is_some_and(|(epoch, _)| *epoch == 1);
+            if (from_admission || !first_held)
+                && let Some(names) = &names
+            {
+                wraps.push(Wrap::seal(NAMES_EPOCH, names, me, &recipient));
+            }
         }
         if wraps.is_empty() {
             return Ok(Vec::new());

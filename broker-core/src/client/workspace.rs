@@ -102,9 +102,9 @@ impl MeshClient {
         self.mesh_key(epoch).map(Zeroizing::new).ok_or(WorkspaceError::NoKey)
     }
 
-    /// `name` as the broker sees it (HMAC under the names key, from the first epoch's key).
+    /// `name` as the broker sees it (HMAC under the mesh's names key).
     pub fn blind_state_name(&self, name: &str) -> Result<String, WorkspaceError> {
-        let names = workspace::names_key(self.mesh_id(), &*self.key_of(1)?);
+        let names = self.shared.epoch_keys.names_key(self.mesh_id()).ok_or(WorkspaceError::NoKey)?;
         Ok(workspace::blind_name(&names, name))
     }
 

@@ -310,3 +310,42 @@ fn a_verifier_takes_the_log_in_pieces_and_remembers_who_was_a_member_when() {
     verifier.extend(&log.entries[..2]).expect("verifies");
     assert!(matches!(verifier.extend(&log.entries[3..]), Err(LogError::Invalid { seq: 3, .. })));
 }
+
+fn key_history(admin: &Keypair, mode: KeyHistory, after: u64) -> Change {
+    let signature = admin.sign_hex(key_history_bytes(MESH, mode, after).as_bytes());
+    Change::KeyHistory { mode, by: admin.public_hex(), after, signature }
+}
+
+#[test]
+fn only_an_admins_signed_key_history_setting_counts_and_each_once() {
+    let (creator, member) = (Keypair::generate(), Keypair::generate());
+    let mut log = Log::new(&creator);
+    log.admit(&creator, &member, Role::Member);
+    assert_eq!(log.verify().expect("verifies").key_history, KeyHistory::All, "the default");
+    log.push(key_history(&creator, KeyHistory::FromAdmission, 2));
+    assert_eq!(log.verify().expect("verifies").key_history, KeyHistory::FromAdmission);
+    let verifier = {
+        let mut verifier = Verifier::new(MESH, None);
+        verifier.extend(&log.entries).expect("verifies");
+        verifier
+    };
+    assert_eq!((verifier.last_admission(), verifier.admitted_at(&member.public_hex())), (2, Some(2)));
+
+    let refused = |change: Change| {
+        let mut bad = Log { entries: log.entries.clone() };
+        bad.push(change);
+        bad.verify()
+    };
+    // By a member that is no admin, for a later position, with another mode than signed, twice.
+    assert!(refused(key_history(&member, KeyHistory::All, 3)).is_err());
+    assert!(refused(key_history(&creator, KeyHistory::All, 4)).is_err());
+    let mut forged = key_history(&creator, KeyHistory::FromAdmission, 3);
+    if let Change::KeyHistory { mode, .. } = &mut forged {
+        *mode = KeyHistory::All;
+    }
+    assert!(refused(forged).is_err());
+    assert!(refused(key_history(&creator, KeyHistory::FromAdmission, 2)).is_err(), "a replayed statement");
+    let mut ok = Log { entries: log.entries.clone() };
+    ok.push(key_history(&creator, KeyHistory::All, 2));
+    assert_eq!(ok.verify().expect("a new statement").key_history, KeyHistory::All);
+}

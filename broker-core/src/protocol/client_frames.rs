@@ -61,6 +61,8 @@ pub enum ClientFrame {
     NewEpoch(NewEpoch),
     /// Ours: wraps of existing epochs' keys for members that have none.
     AddWraps(AddWraps),
+    /// Ours (admins): set the mesh's key history, signed, into the membership log.
+    SetKeyHistory(SetKeyHistory),
     /// Ours: write a shared-state entry (compare-and-set on its version).
     StateSet(StateSet),
     /// Ours: remove a shared-state entry.
@@ -107,6 +109,7 @@ impl ClientFrame {
             ClientFrame::MeshKeys(_) => "mesh_keys",
             ClientFrame::NewEpoch(_) => "new_epoch",
             ClientFrame::AddWraps(_) => "add_wraps",
+            ClientFrame::SetKeyHistory(_) => "set_key_history",
             ClientFrame::StateSet(_) => "state_set",
             ClientFrame::StateDelete(_) => "state_delete",
             ClientFrame::StateGet(_) => "state_get",
@@ -349,6 +352,17 @@ pub struct NewEpoch {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AddWraps {
     pub wraps: Vec<crate::meshkey::Wrap>,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// An admin's key history setting: its signature over `membership::key_history_bytes` for the
+/// log as long as `after`, which must be the log's length when it arrives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetKeyHistory {
+    pub mode: crate::membership::KeyHistory,
+    pub after: u64,
+    pub signature: String,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

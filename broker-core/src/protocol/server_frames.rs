@@ -38,6 +38,8 @@ pub enum ServerFrame {
     MeshKeysResult(MeshKeysResult),
     /// Ours: the answer to `new_epoch` and `add_wraps`.
     KeysStored(KeysStored),
+    /// Ours: the answer to `set_key_history`.
+    KeyHistorySet(KeyHistorySet),
     /// Ours: the answer to `state_set`.
     StateStored(StateStored),
     /// Ours: the answer to `state_delete`.
@@ -72,6 +74,7 @@ impl ServerFrame {
             ServerFrame::MembershipLogPage(f) => f.req_id.as_deref(),
             ServerFrame::MeshKeysResult(f) => f.req_id.as_deref(),
             ServerFrame::KeysStored(f) => f.req_id.as_deref(),
+            ServerFrame::KeyHistorySet(f) => f.req_id.as_deref(),
             ServerFrame::StateStored(f) => f.req_id.as_deref(),
             ServerFrame::StateDeleted(f) => f.req_id.as_deref(),
             ServerFrame::StateEntries(f) => f.req_id.as_deref(),
@@ -362,6 +365,15 @@ pub struct MeshKeysResult {
 pub struct KeysStored {
     /// The mesh's newest epoch now.
     pub epoch: u64,
+    #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<String>,
+}
+
+/// The key history setting, as the membership log now holds it at `seq`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyHistorySet {
+    pub mode: crate::membership::KeyHistory,
+    pub seq: u64,
     #[serde(rename = "_reqId", default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<String>,
 }

@@ -252,6 +252,7 @@ impl Router {
             ClientFrame::MeshKeys(query) => self.mesh_keys(session, query).await,
             ClientFrame::NewEpoch(epoch) => self.new_epoch(session, epoch).await,
             ClientFrame::AddWraps(add) => self.add_wraps(session, add).await,
+            ClientFrame::SetKeyHistory(set) => self.set_key_history(session, set).await,
             ClientFrame::StateSet(set) => self.state_set(session, set).await,
             ClientFrame::StateDelete(delete) => self.state_delete(session, delete).await,
             ClientFrame::StateGet(get) => self.state_get(session, get).await,

@@ -835,6 +835,10 @@ pub trait Store: Send + Sync + 'static {
     /// The mesh's membership log from entry `after + 1` on, at most `limit` entries; empty for
     /// a mesh that keeps none.
     fn membership_log(&self, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;
+    /// Appends an admin's key history setting (a `Change::KeyHistory`) to the mesh's log, audited
+    /// `key_history_set` by the member `actor`, if the log's newest entry is the one the admin
+    /// saw (`after`): `Conflict("log_moved")` otherwise.
+    fn append_key_history(&self, mesh_id: &str, change: &Change, actor: &str, now_ms: u64) -> StoreResult<LogEntry>;
     /// The mesh's epoch records, oldest first.
     fn mesh_epochs(&self, mesh_id: &str) -> StoreResult<Vec<EpochRecord>>;
     /// Stores `record` with its wraps, with an `epoch_created` audit entry, if its epoch follows

@@ -29,6 +29,28 @@ pub(super) fn next_log_entry(
     Ok(Some(LogEntry::new(seq, now_ms, &prev, change)))
 }
 
+/// A key history setting goes on a log whose newest entry is the one its admin saw (`after`):
+/// `Conflict("log_moved")` otherwise (read the log again and sign anew), `Invalid` for anything
+/// but a `keyHistory` change. Returns the entry and its audit entry.
+pub(super) fn key_history_entry(
+    mesh_id: &str,
+    tail: Option<(u64, String)>,
+    change: &Change,
+    actor: &str,
+    now_ms: u64,
+) -> StoreResult<(LogEntry, AuditEvent)> {
+    let Change::KeyHistory { mode, after, by, .. } = change else {
+        return Err(StoreError::Invalid("not a key history setting".into()));
+    };
+    let Some((seq, hash)) = tail else { return Err(StoreError::Invalid("the mesh keeps no membership log".into())) };
+    if seq != *after {
+        return Err(StoreError::Conflict("log_moved".into()));
+    }
+    let entry = LogEntry::new(seq + 1, now_ms, &hash, change.clone());
+    let audit = event(mesh_id, "key_history_set", Some(actor), json!({"mode": mode.as_str(), "by": by, "seq": seq + 1}));
+    Ok((entry, audit))
+}
+
 /// Epochs only go forward one at a time: `record` must follow the mesh's `newest` (0: none).
 pub(super) fn check_next_epoch(newest: u64, record: &EpochRecord) -> StoreResult<()> {
     if record.epoch != newest + 1 {

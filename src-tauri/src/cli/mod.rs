@@ -359,6 +359,9 @@ pub async fn members(mesh: Option<String>, json_output: bool) -> CliResult {
                 KeysView::Unavailable { reason } => format!("no mesh key: {reason}"),
             };
             println!("{}: {} member(s); {log}; {keys}", mesh.mesh, mesh.members.len());
+            if let Some(history) = mesh.key_history {
+                println!("  key history: {}", key_history_text(history));
+            }
             for member in &mesh.members {
                 let admission = match member.admission {
                     Admission::Verified => "verified",
@@ -457,6 +460,33 @@ pub async fn scheduled(cancel: Option<String>, mesh: Option<String>, json_output
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn key_history_text(history: broker_core::membership::KeyHistory) -> &'static str {
+    match history {
+        broker_core::membership::KeyHistory::All => "all (members admitted later read what was written before)",
+        broker_core::membership::KeyHistory::FromAdmission => {
+            "from admission (members admitted later read only what is written after they came)"
+        }
+    }
+}
+
+pub async fn key_history(mode: broker_core::membership::KeyHistory, mesh: Option<String>, json_output: bool) -> CliResult {
+    let config_dir = ConfigDir::from_env()?;
+    let (supervisor, _incoming) = connect(&config_dir, mesh.as_deref()).await?;
+    let result = async {
+        require_connected(&supervisor)?;
+        supervisor.set_key_history(mesh.as_deref(), mode).await.map_err(mesh_failure)
+    }
+    .await;
+    supervisor.shutdown().await;
+    let slug = result?;
+    if json_output {
+        print_json(json!({ "mesh": slug, "keyHistory": mode }));
+    } else {
+        println!("{slug}: key history {}", key_history_text(mode));
     }
     Ok(())
 }

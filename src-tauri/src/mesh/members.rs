@@ -8,10 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use broker_core::client::{MeshKeyError, MeshKeyStatus};
-use broker_core::membership::{Head, LogError, Roster, Standing};
+use broker_core::membership::{Head, KeyHistory, LogError, Roster, Standing};
 use broker_core::protocol::Role;
 use serde::{Deserialize, Serialize};
 
+use super::resolve::ResolveError;
 use super::{MeshError, MeshLink, Supervisor};
 use crate::config::write_private_atomic;
 
@@ -92,6 +93,9 @@ pub struct MeshMembers {
     pub log: LogStatus,
     /// This member's mesh content key (refreshed now).
     pub keys: KeysView,
+    /// What a member admitted later may read of earlier content, as the verified log says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_history: Option<KeyHistory>,
     pub members: Vec<MemberRow>,
 }
 
@@ -156,9 +160,30 @@ impl Supervisor {
                     online: m.online,
                 })
                 .collect();
-            out.push(MeshMembers { mesh: link.entry.slug.clone(), log, keys, members });
+            let key_history = roster.as_ref().map(|roster| roster.key_history);
+            out.push(MeshMembers { mesh: link.entry.slug.clone(), log, keys, key_history, members });
         }
         Ok(out)
+    }
+
+    /// Sets the mesh's key history: this member's signed statement (it must be an admin) goes
+    /// into the membership log; the next key refresh anywhere follows it. Returns the mesh.
+    pub async fn set_key_history(&self, mesh: Option<&str>, mode: KeyHistory) -> Result<String, MeshError> {
+        let links = self.select(mesh)?;
+        let link = match links.as_slice() {
+            [one] => one.clone(),
+            several => {
+                let choices = several.iter().map(|l| l.entry.slug.clone()).collect();
+                return Err(ResolveError::AmbiguousMesh { target: "the key history".into(), choices }.into());
+            }
+        };
+        link.require_connected()?;
+        link.client.set_key_history(mode).await.map_err(|error| match error {
+            MeshKeyError::Client(error) => link.broker_error(error),
+            other => MeshError::BadRequest(format!("{}: {other}", link.entry.slug)),
+        })?;
+        link.refresh_keys(&self.log_pins).await;
+        Ok(link.entry.slug.clone())
     }
 }
 

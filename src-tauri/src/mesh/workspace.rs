@@ -167,7 +167,7 @@ impl Supervisor {
     /// arrive (after checking its admission in the log).
     async fn ensure_keys(&self, link: &MeshLink) {
         for attempt in 0..KEY_WAITS {
-            if link.client.mesh_key(1).is_some() {
+            if link.client.holds_mesh_keys() {
                 return;
             }
             if attempt > 0 {

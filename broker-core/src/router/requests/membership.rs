@@ -45,6 +45,46 @@ impl Router {
     }
 }
 
+impl Router {
+    /// `set_key_history` (admins): the setting signed by this member's key for the log as long as
+    /// it is now, appended to the log (clients check the signature and the admin again).
+    pub(in crate::router) async fn set_key_history(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        set: protocol::SetKeyHistory,
+    ) {
+        if !self.is_admin(session) {
+            let problem = "only admins of the mesh may set its key history";
+            return self.reply_error(session, ErrorCode::Forbidden, problem, set.req_id);
+        }
+        let (Some(by), _) = self.member_keys(session) else { return };
+        let bytes = crate::membership::key_history_bytes(session.mesh_id(), set.mode, set.after);
+        if crate::crypto::verify_signed(&by, bytes.as_bytes(), &set.signature).is_err() {
+            let problem = "the key history setting is signed by this member's key over claudemesh-membership/v1|key-history|…";
+            return self.reply_error(session, ErrorCode::Malformed, problem, set.req_id);
+        }
+        let change = crate::membership::Change::KeyHistory { mode: set.mode, by, after: set.after, signature: set.signature };
+        let (mesh_id, actor) = (session.mesh_id().to_owned(), session.member_id.clone());
+        match self.blocking(move |store| store.append_key_history(&mesh_id, &change, &actor, protocol::now_ms())).await {
+            Ok(entry) => {
+                let reply = protocol::KeyHistorySet { mode: set.mode, seq: entry.seq, req_id: set.req_id };
+                self.reply(session, ServerFrame::KeyHistorySet(reply));
+            }
+            Err(StoreError::Conflict(_)) => self.reply_error(
+                session,
+                ErrorCode::Conflict,
+                "log_moved: the membership log changed since it was read; read it again and sign anew",
+                set.req_id,
+            ),
+            Err(StoreError::Invalid(problem)) => self.reply_error(session, ErrorCode::Malformed, &problem, set.req_id),
+            Err(error) => {
+                tracing::error!(%error, "storing a key history setting failed");
+                self.reply_error(session, ErrorCode::Internal, "the broker could not store the setting; retry", set.req_id);
+            }
+        }
+    }
+}
+
 /// At most this many members in `mesh_keys_result.unwrapped`.
 const MAX_UNWRAPPED: usize = 1024;
 

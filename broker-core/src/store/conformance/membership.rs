@@ -243,3 +243,23 @@ pub fn epochs_advance_by_compare_and_set_with_their_wraps<D: TestDatabase>(datab
     let audited = super::audit_types(&*store, &mesh.id).iter().filter(|t| *t == "epoch_created").count();
     assert_eq!(audited, 2);
 }
+
+pub fn a_key_history_setting_goes_on_the_log_the_admin_saw<D: TestDatabase>(database: &D) {
+    use crate::membership::KeyHistory;
+    let store = database.open();
+    let creator = key(1);
+    let (_, genesis) = genesis_by(&creator);
+    let (mesh, _) =
+        store.create_mesh("history", "", None, &member(&creator, "creator", Some(genesis)), NOW_MS).expect("creates");
+    let setting = |after: u64| {
+        let signature = creator.sign_hex(membership::key_history_bytes(&mesh.id, KeyHistory::FromAdmission, after).as_bytes());
+        Change::KeyHistory { mode: KeyHistory::FromAdmission, by: creator.public_hex(), after, signature }
+    };
+    assert_conflict(store.append_key_history(&mesh.id, &setting(0), "actor", NOW_MS), "log_moved");
+    let entry = store.append_key_history(&mesh.id, &setting(1), "actor", NOW_MS).expect("appends");
+    assert_eq!(entry.seq, 2);
+    assert_eq!(verified(&*store, &mesh.id).key_history, KeyHistory::FromAdmission);
+    assert!(super::audit_types(&*store, &mesh.id).contains(&"key_history_set".to_owned()));
+    let removal = Change::Removed { member: creator.public_hex(), reason: RemovalReason::Leave };
+    assert!(matches!(store.append_key_history(&mesh.id, &removal, "actor", NOW_MS), Err(crate::store::StoreError::Invalid(_))));
+}

@@ -92,6 +92,7 @@ macro_rules! store_conformance_tests {
             concurrent_membership_changes_keep_one_chain,
             endorsements_are_kept_per_mesh_and_device_key,
             epochs_advance_by_compare_and_set_with_their_wraps,
+            a_key_history_setting_goes_on_the_log_the_admin_saw,
             state_entries_are_written_by_compare_and_set_under_the_newest_epoch,
             state_entries_expire_and_count_against_their_writers_quota,
             memories_are_numbered_per_mesh_and_forgotten_for_everyone,

@@ -5,7 +5,9 @@ use postgres::GenericClient;
 
 use crate::membership::{Change, LogEntry};
 use crate::meshkey::{EpochRecord, Wrap};
-use crate::store::records::{check_next_epoch, epoch_created, json_text, next_log_entry, stored_json};
+use crate::store::records::{
+    check_next_epoch, epoch_created, json_text, key_history_entry, next_log_entry, stored_json,
+};
 use crate::store::{EndorsementRecord, StoreResult};
 
 /// Appends `change` to the mesh's log (`records::next_log_entry`).
@@ -22,6 +24,30 @@ pub(super) fn append(db: &mut impl GenericClient, mesh_id: &str, change: Change,
         &[&mesh_id, &(entry.seq as i64), &(now_ms as i64), &entry.prev, &json_text(&entry.change)?, &entry.hash],
     )?;
     Ok(())
+}
+
+/// Appends an admin's key history setting (`records::key_history_entry`), under the mesh's lock.
+pub(super) fn append_key_history(
+    db: &mut impl GenericClient,
+    mesh_id: &str,
+    change: &Change,
+    actor: &str,
+    now_ms: u64,
+) -> StoreResult<LogEntry> {
+    super::lock_scope(db, mesh_id)?;
+    let tail =
+        db.query_opt("SELECT seq, hash FROM membership_log WHERE mesh_id = $1 ORDER BY seq DESC LIMIT 1", &[&mesh_id])?;
+    let tail = match tail {
+        Some(row) => Some((row.try_get::<_, i64>(0)? as u64, row.try_get(1)?)),
+        None => None,
+    };
+    let (entry, audit) = key_history_entry(mesh_id, tail, change, actor, now_ms)?;
+    db.execute(
+        "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&mesh_id, &(entry.seq as i64), &(now_ms as i64), &entry.prev, &json_text(&entry.change)?, &entry.hash],
+    )?;
+    super::audit::append(db, &audit, now_ms)?;
+    Ok(entry)
 }
 
 pub(super) fn log(db: &mut impl GenericClient, mesh_id: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {

@@ -42,7 +42,7 @@ use super::{
     MemoryRecord, MeshRecord, NewDeviceCode, NewMember, PeerStateRecord, PollOutcome, QueuedEntry, ReceiptRecord,
     Redemption, ScheduleRecord, StateRecord, Store, StoreError, StoreNotice, StoreResult, WorkspaceQuota, WriteOp,
 };
-use crate::membership::LogEntry;
+use crate::membership::{Change, LogEntry};
 use crate::meshkey::{EpochRecord, Wrap};
 use crate::protocol::Role;
 
@@ -449,6 +449,10 @@ impl Store for PostgresStore {
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
         self.with_client(|client| directory::key_owner(client, mesh_id, pubkey))
+    }
+
+    fn append_key_history(&self, mesh_id: &str, change: &Change, actor: &str, now_ms: u64) -> StoreResult<LogEntry> {
+        self.transaction(|tx| membership::append_key_history(tx, mesh_id, change, actor, now_ms))
     }
 
     fn mesh_epochs(&self, mesh_id: &str) -> StoreResult<Vec<EpochRecord>> {

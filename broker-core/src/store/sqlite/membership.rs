@@ -4,7 +4,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::membership::{Change, LogEntry};
 use crate::meshkey::{EpochRecord, Wrap};
-use crate::store::records::{check_next_epoch, epoch_created, json_text, next_log_entry, stored_json};
+use crate::store::records::{
+    check_next_epoch, epoch_created, json_text, key_history_entry, next_log_entry, stored_json,
+};
 use crate::store::{EndorsementRecord, StoreResult};
 
 /// Appends `change` to the mesh's log (`records::next_log_entry`).
@@ -24,6 +26,31 @@ pub(super) fn append(conn: &Connection, mesh_id: &str, change: Change, now_ms: u
         params![mesh_id, entry.seq as i64, now_ms as i64, entry.prev, json_text(&entry.change)?, entry.hash],
     )?;
     Ok(())
+}
+
+/// Appends an admin's key history setting (`records::key_history_entry`).
+pub(super) fn append_key_history(
+    conn: &Connection,
+    mesh_id: &str,
+    change: &Change,
+    actor: &str,
+    now_ms: u64,
+) -> StoreResult<LogEntry> {
+    let tail: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM membership_log WHERE mesh_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [mesh_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let tail = tail.map(|(seq, hash)| (seq as u64, hash));
+    let (entry, audit) = key_history_entry(mesh_id, tail, change, actor, now_ms)?;
+    conn.execute(
+        "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![mesh_id, entry.seq as i64, now_ms as i64, entry.prev, json_text(&entry.change)?, entry.hash],
+    )?;
+    super::audit::append(conn, &audit, now_ms)?;
+    Ok(entry)
 }
 
 /// A stored entry whose change is still JSON text.

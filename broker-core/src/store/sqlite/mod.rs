@@ -36,7 +36,7 @@ use super::{
     QueuedEntry, ReceiptRecord, Redemption, ScheduleRecord, StateRecord, Store, StoreError, StoreNotice, StoreResult,
     WorkspaceQuota, WriteOp,
 };
-use crate::membership::LogEntry;
+use crate::membership::{Change, LogEntry};
 use crate::meshkey::{EpochRecord, Wrap};
 use crate::protocol::{Priority, Role, WrappedKey};
 
@@ -523,6 +523,11 @@ impl Store for SqliteStore {
 
     fn key_owner(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<String>> {
         self.read(|conn| directory::key_owner(conn, mesh_id, pubkey))
+    }
+
+    fn append_key_history(&self, mesh_id: &str, change: &Change, actor: &str, now_ms: u64) -> StoreResult<LogEntry> {
+        let (mesh_id, change, actor) = (mesh_id.to_owned(), change.clone(), actor.to_owned());
+        self.call(move |conn| membership::append_key_history(conn, &mesh_id, &change, &actor, now_ms))
     }
 
     fn mesh_epochs(&self, mesh_id: &str) -> StoreResult<Vec<EpochRecord>> {
