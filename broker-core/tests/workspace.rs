@@ -274,5 +274,8 @@ async fn with_keys_from_admission_on_a_newcomer_reads_only_what_is_written_after
     carol_client.set_state("plan/carol", json!("mine"), None, None).await.expect("carol writes");
     bob_client.refresh_mesh_keys(None, None).await.expect("bob's keys");
     assert_eq!(bob_client.get_state("plan/carol").await.expect("reads").map(|i| i.value), Some(json!("mine")));
-    assert_eq!(bob_client.get_state("plan/before").await.expect("reads").map(|i| i.value), Some(json!("written before carol came")));
+    assert_eq!(
+        bob_client.get_state("plan/before").await.expect("reads").map(|i| i.value),
+        Some(json!("written before carol came"))
+    );
 }

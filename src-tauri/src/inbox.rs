@@ -170,36 +170,12 @@ pub struct Inbox {
 
 impl Inbox {
     pub fn open(path: &Path) -> Result<Inbox, InboxError> {
-        let existed = path.exists();
-        let conn = Connection::open(path)
+        // A commit survives a process crash (what "the bridge restarted" means) without an fsync
+        // per message; several bridges of one device share the file.
+        let mut conn = broker_core::client::local_db::open_private(path)
             .map_err(|e| InboxError::Open { path: path.display().to_string(), message: e.to_string() })?;
-        if !existed {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-            }
-        }
-        // WAL + NORMAL: a commit survives a process crash (what "the bridge restarted" means)
-        // without an fsync per message. Several bridges of one device share the file.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let inbox = Inbox { conn: Mutex::new(conn) };
-        inbox.migrate()?;
-        Ok(inbox)
-    }
-
-    fn migrate(&self) -> Result<(), InboxError> {
-        let mut conn = self.conn.lock().expect("inbox lock");
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(migration)?;
-            tx.pragma_update(None, "user_version", (index + 1) as i64)?;
-        }
-        tx.commit()?;
-        Ok(())
+        broker_core::client::local_db::migrate(&mut conn, MIGRATIONS)?;
+        Ok(Inbox { conn: Mutex::new(conn) })
     }
 
     /// Stores `message` unless a message with its id is already there. Returns whether it was

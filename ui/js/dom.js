@@ -124,3 +124,9 @@ export function avatar(name, status = null) {
   element.style.background = colorFor(name);
   return element;
 }
+
+/** A view's heading: its title, a line under it, and buttons on the right. */
+export function pageHead(title, sub, ...actions) {
+  const heading = h("div", {}, h("h1", {}, title), h("p", { class: "sub" }, sub));
+  return h("div", { class: "page-head" }, heading, actions.length ? h("div", { class: "actions" }, ...actions) : null);
+}

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use super::MemoryChange;
 use rusqlite::{Connection, params};
+
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,28 +63,9 @@ pub struct MemoryIndex {
 
 impl MemoryIndex {
     pub fn open(path: &Path) -> Result<MemoryIndex, IndexError> {
-        let existed = path.exists();
-        let conn = Connection::open(path)
+        let mut conn = super::local_db::open_private(path)
             .map_err(|e| IndexError::Open { path: path.display().to_string(), message: e.to_string() })?;
-        if !existed {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-            }
-        }
-        // Several processes of one device (bridges, the app, the CLI) share the file.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut conn = conn;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let version = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(migration)?;
-            tx.pragma_update(None, "user_version", (index + 1) as i64)?;
-        }
-        tx.commit()?;
+        super::local_db::migrate(&mut conn, MIGRATIONS)?;
         Ok(MemoryIndex { conn: Mutex::new(conn) })
     }
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 use super::{ClientError, Correlation, MeshClient};
-use crate::membership::{Head, LogError, Roster, Verifier};
 use crate::membership::KeyHistory;
+use crate::membership::{Head, LogError, Roster, Verifier};
 use crate::meshkey::{self, EpochError, EpochKey, EpochRecord, NAMES_EPOCH, Wrap};
 use crate::protocol::{self, ClientFrame, ErrorCode, ServerFrame};
 

@@ -17,6 +17,8 @@ mod dedup;
 pub mod device_login;
 mod keys;
 #[cfg(feature = "memory-index")]
+pub mod local_db;
+#[cfg(feature = "memory-index")]
 pub mod memory_index;
 mod mesh_keys;
 pub mod tls;

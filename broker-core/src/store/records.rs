@@ -47,7 +47,8 @@ pub(super) fn key_history_entry(
         return Err(StoreError::Conflict("log_moved".into()));
     }
     let entry = LogEntry::new(seq + 1, now_ms, &hash, change.clone());
-    let audit = event(mesh_id, "key_history_set", Some(actor), json!({"mode": mode.as_str(), "by": by, "seq": seq + 1}));
+    let audit =
+        event(mesh_id, "key_history_set", Some(actor), json!({"mode": mode.as_str(), "by": by, "seq": seq + 1}));
     Ok((entry, audit))
 }
 

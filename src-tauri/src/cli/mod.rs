@@ -473,7 +473,11 @@ fn key_history_text(history: broker_core::membership::KeyHistory) -> &'static st
     }
 }
 
-pub async fn key_history(mode: broker_core::membership::KeyHistory, mesh: Option<String>, json_output: bool) -> CliResult {
+pub async fn key_history(
+    mode: broker_core::membership::KeyHistory,
+    mesh: Option<String>,
+    json_output: bool,
+) -> CliResult {
     let config_dir = ConfigDir::from_env()?;
     let (supervisor, _incoming) = connect(&config_dir, mesh.as_deref()).await?;
     let result = async {

@@ -12,7 +12,6 @@ use broker_core::membership::{Head, KeyHistory, LogError, Roster, Standing};
 use broker_core::protocol::Role;
 use serde::{Deserialize, Serialize};
 
-use super::resolve::ResolveError;
 use super::{MeshError, MeshLink, Supervisor};
 use crate::config::write_private_atomic;
 
@@ -169,14 +168,7 @@ impl Supervisor {
     /// Sets the mesh's key history: this member's signed statement (it must be an admin) goes
     /// into the membership log; the next key refresh anywhere follows it. Returns the mesh.
     pub async fn set_key_history(&self, mesh: Option<&str>, mode: KeyHistory) -> Result<String, MeshError> {
-        let links = self.select(mesh)?;
-        let link = match links.as_slice() {
-            [one] => one.clone(),
-            several => {
-                let choices = several.iter().map(|l| l.entry.slug.clone()).collect();
-                return Err(ResolveError::AmbiguousMesh { target: "the key history".into(), choices }.into());
-            }
-        };
+        let link = self.single(mesh, "the key history")?;
         link.require_connected()?;
         link.client.set_key_history(mode).await.map_err(|error| match error {
             MeshKeyError::Client(error) => link.broker_error(error),

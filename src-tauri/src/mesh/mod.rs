@@ -380,6 +380,16 @@ impl Supervisor {
         Ok(found)
     }
 
+    /// The one link a request about `what` is for: `mesh`, or the only mesh joined.
+    pub fn single(&self, mesh: Option<&str>, what: &str) -> Result<Arc<MeshLink>, MeshError> {
+        let mut links = self.select(mesh)?;
+        if links.len() == 1 {
+            return Ok(links.remove(0));
+        }
+        let choices = links.iter().map(|l| l.entry.slug.clone()).collect();
+        Err(ResolveError::AmbiguousMesh { target: what.to_owned(), choices }.into())
+    }
+
     /// Waits until every link has made its first connection attempt (connected, failed, or
     /// reconnecting after a failure), at most `timeout`: an unreachable broker is reported at
     /// once rather than after the timeout.

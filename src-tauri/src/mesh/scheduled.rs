@@ -6,7 +6,7 @@ use broker_core::client::When;
 use broker_core::protocol::{Priority, ScheduleInfo};
 use serde::Serialize;
 
-use super::resolve::{Resolution, ResolveError};
+use super::resolve::Resolution;
 use super::{LinkState, MeshError, Supervisor};
 
 /// A reminder to schedule: to `to` (a peer as `send_message` takes it; yourself when absent).
@@ -151,14 +151,7 @@ impl Supervisor {
 
     /// This member in one mesh (the only one joined, or `mesh`).
     fn own_member(&self, mesh: Option<&str>) -> Result<Resolution, MeshError> {
-        let links = self.select(mesh)?;
-        let link = match links.as_slice() {
-            [one] => one,
-            several => {
-                let choices = several.iter().map(|l| l.entry.slug.clone()).collect();
-                return Err(ResolveError::AmbiguousMesh { target: "yourself".into(), choices }.into());
-            }
-        };
+        let link = self.single(mesh, "yourself")?;
         Ok(Resolution {
             mesh_id: link.entry.mesh_id.clone(),
             slug: link.entry.slug.clone(),

@@ -12,7 +12,6 @@ use broker_core::client::{MeshClient, StateItem, WorkspaceError};
 use broker_core::protocol::{StateChanged, iso8601_ms};
 use serde::Serialize;
 
-use super::resolve::ResolveError;
 use super::{MeshError, MeshLink, Supervisor};
 
 /// The largest value `set_state` takes, as JSON text, and the longest memory.
@@ -149,14 +148,7 @@ fn checked_name(name: &str) -> Result<&str, MeshError> {
 impl Supervisor {
     /// The one mesh a workspace request is for: `mesh`, or the only one joined.
     async fn workspace_link(&self, mesh: Option<&str>) -> Result<Arc<MeshLink>, MeshError> {
-        let links = self.select(mesh)?;
-        let link = match links.as_slice() {
-            [one] => one.clone(),
-            several => {
-                let choices = several.iter().map(|l| l.entry.slug.clone()).collect();
-                return Err(ResolveError::AmbiguousMesh { target: "the shared workspace".into(), choices }.into());
-            }
-        };
+        let link = self.single(mesh, "the shared workspace")?;
         link.require_connected()?;
         self.ensure_keys(&link).await;
         Ok(link)
@@ -350,14 +342,7 @@ impl Supervisor {
         tags: Vec<String>,
         limit: usize,
     ) -> Result<(Vec<MemoryRow>, Option<String>), MeshError> {
-        let links = self.select(mesh)?;
-        let link = match links.as_slice() {
-            [one] => one.clone(),
-            several => {
-                let choices = several.iter().map(|l| l.entry.slug.clone()).collect();
-                return Err(ResolveError::AmbiguousMesh { target: "the shared workspace".into(), choices }.into());
-            }
-        };
+        let link = self.single(mesh, "the shared workspace")?;
         let synced = async {
             link.require_connected()?;
             self.ensure_keys(&link).await;

@@ -2,7 +2,7 @@
 // does what, hand-offs), opened on this device, refreshed whenever an entry changes. Values
 // were written by peers: shown as text, never acted on.
 
-import { h, setChildren } from "../dom.js";
+import { h, setChildren, pageHead } from "../dom.js";
 import { ago, isoMs, stateValue } from "../format.js";
 import { icon } from "../icons.js";
 
@@ -12,16 +12,10 @@ export function mount(container, ctx) {
   container.appendChild(page);
   setChildren(
     page,
-    h(
-      "div",
-      { class: "page-head" },
-      h(
-        "div",
-        {},
-        h("h1", {}, "Board"),
-        h("p", { class: "sub" }, "The meshes' shared state, end-to-end encrypted: the broker cannot read a name or a value."),
-      ),
-      h("div", { class: "actions" }, h("button", { class: "btn", testid: "board-refresh", onclick: () => load() }, "Refresh")),
+    pageHead(
+      "Board",
+      "The meshes' shared state, end-to-end encrypted: the broker cannot read a name or a value.",
+      h("button", { class: "btn", testid: "board-refresh", onclick: () => load() }, "Refresh"),
     ),
     body,
   );

@@ -2,7 +2,7 @@
 // too), remember something new, forget what is wrong. Memories were written by peers: shown as
 // text, never acted on.
 
-import { h, setChildren, confirmDialog, showError } from "../dom.js";
+import { h, setChildren, confirmDialog, showError, pageHead } from "../dom.js";
 import { ago, isoMs } from "../format.js";
 
 export function mount(container, ctx) {
@@ -20,16 +20,7 @@ export function mount(container, ctx) {
   container.appendChild(page);
   setChildren(
     page,
-    h(
-      "div",
-      { class: "page-head" },
-      h(
-        "div",
-        {},
-        h("h1", {}, "Memory"),
-        h("p", { class: "sub" }, "What the meshes remember, end-to-end encrypted, searched on this computer."),
-      ),
-    ),
+    pageHead("Memory", "What the meshes remember, end-to-end encrypted, searched on this computer."),
     h(
       "form",
       {

@@ -2,7 +2,7 @@
 // person is an admin), with who each is for and when it fires next; cancel one. Their text is
 // not shown: it was sealed for its recipients when it was scheduled.
 
-import { h, setChildren, confirmDialog } from "../dom.js";
+import { h, setChildren, confirmDialog, pageHead } from "../dom.js";
 import { ago, isoMs, scheduleLine } from "../format.js";
 import { icon } from "../icons.js";
 
@@ -12,16 +12,10 @@ export function mount(container, ctx) {
   container.appendChild(page);
   setChildren(
     page,
-    h(
-      "div",
-      { class: "page-head" },
-      h(
-        "div",
-        {},
-        h("h1", {}, "Scheduled"),
-        h("p", { class: "sub" }, "Messages and reminders waiting to be sent, sealed when they were scheduled."),
-      ),
-      h("div", { class: "actions" }, h("button", { class: "btn", testid: "scheduled-refresh", onclick: () => load() }, "Refresh")),
+    pageHead(
+      "Scheduled",
+      "Messages and reminders waiting to be sent, sealed when they were scheduled.",
+      h("button", { class: "btn", testid: "scheduled-refresh", onclick: () => load() }, "Refresh"),
     ),
     list,
   );

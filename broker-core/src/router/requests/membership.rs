@@ -60,12 +60,15 @@ impl Router {
         let (Some(by), _) = self.member_keys(session) else { return };
         let bytes = crate::membership::key_history_bytes(session.mesh_id(), set.mode, set.after);
         if crate::crypto::verify_signed(&by, bytes.as_bytes(), &set.signature).is_err() {
-            let problem = "the key history setting is signed by this member's key over claudemesh-membership/v1|key-history|…";
+            let problem =
+                "the key history setting is signed by this member's key over claudemesh-membership/v1|key-history|…";
             return self.reply_error(session, ErrorCode::Malformed, problem, set.req_id);
         }
-        let change = crate::membership::Change::KeyHistory { mode: set.mode, by, after: set.after, signature: set.signature };
+        let change =
+            crate::membership::Change::KeyHistory { mode: set.mode, by, after: set.after, signature: set.signature };
         let (mesh_id, actor) = (session.mesh_id().to_owned(), session.member_id.clone());
-        match self.blocking(move |store| store.append_key_history(&mesh_id, &change, &actor, protocol::now_ms())).await {
+        match self.blocking(move |store| store.append_key_history(&mesh_id, &change, &actor, protocol::now_ms())).await
+        {
             Ok(entry) => {
                 let reply = protocol::KeyHistorySet { mode: set.mode, seq: entry.seq, req_id: set.req_id };
                 self.reply(session, ServerFrame::KeyHistorySet(reply));
@@ -79,7 +82,12 @@ impl Router {
             Err(StoreError::Invalid(problem)) => self.reply_error(session, ErrorCode::Malformed, &problem, set.req_id),
             Err(error) => {
                 tracing::error!(%error, "storing a key history setting failed");
-                self.reply_error(session, ErrorCode::Internal, "the broker could not store the setting; retry", set.req_id);
+                self.reply_error(
+                    session,
+                    ErrorCode::Internal,
+                    "the broker could not store the setting; retry",
+                    set.req_id,
+                );
             }
         }
     }

@@ -252,7 +252,8 @@ pub fn a_key_history_setting_goes_on_the_log_the_admin_saw<D: TestDatabase>(data
     let (mesh, _) =
         store.create_mesh("history", "", None, &member(&creator, "creator", Some(genesis)), NOW_MS).expect("creates");
     let setting = |after: u64| {
-        let signature = creator.sign_hex(membership::key_history_bytes(&mesh.id, KeyHistory::FromAdmission, after).as_bytes());
+        let signature =
+            creator.sign_hex(membership::key_history_bytes(&mesh.id, KeyHistory::FromAdmission, after).as_bytes());
         Change::KeyHistory { mode: KeyHistory::FromAdmission, by: creator.public_hex(), after, signature }
     };
     assert_conflict(store.append_key_history(&mesh.id, &setting(0), "actor", NOW_MS), "log_moved");
@@ -261,5 +262,8 @@ pub fn a_key_history_setting_goes_on_the_log_the_admin_saw<D: TestDatabase>(data
     assert_eq!(verified(&*store, &mesh.id).key_history, KeyHistory::FromAdmission);
     assert!(super::audit_types(&*store, &mesh.id).contains(&"key_history_set".to_owned()));
     let removal = Change::Removed { member: creator.public_hex(), reason: RemovalReason::Leave };
-    assert!(matches!(store.append_key_history(&mesh.id, &removal, "actor", NOW_MS), Err(crate::store::StoreError::Invalid(_))));
+    assert!(matches!(
+        store.append_key_history(&mesh.id, &removal, "actor", NOW_MS),
+        Err(crate::store::StoreError::Invalid(_))
+    ));
 }

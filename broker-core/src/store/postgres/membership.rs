@@ -10,20 +10,30 @@ use crate::store::records::{
 };
 use crate::store::{EndorsementRecord, StoreResult};
 
-/// Appends `change` to the mesh's log (`records::next_log_entry`).
-pub(super) fn append(db: &mut impl GenericClient, mesh_id: &str, change: Change, now_ms: u64) -> StoreResult<()> {
+/// The newest entry of the mesh's log: its seq and hash.
+fn tail(db: &mut impl GenericClient, mesh_id: &str) -> StoreResult<Option<(u64, String)>> {
     let tail =
         db.query_opt("SELECT seq, hash FROM membership_log WHERE mesh_id = $1 ORDER BY seq DESC LIMIT 1", &[&mesh_id])?;
-    let tail = match tail {
+    Ok(match tail {
         Some(row) => Some((row.try_get::<_, i64>(0)? as u64, row.try_get(1)?)),
         None => None,
-    };
-    let Some(entry) = next_log_entry(tail, change, now_ms)? else { return Ok(()) };
+    })
+}
+
+fn insert(db: &mut impl GenericClient, mesh_id: &str, entry: &LogEntry) -> StoreResult<()> {
     db.execute(
         "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&mesh_id, &(entry.seq as i64), &(now_ms as i64), &entry.prev, &json_text(&entry.change)?, &entry.hash],
+        &[&mesh_id, &(entry.seq as i64), &(entry.at as i64), &entry.prev, &json_text(&entry.change)?, &entry.hash],
     )?;
     Ok(())
+}
+
+/// Appends `change` to the mesh's log (`records::next_log_entry`).
+pub(super) fn append(db: &mut impl GenericClient, mesh_id: &str, change: Change, now_ms: u64) -> StoreResult<()> {
+    match next_log_entry(tail(db, mesh_id)?, change, now_ms)? {
+        Some(entry) => insert(db, mesh_id, &entry),
+        None => Ok(()),
+    }
 }
 
 /// Appends an admin's key history setting (`records::key_history_entry`), under the mesh's lock.
@@ -35,17 +45,8 @@ pub(super) fn append_key_history(
     now_ms: u64,
 ) -> StoreResult<LogEntry> {
     super::lock_scope(db, mesh_id)?;
-    let tail =
-        db.query_opt("SELECT seq, hash FROM membership_log WHERE mesh_id = $1 ORDER BY seq DESC LIMIT 1", &[&mesh_id])?;
-    let tail = match tail {
-        Some(row) => Some((row.try_get::<_, i64>(0)? as u64, row.try_get(1)?)),
-        None => None,
-    };
-    let (entry, audit) = key_history_entry(mesh_id, tail, change, actor, now_ms)?;
-    db.execute(
-        "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&mesh_id, &(entry.seq as i64), &(now_ms as i64), &entry.prev, &json_text(&entry.change)?, &entry.hash],
-    )?;
+    let (entry, audit) = key_history_entry(mesh_id, tail(db, mesh_id)?, change, actor, now_ms)?;
+    insert(db, mesh_id, &entry)?;
     super::audit::append(db, &audit, now_ms)?;
     Ok(entry)
 }

@@ -9,8 +9,8 @@ use crate::store::records::{
 };
 use crate::store::{EndorsementRecord, StoreResult};
 
-/// Appends `change` to the mesh's log (`records::next_log_entry`).
-pub(super) fn append(conn: &Connection, mesh_id: &str, change: Change, now_ms: u64) -> StoreResult<()> {
+/// The newest entry of the mesh's log: its seq and hash.
+fn tail(conn: &Connection, mesh_id: &str) -> StoreResult<Option<(u64, String)>> {
     let tail: Option<(i64, String)> = conn
         .query_row(
             "SELECT seq, hash FROM membership_log WHERE mesh_id = ?1 ORDER BY seq DESC LIMIT 1",
@@ -18,14 +18,23 @@ pub(super) fn append(conn: &Connection, mesh_id: &str, change: Change, now_ms: u
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    let Some(entry) = next_log_entry(tail.map(|(seq, hash)| (seq as u64, hash)), change, now_ms)? else {
-        return Ok(());
-    };
+    Ok(tail.map(|(seq, hash)| (seq as u64, hash)))
+}
+
+fn insert(conn: &Connection, mesh_id: &str, entry: &LogEntry) -> StoreResult<()> {
     conn.execute(
         "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![mesh_id, entry.seq as i64, now_ms as i64, entry.prev, json_text(&entry.change)?, entry.hash],
+        params![mesh_id, entry.seq as i64, entry.at as i64, entry.prev, json_text(&entry.change)?, entry.hash],
     )?;
     Ok(())
+}
+
+/// Appends `change` to the mesh's log (`records::next_log_entry`).
+pub(super) fn append(conn: &Connection, mesh_id: &str, change: Change, now_ms: u64) -> StoreResult<()> {
+    match next_log_entry(tail(conn, mesh_id)?, change, now_ms)? {
+        Some(entry) => insert(conn, mesh_id, &entry),
+        None => Ok(()),
+    }
 }
 
 /// Appends an admin's key history setting (`records::key_history_entry`).
@@ -36,19 +45,8 @@ pub(super) fn append_key_history(
     actor: &str,
     now_ms: u64,
 ) -> StoreResult<LogEntry> {
-    let tail: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT seq, hash FROM membership_log WHERE mesh_id = ?1 ORDER BY seq DESC LIMIT 1",
-            [mesh_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
-    let tail = tail.map(|(seq, hash)| (seq as u64, hash));
-    let (entry, audit) = key_history_entry(mesh_id, tail, change, actor, now_ms)?;
-    conn.execute(
-        "INSERT INTO membership_log (mesh_id, seq, at, prev, change, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![mesh_id, entry.seq as i64, now_ms as i64, entry.prev, json_text(&entry.change)?, entry.hash],
-    )?;
+    let (entry, audit) = key_history_entry(mesh_id, tail(conn, mesh_id)?, change, actor, now_ms)?;
+    insert(conn, mesh_id, &entry)?;
     super::audit::append(conn, &audit, now_ms)?;
     Ok(entry)
 }
