@@ -223,7 +223,7 @@ async fn a_join_whose_answer_was_lost_finishes_on_retry_with_the_same_key() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_state_and_memory_from_the_command_line() -> Result<()> {
-    let broker = Broker::start().await?;
+    let mut broker = Broker::start().await?;
     let (_, link) = broker.mesh_with_invite("workspace", 2)?;
     let (alice, bob) = (Device::new()?, Device::new()?);
     alice.join(&link, "alice")?;
@@ -292,5 +292,13 @@ async fn shared_state_and_memory_from_the_command_line() -> Result<()> {
     assert_eq!(code(&run(bob.command(), &["forget", &id])), 3, "forgotten already");
     let after = json_of(&run(alice.command(), &["recall", "staging", "--json"]));
     assert_eq!(after["memories"], Value::Array(vec![]));
+
+    // Recall works offline, from what this device synced.
+    json_of(&run(alice.command(), &["remember", "the release train leaves on Tuesdays", "--json"]));
+    json_of(&run(bob.command(), &["recall", "release", "--json"]));
+    broker.kill().await?;
+    let offline = json_of(&run(bob.command(), &["recall", "release", "--json"]));
+    assert!(offline["offline"].is_string(), "{offline}");
+    assert_eq!(offline["memories"][0]["text"], "the release train leaves on Tuesdays", "{offline}");
     Ok(())
 }
