@@ -136,6 +136,7 @@ impl MemoryIndex {
             .enumerate()
             .map(|(i, _)| format!(" AND instr(' ' || m.tags || ' ', ' ' || ?{} || ' ') > 0", i + 4))
             .collect::<String>();
+        // Both forms take the same numbered parameters: the empty query's `?2 = ''` holds.
         let sql = if words.is_empty() {
             format!(
                 "SELECT m.id, m.text, m.tags, m.writer, m.at FROM memories m
