@@ -139,7 +139,7 @@ fn install_writes_claude_code_files_and_uninstall_reverses_it() -> Result<()> {
     command.env("PATH", no_claude_path);
     let report = json_of(&run(command, &["uninstall", "--json"]));
     assert_eq!(report["hookEvents"].as_array().map(Vec::len), Some(5));
-    assert_eq!(report["approvedTools"].as_array().map(Vec::len), Some(8), "{report}");
+    assert_eq!(report["approvedTools"].as_array().map(Vec::len), Some(12), "{report}");
     let claude_json: Value = serde_json::from_str(&std::fs::read_to_string(home.join(".claude.json"))?)?;
     assert!(claude_json["mcpServers"].get("claudemesh").is_none());
     assert_eq!(claude_json["mcpServers"]["other"]["command"], "x");
