@@ -87,6 +87,10 @@ impl MeshLink {
 
     /// A `state_changed` event, opened, when it concerns a name this session follows.
     pub(super) fn watched_change(&self, change: &StateChanged) -> Option<WatchedChange> {
+        // Nothing followed: not even worth opening.
+        if self.state_watch.lock().expect("watch lock").prefixes.is_empty() {
+            return None;
+        }
         let (name, value) = match &change.entry {
             Some(entry) => match self.client.open_state(entry) {
                 Ok(item) => (item.name, Some(item.value)),
