@@ -334,13 +334,17 @@ async fn the_board_follows_shared_state_live_and_memory_searches_adds_and_forget
     bob.call("delete_state", json!({"name": "lock/deploy", "expected_version": 1})).await?;
     app.wait_absent(entry).await?;
 
-    bob.call("remember", json!({"text": "the staging database listens on port 5433", "tags": ["infra"]})).await?;
+    let noted =
+        bob.call("remember", json!({"text": "the staging database listens on port 5433", "tags": ["infra"]})).await?;
+    let acme = noted["meshId"].as_str().context("the mesh's id")?.to_owned();
     app.open("memory").await?;
     app.fill("[data-testid=memory-query]", "staging").await?;
     app.click("[data-testid=memory-search]").await?;
     app.wait_text("[data-testid=memory-row-text]", |t| t.contains("5433")).await?;
     app.fill("[data-testid=memory-text]", "release trains leave on Tuesdays").await?;
     app.fill("[data-testid=memory-tags]", "process").await?;
+    // The person has two meshes (their personal one and acme): this goes to acme.
+    app.select("[data-testid=memory-mesh]", &acme).await?;
     app.click("[data-testid=memory-remember]").await?;
     let found = |r: &serde_json::Value| r["memories"].as_array().is_some_and(|m| !m.is_empty());
     let recalled = bob.call_until("recall", json!({"query": "release trains"}), found).await?;
